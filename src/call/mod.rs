@@ -1,0 +1,170 @@
+//! Per-call B2BUA state: the caller's leg (Warden as UAS), the callee branches (Warden as
+//! UAC, one per forked contact) and the dialogs both sides see. Logic lives in `crate::core`.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::sip::message::{Method, Request};
+use crate::sip::transaction::TxKey;
+use crate::sip::transport::Destination;
+
+/// A fresh random tag, Call-ID part or branch suffix (64 bits, hex).
+pub fn new_tag() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Which side of the bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The caller (Warden answers it).
+    A,
+    /// An answered callee branch (Warden called it).
+    B,
+}
+
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::A => "caller",
+            Side::B => "callee",
+        }
+    }
+}
+
+/// One dialog as Warden sees it: enough to send requests into it.
+#[derive(Debug, Clone)]
+pub struct Leg {
+    pub call_id: String,
+    /// Our address as it appears in From (UAC) or To (UAS), without tag.
+    pub local_uri: String,
+    pub local_tag: String,
+    pub remote_uri: String,
+    pub remote_tag: Option<String>,
+    /// The peer's Contact: Request-URI of in-dialog requests.
+    pub target: String,
+    pub cseq: u32,
+    /// Where in-dialog requests go.
+    pub dest: Destination,
+}
+
+/// Where a call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Callee branches are being tried.
+    Calling,
+    /// 2xx relayed to the caller; waiting for its ACK.
+    Answered,
+    /// Both legs confirmed: media flows.
+    Confirmed,
+    /// A BYE is out; waiting for its answer.
+    Ending,
+    /// Over; the call is removed.
+    Done,
+}
+
+/// One INVITE toward one callee contact.
+#[derive(Debug)]
+pub struct Branch {
+    pub leg: Leg,
+    pub invite: Request,
+    pub tx: Option<TxKey>,
+    /// A provisional arrived (a CANCEL may be sent now, RFC 3261 9.1).
+    pub provisional: bool,
+    pub final_status: Option<u16>,
+    /// CANCEL wanted but no provisional yet.
+    pub cancel_pending: bool,
+    /// The ACK we sent for this branch's 2xx, resent when the 2xx is retransmitted.
+    pub ack: Option<Bytes>,
+}
+
+/// A 2xx Warden retransmits toward a UAS-side peer until its ACK (RFC 3261 13.3.1.4).
+#[derive(Debug)]
+pub struct PendingOk {
+    pub bytes: Bytes,
+    pub dest: Destination,
+    pub next: Instant,
+    pub interval: Duration,
+    pub give_up: Instant,
+    pub cseq: u32,
+    /// The side whose ACK we wait for.
+    pub side: Side,
+}
+
+/// A request relayed from one side, waiting for the other side's answer.
+#[derive(Debug)]
+pub struct Relay {
+    pub server: TxKey,
+    pub from: Side,
+    pub method: Method,
+    /// For a relayed INVITE: CSeq on the far side, so the requester's ACK can follow.
+    pub far_cseq: u32,
+}
+
+/// Everything Warden holds about one call.
+#[derive(Debug)]
+pub struct Call {
+    pub id: u64,
+    pub state: State,
+    pub a: Leg,
+    pub a_invite: Request,
+    pub a_invite_tx: TxKey,
+    pub branches: Vec<Branch>,
+    pub answered: Option<usize>,
+    pub caller: String,
+    pub callee: String,
+    pub started: Instant,
+    pub answered_at: Option<Instant>,
+    pub ring_until: Option<Instant>,
+    pub pending_ok: Option<PendingOk>,
+    /// ACK owed to the far side of a relayed re-INVITE once the requester ACKs: (side, cseq).
+    pub owed_ack: Option<(Side, u32)>,
+    /// The caller cancelled (or timed out): late 2xx answers get ACK + BYE.
+    pub abandoned: bool,
+    pub best_failure: Option<(u16, String)>,
+    pub outstanding_byes: usize,
+}
+
+impl Call {
+    /// The leg of a side (B: the answered branch).
+    pub fn leg_mut(&mut self, side: Side) -> Option<&mut Leg> {
+        match side {
+            Side::A => Some(&mut self.a),
+            Side::B => {
+                let i = self.answered?;
+                self.branches.get_mut(i).map(|b| &mut b.leg)
+            }
+        }
+    }
+
+    /// The earliest moment this call wants to be woken.
+    pub fn next_wake(&self) -> Option<Instant> {
+        let ok = self.pending_ok.as_ref().map(|p| p.next.min(p.give_up));
+        match (self.ring_until, ok) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Keep the "most meaningful" failure to report (RFC 3261 16.7 step 6: 6xx wins).
+    pub fn note_failure(&mut self, status: u16, reason: &str) {
+        let better = match &self.best_failure {
+            None => true,
+            Some((s, _)) => (status >= 600 && *s < 600) || (*s == 408 && status != 408),
+        };
+        if better {
+            self.best_failure = Some((status, reason.to_owned()));
+        }
+    }
+
+    pub fn all_branches_final(&self) -> bool {
+        self.branches.iter().all(|b| b.final_status.is_some())
+    }
+}

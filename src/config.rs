@@ -1,0 +1,238 @@
+//! One typed configuration with defaults that run out of the box; a TOML file overrides them.
+//! Unknown keys and bad values are refused at load with the file, line and cause.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::sip::transaction::TimerConfig;
+use crate::sip::transport::Transport;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub registrar: RegistrarConfig,
+    pub calls: CallConfig,
+    pub database: DatabaseConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// Listening sockets as "udp:ADDR:PORT" / "tcp:[::1]:5060".
+    pub listen: Vec<String>,
+    /// Host (and optional port) written into Via/Contact; defaults to the listening address.
+    pub advertised_host: Option<String>,
+    pub t1_ms: u64,
+    pub t2_ms: u64,
+    pub t4_ms: u64,
+    pub max_message_bytes: usize,
+    pub max_headers: usize,
+    /// Close a TCP connection after this long without traffic.
+    pub tcp_idle_timeout_s: u64,
+    /// Value of the Server / User-Agent header.
+    pub user_agent: String,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            listen: vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()],
+            advertised_host: None,
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+            max_message_bytes: 64 * 1024,
+            max_headers: 128,
+            tcp_idle_timeout_s: 600,
+            user_agent: concat!("Warden/", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrarConfig {
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub default_expires: u32,
+    /// Most contacts one address of record may bind.
+    pub max_contacts: usize,
+    /// Require digest authentication for REGISTER (off: a lab registrar).
+    pub auth: bool,
+    pub realm: String,
+    pub nonce_lifetime_s: u64,
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 3600,
+            max_contacts: 10,
+            auth: false,
+            realm: "warden".into(),
+            nonce_lifetime_s: 300,
+            users: Vec::new(),
+        }
+    }
+}
+
+/// A user allowed to register: a password, or precomputed HA1 values (preferred in files).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub username: String,
+    pub password: Option<String>,
+    pub ha1: Option<String>,
+    pub ha1_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallConfig {
+    /// Ring time before the caller gets 408 and the callee a CANCEL.
+    pub no_answer_timeout_s: u64,
+    /// Answer new calls with 503 once this many are up.
+    pub max_calls: usize,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        CallConfig {
+            no_answer_timeout_s: 60,
+            max_calls: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Where the SQLite database lives (created on first run).
+    pub path: PathBuf,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            path: PathBuf::from("data/warden.sqlite"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter such as "info" or "warden=debug".
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Read and validate a TOML file; errors name the file, line and cause.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1)
+                .unwrap_or(0);
+            anyhow::anyhow!("{origin}:{line}: {}", e.message())
+        })?;
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.listen()?;
+        let r = &self.registrar;
+        anyhow::ensure!(
+            r.min_expires <= r.max_expires,
+            "registrar.min_expires ({}) is above registrar.max_expires ({})",
+            r.min_expires,
+            r.max_expires
+        );
+        anyhow::ensure!(self.sip.t1_ms > 0, "sip.t1_ms must be above 0");
+        anyhow::ensure!(self.sip.t2_ms >= self.sip.t1_ms, "sip.t2_ms must be at least sip.t1_ms");
+        for u in &r.users {
+            anyhow::ensure!(
+                u.password.is_some() || u.ha1.is_some() || u.ha1_sha256.is_some(),
+                "registrar user {:?} has neither password nor ha1",
+                u.username
+            );
+        }
+        anyhow::ensure!(
+            !r.auth || !r.users.is_empty(),
+            "registrar.auth is on but registrar.users is empty: nobody could register"
+        );
+        Ok(())
+    }
+
+    /// The parsed listening sockets.
+    pub fn listen(&self) -> anyhow::Result<Vec<(Transport, SocketAddr)>> {
+        anyhow::ensure!(!self.sip.listen.is_empty(), "sip.listen is empty");
+        self.sip
+            .listen
+            .iter()
+            .map(|l| {
+                let (t, addr) = l
+                    .split_once(':')
+                    .ok_or_else(|| anyhow::anyhow!("sip.listen {l:?}: expected udp:ADDR:PORT"))?;
+                let transport = Transport::parse(t)
+                    .ok_or_else(|| anyhow::anyhow!("sip.listen {l:?}: unknown transport {t:?}"))?;
+                let addr = addr
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("sip.listen {l:?}: bad socket address {addr:?}"))?;
+                Ok((transport, addr))
+            })
+            .collect()
+    }
+
+    pub fn timers(&self) -> TimerConfig {
+        TimerConfig {
+            t1: Duration::from_millis(self.sip.t1_ms),
+            t2: Duration::from_millis(self.sip.t2_ms),
+            t4: Duration::from_millis(self.sip.t4_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let err = Config::parse("[sip]\nt1_ms = 500\nbogus = 1\n", "w.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("w.toml:3:"), "{msg}");
+        let err = Config::parse("[sip]\nlisten = [\"sctp:1.2.3.4:5\"]\n", "w.toml").unwrap_err();
+        assert!(err.to_string().contains("unknown transport"), "{err}");
+    }
+}

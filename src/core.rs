@@ -1,0 +1,1008 @@
+//! The signalling core, sans-IO: messages and time in, bytes to send and records to store out.
+//! It owns the transaction layer, the registrar and every call; the driver in `server` feeds it.
+//!
+//! One core owns its calls outright (no locks): `handle_message` / `handle_timeout` mutate,
+//! `poll_output` drains what the driver must do, `poll_timeout` says when to call back.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::call::{Branch, Call, Leg, PendingOk, Relay, Side, State, new_tag};
+use crate::config::Config;
+use crate::registrar::{Change, Registrar};
+use crate::sip::message::{Message, Method, Request, Response, Uri, Via};
+use crate::sip::transaction::{Transactions, TxEvent, TxKey};
+use crate::sip::transport::{Destination, Transport};
+
+/// What the driver must do.
+#[derive(Debug)]
+pub enum Output {
+    Send(Destination, Bytes),
+    Store(Change),
+}
+
+const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO, MESSAGE, NOTIFY, REFER, PRACK";
+
+/// Counters an operator (and the tests) can read.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub malformed_dropped: u64,
+    pub malformed_answered: u64,
+    pub calls_started: u64,
+    pub calls_answered: u64,
+}
+
+/// Where a client transaction's answer belongs.
+#[derive(Debug, Clone)]
+enum ClientPurpose {
+    Invite { call: u64, branch: usize },
+    Cancel,
+    Bye { call: u64 },
+    Relay { call: u64 },
+}
+
+pub struct Core {
+    config: Config,
+    tx: Transactions,
+    pub registrar: Registrar,
+    calls: HashMap<u64, Call>,
+    next_call: u64,
+    /// (Call-ID, our tag) -> (call, side or branch index for unanswered branches).
+    dialogs: HashMap<(String, String), (u64, Side)>,
+    server_invites: HashMap<TxKey, u64>,
+    client: HashMap<TxKey, ClientPurpose>,
+    relays: HashMap<TxKey, Relay>,
+    wakes: BTreeSet<(Instant, u64)>,
+    advertised: HashMap<Transport, String>,
+    out: VecDeque<Output>,
+    next_expiry_sweep: Option<Instant>,
+    pub stats: Stats,
+}
+
+impl Core {
+    /// `advertised`: host:port per transport for Via and Contact.
+    pub fn new(
+        config: Config,
+        registrar: Registrar,
+        advertised: HashMap<Transport, String>,
+    ) -> Core {
+        Core {
+            tx: Transactions::new(config.timers()),
+            config,
+            registrar,
+            calls: HashMap::new(),
+            next_call: 1,
+            dialogs: HashMap::new(),
+            server_invites: HashMap::new(),
+            client: HashMap::new(),
+            relays: HashMap::new(),
+            wakes: BTreeSet::new(),
+            advertised,
+            out: VecDeque::new(),
+            next_expiry_sweep: None,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.tx.poll_timeout(),
+            self.wakes.first().map(|(t, _)| *t),
+            self.next_expiry_sweep,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Bytes that were not SIP: counted and dropped (nothing could be answered).
+    pub fn handle_garbage(&mut self, from: &Destination, why: &str) {
+        self.stats.malformed_dropped += 1;
+        tracing::debug!(from = %from.addr, reason = why, "dropped unparseable message");
+    }
+
+    /// A parsed message arrived from `from`; `unix_s` is wall-clock time for the registrar.
+    pub fn handle_message(&mut self, message: Message, from: Destination, now: Instant, unix_s: u64) {
+        match &message {
+            Message::Request(r) => {
+                if let Err(bad) = r.check() {
+                    self.stats.malformed_answered += 1;
+                    tracing::info!(from = %from.addr, reason = %bad.reason, "refused malformed request");
+                    if r.method() != Method::Ack && r.top_via().is_some() {
+                        let mut resp = Response::to_request(r, bad.status, reason_phrase(bad.status));
+                        let _ = resp.push_header(
+                            "Warning",
+                            &format!("399 warden \"{}\"", bad.reason.replace(['"', '\\'], "'")),
+                        );
+                        let dest = response_destination(r, &from);
+                        self.out.push_back(Output::Send(dest, resp.to_bytes()));
+                    }
+                    return;
+                }
+                let dest = response_destination(r, &from);
+                let dest = Destination {
+                    conn: from.conn,
+                    ..dest
+                };
+                self.tx.receive(message, dest, now);
+            }
+            Message::Response(r) => {
+                if let Err(bad) = r.check() {
+                    self.stats.malformed_dropped += 1;
+                    tracing::debug!(from = %from.addr, reason = %bad.reason, "dropped malformed response");
+                    return;
+                }
+                self.tx.receive(message, from, now);
+            }
+        }
+        if self.next_expiry_sweep.is_none() {
+            self.next_expiry_sweep = Some(now + Duration::from_secs(1));
+        }
+        self.drain(now, unix_s);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant, unix_s: u64) {
+        self.tx.handle_timeout(now);
+        while let Some(&(at, id)) = self.wakes.first() {
+            if at > now {
+                break;
+            }
+            self.wakes.remove(&(at, id));
+            self.on_call_tick(id, now);
+        }
+        if self.next_expiry_sweep.is_some_and(|t| t <= now) {
+            for change in self.registrar.expire(unix_s) {
+                self.out.push_back(Output::Store(change));
+            }
+            self.next_expiry_sweep = Some(now + Duration::from_secs(1));
+        }
+        self.drain(now, unix_s);
+    }
+
+    fn drain(&mut self, now: Instant, unix_s: u64) {
+        while let Some(event) = self.tx.poll_event() {
+            match event {
+                TxEvent::Send(dest, m) => self.out.push_back(Output::Send(dest, m.to_bytes())),
+                TxEvent::Request(key, req, from) => self.on_request(key, req, from, now, unix_s),
+                TxEvent::Response(key, resp) => self.on_response(key, resp, now),
+                TxEvent::Stray(Message::Request(r), from) if r.method() == Method::Ack => {
+                    self.on_ack(r, from, now)
+                }
+                TxEvent::Stray(Message::Response(r), _) => self.on_stray_response(r),
+                TxEvent::Stray(_, _) => {}
+                TxEvent::Timeout(key) => self.on_tx_timeout(key, now),
+            }
+        }
+    }
+
+    // ----- building messages -------------------------------------------------------------
+
+    fn local_host(&self, transport: Transport) -> String {
+        self.advertised
+            .get(&transport)
+            .or_else(|| self.advertised.values().next())
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:5060".into())
+    }
+
+    fn contact(&self, transport: Transport) -> String {
+        match transport {
+            Transport::Udp => format!("<sip:warden@{}>", self.local_host(transport)),
+            Transport::Tcp => format!("<sip:warden@{};transport=tcp>", self.local_host(transport)),
+        }
+    }
+
+    fn via(&self, transport: Transport, branch: &str) -> String {
+        format!(
+            "SIP/2.0/{} {};branch=z9hG4bK{branch};rport",
+            transport.as_str(),
+            self.local_host(transport)
+        )
+    }
+
+    fn respond(&mut self, key: &TxKey, req: &Request, status: u16, tag: Option<&str>, now: Instant) {
+        let mut resp = Response::to_request(req, status, reason_phrase(status));
+        if status > 100 {
+            resp.set_to_tag(tag.map(str::to_owned).unwrap_or_else(new_tag).as_str());
+        }
+        let _ = resp.push_header("Server", &self.config.sip.user_agent);
+        if matches!(status, 405 | 501) || (req.method() == Method::Options && status == 200) {
+            let _ = resp.push_header("Allow", ALLOW);
+        }
+        self.tx.respond(key, resp, now);
+    }
+
+    /// A request inside `leg` (increments its CSeq unless `cseq` is given, as for ACK/CANCEL).
+    fn leg_request(&self, leg: &mut Leg, method: Method, cseq: Option<u32>) -> Option<Request> {
+        let seq = match cseq {
+            Some(s) => s,
+            None => {
+                leg.cseq += 1;
+                leg.cseq
+            }
+        };
+        let uri = Uri::parse(&leg.target).ok()?;
+        let to = match &leg.remote_tag {
+            Some(t) => format!("{};tag={t}", leg.remote_uri),
+            None => leg.remote_uri.clone(),
+        };
+        Request::builder(method, &uri)
+            .header("Via", &self.via(leg.dest.transport, &new_tag()))
+            .max_forwards(70)
+            .header("From", &format!("{};tag={}", leg.local_uri, leg.local_tag))
+            .header("To", &to)
+            .header("Call-ID", &leg.call_id)
+            .cseq(seq)
+            .header("Contact", &self.contact(leg.dest.transport))
+            .header("User-Agent", &self.config.sip.user_agent)
+            .build()
+            .ok()
+    }
+
+    fn send_in_dialog(&mut self, req: Request, dest: Destination, purpose: ClientPurpose, now: Instant) -> Option<TxKey> {
+        let key = self.tx.send_request(req, dest, now)?;
+        self.client.insert(key.clone(), purpose);
+        Some(key)
+    }
+
+    // ----- requests ---------------------------------------------------------------------
+
+    fn on_request(&mut self, key: TxKey, req: Request, from: Destination, now: Instant, unix_s: u64) {
+        let method = req.method();
+        if req.to_tag().is_some() {
+            return self.on_in_dialog(key, req, now);
+        }
+        if let Some(required) = req.header("Require").filter(|_| method != Method::Cancel) {
+            let mut resp = Response::to_request(&req, 420, "Bad Extension");
+            resp.set_to_tag(&new_tag());
+            let _ = resp.push_header("Unsupported", &required);
+            self.tx.respond(&key, resp, now);
+            return;
+        }
+        match method {
+            Method::Register => self.on_register(key, req, from, unix_s, now),
+            Method::Invite => self.on_invite(key, req, from, now, unix_s),
+            Method::Cancel => self.on_cancel(key, req, now),
+            Method::Options => self.respond(&key, &req, 200, None, now),
+            Method::Other(_) => self.respond(&key, &req, 501, None, now),
+            _ => self.respond(&key, &req, 405, None, now),
+        }
+    }
+
+    fn on_register(&mut self, key: TxKey, req: Request, from: Destination, unix_s: u64, now: Instant) {
+        let user = req.to().and_then(|t| t.uri.user()).unwrap_or_default();
+        if let Some(challenge) = self.registrar.authenticate(&req, &user, unix_s) {
+            self.tx.respond(&key, challenge, now);
+            return;
+        }
+        let outcome = self.registrar.register(&req, &from, unix_s);
+        for change in outcome.changes {
+            self.out.push_back(Output::Store(change));
+        }
+        self.tx.respond(&key, outcome.response, now);
+    }
+
+    fn on_invite(&mut self, key: TxKey, req: Request, from: Destination, now: Instant, unix_s: u64) {
+        if req.max_forwards() == Some(0) {
+            return self.respond(&key, &req, 483, None, now);
+        }
+        // 100 Trying at once: the caller stops retransmitting while we look the callee up.
+        self.respond(&key, &req, 100, None, now);
+        let callee = req.uri().user().unwrap_or_default();
+        let (Some(from_hdr), Some(_), Some(call_id)) = (req.from(), req.to(), req.call_id()) else {
+            return self.respond(&key, &req, 400, None, now);
+        };
+        let caller = from_hdr.uri.user().unwrap_or_else(|| from_hdr.uri.to_string());
+        if self.calls.len() >= self.config.calls.max_calls {
+            tracing::warn!(limit = self.config.calls.max_calls, "call limit reached; refusing with 503");
+            return self.respond(&key, &req, 503, None, now);
+        }
+        let bindings: Vec<_> = self.registrar.lookup(&callee, unix_s).into_iter().cloned().collect();
+        if bindings.is_empty() {
+            let status = if self.registrar.knows(&callee) { 480 } else { 404 };
+            tracing::info!(%caller, %callee, status, "call declined: callee not reachable");
+            return self.respond(&key, &req, status, None, now);
+        }
+        let id = self.next_call;
+        self.next_call += 1;
+        self.stats.calls_started += 1;
+        let a_target = req
+            .contacts()
+            .ok()
+            .and_then(|c| c.into_iter().find_map(|c| match c {
+                crate::sip::message::Contact::Address(a) => Some(a.uri.to_string()),
+                crate::sip::message::Contact::Star => None,
+            }))
+            .unwrap_or_else(|| from_hdr.uri.to_string());
+        let a = Leg {
+            call_id: call_id.clone(),
+            local_uri: strip_tag(&req.header("To").unwrap_or_default()),
+            local_tag: new_tag(),
+            remote_uri: strip_tag(&req.header("From").unwrap_or_default()),
+            remote_tag: from_hdr.tag().map(str::to_owned),
+            target: a_target,
+            cseq: 0,
+            dest: from.clone(),
+        };
+        self.dialogs.insert((call_id.clone(), a.local_tag.clone()), (id, Side::A));
+        self.server_invites.insert(key.clone(), id);
+        let hops = req.max_forwards().unwrap_or(70).saturating_sub(1);
+        let mut call = Call {
+            id,
+            state: State::Calling,
+            a,
+            a_invite: req.clone(),
+            a_invite_tx: key,
+            branches: Vec::new(),
+            answered: None,
+            caller: caller.clone(),
+            callee: callee.clone(),
+            started: now,
+            answered_at: None,
+            ring_until: Some(now + Duration::from_secs(self.config.calls.no_answer_timeout_s)),
+            pending_ok: None,
+            owed_ack: None,
+            abandoned: false,
+            best_failure: None,
+            outstanding_byes: 0,
+        };
+        tracing::info!(call = id, %caller, %callee, call_id = %call_id, forks = bindings.len(), "call started");
+        for (index, binding) in bindings.iter().enumerate() {
+            let dest = binding.destination(None);
+            let mut leg = Leg {
+                call_id: format!("{}@warden", new_tag()),
+                local_uri: strip_tag(&req.header("From").unwrap_or_default()),
+                local_tag: new_tag(),
+                remote_uri: strip_tag(&req.header("To").unwrap_or_default()),
+                remote_tag: None,
+                target: binding.contact.clone(),
+                cseq: 0,
+                dest: dest.clone(),
+            };
+            let Some(mut invite) = self.leg_request(&mut leg, Method::Invite, None) else {
+                continue;
+            };
+            let _ = invite.set_header("Max-Forwards", &hops.to_string());
+            let _ = invite.push_header("Allow", ALLOW);
+            let content_type = req.header("Content-Type");
+            invite.set_body(req.body().clone(), content_type.as_deref());
+            self.dialogs.insert((leg.call_id.clone(), leg.local_tag.clone()), (id, Side::B));
+            let tx = self.tx.send_request(invite.clone(), dest, now);
+            if let Some(tx) = &tx {
+                self.client.insert(tx.clone(), ClientPurpose::Invite { call: id, branch: index });
+            }
+            call.branches.push(Branch {
+                leg,
+                invite,
+                tx,
+                provisional: false,
+                final_status: None,
+                cancel_pending: false,
+                ack: None,
+            });
+        }
+        self.schedule(&call);
+        self.calls.insert(id, call);
+    }
+
+    fn on_cancel(&mut self, key: TxKey, req: Request, now: Instant) {
+        let Some(invite_key) = self.tx.cancelled_invite(&req) else {
+            return self.respond(&key, &req, 481, None, now);
+        };
+        self.respond(&key, &req, 200, None, now);
+        let Some(id) = self.server_invites.get(&invite_key).copied() else {
+            return;
+        };
+        let Some(mut call) = self.calls.remove(&id) else { return };
+        if call.state == State::Calling && !call.abandoned {
+            tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "call cancelled by caller");
+            let tag = call.a.local_tag.clone();
+            let invite = call.a_invite.clone();
+            self.respond(&call.a_invite_tx.clone(), &invite, 487, Some(&tag), now);
+            self.abandon(&mut call, now);
+        }
+        self.finish_or_keep(call);
+    }
+
+    /// Stop ringing: CANCEL every branch still pending.
+    fn abandon(&mut self, call: &mut Call, now: Instant) {
+        call.abandoned = true;
+        call.ring_until = None;
+        for i in 0..call.branches.len() {
+            self.cancel_branch(call, i, now);
+        }
+    }
+
+    fn cancel_branch(&mut self, call: &mut Call, index: usize, now: Instant) {
+        let Some(branch) = call.branches.get_mut(index) else { return };
+        if branch.final_status.is_some() {
+            return;
+        }
+        if !branch.provisional {
+            branch.cancel_pending = true;
+            return;
+        }
+        branch.cancel_pending = false;
+        let invite = &branch.invite;
+        let mut builder = Request::builder(Method::Cancel, &invite.uri());
+        for name in ["Via", "From", "To", "Call-ID"] {
+            if let Some(v) = invite.header(name) {
+                builder = builder.header(name, &v);
+            }
+        }
+        let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
+        if let Ok(cancel) = builder.cseq(seq).max_forwards(70).build() {
+            let dest = branch.leg.dest.clone();
+            if let Some(k) = self.tx.send_request(cancel, dest, now) {
+                self.client.insert(k, ClientPurpose::Cancel);
+            }
+        }
+    }
+
+    fn on_in_dialog(&mut self, key: TxKey, req: Request, now: Instant) {
+        let method = req.method();
+        let dialog = req
+            .call_id()
+            .zip(req.to_tag())
+            .and_then(|k| self.dialogs.get(&k).copied());
+        let Some((id, side)) = dialog else {
+            return self.respond(&key, &req, 481, None, now);
+        };
+        let Some(mut call) = self.calls.remove(&id) else {
+            return self.respond(&key, &req, 481, None, now);
+        };
+        // A request from a callee branch that did not win is not part of the bridge.
+        let from_answered = side == Side::A
+            || call
+                .answered
+                .and_then(|i| call.branches.get(i))
+                .is_some_and(|b| Some(&b.leg.call_id) == req.call_id().as_ref());
+        if !from_answered {
+            self.respond(&key, &req, 481, None, now);
+            return self.finish_or_keep(call);
+        }
+        if let Some(leg) = call.leg_mut(side)
+            && let Some(c) = req.cseq()
+        {
+            // Track the peer's target refresh (RFC 3261 12.2.2).
+            if method == Method::Invite || method == Method::Update {
+                if let Ok(contacts) = req.contacts()
+                    && let Some(crate::sip::message::Contact::Address(a)) = contacts.into_iter().next()
+                {
+                    leg.target = a.uri.to_string();
+                }
+            }
+            let _ = c;
+        }
+        match method {
+            Method::Bye => {
+                let tag = req.to_tag();
+                self.respond(&key, &req, 200, tag.as_deref(), now);
+                if matches!(call.state, State::Confirmed | State::Answered) {
+                    let secs = call.answered_at.map(|t| now.duration_since(t).as_secs()).unwrap_or(0);
+                    tracing::info!(call = id, caller = %call.caller, callee = %call.callee, by = side.name(), duration_s = secs, "call ended");
+                    call.pending_ok = None;
+                    self.send_bye(&mut call, side.other(), now);
+                }
+                if call.outstanding_byes == 0 {
+                    call.state = State::Done;
+                }
+            }
+            Method::Invite | Method::Update | Method::Info | Method::Message | Method::Notify
+            | Method::Refer | Method::Options | Method::Other(_) | Method::Subscribe | Method::Prack
+            | Method::Publish => {
+                if call.state != State::Confirmed && call.state != State::Answered {
+                    self.respond(&key, &req, 491, None, now);
+                    return self.finish_or_keep(call);
+                }
+                self.relay_request(&mut call, key, req, side, now);
+            }
+            Method::Ack | Method::Cancel | Method::Register => {
+                self.respond(&key, &req, 405, None, now);
+            }
+        }
+        self.finish_or_keep(call);
+    }
+
+    /// Forward an in-dialog request to the other side; its answer comes back in `on_response`.
+    fn relay_request(&mut self, call: &mut Call, key: TxKey, req: Request, from: Side, now: Instant) {
+        let method = req.method();
+        let Some(leg) = call.leg_mut(from.other()) else {
+            return self.respond(&key, &req, 481, None, now);
+        };
+        let mut leg_copy = leg.clone();
+        let Some(mut out) = self.leg_request(&mut leg_copy, method.clone(), None) else {
+            return self.respond(&key, &req, 500, None, now);
+        };
+        if let Some(leg) = call.leg_mut(from.other()) {
+            leg.cseq = leg_copy.cseq;
+        }
+        for name in ["Content-Disposition", "Event", "Subscription-State", "Refer-To", "Referred-By", "Session-Expires", "Supported", "Allow"] {
+            for v in req.headers(name) {
+                let _ = out.push_header(name, &v);
+            }
+        }
+        let content_type = req.header("Content-Type");
+        out.set_body(req.body().clone(), content_type.as_deref());
+        let dest = leg_copy.dest.clone();
+        if let Some(client) = self.send_in_dialog(out, dest, ClientPurpose::Relay { call: call.id }, now) {
+            self.relays.insert(
+                client,
+                Relay {
+                    server: key,
+                    from,
+                    method,
+                    far_cseq: leg_copy.cseq,
+                },
+            );
+        } else {
+            self.respond(&key, &req, 500, None, now);
+        }
+    }
+
+    fn send_bye(&mut self, call: &mut Call, side: Side, now: Instant) {
+        let Some(leg) = call.leg_mut(side) else { return };
+        let mut leg_copy = leg.clone();
+        if let Some(bye) = self.leg_request(&mut leg_copy, Method::Bye, None) {
+            if let Some(leg) = call.leg_mut(side) {
+                leg.cseq = leg_copy.cseq;
+            }
+            if self.send_in_dialog(bye, leg_copy.dest, ClientPurpose::Bye { call: call.id }, now).is_some() {
+                call.outstanding_byes += 1;
+                call.state = State::Ending;
+            }
+        }
+    }
+
+    /// ACK + BYE a callee branch whose 2xx nobody wants (a losing fork, a cancelled call).
+    fn reject_late_answer(&mut self, call: &mut Call, index: usize, resp: &Response, now: Instant) {
+        let Some(branch) = call.branches.get_mut(index) else { return };
+        branch.leg.remote_tag = resp.to_tag();
+        if let Ok(Some(crate::sip::message::Contact::Address(a))) = resp.contacts().map(|c| c.into_iter().next()) {
+            branch.leg.target = a.uri.to_string();
+        }
+        let seq = branch.invite.cseq().map(|c| c.seq).unwrap_or(1);
+        let mut leg = branch.leg.clone();
+        if let Some(ack) = self.leg_request(&mut leg, Method::Ack, Some(seq)) {
+            let bytes = ack.to_bytes();
+            self.out.push_back(Output::Send(leg.dest.clone(), bytes.clone()));
+            if let Some(b) = call.branches.get_mut(index) {
+                b.ack = Some(bytes);
+            }
+        }
+        if let Some(bye) = self.leg_request(&mut leg, Method::Bye, None) {
+            self.send_in_dialog(bye, leg.dest.clone(), ClientPurpose::Cancel, now);
+        }
+    }
+
+    // ----- responses --------------------------------------------------------------------
+
+    fn on_response(&mut self, key: TxKey, resp: Response, now: Instant) {
+        let Some(purpose) = self.client.get(&key).cloned() else { return };
+        if resp.status() >= 200 && !matches!(purpose, ClientPurpose::Invite { .. }) {
+            self.client.remove(&key);
+        }
+        match purpose {
+            ClientPurpose::Invite { call, branch } => self.on_branch_response(call, branch, resp, now),
+            ClientPurpose::Cancel => {}
+            ClientPurpose::Bye { call } => {
+                if resp.status() >= 200
+                    && let Some(mut c) = self.calls.remove(&call)
+                {
+                    c.outstanding_byes = c.outstanding_byes.saturating_sub(1);
+                    if c.outstanding_byes == 0 {
+                        c.state = State::Done;
+                    }
+                    self.finish_or_keep(c);
+                }
+            }
+            ClientPurpose::Relay { call } => self.on_relay_response(call, key, resp, now),
+        }
+    }
+
+    fn on_branch_response(&mut self, id: u64, index: usize, resp: Response, now: Instant) {
+        let Some(mut call) = self.calls.remove(&id) else { return };
+        let status = resp.status();
+        let already_answered = call.answered.is_some() && call.answered != Some(index);
+        if (200..300).contains(&status) && (already_answered || call.abandoned) {
+            if let Some(b) = call.branches.get_mut(index) {
+                b.final_status = Some(status);
+            }
+            self.reject_late_answer(&mut call, index, &resp, now);
+            return self.finish_or_keep(call);
+        }
+        if status < 200 {
+            if let Some(b) = call.branches.get_mut(index) {
+                b.provisional = true;
+                if resp.to_tag().is_some() {
+                    b.leg.remote_tag = resp.to_tag();
+                }
+                if b.cancel_pending {
+                    self.cancel_branch(&mut call, index, now);
+                }
+            }
+            if status > 100 && !call.abandoned && call.state == State::Calling {
+                if status == 180 {
+                    tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "ringing");
+                }
+                self.relay_to_a(&mut call, &resp, now);
+            }
+        } else if status < 300 {
+            call.answered = Some(index);
+            call.ring_until = None;
+            call.state = State::Answered;
+            call.answered_at = Some(now);
+            self.stats.calls_answered += 1;
+            if let Some(b) = call.branches.get_mut(index) {
+                b.final_status = Some(status);
+                b.leg.remote_tag = resp.to_tag();
+                if let Ok(Some(crate::sip::message::Contact::Address(a))) = resp.contacts().map(|c| c.into_iter().next()) {
+                    b.leg.target = a.uri.to_string();
+                }
+                b.leg.cseq = b.invite.cseq().map(|c| c.seq).unwrap_or(1);
+            }
+            for i in 0..call.branches.len() {
+                if i != index {
+                    self.cancel_branch(&mut call, i, now);
+                }
+            }
+            tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "answered");
+            let a_cseq = call.a_invite.cseq().map(|c| c.seq).unwrap_or(0);
+            let bytes = self.relay_to_a(&mut call, &resp, now);
+            if let Some(bytes) = bytes {
+                let t1 = self.config.timers().t1;
+                call.pending_ok = Some(PendingOk {
+                    bytes,
+                    dest: call.a.dest.clone(),
+                    next: now + t1,
+                    interval: t1,
+                    give_up: now + t1 * 64,
+                    cseq: a_cseq,
+                    side: Side::A,
+                });
+                if call.a.dest.transport.is_reliable() {
+                    // No retransmission over TCP; only the ACK deadline remains.
+                    if let Some(p) = call.pending_ok.as_mut() {
+                        p.next = p.give_up;
+                    }
+                }
+            }
+            call.owed_ack = Some((Side::B, call.branches.get(index).and_then(|b| b.invite.cseq()).map(|c| c.seq).unwrap_or(1)));
+        } else {
+            if let Some(b) = call.branches.get_mut(index) {
+                b.final_status = Some(status);
+            }
+            call.note_failure(status, &resp.reason());
+            if call.all_branches_final() && call.answered.is_none() {
+                if !call.abandoned {
+                    let (code, _) = call.best_failure.clone().unwrap_or((480, String::new()));
+                    tracing::info!(call = id, caller = %call.caller, callee = %call.callee, status = code, "call declined");
+                    self.relay_final_failure(&mut call, &resp, now);
+                }
+                call.state = State::Done;
+            }
+        }
+        self.schedule(&call);
+        self.finish_or_keep(call);
+    }
+
+    /// Relay a callee response to the caller's INVITE; returns the bytes for a 2xx.
+    fn relay_to_a(&mut self, call: &mut Call, resp: &Response, now: Instant) -> Option<Bytes> {
+        let mut out = Response::relay(&call.a_invite, resp);
+        out.set_to_tag(&call.a.local_tag);
+        let _ = out.push_header("Contact", &self.contact(call.a.dest.transport));
+        let _ = out.push_header("Server", &self.config.sip.user_agent);
+        if resp.status() >= 200 {
+            let _ = out.push_header("Allow", ALLOW);
+        }
+        let content_type = resp.header("Content-Type");
+        out.set_body(resp.body().clone(), content_type.as_deref());
+        let bytes = out.to_bytes();
+        self.tx.respond(&call.a_invite_tx, out, now);
+        Some(bytes)
+    }
+
+    fn relay_final_failure(&mut self, call: &mut Call, last: &Response, now: Instant) {
+        let (status, reason) = call.best_failure.clone().unwrap_or((last.status(), last.reason()));
+        let mut out = Response::to_request(&call.a_invite, status, &reason);
+        out.set_to_tag(&call.a.local_tag);
+        let _ = out.push_header("Server", &self.config.sip.user_agent);
+        self.tx.respond(&call.a_invite_tx, out, now);
+    }
+
+    fn on_relay_response(&mut self, id: u64, key: TxKey, resp: Response, now: Instant) {
+        let Some(mut call) = self.calls.remove(&id) else { return };
+        let final_response = resp.status() >= 200;
+        let relay = if final_response { self.relays.remove(&key) } else { None };
+        let relay_ref = relay.as_ref().or_else(|| self.relays.get(&key));
+        let Some(relay_info) = relay_ref.map(|r| (r.server.clone(), r.from, r.method.clone(), r.far_cseq)) else {
+            return self.finish_or_keep(call);
+        };
+        let (server, from, method, far_cseq) = relay_info;
+        if resp.status() == 100 {
+            return self.finish_or_keep(call);
+        }
+        if let Some(req) = self.tx.server_request(&server) {
+            let mut out = Response::relay(&req, &resp);
+            if let Some(leg) = call.leg_mut(from) {
+                let tag = leg.local_tag.clone();
+                out.set_to_tag(&tag);
+            }
+            if method == Method::Invite || method == Method::Update {
+                let _ = out.push_header("Contact", &self.contact(call.a.dest.transport));
+            }
+            let content_type = resp.header("Content-Type");
+            out.set_body(resp.body().clone(), content_type.as_deref());
+            if method == Method::Invite && (200..300).contains(&resp.status()) {
+                // The far side's 2xx is ACKed when the requester ACKs ours (the answer may be
+                // in that ACK); until then we retransmit our 2xx to the requester.
+                if let Some(far_leg) = call.leg_mut(from.other())
+                    && let Some(tag) = resp.to_tag()
+                {
+                    far_leg.remote_tag = Some(tag);
+                }
+                let t1 = self.config.timers().t1;
+                let dest = call.leg_mut(from).map(|l| l.dest.clone());
+                if let Some(dest) = dest {
+                    let reliable = dest.transport.is_reliable();
+                    call.pending_ok = Some(PendingOk {
+                        bytes: out.to_bytes(),
+                        dest,
+                        next: if reliable { now + t1 * 64 } else { now + t1 },
+                        interval: t1,
+                        give_up: now + t1 * 64,
+                        cseq: req.cseq().map(|c| c.seq).unwrap_or(0),
+                        side: from,
+                    });
+                }
+                call.owed_ack = Some((from.other(), far_cseq));
+            }
+            self.tx.respond(&server, out, now);
+        }
+        self.schedule(&call);
+        self.finish_or_keep(call);
+    }
+
+    /// An ACK outside any transaction: the ACK for a 2xx Warden sent.
+    fn on_ack(&mut self, ack: Request, _from: Destination, now: Instant) {
+        let Some((id, side)) = ack
+            .call_id()
+            .zip(ack.to_tag())
+            .and_then(|k| self.dialogs.get(&k).copied())
+        else {
+            return;
+        };
+        let Some(mut call) = self.calls.remove(&id) else { return };
+        let seq = ack.cseq().map(|c| c.seq);
+        if call.pending_ok.as_ref().is_some_and(|p| p.side == side && Some(p.cseq) == seq) {
+            call.pending_ok = None;
+            if call.state == State::Answered {
+                call.state = State::Confirmed;
+            }
+            if let Some((far, far_cseq)) = call.owed_ack.take() {
+                self.send_ack(&mut call, far, far_cseq, &ack, now);
+            }
+        }
+        self.schedule(&call);
+        self.finish_or_keep(call);
+    }
+
+    fn send_ack(&mut self, call: &mut Call, side: Side, cseq: u32, original: &Request, _now: Instant) {
+        let index = call.answered;
+        let Some(leg) = call.leg_mut(side) else { return };
+        let mut leg_copy = leg.clone();
+        let Some(mut ack) = self.leg_request(&mut leg_copy, Method::Ack, Some(cseq)) else { return };
+        let content_type = original.header("Content-Type");
+        ack.set_body(original.body().clone(), content_type.as_deref());
+        let bytes = ack.to_bytes();
+        self.out.push_back(Output::Send(leg_copy.dest.clone(), bytes.clone()));
+        if side == Side::B
+            && let Some(b) = index.and_then(|i| call.branches.get_mut(i))
+        {
+            b.ack = Some(bytes);
+        }
+    }
+
+    /// A 2xx retransmission from a callee: resend the ACK we already sent for it.
+    fn on_stray_response(&mut self, resp: Response) {
+        if !(200..300).contains(&resp.status()) {
+            return;
+        }
+        let Some((id, _)) = resp
+            .call_id()
+            .zip(resp.from_tag())
+            .and_then(|k| self.dialogs.get(&k).copied())
+        else {
+            return;
+        };
+        let Some(call) = self.calls.get(&id) else { return };
+        let call_id = resp.call_id();
+        for b in &call.branches {
+            if Some(&b.leg.call_id) == call_id.as_ref()
+                && let Some(ack) = &b.ack
+            {
+                self.out.push_back(Output::Send(b.leg.dest.clone(), ack.clone()));
+            }
+        }
+    }
+
+    fn on_tx_timeout(&mut self, key: TxKey, now: Instant) {
+        let Some(purpose) = self.client.remove(&key) else { return };
+        match purpose {
+            ClientPurpose::Invite { call, branch } => {
+                let Some(mut c) = self.calls.remove(&call) else { return };
+                if let Some(b) = c.branches.get_mut(branch)
+                    && b.final_status.is_none()
+                {
+                    b.final_status = Some(408);
+                    c.note_failure(408, "Request Timeout");
+                    tracing::info!(call, branch, "callee did not answer the INVITE (Timer B)");
+                    if c.all_branches_final() && c.answered.is_none() {
+                        if !c.abandoned {
+                            let (status, reason) = c.best_failure.clone().unwrap_or((408, "Request Timeout".into()));
+                            let mut out = Response::to_request(&c.a_invite, status, &reason);
+                            out.set_to_tag(&c.a.local_tag);
+                            self.tx.respond(&c.a_invite_tx.clone(), out, now);
+                        }
+                        c.state = State::Done;
+                    }
+                }
+                self.finish_or_keep(c);
+            }
+            ClientPurpose::Bye { call } => {
+                if let Some(mut c) = self.calls.remove(&call) {
+                    c.outstanding_byes = c.outstanding_byes.saturating_sub(1);
+                    if c.outstanding_byes == 0 {
+                        c.state = State::Done;
+                    }
+                    self.finish_or_keep(c);
+                }
+            }
+            ClientPurpose::Relay { call } => {
+                if let Some(relay) = self.relays.remove(&key)
+                    && let Some(req) = self.tx.server_request(&relay.server)
+                {
+                    let _ = call;
+                    self.respond(&relay.server, &req, 408, None, now);
+                }
+            }
+            ClientPurpose::Cancel => {}
+        }
+    }
+
+    // ----- call timers ------------------------------------------------------------------
+
+    fn on_call_tick(&mut self, id: u64, now: Instant) {
+        let Some(mut call) = self.calls.remove(&id) else { return };
+        if call.ring_until.is_some_and(|t| t <= now) && call.state == State::Calling {
+            tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "no answer; call timed out");
+            let tag = call.a.local_tag.clone();
+            let invite = call.a_invite.clone();
+            self.respond(&call.a_invite_tx.clone(), &invite, 408, Some(&tag), now);
+            self.abandon(&mut call, now);
+        }
+        if let Some(p) = call.pending_ok.as_mut() {
+            if p.give_up <= now {
+                tracing::warn!(call = id, "no ACK for the 2xx; ending the call");
+                let side = p.side;
+                call.pending_ok = None;
+                if let Some((far, far_cseq)) = call.owed_ack.take() {
+                    let placeholder = call.a_invite.clone();
+                    let mut empty = placeholder;
+                    empty.set_body(Bytes::new(), None);
+                    self.send_ack(&mut call, far, far_cseq, &empty, now);
+                }
+                self.send_bye(&mut call, side, now);
+                self.send_bye(&mut call, side.other(), now);
+            } else if p.next <= now {
+                self.out.push_back(Output::Send(p.dest.clone(), p.bytes.clone()));
+                p.interval = (p.interval * 2).min(self.config.timers().t2);
+                p.next = (now + p.interval).min(p.give_up);
+            }
+        }
+        self.schedule(&call);
+        self.finish_or_keep(call);
+    }
+
+    fn schedule(&mut self, call: &Call) {
+        if let Some(t) = call.next_wake() {
+            self.wakes.insert((t, call.id));
+        }
+    }
+
+    /// Put a call back, or forget it when it is over (and every branch has settled).
+    fn finish_or_keep(&mut self, call: Call) {
+        let settled = call.all_branches_final() || call.answered.is_some();
+        if call.state == State::Done && settled && call.outstanding_byes == 0 {
+            self.dialogs.remove(&(call.a.call_id.clone(), call.a.local_tag.clone()));
+            for b in &call.branches {
+                self.dialogs.remove(&(b.leg.call_id.clone(), b.leg.local_tag.clone()));
+            }
+            self.server_invites.remove(&call.a_invite_tx);
+            self.client.retain(|_, p| !matches!(p, ClientPurpose::Invite { call: c, .. } if *c == call.id));
+            return;
+        }
+        self.calls.insert(call.id, call);
+    }
+}
+
+/// RFC 3261 18.2.2: reliable -> the connection; rport -> source address and port;
+/// otherwise the source address with the Via sent-by port.
+fn response_destination(req: &Request, from: &Destination) -> Destination {
+    if from.transport.is_reliable() {
+        return from.clone();
+    }
+    let via: Option<Via> = req.top_via();
+    let port = match via {
+        Some(v) if v.rport.is_some() => from.addr.port(),
+        Some(v) => v.port.unwrap_or(5060),
+        None => from.addr.port(),
+    };
+    Destination {
+        transport: from.transport,
+        addr: std::net::SocketAddr::new(from.addr.ip(), port),
+        conn: from.conn,
+    }
+}
+
+fn strip_tag(header: &str) -> String {
+    // Remove a ;tag=... header parameter (outside <>), keeping the rest of the value.
+    let close = header.rfind('>').map(|i| i + 1).unwrap_or(0);
+    let (addr, params) = header.split_at(close);
+    let kept: Vec<&str> = params
+        .split(';')
+        .filter(|p| !p.trim().to_ascii_lowercase().starts_with("tag="))
+        .collect();
+    format!("{addr}{}", kept.join(";")).trim().to_owned()
+}
+
+/// Reason phrases for responses Warden generates (RFC 3261 21).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Trying",
+        180 => "Ringing",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        423 => "Interval Too Brief",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        491 => "Request Pending",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "Version Not Supported",
+        603 => "Decline",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_tag_keeps_other_params() {
+        assert_eq!(strip_tag("<sip:a@b;lr>;tag=x;foo=1"), "<sip:a@b;lr>;foo=1");
+        assert_eq!(strip_tag("\"A\" <sip:a@b>"), "\"A\" <sip:a@b>");
+    }
+}

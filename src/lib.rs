@@ -1,0 +1,9 @@
+//! Warden: a SIP back-to-back user agent application server with a media relay.
+//! The binary (`main.rs`) is a thin CLI over [`server::run`].
+
+pub mod call;
+pub mod config;
+pub mod core;
+pub mod registrar;
+pub mod server;
+pub mod sip;

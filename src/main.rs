@@ -1,0 +1,68 @@
+//! The `warden` command: `warden [run]` starts the server, `warden check` validates the config.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use warden::config::Config;
+
+/// Warden: a SIP B2BUA application server (registrar + bridged calls).
+///
+/// With no config file Warden listens on 127.0.0.1:5060 (UDP and TCP), keeps registrations in
+/// data/warden.sqlite and bridges calls between registered users.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// TOML configuration file overriding the embedded defaults.
+    #[arg(short, long, global = true, env = "WARDEN_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server (the default).
+    Run,
+    /// Validate the configuration and exit (0 when valid).
+    Check,
+}
+
+fn load(path: &Option<PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Ok(Config::default()),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let config = match load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warden: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if matches!(cli.command, Some(Command::Check)) {
+        println!("configuration ok");
+        return std::process::ExitCode::SUCCESS;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warden: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(warden::server::run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("warden: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

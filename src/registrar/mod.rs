@@ -1,0 +1,392 @@
+//! The registrar (RFC 3261 section 10): bindings per address of record, expiry, digest auth.
+//! Pure logic fed with the current Unix time; `store` persists the changes it reports.
+
+pub mod digest;
+pub mod store;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use crate::config::RegistrarConfig;
+use crate::sip::message::{Contact, Request, Response, Uri};
+use crate::sip::transport::{Destination, Transport};
+use digest::{Algorithm, DigestAuth, Verdict};
+
+/// One contact bound to an address of record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The AOR key: the user part of the To URI (Warden serves one domain).
+    pub aor: String,
+    pub contact: String,
+    pub expires_at: u64,
+    pub call_id: String,
+    pub cseq: u32,
+    /// Where the REGISTER came from: how to reach a phone behind NAT.
+    pub transport: Transport,
+    pub source: SocketAddr,
+    pub user_agent: Option<String>,
+}
+
+impl Binding {
+    /// Where requests for this contact go: the contact's own address, unless the phone sits
+    /// behind NAT (its contact IP differs from the packet source) or the contact is a name;
+    /// then the flow the REGISTER arrived on. TCP always reuses the registering connection
+    /// when it is still open.
+    pub fn destination(&self, conn: Option<u64>) -> Destination {
+        let contact = Uri::parse(&self.contact).ok();
+        let direct = contact.as_ref().and_then(|u| {
+            let host = u.host()?;
+            let ip: std::net::IpAddr = host.trim_matches(['[', ']']).parse().ok()?;
+            (ip == self.source.ip()).then(|| SocketAddr::new(ip, u.port().unwrap_or(5060)))
+        });
+        Destination {
+            transport: self.transport,
+            addr: match self.transport {
+                Transport::Udp => direct.unwrap_or(self.source),
+                Transport::Tcp => self.source,
+            },
+            conn,
+        }
+    }
+}
+
+/// A change the store must make durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Upsert(Binding),
+    Remove { aor: String, contact: String },
+}
+
+/// The registrar's state.
+pub struct Registrar {
+    config: RegistrarConfig,
+    auth: Option<DigestAuth>,
+    bindings: HashMap<String, Vec<Binding>>,
+    /// Users that exist (configured, or seen registering): 480 rather than 404 when unbound.
+    known: HashSet<String>,
+}
+
+/// What handling a REGISTER produced.
+pub struct Outcome {
+    pub response: Response,
+    pub changes: Vec<Change>,
+}
+
+impl Registrar {
+    pub fn new(config: RegistrarConfig, loaded: Vec<Binding>) -> Self {
+        let auth = config
+            .auth
+            .then(|| DigestAuth::new(&config.realm, config.nonce_lifetime_s));
+        let mut bindings: HashMap<String, Vec<Binding>> = HashMap::new();
+        let mut known: HashSet<String> = config.users.iter().map(|u| u.username.clone()).collect();
+        for b in loaded {
+            known.insert(b.aor.clone());
+            bindings.entry(b.aor.clone()).or_default().push(b);
+        }
+        Registrar {
+            config,
+            auth,
+            bindings,
+            known,
+        }
+    }
+
+    /// Whether this user exists, bound or not.
+    pub fn knows(&self, aor: &str) -> bool {
+        self.known.contains(aor)
+    }
+
+    /// Current bindings of a user, newest expiry first.
+    pub fn lookup(&self, aor: &str, now_s: u64) -> Vec<&Binding> {
+        let mut out: Vec<&Binding> = self
+            .bindings
+            .get(aor)
+            .map(|v| v.iter().filter(|b| b.expires_at > now_s).collect())
+            .unwrap_or_default();
+        out.sort_by(|a, b| b.expires_at.cmp(&a.expires_at));
+        out
+    }
+
+    pub fn binding_count(&self) -> usize {
+        self.bindings.values().map(Vec::len).sum()
+    }
+
+    /// Drop bindings whose time has come.
+    pub fn expire(&mut self, now_s: u64) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for list in self.bindings.values_mut() {
+            list.retain(|b| {
+                let live = b.expires_at > now_s;
+                if !live {
+                    tracing::info!(aor = %b.aor, contact = %b.contact, "registration expired");
+                    changes.push(Change::Remove {
+                        aor: b.aor.clone(),
+                        contact: b.contact.clone(),
+                    });
+                }
+                live
+            });
+        }
+        self.bindings.retain(|_, v| !v.is_empty());
+        changes
+    }
+
+    /// Challenge `request` if authentication is on and it carries no valid credentials.
+    /// Returns the response to send instead of processing, if any.
+    pub fn authenticate(&self, request: &Request, user: &str, now_s: u64) -> Option<Response> {
+        let auth = self.auth.as_ref()?;
+        let header = request.header("Authorization");
+        let (verdict, claimed) = match &header {
+            Some(h) => auth.verify(h, request.method().as_str(), now_s, |u, alg| {
+                self.config.users.iter().find(|x| x.username == u).map(|x| {
+                    match (&x.password, alg) {
+                        (Some(p), alg) => alg.hash(&format!("{u}:{}:{p}", auth.realm())),
+                        (None, Algorithm::Md5) => x.ha1.clone().unwrap_or_default(),
+                        (None, Algorithm::Sha256) => x.ha1_sha256.clone().unwrap_or_default(),
+                    }
+                })
+            }),
+            None => (Verdict::Denied("no credentials"), None),
+        };
+        let stale = match verdict {
+            Verdict::Ok if claimed.as_deref() == Some(user) => return None,
+            Verdict::Ok => {
+                tracing::warn!(user, "credentials of another user refused");
+                return Some(Response::to_request(request, 403, "Forbidden"));
+            }
+            Verdict::Stale => true,
+            Verdict::Denied(why) => {
+                if header.is_some() {
+                    tracing::warn!(user, reason = why, "authentication failed");
+                }
+                false
+            }
+        };
+        let mut r = Response::to_request(request, 401, "Unauthorized");
+        r.set_to_tag(&crate::call::new_tag());
+        for c in auth.challenges(now_s, stale) {
+            let _ = r.push_header("WWW-Authenticate", &c);
+        }
+        Some(r)
+    }
+
+    /// Handle an authenticated REGISTER (RFC 3261 10.3 steps 5-8).
+    pub fn register(&mut self, request: &Request, source: &Destination, now_s: u64) -> Outcome {
+        let fail = |status, reason: &str| Outcome {
+            response: Response::to_request(request, status, reason),
+            changes: Vec::new(),
+        };
+        let Some(aor) = request.to().and_then(|t| t.uri.user()) else {
+            return fail(404, "Not Found");
+        };
+        let (Some(call_id), Some(cseq)) = (request.call_id(), request.cseq()) else {
+            return fail(400, "Bad Request");
+        };
+        let contacts = match request.contacts() {
+            Ok(c) => c,
+            Err(m) => return fail(m.status, &m.reason),
+        };
+        let header_expires = request.expires();
+        let mut changes = Vec::new();
+        if contacts.iter().any(|c| matches!(c, Contact::Star)) {
+            if contacts.len() != 1 || header_expires != Some(0) {
+                return fail(400, "Bad Request");
+            }
+            for b in self.bindings.remove(&aor).unwrap_or_default() {
+                changes.push(Change::Remove {
+                    aor: b.aor,
+                    contact: b.contact,
+                });
+            }
+            tracing::info!(aor = %aor, "unregistered all contacts");
+        }
+        // Validate everything before changing anything: a REGISTER applies whole or not at all.
+        let mut wanted = Vec::new();
+        for c in &contacts {
+            let Contact::Address(addr) = c else { continue };
+            let expires = addr
+                .param("expires")
+                .and_then(|e| e.parse::<u32>().ok())
+                .or(header_expires)
+                .unwrap_or(self.config.default_expires);
+            if expires != 0 && expires < self.config.min_expires {
+                let mut r = Response::to_request(request, 423, "Interval Too Brief");
+                let _ = r.push_header("Min-Expires", &self.config.min_expires.to_string());
+                return Outcome {
+                    response: r,
+                    changes: Vec::new(),
+                };
+            }
+            wanted.push((addr.uri.to_string(), expires.min(self.config.max_expires)));
+        }
+        self.known.insert(aor.clone());
+        let list = self.bindings.entry(aor.clone()).or_default();
+        for (contact, _) in &wanted {
+            if let Some(b) = list.iter().find(|b| &b.contact == contact)
+                && b.call_id == call_id
+                && b.cseq >= cseq.seq
+            {
+                return fail(400, "CSeq out of order");
+            }
+        }
+        let user_agent = request.header("User-Agent");
+        for (contact, expires) in wanted {
+            list.retain(|b| b.contact != contact);
+            if expires == 0 {
+                tracing::info!(aor = %aor, contact = %contact, "unregistered");
+                changes.push(Change::Remove {
+                    aor: aor.clone(),
+                    contact,
+                });
+                continue;
+            }
+            let binding = Binding {
+                aor: aor.clone(),
+                contact: contact.clone(),
+                expires_at: now_s + u64::from(expires),
+                call_id: call_id.clone(),
+                cseq: cseq.seq,
+                transport: source.transport,
+                source: source.addr,
+                user_agent: user_agent.clone(),
+            };
+            tracing::info!(aor = %aor, contact = %contact, expires, from = %source.addr, "registered");
+            list.push(binding.clone());
+            changes.push(Change::Upsert(binding));
+        }
+        if list.len() > self.config.max_contacts {
+            // Oldest first out: a phone that re-registers keeps working.
+            list.sort_by_key(|b| std::cmp::Reverse(b.expires_at));
+            for b in list.split_off(self.config.max_contacts) {
+                changes.push(Change::Remove {
+                    aor: b.aor,
+                    contact: b.contact,
+                });
+            }
+        }
+        let mut response = Response::to_request(request, 200, "OK");
+        response.set_to_tag(&crate::call::new_tag());
+        for b in self.lookup(&aor, now_s) {
+            let _ = response.push_header(
+                "Contact",
+                &format!("<{}>;expires={}", b.contact, b.expires_at - now_s),
+            );
+        }
+        if self.bindings.get(&aor).is_some_and(Vec::is_empty) {
+            self.bindings.remove(&aor);
+        }
+        Outcome { response, changes }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::{Limits, Message};
+
+    fn register(contact: &str, expires: Option<u32>, cseq: u32) -> Request {
+        let mut raw = format!(
+            "REGISTER sip:warden SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK{cseq}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@warden>;tag=f\r\nTo: <sip:alice@warden>\r\n\
+             Call-ID: reg-1\r\nCSeq: {cseq} REGISTER\r\nContact: {contact}\r\n"
+        );
+        if let Some(e) = expires {
+            raw.push_str(&format!("Expires: {e}\r\n"));
+        }
+        raw.push_str("Content-Length: 0\r\n\r\n");
+        match Message::parse_datagram(raw.into(), &Limits::default()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn source() -> Destination {
+        Destination {
+            transport: Transport::Udp,
+            addr: "203.0.113.9:40000".parse().unwrap(),
+            conn: None,
+        }
+    }
+
+    fn registrar() -> Registrar {
+        Registrar::new(RegistrarConfig::default(), Vec::new())
+    }
+
+    #[test]
+    fn adds_refreshes_queries_and_removes() {
+        let mut r = registrar();
+        let out = r.register(&register("<sip:alice@10.0.0.5:5060>", Some(600), 1), &source(), 100);
+        assert_eq!(out.response.status(), 200);
+        assert_eq!(out.response.headers("Contact").len(), 1);
+        assert_eq!(r.lookup("alice", 100).len(), 1);
+        // A second contact for the same AOR, then a refresh of the first.
+        r.register(&register("<sip:alice@10.0.0.6:5060>", Some(600), 2), &source(), 101);
+        assert_eq!(r.lookup("alice", 101).len(), 2);
+        r.register(&register("<sip:alice@10.0.0.5:5060>", Some(900), 3), &source(), 102);
+        assert_eq!(r.lookup("alice", 102)[0].expires_at, 1002);
+        // A query (no Contact) lists both and changes nothing.
+        let q = r.register(&register_without_contact(4), &source(), 103);
+        assert_eq!(q.response.headers("Contact").len(), 2);
+        assert!(q.changes.is_empty());
+        // expires=0 removes one; * removes the rest.
+        r.register(&register("<sip:alice@10.0.0.6:5060>;expires=0", None, 5), &source(), 104);
+        assert_eq!(r.lookup("alice", 104).len(), 1);
+        let out = r.register(&register("*", Some(0), 6), &source(), 105);
+        assert_eq!(out.response.status(), 200);
+        assert!(r.lookup("alice", 105).is_empty());
+    }
+
+    fn register_without_contact(cseq: u32) -> Request {
+        let raw = format!(
+            "REGISTER sip:warden SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKq{cseq}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@warden>;tag=f\r\nTo: <sip:alice@warden>\r\n\
+             Call-ID: reg-1\r\nCSeq: {cseq} REGISTER\r\nContent-Length: 0\r\n\r\n"
+        );
+        match Message::parse_datagram(raw.into(), &Limits::default()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn too_brief_interval_gets_423_with_min_expires() {
+        let mut r = registrar();
+        let out = r.register(&register("<sip:alice@10.0.0.5>", Some(10), 1), &source(), 0);
+        assert_eq!(out.response.status(), 423);
+        assert_eq!(out.response.header("Min-Expires").as_deref(), Some("60"));
+        assert!(r.lookup("alice", 0).is_empty());
+    }
+
+    #[test]
+    fn long_intervals_are_clamped_and_bindings_expire_on_time() {
+        let mut r = registrar();
+        r.register(&register("<sip:alice@10.0.0.5>", Some(999_999), 1), &source(), 0);
+        assert_eq!(r.lookup("alice", 0)[0].expires_at, 3600);
+        assert!(r.expire(3599).is_empty());
+        assert_eq!(r.expire(3600).len(), 1);
+        assert!(r.lookup("alice", 3600).is_empty());
+    }
+
+    #[test]
+    fn stale_cseq_is_refused() {
+        let mut r = registrar();
+        r.register(&register("<sip:alice@10.0.0.5>", Some(600), 5), &source(), 0);
+        let out = r.register(&register("<sip:alice@10.0.0.5>", Some(0), 4), &source(), 1);
+        assert_eq!(out.response.status(), 400);
+        assert_eq!(r.lookup("alice", 1).len(), 1);
+    }
+
+    #[test]
+    fn nat_detection_picks_the_flow_for_private_contacts() {
+        let mut r = registrar();
+        r.register(&register("<sip:alice@10.0.0.5:5060>", Some(600), 1), &source(), 0);
+        assert_eq!(r.lookup("alice", 0)[0].destination(None).addr, source().addr);
+        let local = Destination {
+            addr: "10.0.0.5:40000".parse().unwrap(),
+            ..source()
+        };
+        r.register(&register("<sip:alice@10.0.0.5:5062>", Some(600), 2), &local, 0);
+        let b = r.lookup("alice", 0).into_iter().find(|b| b.contact.contains("5062")).cloned();
+        assert_eq!(b.unwrap().destination(None).addr, "10.0.0.5:5062".parse().unwrap());
+    }
+}

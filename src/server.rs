@@ -1,0 +1,146 @@
+//! The async driver: binds transports, opens the database, and runs the sans-IO core on one
+//! task, feeding it messages and time and carrying out what it asks (send, store).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::core::{Core, Output};
+use crate::registrar::{Registrar, store};
+use crate::sip::message::Limits;
+use crate::sip::transport::{self, Inbound, Transport};
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The address peers can reach for a socket bound to `addr` (an unspecified bind asks the
+/// routing table which local address it would use).
+fn reachable_host(addr: SocketAddr, advertised: &Option<String>) -> String {
+    if let Some(host) = advertised {
+        return if host.contains(':') && !host.starts_with('[') || host.contains("]:") {
+            host.clone()
+        } else {
+            format!("{host}:{}", addr.port())
+        };
+    }
+    let ip = if addr.ip().is_unspecified() {
+        StdUdp::bind((addr.ip(), 0))
+            .and_then(|s| {
+                let probe: SocketAddr = if addr.is_ipv4() {
+                    "192.0.2.1:9".parse().map_err(std::io::Error::other)?
+                } else {
+                    "[2001:db8::1]:9".parse().map_err(std::io::Error::other)?
+                };
+                s.connect(probe)?; // no packet is sent: connect on UDP only picks a route
+                s.local_addr()
+            })
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    } else {
+        addr.ip()
+    };
+    SocketAddr::new(ip, addr.port()).to_string()
+}
+
+/// Run Warden until SIGINT/SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let pool = store::open(&config.database.path).await?;
+    let loaded = store::load(&pool, unix_now()).await?;
+    tracing::info!(count = loaded.len(), db = %config.database.path.display(), "registrations restored");
+    let (store_tx, store_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(store::writer(pool.clone(), store_rx));
+
+    let limits = Limits {
+        max_message_bytes: config.sip.max_message_bytes,
+        max_headers: config.sip.max_headers,
+    };
+    let (inbound_tx, mut inbound) = mpsc::channel(8192);
+    let idle = std::time::Duration::from_secs(config.sip.tcp_idle_timeout_s);
+    let (mut transmitter, bound) =
+        transport::start(&config.listen()?, limits, idle, inbound_tx).await?;
+    let mut advertised = HashMap::new();
+    for (t, addr) in &bound {
+        tracing::info!(transport = t.as_str(), %addr, "listening");
+        advertised
+            .entry(*t)
+            .or_insert_with(|| reachable_host(*addr, &config.sip.advertised_host));
+    }
+    if !advertised.contains_key(&Transport::Udp)
+        && let Some(h) = advertised.values().next().cloned()
+    {
+        advertised.insert(Transport::Udp, h);
+    }
+    let registrar = Registrar::new(config.registrar.clone(), loaded);
+    let mut core = Core::new(config, registrar, advertised);
+    let mut shutdown = Box::pin(shutdown_signal());
+
+    loop {
+        let deadline = core
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(1));
+        tokio::select! {
+            event = inbound.recv() => {
+                let Some(event) = event else { break };
+                let now = Instant::now();
+                handle(&mut core, &mut transmitter, event, now);
+                // Drain what else is queued before sleeping again: one wake-up, many messages.
+                while let Ok(event) = inbound.try_recv() {
+                    handle(&mut core, &mut transmitter, event, now);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                core.handle_timeout(Instant::now(), unix_now());
+            }
+            _ = &mut shutdown => {
+                tracing::info!(active_calls = core.active_calls(), "shutting down");
+                break;
+            }
+        }
+        while let Some(output) = core.poll_output() {
+            match output {
+                Output::Send(dest, bytes) => transmitter.send(&dest, bytes),
+                Output::Store(change) => {
+                    let _ = store_tx.send(change);
+                }
+            }
+        }
+    }
+    drop(store_tx);
+    let _ = writer.await; // every queued registration change reaches the database
+    pool.close().await;
+    Ok(())
+}
+
+fn handle(core: &mut Core, transmitter: &mut transport::Transmitter, event: Inbound, now: Instant) {
+    match event {
+        Inbound::Message(m, from) => core.handle_message(m, from, now, unix_now()),
+        Inbound::Garbage(from, why) => core.handle_garbage(&from, &why),
+        Inbound::ConnOpened(id, addr, tx) => transmitter.on_opened(id, addr, tx),
+        Inbound::ConnClosed(id) => transmitter.on_closed(id),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

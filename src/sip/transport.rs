@@ -1,0 +1,305 @@
+//! SIP transports: UDP sockets and TCP connections (Content-Length framing, reuse, idle close).
+//! Tasks here only move bytes and frame messages; every decision is made by the core.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+use super::message::{Limits, Message};
+
+/// Which transport a message travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub fn is_reliable(self) -> bool {
+        matches!(self, Transport::Tcp)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Transport> {
+        match name.to_ascii_lowercase().as_str() {
+            "udp" => Some(Transport::Udp),
+            "tcp" => Some(Transport::Tcp),
+            _ => None,
+        }
+    }
+}
+
+/// Identifies one TCP connection for reuse (responses, in-dialog requests).
+pub type ConnId = u64;
+
+/// Where a message goes, or where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    /// The TCP connection to prefer, when one exists.
+    pub conn: Option<ConnId>,
+}
+
+/// What transport tasks tell the core.
+#[derive(Debug)]
+pub enum Inbound {
+    Message(Message, Destination),
+    /// Bytes that are not a SIP message (counted, logged at debug).
+    Garbage(Destination, String),
+    ConnOpened(ConnId, SocketAddr, mpsc::Sender<Bytes>),
+    ConnClosed(ConnId),
+}
+
+/// The sending side of every transport, owned by the core's driver.
+pub struct Transmitter {
+    udp: Vec<Arc<UdpSocket>>,
+    tcp: HashMap<ConnId, (SocketAddr, mpsc::Sender<Bytes>)>,
+    tcp_by_addr: HashMap<SocketAddr, ConnId>,
+    inbound: mpsc::Sender<Inbound>,
+    limits: Limits,
+    idle: Duration,
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+impl Transmitter {
+    pub fn on_opened(&mut self, id: ConnId, addr: SocketAddr, tx: mpsc::Sender<Bytes>) {
+        self.tcp.insert(id, (addr, tx));
+        self.tcp_by_addr.insert(addr, id);
+    }
+
+    pub fn on_closed(&mut self, id: ConnId) {
+        if let Some((addr, _)) = self.tcp.remove(&id)
+            && self.tcp_by_addr.get(&addr) == Some(&id)
+        {
+            self.tcp_by_addr.remove(&addr);
+        }
+    }
+
+    /// Send without waiting: UDP straight to the socket, TCP through its connection's queue
+    /// (opening one when none exists). A full queue drops, as a lossy network would.
+    pub fn send(&mut self, dest: &Destination, bytes: Bytes) {
+        match dest.transport {
+            Transport::Udp => {
+                let socket = self
+                    .udp
+                    .iter()
+                    .find(|s| {
+                        s.local_addr()
+                            .map(|a| a.is_ipv4() == dest.addr.is_ipv4())
+                            .unwrap_or(false)
+                    })
+                    .or_else(|| self.udp.first());
+                if let Some(socket) = socket
+                    && let Err(e) = socket.try_send_to(&bytes, dest.addr)
+                {
+                    tracing::debug!(to = %dest.addr, error = %e, "UDP send failed");
+                }
+            }
+            Transport::Tcp => {
+                let id = dest
+                    .conn
+                    .filter(|c| self.tcp.contains_key(c))
+                    .or_else(|| self.tcp_by_addr.get(&dest.addr).copied());
+                if let Some((_, tx)) = id.and_then(|id| self.tcp.get(&id)) {
+                    if tx.try_send(bytes).is_err() {
+                        tracing::warn!(to = %dest.addr, "TCP send queue full; message dropped");
+                    }
+                    return;
+                }
+                let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+                let (tx, rx) = mpsc::channel(256);
+                let _ = tx.try_send(bytes);
+                self.on_opened(id, dest.addr, tx.clone());
+                let addr = dest.addr;
+                let inbound = self.inbound.clone();
+                let (limits, idle) = (self.limits, self.idle);
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            run_connection(id, stream, addr, rx, inbound, limits, idle).await
+                        }
+                        _ => {
+                            tracing::warn!(to = %addr, "TCP connect failed");
+                            let _ = inbound.send(Inbound::ConnClosed(id)).await;
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Bind every listening address and start the receive tasks.
+pub async fn start(
+    listen: &[(Transport, SocketAddr)],
+    limits: Limits,
+    idle: Duration,
+    inbound: mpsc::Sender<Inbound>,
+) -> std::io::Result<(Transmitter, Vec<(Transport, SocketAddr)>)> {
+    let mut udp = Vec::new();
+    let mut bound = Vec::new();
+    for &(transport, addr) in listen {
+        match transport {
+            Transport::Udp => {
+                let socket = Arc::new(UdpSocket::bind(addr).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}"))
+                })?);
+                bound.push((Transport::Udp, socket.local_addr()?));
+                udp.push(socket.clone());
+                tokio::spawn(udp_receive(socket, limits, inbound.clone()));
+            }
+            Transport::Tcp => {
+                let listener = TcpListener::bind(addr).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot bind TCP {addr}: {e}"))
+                })?;
+                bound.push((Transport::Tcp, listener.local_addr()?));
+                tokio::spawn(tcp_accept(listener, limits, idle, inbound.clone()));
+            }
+        }
+    }
+    Ok((
+        Transmitter {
+            udp,
+            tcp: HashMap::new(),
+            tcp_by_addr: HashMap::new(),
+            inbound,
+            limits,
+            idle,
+        },
+        bound,
+    ))
+}
+
+async fn udp_receive(socket: Arc<UdpSocket>, limits: Limits, inbound: mpsc::Sender<Inbound>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (len, from) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                // ICMP port-unreachable surfaces here on some systems; it is not fatal.
+                tracing::debug!(error = %e, "UDP receive error");
+                continue;
+            }
+        };
+        let data = buf.get(..len).unwrap_or_default();
+        let source = Destination {
+            transport: Transport::Udp,
+            addr: from,
+            conn: None,
+        };
+        if data.iter().all(|b| matches!(b, b'\r' | b'\n' | b' ' | 0)) {
+            continue; // RFC 5626 keep-alive or padding
+        }
+        let event = match Message::parse_datagram(Bytes::copy_from_slice(data), &limits) {
+            Ok(m) => Inbound::Message(m, source),
+            Err(e) => Inbound::Garbage(source, e.0),
+        };
+        if inbound.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn tcp_accept(
+    listener: TcpListener,
+    limits: Limits,
+    idle: Duration,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+                let (tx, rx) = mpsc::channel(256);
+                if inbound
+                    .send(Inbound::ConnOpened(id, addr, tx))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::spawn(run_connection(
+                    id,
+                    stream,
+                    addr,
+                    rx,
+                    inbound.clone(),
+                    limits,
+                    idle,
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn run_connection(
+    id: ConnId,
+    stream: TcpStream,
+    addr: SocketAddr,
+    mut outgoing: mpsc::Receiver<Bytes>,
+    inbound: mpsc::Sender<Inbound>,
+    limits: Limits,
+    idle: Duration,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let mut parser = sipx_sip::StreamParser::new(limits.to_sipx());
+    let mut buf = vec![0u8; 16 * 1024];
+    let source = Destination {
+        transport: Transport::Tcp,
+        addr,
+        conn: Some(id),
+    };
+    loop {
+        tokio::select! {
+            read = tokio::time::timeout(idle, reader.read(&mut buf)) => {
+                let n = match read {
+                    Err(_) => { tracing::debug!(peer = %addr, "closing idle TCP connection"); break; }
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => n,
+                };
+                match parser.push(buf.get(..n).unwrap_or_default()) {
+                    Ok(messages) => {
+                        for m in messages {
+                            let event = Inbound::Message(Message::from_sipx(m), source.clone());
+                            if inbound.send(event).await.is_err() { return; }
+                        }
+                    }
+                    Err(e) => {
+                        // Framing is lost on a stream: report and close (RFC 3261 18.3).
+                        let _ = inbound.send(Inbound::Garbage(source.clone(), e.to_string())).await;
+                        break;
+                    }
+                }
+            }
+            out = outgoing.recv() => {
+                match out {
+                    Some(bytes) => if writer.write_all(&bytes).await.is_err() { break; },
+                    None => break,
+                }
+            }
+        }
+    }
+    let _ = inbound.send(Inbound::ConnClosed(id)).await;
+}
