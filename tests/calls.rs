@@ -1,0 +1,244 @@
+//! End-to-end calls through a real Warden process over real UDP and TCP sockets on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Ua, Warden};
+use warden::sip::message::Message;
+
+/// Register bob, call him from alice, answer; returns (alice, bob, dialogs).
+fn establish(w: &Warden, alice: &mut Ua, bob: &mut Ua) -> (common::Dialog, common::Dialog) {
+    assert_eq!(bob.register(600).status(), 200);
+    let invite = alice.invite("bob");
+    let incoming = bob.recv_request("INVITE");
+    assert_eq!(incoming.uri().user().as_deref(), Some("bob"));
+    assert_ne!(incoming.call_id(), invite.call_id(), "B-leg has its own Call-ID");
+    assert!(incoming.body().starts_with(b"v=0"), "SDP passes through");
+    bob.answer(&incoming, 180, false);
+    let ringing = alice.recv_response();
+    assert_eq!(ringing.status(), 180);
+    let bob_dialog = bob.answer(&incoming, 200, true);
+    let ok = alice.recv_response();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.body().starts_with(b"v=0"), "answer SDP relayed");
+    let mut alice_dialog = alice.dialog_from(&invite, &ok);
+    alice.in_dialog(&mut alice_dialog, "ACK", None);
+    let ack = bob.recv_request("ACK");
+    assert_eq!(ack.call_id(), incoming.call_id());
+    let _ = w;
+    (alice_dialog, bob_dialog)
+}
+
+#[test]
+fn udp_call_register_ring_answer_and_caller_hangs_up() {
+    let w = Warden::start();
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let (mut ad, _bd) = establish(&w, &mut alice, &mut bob);
+    alice.in_dialog(&mut ad, "BYE", None);
+    let bye = bob.recv_request("BYE");
+    bob.ok(&bye);
+    assert_eq!(alice.recv_response().status(), 200);
+}
+
+#[test]
+fn tcp_call_and_callee_hangs_up() {
+    let w = Warden::start();
+    let (mut alice, mut bob) = (Ua::tcp("alice", w.port), Ua::tcp("bob", w.port));
+    let (_ad, mut bd) = establish(&w, &mut alice, &mut bob);
+    bob.in_dialog(&mut bd, "BYE", None);
+    let bye = alice.recv_request("BYE");
+    alice.ok(&bye);
+    assert_eq!(bob.recv_response().status(), 200);
+}
+
+#[test]
+fn mixed_transports_udp_caller_tcp_callee() {
+    let w = Warden::start();
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::tcp("bob", w.port));
+    let (mut ad, _) = establish(&w, &mut alice, &mut bob);
+    alice.in_dialog(&mut ad, "BYE", None);
+    let bye = bob.recv_request("BYE");
+    bob.ok(&bye);
+    assert_eq!(alice.recv_response().status(), 200);
+}
+
+#[test]
+fn caller_cancels_while_ringing_gets_487_and_callee_gets_cancel() {
+    let w = Warden::start();
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    bob.register(600);
+    let invite = alice.invite("bob");
+    let incoming = bob.recv_request("INVITE");
+    bob.answer(&incoming, 180, false);
+    assert_eq!(alice.recv_response().status(), 180);
+    alice.cancel(&invite);
+    // Alice sees 200 for the CANCEL and 487 for the INVITE, in either order.
+    let mut codes = vec![alice.recv_response().status(), alice.recv_response().status()];
+    codes.sort();
+    assert_eq!(codes, vec![200, 487]);
+    let cancel = bob.recv_request("CANCEL");
+    bob.ok(&cancel);
+    bob.answer(&incoming, 487, false);
+    // Warden ACKs the 487 inside the transaction.
+    let ack = bob.recv_request("ACK");
+    assert_eq!(ack.cseq().map(|c| c.seq), incoming.cseq().map(|c| c.seq));
+}
+
+#[test]
+fn busy_and_decline_are_relayed() {
+    let w = Warden::start();
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    bob.register(600);
+    for code in [486u16, 603] {
+        alice.invite("bob");
+        let incoming = bob.recv_request("INVITE");
+        bob.answer(&incoming, code, false);
+        assert_eq!(bob.recv_request("ACK").method().as_str(), "ACK");
+        let resp = alice.recv_response();
+        assert_eq!(resp.status(), code);
+    }
+}
+
+#[test]
+fn unknown_user_404_and_registered_but_gone_480() {
+    let w = Warden::start();
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    alice.invite("nobody");
+    assert_eq!(alice.recv_response().status(), 404);
+    assert_eq!(bob.register(600).status(), 200);
+    assert_eq!(bob.register(0).status(), 200);
+    alice.invite("bob");
+    assert_eq!(alice.recv_response().status(), 480);
+}
+
+#[test]
+fn forking_first_answer_wins_and_the_other_contact_is_cancelled() {
+    let w = Warden::start();
+    let mut alice = Ua::udp("alice", w.port);
+    let (mut desk, mut mobile) = (Ua::udp("bob", w.port), Ua::udp("bob", w.port));
+    desk.register(600);
+    let reg = mobile.register(600);
+    assert_eq!(reg.headers("Contact").len(), 2, "both contacts bound");
+    let invite = alice.invite("bob");
+    let at_desk = desk.recv_request("INVITE");
+    let at_mobile = mobile.recv_request("INVITE");
+    desk.answer(&at_desk, 180, false);
+    mobile.answer(&at_mobile, 180, false);
+    mobile.answer(&at_mobile, 200, true);
+    let cancel = desk.recv_request("CANCEL");
+    desk.ok(&cancel);
+    desk.answer(&at_desk, 487, false);
+    // Alice gets ringing then the mobile's answer.
+    let mut status = alice.recv_response().status();
+    while status == 180 {
+        status = alice.recv_response().status();
+    }
+    assert_eq!(status, 200);
+    let _ = invite;
+}
+
+#[test]
+fn reinvite_and_info_are_relayed_inside_the_dialog() {
+    let w = Warden::start();
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let (mut ad, _bd) = establish(&w, &mut alice, &mut bob);
+    let hold = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=sendonly\r\n";
+    alice.in_dialog(&mut ad, "INVITE", Some(hold));
+    let reinvite = bob.recv_request("INVITE");
+    assert!(String::from_utf8_lossy(reinvite.body()).contains("a=sendonly"));
+    assert!(reinvite.to_tag().is_some(), "in-dialog on the B side");
+    bob.answer(&reinvite, 200, true);
+    let ok = alice.recv_response();
+    assert_eq!(ok.status(), 200);
+    alice.in_dialog(&mut ad, "ACK", None);
+    let ack = bob.recv_request("ACK");
+    assert_eq!(ack.cseq().map(|c| c.seq), reinvite.cseq().map(|c| c.seq));
+    alice.in_dialog(&mut ad, "INFO", None);
+    let info = bob.recv_request("INFO");
+    bob.ok(&info);
+    assert_eq!(alice.recv_response().status(), 200);
+}
+
+#[test]
+fn options_answered_and_max_forwards_zero_refused() {
+    let w = Warden::start();
+    let mut ua = Ua::udp("alice", w.port);
+    let opts = ua.options();
+    ua.send_raw(&opts);
+    let resp = ua.recv_response();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.header("Allow").unwrap().contains("INVITE"));
+    let zero = ua.options().replace("Max-Forwards: 70", "Max-Forwards: 0").replace("OPTIONS sip", "INVITE sip").replace("1 OPTIONS", "1 INVITE");
+    ua.send_raw(&zero);
+    assert_eq!(ua.recv_response().status(), 483);
+    let unknown = ua.options().replace("OPTIONS sip", "FROB sip").replace("1 OPTIONS", "1 FROB");
+    ua.send_raw(&unknown);
+    let resp = ua.recv_response();
+    assert_eq!(resp.status(), 501);
+    assert!(resp.header("Allow").is_some());
+    let subscribe = ua.options().replace("OPTIONS sip", "SUBSCRIBE sip").replace("1 OPTIONS", "1 SUBSCRIBE");
+    ua.send_raw(&subscribe);
+    assert_eq!(ua.recv_response().status(), 405);
+}
+
+#[test]
+fn bindings_survive_a_restart() {
+    let mut w = Warden::start();
+    let mut bob = Ua::udp("bob", w.port);
+    assert_eq!(bob.register(600).status(), 200);
+    std::thread::sleep(Duration::from_millis(300)); // the store writes off the signalling path
+    w.restart();
+    let mut alice = Ua::udp("alice", w.port);
+    alice.invite("bob");
+    let incoming = bob.recv_request("INVITE");
+    bob.answer(&incoming, 486, false);
+    assert_eq!(alice.recv_response().status(), 486);
+}
+
+#[test]
+fn malformed_request_gets_400_with_warning_and_server_keeps_serving() {
+    let w = Warden::start();
+    let mut ua = Ua::udp("alice", w.port);
+    let bad = ua.options().replace("CSeq: 1 OPTIONS", "CSeq: 99999999999999 OPTIONS");
+    ua.send_raw(&bad);
+    let resp = ua.recv_response();
+    assert_eq!(resp.status(), 400);
+    let warning = resp.header("Warning").expect("Warning explains the 400");
+    assert!(warning.contains("CSeq"), "{warning}");
+    // Garbage gets no answer and changes nothing.
+    ua.send_raw("\u{1}\u{2}garbage\r\n\r\n");
+    assert!(ua.try_recv(Duration::from_millis(300)).is_none());
+    // The next call still works.
+    let mut bob = Ua::udp("bob", w.port);
+    let (mut ad, _) = establish(&w, &mut ua, &mut bob);
+    ua.in_dialog(&mut ad, "BYE", None);
+    let bye = bob.recv_request("BYE");
+    bob.ok(&bye);
+    assert!(matches!(ua.recv(), Message::Response(r) if r.status() == 200));
+}
+
+#[test]
+fn digest_auth_challenges_and_accepts_md5_and_sha256() {
+    use warden::registrar::digest::{Algorithm, answer};
+    let w = Warden::start_with(
+        "[registrar]\nauth = true\n[[registrar.users]]\nusername = \"bob\"\npassword = \"s3cret\"\n",
+    );
+    for (alg, password, expected) in [
+        (Algorithm::Md5, "s3cret", 200),
+        (Algorithm::Sha256, "s3cret", 200),
+        (Algorithm::Md5, "wrong", 401),
+    ] {
+        let mut bob = Ua::udp("bob", w.port);
+        let challenge = bob.register(600);
+        assert_eq!(challenge.status(), 401);
+        let www = challenge
+            .headers("WWW-Authenticate")
+            .into_iter()
+            .find(|h| h.contains(alg.name()))
+            .expect("challenge for the algorithm");
+        let nonce = www.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+        let auth = answer(&nonce, "warden", alg, "bob", password, "REGISTER", "sip:127.0.0.1");
+        assert_eq!(bob.register_with(600, Some(&auth)).status(), expected, "{alg:?} {password}");
+    }
+}

@@ -1,0 +1,447 @@
+//! Test harness: starts the real `warden` binary on loopback and drives it with a small SIP
+//! user agent over real UDP or TCP sockets.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use warden::sip::message::{Limits, Message, Request, Response};
+
+/// A running Warden process with its own port and data directory.
+pub struct Warden {
+    pub port: u16,
+    child: Option<Child>,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    extra: String,
+}
+
+fn free_port() -> u16 {
+    for _ in 0..100 {
+        let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else { continue };
+        let Ok(port) = udp.local_addr().map(|a| a.port()) else { continue };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port")
+}
+
+impl Warden {
+    pub fn start() -> Warden {
+        Self::start_with("")
+    }
+
+    /// Start with extra TOML appended to the generated config.
+    pub fn start_with(extra: &str) -> Warden {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut w = Warden {
+            port: free_port(),
+            child: None,
+            dir: tmp.path().to_owned(),
+            _tmp: Some(tmp),
+            extra: extra.to_owned(),
+        };
+        w.spawn();
+        w
+    }
+
+    fn spawn(&mut self) {
+        let config = format!(
+            "[sip]\nlisten = [\"udp:127.0.0.1:{p}\", \"tcp:127.0.0.1:{p}\"]\n\
+             [database]\npath = \"{db}\"\n{extra}\n",
+            p = self.port,
+            db = self.dir.join("warden.sqlite").display(),
+            extra = self.extra
+        );
+        let path = self.dir.join("warden.toml");
+        std::fs::write(&path, config).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start warden");
+        self.child = Some(child);
+        // Ready when OPTIONS is answered.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut probe = Ua::udp("probe", self.port);
+        loop {
+            probe.send_raw(&probe.options());
+            if probe.try_recv(Duration::from_millis(200)).is_some() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "warden did not start");
+        }
+    }
+
+    /// Stop the process (SIGKILL: a crash, not a clean exit) and start it again.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for Warden {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+enum Sock {
+    Udp(UdpSocket),
+    Tcp(TcpStream, Vec<u8>),
+}
+
+/// A minimal SIP user agent for tests.
+pub struct Ua {
+    pub user: String,
+    sock: Sock,
+    pub server: SocketAddr,
+    pub local: SocketAddr,
+    cseq: u32,
+    pub call_id: String,
+    pub tag: String,
+}
+
+/// Dialog state a UA keeps after a call is set up.
+#[derive(Clone, Debug)]
+pub struct Dialog {
+    pub call_id: String,
+    pub local_tag: String,
+    pub remote_tag: String,
+    pub local_uri: String,
+    pub remote_uri: String,
+    pub target: String,
+    pub cseq: u32,
+}
+
+fn rand_hex() -> String {
+    format!("{:x}", rand::random::<u64>())
+}
+
+impl Ua {
+    pub fn udp(user: &str, port: u16) -> Ua {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let local = sock.local_addr().expect("addr");
+        Self::new(user, port, Sock::Udp(sock), local)
+    }
+
+    pub fn tcp(user: &str, port: u16) -> Ua {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let local = stream.local_addr().expect("addr");
+        Self::new(user, port, Sock::Tcp(stream, Vec::new()), local)
+    }
+
+    fn new(user: &str, port: u16, sock: Sock, local: SocketAddr) -> Ua {
+        Ua {
+            user: user.to_owned(),
+            sock,
+            server: SocketAddr::from(([127, 0, 0, 1], port)),
+            local,
+            cseq: 0,
+            call_id: format!("{}@test", rand_hex()),
+            tag: rand_hex(),
+        }
+    }
+
+    fn transport(&self) -> &'static str {
+        match self.sock {
+            Sock::Udp(_) => "UDP",
+            Sock::Tcp(..) => "TCP",
+        }
+    }
+
+    pub fn contact(&self) -> String {
+        match self.sock {
+            Sock::Udp(_) => format!("<sip:{}@{}>", self.user, self.local),
+            Sock::Tcp(..) => format!("<sip:{}@{};transport=tcp>", self.user, self.local),
+        }
+    }
+
+    pub fn via(&self) -> String {
+        format!("SIP/2.0/{} {};branch=z9hG4bK{};rport", self.transport(), self.local, rand_hex())
+    }
+
+    pub fn send_raw(&mut self, text: &str) {
+        match &mut self.sock {
+            Sock::Udp(s) => {
+                s.send_to(text.as_bytes(), self.server).expect("send");
+            }
+            Sock::Tcp(s, _) => s.write_all(text.as_bytes()).expect("send"),
+        }
+    }
+
+    pub fn send(&mut self, m: &Message) {
+        let bytes = m.to_bytes();
+        match &mut self.sock {
+            Sock::Udp(s) => {
+                s.send_to(&bytes, self.server).expect("send");
+            }
+            Sock::Tcp(s, _) => s.write_all(&bytes).expect("send"),
+        }
+    }
+
+    /// Next message within `wait`, or None.
+    pub fn try_recv(&mut self, wait: Duration) -> Option<Message> {
+        let deadline = Instant::now() + wait;
+        match &mut self.sock {
+            Sock::Udp(s) => {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let left = deadline.checked_duration_since(Instant::now())?;
+                    s.set_read_timeout(Some(left.max(Duration::from_millis(1)))).ok()?;
+                    let (n, _) = s.recv_from(&mut buf).ok()?;
+                    if let Ok(m) = Message::parse_datagram(Bytes::copy_from_slice(&buf[..n]), &Limits::default()) {
+                        return Some(m);
+                    }
+                }
+            }
+            Sock::Tcp(s, pending) => loop {
+                if let Some(m) = frame(pending) {
+                    return Some(m);
+                }
+                let left = deadline.checked_duration_since(Instant::now())?;
+                s.set_read_timeout(Some(left.max(Duration::from_millis(1)))).ok()?;
+                let mut buf = [0u8; 16384];
+                let n = s.read(&mut buf).ok()?;
+                if n == 0 {
+                    return None;
+                }
+                pending.extend_from_slice(&buf[..n]);
+            },
+        }
+    }
+
+    pub fn recv(&mut self) -> Message {
+        self.try_recv(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{}: nothing received within 5 s", self.user))
+    }
+
+    /// The next request, skipping response retransmissions.
+    pub fn recv_request(&mut self, method: &str) -> Request {
+        loop {
+            match self.recv() {
+                Message::Request(r) if r.method().as_str() == method => return r,
+                Message::Request(r) if r.method().as_str() == "INVITE" && method != "INVITE" => {
+                    // A retransmitted INVITE: ignore.
+                    let _ = r;
+                }
+                Message::Request(r) => panic!("{}: expected {method}, got {}", self.user, r.method()),
+                Message::Response(_) => {}
+            }
+        }
+    }
+
+    /// The next final (or given) response, skipping 100 Trying.
+    pub fn recv_response(&mut self) -> Response {
+        loop {
+            match self.recv() {
+                Message::Response(r) if r.status() == 100 => continue,
+                Message::Response(r) => return r,
+                Message::Request(r) => panic!("{}: expected a response, got {}", self.user, r.method()),
+            }
+        }
+    }
+
+    pub fn options(&self) -> String {
+        format!(
+            "OPTIONS sip:warden@{srv} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
+             From: <sip:{u}@test>;tag={tag}\r\nTo: <sip:warden@{srv}>\r\nCall-ID: {ci}\r\n\
+             CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            srv = self.server,
+            via = self.via(),
+            u = self.user,
+            tag = rand_hex(),
+            ci = rand_hex()
+        )
+    }
+
+    pub fn register(&mut self, expires: u32) -> Response {
+        self.register_with(expires, None)
+    }
+
+    pub fn register_with(&mut self, expires: u32, auth: Option<&str>) -> Response {
+        self.cseq += 1;
+        let mut text = format!(
+            "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
+             From: <sip:{u}@127.0.0.1>;tag={tag}\r\nTo: <sip:{u}@127.0.0.1>\r\n\
+             Call-ID: reg-{ci}\r\nCSeq: {cseq} REGISTER\r\nContact: {contact}\r\nExpires: {expires}\r\n",
+            via = self.via(),
+            u = self.user,
+            tag = self.tag,
+            ci = self.call_id,
+            cseq = self.cseq,
+            contact = self.contact()
+        );
+        if let Some(a) = auth {
+            text.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        self.send_raw(&text);
+        self.recv_response()
+    }
+
+    /// Send an INVITE to `callee` with an SDP body; returns the request sent.
+    pub fn invite(&mut self, callee: &str) -> Request {
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio 40000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\n"
+        );
+        self.call_id = format!("{}@test", rand_hex());
+        self.cseq += 1;
+        let text = format!(
+            "INVITE sip:{callee}@{srv} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
+             From: \"{u}\" <sip:{u}@127.0.0.1>;tag={tag}\r\nTo: <sip:{callee}@127.0.0.1>\r\n\
+             Call-ID: {ci}\r\nCSeq: {cseq} INVITE\r\nContact: {contact}\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
+            srv = self.server,
+            via = self.via(),
+            u = self.user,
+            tag = self.tag,
+            ci = self.call_id,
+            cseq = self.cseq,
+            contact = self.contact(),
+            len = sdp.len()
+        );
+        self.send_raw(&text);
+        match Message::parse_datagram(Bytes::from(text), &Limits::default()) {
+            Ok(Message::Request(r)) => r,
+            _ => panic!("test INVITE does not parse"),
+        }
+    }
+
+    /// CANCEL the INVITE `invite` (same branch, RFC 3261 9.1).
+    pub fn cancel(&mut self, invite: &Request) {
+        let text = format!(
+            "CANCEL {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
+             Call-ID: {ci}\r\nCSeq: {seq} CANCEL\r\nContent-Length: 0\r\n\r\n",
+            uri = invite.uri(),
+            via = invite.header("Via").unwrap(),
+            from = invite.header("From").unwrap(),
+            to = invite.header("To").unwrap(),
+            ci = invite.call_id().unwrap(),
+            seq = invite.cseq().unwrap().seq
+        );
+        self.send_raw(&text);
+    }
+
+    /// Answer `req` with `status`, a fixed To tag and optional SDP; returns the dialog for 2xx.
+    pub fn answer(&mut self, req: &Request, status: u16, sdp: bool) -> Dialog {
+        let tag = format!("{}-tag", self.user);
+        let mut resp = Response::to_request(req, status, if status == 200 { "OK" } else { "Failure" });
+        if status > 100 {
+            resp.set_to_tag(&tag);
+        }
+        resp.push_header("Contact", &self.contact()).unwrap();
+        if sdp {
+            let body = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 50000 RTP/AVP 0\r\n";
+            resp.set_body(Bytes::from_static(body.as_bytes()), Some("application/sdp"));
+        }
+        self.send(&Message::Response(resp));
+        let contact = req.contacts().unwrap().into_iter().next();
+        let target = match contact {
+            Some(warden::sip::message::Contact::Address(a)) => a.uri.to_string(),
+            _ => String::new(),
+        };
+        Dialog {
+            call_id: req.call_id().unwrap(),
+            local_tag: tag,
+            remote_tag: req.from_tag().unwrap(),
+            local_uri: strip(&req.header("To").unwrap()),
+            remote_uri: strip(&req.header("From").unwrap()),
+            target,
+            cseq: 100,
+        }
+    }
+
+    /// Dialog from the caller's side after a 2xx.
+    pub fn dialog_from(&self, invite: &Request, ok: &Response) -> Dialog {
+        let target = match ok.contacts().unwrap().into_iter().next() {
+            Some(warden::sip::message::Contact::Address(a)) => a.uri.to_string(),
+            _ => panic!("2xx without Contact"),
+        };
+        Dialog {
+            call_id: invite.call_id().unwrap(),
+            local_tag: invite.from_tag().unwrap(),
+            remote_tag: ok.to_tag().expect("2xx has a To tag"),
+            local_uri: strip(&invite.header("From").unwrap()),
+            remote_uri: strip(&invite.header("To").unwrap()),
+            target,
+            cseq: invite.cseq().unwrap().seq,
+        }
+    }
+
+    /// Send a request within `d` (ACK reuses the given CSeq).
+    pub fn in_dialog(&mut self, d: &mut Dialog, method: &str, body: Option<&str>) {
+        if method != "ACK" {
+            d.cseq += 1;
+        }
+        let body = body.unwrap_or("");
+        let ct = if body.is_empty() { String::new() } else { "Content-Type: application/sdp\r\n".into() };
+        let text = format!(
+            "{method} {target} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {lu};tag={lt}\r\n\
+             To: {ru};tag={rt}\r\nCall-ID: {ci}\r\nCSeq: {seq} {method}\r\nContact: {contact}\r\n\
+             {ct}Content-Length: {len}\r\n\r\n{body}",
+            target = d.target,
+            via = self.via(),
+            lu = d.local_uri,
+            lt = d.local_tag,
+            ru = d.remote_uri,
+            rt = d.remote_tag,
+            ci = d.call_id,
+            seq = d.cseq,
+            contact = self.contact(),
+            len = body.len()
+        );
+        self.send_raw(&text);
+    }
+
+    /// Respond 200 to an in-dialog request.
+    pub fn ok(&mut self, req: &Request) {
+        let resp = Response::to_request(req, 200, "OK");
+        self.send(&Message::Response(resp));
+    }
+}
+
+fn strip(h: &str) -> String {
+    match h.find(";tag=") {
+        Some(i) => h[..i].to_owned(),
+        None => h.to_owned(),
+    }
+}
+
+/// Cut one message off a TCP byte stream (Content-Length framing).
+fn frame(pending: &mut Vec<u8>) -> Option<Message> {
+    let end = pending.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&pending[..end]).to_string();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            (n.trim().eq_ignore_ascii_case("content-length") || n.trim().eq_ignore_ascii_case("l"))
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    if pending.len() < end + len {
+        return None;
+    }
+    let bytes: Vec<u8> = pending.drain(..end + len).collect();
+    Message::parse_datagram(Bytes::from(bytes), &Limits::default()).ok()
+}
