@@ -559,8 +559,9 @@ impl Request {
     /// The strict reading: everything Warden may act on must parse, or the request is refused
     /// with the status and a reason fit for a Warning header (RFC 4475 sections 3.1.2, 3.3).
     pub fn check(&self) -> Result<(), Malformed> {
+        // A missing Max-Forwards is repairable (RFC 2543 peers omit it; we assume 70).
         let findings = sipx_sip::validate_request(&self.0);
-        if let Some(f) = findings.first() {
+        if let Some(f) = findings.iter().find(|f| !f.is_repairable()) {
             return Err(Malformed {
                 status: f.status(),
                 reason: describe_finding(f),
