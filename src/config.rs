@@ -154,7 +154,13 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1)
+                .map(|s| {
+                    text.as_bytes()[..s.start.min(text.len())]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count()
+                        + 1
+                })
                 .unwrap_or(0);
             anyhow::anyhow!("{origin}:{line}: {}", e.message())
         })?;
@@ -174,7 +180,10 @@ impl Config {
             r.max_expires
         );
         anyhow::ensure!(self.sip.t1_ms > 0, "sip.t1_ms must be above 0");
-        anyhow::ensure!(self.sip.t2_ms >= self.sip.t1_ms, "sip.t2_ms must be at least sip.t1_ms");
+        anyhow::ensure!(
+            self.sip.t2_ms >= self.sip.t1_ms,
+            "sip.t2_ms must be at least sip.t1_ms"
+        );
         for u in &r.users {
             anyhow::ensure!(
                 u.password.is_some() || u.ha1.is_some() || u.ha1_sha256.is_some(),
@@ -201,9 +210,9 @@ impl Config {
                     .ok_or_else(|| anyhow::anyhow!("sip.listen {l:?}: expected udp:ADDR:PORT"))?;
                 let transport = Transport::parse(t)
                     .ok_or_else(|| anyhow::anyhow!("sip.listen {l:?}: unknown transport {t:?}"))?;
-                let addr = addr
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("sip.listen {l:?}: bad socket address {addr:?}"))?;
+                let addr = addr.parse().map_err(|_| {
+                    anyhow::anyhow!("sip.listen {l:?}: bad socket address {addr:?}")
+                })?;
                 Ok((transport, addr))
             })
             .collect()

@@ -23,7 +23,8 @@ pub enum Output {
     Store(Change),
 }
 
-const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO, MESSAGE, NOTIFY, REFER, PRACK";
+const ALLOW: &str =
+    "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO, MESSAGE, NOTIFY, REFER, PRACK";
 
 /// Counters an operator (and the tests) can read.
 #[derive(Debug, Default, Clone)]
@@ -112,14 +113,21 @@ impl Core {
     }
 
     /// A parsed message arrived from `from`; `unix_s` is wall-clock time for the registrar.
-    pub fn handle_message(&mut self, message: Message, from: Destination, now: Instant, unix_s: u64) {
+    pub fn handle_message(
+        &mut self,
+        message: Message,
+        from: Destination,
+        now: Instant,
+        unix_s: u64,
+    ) {
         match &message {
             Message::Request(r) => {
                 if let Err(bad) = r.check() {
                     self.stats.malformed_answered += 1;
                     tracing::info!(from = %from.addr, reason = %bad.reason, "refused malformed request");
                     if r.method() != Method::Ack && r.top_via().is_some() {
-                        let mut resp = Response::to_request(r, bad.status, reason_phrase(bad.status));
+                        let mut resp =
+                            Response::to_request(r, bad.status, reason_phrase(bad.status));
                         let _ = resp.push_header(
                             "Warning",
                             &format!("399 warden \"{}\"", bad.reason.replace(['"', '\\'], "'")),
@@ -210,7 +218,14 @@ impl Core {
         )
     }
 
-    fn respond(&mut self, key: &TxKey, req: &Request, status: u16, tag: Option<&str>, now: Instant) {
+    fn respond(
+        &mut self,
+        key: &TxKey,
+        req: &Request,
+        status: u16,
+        tag: Option<&str>,
+        now: Instant,
+    ) {
         let mut resp = Response::to_request(req, status, reason_phrase(status));
         if status > 100 {
             resp.set_to_tag(tag.map(str::to_owned).unwrap_or_else(new_tag).as_str());
@@ -249,7 +264,13 @@ impl Core {
             .ok()
     }
 
-    fn send_in_dialog(&mut self, req: Request, dest: Destination, purpose: ClientPurpose, now: Instant) -> Option<TxKey> {
+    fn send_in_dialog(
+        &mut self,
+        req: Request,
+        dest: Destination,
+        purpose: ClientPurpose,
+        now: Instant,
+    ) -> Option<TxKey> {
         let key = self.tx.send_request(req, dest, now)?;
         self.client.insert(key.clone(), purpose);
         Some(key)
@@ -257,7 +278,14 @@ impl Core {
 
     // ----- requests ---------------------------------------------------------------------
 
-    fn on_request(&mut self, key: TxKey, req: Request, from: Destination, now: Instant, unix_s: u64) {
+    fn on_request(
+        &mut self,
+        key: TxKey,
+        req: Request,
+        from: Destination,
+        now: Instant,
+        unix_s: u64,
+    ) {
         let method = req.method();
         if req.to_tag().is_some() {
             return self.on_in_dialog(key, req, now);
@@ -279,7 +307,14 @@ impl Core {
         }
     }
 
-    fn on_register(&mut self, key: TxKey, req: Request, from: Destination, unix_s: u64, now: Instant) {
+    fn on_register(
+        &mut self,
+        key: TxKey,
+        req: Request,
+        from: Destination,
+        unix_s: u64,
+        now: Instant,
+    ) {
         let user = req.to().and_then(|t| t.uri.user()).unwrap_or_default();
         if let Some(challenge) = self.registrar.authenticate(&req, &user, unix_s) {
             self.tx.respond(&key, challenge, now);
@@ -292,7 +327,14 @@ impl Core {
         self.tx.respond(&key, outcome.response, now);
     }
 
-    fn on_invite(&mut self, key: TxKey, req: Request, from: Destination, now: Instant, unix_s: u64) {
+    fn on_invite(
+        &mut self,
+        key: TxKey,
+        req: Request,
+        from: Destination,
+        now: Instant,
+        unix_s: u64,
+    ) {
         if req.max_forwards() == Some(0) {
             return self.respond(&key, &req, 483, None, now);
         }
@@ -302,14 +344,29 @@ impl Core {
         let (Some(from_hdr), Some(_), Some(call_id)) = (req.from(), req.to(), req.call_id()) else {
             return self.respond(&key, &req, 400, None, now);
         };
-        let caller = from_hdr.uri.user().unwrap_or_else(|| from_hdr.uri.to_string());
+        let caller = from_hdr
+            .uri
+            .user()
+            .unwrap_or_else(|| from_hdr.uri.to_string());
         if self.calls.len() >= self.config.calls.max_calls {
-            tracing::warn!(limit = self.config.calls.max_calls, "call limit reached; refusing with 503");
+            tracing::warn!(
+                limit = self.config.calls.max_calls,
+                "call limit reached; refusing with 503"
+            );
             return self.respond(&key, &req, 503, None, now);
         }
-        let bindings: Vec<_> = self.registrar.lookup(&callee, unix_s).into_iter().cloned().collect();
+        let bindings: Vec<_> = self
+            .registrar
+            .lookup(&callee, unix_s)
+            .into_iter()
+            .cloned()
+            .collect();
         if bindings.is_empty() {
-            let status = if self.registrar.knows(&callee) { 480 } else { 404 };
+            let status = if self.registrar.knows(&callee) {
+                480
+            } else {
+                404
+            };
             tracing::info!(%caller, %callee, status, "call declined: callee not reachable");
             return self.respond(&key, &req, status, None, now);
         }
@@ -317,12 +374,7 @@ impl Core {
         self.next_call += 1;
         self.stats.calls_started += 1;
         let a_target = req
-            .contacts()
-            .ok()
-            .and_then(|c| c.into_iter().find_map(|c| match c {
-                crate::sip::message::Contact::Address(a) => Some(a.uri.to_string()),
-                crate::sip::message::Contact::Star => None,
-            }))
+            .contact_uri()
             .unwrap_or_else(|| from_hdr.uri.to_string());
         let a = Leg {
             call_id: call_id.clone(),
@@ -334,7 +386,8 @@ impl Core {
             cseq: 0,
             dest: from.clone(),
         };
-        self.dialogs.insert((call_id.clone(), a.local_tag.clone()), (id, Side::A));
+        self.dialogs
+            .insert((call_id.clone(), a.local_tag.clone()), (id, Side::A));
         self.server_invites.insert(key.clone(), id);
         let hops = req.max_forwards().unwrap_or(70).saturating_sub(1);
         let mut call = Call {
@@ -376,10 +429,17 @@ impl Core {
             let _ = invite.push_header("Allow", ALLOW);
             let content_type = req.header("Content-Type");
             invite.set_body(req.body().clone(), content_type.as_deref());
-            self.dialogs.insert((leg.call_id.clone(), leg.local_tag.clone()), (id, Side::B));
+            self.dialogs
+                .insert((leg.call_id.clone(), leg.local_tag.clone()), (id, Side::B));
             let tx = self.tx.send_request(invite.clone(), dest, now);
             if let Some(tx) = &tx {
-                self.client.insert(tx.clone(), ClientPurpose::Invite { call: id, branch: index });
+                self.client.insert(
+                    tx.clone(),
+                    ClientPurpose::Invite {
+                        call: id,
+                        branch: index,
+                    },
+                );
             }
             call.branches.push(Branch {
                 leg,
@@ -403,7 +463,9 @@ impl Core {
         let Some(id) = self.server_invites.get(&invite_key).copied() else {
             return;
         };
-        let Some(mut call) = self.calls.remove(&id) else { return };
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
         if call.state == State::Calling && !call.abandoned {
             tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "call cancelled by caller");
             let tag = call.a.local_tag.clone();
@@ -424,7 +486,9 @@ impl Core {
     }
 
     fn cancel_branch(&mut self, call: &mut Call, index: usize, now: Instant) {
-        let Some(branch) = call.branches.get_mut(index) else { return };
+        let Some(branch) = call.branches.get_mut(index) else {
+            return;
+        };
         if branch.final_status.is_some() {
             return;
         }
@@ -471,25 +535,22 @@ impl Core {
             self.respond(&key, &req, 481, None, now);
             return self.finish_or_keep(call);
         }
-        if let Some(leg) = call.leg_mut(side)
-            && let Some(c) = req.cseq()
+        // Track the peer's target refresh (RFC 3261 12.2.2).
+        if (method == Method::Invite || method == Method::Update)
+            && let Some(target) = req.contact_uri()
+            && let Some(leg) = call.leg_mut(side)
         {
-            // Track the peer's target refresh (RFC 3261 12.2.2).
-            if method == Method::Invite || method == Method::Update {
-                if let Ok(contacts) = req.contacts()
-                    && let Some(crate::sip::message::Contact::Address(a)) = contacts.into_iter().next()
-                {
-                    leg.target = a.uri.to_string();
-                }
-            }
-            let _ = c;
+            leg.target = target;
         }
         match method {
             Method::Bye => {
                 let tag = req.to_tag();
                 self.respond(&key, &req, 200, tag.as_deref(), now);
                 if matches!(call.state, State::Confirmed | State::Answered) {
-                    let secs = call.answered_at.map(|t| now.duration_since(t).as_secs()).unwrap_or(0);
+                    let secs = call
+                        .answered_at
+                        .map(|t| now.duration_since(t).as_secs())
+                        .unwrap_or(0);
                     tracing::info!(call = id, caller = %call.caller, callee = %call.callee, by = side.name(), duration_s = secs, "call ended");
                     call.pending_ok = None;
                     self.send_bye(&mut call, side.other(), now);
@@ -498,8 +559,16 @@ impl Core {
                     call.state = State::Done;
                 }
             }
-            Method::Invite | Method::Update | Method::Info | Method::Message | Method::Notify
-            | Method::Refer | Method::Options | Method::Other(_) | Method::Subscribe | Method::Prack
+            Method::Invite
+            | Method::Update
+            | Method::Info
+            | Method::Message
+            | Method::Notify
+            | Method::Refer
+            | Method::Options
+            | Method::Other(_)
+            | Method::Subscribe
+            | Method::Prack
             | Method::Publish => {
                 if call.state != State::Confirmed && call.state != State::Answered {
                     self.respond(&key, &req, 491, None, now);
@@ -515,7 +584,14 @@ impl Core {
     }
 
     /// Forward an in-dialog request to the other side; its answer comes back in `on_response`.
-    fn relay_request(&mut self, call: &mut Call, key: TxKey, req: Request, from: Side, now: Instant) {
+    fn relay_request(
+        &mut self,
+        call: &mut Call,
+        key: TxKey,
+        req: Request,
+        from: Side,
+        now: Instant,
+    ) {
         let method = req.method();
         let Some(leg) = call.leg_mut(from.other()) else {
             return self.respond(&key, &req, 481, None, now);
@@ -527,7 +603,16 @@ impl Core {
         if let Some(leg) = call.leg_mut(from.other()) {
             leg.cseq = leg_copy.cseq;
         }
-        for name in ["Content-Disposition", "Event", "Subscription-State", "Refer-To", "Referred-By", "Session-Expires", "Supported", "Allow"] {
+        for name in [
+            "Content-Disposition",
+            "Event",
+            "Subscription-State",
+            "Refer-To",
+            "Referred-By",
+            "Session-Expires",
+            "Supported",
+            "Allow",
+        ] {
             for v in req.headers(name) {
                 let _ = out.push_header(name, &v);
             }
@@ -535,7 +620,9 @@ impl Core {
         let content_type = req.header("Content-Type");
         out.set_body(req.body().clone(), content_type.as_deref());
         let dest = leg_copy.dest.clone();
-        if let Some(client) = self.send_in_dialog(out, dest, ClientPurpose::Relay { call: call.id }, now) {
+        if let Some(client) =
+            self.send_in_dialog(out, dest, ClientPurpose::Relay { call: call.id }, now)
+        {
             self.relays.insert(
                 client,
                 Relay {
@@ -551,13 +638,23 @@ impl Core {
     }
 
     fn send_bye(&mut self, call: &mut Call, side: Side, now: Instant) {
-        let Some(leg) = call.leg_mut(side) else { return };
+        let Some(leg) = call.leg_mut(side) else {
+            return;
+        };
         let mut leg_copy = leg.clone();
         if let Some(bye) = self.leg_request(&mut leg_copy, Method::Bye, None) {
             if let Some(leg) = call.leg_mut(side) {
                 leg.cseq = leg_copy.cseq;
             }
-            if self.send_in_dialog(bye, leg_copy.dest, ClientPurpose::Bye { call: call.id }, now).is_some() {
+            if self
+                .send_in_dialog(
+                    bye,
+                    leg_copy.dest,
+                    ClientPurpose::Bye { call: call.id },
+                    now,
+                )
+                .is_some()
+            {
                 call.outstanding_byes += 1;
                 call.state = State::Ending;
             }
@@ -566,16 +663,19 @@ impl Core {
 
     /// ACK + BYE a callee branch whose 2xx nobody wants (a losing fork, a cancelled call).
     fn reject_late_answer(&mut self, call: &mut Call, index: usize, resp: &Response, now: Instant) {
-        let Some(branch) = call.branches.get_mut(index) else { return };
+        let Some(branch) = call.branches.get_mut(index) else {
+            return;
+        };
         branch.leg.remote_tag = resp.to_tag();
-        if let Ok(Some(crate::sip::message::Contact::Address(a))) = resp.contacts().map(|c| c.into_iter().next()) {
-            branch.leg.target = a.uri.to_string();
+        if let Some(target) = resp.contact_uri() {
+            branch.leg.target = target;
         }
         let seq = branch.invite.cseq().map(|c| c.seq).unwrap_or(1);
         let mut leg = branch.leg.clone();
         if let Some(ack) = self.leg_request(&mut leg, Method::Ack, Some(seq)) {
             let bytes = ack.to_bytes();
-            self.out.push_back(Output::Send(leg.dest.clone(), bytes.clone()));
+            self.out
+                .push_back(Output::Send(leg.dest.clone(), bytes.clone()));
             if let Some(b) = call.branches.get_mut(index) {
                 b.ack = Some(bytes);
             }
@@ -588,12 +688,16 @@ impl Core {
     // ----- responses --------------------------------------------------------------------
 
     fn on_response(&mut self, key: TxKey, resp: Response, now: Instant) {
-        let Some(purpose) = self.client.get(&key).cloned() else { return };
+        let Some(purpose) = self.client.get(&key).cloned() else {
+            return;
+        };
         if resp.status() >= 200 && !matches!(purpose, ClientPurpose::Invite { .. }) {
             self.client.remove(&key);
         }
         match purpose {
-            ClientPurpose::Invite { call, branch } => self.on_branch_response(call, branch, resp, now),
+            ClientPurpose::Invite { call, branch } => {
+                self.on_branch_response(call, branch, resp, now)
+            }
             ClientPurpose::Cancel => {}
             ClientPurpose::Bye { call } => {
                 if resp.status() >= 200
@@ -611,7 +715,9 @@ impl Core {
     }
 
     fn on_branch_response(&mut self, id: u64, index: usize, resp: Response, now: Instant) {
-        let Some(mut call) = self.calls.remove(&id) else { return };
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
         let status = resp.status();
         let already_answered = call.answered.is_some() && call.answered != Some(index);
         if (200..300).contains(&status) && (already_answered || call.abandoned) {
@@ -646,8 +752,8 @@ impl Core {
             if let Some(b) = call.branches.get_mut(index) {
                 b.final_status = Some(status);
                 b.leg.remote_tag = resp.to_tag();
-                if let Ok(Some(crate::sip::message::Contact::Address(a))) = resp.contacts().map(|c| c.into_iter().next()) {
-                    b.leg.target = a.uri.to_string();
+                if let Some(target) = resp.contact_uri() {
+                    b.leg.target = target;
                 }
                 b.leg.cseq = b.invite.cseq().map(|c| c.seq).unwrap_or(1);
             }
@@ -677,7 +783,14 @@ impl Core {
                     }
                 }
             }
-            call.owed_ack = Some((Side::B, call.branches.get(index).and_then(|b| b.invite.cseq()).map(|c| c.seq).unwrap_or(1)));
+            call.owed_ack = Some((
+                Side::B,
+                call.branches
+                    .get(index)
+                    .and_then(|b| b.invite.cseq())
+                    .map(|c| c.seq)
+                    .unwrap_or(1),
+            ));
         } else {
             if let Some(b) = call.branches.get_mut(index) {
                 b.final_status = Some(status);
@@ -713,7 +826,10 @@ impl Core {
     }
 
     fn relay_final_failure(&mut self, call: &mut Call, last: &Response, now: Instant) {
-        let (status, reason) = call.best_failure.clone().unwrap_or((last.status(), last.reason()));
+        let (status, reason) = call
+            .best_failure
+            .clone()
+            .unwrap_or((last.status(), last.reason()));
         let mut out = Response::to_request(&call.a_invite, status, &reason);
         out.set_to_tag(&call.a.local_tag);
         let _ = out.push_header("Server", &self.config.sip.user_agent);
@@ -721,11 +837,19 @@ impl Core {
     }
 
     fn on_relay_response(&mut self, id: u64, key: TxKey, resp: Response, now: Instant) {
-        let Some(mut call) = self.calls.remove(&id) else { return };
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
         let final_response = resp.status() >= 200;
-        let relay = if final_response { self.relays.remove(&key) } else { None };
+        let relay = if final_response {
+            self.relays.remove(&key)
+        } else {
+            None
+        };
         let relay_ref = relay.as_ref().or_else(|| self.relays.get(&key));
-        let Some(relay_info) = relay_ref.map(|r| (r.server.clone(), r.from, r.method.clone(), r.far_cseq)) else {
+        let Some(relay_info) =
+            relay_ref.map(|r| (r.server.clone(), r.from, r.method.clone(), r.far_cseq))
+        else {
             return self.finish_or_keep(call);
         };
         let (server, from, method, far_cseq) = relay_info;
@@ -782,9 +906,15 @@ impl Core {
         else {
             return;
         };
-        let Some(mut call) = self.calls.remove(&id) else { return };
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
         let seq = ack.cseq().map(|c| c.seq);
-        if call.pending_ok.as_ref().is_some_and(|p| p.side == side && Some(p.cseq) == seq) {
+        if call
+            .pending_ok
+            .as_ref()
+            .is_some_and(|p| p.side == side && Some(p.cseq) == seq)
+        {
             call.pending_ok = None;
             if call.state == State::Answered {
                 call.state = State::Confirmed;
@@ -797,15 +927,27 @@ impl Core {
         self.finish_or_keep(call);
     }
 
-    fn send_ack(&mut self, call: &mut Call, side: Side, cseq: u32, original: &Request, _now: Instant) {
+    fn send_ack(
+        &mut self,
+        call: &mut Call,
+        side: Side,
+        cseq: u32,
+        original: &Request,
+        _now: Instant,
+    ) {
         let index = call.answered;
-        let Some(leg) = call.leg_mut(side) else { return };
+        let Some(leg) = call.leg_mut(side) else {
+            return;
+        };
         let mut leg_copy = leg.clone();
-        let Some(mut ack) = self.leg_request(&mut leg_copy, Method::Ack, Some(cseq)) else { return };
+        let Some(mut ack) = self.leg_request(&mut leg_copy, Method::Ack, Some(cseq)) else {
+            return;
+        };
         let content_type = original.header("Content-Type");
         ack.set_body(original.body().clone(), content_type.as_deref());
         let bytes = ack.to_bytes();
-        self.out.push_back(Output::Send(leg_copy.dest.clone(), bytes.clone()));
+        self.out
+            .push_back(Output::Send(leg_copy.dest.clone(), bytes.clone()));
         if side == Side::B
             && let Some(b) = index.and_then(|i| call.branches.get_mut(i))
         {
@@ -825,22 +967,29 @@ impl Core {
         else {
             return;
         };
-        let Some(call) = self.calls.get(&id) else { return };
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
         let call_id = resp.call_id();
         for b in &call.branches {
             if Some(&b.leg.call_id) == call_id.as_ref()
                 && let Some(ack) = &b.ack
             {
-                self.out.push_back(Output::Send(b.leg.dest.clone(), ack.clone()));
+                self.out
+                    .push_back(Output::Send(b.leg.dest.clone(), ack.clone()));
             }
         }
     }
 
     fn on_tx_timeout(&mut self, key: TxKey, now: Instant) {
-        let Some(purpose) = self.client.remove(&key) else { return };
+        let Some(purpose) = self.client.remove(&key) else {
+            return;
+        };
         match purpose {
             ClientPurpose::Invite { call, branch } => {
-                let Some(mut c) = self.calls.remove(&call) else { return };
+                let Some(mut c) = self.calls.remove(&call) else {
+                    return;
+                };
                 if let Some(b) = c.branches.get_mut(branch)
                     && b.final_status.is_none()
                 {
@@ -849,7 +998,10 @@ impl Core {
                     tracing::info!(call, branch, "callee did not answer the INVITE (Timer B)");
                     if c.all_branches_final() && c.answered.is_none() {
                         if !c.abandoned {
-                            let (status, reason) = c.best_failure.clone().unwrap_or((408, "Request Timeout".into()));
+                            let (status, reason) = c
+                                .best_failure
+                                .clone()
+                                .unwrap_or((408, "Request Timeout".into()));
                             let mut out = Response::to_request(&c.a_invite, status, &reason);
                             out.set_to_tag(&c.a.local_tag);
                             self.tx.respond(&c.a_invite_tx.clone(), out, now);
@@ -883,7 +1035,9 @@ impl Core {
     // ----- call timers ------------------------------------------------------------------
 
     fn on_call_tick(&mut self, id: u64, now: Instant) {
-        let Some(mut call) = self.calls.remove(&id) else { return };
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
         if call.ring_until.is_some_and(|t| t <= now) && call.state == State::Calling {
             tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "no answer; call timed out");
             let tag = call.a.local_tag.clone();
@@ -905,7 +1059,8 @@ impl Core {
                 self.send_bye(&mut call, side, now);
                 self.send_bye(&mut call, side.other(), now);
             } else if p.next <= now {
-                self.out.push_back(Output::Send(p.dest.clone(), p.bytes.clone()));
+                self.out
+                    .push_back(Output::Send(p.dest.clone(), p.bytes.clone()));
                 p.interval = (p.interval * 2).min(self.config.timers().t2);
                 p.next = (now + p.interval).min(p.give_up);
             }
@@ -924,12 +1079,16 @@ impl Core {
     fn finish_or_keep(&mut self, call: Call) {
         let settled = call.all_branches_final() || call.answered.is_some();
         if call.state == State::Done && settled && call.outstanding_byes == 0 {
-            self.dialogs.remove(&(call.a.call_id.clone(), call.a.local_tag.clone()));
+            self.dialogs
+                .remove(&(call.a.call_id.clone(), call.a.local_tag.clone()));
             for b in &call.branches {
-                self.dialogs.remove(&(b.leg.call_id.clone(), b.leg.local_tag.clone()));
+                self.dialogs
+                    .remove(&(b.leg.call_id.clone(), b.leg.local_tag.clone()));
             }
             self.server_invites.remove(&call.a_invite_tx);
-            self.client.retain(|_, p| !matches!(p, ClientPurpose::Invite { call: c, .. } if *c == call.id));
+            self.client.retain(
+                |_, p| !matches!(p, ClientPurpose::Invite { call: c, .. } if *c == call.id),
+            );
             return;
         }
         self.calls.insert(call.id, call);

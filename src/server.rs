@@ -121,7 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 fn handle(core: &mut Core, transmitter: &mut transport::Transmitter, event: Inbound, now: Instant) {
     match event {
-        Inbound::Message(m, from) => core.handle_message(m, from, now, unix_now()),
+        Inbound::Message(m, from) => core.handle_message(*m, from, now, unix_now()),
         Inbound::Garbage(from, why) => core.handle_garbage(&from, &why),
         Inbound::ConnOpened(id, addr, tx) => transmitter.on_opened(id, addr, tx),
         Inbound::ConnClosed(id) => transmitter.on_closed(id),
@@ -132,10 +132,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

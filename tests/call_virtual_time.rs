@@ -15,7 +15,11 @@ const ALICE: &str = "127.0.0.1:7001";
 const BOB: &str = "127.0.0.1:7002";
 
 fn dest(addr: &str) -> Destination {
-    Destination { transport: Transport::Udp, addr: addr.parse().unwrap(), conn: None }
+    Destination {
+        transport: Transport::Udp,
+        addr: addr.parse().unwrap(),
+        conn: None,
+    }
 }
 
 fn parse(text: &str) -> Message {
@@ -34,7 +38,11 @@ impl Harness {
         advertised.insert(Transport::Udp, "127.0.0.1:5060".to_owned());
         let config = Config::default();
         let registrar = Registrar::new(config.registrar.clone(), Vec::new());
-        let mut h = Harness { core: Core::new(config, registrar, advertised), now: Instant::now(), unix: 1_000_000 };
+        let mut h = Harness {
+            core: Core::new(config, registrar, advertised),
+            now: Instant::now(),
+            unix: 1_000_000,
+        };
         h.input(&format!(
             "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch=z9hG4bKr1;rport\r\n\
              Max-Forwards: 70\r\nFrom: <sip:bob@127.0.0.1>;tag=r\r\nTo: <sip:bob@127.0.0.1>\r\n\
@@ -46,7 +54,8 @@ impl Harness {
     }
 
     fn input(&mut self, text: &str, from: &str) {
-        self.core.handle_message(parse(text), dest(from), self.now, self.unix);
+        self.core
+            .handle_message(parse(text), dest(from), self.now, self.unix);
     }
 
     fn send(&mut self, m: Message, from: &str) {
@@ -69,7 +78,10 @@ impl Harness {
         let mut out = Vec::new();
         while let Some(o) = self.core.poll_output() {
             if let Output::Send(d, bytes) = o {
-                out.push((d.addr.to_string(), Message::parse_datagram(bytes, &Limits::default()).unwrap()));
+                out.push((
+                    d.addr.to_string(),
+                    Message::parse_datagram(bytes, &Limits::default()).unwrap(),
+                ));
             }
         }
         out
@@ -82,7 +94,9 @@ impl Harness {
              Call-ID: call-a\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{ALICE}>\r\nContent-Length: 0\r\n\r\n"
         );
         self.input(&text, ALICE);
-        let Message::Request(r) = parse(&text) else { unreachable!() };
+        let Message::Request(r) = parse(&text) else {
+            unreachable!()
+        };
         r
     }
 }
@@ -112,17 +126,30 @@ fn no_answer_timeout_sends_408_to_caller_and_cancel_to_callee() {
     let mut h = Harness::new();
     h.invite();
     let out = h.sent();
-    assert_eq!(responses_to(&out, ALICE)[0].status(), 100, "100 Trying at once");
+    assert_eq!(
+        responses_to(&out, ALICE)[0].status(),
+        100,
+        "100 Trying at once"
+    );
     let b_invite = requests_to(&out, BOB, "INVITE")[0].clone();
     let mut ringing = Response::to_request(&b_invite, 180, "Ringing");
     ringing.set_to_tag("bt");
     h.send(Message::Response(ringing), BOB);
     assert_eq!(responses_to(&h.sent(), ALICE)[0].status(), 180);
     h.advance(Duration::from_secs(59));
-    assert!(requests_to(&h.sent(), BOB, "CANCEL").is_empty(), "not before 60 s");
+    assert!(
+        requests_to(&h.sent(), BOB, "CANCEL").is_empty(),
+        "not before 60 s"
+    );
     h.advance(Duration::from_secs(1));
     let out = h.sent();
-    assert_eq!(responses_to(&out, ALICE).iter().map(|r| r.status()).collect::<Vec<_>>(), vec![408]);
+    assert_eq!(
+        responses_to(&out, ALICE)
+            .iter()
+            .map(|r| r.status())
+            .collect::<Vec<_>>(),
+        vec![408]
+    );
     assert_eq!(requests_to(&out, BOB, "CANCEL").len(), 1);
 }
 
@@ -133,22 +160,34 @@ fn answer_is_retransmitted_until_ack_and_a_missing_ack_ends_the_call() {
     let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
     let mut ok = Response::to_request(&b_invite, 200, "OK");
     ok.set_to_tag("bt");
-    ok.push_header("Contact", &format!("<sip:bob@{BOB}>")).unwrap();
+    ok.push_header("Contact", &format!("<sip:bob@{BOB}>"))
+        .unwrap();
     h.send(Message::Response(ok), BOB);
     assert_eq!(responses_to(&h.sent(), ALICE)[0].status(), 200);
     // Retransmissions at T1, 2T1, 4T1 ... capped at T2.
     let mut seen = 0;
     for _ in 0..8 {
         h.advance(Duration::from_millis(500));
-        seen += responses_to(&h.sent(), ALICE).iter().filter(|r| r.status() == 200).count();
+        seen += responses_to(&h.sent(), ALICE)
+            .iter()
+            .filter(|r| r.status() == 200)
+            .count();
     }
     assert_eq!(seen, 3, "at 0.5, 1.5 and 3.5 s");
     h.advance(Duration::from_secs(29));
     let out = h.sent();
-    assert_eq!(requests_to(&out, BOB, "ACK").len(), 1, "the callee's 2xx is ACKed");
+    assert_eq!(
+        requests_to(&out, BOB, "ACK").len(),
+        1,
+        "the callee's 2xx is ACKed"
+    );
     // Distinct requests (an unanswered BYE is itself retransmitted on Timer E).
     let distinct = |to| {
-        let mut seqs: Vec<u32> = requests_to(&out, to, "BYE").iter().filter_map(|r| r.cseq()).map(|c| c.seq).collect();
+        let mut seqs: Vec<u32> = requests_to(&out, to, "BYE")
+            .iter()
+            .filter_map(|r| r.cseq())
+            .map(|c| c.seq)
+            .collect();
         seqs.dedup();
         seqs.len()
     };
@@ -163,7 +202,8 @@ fn ack_from_caller_confirms_and_is_forwarded_once() {
     let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
     let mut ok = Response::to_request(&b_invite, 200, "OK");
     ok.set_to_tag("bt");
-    ok.push_header("Contact", &format!("<sip:bob@{BOB}>")).unwrap();
+    ok.push_header("Contact", &format!("<sip:bob@{BOB}>"))
+        .unwrap();
     h.send(Message::Response(ok.clone()), BOB);
     let a_ok = responses_to(&h.sent(), ALICE)[0].clone();
     let ack = format!(
@@ -176,7 +216,10 @@ fn ack_from_caller_confirms_and_is_forwarded_once() {
     assert_eq!(requests_to(&h.sent(), BOB, "ACK").len(), 1);
     h.advance(Duration::from_secs(40));
     let out = h.sent();
-    assert!(responses_to(&out, ALICE).is_empty(), "no 2xx retransmission after the ACK");
+    assert!(
+        responses_to(&out, ALICE).is_empty(),
+        "no 2xx retransmission after the ACK"
+    );
     assert!(requests_to(&out, BOB, "BYE").is_empty(), "call stays up");
     // A retransmitted 2xx from the callee is ACKed again.
     h.send(Message::Response(ok), BOB);
@@ -194,6 +237,12 @@ fn silent_callee_times_out_with_timer_b_and_caller_gets_408() {
     assert_eq!(retransmits, 6, "Timer A: 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s");
     h.advance(Duration::from_millis(100));
     let out = h.sent();
-    assert_eq!(responses_to(&out, ALICE).iter().map(|r| r.status()).collect::<Vec<_>>(), vec![408]);
+    assert_eq!(
+        responses_to(&out, ALICE)
+            .iter()
+            .map(|r| r.status())
+            .collect::<Vec<_>>(),
+        vec![408]
+    );
     assert_eq!(h.core.active_calls(), 0);
 }

@@ -13,7 +13,11 @@ fn establish(w: &Warden, alice: &mut Ua, bob: &mut Ua) -> (common::Dialog, commo
     let invite = alice.invite("bob");
     let incoming = bob.recv_request("INVITE");
     assert_eq!(incoming.uri().user().as_deref(), Some("bob"));
-    assert_ne!(incoming.call_id(), invite.call_id(), "B-leg has its own Call-ID");
+    assert_ne!(
+        incoming.call_id(),
+        invite.call_id(),
+        "B-leg has its own Call-ID"
+    );
     assert!(incoming.body().starts_with(b"v=0"), "SDP passes through");
     bob.answer(&incoming, 180, false);
     let ringing = alice.recv_response();
@@ -74,7 +78,10 @@ fn caller_cancels_while_ringing_gets_487_and_callee_gets_cancel() {
     assert_eq!(alice.recv_response().status(), 180);
     alice.cancel(&invite);
     // Alice sees 200 for the CANCEL and 487 for the INVITE, in either order.
-    let mut codes = vec![alice.recv_response().status(), alice.recv_response().status()];
+    let mut codes = vec![
+        alice.recv_response().status(),
+        alice.recv_response().status(),
+    ];
     codes.sort();
     assert_eq!(codes, vec![200, 487]);
     let cancel = bob.recv_request("CANCEL");
@@ -169,15 +176,25 @@ fn options_answered_and_max_forwards_zero_refused() {
     let resp = ua.recv_response();
     assert_eq!(resp.status(), 200);
     assert!(resp.header("Allow").unwrap().contains("INVITE"));
-    let zero = ua.options().replace("Max-Forwards: 70", "Max-Forwards: 0").replace("OPTIONS sip", "INVITE sip").replace("1 OPTIONS", "1 INVITE");
+    let zero = ua
+        .options()
+        .replace("Max-Forwards: 70", "Max-Forwards: 0")
+        .replace("OPTIONS sip", "INVITE sip")
+        .replace("1 OPTIONS", "1 INVITE");
     ua.send_raw(&zero);
     assert_eq!(ua.recv_response().status(), 483);
-    let unknown = ua.options().replace("OPTIONS sip", "FROB sip").replace("1 OPTIONS", "1 FROB");
+    let unknown = ua
+        .options()
+        .replace("OPTIONS sip", "FROB sip")
+        .replace("1 OPTIONS", "1 FROB");
     ua.send_raw(&unknown);
     let resp = ua.recv_response();
     assert_eq!(resp.status(), 501);
     assert!(resp.header("Allow").is_some());
-    let subscribe = ua.options().replace("OPTIONS sip", "SUBSCRIBE sip").replace("1 OPTIONS", "1 SUBSCRIBE");
+    let subscribe = ua
+        .options()
+        .replace("OPTIONS sip", "SUBSCRIBE sip")
+        .replace("1 OPTIONS", "1 SUBSCRIBE");
     ua.send_raw(&subscribe);
     assert_eq!(ua.recv_response().status(), 405);
 }
@@ -200,7 +217,9 @@ fn bindings_survive_a_restart() {
 fn malformed_request_gets_400_with_warning_and_server_keeps_serving() {
     let w = Warden::start();
     let mut ua = Ua::udp("alice", w.port);
-    let bad = ua.options().replace("CSeq: 1 OPTIONS", "CSeq: 99999999999999 OPTIONS");
+    let bad = ua
+        .options()
+        .replace("CSeq: 1 OPTIONS", "CSeq: 99999999999999 OPTIONS");
     ua.send_raw(&bad);
     let resp = ua.recv_response();
     assert_eq!(resp.status(), 400);
@@ -237,8 +256,27 @@ fn digest_auth_challenges_and_accepts_md5_and_sha256() {
             .into_iter()
             .find(|h| h.contains(alg.name()))
             .expect("challenge for the algorithm");
-        let nonce = www.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
-        let auth = answer(&nonce, "warden", alg, "bob", password, "REGISTER", "sip:127.0.0.1");
-        assert_eq!(bob.register_with(600, Some(&auth)).status(), expected, "{alg:?} {password}");
+        let nonce = www
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned();
+        let auth = answer(
+            &nonce,
+            "warden",
+            alg,
+            "bob",
+            password,
+            "REGISTER",
+            "sip:127.0.0.1",
+        );
+        assert_eq!(
+            bob.register_with(600, Some(&auth)).status(),
+            expected,
+            "{alg:?} {password}"
+        );
     }
 }

@@ -138,7 +138,10 @@ impl DigestAuth {
             None => alg.hash(&format!("{ha1}:{nonce}:{ha2}")),
             Some(_) => return (Verdict::Denied("unsupported qop"), user_owned),
         };
-        if !constant_time_eq(expected.as_bytes(), response.to_ascii_lowercase().as_bytes()) {
+        if !constant_time_eq(
+            expected.as_bytes(),
+            response.to_ascii_lowercase().as_bytes(),
+        ) {
             return (Verdict::Denied("wrong password"), user_owned);
         }
         let Some((issued_hex, mac)) = nonce.split_once('.') else {
@@ -210,7 +213,9 @@ pub fn answer(
     let ha1 = alg.hash(&format!("{user}:{realm}:{password}"));
     let ha2 = alg.hash(&format!("{method}:{uri}"));
     let cnonce = "0a4f113b";
-    let response = alg.hash(&format!("{ha1}:{challenge_nonce}:00000001:{cnonce}:auth:{ha2}"));
+    let response = alg.hash(&format!(
+        "{ha1}:{challenge_nonce}:00000001:{cnonce}:auth:{ha2}"
+    ));
     format!(
         "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{challenge_nonce}\", uri=\"{uri}\", \
          response=\"{response}\", algorithm={}, qop=auth, nc=00000001, cnonce=\"{cnonce}\"",
@@ -223,9 +228,7 @@ mod tests {
     use super::*;
 
     fn ha1(alg: Algorithm) -> impl Fn(&str, Algorithm) -> Option<String> {
-        move |user, a| {
-            (user == "alice" && a == alg).then(|| a.hash("alice:warden:secret"))
-        }
+        move |user, a| (user == "alice" && a == alg).then(|| a.hash("alice:warden:secret"))
     }
 
     #[test]
@@ -233,7 +236,9 @@ mod tests {
         let auth = DigestAuth::new("warden", 300);
         for alg in [Algorithm::Md5, Algorithm::Sha256] {
             let nonce = auth.nonce(1000);
-            let h = answer(&nonce, "warden", alg, "alice", "secret", "REGISTER", "sip:w");
+            let h = answer(
+                &nonce, "warden", alg, "alice", "secret", "REGISTER", "sip:w",
+            );
             assert_eq!(auth.verify(&h, "REGISTER", 1010, ha1(alg)).0, Verdict::Ok);
         }
     }
@@ -242,16 +247,44 @@ mod tests {
     fn wrong_password_stale_and_forged_nonces_are_refused() {
         let auth = DigestAuth::new("warden", 300);
         let nonce = auth.nonce(1000);
-        let bad = answer(&nonce, "warden", Algorithm::Md5, "alice", "nope", "REGISTER", "sip:w");
+        let bad = answer(
+            &nonce,
+            "warden",
+            Algorithm::Md5,
+            "alice",
+            "nope",
+            "REGISTER",
+            "sip:w",
+        );
         assert_eq!(
             auth.verify(&bad, "REGISTER", 1000, ha1(Algorithm::Md5)).0,
             Verdict::Denied("wrong password")
         );
-        let good = answer(&nonce, "warden", Algorithm::Md5, "alice", "secret", "REGISTER", "sip:w");
-        assert_eq!(auth.verify(&good, "REGISTER", 1400, ha1(Algorithm::Md5)).0, Verdict::Stale);
-        let forged = answer("3e8.00ff", "warden", Algorithm::Md5, "alice", "secret", "REGISTER", "sip:w");
+        let good = answer(
+            &nonce,
+            "warden",
+            Algorithm::Md5,
+            "alice",
+            "secret",
+            "REGISTER",
+            "sip:w",
+        );
         assert_eq!(
-            auth.verify(&forged, "REGISTER", 1000, ha1(Algorithm::Md5)).0,
+            auth.verify(&good, "REGISTER", 1400, ha1(Algorithm::Md5)).0,
+            Verdict::Stale
+        );
+        let forged = answer(
+            "3e8.00ff",
+            "warden",
+            Algorithm::Md5,
+            "alice",
+            "secret",
+            "REGISTER",
+            "sip:w",
+        );
+        assert_eq!(
+            auth.verify(&forged, "REGISTER", 1000, ha1(Algorithm::Md5))
+                .0,
             Verdict::Denied("foreign nonce")
         );
     }

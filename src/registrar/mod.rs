@@ -103,7 +103,7 @@ impl Registrar {
             .get(aor)
             .map(|v| v.iter().filter(|b| b.expires_at > now_s).collect())
             .unwrap_or_default();
-        out.sort_by(|a, b| b.expires_at.cmp(&a.expires_at));
+        out.sort_by_key(|b| std::cmp::Reverse(b.expires_at));
         out
     }
 
@@ -315,21 +315,37 @@ mod tests {
     #[test]
     fn adds_refreshes_queries_and_removes() {
         let mut r = registrar();
-        let out = r.register(&register("<sip:alice@10.0.0.5:5060>", Some(600), 1), &source(), 100);
+        let out = r.register(
+            &register("<sip:alice@10.0.0.5:5060>", Some(600), 1),
+            &source(),
+            100,
+        );
         assert_eq!(out.response.status(), 200);
         assert_eq!(out.response.headers("Contact").len(), 1);
         assert_eq!(r.lookup("alice", 100).len(), 1);
         // A second contact for the same AOR, then a refresh of the first.
-        r.register(&register("<sip:alice@10.0.0.6:5060>", Some(600), 2), &source(), 101);
+        r.register(
+            &register("<sip:alice@10.0.0.6:5060>", Some(600), 2),
+            &source(),
+            101,
+        );
         assert_eq!(r.lookup("alice", 101).len(), 2);
-        r.register(&register("<sip:alice@10.0.0.5:5060>", Some(900), 3), &source(), 102);
+        r.register(
+            &register("<sip:alice@10.0.0.5:5060>", Some(900), 3),
+            &source(),
+            102,
+        );
         assert_eq!(r.lookup("alice", 102)[0].expires_at, 1002);
         // A query (no Contact) lists both and changes nothing.
         let q = r.register(&register_without_contact(4), &source(), 103);
         assert_eq!(q.response.headers("Contact").len(), 2);
         assert!(q.changes.is_empty());
         // expires=0 removes one; * removes the rest.
-        r.register(&register("<sip:alice@10.0.0.6:5060>;expires=0", None, 5), &source(), 104);
+        r.register(
+            &register("<sip:alice@10.0.0.6:5060>;expires=0", None, 5),
+            &source(),
+            104,
+        );
         assert_eq!(r.lookup("alice", 104).len(), 1);
         let out = r.register(&register("*", Some(0), 6), &source(), 105);
         assert_eq!(out.response.status(), 200);
@@ -360,7 +376,11 @@ mod tests {
     #[test]
     fn long_intervals_are_clamped_and_bindings_expire_on_time() {
         let mut r = registrar();
-        r.register(&register("<sip:alice@10.0.0.5>", Some(999_999), 1), &source(), 0);
+        r.register(
+            &register("<sip:alice@10.0.0.5>", Some(999_999), 1),
+            &source(),
+            0,
+        );
         assert_eq!(r.lookup("alice", 0)[0].expires_at, 3600);
         assert!(r.expire(3599).is_empty());
         assert_eq!(r.expire(3600).len(), 1);
@@ -370,7 +390,11 @@ mod tests {
     #[test]
     fn stale_cseq_is_refused() {
         let mut r = registrar();
-        r.register(&register("<sip:alice@10.0.0.5>", Some(600), 5), &source(), 0);
+        r.register(
+            &register("<sip:alice@10.0.0.5>", Some(600), 5),
+            &source(),
+            0,
+        );
         let out = r.register(&register("<sip:alice@10.0.0.5>", Some(0), 4), &source(), 1);
         assert_eq!(out.response.status(), 400);
         assert_eq!(r.lookup("alice", 1).len(), 1);
@@ -379,14 +403,32 @@ mod tests {
     #[test]
     fn nat_detection_picks_the_flow_for_private_contacts() {
         let mut r = registrar();
-        r.register(&register("<sip:alice@10.0.0.5:5060>", Some(600), 1), &source(), 0);
-        assert_eq!(r.lookup("alice", 0)[0].destination(None).addr, source().addr);
+        r.register(
+            &register("<sip:alice@10.0.0.5:5060>", Some(600), 1),
+            &source(),
+            0,
+        );
+        assert_eq!(
+            r.lookup("alice", 0)[0].destination(None).addr,
+            source().addr
+        );
         let local = Destination {
             addr: "10.0.0.5:40000".parse().unwrap(),
             ..source()
         };
-        r.register(&register("<sip:alice@10.0.0.5:5062>", Some(600), 2), &local, 0);
-        let b = r.lookup("alice", 0).into_iter().find(|b| b.contact.contains("5062")).cloned();
-        assert_eq!(b.unwrap().destination(None).addr, "10.0.0.5:5062".parse().unwrap());
+        r.register(
+            &register("<sip:alice@10.0.0.5:5062>", Some(600), 2),
+            &local,
+            0,
+        );
+        let b = r
+            .lookup("alice", 0)
+            .into_iter()
+            .find(|b| b.contact.contains("5062"))
+            .cloned();
+        assert_eq!(
+            b.unwrap().destination(None).addr,
+            "10.0.0.5:5062".parse().unwrap()
+        );
     }
 }

@@ -14,8 +14,8 @@ use sipx_sip::headers::{
     self as sh, Address as SxAddress, CSeq as SxCSeq, ContactValue, Date, Expires, MaxForwards,
 };
 use sipx_sip::{
-    HeaderName as SxName, Limits as SxLimits, Message as SxMessage, Method as SxMethod,
-    StatusCode, Uri as SxUri, build::RequestBuilder, build::ResponseBuilder,
+    HeaderName as SxName, Limits as SxLimits, Message as SxMessage, Method as SxMethod, StatusCode,
+    Uri as SxUri, build::RequestBuilder, build::ResponseBuilder,
 };
 
 /// Size bounds applied to every message before anything is allocated for it.
@@ -463,6 +463,14 @@ macro_rules! header_access {
                 Ok(out)
             }
 
+            /// The URI of the first Contact (the remote target of a dialog).
+            pub fn contact_uri(&self) -> Option<String> {
+                self.contacts().ok()?.into_iter().find_map(|c| match c {
+                    Contact::Address(a) => Some(a.uri.to_string()),
+                    Contact::Star => None,
+                })
+            }
+
             /// Every value of an address-list header such as Route or Record-Route.
             pub fn address_list(&self, name: &str) -> Result<Vec<NameAddr>, Malformed> {
                 let mut out = Vec::new();
@@ -790,7 +798,10 @@ mod tests {
         let Message::Request(mut r) = parse(INVITE) else {
             panic!("request")
         };
-        r.set_body(Bytes::from_static(b"v=0\r\no=x\r\n"), Some("application/sdp"));
+        r.set_body(
+            Bytes::from_static(b"v=0\r\no=x\r\n"),
+            Some("application/sdp"),
+        );
         let bytes = r.to_bytes();
         let Message::Request(again) = Message::parse_datagram(bytes, &Limits::default()).unwrap()
         else {

@@ -245,10 +245,8 @@ impl Transactions {
                     TuEvent::Ack(a) => {
                         let dest = self.entries.get(key).map(|e| e.dest.clone());
                         if let Some(dest) = dest {
-                            self.events.push_back(TxEvent::Stray(
-                                Message::Request(Request(*a)),
-                                dest,
-                            ));
+                            self.events
+                                .push_back(TxEvent::Stray(Message::Request(Request(*a)), dest));
                         }
                     }
                     TuEvent::Timeout | TuEvent::TransportError => {
@@ -283,7 +281,10 @@ mod tests {
     fn request(method: Method, branch: &str) -> Request {
         let uri = Uri::parse("sip:bob@127.0.0.1").unwrap();
         Request::builder(method, &uri)
-            .header("Via", &format!("SIP/2.0/UDP 127.0.0.1:5060;branch={branch}"))
+            .header(
+                "Via",
+                &format!("SIP/2.0/UDP 127.0.0.1:5060;branch={branch}"),
+            )
             .header("From", "<sip:alice@x>;tag=a")
             .header("To", "<sip:bob@x>")
             .header("Call-ID", "c1")
@@ -318,7 +319,11 @@ mod tests {
     fn invite_client_retransmits_on_timer_a_doubling_then_times_out_on_b() {
         let t0 = Instant::now();
         let mut tx = Transactions::new(TimerConfig::default());
-        tx.send_request(request(Method::Invite, "z9hG4bKa"), dest(Transport::Udp), t0);
+        tx.send_request(
+            request(Method::Invite, "z9hG4bKa"),
+            dest(Transport::Udp),
+            t0,
+        );
         assert_eq!(sends(&mut tx).len(), 1);
         // A fires at 0.5, 1.5, 3.5, 7.5 ... seconds: intervals double.
         let mut at = Duration::ZERO;
@@ -333,7 +338,10 @@ mod tests {
         }
         tx.handle_timeout(t0 + Duration::from_secs(32));
         let ev = events(&mut tx);
-        assert!(ev.iter().any(|e| matches!(e, TxEvent::Timeout(_))), "Timer B");
+        assert!(
+            ev.iter().any(|e| matches!(e, TxEvent::Timeout(_))),
+            "Timer B"
+        );
         assert!(tx.is_empty());
     }
 
@@ -341,7 +349,11 @@ mod tests {
     fn non_invite_client_timer_e_caps_at_t2_and_f_times_out() {
         let t0 = Instant::now();
         let mut tx = Transactions::new(TimerConfig::default());
-        tx.send_request(request(Method::Options, "z9hG4bKe"), dest(Transport::Udp), t0);
+        tx.send_request(
+            request(Method::Options, "z9hG4bKe"),
+            dest(Transport::Udp),
+            t0,
+        );
         sends(&mut tx);
         let mut count = 0;
         let mut t = t0;
@@ -353,19 +365,31 @@ mod tests {
         // 0.5, 1.5, 3.5, 7.5, then every 4 s (T2) until 32 s: 4 + 6 = 10 retransmissions.
         assert_eq!(count, 10);
         tx.handle_timeout(t0 + Duration::from_secs(32));
-        assert!(events(&mut tx).iter().any(|e| matches!(e, TxEvent::Timeout(_))));
+        assert!(
+            events(&mut tx)
+                .iter()
+                .any(|e| matches!(e, TxEvent::Timeout(_)))
+        );
     }
 
     #[test]
     fn reliable_transport_sets_no_retransmission_timers() {
         let t0 = Instant::now();
         let mut tx = Transactions::new(TimerConfig::default());
-        tx.send_request(request(Method::Invite, "z9hG4bKt"), dest(Transport::Tcp), t0);
+        tx.send_request(
+            request(Method::Invite, "z9hG4bKt"),
+            dest(Transport::Tcp),
+            t0,
+        );
         sends(&mut tx);
         tx.handle_timeout(t0 + Duration::from_secs(31));
         assert!(sends(&mut tx).is_empty());
         tx.handle_timeout(t0 + Duration::from_secs(32));
-        assert!(events(&mut tx).iter().any(|e| matches!(e, TxEvent::Timeout(_))));
+        assert!(
+            events(&mut tx)
+                .iter()
+                .any(|e| matches!(e, TxEvent::Timeout(_)))
+        );
     }
 
     #[test]
@@ -382,18 +406,28 @@ mod tests {
         let ev = events(&mut tx);
         let acks = ev
             .iter()
-            .filter(|e| matches!(e, TxEvent::Send(_, Message::Request(r)) if r.method() == Method::Ack))
+            .filter(
+                |e| matches!(e, TxEvent::Send(_, Message::Request(r)) if r.method() == Method::Ack),
+            )
             .count();
         assert_eq!(acks, 1);
         assert_eq!(
-            ev.iter().filter(|e| matches!(e, TxEvent::Response(..))).count(),
+            ev.iter()
+                .filter(|e| matches!(e, TxEvent::Response(..)))
+                .count(),
             1
         );
         // A retransmitted 486 is ACKed again but not passed up.
-        tx.receive(roundtrip(&busy), dest(Transport::Udp), t0 + Duration::from_secs(1));
+        tx.receive(
+            roundtrip(&busy),
+            dest(Transport::Udp),
+            t0 + Duration::from_secs(1),
+        );
         let ev = events(&mut tx);
         assert_eq!(ev.len(), 1);
-        assert!(matches!(&ev[0], TxEvent::Send(_, Message::Request(r)) if r.method() == Method::Ack));
+        assert!(
+            matches!(&ev[0], TxEvent::Send(_, Message::Request(r)) if r.method() == Method::Ack)
+        );
         tx.handle_timeout(t0 + Duration::from_secs(32));
         assert!(tx.is_empty(), "Timer D ends it");
     }
@@ -412,20 +446,32 @@ mod tests {
         let sent = sends(&mut tx);
         assert!(matches!(&sent[..], [Message::Response(r)] if r.status() == 100));
         // A retransmitted INVITE gets the last response again, not a new TU event.
-        tx.receive(roundtrip(&invite), dest(Transport::Udp), t0 + Duration::from_millis(300));
+        tx.receive(
+            roundtrip(&invite),
+            dest(Transport::Udp),
+            t0 + Duration::from_millis(300),
+        );
         let ev = events(&mut tx);
         assert_eq!(ev.len(), 1);
         let Some(Message::Request(req)) = Some(invite.clone()) else {
             unreachable!()
         };
-        tx.respond(&key, Response::to_request(&req, 486, "Busy Here"), t0 + Duration::from_secs(1));
+        tx.respond(
+            &key,
+            Response::to_request(&req, 486, "Busy Here"),
+            t0 + Duration::from_secs(1),
+        );
         assert_eq!(sends(&mut tx).len(), 1);
         tx.handle_timeout(t0 + Duration::from_millis(1500));
         assert_eq!(sends(&mut tx).len(), 1, "Timer G");
         tx.handle_timeout(t0 + Duration::from_millis(2500));
         assert_eq!(sends(&mut tx).len(), 1, "Timer G doubled");
         tx.handle_timeout(t0 + Duration::from_secs(33));
-        assert!(events(&mut tx).iter().any(|e| matches!(e, TxEvent::Timeout(_))));
+        assert!(
+            events(&mut tx)
+                .iter()
+                .any(|e| matches!(e, TxEvent::Timeout(_)))
+        );
         assert!(tx.is_empty(), "Timer H ends it");
     }
 
@@ -434,7 +480,11 @@ mod tests {
         let t0 = Instant::now();
         let mut tx = Transactions::new(TimerConfig::default());
         let invite = request(Method::Invite, "z9hG4bKi");
-        tx.receive(roundtrip(&Message::Request(invite.clone())), dest(Transport::Udp), t0);
+        tx.receive(
+            roundtrip(&Message::Request(invite.clone())),
+            dest(Transport::Udp),
+            t0,
+        );
         let TxEvent::Request(key, _, _) = events(&mut tx).remove(0) else {
             panic!()
         };
@@ -470,7 +520,11 @@ mod tests {
         };
         tx.respond(&key, Response::to_request(&options, 200, "OK"), t0);
         assert_eq!(sends(&mut tx).len(), 1);
-        tx.receive(roundtrip(&wire), dest(Transport::Udp), t0 + Duration::from_secs(1));
+        tx.receive(
+            roundtrip(&wire),
+            dest(Transport::Udp),
+            t0 + Duration::from_secs(1),
+        );
         let ev = events(&mut tx);
         assert!(matches!(&ev[..], [TxEvent::Send(_, Message::Response(r))] if r.status() == 200));
         tx.handle_timeout(t0 + Duration::from_secs(32));
@@ -498,7 +552,11 @@ mod tests {
         let t0 = Instant::now();
         let mut tx = Transactions::new(TimerConfig::default());
         let invite = request(Method::Invite, "z9hG4bKc");
-        tx.receive(roundtrip(&Message::Request(invite.clone())), dest(Transport::Udp), t0);
+        tx.receive(
+            roundtrip(&Message::Request(invite.clone())),
+            dest(Transport::Udp),
+            t0,
+        );
         events(&mut tx);
         let cancel = request(Method::Cancel, "z9hG4bKc");
         assert!(tx.cancelled_invite(&cancel).is_some());

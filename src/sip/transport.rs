@@ -57,7 +57,7 @@ pub struct Destination {
 /// What transport tasks tell the core.
 #[derive(Debug)]
 pub enum Inbound {
-    Message(Message, Destination),
+    Message(Box<Message>, Destination),
     /// Bytes that are not a SIP message (counted, logged at debug).
     Garbage(Destination, String),
     ConnOpened(ConnId, SocketAddr, mpsc::Sender<Bytes>),
@@ -208,7 +208,7 @@ async fn udp_receive(socket: Arc<UdpSocket>, limits: Limits, inbound: mpsc::Send
             continue; // RFC 5626 keep-alive or padding
         }
         let event = match Message::parse_datagram(Bytes::copy_from_slice(data), &limits) {
-            Ok(m) => Inbound::Message(m, source),
+            Ok(m) => Inbound::Message(Box::new(m), source),
             Err(e) => Inbound::Garbage(source, e.0),
         };
         if inbound.send(event).await.is_err() {
@@ -282,7 +282,7 @@ async fn run_connection(
                 match parser.push(buf.get(..n).unwrap_or_default()) {
                     Ok(messages) => {
                         for m in messages {
-                            let event = Inbound::Message(Message::from_sipx(m), source.clone());
+                            let event = Inbound::Message(Box::new(Message::from_sipx(m)), source.clone());
                             if inbound.send(event).await.is_err() { return; }
                         }
                     }

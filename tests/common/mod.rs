@@ -22,8 +22,12 @@ pub struct Warden {
 
 fn free_port() -> u16 {
     for _ in 0..100 {
-        let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else { continue };
-        let Ok(port) = udp.local_addr().map(|a| a.port()) else { continue };
+        let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(port) = udp.local_addr().map(|a| a.port()) else {
+            continue;
+        };
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
@@ -176,7 +180,12 @@ impl Ua {
     }
 
     pub fn via(&self) -> String {
-        format!("SIP/2.0/{} {};branch=z9hG4bK{};rport", self.transport(), self.local, rand_hex())
+        format!(
+            "SIP/2.0/{} {};branch=z9hG4bK{};rport",
+            self.transport(),
+            self.local,
+            rand_hex()
+        )
     }
 
     pub fn send_raw(&mut self, text: &str) {
@@ -206,9 +215,13 @@ impl Ua {
                 let mut buf = vec![0u8; 65536];
                 loop {
                     let left = deadline.checked_duration_since(Instant::now())?;
-                    s.set_read_timeout(Some(left.max(Duration::from_millis(1)))).ok()?;
+                    s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                        .ok()?;
                     let (n, _) = s.recv_from(&mut buf).ok()?;
-                    if let Ok(m) = Message::parse_datagram(Bytes::copy_from_slice(&buf[..n]), &Limits::default()) {
+                    if let Ok(m) = Message::parse_datagram(
+                        Bytes::copy_from_slice(&buf[..n]),
+                        &Limits::default(),
+                    ) {
                         return Some(m);
                     }
                 }
@@ -218,7 +231,8 @@ impl Ua {
                     return Some(m);
                 }
                 let left = deadline.checked_duration_since(Instant::now())?;
-                s.set_read_timeout(Some(left.max(Duration::from_millis(1)))).ok()?;
+                s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .ok()?;
                 let mut buf = [0u8; 16384];
                 let n = s.read(&mut buf).ok()?;
                 if n == 0 {
@@ -243,7 +257,9 @@ impl Ua {
                     // A retransmitted INVITE: ignore.
                     let _ = r;
                 }
-                Message::Request(r) => panic!("{}: expected {method}, got {}", self.user, r.method()),
+                Message::Request(r) => {
+                    panic!("{}: expected {method}, got {}", self.user, r.method())
+                }
                 Message::Response(_) => {}
             }
         }
@@ -255,7 +271,9 @@ impl Ua {
             match self.recv() {
                 Message::Response(r) if r.status() == 100 => continue,
                 Message::Response(r) => return r,
-                Message::Request(r) => panic!("{}: expected a response, got {}", self.user, r.method()),
+                Message::Request(r) => {
+                    panic!("{}: expected a response, got {}", self.user, r.method())
+                }
             }
         }
     }
@@ -300,10 +318,8 @@ impl Ua {
 
     /// Send an INVITE to `callee` with an SDP body; returns the request sent.
     pub fn invite(&mut self, callee: &str) -> Request {
-        let sdp = format!(
-            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-             m=audio 40000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\n"
-        );
+        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio 40000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\n";
         self.call_id = format!("{}@test", rand_hex());
         self.cseq += 1;
         let text = format!(
@@ -345,7 +361,8 @@ impl Ua {
     /// Answer `req` with `status`, a fixed To tag and optional SDP; returns the dialog for 2xx.
     pub fn answer(&mut self, req: &Request, status: u16, sdp: bool) -> Dialog {
         let tag = format!("{}-tag", self.user);
-        let mut resp = Response::to_request(req, status, if status == 200 { "OK" } else { "Failure" });
+        let mut resp =
+            Response::to_request(req, status, if status == 200 { "OK" } else { "Failure" });
         if status > 100 {
             resp.set_to_tag(&tag);
         }
@@ -394,7 +411,11 @@ impl Ua {
             d.cseq += 1;
         }
         let body = body.unwrap_or("");
-        let ct = if body.is_empty() { String::new() } else { "Content-Type: application/sdp\r\n".into() };
+        let ct = if body.is_empty() {
+            String::new()
+        } else {
+            "Content-Type: application/sdp\r\n".into()
+        };
         let text = format!(
             "{method} {target} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {lu};tag={lt}\r\n\
              To: {ru};tag={rt}\r\nCall-ID: {ci}\r\nCSeq: {seq} {method}\r\nContact: {contact}\r\n\
