@@ -38,10 +38,18 @@ pub struct Stats {
 /// Where a client transaction's answer belongs.
 #[derive(Debug, Clone)]
 enum ClientPurpose {
-    Invite { call: u64, branch: usize },
-    Cancel,
-    Bye { call: u64 },
-    Relay { call: u64 },
+    Invite {
+        call: u64,
+        branch: usize,
+    },
+    Bye {
+        call: u64,
+    },
+    Relay {
+        call: u64,
+    },
+    /// CANCELs and the BYE to a losing fork: nobody waits for their answer.
+    Untracked,
 }
 
 pub struct Core {
@@ -183,8 +191,8 @@ impl Core {
                 TxEvent::Send(dest, m) => self.out.push_back(Output::Send(dest, m.to_bytes())),
                 TxEvent::Request(key, req, from) => self.on_request(key, req, from, now, unix_s),
                 TxEvent::Response(key, resp) => self.on_response(key, resp, now),
-                TxEvent::Stray(Message::Request(r), from) if r.method() == Method::Ack => {
-                    self.on_ack(r, from, now)
+                TxEvent::Stray(Message::Request(r), _) if r.method() == Method::Ack => {
+                    self.on_ack(r)
                 }
                 TxEvent::Stray(Message::Response(r), _) => self.on_stray_response(r),
                 TxEvent::Stray(_, _) => {}
@@ -262,6 +270,19 @@ impl Core {
             .header("User-Agent", &self.config.sip.user_agent)
             .build()
             .ok()
+    }
+
+    /// The next request into a side's dialog, with where it goes.
+    fn side_request(
+        &self,
+        call: &mut Call,
+        side: Side,
+        method: Method,
+        cseq: Option<u32>,
+    ) -> Option<(Request, Destination)> {
+        let leg = call.leg_mut(side)?;
+        let request = self.leg_request(leg, method, cseq)?;
+        Some((request, leg.dest.clone()))
     }
 
     fn send_in_dialog(
@@ -508,7 +529,7 @@ impl Core {
         if let Ok(cancel) = builder.cseq(seq).max_forwards(70).build() {
             let dest = branch.leg.dest.clone();
             if let Some(k) = self.tx.send_request(cancel, dest, now) {
-                self.client.insert(k, ClientPurpose::Cancel);
+                self.client.insert(k, ClientPurpose::Untracked);
             }
         }
     }
@@ -593,16 +614,11 @@ impl Core {
         now: Instant,
     ) {
         let method = req.method();
-        let Some(leg) = call.leg_mut(from.other()) else {
+        let Some((mut out, dest)) = self.side_request(call, from.other(), method.clone(), None)
+        else {
             return self.respond(&key, &req, 481, None, now);
         };
-        let mut leg_copy = leg.clone();
-        let Some(mut out) = self.leg_request(&mut leg_copy, method.clone(), None) else {
-            return self.respond(&key, &req, 500, None, now);
-        };
-        if let Some(leg) = call.leg_mut(from.other()) {
-            leg.cseq = leg_copy.cseq;
-        }
+        let far_cseq = out.cseq().map(|c| c.seq).unwrap_or(0);
         for name in [
             "Content-Disposition",
             "Event",
@@ -619,7 +635,6 @@ impl Core {
         }
         let content_type = req.header("Content-Type");
         out.set_body(req.body().clone(), content_type.as_deref());
-        let dest = leg_copy.dest.clone();
         if let Some(client) =
             self.send_in_dialog(out, dest, ClientPurpose::Relay { call: call.id }, now)
         {
@@ -629,7 +644,7 @@ impl Core {
                     server: key,
                     from,
                     method,
-                    far_cseq: leg_copy.cseq,
+                    far_cseq,
                 },
             );
         } else {
@@ -638,26 +653,13 @@ impl Core {
     }
 
     fn send_bye(&mut self, call: &mut Call, side: Side, now: Instant) {
-        let Some(leg) = call.leg_mut(side) else {
-            return;
-        };
-        let mut leg_copy = leg.clone();
-        if let Some(bye) = self.leg_request(&mut leg_copy, Method::Bye, None) {
-            if let Some(leg) = call.leg_mut(side) {
-                leg.cseq = leg_copy.cseq;
-            }
-            if self
-                .send_in_dialog(
-                    bye,
-                    leg_copy.dest,
-                    ClientPurpose::Bye { call: call.id },
-                    now,
-                )
+        if let Some((bye, dest)) = self.side_request(call, side, Method::Bye, None)
+            && self
+                .send_in_dialog(bye, dest, ClientPurpose::Bye { call: call.id }, now)
                 .is_some()
-            {
-                call.outstanding_byes += 1;
-                call.state = State::Ending;
-            }
+        {
+            call.outstanding_byes += 1;
+            call.state = State::Ending;
         }
     }
 
@@ -681,7 +683,7 @@ impl Core {
             }
         }
         if let Some(bye) = self.leg_request(&mut leg, Method::Bye, None) {
-            self.send_in_dialog(bye, leg.dest.clone(), ClientPurpose::Cancel, now);
+            self.send_in_dialog(bye, leg.dest.clone(), ClientPurpose::Untracked, now);
         }
     }
 
@@ -698,7 +700,7 @@ impl Core {
             ClientPurpose::Invite { call, branch } => {
                 self.on_branch_response(call, branch, resp, now)
             }
-            ClientPurpose::Cancel => {}
+            ClientPurpose::Untracked => {}
             ClientPurpose::Bye { call } => {
                 if resp.status() >= 200
                     && let Some(mut c) = self.calls.remove(&call)
@@ -898,7 +900,7 @@ impl Core {
     }
 
     /// An ACK outside any transaction: the ACK for a 2xx Warden sent.
-    fn on_ack(&mut self, ack: Request, _from: Destination, now: Instant) {
+    fn on_ack(&mut self, ack: Request) {
         let Some((id, side)) = ack
             .call_id()
             .zip(ack.to_tag())
@@ -920,34 +922,30 @@ impl Core {
                 call.state = State::Confirmed;
             }
             if let Some((far, far_cseq)) = call.owed_ack.take() {
-                self.send_ack(&mut call, far, far_cseq, &ack, now);
+                let content_type = ack.header("Content-Type");
+                self.send_ack(&mut call, far, far_cseq, ack.body().clone(), content_type);
             }
         }
         self.schedule(&call);
         self.finish_or_keep(call);
     }
 
+    /// ACK a 2xx on `side` (CSeq `cseq`), carrying `body` (the answer, for a delayed offer).
     fn send_ack(
         &mut self,
         call: &mut Call,
         side: Side,
         cseq: u32,
-        original: &Request,
-        _now: Instant,
+        body: Bytes,
+        content_type: Option<String>,
     ) {
         let index = call.answered;
-        let Some(leg) = call.leg_mut(side) else {
+        let Some((mut ack, dest)) = self.side_request(call, side, Method::Ack, Some(cseq)) else {
             return;
         };
-        let mut leg_copy = leg.clone();
-        let Some(mut ack) = self.leg_request(&mut leg_copy, Method::Ack, Some(cseq)) else {
-            return;
-        };
-        let content_type = original.header("Content-Type");
-        ack.set_body(original.body().clone(), content_type.as_deref());
+        ack.set_body(body, content_type.as_deref());
         let bytes = ack.to_bytes();
-        self.out
-            .push_back(Output::Send(leg_copy.dest.clone(), bytes.clone()));
+        self.out.push_back(Output::Send(dest, bytes.clone()));
         if side == Side::B
             && let Some(b) = index.and_then(|i| call.branches.get_mut(i))
         {
@@ -1020,15 +1018,14 @@ impl Core {
                     self.finish_or_keep(c);
                 }
             }
-            ClientPurpose::Relay { call } => {
+            ClientPurpose::Relay { .. } => {
                 if let Some(relay) = self.relays.remove(&key)
                     && let Some(req) = self.tx.server_request(&relay.server)
                 {
-                    let _ = call;
                     self.respond(&relay.server, &req, 408, None, now);
                 }
             }
-            ClientPurpose::Cancel => {}
+            ClientPurpose::Untracked => {}
         }
     }
 
@@ -1051,10 +1048,7 @@ impl Core {
                 let side = p.side;
                 call.pending_ok = None;
                 if let Some((far, far_cseq)) = call.owed_ack.take() {
-                    let placeholder = call.a_invite.clone();
-                    let mut empty = placeholder;
-                    empty.set_body(Bytes::new(), None);
-                    self.send_ack(&mut call, far, far_cseq, &empty, now);
+                    self.send_ack(&mut call, far, far_cseq, Bytes::new(), None);
                 }
                 self.send_bye(&mut call, side, now);
                 self.send_bye(&mut call, side.other(), now);
