@@ -128,29 +128,29 @@ impl Core {
         now: Instant,
         unix_s: u64,
     ) {
-        match &message {
-            Message::Request(r) => {
+        match message {
+            Message::Request(mut r) => {
                 if let Err(bad) = r.check() {
                     self.stats.malformed_answered += 1;
                     tracing::info!(from = %from.addr, reason = %bad.reason, "refused malformed request");
                     if r.method() != Method::Ack && r.top_via().is_some() {
                         let mut resp =
-                            Response::to_request(r, bad.status, reason_phrase(bad.status));
+                            Response::to_request(&r, bad.status, reason_phrase(bad.status));
                         let _ = resp.push_header(
                             "Warning",
                             &format!("399 warden \"{}\"", bad.reason.replace(['"', '\\'], "'")),
                         );
-                        let dest = response_destination(r, &from);
+                        let dest = response_destination(&r, &from);
                         self.out.push_back(Output::Send(dest, resp.to_bytes()));
                     }
                     return;
                 }
-                let dest = response_destination(r, &from);
                 let dest = Destination {
                     conn: from.conn,
-                    ..dest
+                    ..response_destination(&r, &from)
                 };
-                self.tx.receive(message, dest, now);
+                r.stamp_via(from.addr);
+                self.tx.receive(Message::Request(r), dest, now);
             }
             Message::Response(r) => {
                 if let Err(bad) = r.check() {
@@ -158,7 +158,7 @@ impl Core {
                     tracing::debug!(from = %from.addr, reason = %bad.reason, "dropped malformed response");
                     return;
                 }
-                self.tx.receive(message, from, now);
+                self.tx.receive(Message::Response(r), from, now);
             }
         }
         if self.next_expiry_sweep.is_none() {

@@ -176,6 +176,12 @@ fn options_answered_and_max_forwards_zero_refused() {
     let resp = ua.recv_response();
     assert_eq!(resp.status(), 200);
     assert!(resp.header("Allow").unwrap().contains("INVITE"));
+    let via = resp.top_via().unwrap();
+    assert_eq!(
+        via.rport,
+        Some(Some(ua.local.port())),
+        "RFC 3581 rport filled in"
+    );
     let zero = ua
         .options()
         .replace("Max-Forwards: 70", "Max-Forwards: 0")
@@ -279,4 +285,33 @@ fn digest_auth_challenges_and_accepts_md5_and_sha256() {
             "{alg:?} {password}"
         );
     }
+}
+
+#[test]
+fn ipv6_register_and_call_between_ipv4_and_ipv6_phones() {
+    let w = Warden::start_dual_stack();
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp6("bob", w.port));
+    let (mut ad, _) = establish(&w, &mut alice, &mut bob);
+    alice.in_dialog(&mut ad, "BYE", None);
+    let bye = bob.recv_request("BYE");
+    bob.ok(&bye);
+    assert_eq!(alice.recv_response().status(), 200);
+}
+
+#[test]
+fn too_many_headers_is_dropped_and_the_server_keeps_serving() {
+    let w = Warden::start();
+    let mut ua = Ua::udp("alice", w.port);
+    let extra: String = (0..200).map(|i| format!("X-Pad-{i}: {i}\r\n")).collect();
+    let flood = ua
+        .options()
+        .replace("Content-Length: 0", &format!("{extra}Content-Length: 0"));
+    ua.send_raw(&flood);
+    assert!(
+        ua.try_recv(Duration::from_millis(300)).is_none(),
+        "over the header limit: dropped"
+    );
+    let opts = ua.options();
+    ua.send_raw(&opts);
+    assert_eq!(ua.recv_response().status(), 200);
 }

@@ -557,6 +557,42 @@ impl Request {
             .map_err(|e| ParseError(format!("cannot set Request-URI: {e}")))
     }
 
+    /// RFC 3261 18.2.1 / RFC 3581 4: record where the request really came from in the top
+    /// Via (`received` when the address differs, `rport` filled in when asked for), so the
+    /// response shows the sender its public address.
+    pub fn stamp_via(&mut self, source: std::net::SocketAddr) {
+        let Some(via) = self.top_via() else { return };
+        let ip = source.ip().to_string();
+        let mut params = String::new();
+        let host = via.host.trim_matches(['[', ']']);
+        if host != ip && via.received.is_none() {
+            params.push_str(&format!(";received={ip}"));
+        }
+        let fill_rport = matches!(via.rport, Some(None));
+        let Some(at) = self.0.headers.iter().position(|h| h.name() == &SxName::Via) else {
+            return;
+        };
+        let Some(first) = self.0.headers.iter().nth(at).map(|h| text(&h.value())) else {
+            return;
+        };
+        let cut = sh::first_hop_end(first.as_bytes()).min(first.len());
+        let (hop, rest) = first.split_at(cut);
+        let mut hop = hop.trim_end().to_owned();
+        if fill_rport {
+            hop = rewrite_bare_rport(&hop, source.port());
+        }
+        hop.push_str(&params);
+        let value = format!("{hop}{rest}");
+        if let Ok(header) = sipx_sip::Header::build(SxName::Via, value) {
+            let mut index = 0;
+            self.0.headers.retain(|_| {
+                index += 1;
+                index - 1 != at
+            });
+            self.0.headers.insert(at, header);
+        }
+    }
+
     pub fn max_forwards(&self) -> Option<u8> {
         match self.0.headers.typed::<MaxForwards>() {
             Some(Ok(m)) => Some(m.0),
@@ -607,6 +643,20 @@ impl Request {
         self.address_list("Record-Route")?;
         Ok(())
     }
+}
+
+/// Replace the bare `;rport` parameter of one Via value with `;rport=PORT`.
+fn rewrite_bare_rport(hop: &str, port: u16) -> String {
+    hop.split(';')
+        .map(|p| {
+            if p.trim().eq_ignore_ascii_case("rport") {
+                format!("rport={port}")
+            } else {
+                p.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 fn is_tel(uri: &SxUri) -> bool {
@@ -790,6 +840,21 @@ mod tests {
         };
         assert_eq!(first.param("expires"), Some("30"));
         assert_eq!(r.body().as_ref(), b"v=0\n");
+        assert!(r.check().is_ok());
+    }
+
+    #[test]
+    fn stamp_via_fills_rport_and_received_on_the_first_hop_only() {
+        let Message::Request(mut r) = parse(INVITE) else {
+            panic!("request")
+        };
+        r.stamp_via("203.0.113.7:41000".parse().unwrap());
+        let via = r.top_via().expect("via");
+        assert_eq!(via.received.as_deref(), Some("203.0.113.7"));
+        assert_eq!(via.rport, Some(Some(41000)));
+        assert_eq!(via.branch.as_deref(), Some("z9hG4bK776asdhds"));
+        let all = r.headers("Via").join(",");
+        assert!(all.contains("p.example;branch=z9hG4bKx"), "{all}");
         assert!(r.check().is_ok());
     }
 

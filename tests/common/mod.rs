@@ -18,6 +18,7 @@ pub struct Warden {
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     extra: String,
+    ipv6: bool,
 }
 
 fn free_port() -> u16 {
@@ -49,14 +50,35 @@ impl Warden {
             dir: tmp.path().to_owned(),
             _tmp: Some(tmp),
             extra: extra.to_owned(),
+            ipv6: false,
+        };
+        w.spawn();
+        w
+    }
+
+    /// Also listen on [::1] (UDP and TCP, same port).
+    pub fn start_dual_stack() -> Warden {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut w = Warden {
+            port: free_port(),
+            child: None,
+            dir: tmp.path().to_owned(),
+            _tmp: Some(tmp),
+            extra: String::new(),
+            ipv6: true,
         };
         w.spawn();
         w
     }
 
     fn spawn(&mut self) {
+        let v6 = if self.ipv6 {
+            format!(", \"udp:[::1]:{p}\", \"tcp:[::1]:{p}\"", p = self.port)
+        } else {
+            String::new()
+        };
         let config = format!(
-            "[sip]\nlisten = [\"udp:127.0.0.1:{p}\", \"tcp:127.0.0.1:{p}\"]\n\
+            "[sip]\nlisten = [\"udp:127.0.0.1:{p}\", \"tcp:127.0.0.1:{p}\"{v6}]\n\
              [database]\npath = \"{db}\"\n{extra}\n",
             p = self.port,
             db = self.dir.join("warden.sqlite").display(),
@@ -145,6 +167,15 @@ impl Ua {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let local = sock.local_addr().expect("addr");
         Self::new(user, port, Sock::Udp(sock), local)
+    }
+
+    /// A UA on [::1] talking to Warden's IPv6 socket.
+    pub fn udp6(user: &str, port: u16) -> Ua {
+        let sock = UdpSocket::bind("[::1]:0").expect("bind ::1");
+        let local = sock.local_addr().expect("addr");
+        let mut ua = Self::new(user, port, Sock::Udp(sock), local);
+        ua.server = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+        ua
     }
 
     pub fn tcp(user: &str, port: u16) -> Ua {
