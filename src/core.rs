@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::call::{Branch, Call, Leg, PendingOk, Relay, Side, State, new_tag};
 use crate::config::Config;
 use crate::registrar::{Change, Registrar};
-use crate::sip::message::{Message, Method, Request, Response, Uri, Via};
+use crate::sip::message::{Malformed, Message, Method, NameAddr, Request, Response, Uri, Via};
 use crate::sip::transaction::{Transactions, TxEvent, TxKey};
 use crate::sip::transport::{Destination, Transport};
 
@@ -259,9 +259,13 @@ impl Core {
             Some(t) => format!("{};tag={t}", leg.remote_uri),
             None => leg.remote_uri.clone(),
         };
-        Request::builder(method, &uri)
+        let mut builder = Request::builder(method, &uri)
             .header("Via", &self.via(leg.dest.transport, &new_tag()))
-            .max_forwards(70)
+            .max_forwards(70);
+        for route in &leg.route {
+            builder = builder.header("Route", route);
+        }
+        builder
             .header("From", &format!("{};tag={}", leg.local_uri, leg.local_tag))
             .header("To", &to)
             .header("Call-ID", &leg.call_id)
@@ -404,6 +408,8 @@ impl Core {
             remote_uri: strip_tag(&req.header("From").unwrap_or_default()),
             remote_tag: from_hdr.tag().map(str::to_owned),
             target: a_target,
+            // As UAS: the INVITE's Record-Route values, in order (RFC 3261 12.1.1).
+            route: route_set(req.address_list("Record-Route"), false),
             cseq: 0,
             dest: from.clone(),
         };
@@ -440,6 +446,7 @@ impl Core {
                 remote_uri: strip_tag(&req.header("To").unwrap_or_default()),
                 remote_tag: None,
                 target: binding.contact.clone(),
+                route: Vec::new(),
                 cseq: 0,
                 dest: dest.clone(),
             };
@@ -757,6 +764,8 @@ impl Core {
                 if let Some(target) = resp.contact_uri() {
                     b.leg.target = target;
                 }
+                // As UAC: the 2xx's Record-Route values, reversed (RFC 3261 12.1.2).
+                b.leg.route = route_set(resp.address_list("Record-Route"), true);
                 b.leg.cseq = b.invite.cseq().map(|c| c.seq).unwrap_or(1);
             }
             for i in 0..call.branches.len() {
@@ -815,6 +824,10 @@ impl Core {
     fn relay_to_a(&mut self, call: &mut Call, resp: &Response, now: Instant) -> Option<Bytes> {
         let mut out = Response::relay(&call.a_invite, resp);
         out.set_to_tag(&call.a.local_tag);
+        // A dialog-creating response echoes the request's Record-Route (RFC 3261 12.1.1).
+        for rr in call.a_invite.headers("Record-Route") {
+            let _ = out.push_header("Record-Route", &rr);
+        }
         let _ = out.push_header("Contact", &self.contact(call.a.dest.transport));
         let _ = out.push_header("Server", &self.config.sip.user_agent);
         if resp.status() >= 200 {
@@ -1106,6 +1119,18 @@ fn response_destination(req: &Request, from: &Destination) -> Destination {
         addr: std::net::SocketAddr::new(from.addr.ip(), port),
         conn: from.conn,
     }
+}
+
+/// Record-Route values as Route header values; a UAS keeps their order (RFC 3261 12.1.1),
+/// a UAC reverses them (12.1.2).
+fn route_set(values: Result<Vec<NameAddr>, Malformed>, reverse: bool) -> Vec<String> {
+    let mut route: Vec<String> = values
+        .map(|list| list.iter().map(|a| format!("<{}>", a.uri)).collect())
+        .unwrap_or_default();
+    if reverse {
+        route.reverse();
+    }
+    route
 }
 
 fn strip_tag(header: &str) -> String {

@@ -246,3 +246,53 @@ fn silent_callee_times_out_with_timer_b_and_caller_gets_408() {
     );
     assert_eq!(h.core.active_calls(), 0);
 }
+
+#[test]
+fn record_route_is_echoed_and_becomes_the_callers_route_set() {
+    let mut h = Harness::new();
+    let text = format!(
+        "INVITE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKrr;rport\r\n\
+         Record-Route: <sip:proxy2.example;lr>, <sip:proxy1.example;lr>\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=al\r\nTo: <sip:bob@127.0.0.1>\r\n\
+         Call-ID: call-rr\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{ALICE}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    h.input(&text, ALICE);
+    let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    assert!(
+        !b_invite.has_header("Record-Route"),
+        "the B-leg is a new dialog"
+    );
+    let mut ok = Response::to_request(&b_invite, 200, "OK");
+    ok.set_to_tag("bt");
+    ok.push_header("Contact", &format!("<sip:bob@{BOB}>"))
+        .unwrap();
+    h.send(Message::Response(ok), BOB);
+    let out = h.sent();
+    let a_ok = responses_to(&out, ALICE)[0].clone();
+    assert_eq!(
+        a_ok.headers("Record-Route").join(", "),
+        "<sip:proxy2.example;lr>, <sip:proxy1.example;lr>"
+    );
+    // Bob hangs up: the BYE toward alice follows her route set, in order.
+    let bye = format!(
+        "BYE sip:warden@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch=z9hG4bKbye;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@127.0.0.1>;tag=bt\r\nTo: {};tag={}\r\n\
+         Call-ID: {}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        b_invite
+            .header("From")
+            .unwrap()
+            .split(";tag=")
+            .next()
+            .unwrap(),
+        b_invite.from_tag().unwrap(),
+        b_invite.call_id().unwrap()
+    );
+    h.input(&bye, BOB);
+    let out = h.sent();
+    let bye_to_alice = requests_to(&out, ALICE, "BYE")[0];
+    assert_eq!(
+        bye_to_alice.headers("Route"),
+        vec!["<sip:proxy2.example;lr>", "<sip:proxy1.example;lr>"]
+    );
+    assert_eq!(bye_to_alice.uri().to_string(), format!("sip:alice@{ALICE}"));
+}

@@ -315,3 +315,15 @@ fn too_many_headers_is_dropped_and_the_server_keeps_serving() {
     ua.send_raw(&opts);
     assert_eq!(ua.recv_response().status(), 200);
 }
+
+#[test]
+fn tcp_crlf_keepalive_ping_gets_a_pong() {
+    use std::io::{Read, Write};
+    let w = Warden::start();
+    let mut conn = std::net::TcpStream::connect(w.addr()).unwrap();
+    conn.write_all(b"\r\n\r\n").unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut pong = [0u8; 2];
+    conn.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"\r\n", "RFC 5626 pong");
+}

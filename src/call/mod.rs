@@ -50,6 +50,8 @@ pub struct Leg {
     pub remote_tag: Option<String>,
     /// The peer's Contact: Request-URI of in-dialog requests.
     pub target: String,
+    /// Route set (RFC 3261 12.1): Record-Route values in the order our requests carry them.
+    pub route: Vec<String>,
     pub cseq: u32,
     /// Where in-dialog requests go.
     pub dest: Destination,

@@ -279,7 +279,14 @@ async fn run_connection(
                     Ok(Ok(0)) | Ok(Err(_)) => break,
                     Ok(Ok(n)) => n,
                 };
-                match parser.push(buf.get(..n).unwrap_or_default()) {
+                let pushed = parser.push(buf.get(..n).unwrap_or_default());
+                // RFC 5626 4.4.1: a CRLFCRLF ping (two CRLF pairs) is answered with a CRLF pong,
+                // which keeps NAT bindings and this connection alive for registered phones.
+                let pongs = parser.take_keepalives() / 2;
+                if pongs > 0 && writer.write_all(&b"\r\n".repeat(pongs)).await.is_err() {
+                    break;
+                }
+                match pushed {
                     Ok(messages) => {
                         for m in messages {
                             let event = Inbound::Message(Box::new(Message::from_sipx(m)), source.clone());
