@@ -582,7 +582,14 @@ impl Core {
                     tracing::info!(call = id, caller = %call.caller, callee = %call.callee, by = side.name(), duration_s = secs, "call ended");
                     call.pending_ok = None;
                     self.send_bye(&mut call, side.other(), now);
+                } else if call.state == State::Calling {
+                    // A BYE on the caller's early dialog ends the attempt like a CANCEL.
+                    let tag = call.a.local_tag.clone();
+                    let invite = call.a_invite.clone();
+                    self.respond(&call.a_invite_tx.clone(), &invite, 487, Some(&tag), now);
+                    self.abandon(&mut call, now);
                 }
+                // Crossing BYEs (state Ending) just wait for the answer to ours.
                 if call.outstanding_byes == 0 {
                     call.state = State::Done;
                 }

@@ -296,3 +296,28 @@ fn record_route_is_echoed_and_becomes_the_callers_route_set() {
     );
     assert_eq!(bye_to_alice.uri().to_string(), format!("sip:alice@{ALICE}"));
 }
+
+#[test]
+fn bye_on_the_callers_early_dialog_ends_the_attempt_like_cancel() {
+    let mut h = Harness::new();
+    h.invite();
+    let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    let mut ringing = Response::to_request(&b_invite, 180, "Ringing");
+    ringing.set_to_tag("bt");
+    h.send(Message::Response(ringing), BOB);
+    let early_tag = responses_to(&h.sent(), ALICE)[0].to_tag().unwrap();
+    let bye = format!(
+        "BYE sip:warden@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKeb;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=al\r\nTo: <sip:bob@127.0.0.1>;tag={early_tag}\r\n\
+         Call-ID: call-a\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    h.input(&bye, ALICE);
+    let out = h.sent();
+    let mut codes: Vec<u16> = responses_to(&out, ALICE)
+        .iter()
+        .map(|r| r.status())
+        .collect();
+    codes.sort();
+    assert_eq!(codes, vec![200, 487]);
+    assert_eq!(requests_to(&out, BOB, "CANCEL").len(), 1);
+}
