@@ -101,6 +101,15 @@ impl Harness {
     }
 }
 
+/// The callee's answer to Warden's INVITE, tagged, with a Contact.
+fn callee_answer(b_invite: &Request, status: u16) -> Response {
+    let mut resp = Response::to_request(b_invite, status, "OK");
+    resp.set_to_tag("bt");
+    resp.push_header("Contact", &format!("<sip:bob@{BOB}>"))
+        .unwrap();
+    resp
+}
+
 fn requests_to<'a>(out: &'a [(String, Message)], to: &str, method: &str) -> Vec<&'a Request> {
     out.iter()
         .filter(|(d, _)| d == to)
@@ -158,10 +167,7 @@ fn answer_is_retransmitted_until_ack_and_a_missing_ack_ends_the_call() {
     let mut h = Harness::new();
     h.invite();
     let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
-    let mut ok = Response::to_request(&b_invite, 200, "OK");
-    ok.set_to_tag("bt");
-    ok.push_header("Contact", &format!("<sip:bob@{BOB}>"))
-        .unwrap();
+    let ok = callee_answer(&b_invite, 200);
     h.send(Message::Response(ok), BOB);
     assert_eq!(responses_to(&h.sent(), ALICE)[0].status(), 200);
     // Retransmissions at T1, 2T1, 4T1 ... capped at T2.
@@ -200,10 +206,7 @@ fn ack_from_caller_confirms_and_is_forwarded_once() {
     let mut h = Harness::new();
     let a_invite = h.invite();
     let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
-    let mut ok = Response::to_request(&b_invite, 200, "OK");
-    ok.set_to_tag("bt");
-    ok.push_header("Contact", &format!("<sip:bob@{BOB}>"))
-        .unwrap();
+    let ok = callee_answer(&b_invite, 200);
     h.send(Message::Response(ok.clone()), BOB);
     let a_ok = responses_to(&h.sent(), ALICE)[0].clone();
     let ack = format!(
@@ -262,10 +265,7 @@ fn record_route_is_echoed_and_becomes_the_callers_route_set() {
         !b_invite.has_header("Record-Route"),
         "the B-leg is a new dialog"
     );
-    let mut ok = Response::to_request(&b_invite, 200, "OK");
-    ok.set_to_tag("bt");
-    ok.push_header("Contact", &format!("<sip:bob@{BOB}>"))
-        .unwrap();
+    let ok = callee_answer(&b_invite, 200);
     h.send(Message::Response(ok), BOB);
     let out = h.sent();
     let a_ok = responses_to(&out, ALICE)[0].clone();

@@ -5,7 +5,6 @@ mod common;
 use std::time::Duration;
 
 use common::{Ua, Warden};
-use warden::sip::message::Message;
 
 /// Register bob, call him from alice, answer; returns (alice, bob, dialogs).
 fn establish(w: &Warden, alice: &mut Ua, bob: &mut Ua) -> (common::Dialog, common::Dialog) {
@@ -34,15 +33,20 @@ fn establish(w: &Warden, alice: &mut Ua, bob: &mut Ua) -> (common::Dialog, commo
     (alice_dialog, bob_dialog)
 }
 
+/// `from` hangs up the dialog `d`; `to` answers the relayed BYE; `from` gets 200.
+fn hang_up(from: &mut Ua, d: &mut common::Dialog, to: &mut Ua) {
+    from.in_dialog(d, "BYE", None);
+    let bye = to.recv_request("BYE");
+    to.ok(&bye);
+    assert_eq!(from.recv_response().status(), 200);
+}
+
 #[test]
 fn udp_call_register_ring_answer_and_caller_hangs_up() {
     let w = Warden::start();
     let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
     let (mut ad, _bd) = establish(&w, &mut alice, &mut bob);
-    alice.in_dialog(&mut ad, "BYE", None);
-    let bye = bob.recv_request("BYE");
-    bob.ok(&bye);
-    assert_eq!(alice.recv_response().status(), 200);
+    hang_up(&mut alice, &mut ad, &mut bob);
 }
 
 #[test]
@@ -50,10 +54,7 @@ fn tcp_call_and_callee_hangs_up() {
     let w = Warden::start();
     let (mut alice, mut bob) = (Ua::tcp("alice", w.port), Ua::tcp("bob", w.port));
     let (_ad, mut bd) = establish(&w, &mut alice, &mut bob);
-    bob.in_dialog(&mut bd, "BYE", None);
-    let bye = alice.recv_request("BYE");
-    alice.ok(&bye);
-    assert_eq!(bob.recv_response().status(), 200);
+    hang_up(&mut bob, &mut bd, &mut alice);
 }
 
 #[test]
@@ -61,10 +62,7 @@ fn mixed_transports_udp_caller_tcp_callee() {
     let w = Warden::start();
     let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::tcp("bob", w.port));
     let (mut ad, _) = establish(&w, &mut alice, &mut bob);
-    alice.in_dialog(&mut ad, "BYE", None);
-    let bye = bob.recv_request("BYE");
-    bob.ok(&bye);
-    assert_eq!(alice.recv_response().status(), 200);
+    hang_up(&mut alice, &mut ad, &mut bob);
 }
 
 #[test]
@@ -237,10 +235,7 @@ fn malformed_request_gets_400_with_warning_and_server_keeps_serving() {
     // The next call still works.
     let mut bob = Ua::udp("bob", w.port);
     let (mut ad, _) = establish(&w, &mut ua, &mut bob);
-    ua.in_dialog(&mut ad, "BYE", None);
-    let bye = bob.recv_request("BYE");
-    bob.ok(&bye);
-    assert!(matches!(ua.recv(), Message::Response(r) if r.status() == 200));
+    hang_up(&mut ua, &mut ad, &mut bob);
 }
 
 #[test]
@@ -292,10 +287,7 @@ fn ipv6_register_and_call_between_ipv4_and_ipv6_phones() {
     let w = Warden::start_dual_stack();
     let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp6("bob", w.port));
     let (mut ad, _) = establish(&w, &mut alice, &mut bob);
-    alice.in_dialog(&mut ad, "BYE", None);
-    let bye = bob.recv_request("BYE");
-    bob.ok(&bye);
-    assert_eq!(alice.recv_response().status(), 200);
+    hang_up(&mut alice, &mut ad, &mut bob);
 }
 
 #[test]

@@ -43,6 +43,15 @@ impl Warden {
 
     /// Start with extra TOML appended to the generated config.
     pub fn start_with(extra: &str) -> Warden {
+        Self::launch(extra, false)
+    }
+
+    /// Also listen on [::1] (UDP and TCP, same port).
+    pub fn start_dual_stack() -> Warden {
+        Self::launch("", true)
+    }
+
+    fn launch(extra: &str, ipv6: bool) -> Warden {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut w = Warden {
             port: free_port(),
@@ -50,22 +59,7 @@ impl Warden {
             dir: tmp.path().to_owned(),
             _tmp: Some(tmp),
             extra: extra.to_owned(),
-            ipv6: false,
-        };
-        w.spawn();
-        w
-    }
-
-    /// Also listen on [::1] (UDP and TCP, same port).
-    pub fn start_dual_stack() -> Warden {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let mut w = Warden {
-            port: free_port(),
-            child: None,
-            dir: tmp.path().to_owned(),
-            _tmp: Some(tmp),
-            extra: String::new(),
-            ipv6: true,
+            ipv6,
         };
         w.spawn();
         w
