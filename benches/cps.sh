@@ -15,16 +15,8 @@ port=5190
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-cat > "$work/warden.toml" <<TOML
-[sip]
-listen = ["udp:127.0.0.1:$port"]
-[database]
-path = "$work/warden.sqlite"
-[log]
-level = "warn"
-TOML
-"$bin" --config "$work/warden.toml" > "$work/warden.log" 2>&1 &
-sleep 1
+source "$here/../tests/lib/warden.sh"
+start_warden "$bin" "$port" "$work" warn
 
 common=(-i 127.0.0.1 -nostdin -timeout_error -max_recv_loops 10000 -max_sched_loops 10000)
 percentiles() { # rtt csv files -> "p50 p95 p99" in ms

@@ -10,14 +10,8 @@ port=${WARDEN_PORT:-5094}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
-cat > "$work/warden.toml" <<TOML
-[sip]
-listen = ["udp:127.0.0.1:$port", "tcp:127.0.0.1:$port"]
-[database]
-path = "$work/warden.sqlite"
-TOML
-RUST_LOG=info "$bin" --config "$work/warden.toml" > "$work/warden.log" 2>&1 &
-sleep 1
+source "$here/../lib/warden.sh"
+start_warden "$bin" "$port" "$work" info
 
 # An 8 kHz 440 Hz tone each phone sends (ausine only runs at 48 kHz).
 python3 - "$work/tone.wav" <<'PY'

@@ -10,14 +10,8 @@ port=${WARDEN_PORT:-5090}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-cat > "$work/warden.toml" <<TOML
-[sip]
-listen = ["udp:127.0.0.1:$port", "tcp:127.0.0.1:$port"]
-[database]
-path = "$work/warden.sqlite"
-TOML
-RUST_LOG=warn "$bin" --config "$work/warden.toml" > "$work/warden.log" 2>&1 &
-sleep 1
+source "$here/../lib/warden.sh"
+start_warden "$bin" "$port" "$work" warn
 
 sipp_common=(-i 127.0.0.1 -nostdin -timeout 30s -timeout_error -max_recv_loops 1000 -trace_err)
 fail=0
