@@ -66,7 +66,8 @@ pub enum Inbound {
 
 /// The sending side of every transport, owned by the core's driver.
 pub struct Transmitter {
-    udp: Vec<Arc<UdpSocket>>,
+    /// Each UDP socket with whether it is IPv4, learned once at bind (not per packet).
+    udp: Vec<(bool, Arc<UdpSocket>)>,
     tcp: HashMap<ConnId, (SocketAddr, mpsc::Sender<Bytes>)>,
     tcp_by_addr: HashMap<SocketAddr, ConnId>,
     inbound: mpsc::Sender<Inbound>,
@@ -98,12 +99,9 @@ impl Transmitter {
                 let socket = self
                     .udp
                     .iter()
-                    .find(|s| {
-                        s.local_addr()
-                            .map(|a| a.is_ipv4() == dest.addr.is_ipv4())
-                            .unwrap_or(false)
-                    })
-                    .or_else(|| self.udp.first());
+                    .find(|(v4, _)| *v4 == dest.addr.is_ipv4())
+                    .or_else(|| self.udp.first())
+                    .map(|(_, s)| s);
                 if let Some(socket) = socket
                     && let Err(e) = socket.try_send_to(&bytes, dest.addr)
                 {
@@ -161,8 +159,9 @@ pub async fn start(
                 let socket = Arc::new(UdpSocket::bind(addr).await.map_err(|e| {
                     std::io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}"))
                 })?);
-                bound.push((Transport::Udp, socket.local_addr()?));
-                udp.push(socket.clone());
+                let local = socket.local_addr()?;
+                bound.push((Transport::Udp, local));
+                udp.push((local.is_ipv4(), socket.clone()));
                 tokio::spawn(udp_receive(socket, limits, inbound.clone()));
             }
             Transport::Tcp => {
