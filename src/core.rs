@@ -496,16 +496,16 @@ impl Core {
         };
         if call.state == State::Calling && !call.abandoned {
             tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "call cancelled by caller");
-            let tag = call.a.local_tag.clone();
-            let invite = call.a_invite.clone();
-            self.respond(&call.a_invite_tx.clone(), &invite, 487, Some(&tag), now);
-            self.abandon(&mut call, now);
+            self.abandon(&mut call, 487, now);
         }
         self.finish_or_keep(call);
     }
 
-    /// Stop ringing: CANCEL every branch still pending.
-    fn abandon(&mut self, call: &mut Call, now: Instant) {
+    /// Give up the attempt: answer the caller's INVITE with `status`, CANCEL every branch
+    /// still pending.
+    fn abandon(&mut self, call: &mut Call, status: u16, now: Instant) {
+        let (tag, invite) = (call.a.local_tag.clone(), call.a_invite.clone());
+        self.respond(&call.a_invite_tx.clone(), &invite, status, Some(&tag), now);
         call.abandoned = true;
         call.ring_until = None;
         for i in 0..call.branches.len() {
@@ -584,10 +584,7 @@ impl Core {
                     self.send_bye(&mut call, side.other(), now);
                 } else if call.state == State::Calling {
                     // A BYE on the caller's early dialog ends the attempt like a CANCEL.
-                    let tag = call.a.local_tag.clone();
-                    let invite = call.a_invite.clone();
-                    self.respond(&call.a_invite_tx.clone(), &invite, 487, Some(&tag), now);
-                    self.abandon(&mut call, now);
+                    self.abandon(&mut call, 487, now);
                 }
                 // Crossing BYEs (state Ending) just wait for the answer to ours.
                 if call.outstanding_byes == 0 {
@@ -814,14 +811,7 @@ impl Core {
                 b.final_status = Some(status);
             }
             call.note_failure(status, &resp.reason());
-            if call.all_branches_final() && call.answered.is_none() {
-                if !call.abandoned {
-                    let (code, _) = call.best_failure.clone().unwrap_or((480, String::new()));
-                    tracing::info!(call = id, caller = %call.caller, callee = %call.callee, status = code, "call declined");
-                    self.relay_final_failure(&mut call, &resp, now);
-                }
-                call.state = State::Done;
-            }
+            self.end_if_every_branch_failed(&mut call, now);
         }
         self.schedule(&call);
         self.finish_or_keep(call);
@@ -847,34 +837,38 @@ impl Core {
         Some(bytes)
     }
 
-    fn relay_final_failure(&mut self, call: &mut Call, last: &Response, now: Instant) {
-        let (status, reason) = call
-            .best_failure
-            .clone()
-            .unwrap_or((last.status(), last.reason()));
-        let mut out = Response::to_request(&call.a_invite, status, &reason);
-        out.set_to_tag(&call.a.local_tag);
-        let _ = out.push_header("Server", &self.config.sip.user_agent);
-        self.tx.respond(&call.a_invite_tx, out, now);
+    /// When every branch has failed and none answered, tell the caller the most meaningful
+    /// failure (unless it already got 487/408) and end the call.
+    fn end_if_every_branch_failed(&mut self, call: &mut Call, now: Instant) {
+        if !call.all_branches_final() || call.answered.is_some() {
+            return;
+        }
+        if !call.abandoned {
+            let (status, reason) = call
+                .best_failure
+                .clone()
+                .unwrap_or((480, reason_phrase(480).to_owned()));
+            tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, status, "call declined");
+            let mut out = Response::to_request(&call.a_invite, status, &reason);
+            out.set_to_tag(&call.a.local_tag);
+            let _ = out.push_header("Server", &self.config.sip.user_agent);
+            self.tx.respond(&call.a_invite_tx, out, now);
+        }
+        call.state = State::Done;
     }
 
     fn on_relay_response(&mut self, id: u64, key: TxKey, resp: Response, now: Instant) {
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
-        let final_response = resp.status() >= 200;
-        let relay = if final_response {
-            self.relays.remove(&key)
-        } else {
-            None
-        };
-        let relay_ref = relay.as_ref().or_else(|| self.relays.get(&key));
-        let Some(relay_info) =
-            relay_ref.map(|r| (r.server.clone(), r.from, r.method.clone(), r.far_cseq))
-        else {
+        let Some(r) = self.relays.get(&key) else {
             return self.finish_or_keep(call);
         };
-        let (server, from, method, far_cseq) = relay_info;
+        let (server, from, method, far_cseq) =
+            (r.server.clone(), r.from, r.method.clone(), r.far_cseq);
+        if resp.status() >= 200 {
+            self.relays.remove(&key);
+        }
         if resp.status() == 100 {
             return self.finish_or_keep(call);
         }
@@ -1014,18 +1008,7 @@ impl Core {
                     b.final_status = Some(408);
                     c.note_failure(408, "Request Timeout");
                     tracing::info!(call, branch, "callee did not answer the INVITE (Timer B)");
-                    if c.all_branches_final() && c.answered.is_none() {
-                        if !c.abandoned {
-                            let (status, reason) = c
-                                .best_failure
-                                .clone()
-                                .unwrap_or((408, "Request Timeout".into()));
-                            let mut out = Response::to_request(&c.a_invite, status, &reason);
-                            out.set_to_tag(&c.a.local_tag);
-                            self.tx.respond(&c.a_invite_tx.clone(), out, now);
-                        }
-                        c.state = State::Done;
-                    }
+                    self.end_if_every_branch_failed(&mut c, now);
                 }
                 self.finish_or_keep(c);
             }
@@ -1057,10 +1040,7 @@ impl Core {
         };
         if call.ring_until.is_some_and(|t| t <= now) && call.state == State::Calling {
             tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "no answer; call timed out");
-            let tag = call.a.local_tag.clone();
-            let invite = call.a_invite.clone();
-            self.respond(&call.a_invite_tx.clone(), &invite, 408, Some(&tag), now);
-            self.abandon(&mut call, now);
+            self.abandon(&mut call, 408, now);
         }
         if let Some(p) = call.pending_ok.as_mut() {
             if p.give_up <= now {

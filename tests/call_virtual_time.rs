@@ -110,6 +110,10 @@ fn callee_answer(b_invite: &Request, status: u16) -> Response {
     resp
 }
 
+fn statuses_to(out: &[(String, Message)], to: &str) -> Vec<u16> {
+    responses_to(out, to).iter().map(|r| r.status()).collect()
+}
+
 fn requests_to<'a>(out: &'a [(String, Message)], to: &str, method: &str) -> Vec<&'a Request> {
     out.iter()
         .filter(|(d, _)| d == to)
@@ -152,13 +156,7 @@ fn no_answer_timeout_sends_408_to_caller_and_cancel_to_callee() {
     );
     h.advance(Duration::from_secs(1));
     let out = h.sent();
-    assert_eq!(
-        responses_to(&out, ALICE)
-            .iter()
-            .map(|r| r.status())
-            .collect::<Vec<_>>(),
-        vec![408]
-    );
+    assert_eq!(statuses_to(&out, ALICE), vec![408]);
     assert_eq!(requests_to(&out, BOB, "CANCEL").len(), 1);
 }
 
@@ -240,13 +238,7 @@ fn silent_callee_times_out_with_timer_b_and_caller_gets_408() {
     assert_eq!(retransmits, 6, "Timer A: 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s");
     h.advance(Duration::from_millis(100));
     let out = h.sent();
-    assert_eq!(
-        responses_to(&out, ALICE)
-            .iter()
-            .map(|r| r.status())
-            .collect::<Vec<_>>(),
-        vec![408]
-    );
+    assert_eq!(statuses_to(&out, ALICE), vec![408]);
     assert_eq!(h.core.active_calls(), 0);
 }
 
@@ -313,10 +305,7 @@ fn bye_on_the_callers_early_dialog_ends_the_attempt_like_cancel() {
     );
     h.input(&bye, ALICE);
     let out = h.sent();
-    let mut codes: Vec<u16> = responses_to(&out, ALICE)
-        .iter()
-        .map(|r| r.status())
-        .collect();
+    let mut codes = statuses_to(&out, ALICE);
     codes.sort();
     assert_eq!(codes, vec![200, 487]);
     assert_eq!(requests_to(&out, BOB, "CANCEL").len(), 1);
