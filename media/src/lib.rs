@@ -1,6 +1,12 @@
-//! Warden's media engine: RTP/RTCP relay, codecs, transcoding, prompts and mixing.
-//! It knows nothing of SIP. Today it owns the RTP port pool; the relay arrives next.
+//! Warden's media engine: the RTP/RTCP relay today; codecs, transcoding, prompts and mixing
+//! next. It knows nothing of SIP: callers open streams, say where each leg's party is, read stats.
 
 pub mod ports;
+pub mod relay;
+pub mod stats;
+mod sys;
+mod worker;
 
 pub use ports::{PortPair, PortPool, PortsExhausted};
+pub use relay::{Latching, MediaError, Relay, RelayConfig, Remote, Side, StreamId, StreamStats};
+pub use stats::LegStats;

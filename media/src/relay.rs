@@ -1,0 +1,279 @@
+//! The relay's control handle: opens streams (one per SDP m= line, two legs each), binds
+//! their ports, tells the owning worker thread where each leg's peer is, and reads stats.
+//!
+//! Control calls run on the signalling thread and only post commands; the worker threads
+//! own the sockets and move the packets (see `worker`).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::mpsc::{Sender, channel};
+use std::thread::JoinHandle;
+
+use crate::ports::{PortPair, PortPool, PortsExhausted};
+use crate::stats::{LegCounters, LegStats};
+use crate::sys::EventFd;
+use crate::worker::{Command, Stream, Worker};
+
+/// How a leg's peer address is learned from its packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Latching {
+    /// Learn from the first packet, then hear only that address (default: a stranger
+    /// cannot inject into or steal the stream).
+    #[default]
+    Strict,
+    /// Follow whichever address sent last (phones that roam between networks).
+    Follow,
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Address the media ports bind to and SDP advertises.
+    pub address: IpAddr,
+    pub first_port: u16,
+    pub last_port: u16,
+    /// Relay threads; 0 means one per available core.
+    pub workers: usize,
+    pub latching: Latching,
+}
+
+/// One side of a stream: A faces the caller, B the callee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
+}
+
+/// Where a leg's party receives media (from its SDP). With rtcp-mux, `rtcp == rtp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remote {
+    pub rtp: SocketAddr,
+    pub rtcp: SocketAddr,
+    /// RTP clock of the leg's codec, for jitter in real time.
+    pub clock_rate: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub u64);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error(transparent)]
+    Exhausted(#[from] PortsExhausted),
+    #[error("cannot bind media port on {address}: {source}")]
+    Bind {
+        address: IpAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Both legs' statistics for one stream.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStats {
+    pub a: LegStats,
+    pub b: LegStats,
+}
+
+/// What a worker publishes for one stream.
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    legs: [LegCounters; 2],
+}
+
+impl StreamCounters {
+    pub(crate) fn leg(&self, side: usize) -> &LegCounters {
+        &self.legs[side]
+    }
+}
+
+struct WorkerHandle {
+    commands: Sender<Command>,
+    wake: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct StreamInfo {
+    worker: usize,
+    ports: [PortPair; 2],
+    counters: Arc<StreamCounters>,
+}
+
+pub struct Relay {
+    address: IpAddr,
+    pool: PortPool,
+    workers: Vec<WorkerHandle>,
+    streams: HashMap<StreamId, StreamInfo>,
+    next_id: u64,
+    next_worker: usize,
+}
+
+/// Ports tried per open before giving up on binding (something else holds them).
+const BIND_ATTEMPTS: usize = 16;
+
+impl Relay {
+    /// Start the worker threads.
+    pub fn start(config: &RelayConfig) -> std::io::Result<Relay> {
+        let count = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut workers = Vec::with_capacity(count);
+        for index in 0..count {
+            let (tx, rx) = channel();
+            let wake = Arc::new(EventFd::new()?);
+            let worker = Worker::new(wake.clone(), rx, config.latching)?;
+            let thread = std::thread::Builder::new()
+                .name(format!("warden-relay-{index}"))
+                .spawn(move || worker.run())?;
+            workers.push(WorkerHandle {
+                commands: tx,
+                wake,
+                thread: Some(thread),
+            });
+        }
+        Ok(Relay {
+            address: config.address,
+            pool: PortPool::new(config.first_port, config.last_port),
+            workers,
+            streams: HashMap::new(),
+            next_id: 1,
+            next_worker: 0,
+        })
+    }
+
+    pub fn address(&self) -> IpAddr {
+        self.address
+    }
+
+    /// Port pairs still free.
+    pub fn available(&self) -> usize {
+        self.pool.available()
+    }
+
+    pub fn streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Open a stream: bind an RTP/RTCP port pair for each side and hand them to a worker.
+    pub fn open(&mut self) -> Result<StreamId, MediaError> {
+        let (a, a_sockets) = self.bind_pair()?;
+        let (b, b_sockets) = match self.bind_pair() {
+            Ok(x) => x,
+            Err(e) => {
+                drop(a_sockets);
+                self.pool.release(a);
+                return Err(e);
+            }
+        };
+        let id = StreamId(self.next_id);
+        self.next_id += 1;
+        let worker = self.next_worker;
+        self.next_worker = (self.next_worker + 1) % self.workers.len();
+        let counters = Arc::new(StreamCounters::default());
+        let [a_rtp, a_rtcp] = a_sockets;
+        let [b_rtp, b_rtcp] = b_sockets;
+        let stream = Stream::new(id.0, [a_rtp, a_rtcp, b_rtp, b_rtcp], counters.clone());
+        self.send(worker, Command::Add(Box::new(stream)));
+        self.streams.insert(
+            id,
+            StreamInfo {
+                worker,
+                ports: [a, b],
+                counters,
+            },
+        );
+        Ok(id)
+    }
+
+    fn bind_pair(&mut self) -> Result<(PortPair, [UdpSocket; 2]), MediaError> {
+        let mut last_error = None;
+        for _ in 0..BIND_ATTEMPTS {
+            let pair = self.pool.allocate()?;
+            match self.bind(pair) {
+                Ok(sockets) => return Ok((pair, sockets)),
+                Err(e) => {
+                    // Taken by another program (or a socket not yet closed): try the next
+                    // pair; this one goes to the back of the queue.
+                    self.pool.release(pair);
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(MediaError::Bind {
+            address: self.address,
+            source: last_error.unwrap_or_else(|| std::io::Error::other("no port")),
+        })
+    }
+
+    fn bind(&self, pair: PortPair) -> std::io::Result<[UdpSocket; 2]> {
+        let rtp = UdpSocket::bind((self.address, pair.rtp))?;
+        let rtcp = UdpSocket::bind((self.address, pair.rtcp()))?;
+        rtp.set_nonblocking(true)?;
+        rtcp.set_nonblocking(true)?;
+        Ok([rtp, rtcp])
+    }
+
+    /// The RTP port of a side (its RTCP port is one above).
+    pub fn port(&self, id: StreamId, side: Side) -> Option<u16> {
+        self.streams.get(&id).map(|s| s.ports[side.index()].rtp)
+    }
+
+    /// Tell the relay where a side's party receives (None: nowhere, e.g. a rejected stream).
+    pub fn set_remote(&mut self, id: StreamId, side: Side, remote: Option<Remote>) {
+        if let Some(worker) = self.streams.get(&id).map(|s| s.worker) {
+            self.send(
+                worker,
+                Command::SetRemote {
+                    id: id.0,
+                    side,
+                    remote,
+                },
+            );
+        }
+    }
+
+    /// Close a stream: its sockets close and its ports return to the pool.
+    pub fn close(&mut self, id: StreamId) {
+        if let Some(info) = self.streams.remove(&id) {
+            self.send(info.worker, Command::Remove(id.0));
+            for pair in info.ports {
+                self.pool.release(pair);
+            }
+        }
+    }
+
+    pub fn stats(&self, id: StreamId) -> Option<StreamStats> {
+        self.streams.get(&id).map(|s| StreamStats {
+            a: s.counters.leg(0).snapshot(),
+            b: s.counters.leg(1).snapshot(),
+        })
+    }
+
+    fn send(&self, worker: usize, command: Command) {
+        if let Some(w) = self.workers.get(worker) {
+            let _ = w.commands.send(command);
+            w.wake.notify();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.commands.send(Command::Stop);
+            w.wake.notify();
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}

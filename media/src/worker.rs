@@ -1,0 +1,307 @@
+//! One relay thread: owns a set of streams and their sockets outright and moves their
+//! packets. The control side talks to it only through commands, never per packet.
+//!
+//! Why this is fast: each stream lives on exactly one thread, so the per-packet path takes
+//! no lock and makes no channel hop; packets are received and sent in batches
+//! (recvmmsg/sendmmsg) from one preallocated buffer set, forwarded from the memory they were
+//! received into; after latching, sockets are connected so the kernel filters strangers
+//! and skips the route lookup on each send; statistics are kept in thread-owned structs and
+//! published with plain stores once per batch.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+use crate::relay::{Latching, Remote, Side, StreamCounters};
+use crate::stats::{LegStats, RtpReceiver, looks_like_rtcp, read_rtcp};
+use crate::sys::{BATCH, Batch, Epoll, EventFd, RawAddr, connect, disconnect};
+
+/// Socket slots of a stream: `i ^ 2` is where socket `i`'s packets leave.
+const A_RTP: usize = 0;
+const B_RTP: usize = 2;
+const WAKE_TOKEN: u64 = u64::MAX;
+/// Batches read from one socket per readiness report, so one flooded port cannot starve
+/// the others on the thread.
+const ROUNDS_PER_WAKE: usize = 4;
+
+pub(crate) enum Command {
+    Add(Box<Stream>),
+    SetRemote {
+        id: u64,
+        side: Side,
+        remote: Option<Remote>,
+    },
+    Remove(u64),
+    Stop,
+}
+
+/// Where one socket sends, and what it has learned about its peer.
+#[derive(Default)]
+struct End {
+    /// Address from signalling (SDP).
+    signalled: Option<SocketAddr>,
+    /// Address learned from the first packet received (symmetric RTP).
+    latched: Option<SocketAddr>,
+    /// Kernel form of where packets leaving this socket go (latched, else signalled).
+    target: Option<RawAddr>,
+    connected: bool,
+}
+
+pub(crate) struct Stream {
+    pub id: u64,
+    /// a_rtp, a_rtcp, b_rtp, b_rtcp.
+    pub sockets: [UdpSocket; 4],
+    pub counters: Arc<StreamCounters>,
+    ends: [End; 4],
+    receivers: [RtpReceiver; 2],
+    stats: [LegStats; 2],
+    clock_rate: [u32; 2],
+}
+
+impl Stream {
+    pub fn new(id: u64, sockets: [UdpSocket; 4], counters: Arc<StreamCounters>) -> Stream {
+        Stream {
+            id,
+            sockets,
+            counters,
+            ends: Default::default(),
+            receivers: Default::default(),
+            stats: Default::default(),
+            clock_rate: [8000; 2],
+        }
+    }
+
+    fn set_remote(&mut self, side: Side, remote: Option<Remote>) {
+        let base = side.index() * 2;
+        let addrs = remote.map(|r| [r.rtp, r.rtcp]);
+        if let Some(r) = &remote {
+            self.clock_rate[side.index()] = r.clock_rate.max(1);
+        }
+        for k in 0..2 {
+            let i = base + k;
+            let signalled = addrs.map(|a| a[k]);
+            let end = &mut self.ends[i];
+            if end.signalled == signalled {
+                continue;
+            }
+            // New address from signalling (a re-INVITE moved the media, or hold with
+            // 0.0.0.0): forget what we latched so the new source can be learned.
+            end.signalled = signalled.filter(|a| !a.ip().is_unspecified() && a.port() != 0);
+            end.latched = None;
+            if end.connected {
+                let _ = disconnect(self.sockets[i].as_raw_fd());
+                end.connected = false;
+            }
+            end.target = end.signalled.map(RawAddr::new);
+        }
+    }
+}
+
+pub(crate) struct Worker {
+    epoll: Epoll,
+    wake: Arc<EventFd>,
+    commands: Receiver<Command>,
+    latching: Latching,
+    slots: Vec<Option<Box<Stream>>>,
+    free: Vec<usize>,
+    by_id: HashMap<u64, usize>,
+    epoch: Instant,
+}
+
+impl Worker {
+    pub fn new(
+        wake: Arc<EventFd>,
+        commands: Receiver<Command>,
+        latching: Latching,
+    ) -> std::io::Result<Worker> {
+        let epoll = Epoll::new()?;
+        epoll.add(wake.raw(), WAKE_TOKEN)?;
+        Ok(Worker {
+            epoll,
+            wake,
+            commands,
+            latching,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            epoch: Instant::now(),
+        })
+    }
+
+    pub fn run(mut self) {
+        // Made here, on the worker's own thread: the batch holds raw pointers into itself.
+        let mut batch = Batch::new();
+        // SAFETY (of the zeroed array): epoll_event is a plain C struct.
+        let mut events: [libc::epoll_event; 256] = unsafe { std::mem::zeroed() };
+        loop {
+            let n = self.epoll.wait(&mut events, -1);
+            // One clock read per wake-up serves every packet handled in it (jitter needs
+            // arrival times; a few microseconds of skew is far below what it measures).
+            let now_us = self.epoch.elapsed().as_micros() as u64;
+            for event in &events[..n] {
+                let token = event.u64;
+                if token == WAKE_TOKEN {
+                    self.wake.drain();
+                    if !self.apply_commands() {
+                        return;
+                    }
+                    continue;
+                }
+                self.on_readable(
+                    &mut batch,
+                    (token >> 2) as usize,
+                    (token & 3) as usize,
+                    now_us,
+                );
+            }
+        }
+    }
+
+    /// Apply queued commands; false once told to stop.
+    fn apply_commands(&mut self) -> bool {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Add(stream) => self.add(stream),
+                Command::SetRemote { id, side, remote } => {
+                    if let Some(s) = self.stream_mut(id) {
+                        s.set_remote(side, remote);
+                    }
+                }
+                Command::Remove(id) => self.remove(id),
+                Command::Stop => return false,
+            }
+        }
+        true
+    }
+
+    fn stream_mut(&mut self, id: u64) -> Option<&mut Stream> {
+        let slot = *self.by_id.get(&id)?;
+        self.slots.get_mut(slot)?.as_deref_mut()
+    }
+
+    fn add(&mut self, stream: Box<Stream>) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        for (i, socket) in stream.sockets.iter().enumerate() {
+            let token = ((slot as u64) << 2) | i as u64;
+            if let Err(e) = self.epoll.add(socket.as_raw_fd(), token) {
+                tracing::error!(stream = stream.id, error = %e, "cannot watch media socket");
+            }
+        }
+        self.by_id.insert(stream.id, slot);
+        self.slots[slot] = Some(stream);
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(slot) = self.by_id.remove(&id) else {
+            return;
+        };
+        if let Some(stream) = self.slots.get_mut(slot).and_then(Option::take) {
+            for socket in &stream.sockets {
+                self.epoll.remove(socket.as_raw_fd());
+            }
+            self.free.push(slot);
+        }
+        // Dropping the stream closes its sockets; the ports are already back in the pool.
+    }
+
+    /// The hot path: drain a readable socket and forward what it received.
+    fn on_readable(&mut self, batch: &mut Batch, slot: usize, socket: usize, now_us: u64) {
+        let Some(stream) = self.slots.get_mut(slot).and_then(|s| s.as_deref_mut()) else {
+            return;
+        };
+        let side = socket / 2;
+        let out = socket ^ 2;
+        let in_fd = stream.sockets[socket].as_raw_fd();
+        let out_fd = stream.sockets[out].as_raw_fd();
+        for _ in 0..ROUNDS_PER_WAKE {
+            let n = match batch.recv(in_fd) {
+                Ok(0) => return,
+                Ok(n) => n,
+                // An ICMP error from an earlier send surfaces here; the socket is fine.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => {
+                    tracing::warn!(stream = stream.id, error = %e, "media receive failed");
+                    return;
+                }
+            };
+            let mut keep: u64 = 0;
+            let mut kept = 0u64;
+            for k in 0..n {
+                let packet = batch.packet(k);
+                if packet.is_empty() {
+                    stream.stats[side].dropped += 1;
+                    continue;
+                }
+                if !accept(
+                    &mut stream.ends[socket],
+                    batch.source(k),
+                    self.latching,
+                    in_fd,
+                ) {
+                    stream.stats[side].dropped += 1;
+                    continue;
+                }
+                account(stream, side, socket, packet, now_us);
+                keep |= 1 << k;
+                kept += 1;
+            }
+            let end = &stream.ends[out];
+            let sent = match (&end.target, end.connected) {
+                (Some(_), true) => batch.send(out_fd, keep, None),
+                (Some(to), false) => batch.send(out_fd, keep, Some(to)),
+                (None, _) => 0,
+            };
+            stream.stats[side].dropped += kept - sent as u64;
+            stream.counters.leg(side).publish(&stream.stats[side]);
+            if n < BATCH {
+                return;
+            }
+        }
+    }
+}
+
+/// Latching (symmetric RTP): the first packet teaches where the party really is (behind
+/// NAT that differs from its SDP); afterwards, in strict mode, only that address is heard.
+fn accept(end: &mut End, source: Option<SocketAddr>, latching: Latching, fd: i32) -> bool {
+    let Some(source) = source else {
+        return false;
+    };
+    match end.latched {
+        Some(latched) if latched == source => true,
+        Some(_) if latching == Latching::Strict => false,
+        _ => {
+            end.latched = Some(source);
+            let raw = RawAddr::new(source);
+            end.connected = latching == Latching::Strict && connect(fd, &raw).is_ok();
+            end.target = Some(raw);
+            true
+        }
+    }
+}
+
+/// Count a relayed packet into its leg's statistics (RTP or RTCP, by port and content).
+fn account(stream: &mut Stream, side: usize, socket: usize, packet: &[u8], now_us: u64) {
+    let stats = &mut stream.stats[side];
+    let rtp_socket = socket == A_RTP || socket == B_RTP;
+    if !rtp_socket || looks_like_rtcp(packet) {
+        stats.rtcp_packets += 1;
+        read_rtcp(packet, stats);
+        return;
+    }
+    stats.rtp_packets += 1;
+    stats.rtp_bytes += packet.len() as u64;
+    if let Ok(rtp) = rtp_types::RtpPacket::parse(packet) {
+        let clock = u64::from(stream.clock_rate[side]);
+        let arrival = (now_us * clock / 1_000_000) as u32;
+        let rx = &mut stream.receivers[side];
+        rx.on_packet(rtp.ssrc(), rtp.sequence_number(), rtp.timestamp(), arrival);
+        stats.lost = rx.lost();
+        stats.jitter_us = rx.jitter() * 1_000_000 / clock;
+    }
+}

@@ -1,0 +1,169 @@
+//! The relay over real loopback sockets: two parties, one stream, packets both ways.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use warden_media::{Latching, Relay, RelayConfig, Remote, Side};
+
+fn relay(first_port: u16, last_port: u16, latching: Latching) -> Relay {
+    Relay::start(&RelayConfig {
+        address: "127.0.0.1".parse().expect("ip"),
+        first_port,
+        last_port,
+        workers: 2,
+        latching,
+    })
+    .expect("relay starts")
+}
+
+fn party() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    s
+}
+
+fn rtp(seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
+    let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[4..8].copy_from_slice(&ts.to_be_bytes());
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    p.extend(std::iter::repeat_n(0xd5, 160));
+    p
+}
+
+fn remote(s: &UdpSocket) -> Remote {
+    let rtp = s.local_addr().expect("addr");
+    Remote {
+        rtp,
+        rtcp: SocketAddr::new(rtp.ip(), rtp.port() + 1),
+        clock_rate: 8000,
+    }
+}
+
+fn recv(s: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = [0u8; 2048];
+    let (n, from) = s.recv_from(&mut buf).expect("packet arrives");
+    (buf[..n].to_vec(), from)
+}
+
+#[test]
+fn relays_both_ways_intact_and_counts() {
+    let mut relay = relay(31000, 31099, Latching::Strict);
+    let id = relay.open().expect("stream");
+    let (a_port, b_port) = (
+        relay.port(id, Side::A).expect("a"),
+        relay.port(id, Side::B).expect("b"),
+    );
+    assert_eq!((a_port % 2, b_port % 2), (0, 0));
+    let (alice, bob) = (party(), party());
+    relay.set_remote(id, Side::A, Some(remote(&alice)));
+    relay.set_remote(id, Side::B, Some(remote(&bob)));
+    std::thread::sleep(Duration::from_millis(50)); // let the worker take the command
+    for seq in 0..10u16 {
+        if seq == 4 {
+            continue; // one lost packet
+        }
+        let p = rtp(seq, u32::from(seq) * 160, 7);
+        alice.send_to(&p, ("127.0.0.1", a_port)).expect("send");
+        let (got, from) = recv(&bob);
+        assert_eq!(got, p, "packet {seq} intact");
+        assert_eq!(from.port(), b_port, "leaves from the B-side port");
+    }
+    let back = rtp(1, 160, 9);
+    bob.send_to(&back, ("127.0.0.1", b_port)).expect("send");
+    assert_eq!(
+        recv(&alice),
+        (back, SocketAddr::from(([127, 0, 0, 1], a_port)))
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    let stats = relay.stats(id).expect("stats");
+    assert_eq!(
+        (stats.a.rtp_packets, stats.a.lost, stats.b.rtp_packets),
+        (9, 1, 1)
+    );
+    assert_eq!(stats.a.rtp_bytes, 9 * 172);
+    relay.close(id);
+    assert_eq!(relay.available(), 50);
+}
+
+#[test]
+fn latches_to_the_real_source_and_ignores_strangers() {
+    let mut relay = relay(31100, 31199, Latching::Strict);
+    let id = relay.open().expect("stream");
+    let (a_port, b_port) = (
+        relay.port(id, Side::A).expect("a"),
+        relay.port(id, Side::B).expect("b"),
+    );
+    let (alice_sdp, alice_nat, bob, stranger) = (party(), party(), party(), party());
+    relay.set_remote(id, Side::A, Some(remote(&alice_sdp)));
+    relay.set_remote(id, Side::B, Some(remote(&bob)));
+    std::thread::sleep(Duration::from_millis(50));
+    // Alice's packets come from a NAT-mapped port, not the one in her SDP.
+    alice_nat
+        .send_to(&rtp(1, 0, 1), ("127.0.0.1", a_port))
+        .expect("send");
+    recv(&bob);
+    stranger
+        .send_to(&rtp(99, 0, 66), ("127.0.0.1", a_port))
+        .expect("send");
+    bob.send_to(&rtp(1, 0, 2), ("127.0.0.1", b_port))
+        .expect("send");
+    // Bob's answer goes to where Alice really is, and the stranger got nowhere.
+    let (got, _) = recv(&alice_nat);
+    assert_eq!(&got[2..4], &1u16.to_be_bytes());
+    alice_nat
+        .send_to(&rtp(2, 160, 1), ("127.0.0.1", a_port))
+        .expect("send");
+    let (got, _) = recv(&bob);
+    assert_eq!(
+        &got[2..4],
+        &2u16.to_be_bytes(),
+        "the stranger's packet was not relayed"
+    );
+}
+
+#[test]
+fn rtcp_goes_port_plus_one_to_port_plus_one() {
+    let mut relay = relay(31200, 31299, Latching::Strict);
+    let id = relay.open().expect("stream");
+    let a_port = relay.port(id, Side::A).expect("a");
+    let (alice, bob_rtp) = (party(), party());
+    let bob_rtcp = UdpSocket::bind(("127.0.0.1", bob_rtp.local_addr().expect("a").port() + 1));
+    let Ok(bob_rtcp) = bob_rtcp else { return }; // port above taken: nothing to check here
+    bob_rtcp
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    relay.set_remote(id, Side::A, Some(remote(&alice)));
+    relay.set_remote(id, Side::B, Some(remote(&bob_rtp)));
+    std::thread::sleep(Duration::from_millis(50));
+    let rr = [
+        0x81, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2, 10, 0, 0, 3, 0, 0, 0, 9, 0, 0, 0, 4, 0, 0, 0, 0,
+        0, 0, 0, 0,
+    ];
+    alice.send_to(&rr, ("127.0.0.1", a_port + 1)).expect("send");
+    assert_eq!(recv(&bob_rtcp).0, rr.to_vec());
+    std::thread::sleep(Duration::from_millis(50));
+    let stats = relay.stats(id).expect("stats");
+    assert_eq!(
+        (
+            stats.a.rtcp_packets,
+            stats.a.reported_fraction_lost,
+            stats.a.reported_lost
+        ),
+        (1, 10, 3)
+    );
+}
+
+#[test]
+fn exhausted_pool_is_an_error_and_recovers() {
+    let mut relay = relay(31300, 31303, Latching::Strict);
+    let id = relay.open().expect("two pairs: one stream");
+    assert!(matches!(
+        relay.open(),
+        Err(warden_media::MediaError::Exhausted(_))
+    ));
+    relay.close(id);
+    std::thread::sleep(Duration::from_millis(50)); // the worker closes the sockets
+    relay.open().expect("ports came back");
+}
