@@ -1,9 +1,11 @@
 //! One typed configuration with defaults that run out of the box; a TOML file overrides them.
 //! Unknown keys and bad values are refused at load with the file, line and cause.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use warden_media::Latching;
 
 use serde::Deserialize;
 
@@ -16,6 +18,7 @@ pub struct Config {
     pub sip: SipConfig,
     pub registrar: RegistrarConfig,
     pub calls: CallConfig,
+    pub media: MediaConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
 }
@@ -114,6 +117,47 @@ impl Default for CallConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Address media ports bind to and SDP advertises; default: the first SIP listening
+    /// address (or the host it routes from, when that is a wildcard).
+    pub address: Option<IpAddr>,
+    /// RTP port range (RTP even, RTCP the odd port above).
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Relay threads; 0 = one per core.
+    pub workers: usize,
+    /// "strict": learn a party's address from its first packet, then hear only it.
+    /// "follow": always answer the last sender (roaming phones; weaker against injection).
+    pub latching: String,
+    /// End a bridged call after this long without RTP from either side (not while on hold).
+    pub rtp_timeout_s: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            address: None,
+            port_min: 20000,
+            port_max: 40000,
+            workers: 0,
+            latching: "strict".into(),
+            rtp_timeout_s: 60,
+        }
+    }
+}
+
+impl MediaConfig {
+    pub fn latching(&self) -> Latching {
+        if self.latching == "follow" {
+            Latching::Follow
+        } else {
+            Latching::Strict
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Where the SQLite database lives (created on first run).
     pub path: PathBuf,
@@ -179,6 +223,19 @@ impl Config {
             r.min_expires,
             r.max_expires
         );
+        let m = &self.media;
+        anyhow::ensure!(
+            m.port_min < m.port_max && m.port_max - m.port_min >= 3,
+            "media.port_min ({}) must be below media.port_max ({}) with room for two port pairs",
+            m.port_min,
+            m.port_max
+        );
+        anyhow::ensure!(
+            m.latching == "strict" || m.latching == "follow",
+            "media.latching {:?}: expected \"strict\" or \"follow\"",
+            m.latching
+        );
+        anyhow::ensure!(m.rtp_timeout_s > 0, "media.rtp_timeout_s must be above 0");
         anyhow::ensure!(self.sip.t1_ms > 0, "sip.t1_ms must be above 0");
         anyhow::ensure!(
             self.sip.t2_ms >= self.sip.t1_ms,

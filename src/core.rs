@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use warden_media::Relay as MediaRelay;
+
+use crate::anchor::{AnchorError, MediaSession, is_sdp};
 use crate::call::{Branch, Call, Leg, PendingOk, Relay, Side, State, new_tag};
 use crate::config::Config;
 use crate::registrar::{Change, Registrar};
@@ -67,6 +70,8 @@ pub struct Core {
     advertised: HashMap<Transport, String>,
     out: VecDeque<Output>,
     next_expiry_sweep: Option<Instant>,
+    /// The media relay every call's SDP is anchored to.
+    pub media: MediaRelay,
     pub stats: Stats,
 }
 
@@ -76,6 +81,7 @@ impl Core {
         config: Config,
         registrar: Registrar,
         advertised: HashMap<Transport, String>,
+        media: MediaRelay,
     ) -> Core {
         Core {
             tx: Transactions::new(config.timers()),
@@ -91,6 +97,7 @@ impl Core {
             advertised,
             out: VecDeque::new(),
             next_expiry_sweep: None,
+            media,
             stats: Stats::default(),
         }
     }
@@ -136,10 +143,7 @@ impl Core {
                     if r.method() != Method::Ack && r.top_via().is_some() {
                         let mut resp =
                             Response::to_request(&r, bad.status, reason_phrase(bad.status));
-                        let _ = resp.push_header(
-                            "Warning",
-                            &format!("399 warden \"{}\"", bad.reason.replace(['"', '\\'], "'")),
-                        );
+                        let _ = resp.push_header("Warning", &warning_value(&bad.reason));
                         let dest = response_destination(&r, &from);
                         self.out.push_back(Output::Send(dest, resp.to_bytes()));
                     }
@@ -234,7 +238,24 @@ impl Core {
         tag: Option<&str>,
         now: Instant,
     ) {
+        self.respond_warning(key, req, status, tag, None, now);
+    }
+
+    /// A response with a `Warning: 399` saying why (RFC 3261 20.43), for refusals a person
+    /// reading a trace should understand.
+    fn respond_warning(
+        &mut self,
+        key: &TxKey,
+        req: &Request,
+        status: u16,
+        tag: Option<&str>,
+        warning: Option<&str>,
+        now: Instant,
+    ) {
         let mut resp = Response::to_request(req, status, reason_phrase(status));
+        if let Some(w) = warning {
+            let _ = resp.push_header("Warning", &warning_value(w));
+        }
         if status > 100 {
             resp.set_to_tag(tag.map(str::to_owned).unwrap_or_else(new_tag).as_str());
         }
@@ -299,6 +320,61 @@ impl Core {
         let key = self.tx.send_request(req, dest, now)?;
         self.client.insert(key.clone(), purpose);
         Some(key)
+    }
+
+    // ----- media ------------------------------------------------------------------------
+
+    /// The body `from` sent, anchored to the relay when it is SDP.
+    fn anchor(
+        &mut self,
+        media: &mut MediaSession,
+        from: Side,
+        body: &Bytes,
+        content_type: Option<&str>,
+    ) -> Result<Bytes, AnchorError> {
+        if body.is_empty() || !is_sdp(content_type) {
+            return Ok(body.clone());
+        }
+        media.anchor(&mut self.media, from, body).map(Bytes::from)
+    }
+
+    /// For bodies in responses and ACKs, which cannot be refused: when anchoring fails the
+    /// description goes on unchanged (media then flows directly) and the log says why.
+    fn anchor_or_pass(
+        &mut self,
+        media: &mut MediaSession,
+        from: Side,
+        body: &Bytes,
+        content_type: Option<&str>,
+    ) -> Bytes {
+        self.anchor(media, from, body, content_type)
+            .unwrap_or_else(|e| {
+                tracing::warn!(from = from.name(), error = %e, "media not anchored; SDP relayed as is");
+                body.clone()
+            })
+    }
+
+    fn refuse_media(&mut self, key: &TxKey, req: &Request, error: AnchorError, now: Instant) {
+        let status = match &error {
+            AnchorError::Sdp(_) => 400,
+            AnchorError::Media(_) => 503,
+        };
+        if status == 503 {
+            tracing::warn!(error = %error, method = %req.method(), "refused: no media ports free");
+        } else {
+            tracing::info!(error = %error, method = %req.method(), "refused: malformed SDP");
+        }
+        self.respond_warning(key, req, status, None, Some(&error.to_string()), now);
+    }
+
+    /// The check interval for media timeouts: fine enough that a call ends close to the
+    /// configured time, coarse enough to cost nothing.
+    fn media_check_interval(&self) -> Duration {
+        (self.media_timeout() / 6).clamp(Duration::from_millis(100), Duration::from_secs(10))
+    }
+
+    fn media_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.media.rtp_timeout_s)
     }
 
     // ----- requests ---------------------------------------------------------------------
@@ -395,6 +471,12 @@ impl Core {
             tracing::info!(%caller, %callee, status, "call declined: callee not reachable");
             return self.respond(&key, &req, status, None, now);
         }
+        let mut media = MediaSession::default();
+        let content_type = req.header("Content-Type");
+        let offer = match self.anchor(&mut media, Side::A, req.body(), content_type.as_deref()) {
+            Ok(body) => body,
+            Err(e) => return self.refuse_media(&key, &req, e, now),
+        };
         let id = self.next_call;
         self.next_call += 1;
         self.stats.calls_started += 1;
@@ -435,6 +517,9 @@ impl Core {
             abandoned: false,
             best_failure: None,
             outstanding_byes: 0,
+            media,
+            media_check: None,
+            end_reason: None,
         };
         tracing::info!(call = id, %caller, %callee, call_id = %call_id, forks = bindings.len(), "call started");
         for (index, binding) in bindings.iter().enumerate() {
@@ -455,8 +540,7 @@ impl Core {
             };
             let _ = invite.set_header("Max-Forwards", &hops.to_string());
             let _ = invite.push_header("Allow", ALLOW);
-            let content_type = req.header("Content-Type");
-            invite.set_body(req.body().clone(), content_type.as_deref());
+            invite.set_body(offer.clone(), content_type.as_deref());
             self.dialogs
                 .insert((leg.call_id.clone(), leg.local_tag.clone()), (id, Side::B));
             let tx = self.tx.send_request(invite.clone(), dest, now);
@@ -645,7 +729,11 @@ impl Core {
             }
         }
         let content_type = req.header("Content-Type");
-        out.set_body(req.body().clone(), content_type.as_deref());
+        let body = match self.anchor(&mut call.media, from, req.body(), content_type.as_deref()) {
+            Ok(body) => body,
+            Err(e) => return self.refuse_media(&key, &req, e, now),
+        };
+        out.set_body(body, content_type.as_deref());
         if let Some(client) =
             self.send_in_dialog(out, dest, ClientPurpose::Relay { call: call.id }, now)
         {
@@ -761,6 +849,7 @@ impl Core {
             call.ring_until = None;
             call.state = State::Answered;
             call.answered_at = Some(now);
+            call.media_check = Some(now + self.media_check_interval());
             self.stats.calls_answered += 1;
             if let Some(b) = call.branches.get_mut(index) {
                 b.final_status = Some(status);
@@ -831,7 +920,13 @@ impl Core {
             let _ = out.push_header("Allow", ALLOW);
         }
         let content_type = resp.header("Content-Type");
-        out.set_body(resp.body().clone(), content_type.as_deref());
+        let body = self.anchor_or_pass(
+            &mut call.media,
+            Side::B,
+            resp.body(),
+            content_type.as_deref(),
+        );
+        out.set_body(body, content_type.as_deref());
         let bytes = out.to_bytes();
         self.tx.respond(&call.a_invite_tx, out, now);
         Some(bytes)
@@ -882,7 +977,13 @@ impl Core {
                 let _ = out.push_header("Contact", &self.contact(call.a.dest.transport));
             }
             let content_type = resp.header("Content-Type");
-            out.set_body(resp.body().clone(), content_type.as_deref());
+            let body = self.anchor_or_pass(
+                &mut call.media,
+                from.other(),
+                resp.body(),
+                content_type.as_deref(),
+            );
+            out.set_body(body, content_type.as_deref());
             if method == Method::Invite && (200..300).contains(&resp.status()) {
                 // The far side's 2xx is ACKed when the requester ACKs ours (the answer may be
                 // in that ACK); until then we retransmit our 2xx to the requester.
@@ -954,6 +1055,12 @@ impl Core {
         content_type: Option<String>,
     ) {
         let index = call.answered;
+        let body = self.anchor_or_pass(
+            &mut call.media,
+            side.other(),
+            &body,
+            content_type.as_deref(),
+        );
         let Some((mut ack, dest)) = self.side_request(call, side, Method::Ack, Some(cseq)) else {
             return;
         };
@@ -1042,6 +1149,19 @@ impl Core {
             tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "no answer; call timed out");
             self.abandon(&mut call, 408, now);
         }
+        if call.media_check.is_some_and(|t| t <= now) {
+            call.media_check = Some(now + self.media_check_interval());
+            if call.state == State::Confirmed
+                && call.media.has_streams()
+                && call.media.timed_out(&self.media, now, self.media_timeout())
+            {
+                tracing::info!(call = id, caller = %call.caller, callee = %call.callee, timeout_s = self.config.media.rtp_timeout_s, "no RTP from either side; ending the call");
+                call.end_reason = Some("media timeout");
+                call.media_check = None;
+                self.send_bye(&mut call, Side::A, now);
+                self.send_bye(&mut call, Side::B, now);
+            }
+        }
         if let Some(p) = call.pending_ok.as_mut() {
             if p.give_up <= now {
                 tracing::warn!(call = id, "no ACK for the 2xx; ending the call");
@@ -1073,6 +1193,8 @@ impl Core {
     fn finish_or_keep(&mut self, call: Call) {
         let settled = call.all_branches_final() || call.answered.is_some();
         if call.state == State::Done && settled && call.outstanding_byes == 0 {
+            let mut call = call;
+            call.media.close(&mut self.media);
             self.dialogs
                 .remove(&(call.a.call_id.clone(), call.a.local_tag.clone()));
             for b in &call.branches {
@@ -1087,6 +1209,10 @@ impl Core {
         }
         self.calls.insert(call.id, call);
     }
+}
+
+fn warning_value(text: &str) -> String {
+    format!("399 warden \"{}\"", text.replace(['"', '\\'], "'"))
 }
 
 /// RFC 3261 18.2.2: reliable -> the connection; rport -> source address and port;

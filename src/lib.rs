@@ -1,6 +1,7 @@
 //! Warden: a SIP back-to-back user agent application server with a media relay.
 //! The binary (`main.rs`) is a thin CLI over [`server::run`].
 
+pub mod anchor;
 pub mod call;
 pub mod config;
 pub mod core;

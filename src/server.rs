@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
+use warden_media::{Relay, RelayConfig};
 
 use crate::config::Config;
 use crate::core::{Core, Output};
@@ -77,8 +78,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         advertised.insert(Transport::Udp, h);
     }
+    let relay = start_relay(&config, &bound)?;
     let registrar = Registrar::new(config.registrar.clone(), loaded);
-    let mut core = Core::new(config, registrar, advertised);
+    let mut core = Core::new(config, registrar, advertised, relay);
     let mut shutdown = Box::pin(shutdown_signal());
 
     loop {
@@ -117,6 +119,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = writer.await; // every queued registration change reaches the database
     pool.close().await;
     Ok(())
+}
+
+/// Start the media relay on the configured address, else on the SIP address.
+fn start_relay(config: &Config, bound: &[(Transport, SocketAddr)]) -> anyhow::Result<Relay> {
+    let m = &config.media;
+    let address = match (m.address, bound.first()) {
+        (Some(a), _) => a,
+        (None, Some((_, sip))) if !sip.ip().is_unspecified() => sip.ip(),
+        (None, Some((_, sip))) => reachable_host(*sip, &None)
+            .parse::<SocketAddr>()
+            .map(|a| a.ip())
+            .unwrap_or(sip.ip()),
+        (None, None) => IpAddr::from([127, 0, 0, 1]),
+    };
+    let relay = Relay::start(&RelayConfig {
+        address,
+        first_port: m.port_min,
+        last_port: m.port_max,
+        workers: m.workers,
+        latching: m.latching(),
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the media relay: {e}"))?;
+    tracing::info!(%address, ports = %format!("{}-{}", m.port_min, m.port_max), free_pairs = relay.available(), "media relay ready");
+    Ok(relay)
 }
 
 fn handle(core: &mut Core, transmitter: &mut transport::Transmitter, event: Inbound, now: Instant) {

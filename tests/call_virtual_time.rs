@@ -10,6 +10,22 @@ use warden::core::{Core, Output};
 use warden::registrar::Registrar;
 use warden::sip::message::{Limits, Message, Request, Response};
 use warden::sip::transport::{Destination, Transport};
+use warden_media::{Latching, Relay, RelayConfig};
+
+fn rand_u16() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (nanos ^ std::process::id()) as u16
+}
+
+fn sdp(port: u16, direction: &str) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0\r\na={direction}\r\n"
+    )
+}
 
 const ALICE: &str = "127.0.0.1:7001";
 const BOB: &str = "127.0.0.1:7002";
@@ -34,12 +50,25 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_config(Config::default())
+    }
+
+    fn with_config(config: Config) -> Harness {
         let mut advertised = HashMap::new();
         advertised.insert(Transport::Udp, "127.0.0.1:5060".to_owned());
-        let config = Config::default();
         let registrar = Registrar::new(config.registrar.clone(), Vec::new());
+        // A real relay (its sockets stay silent here); a random range keeps parallel tests apart.
+        let first = 42_000 + 2 * (rand_u16() % 4000);
+        let relay = Relay::start(&RelayConfig {
+            address: "127.0.0.1".parse().unwrap(),
+            first_port: first,
+            last_port: first + 99,
+            workers: 1,
+            latching: Latching::Strict,
+        })
+        .unwrap();
         let mut h = Harness {
-            core: Core::new(config, registrar, advertised),
+            core: Core::new(config, registrar, advertised, relay),
             now: Instant::now(),
             unix: 1_000_000,
         };
@@ -88,10 +117,20 @@ impl Harness {
     }
 
     fn invite(&mut self) -> Request {
+        self.invite_with("")
+    }
+
+    fn invite_with(&mut self, sdp: &str) -> Request {
+        let ct = if sdp.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
         let text = format!(
             "INVITE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKa1;rport\r\n\
              Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=al\r\nTo: <sip:bob@127.0.0.1>\r\n\
-             Call-ID: call-a\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{ALICE}>\r\nContent-Length: 0\r\n\r\n"
+             Call-ID: call-a\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{ALICE}>\r\n{ct}Content-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
         );
         self.input(&text, ALICE);
         let Message::Request(r) = parse(&text) else {
@@ -309,4 +348,74 @@ fn bye_on_the_callers_early_dialog_ends_the_attempt_like_cancel() {
     codes.sort();
     assert_eq!(codes, vec![200, 487]);
     assert_eq!(requests_to(&out, BOB, "CANCEL").len(), 1);
+}
+
+/// Alice calls with an offer, Bob answers with one, Alice ACKs: a bridged call in virtual time.
+fn bridged_call(h: &mut Harness) -> (Request, Response) {
+    h.invite_with(&sdp(7010, "sendrecv"));
+    let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    let mut ok = callee_answer(&b_invite, 200);
+    ok.set_body(sdp(7020, "sendrecv").into(), Some("application/sdp"));
+    h.send(Message::Response(ok), BOB);
+    let a_ok = responses_to(&h.sent(), ALICE)[0].clone();
+    let ack = format!(
+        "ACK sip:warden@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKack;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=al\r\nTo: <sip:bob@127.0.0.1>;tag={}\r\n\
+         Call-ID: call-a\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        a_ok.to_tag().unwrap()
+    );
+    h.input(&ack, ALICE);
+    assert_eq!(requests_to(&h.sent(), BOB, "ACK").len(), 1);
+    (b_invite, a_ok)
+}
+
+#[test]
+fn silent_media_ends_the_call_after_the_configured_timeout() {
+    let mut config = Config::default();
+    config.media.rtp_timeout_s = 30;
+    let mut h = Harness::with_config(config);
+    bridged_call(&mut h);
+    h.advance(Duration::from_secs(29));
+    assert!(
+        requests_to(&h.sent(), BOB, "BYE").is_empty(),
+        "not before 30 s"
+    );
+    h.advance(Duration::from_secs(6));
+    let out = h.sent();
+    assert_eq!(requests_to(&out, BOB, "BYE").len(), 1, "BYE to the callee");
+    assert_eq!(
+        requests_to(&out, ALICE, "BYE").len(),
+        1,
+        "BYE to the caller"
+    );
+}
+
+#[test]
+fn a_call_on_hold_is_never_timed_out() {
+    let mut config = Config::default();
+    config.media.rtp_timeout_s = 30;
+    let mut h = Harness::with_config(config);
+    let (_, a_ok) = bridged_call(&mut h);
+    let hold = sdp(7010, "sendonly");
+    let reinvite = format!(
+        "INVITE sip:warden@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKhold;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=al\r\nTo: <sip:bob@127.0.0.1>;tag={}\r\n\
+         Call-ID: call-a\r\nCSeq: 2 INVITE\r\nContact: <sip:alice@{ALICE}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{hold}",
+        a_ok.to_tag().unwrap(),
+        hold.len()
+    );
+    h.input(&reinvite, ALICE);
+    let relayed = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    let body = String::from_utf8(relayed.body().to_vec()).unwrap();
+    assert!(body.contains("a=sendonly"), "direction kept: {body}");
+    assert!(
+        !body.contains("7010"),
+        "the caller's port is hidden: {body}"
+    );
+    h.advance(Duration::from_secs(300));
+    assert!(
+        requests_to(&h.sent(), BOB, "BYE").is_empty(),
+        "held calls stay up"
+    );
 }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::anchor::MediaSession;
 use crate::sip::message::{Method, Request};
 use crate::sip::transaction::TxKey;
 use crate::sip::transport::Destination;
@@ -132,6 +133,12 @@ pub struct Call {
     pub abandoned: bool,
     pub best_failure: Option<(u16, String)>,
     pub outstanding_byes: usize,
+    /// The call's relay streams.
+    pub media: MediaSession,
+    /// When to look at media activity next (bridged calls).
+    pub media_check: Option<Instant>,
+    /// Why Warden ended the call itself, when it did.
+    pub end_reason: Option<&'static str>,
 }
 
 impl Call {
@@ -149,10 +156,10 @@ impl Call {
     /// The earliest moment this call wants to be woken.
     pub fn next_wake(&self) -> Option<Instant> {
         let ok = self.pending_ok.as_ref().map(|p| p.next.min(p.give_up));
-        match (self.ring_until, ok) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.ring_until, ok, self.media_check]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Keep the "most meaningful" failure to report (RFC 3261 16.7 step 6: 6xx wins).

@@ -1,0 +1,160 @@
+//! Media anchoring for one call: every SDP crossing Warden is rewritten so both parties send
+//! their media to Warden's relay, and the relay learns where each party receives.
+//!
+//! The same rule serves offers and answers, initial or re-INVITE: for each m= line, the
+//! sender's address goes to the relay as that side's remote, and the description goes on
+//! with the relay's port on the other side. Streams stay open until the call ends.
+
+pub mod sdp;
+
+use std::time::{Duration, Instant};
+
+use warden_media::{MediaError, Relay, Remote, Side as MediaSide, StreamId, StreamStats};
+
+use crate::call::Side;
+use sdp::{Direction, Sdp, SdpError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnchorError {
+    #[error("malformed SDP: {0}")]
+    Sdp(#[from] SdpError),
+    #[error("no media ports: {0}")]
+    Media(#[from] MediaError),
+}
+
+fn media_side(side: Side) -> MediaSide {
+    match side {
+        Side::A => MediaSide::A,
+        Side::B => MediaSide::B,
+    }
+}
+
+/// A call's relay streams (one per m= line index) and what it knows about media activity.
+#[derive(Debug, Default)]
+pub struct MediaSession {
+    streams: Vec<Option<StreamId>>,
+    /// Each side's last description put its media on hold (sendonly/inactive/0.0.0.0).
+    holding: [bool; 2],
+    /// RTP packets seen across all streams at the last check, and when that count changed.
+    last_count: u64,
+    last_change: Option<Instant>,
+}
+
+/// Is `content_type` an SDP body Warden must anchor?
+pub fn is_sdp(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+    })
+}
+
+impl MediaSession {
+    /// Rewrite `body`, sent by `from`, for the other side; open streams it newly needs.
+    pub fn anchor(
+        &mut self,
+        relay: &mut Relay,
+        from: Side,
+        body: &[u8],
+    ) -> Result<Vec<u8>, AnchorError> {
+        let sdp = Sdp::parse(body)?;
+        let mut ports = Vec::with_capacity(sdp.media.len());
+        let opened_before = self.streams.len();
+        for (index, m) in sdp.media.iter().enumerate() {
+            if m.port == 0 {
+                // A rejected or disabled stream: stays rejected, its relay stream idles.
+                if let Some(Some(id)) = self.streams.get(index) {
+                    relay.set_remote(*id, media_side(from), None);
+                }
+                ports.push(None);
+                continue;
+            }
+            let id = match self.streams.get(index).copied().flatten() {
+                Some(id) => id,
+                None => match relay.open() {
+                    Ok(id) => {
+                        self.streams.resize(self.streams.len().max(index + 1), None);
+                        self.streams[index] = Some(id);
+                        id
+                    }
+                    Err(e) => {
+                        // Nothing half-done: close what this description opened.
+                        for id in self.streams.drain(opened_before..).flatten() {
+                            relay.close(id);
+                        }
+                        return Err(e.into());
+                    }
+                },
+            };
+            let address = m.address.unwrap_or(relay.address());
+            let rtp = std::net::SocketAddr::new(address, m.port);
+            let rtcp = match (m.rtcp_mux, m.rtcp) {
+                (true, _) => rtp,
+                (false, Some((port, addr))) => {
+                    std::net::SocketAddr::new(addr.unwrap_or(address), port)
+                }
+                (false, None) => std::net::SocketAddr::new(address, m.port.saturating_add(1)),
+            };
+            let remote = Remote {
+                rtp,
+                rtcp,
+                clock_rate: m.clock_rate,
+            };
+            relay.set_remote(id, media_side(from), Some(remote));
+            ports.push(relay.port(id, media_side(from.other())));
+        }
+        self.holding[index_of(from)] = !sdp.media.is_empty()
+            && sdp.media.iter().filter(|m| m.port != 0).all(|m| {
+                matches!(m.direction, Direction::SendOnly | Direction::Inactive)
+                    || m.address.is_some_and(|a| a.is_unspecified())
+            });
+        Ok(sdp.rewrite(relay.address(), &ports).into_bytes())
+    }
+
+    /// Close every stream (the call is over); their ports return to the pool.
+    pub fn close(&mut self, relay: &mut Relay) {
+        for id in self.streams.drain(..).flatten() {
+            relay.close(id);
+        }
+    }
+
+    pub fn on_hold(&self) -> bool {
+        self.holding.iter().any(|h| *h)
+    }
+
+    pub fn stats(&self, relay: &Relay) -> Vec<StreamStats> {
+        self.streams
+            .iter()
+            .flatten()
+            .filter_map(|id| relay.stats(*id))
+            .collect()
+    }
+
+    /// Has the call gone `timeout` without RTP from either side? Call this periodically;
+    /// time on hold never counts.
+    pub fn timed_out(&mut self, relay: &Relay, now: Instant, timeout: Duration) -> bool {
+        let count: u64 = self
+            .stats(relay)
+            .iter()
+            .map(|s| s.a.rtp_packets + s.b.rtp_packets)
+            .sum();
+        if count != self.last_count || self.last_change.is_none() || self.on_hold() {
+            self.last_count = count;
+            self.last_change = Some(now);
+            return false;
+        }
+        self.last_change
+            .is_some_and(|t| now.duration_since(t) >= timeout)
+    }
+
+    pub fn has_streams(&self) -> bool {
+        self.streams.iter().any(Option::is_some)
+    }
+}
+
+fn index_of(side: Side) -> usize {
+    match side {
+        Side::A => 0,
+        Side::B => 1,
+    }
+}
