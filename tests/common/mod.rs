@@ -343,8 +343,15 @@ impl Ua {
 
     /// Send an INVITE to `callee` with an SDP body; returns the request sent.
     pub fn invite(&mut self, callee: &str) -> Request {
-        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-             m=audio 40000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\n";
+        self.invite_sdp(
+            callee,
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio 40000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\n",
+        )
+    }
+
+    /// Send an INVITE to `callee` offering `sdp`.
+    pub fn invite_sdp(&mut self, callee: &str, sdp: &str) -> Request {
         self.call_id = format!("{}@test", rand_hex());
         self.cseq += 1;
         let text = format!(
@@ -385,6 +392,12 @@ impl Ua {
 
     /// Answer `req` with `status`, a fixed To tag and optional SDP; returns the dialog for 2xx.
     pub fn answer(&mut self, req: &Request, status: u16, sdp: bool) -> Dialog {
+        let body = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 50000 RTP/AVP 0\r\n";
+        self.answer_sdp(req, status, sdp.then_some(body))
+    }
+
+    /// Answer `req` with `status` and an optional SDP body.
+    pub fn answer_sdp(&mut self, req: &Request, status: u16, sdp: Option<&str>) -> Dialog {
         let tag = format!("{}-tag", self.user);
         let mut resp =
             Response::to_request(req, status, if status == 200 { "OK" } else { "Failure" });
@@ -392,9 +405,11 @@ impl Ua {
             resp.set_to_tag(&tag);
         }
         resp.push_header("Contact", &self.contact()).unwrap();
-        if sdp {
-            let body = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 50000 RTP/AVP 0\r\n";
-            resp.set_body(Bytes::from_static(body.as_bytes()), Some("application/sdp"));
+        if let Some(body) = sdp {
+            resp.set_body(
+                Bytes::copy_from_slice(body.as_bytes()),
+                Some("application/sdp"),
+            );
         }
         self.send(&Message::Response(resp));
         let contact = req.contacts().unwrap().into_iter().next();

@@ -1,0 +1,402 @@
+//! Media anchoring end to end: a real Warden process, SIP test UAs and their RTP/RTCP sockets
+//! on loopback. Warden's media binds 127.0.0.2 so every SDP check can tell its address apart.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use common::{Dialog, Ua, Warden};
+use warden::sip::message::{Request, Response};
+
+const MEDIA_IP: &str = "127.0.0.2";
+
+/// A free, even-aligned port range of `pairs` RTP/RTCP pairs for one Warden's relay.
+fn free_range(pairs: u16) -> (u16, u16) {
+    for _ in 0..200 {
+        let first = 30_000 + 2 * (rand::random::<u16>() % 10_000);
+        let last = first + pairs * 2 - 1;
+        if (first..=last).all(|p| UdpSocket::bind((MEDIA_IP, p)).is_ok()) {
+            return (first, last);
+        }
+    }
+    panic!("no free media port range")
+}
+
+fn warden(pairs: u16, extra: &str) -> (Warden, (u16, u16)) {
+    let (first, last) = free_range(pairs);
+    let w = Warden::start_with(&format!(
+        "[media]\naddress = \"{MEDIA_IP}\"\nport_min = {first}\nport_max = {last}\nworkers = 2\n{extra}"
+    ));
+    (w, (first, last))
+}
+
+/// A party's media sockets: RTP on an even port, RTCP on the next.
+struct Media {
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+}
+
+impl Media {
+    fn new() -> Media {
+        for _ in 0..200 {
+            let port = 46_000 + 2 * (rand::random::<u16>() % 5_000);
+            if let (Ok(rtp), Ok(rtcp)) = (
+                UdpSocket::bind(("127.0.0.1", port)),
+                UdpSocket::bind(("127.0.0.1", port + 1)),
+            ) {
+                for s in [&rtp, &rtcp] {
+                    s.set_read_timeout(Some(Duration::from_secs(3)))
+                        .expect("timeout");
+                }
+                return Media { rtp, rtcp };
+            }
+        }
+        panic!("no free party ports")
+    }
+
+    fn port(&self) -> u16 {
+        self.rtp.local_addr().expect("addr").port()
+    }
+}
+
+fn sdp(lines: &[String]) -> String {
+    let mut s =
+        "v=0\r\no=- 10 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n".to_owned();
+    for l in lines {
+        s.push_str(l);
+        s.push_str("\r\n");
+    }
+    s
+}
+
+fn audio(port: u16, direction: &str) -> Vec<String> {
+    vec![
+        format!("m=audio {port} RTP/AVP 0 101"),
+        "a=rtpmap:0 PCMU/8000".into(),
+        "a=rtpmap:101 telephone-event/8000".into(),
+        "a=fmtp:101 0-16".into(),
+        "a=ptime:20".into(),
+        format!("a={direction}"),
+    ]
+}
+
+/// (media kind, port) of every m= line, and every c= address, of an SDP body.
+fn described(body: &[u8]) -> (Vec<(String, u16)>, Vec<String>) {
+    let text = String::from_utf8_lossy(body);
+    let media = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("m="))
+        .map(|m| {
+            let f: Vec<&str> = m.split_whitespace().collect();
+            (f[0].to_owned(), f[1].parse().expect("port"))
+        })
+        .collect();
+    let addresses = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("c=IN IP4 "))
+        .map(str::to_owned)
+        .collect();
+    (media, addresses)
+}
+
+fn assert_anchored(body: &[u8], range: (u16, u16)) -> Vec<u16> {
+    let (media, addresses) = described(body);
+    assert!(
+        !addresses.is_empty() && addresses.iter().all(|a| a == MEDIA_IP),
+        "{addresses:?}"
+    );
+    let text = String::from_utf8_lossy(body);
+    assert!(!text.contains("a=candidate"), "ICE dropped");
+    media
+        .iter()
+        .map(|(_, p)| {
+            assert!(
+                *p == 0 || (range.0..=range.1).contains(p),
+                "port {p} outside {range:?}"
+            );
+            *p
+        })
+        .collect()
+}
+
+fn rtp(seq: u16, pt: u8, ssrc: u32, len: usize) -> Vec<u8> {
+    let mut p = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    p.extend((0..len).map(|i| (i as u8) ^ (seq as u8)));
+    p
+}
+
+fn recv(s: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = [0u8; 2048];
+    let (n, from) = s.recv_from(&mut buf).expect("media arrives");
+    (buf[..n].to_vec(), from)
+}
+
+fn warden_at(port: u16) -> SocketAddr {
+    SocketAddr::new(MEDIA_IP.parse().expect("ip"), port)
+}
+
+/// Send `count` packets from `from` to Warden's `port` and check `to` gets them all, in
+/// order, byte for byte, from Warden's `out_port`.
+fn stream(from: &UdpSocket, port: u16, to: &UdpSocket, out_port: u16, ssrc: u32, count: u16) {
+    for seq in 0..count {
+        // Every tenth packet is an RFC 4733 telephone-event: it must pass untouched too.
+        let packet = if seq % 10 == 9 {
+            rtp(seq, 101, ssrc, 4)
+        } else {
+            rtp(seq, 0, ssrc, 160)
+        };
+        from.send_to(&packet, warden_at(port)).expect("send");
+        let (got, source) = recv(to);
+        assert_eq!(got, packet, "packet {seq} intact and in order");
+        assert_eq!(source, warden_at(out_port), "relayed from Warden's port");
+    }
+}
+
+/// Alice calls bob offering `offer`; bob answers `answer(b_offer)`; alice ACKs.
+/// Returns the SDP bob was offered and the one alice got back, plus both dialogs.
+fn call(
+    alice: &mut Ua,
+    bob: &mut Ua,
+    offer: &str,
+    answer: impl FnOnce(&Request) -> String,
+) -> (Request, Response, Dialog, Dialog) {
+    assert_eq!(bob.register(600).status(), 200);
+    let invite = alice.invite_sdp("bob", offer);
+    let incoming = bob.recv_request("INVITE");
+    let body = answer(&incoming);
+    let bob_dialog = bob.answer_sdp(&incoming, 200, Some(&body));
+    let ok = alice.recv_response();
+    assert_eq!(ok.status(), 200);
+    let mut alice_dialog = alice.dialog_from(&invite, &ok);
+    alice.in_dialog(&mut alice_dialog, "ACK", None);
+    bob.recv_request("ACK");
+    (incoming, ok, alice_dialog, bob_dialog)
+}
+
+#[test]
+fn audio_rtcp_and_dtmf_flow_through_warden_ports() {
+    let (w, range) = warden(10, "");
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let (am, bm) = (Media::new(), Media::new());
+    let mut offer_lines = audio(am.port(), "sendrecv");
+    offer_lines.push(format!(
+        "a=candidate:1 1 UDP 2130706431 127.0.0.1 {} typ host",
+        am.port()
+    ));
+    let (incoming, ok, mut ad, _) = call(&mut alice, &mut bob, &sdp(&offer_lines), |_| {
+        sdp(&audio(bm.port(), "sendrecv"))
+    });
+    let b_side = assert_anchored(incoming.body(), range)[0];
+    let a_side = assert_anchored(ok.body(), range)[0];
+    assert_ne!(a_side, b_side, "each leg has its own port");
+    let offered = String::from_utf8_lossy(incoming.body()).to_string();
+    for kept in [
+        "a=rtpmap:101 telephone-event/8000",
+        "a=fmtp:101 0-16",
+        "a=ptime:20",
+        "a=sendrecv",
+    ] {
+        assert!(offered.contains(kept), "{kept} kept in {offered}");
+    }
+
+    stream(&am.rtp, a_side, &bm.rtp, b_side, 0xa11ce, 40);
+    stream(&bm.rtp, b_side, &am.rtp, a_side, 0xb0b, 40);
+    // RTCP: port + 1 to port + 1, both ways.
+    let rr = [
+        0x81, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 4, 0, 0, 0, 0, 0,
+        0, 0, 0,
+    ];
+    am.rtcp.send_to(&rr, warden_at(a_side + 1)).expect("send");
+    assert_eq!(recv(&bm.rtcp), (rr.to_vec(), warden_at(b_side + 1)));
+    bm.rtcp.send_to(&rr, warden_at(b_side + 1)).expect("send");
+    assert_eq!(recv(&am.rtcp), (rr.to_vec(), warden_at(a_side + 1)));
+    alice.in_dialog(&mut ad, "BYE", None);
+    let bye = bob.recv_request("BYE");
+    bob.ok(&bye);
+    assert_eq!(alice.recv_response().status(), 200);
+}
+
+#[test]
+fn video_and_audio_in_one_call_and_a_rejected_stream_stays_rejected() {
+    let (w, range) = warden(10, "");
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let (a_audio, a_video, b_audio, b_video) =
+        (Media::new(), Media::new(), Media::new(), Media::new());
+    let video = |port: u16| {
+        vec![
+            format!("m=video {port} RTP/AVP 96"),
+            "a=rtpmap:96 H264/90000".into(),
+            "a=sendrecv".into(),
+        ]
+    };
+    let mut offer = audio(a_audio.port(), "sendrecv");
+    offer.extend(video(a_video.port()));
+    offer.push("m=text 0 RTP/AVP 98".into());
+    let (incoming, ok, _, _) = call(&mut alice, &mut bob, &sdp(&offer), |_| {
+        let mut answer = audio(b_audio.port(), "sendrecv");
+        answer.extend(video(b_video.port()));
+        answer.push("m=text 0 RTP/AVP 98".into());
+        sdp(&answer)
+    });
+    let b_ports = assert_anchored(incoming.body(), range);
+    let a_ports = assert_anchored(ok.body(), range);
+    assert_eq!(b_ports[2], 0, "the rejected stream keeps port 0");
+    assert_eq!(a_ports[2], 0);
+    stream(&a_audio.rtp, a_ports[0], &b_audio.rtp, b_ports[0], 1, 20);
+    // Video packets near the MTU.
+    for seq in 0..20 {
+        let packet = rtp(seq, 96, 2, 1200);
+        a_video
+            .rtp
+            .send_to(&packet, warden_at(a_ports[1]))
+            .expect("send");
+        assert_eq!(recv(&b_video.rtp).0, packet);
+        b_video
+            .rtp
+            .send_to(&packet, warden_at(b_ports[1]))
+            .expect("send");
+        assert_eq!(recv(&a_video.rtp).0, packet);
+    }
+}
+
+#[test]
+fn hold_and_resume_by_reinvite_reanchor_without_dropping_the_call() {
+    let (w, range) = warden(10, "");
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let (am, bm) = (Media::new(), Media::new());
+    let (incoming, ok, mut ad, _) = call(
+        &mut alice,
+        &mut bob,
+        &sdp(&audio(am.port(), "sendrecv")),
+        |_| sdp(&audio(bm.port(), "sendrecv")),
+    );
+    let b_side = assert_anchored(incoming.body(), range)[0];
+    let a_side = assert_anchored(ok.body(), range)[0];
+    stream(&am.rtp, a_side, &bm.rtp, b_side, 7, 5);
+
+    // Hold: sendonly from alice; bob answers recvonly.
+    alice.in_dialog(&mut ad, "INVITE", Some(&sdp(&audio(am.port(), "sendonly"))));
+    let hold = bob.recv_request("INVITE");
+    let held = String::from_utf8_lossy(hold.body()).to_string();
+    assert!(held.contains("a=sendonly"), "{held}");
+    assert_eq!(
+        assert_anchored(hold.body(), range),
+        vec![b_side],
+        "same relay port on hold"
+    );
+    bob.answer_sdp(&hold, 200, Some(&sdp(&audio(bm.port(), "recvonly"))));
+    let ok = alice.recv_response();
+    assert_eq!(ok.status(), 200);
+    assert!(String::from_utf8_lossy(ok.body()).contains("a=recvonly"));
+    alice.in_dialog(&mut ad, "ACK", None);
+    bob.recv_request("ACK");
+
+    // Resume, with alice's media moved to a new port: Warden follows the new address.
+    let moved = Media::new();
+    alice.in_dialog(
+        &mut ad,
+        "INVITE",
+        Some(&sdp(&audio(moved.port(), "sendrecv"))),
+    );
+    let resume = bob.recv_request("INVITE");
+    assert!(String::from_utf8_lossy(resume.body()).contains("a=sendrecv"));
+    bob.answer_sdp(&resume, 200, Some(&sdp(&audio(bm.port(), "sendrecv"))));
+    assert_eq!(alice.recv_response().status(), 200);
+    alice.in_dialog(&mut ad, "ACK", None);
+    bob.recv_request("ACK");
+    stream(&bm.rtp, b_side, &moved.rtp, a_side, 8, 10);
+    stream(&moved.rtp, a_side, &bm.rtp, b_side, 9, 10);
+}
+
+#[test]
+fn nat_latching_answers_the_port_packets_really_come_from() {
+    let (w, range) = warden(10, "");
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let (in_sdp, behind_nat, bm) = (Media::new(), Media::new(), Media::new());
+    let (incoming, ok, _, _) = call(
+        &mut alice,
+        &mut bob,
+        &sdp(&audio(in_sdp.port(), "sendrecv")),
+        |_| sdp(&audio(bm.port(), "sendrecv")),
+    );
+    let b_side = assert_anchored(incoming.body(), range)[0];
+    let a_side = assert_anchored(ok.body(), range)[0];
+    // Alice's NAT maps her to another port than her SDP says.
+    stream(&behind_nat.rtp, a_side, &bm.rtp, b_side, 1, 3);
+    stream(&bm.rtp, b_side, &behind_nat.rtp, a_side, 2, 10);
+    in_sdp
+        .rtp
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    assert!(
+        in_sdp.rtp.recv_from(&mut [0u8; 64]).is_err(),
+        "nothing to the SDP port after latching"
+    );
+}
+
+#[test]
+fn silent_media_ends_the_call_with_bye_to_both_sides() {
+    let (w, _) = warden(10, "rtp_timeout_s = 1\n");
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let (am, bm) = (Media::new(), Media::new());
+    let (_, ok, _, _) = call(
+        &mut alice,
+        &mut bob,
+        &sdp(&audio(am.port(), "sendrecv")),
+        |_| sdp(&audio(bm.port(), "sendrecv")),
+    );
+    let a_side = described(ok.body()).0[0].1;
+    am.rtp
+        .send_to(&rtp(1, 0, 1, 160), warden_at(a_side))
+        .expect("send");
+    // Then silence: both parties are told the call is over.
+    let bye = alice.recv_request("BYE");
+    alice.ok(&bye);
+    let bye = bob.recv_request("BYE");
+    bob.ok(&bye);
+}
+
+#[test]
+fn exhausted_port_pool_refuses_with_503_and_recovers() {
+    // Two pairs: exactly one call's worth (one pair per leg).
+    let (w, range) = warden(2, "");
+    let (mut alice, mut bob, mut carol) = (
+        Ua::udp("alice", w.port),
+        Ua::udp("bob", w.port),
+        Ua::udp("carol", w.port),
+    );
+    let (am, bm) = (Media::new(), Media::new());
+    let (_, _, mut ad, _) = call(
+        &mut alice,
+        &mut bob,
+        &sdp(&audio(am.port(), "sendrecv")),
+        |_| sdp(&audio(bm.port(), "sendrecv")),
+    );
+    carol.invite_sdp("bob", &sdp(&audio(Media::new().port(), "sendrecv")));
+    let refused = loop {
+        let r = carol.recv_response();
+        if r.status() >= 200 {
+            break r;
+        }
+    };
+    assert_eq!(refused.status(), 503);
+    let warning = refused.header("Warning").unwrap_or_default();
+    assert!(warning.contains("no media ports"), "{warning}");
+    alice.in_dialog(&mut ad, "BYE", None);
+    let bye = bob.recv_request("BYE");
+    bob.ok(&bye);
+    assert_eq!(alice.recv_response().status(), 200);
+    // The ports are back: the next call goes through.
+    let (cm, bm2) = (Media::new(), Media::new());
+    let (incoming, _, _, _) = call(
+        &mut carol,
+        &mut bob,
+        &sdp(&audio(cm.port(), "sendrecv")),
+        |_| sdp(&audio(bm2.port(), "sendrecv")),
+    );
+    assert_anchored(incoming.body(), range);
+}
