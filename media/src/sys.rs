@@ -227,6 +227,36 @@ impl Batch {
     }
 }
 
+/// Send up to BATCH datagrams, each to its own address, in one call (load generators and
+/// tests; the relay itself sends a batch to one peer with `Batch::send`).
+pub fn send_each(fd: RawFd, packets: &[(&[u8], RawAddr)]) -> usize {
+    let count = packets.len().min(BATCH);
+    // SAFETY: iovec and mmsghdr are plain C structs; all-zero is valid.
+    let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
+    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+    for (i, (bytes, to)) in packets.iter().take(count).enumerate() {
+        iovs[i] = libc::iovec {
+            iov_base: bytes.as_ptr().cast_mut().cast(),
+            iov_len: bytes.len(),
+        };
+        hdrs[i].msg_hdr.msg_name = (&raw const to.storage).cast_mut().cast();
+        hdrs[i].msg_hdr.msg_namelen = to.len;
+        hdrs[i].msg_hdr.msg_iov = &raw mut iovs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: the headers point at `packets` (borrowed for the call) and at `iovs`, all
+    // alive until sendmmsg returns; the kernel only reads through these pointers.
+    let rc = unsafe {
+        libc::sendmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(rc).unwrap_or(0)
+}
+
 /// Point a UDP socket at one peer: the kernel then drops datagrams from anyone else and
 /// keeps the route cached, so each send skips a routing lookup.
 pub fn connect(fd: RawFd, to: &RawAddr) -> io::Result<()> {
