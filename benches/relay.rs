@@ -67,6 +67,12 @@ fn serve(role: Role) {
                 last_port: 59_999,
                 workers: 1,
                 latching: Latching::Strict,
+                coalesce: std::time::Duration::from_micros(
+                    std::env::var("WARDEN_BENCH_COALESCE_US")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(100),
+                ),
             })
             .expect("relay");
             for _ in 0..n {

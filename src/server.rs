@@ -139,6 +139,7 @@ fn start_relay(config: &Config, bound: &[(Transport, SocketAddr)]) -> anyhow::Re
         last_port: m.port_max,
         workers: m.workers,
         latching: m.latching(),
+        coalesce: std::time::Duration::from_micros(m.coalesce_us),
     })
     .map_err(|e| anyhow::anyhow!("cannot start the media relay: {e}"))?;
     tracing::info!(%address, ports = %format!("{}-{}", m.port_min, m.port_max), free_pairs = relay.available(), "media relay ready");

@@ -65,6 +65,7 @@ impl Harness {
             last_port: first + 99,
             workers: 1,
             latching: Latching::Strict,
+            coalesce: Duration::ZERO,
         })
         .unwrap();
         let mut h = Harness {

@@ -12,6 +12,7 @@ fn relay(first_port: u16, last_port: u16, latching: Latching) -> Relay {
         last_port,
         workers: 2,
         latching,
+        coalesce: Duration::from_micros(200),
     })
     .expect("relay starts")
 }
