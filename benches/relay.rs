@@ -135,7 +135,7 @@ fn forward(sockets: Vec<UdpSocket>, ga: SocketAddr, gb: SocketAddr) {
                 continue;
             }
             let keep = (1u64 << got) - 1;
-            let to = if i % 2 == 0 { &to_b } else { &to_a };
+            let to = if i.is_multiple_of(2) { &to_b } else { &to_a };
             batch.send(sockets[i ^ 1].as_raw_fd(), keep, Some(to));
         }
     }
