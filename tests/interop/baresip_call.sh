@@ -1,35 +1,38 @@
 #!/usr/bin/env bash
-# Interop: two baresip phones register to Warden, alice calls bob through it, bob answers
-# automatically, both start PCMU streams phone to phone, alice hangs up on exit.
-# Passes when baresip saw the call established on both sides and Warden logged the call
-# answered and ended. Usage: tests/interop/baresip_call.sh [WARDEN_BINARY]
+# Interop: two baresip phones register to Warden, alice calls bob through it and plays a
+# 1 kHz tone from a file, bob answers automatically and records what he hears (sndfile).
+# Passes when the call is established and ended on both sides, the recording holds the
+# tone (sox: RMS above a floor, dominant frequency 1 kHz +/- 2%), and a loopback capture
+# (tshark) shows every RTP packet went to or came from Warden's media ports, none phone
+# to phone. Usage: tests/interop/baresip_call.sh [WARDEN_BINARY]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:-$here/../../target/release/warden}
 port=${WARDEN_PORT:-5094}
+media_min=36000 media_max=36099
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
 source "$here/../lib/warden.sh"
-start_warden "$bin" "$port" "$work" info
+WARDEN_EXTRA_TOML="[media]
+port_min = $media_min
+port_max = $media_max" start_warden "$bin" "$port" "$work" info
 
-# An 8 kHz 440 Hz tone each phone sends (ausine only runs at 48 kHz).
-python3 - "$work/tone.wav" <<'PY'
-import math, struct, sys, wave
-with wave.open(sys.argv[1], "wb") as w:
-    w.setnchannels(1); w.setsampwidth(2); w.setframerate(8000)
-    w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / 8000))) for i in range(8000 * 10)))
-PY
+# The tone alice plays: 1 kHz, 8 kHz mono, 10 s.
+sox -n -r 8000 -c 1 -b 16 "$work/tone.wav" synth 10 sine 1000 vol 0.5
 
-phone() { # name sip-port
+phone() { # name sip-port rtp-ports
   local dir="$work/$1"
   mkdir -p "$dir"
   cat > "$dir/config" <<CFG
 poll_method epoll
 sip_listen 127.0.0.1:$2
+rtp_ports $3
 module_path /usr/lib/baresip/modules
 module g711.so
 module aufile.so
+module sndfile.so
+snd_path $dir
 audio_source aufile,$work/tone.wav
 audio_alert aufile,/dev/null
 module_app account.so
@@ -39,31 +42,58 @@ CFG
   echo "$dir"
 }
 
-bob=$(phone bob 5095)  # baresip also takes port+1 (TLS)
-alice=$(phone alice 5098)
+bob=$(phone bob 5095 10000-10049)  # baresip also takes port+1 (TLS)
+alice=$(phone alice 5098 10050-10099)
+tshark -q -i lo -f "udp portrange 10000-10099" -w "$work/rtp.pcap" > "$work/tshark.log" 2>&1 &
+tshark_pid=$!
+sleep 2 # tshark needs a moment before it captures
 baresip -f "$bob" -t 12 > "$work/bob.log" 2>&1 &
 bob_pid=$!
 sleep 2
 baresip -f "$alice" -t 7 -e "/dial sip:bob@127.0.0.1:$port" > "$work/alice.log" 2>&1 || true
 wait $bob_pid || true
 sleep 0.5
+kill -INT $tshark_pid 2>/dev/null || true
+wait $tshark_pid 2>/dev/null || true
 
 fail=0
 check() { # file pattern what
   if grep -qiE "$2" "$1"; then echo "ok   $3"; else echo "FAIL $3"; fail=1; fi
+}
+expect() { # condition-result what
+  if [ "$1" = yes ]; then echo "ok   $2"; else echo "FAIL $2"; fail=1; fi
 }
 check "$work/bob.log" "200 OK|registered" "bob registered"
 check "$work/alice.log" "Call established|established" "alice: call established"
 check "$work/bob.log" "Call established|established" "bob: call answered and established"
 check "$work/warden.log" "answered" "warden: call answered"
 check "$work/warden.log" "call ended" "warden: call ended by BYE"
-# SDP passes through unchanged in this issue: both phones must have started PCMU streams
-# toward each other. (baresip 1.0 cannot record what it plays; measuring the audio itself
-# comes with media anchoring, when it flows through Warden.)
-check "$work/alice.log" "Set audio encoder: PCMU" "alice: PCMU stream started"
-check "$work/bob.log" "Set audio decoder: PCMU" "bob: PCMU stream started"
-if [ $fail -ne 0 ]; then
-  for f in warden alice bob; do echo "--- $f"; tail -n 25 "$work/$f.log"; done
+
+# The recording: what bob decoded from the network.
+rec=$(ls "$bob"/dump-*-dec.wav 2>/dev/null | head -1 || true)
+if [ -n "$rec" ]; then
+  # Skip the first second (ringing, jitter buffer start), analyse 3 s.
+  sox "$rec" "$work/cut.wav" trim 1 3
+  rms=$(sox "$work/cut.wav" -n stat 2>&1 | awk '/RMS +amplitude/ {print $3}')
+  # Dominant frequency: the strongest bin of sox's power spectrum (about 2 Hz bins).
+  freq=$(sox "$work/cut.wav" -n stat -freq 2>&1 | awk 'NF == 2 && $1 + 0 > 0 && $2 + 0 > max { max = $2 + 0; f = $1 } END { print f }')
+  echo "     recording: $rec, RMS $rms, dominant frequency $freq Hz"
+  expect "$(awk -v r="$rms" 'BEGIN {print (r > 0.05) ? "yes" : "no"}')" "bob's recording is not silence (RMS > 0.05)"
+  expect "$(awk -v f="$freq" 'BEGIN {print (f >= 980 && f <= 1020) ? "yes" : "no"}')" "bob's recording is the 1 kHz tone (+/- 2%)"
+else
+  expect no "bob recorded the call (sndfile dump)"
 fi
-echo "baresip: $([ $fail -eq 0 ] && echo '7 passed, 0 failed' || echo 'failures above')"
+
+# The capture: RTP between the phones' ports and Warden's media ports only.
+fields() { tshark -r "$work/rtp.pcap" -T fields -e udp.srcport -e udp.dstport 2>/dev/null; }
+total=$(fields | wc -l)
+via_warden=$(fields | awk -v lo=$media_min -v hi=$media_max '($1>=lo && $1<=hi) || ($2>=lo && $2<=hi)' | wc -l)
+direct=$(fields | awk '$1>=10000 && $1<=10099 && $2>=10000 && $2<=10099' | wc -l)
+echo "     capture: $total packets at the phones' RTP ports, $via_warden via Warden's ports $media_min-$media_max, $direct phone to phone"
+expect "$([ "$total" -gt 200 ] && [ "$via_warden" -eq "$total" ] && [ "$direct" -eq 0 ] && echo yes || echo no)" "all RTP went through Warden's media ports"
+
+if [ $fail -ne 0 ]; then
+  for f in warden alice bob tshark; do echo "--- $f"; tail -n 25 "$work/$f.log"; done
+fi
+echo "baresip: $([ $fail -eq 0 ] && echo '8 passed, 0 failed' || echo 'failures above')"
 exit $fail
