@@ -1194,6 +1194,20 @@ impl Core {
         let settled = call.all_branches_final() || call.answered.is_some();
         if call.state == State::Done && settled && call.outstanding_byes == 0 {
             let mut call = call;
+            if call.media.has_streams() {
+                let m = call.media.summary(&self.media);
+                tracing::info!(
+                    call = call.id,
+                    ended_by = call.end_reason.unwrap_or("signalling"),
+                    caller_rtp = m.caller.rtp_packets,
+                    caller_lost = m.caller.lost,
+                    caller_jitter_us = m.caller.jitter_us,
+                    callee_rtp = m.callee.rtp_packets,
+                    callee_lost = m.callee.lost,
+                    callee_jitter_us = m.callee.jitter_us,
+                    "media summary"
+                );
+            }
             call.media.close(&mut self.media);
             self.dialogs
                 .remove(&(call.a.call_id.clone(), call.a.local_tag.clone()));

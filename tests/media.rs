@@ -400,3 +400,75 @@ fn exhausted_port_pool_refuses_with_503_and_recovers() {
     );
     assert_anchored(incoming.body(), range);
 }
+
+#[test]
+fn early_media_in_183_is_relayed_before_the_answer() {
+    let (w, range) = warden(10, "");
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let (am, bm) = (Media::new(), Media::new());
+    assert_eq!(bob.register(600).status(), 200);
+    alice.invite_sdp("bob", &sdp(&audio(am.port(), "sendrecv")));
+    let incoming = bob.recv_request("INVITE");
+    let b_side = assert_anchored(incoming.body(), range)[0];
+    bob.answer_sdp(&incoming, 183, Some(&sdp(&audio(bm.port(), "sendrecv"))));
+    let progress = loop {
+        let r = alice.recv_response();
+        if r.status() == 183 {
+            break r;
+        }
+    };
+    let a_side = assert_anchored(progress.body(), range)[0];
+    // A ringback tone or announcement from the callee reaches the caller before any 200.
+    stream(&bm.rtp, b_side, &am.rtp, a_side, 0x183, 20);
+}
+
+#[test]
+fn rtcp_mux_when_both_sides_offer_it_and_separate_ports_when_one_declines() {
+    let (w, range) = warden(10, "");
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let rr = [
+        0x81, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 4, 0, 0, 0, 0, 0,
+        0, 0, 0,
+    ];
+    let with_mux = |port| {
+        let mut lines = audio(port, "sendrecv");
+        lines.push("a=rtcp-mux".into());
+        sdp(&lines)
+    };
+    // Both multiplex: RTCP rides the RTP ports end to end.
+    let (am, bm) = (Media::new(), Media::new());
+    let (incoming, ok, mut ad, _) = call(&mut alice, &mut bob, &with_mux(am.port()), |_| {
+        with_mux(bm.port())
+    });
+    assert!(String::from_utf8_lossy(incoming.body()).contains("a=rtcp-mux"));
+    let (b_side, a_side) = (
+        assert_anchored(incoming.body(), range)[0],
+        assert_anchored(ok.body(), range)[0],
+    );
+    am.rtp.send_to(&rr, warden_at(a_side)).expect("send");
+    assert_eq!(recv(&bm.rtp), (rr.to_vec(), warden_at(b_side)));
+    bm.rtp.send_to(&rr, warden_at(b_side)).expect("send");
+    assert_eq!(recv(&am.rtp), (rr.to_vec(), warden_at(a_side)));
+    alice.in_dialog(&mut ad, "BYE", None);
+    let bye = bob.recv_request("BYE");
+    bob.ok(&bye);
+    alice.recv_response();
+
+    // Alice offers it, bob declines: each side's RTCP uses port + 1.
+    let (am, bm) = (Media::new(), Media::new());
+    let (incoming, ok, _, _) = call(&mut alice, &mut bob, &with_mux(am.port()), |_| {
+        sdp(&audio(bm.port(), "sendrecv"))
+    });
+    assert!(
+        !String::from_utf8_lossy(ok.body()).contains("a=rtcp-mux"),
+        "alice learns bob declined"
+    );
+    let (b_side, a_side) = (
+        assert_anchored(incoming.body(), range)[0],
+        assert_anchored(ok.body(), range)[0],
+    );
+    bm.rtcp.send_to(&rr, warden_at(b_side + 1)).expect("send");
+    assert_eq!(recv(&am.rtcp), (rr.to_vec(), warden_at(a_side + 1)));
+    am.rtcp.send_to(&rr, warden_at(a_side + 1)).expect("send");
+    assert_eq!(recv(&bm.rtcp), (rr.to_vec(), warden_at(b_side + 1)));
+}

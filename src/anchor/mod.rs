@@ -7,12 +7,14 @@
 
 pub mod sdp;
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use warden_media::{MediaError, Relay, Remote, Side as MediaSide, StreamId, StreamStats};
+use warden_media::{LegStats, MediaError, Relay, Remote, Side as MediaSide, StreamId, StreamStats};
 
 use crate::call::Side;
-use sdp::{Direction, Sdp, SdpError};
+use sdp::{Direction, MediaLine, Sdp, SdpError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnchorError {
@@ -33,11 +35,20 @@ fn media_side(side: Side) -> MediaSide {
 #[derive(Debug, Default)]
 pub struct MediaSession {
     streams: Vec<Option<StreamId>>,
+    /// Per m= line index, what each side last described (A, B).
+    described: HashMap<usize, [Option<MediaLine>; 2]>,
     /// Each side's last description put its media on hold (sendonly/inactive/0.0.0.0).
     holding: [bool; 2],
     /// RTP packets seen across all streams at the last check, and when that count changed.
     last_count: u64,
     last_change: Option<Instant>,
+}
+
+/// A call's media figures per party, summed over its streams.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MediaSummary {
+    pub caller: LegStats,
+    pub callee: LegStats,
 }
 
 /// Is `content_type` an SDP body Warden must anchor?
@@ -66,6 +77,9 @@ impl MediaSession {
                 if let Some(Some(id)) = self.streams.get(index) {
                     relay.set_remote(*id, media_side(from), None);
                 }
+                if let Some(d) = self.described.get_mut(&index) {
+                    d[index_of(from)] = None;
+                }
                 ports.push(None);
                 continue;
             }
@@ -86,21 +100,22 @@ impl MediaSession {
                     }
                 },
             };
-            let address = m.address.unwrap_or(relay.address());
-            let rtp = std::net::SocketAddr::new(address, m.port);
-            let rtcp = match (m.rtcp_mux, m.rtcp) {
-                (true, _) => rtp,
-                (false, Some((port, addr))) => {
-                    std::net::SocketAddr::new(addr.unwrap_or(address), port)
+            let described = self.described.entry(index).or_default();
+            described[index_of(from)] = Some(m.clone());
+            // RTCP shares the RTP port only when both sides' latest descriptions agree to
+            // multiplex (RFC 5761); otherwise each side's RTCP goes to its own port.
+            let mux = described
+                .iter()
+                .all(|d| d.as_ref().is_some_and(|d| d.rtcp_mux));
+            for side in [Side::A, Side::B] {
+                if let Some(line) = &described[index_of(side)] {
+                    relay.set_remote(
+                        id,
+                        media_side(side),
+                        Some(remote(line, mux, relay.address())),
+                    );
                 }
-                (false, None) => std::net::SocketAddr::new(address, m.port.saturating_add(1)),
-            };
-            let remote = Remote {
-                rtp,
-                rtcp,
-                clock_rate: m.clock_rate,
-            };
-            relay.set_remote(id, media_side(from), Some(remote));
+            }
             ports.push(relay.port(id, media_side(from.other())));
         }
         self.holding[index_of(from)] = !sdp.media.is_empty()
@@ -116,6 +131,7 @@ impl MediaSession {
         for id in self.streams.drain(..).flatten() {
             relay.close(id);
         }
+        self.described.clear();
     }
 
     pub fn on_hold(&self) -> bool {
@@ -147,8 +163,41 @@ impl MediaSession {
             .is_some_and(|t| now.duration_since(t) >= timeout)
     }
 
+    /// Both legs' figures over all streams, for the call record: what Warden received
+    /// from each party (packets, bytes, loss) and the worst jitter seen.
+    pub fn summary(&self, relay: &Relay) -> MediaSummary {
+        let mut sum = MediaSummary::default();
+        for s in self.stats(relay) {
+            for (leg, stats) in [(&mut sum.caller, s.a), (&mut sum.callee, s.b)] {
+                leg.rtp_packets += stats.rtp_packets;
+                leg.rtp_bytes += stats.rtp_bytes;
+                leg.rtcp_packets += stats.rtcp_packets;
+                leg.lost += stats.lost;
+                leg.dropped += stats.dropped;
+                leg.jitter_us = leg.jitter_us.max(stats.jitter_us);
+            }
+        }
+        sum
+    }
+
     pub fn has_streams(&self) -> bool {
         self.streams.iter().any(Option::is_some)
+    }
+}
+
+/// Where a side receives, from its description of one m= line.
+fn remote(line: &MediaLine, mux: bool, fallback: IpAddr) -> Remote {
+    let address = line.address.unwrap_or(fallback);
+    let rtp = SocketAddr::new(address, line.port);
+    let rtcp = match (mux, line.rtcp) {
+        (true, _) => rtp,
+        (false, Some((port, addr))) => SocketAddr::new(addr.unwrap_or(address), port),
+        (false, None) => SocketAddr::new(address, line.port.saturating_add(1)),
+    };
+    Remote {
+        rtp,
+        rtcp,
+        clock_rate: line.clock_rate,
     }
 }
 

@@ -68,6 +68,7 @@ check "$work/alice.log" "Call established|established" "alice: call established"
 check "$work/bob.log" "Call established|established" "bob: call answered and established"
 check "$work/warden.log" "answered" "warden: call answered"
 check "$work/warden.log" "call ended" "warden: call ended by BYE"
+check "$work/warden.log" "media summary.*caller_rtp=[1-9][0-9]{2}.*callee_rtp=[1-9][0-9]{2}" "warden: per-leg RTP counted"
 
 # The recording: what bob decoded from the network.
 rec=$(ls "$bob"/dump-*-dec.wav 2>/dev/null | head -1 || true)
@@ -95,5 +96,5 @@ expect "$([ "$total" -gt 200 ] && [ "$via_warden" -eq "$total" ] && [ "$direct" 
 if [ $fail -ne 0 ]; then
   for f in warden alice bob tshark; do echo "--- $f"; tail -n 25 "$work/$f.log"; done
 fi
-echo "baresip: $([ $fail -eq 0 ] && echo '8 passed, 0 failed' || echo 'failures above')"
+echo "baresip: $([ $fail -eq 0 ] && echo '9 passed, 0 failed' || echo 'failures above')"
 exit $fail
