@@ -262,6 +262,17 @@ impl Relay {
         })
     }
 
+    /// Wait until every worker has applied the commands sent so far and published the
+    /// statistics of every packet it has handled (tests; operators never need it).
+    pub fn sync(&self) {
+        for w in &self.workers {
+            let (tx, rx) = channel();
+            let _ = w.commands.send(Command::Sync(tx));
+            w.wake.notify();
+            let _ = rx.recv();
+        }
+    }
+
     fn send(&self, worker: usize, command: Command) {
         if let Some(w) = self.workers.get(worker) {
             let _ = w.commands.send(command);

@@ -7,6 +7,10 @@
 //! received into; after latching, sockets are connected so the kernel filters strangers
 //! and skips the route lookup on each send; statistics are kept in thread-owned structs and
 //! published with plain stores once per batch.
+//!
+//! GSO/GRO are not used: they coalesce packets of one flow, and a voice stream carries one
+//! packet per 20 ms, so there is never a second packet to join; the batching that pays is
+//! across sockets (one epoll wake-up for many) and across a socket's queue (recvmmsg).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -35,6 +39,9 @@ pub(crate) enum Command {
         remote: Option<Remote>,
     },
     Remove(u64),
+    /// Answered once every earlier command is applied and every packet already handled has
+    /// its statistics published.
+    Sync(std::sync::mpsc::Sender<()>),
     Stop,
 }
 
@@ -185,6 +192,9 @@ impl Worker {
                     }
                 }
                 Command::Remove(id) => self.remove(id),
+                Command::Sync(done) => {
+                    let _ = done.send(());
+                }
                 Command::Stop => return false,
             }
         }

@@ -60,7 +60,7 @@ fn relays_both_ways_intact_and_counts() {
     let (alice, bob) = (party(), party());
     relay.set_remote(id, Side::A, Some(remote(&alice)));
     relay.set_remote(id, Side::B, Some(remote(&bob)));
-    std::thread::sleep(Duration::from_millis(50)); // let the worker take the command
+    relay.sync();
     for seq in 0..10u16 {
         if seq == 4 {
             continue; // one lost packet
@@ -77,7 +77,7 @@ fn relays_both_ways_intact_and_counts() {
         recv(&alice),
         (back, SocketAddr::from(([127, 0, 0, 1], a_port)))
     );
-    std::thread::sleep(Duration::from_millis(50));
+    relay.sync();
     let stats = relay.stats(id).expect("stats");
     assert_eq!(
         (stats.a.rtp_packets, stats.a.lost, stats.b.rtp_packets),
@@ -99,7 +99,7 @@ fn latches_to_the_real_source_and_ignores_strangers() {
     let (alice_sdp, alice_nat, bob, stranger) = (party(), party(), party(), party());
     relay.set_remote(id, Side::A, Some(remote(&alice_sdp)));
     relay.set_remote(id, Side::B, Some(remote(&bob)));
-    std::thread::sleep(Duration::from_millis(50));
+    relay.sync();
     // Alice's packets come from a NAT-mapped port, not the one in her SDP.
     alice_nat
         .send_to(&rtp(1, 0, 1), ("127.0.0.1", a_port))
@@ -137,14 +137,14 @@ fn rtcp_goes_port_plus_one_to_port_plus_one() {
         .expect("timeout");
     relay.set_remote(id, Side::A, Some(remote(&alice)));
     relay.set_remote(id, Side::B, Some(remote(&bob_rtp)));
-    std::thread::sleep(Duration::from_millis(50));
+    relay.sync();
     let rr = [
         0x81, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2, 10, 0, 0, 3, 0, 0, 0, 9, 0, 0, 0, 4, 0, 0, 0, 0,
         0, 0, 0, 0,
     ];
     alice.send_to(&rr, ("127.0.0.1", a_port + 1)).expect("send");
     assert_eq!(recv(&bob_rtcp).0, rr.to_vec());
-    std::thread::sleep(Duration::from_millis(50));
+    relay.sync();
     let stats = relay.stats(id).expect("stats");
     assert_eq!(
         (
@@ -165,6 +165,6 @@ fn exhausted_pool_is_an_error_and_recovers() {
         Err(warden_media::MediaError::Exhausted(_))
     ));
     relay.close(id);
-    std::thread::sleep(Duration::from_millis(50)); // the worker closes the sockets
+    relay.sync(); // the worker has closed the sockets
     relay.open().expect("ports came back");
 }
