@@ -133,6 +133,10 @@ fn start_relay(config: &Config, bound: &[(Transport, SocketAddr)]) -> anyhow::Re
             .unwrap_or(sip.ip()),
         (None, None) => IpAddr::from([127, 0, 0, 1]),
     };
+    // Refuse at start, not at the first call, an address this machine does not have.
+    StdUdp::bind((address, 0)).map_err(|e| {
+        anyhow::anyhow!("media.address {address}: cannot bind there ({e}); is it an address of this machine?")
+    })?;
     let relay = Relay::start(&RelayConfig {
         address,
         first_port: m.port_min,
