@@ -135,7 +135,9 @@ fn start_relay(config: &Config, bound: &[(Transport, SocketAddr)]) -> anyhow::Re
     };
     // Refuse at start, not at the first call, an address this machine does not have.
     StdUdp::bind((address, 0)).map_err(|e| {
-        anyhow::anyhow!("media.address {address}: cannot bind there ({e}); is it an address of this machine?")
+        anyhow::anyhow!(
+            "media.address {address}: cannot bind there ({e}); is it an address of this machine?"
+        )
     })?;
     let relay = Relay::start(&RelayConfig {
         address,

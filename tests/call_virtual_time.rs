@@ -247,13 +247,7 @@ fn ack_from_caller_confirms_and_is_forwarded_once() {
     let ok = callee_answer(&b_invite, 200);
     h.send(Message::Response(ok.clone()), BOB);
     let a_ok = responses_to(&h.sent(), ALICE)[0].clone();
-    let ack = format!(
-        "ACK sip:warden@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKack;rport\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=al\r\nTo: <sip:bob@127.0.0.1>;tag={}\r\n\
-         Call-ID: call-a\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
-        a_ok.to_tag().unwrap()
-    );
-    h.input(&ack, ALICE);
+    ack_from_alice(&mut h, &a_ok);
     assert_eq!(requests_to(&h.sent(), BOB, "ACK").len(), 1);
     h.advance(Duration::from_secs(40));
     let out = h.sent();
@@ -351,6 +345,17 @@ fn bye_on_the_callers_early_dialog_ends_the_attempt_like_cancel() {
     assert_eq!(requests_to(&out, BOB, "CANCEL").len(), 1);
 }
 
+/// Alice ACKs the 2xx Warden relayed to her.
+fn ack_from_alice(h: &mut Harness, a_ok: &Response) {
+    let ack = format!(
+        "ACK sip:warden@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKack;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=al\r\nTo: <sip:bob@127.0.0.1>;tag={}\r\n\
+         Call-ID: call-a\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        a_ok.to_tag().unwrap()
+    );
+    h.input(&ack, ALICE);
+}
+
 /// Alice calls with an offer, Bob answers with one, Alice ACKs: a bridged call in virtual time.
 fn bridged_call(h: &mut Harness) -> (Request, Response) {
     h.invite_with(&sdp(7010, "sendrecv"));
@@ -359,13 +364,7 @@ fn bridged_call(h: &mut Harness) -> (Request, Response) {
     ok.set_body(sdp(7020, "sendrecv").into(), Some("application/sdp"));
     h.send(Message::Response(ok), BOB);
     let a_ok = responses_to(&h.sent(), ALICE)[0].clone();
-    let ack = format!(
-        "ACK sip:warden@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKack;rport\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=al\r\nTo: <sip:bob@127.0.0.1>;tag={}\r\n\
-         Call-ID: call-a\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
-        a_ok.to_tag().unwrap()
-    );
-    h.input(&ack, ALICE);
+    ack_from_alice(h, &a_ok);
     assert_eq!(requests_to(&h.sent(), BOB, "ACK").len(), 1);
     (b_invite, a_ok)
 }
