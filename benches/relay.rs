@@ -71,7 +71,7 @@ fn serve(role: Role) {
                     std::env::var("WARDEN_BENCH_COALESCE_US")
                         .ok()
                         .and_then(|v| v.parse().ok())
-                        .unwrap_or(100),
+                        .unwrap_or(200),
                 ),
             })
             .expect("relay");

@@ -144,7 +144,7 @@ impl Default for MediaConfig {
             port_max: 40000,
             workers: 0,
             latching: "strict".into(),
-            coalesce_us: 100,
+            coalesce_us: 200,
             rtp_timeout_s: 60,
         }
     }
