@@ -1,6 +1,7 @@
-//! Warden's media engine: the RTP/RTCP relay today; codecs, transcoding, prompts and mixing
-//! next. It knows nothing of SIP: callers open streams, say where each leg's party is, read stats.
+//! Warden's media engine: the RTP/RTCP relay and the codecs; transcoding, prompts and
+//! mixing next. It knows nothing of SIP: callers open streams, say where each leg's party is, read stats.
 
+pub mod codec;
 pub mod ports;
 pub mod relay;
 pub mod stats;

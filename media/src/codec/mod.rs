@@ -1,0 +1,223 @@
+//! Audio codecs behind one interface, and the registry that names them: adding a codec
+//! (G.729, AMR, Opus) means one module and one registry entry, nothing else.
+//!
+//! Encoders take 20 ms of 16-bit mono PCM at the codec's sample rate; decoders give it back
+//! and conceal lost frames. Payload types other than the RFC 3551 static ones come from SDP.
+
+mod g711;
+mod g722;
+pub mod resample;
+
+pub use g711::{alaw_to_linear, linear_to_alaw, linear_to_ulaw, ulaw_to_linear};
+pub use resample::Resampler;
+
+/// Turns PCM frames into RTP payloads.
+pub trait Encoder: Send {
+    fn encode(&mut self, pcm: &[i16], out: &mut Vec<u8>);
+}
+
+/// Turns RTP payloads into PCM frames; `conceal` stands in for a lost frame (PLC).
+pub trait Decoder: Send {
+    fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>);
+    fn conceal(&mut self, samples: usize, out: &mut Vec<i16>);
+}
+
+/// One codec as SDP names it and as the media engine runs it.
+#[derive(Clone, Copy)]
+pub struct Codec {
+    /// The rtpmap encoding name (compared case-insensitively).
+    pub name: &'static str,
+    /// RFC 3551 static payload type, if it has one.
+    pub static_payload_type: Option<u8>,
+    /// RTP timestamp clock (what SDP's rtpmap says).
+    pub rtp_clock: u32,
+    /// Rate of the PCM the codec encodes and decodes.
+    pub sample_rate: u32,
+    pub encoder: fn() -> Box<dyn Encoder>,
+    pub decoder: fn() -> Box<dyn Decoder>,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.name, self.rtp_clock)
+    }
+}
+
+impl Codec {
+    /// PCM samples in one 20 ms frame.
+    pub fn frame_samples(&self) -> usize {
+        (self.sample_rate / 50) as usize
+    }
+}
+
+const CODECS: &[Codec] = &[
+    Codec {
+        name: "PCMU",
+        static_payload_type: Some(0),
+        rtp_clock: 8000,
+        sample_rate: 8000,
+        encoder: || Box::new(g711::Pcmu),
+        decoder: || Box::new(g711::G711Decoder::ulaw()),
+    },
+    Codec {
+        name: "PCMA",
+        static_payload_type: Some(8),
+        rtp_clock: 8000,
+        sample_rate: 8000,
+        encoder: || Box::new(g711::Pcma),
+        decoder: || Box::new(g711::G711Decoder::alaw()),
+    },
+    Codec {
+        name: "G722",
+        static_payload_type: Some(9),
+        rtp_clock: 8000,
+        sample_rate: 16000,
+        encoder: || Box::new(g722::G722Encoder::new()),
+        decoder: || Box::new(g722::G722Decoder::new()),
+    },
+];
+
+/// Every codec Warden can decode and encode.
+pub fn all() -> &'static [Codec] {
+    CODECS
+}
+
+/// The codec SDP calls `name` at `clock` (e.g. "PCMA", 8000).
+pub fn by_name(name: &str, clock: u32) -> Option<&'static Codec> {
+    CODECS
+        .iter()
+        .find(|c| c.name.eq_ignore_ascii_case(name) && c.rtp_clock == clock)
+}
+
+/// The codec of a static payload type (when SDP has no rtpmap for it).
+pub fn by_static_payload_type(pt: u8) -> Option<&'static Codec> {
+    CODECS.iter().find(|c| c.static_payload_type == Some(pt))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// `seconds` of a sine at `freq` Hz, amplitude `amp`, at `rate`.
+    pub fn tone(freq: f64, rate: u32, seconds: f64, amp: f64) -> Vec<i16> {
+        let n = (f64::from(rate) * seconds) as usize;
+        (0..n)
+            .map(|i| {
+                (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin())
+                    as i16
+            })
+            .collect()
+    }
+
+    /// Frequency of a tone from its zero crossings (rising edges per second).
+    pub fn frequency(samples: &[i16], rate: u32) -> f64 {
+        let rising = samples.windows(2).filter(|w| w[0] < 0 && w[1] >= 0).count();
+        rising as f64 * f64::from(rate) / samples.len() as f64
+    }
+
+    /// Signal-to-noise ratio of `decoded` against `reference` in dB, at the best alignment
+    /// within `max_lag` samples (codecs and resamplers delay the signal).
+    pub fn snr_db(reference: &[i16], decoded: &[i16], max_lag: usize) -> f64 {
+        (0..=max_lag)
+            .map(|lag| {
+                let pairs = reference.iter().zip(decoded.iter().skip(lag));
+                let (mut signal, mut noise) = (0.0f64, 0.0f64);
+                for (r, d) in pairs {
+                    signal += f64::from(*r).powi(2);
+                    noise += (f64::from(*r) - f64::from(*d)).powi(2);
+                }
+                10.0 * (signal / noise.max(1.0)).log10()
+            })
+            .fold(f64::MIN, f64::max)
+    }
+
+    /// Encode and decode `pcm` frame by frame through `codec`.
+    fn round_trip(codec: &Codec, pcm: &[i16]) -> Vec<i16> {
+        let (mut enc, mut dec) = ((codec.encoder)(), (codec.decoder)());
+        let mut out = Vec::new();
+        for frame in pcm.chunks_exact(codec.frame_samples()) {
+            let mut payload = Vec::new();
+            enc.encode(frame, &mut payload);
+            dec.decode(&payload, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn every_codec_keeps_a_1khz_tone_with_its_snr_floor() {
+        // (codec, SNR floor in dB): G.711 is ~38 dB on a loud tone, G.722 ~25 dB here.
+        for (name, floor) in [("PCMU", 30.0), ("PCMA", 30.0), ("G722", 15.0)] {
+            let codec = by_name(name, 8000).expect("registered");
+            let pcm = tone(1000.0, codec.sample_rate, 1.0, 12000.0);
+            let out = round_trip(codec, &pcm);
+            assert_eq!(out.len(), pcm.len(), "{name}: every sample comes back");
+            let settled = &out[codec.frame_samples()..];
+            let f = frequency(settled, codec.sample_rate);
+            assert!((f - 1000.0).abs() < 20.0, "{name}: frequency {f}");
+            let snr = snr_db(&pcm, &out, 64);
+            assert!(snr > floor, "{name}: SNR {snr:.1} dB under {floor}");
+        }
+    }
+
+    #[test]
+    fn payload_sizes_are_per_rfc3551() {
+        for (name, bytes) in [("PCMU", 160), ("PCMA", 160), ("G722", 160)] {
+            let codec = by_name(name, 8000).expect("registered");
+            let mut payload = Vec::new();
+            (codec.encoder)().encode(&vec![0; codec.frame_samples()], &mut payload);
+            assert_eq!(payload.len(), bytes, "{name}: 20 ms payload");
+        }
+    }
+
+    #[test]
+    fn registry_lookups() {
+        assert_eq!(by_static_payload_type(8).map(|c| c.name), Some("PCMA"));
+        assert_eq!(
+            by_name("pcmu", 8000).map(|c| c.static_payload_type),
+            Some(Some(0))
+        );
+        assert!(by_name("PCMU", 16000).is_none());
+        assert_eq!(by_name("G722", 8000).map(|c| c.sample_rate), Some(16000));
+    }
+
+    #[test]
+    fn lost_frames_are_concealed_then_fade() {
+        let codec = by_name("PCMA", 8000).expect("registered");
+        let mut dec = (codec.decoder)();
+        let mut out = Vec::new();
+        let mut payload = Vec::new();
+        (codec.encoder)().encode(&tone(1000.0, 8000, 0.02, 12000.0), &mut payload);
+        dec.decode(&payload, &mut out);
+        dec.conceal(160, &mut out);
+        dec.conceal(160, &mut out);
+        let peak = |s: &[i16]| s.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+        assert!(peak(&out[160..320]) > 2000, "the first loss is filled");
+        assert!(peak(&out[320..]) < peak(&out[160..320]), "then it fades");
+    }
+
+    #[test]
+    fn resampler_keeps_a_tone_frequency_between_8_16_and_48_khz() {
+        for (from, to) in [
+            (8000, 16000),
+            (16000, 8000),
+            (8000, 48000),
+            (48000, 8000),
+            (16000, 48000),
+        ] {
+            let mut r = Resampler::new(from, to).expect("supported");
+            let pcm = tone(1000.0, from, 1.0, 12000.0);
+            let mut out = Vec::new();
+            for frame in pcm.chunks_exact((from / 50) as usize) {
+                r.process(frame, &mut out);
+            }
+            assert_eq!(
+                out.len(),
+                (to as usize),
+                "{from}->{to}: one second in, one out"
+            );
+            let settled = &out[r.delay_samples() + (to / 50) as usize..];
+            let f = frequency(settled, to);
+            assert!((f - 1000.0).abs() < 10.0, "{from}->{to}: frequency {f}");
+        }
+    }
+}

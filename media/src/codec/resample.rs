@@ -1,0 +1,70 @@
+//! Sample-rate conversion between 8, 16 and 48 kHz with `rubato`'s FFT resampler, one 20 ms
+//! frame in, one 20 ms frame out. Its fixed delay (`delay_samples`) is part of the path's
+//! latency; the transcoder accounts for it once, at start.
+
+use rubato::{FftFixedInOut, Resampler as _};
+
+pub struct Resampler {
+    inner: FftFixedInOut<f32>,
+    input: Vec<f32>,
+    output: Vec<f32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot resample {from} Hz to {to} Hz in 20 ms frames: {cause}")]
+pub struct ResampleError {
+    from: u32,
+    to: u32,
+    cause: String,
+}
+
+impl Resampler {
+    /// A converter for 20 ms frames from `from` Hz to `to` Hz.
+    pub fn new(from: u32, to: u32) -> Result<Resampler, ResampleError> {
+        let frame = (from / 50) as usize;
+        let inner =
+            FftFixedInOut::<f32>::new(from as usize, to as usize, frame, 1).map_err(|e| {
+                ResampleError {
+                    from,
+                    to,
+                    cause: e.to_string(),
+                }
+            })?;
+        if inner.input_frames_next() != frame {
+            return Err(ResampleError {
+                from,
+                to,
+                cause: format!("resampler wants {} input frames", inner.input_frames_next()),
+            });
+        }
+        let output = vec![0.0; inner.output_frames_max()];
+        Ok(Resampler {
+            inner,
+            input: vec![0.0; frame],
+            output,
+        })
+    }
+
+    /// Samples of delay the converter adds, at the output rate.
+    pub fn delay_samples(&self) -> usize {
+        self.inner.output_delay()
+    }
+
+    /// Convert one 20 ms frame (exactly `from / 50` samples), appending to `out`.
+    pub fn process(&mut self, frame: &[i16], out: &mut Vec<i16>) {
+        for (dst, src) in self.input.iter_mut().zip(frame) {
+            *dst = f32::from(*src) / 32768.0;
+        }
+        let Ok((_, written)) =
+            self.inner
+                .process_into_buffer(&[&self.input], &mut [&mut self.output], None)
+        else {
+            return;
+        };
+        out.extend(
+            self.output[..written]
+                .iter()
+                .map(|s| (s * 32768.0).clamp(-32768.0, 32767.0) as i16),
+        );
+    }
+}
