@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Rebuild every announcement in this folder from its text: espeak-ng speaks it (American
+# English voice, 150 words/min), sox turns it into 16 kHz mono 16-bit WAV, normalised to
+# -3 dBFS with 0.2 s of silence before and 0.3 s after. Needs Debian's espeak-ng and sox.
+# Usage: prompts/make.sh   (writes prompts/*.wav next to this script)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+say() { # name text
+  espeak-ng -v en-us -s 150 -w "$tmp/$1.wav" "$2"
+  sox "$tmp/$1.wav" -r 16000 -c 1 -b 16 "$here/$1.wav" norm -3 pad 0.2 0.3
+  printf '%-20s %5.2f s  %s\n' "$1.wav" "$(soxi -D "$here/$1.wav")" "$2"
+}
+
+say call_blocked "This call has been blocked. Goodbye."
+say number_not_allowed "Calls to this number are not allowed from your line."
+say suspected_fraud "This call was stopped because it looks like fraud. If you believe this is a mistake, please contact your operator."
+say user_unavailable "The person you are calling is not available. Please try again later."
+say busy "The person you are calling is busy. Please try again later."
+say ivr_menu "Welcome. For sales, press 1. For support, press 2. To hear this menu again, press star."
