@@ -54,6 +54,50 @@ pub struct MediaLine {
     pub direction: Direction,
     /// Clock rate of the first listed payload format.
     pub clock_rate: u32,
+    /// The payload formats in the m= line's order.
+    pub formats: Vec<Format>,
+}
+
+/// One payload format of an m= line, with the attribute lines that describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Format {
+    pub payload_type: u8,
+    /// Encoding name, upper case ("PCMA", "TELEPHONE-EVENT"); empty when unknown.
+    pub name: String,
+    pub clock: u32,
+    /// The `a=rtpmap:` and `a=fmtp:` lines for it, verbatim.
+    pub rtpmap: Option<String>,
+    pub fmtp: Option<String>,
+}
+
+impl Format {
+    /// A format described by its RFC 3551 static payload type alone.
+    pub fn from_static(pt: u8) -> Format {
+        let name = match pt {
+            0 => "PCMU",
+            3 => "GSM",
+            8 => "PCMA",
+            9 => "G722",
+            13 => "CN",
+            18 => "G729",
+            _ => "",
+        };
+        Format {
+            payload_type: pt,
+            name: name.to_owned(),
+            clock: static_clock(pt).unwrap_or(8000),
+            rtpmap: None,
+            fmtp: None,
+        }
+    }
+}
+
+/// How one m= line leaves Warden: its port (None keeps it), and optionally a new format
+/// list (None keeps the offered one).
+#[derive(Debug, Clone, Default)]
+pub struct MediaPlan {
+    pub port: Option<u16>,
+    pub formats: Option<Vec<Format>>,
 }
 
 /// A parsed description: its lines, split into the session part and one part per m=.
@@ -138,6 +182,11 @@ impl Sdp {
                     .ok()
                     .and_then(static_clock)
                     .unwrap_or(8000);
+                let formats = fields[3..]
+                    .iter()
+                    .filter_map(|f| f.parse().ok())
+                    .map(Format::from_static)
+                    .collect();
                 media.push(MediaLine {
                     kind: fields[0].to_owned(),
                     port,
@@ -146,6 +195,7 @@ impl Sdp {
                     rtcp_mux: false,
                     direction: session_direction,
                     clock_rate,
+                    formats,
                 });
                 sections.push(vec![raw.to_owned()]);
                 continue;
@@ -172,7 +222,30 @@ impl Sdp {
                             m.rtcp = Some((port, addr));
                         }
                         ("rtcp-mux", Some(m)) => m.rtcp_mux = true,
+                        ("fmtp", Some(m)) => {
+                            let pt = arg
+                                .split_whitespace()
+                                .next()
+                                .and_then(|p| p.parse::<u8>().ok());
+                            if let Some(f) =
+                                m.formats.iter_mut().find(|f| Some(f.payload_type) == pt)
+                            {
+                                f.fmtp = Some(raw.to_owned());
+                            }
+                        }
                         ("rtpmap", Some(m)) => {
+                            let mut parts = arg.split_whitespace();
+                            let pt = parts.next().and_then(|p| p.parse::<u8>().ok());
+                            let encoding = parts.next().unwrap_or("");
+                            let mut enc = encoding.split('/');
+                            if let Some(f) =
+                                m.formats.iter_mut().find(|f| Some(f.payload_type) == pt)
+                            {
+                                f.name = enc.next().unwrap_or("").to_ascii_uppercase();
+                                f.clock =
+                                    enc.next().and_then(|c| c.parse().ok()).unwrap_or(f.clock);
+                                f.rtpmap = Some(raw.to_owned());
+                            }
                             // a=rtpmap:<pt> <name>/<clock>[/<channels>], for the first format.
                             let first = sections
                                 .last()
@@ -224,6 +297,19 @@ impl Sdp {
     /// The description with Warden's `address` and, per m= line, Warden's RTP port (`None`
     /// keeps the line's port: a rejected stream stays rejected).
     pub fn rewrite(&self, address: IpAddr, ports: &[Option<u16>]) -> String {
+        let plans: Vec<MediaPlan> = ports
+            .iter()
+            .map(|p| MediaPlan {
+                port: *p,
+                formats: None,
+            })
+            .collect();
+        self.rewrite_with(address, &plans)
+    }
+
+    /// As `rewrite`, and where a plan gives formats, the m= line lists exactly those, with
+    /// their rtpmap and fmtp lines (the section's others are dropped).
+    pub fn rewrite_with(&self, address: IpAddr, plans: &[MediaPlan]) -> String {
         let family = if address.is_ipv4() { "IP4" } else { "IP6" };
         let connection = |line: &str| {
             // A hold address (0.0.0.0) keeps its meaning; anything else becomes ours.
@@ -257,16 +343,30 @@ impl Sdp {
             out.push_str("\r\n");
         }
         for (i, section) in self.sections.iter().enumerate() {
-            let port = ports.get(i).copied().flatten();
+            let plan = plans.get(i).cloned().unwrap_or_default();
+            let port = plan.port;
             for line in section {
                 if let Some(m) = line.strip_prefix("m=") {
-                    let mut fields: Vec<&str> = m.split_whitespace().collect();
-                    let port_text = port.map(|p| p.to_string());
-                    if let (Some(p), Some(slot)) = (&port_text, fields.get_mut(1)) {
-                        *slot = p;
+                    let mut fields: Vec<String> = m.split_whitespace().map(str::to_owned).collect();
+                    if let (Some(p), Some(slot)) = (port, fields.get_mut(1)) {
+                        *slot = p.to_string();
+                    }
+                    if let Some(formats) = &plan.formats {
+                        fields.truncate(3);
+                        fields.extend(formats.iter().map(|f| f.payload_type.to_string()));
                     }
                     out.push_str("m=");
                     out.push_str(&fields.join(" "));
+                    if let Some(formats) = &plan.formats {
+                        for attr in formats.iter().flat_map(|f| [&f.rtpmap, &f.fmtp]).flatten() {
+                            out.push_str("\r\n");
+                            out.push_str(attr);
+                        }
+                    }
+                } else if plan.formats.is_some()
+                    && (line.starts_with("a=rtpmap:") || line.starts_with("a=fmtp:"))
+                {
+                    continue;
                 } else if line.starts_with("c=") {
                     out.push_str(&connection(line));
                 } else if line.starts_with("a=rtcp:") {
@@ -325,6 +425,23 @@ m=text 0 RTP/AVP 98\r\n";
     fn reads_every_media_line() {
         let sdp = Sdp::parse(OFFER.as_bytes()).unwrap();
         assert_eq!(sdp.media.len(), 3);
+        let names: Vec<(u8, &str, u32)> = sdp.media[0]
+            .formats
+            .iter()
+            .map(|f| (f.payload_type, f.name.as_str(), f.clock))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (0, "PCMU", 8000),
+                (8, "PCMA", 8000),
+                (101, "TELEPHONE-EVENT", 8000)
+            ]
+        );
+        assert_eq!(
+            sdp.media[0].formats[2].fmtp.as_deref(),
+            Some("a=fmtp:101 0-16")
+        );
         let audio = &sdp.media[0];
         assert_eq!(
             (
@@ -372,6 +489,26 @@ a=rtcp-mux\r\n\
 a=sendonly\r\n\
 m=text 0 RTP/AVP 98\r\n";
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn a_plan_replaces_the_format_list() {
+        let sdp = Sdp::parse(OFFER.as_bytes()).unwrap();
+        let keep = vec![
+            sdp.media[0].formats[1].clone(),
+            sdp.media[0].formats[2].clone(),
+        ];
+        let plans = [MediaPlan {
+            port: Some(20000),
+            formats: Some(keep),
+        }];
+        let out = sdp.rewrite_with("203.0.113.5".parse().unwrap(), &plans);
+        assert!(out.contains("m=audio 20000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n"), "{out}");
+        assert!(!out.contains("PCMU"), "{out}");
+        assert!(
+            out.contains("a=ptime:20\r\n"),
+            "other attributes stay: {out}"
+        );
     }
 
     #[test]
