@@ -7,8 +7,10 @@ pub mod relay;
 pub mod stats;
 #[doc(hidden)]
 pub mod sys; // public for the relay benchmark's baseline forwarder, which must use the same calls
+pub mod transcode;
 mod worker;
 
 pub use ports::{PortPair, PortPool, PortsExhausted};
 pub use relay::{Latching, MediaError, Relay, RelayConfig, Remote, Side, StreamId, StreamStats};
 pub use stats::LegStats;
+pub use transcode::{LegCodec, Transcoding};

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::ports::{PortPair, PortPool, PortsExhausted};
 use crate::stats::{LegCounters, LegStats};
 use crate::sys::EventFd;
+use crate::transcode::Transcoding;
 use crate::worker::{Command, Stream, Worker};
 
 /// How a leg's peer address is learned from its packets.
@@ -240,6 +241,19 @@ impl Relay {
                     id: id.0,
                     side,
                     remote,
+                },
+            );
+        }
+    }
+
+    /// Transcode between the legs (None: relay packets untouched, the default).
+    pub fn set_transcoding(&mut self, id: StreamId, transcoding: Option<Transcoding>) {
+        if let Some(worker) = self.streams.get(&id).map(|s| s.worker) {
+            self.send(
+                worker,
+                Command::SetTranscoding {
+                    id: id.0,
+                    transcoding,
                 },
             );
         }

@@ -227,6 +227,28 @@ impl Batch {
     }
 }
 
+/// Send one datagram out of `fd`, to `to` or to the connected peer (transcoded packets,
+/// which are made one at a time).
+pub fn send_one(fd: RawFd, bytes: &[u8], to: Option<&RawAddr>) -> bool {
+    let (name, len) = match to {
+        Some(addr) => ((&raw const addr.storage).cast::<libc::sockaddr>(), addr.len),
+        None => (std::ptr::null(), 0),
+    };
+    // SAFETY: `bytes` and `to` are valid for the call; a null name with length 0 is the
+    // documented form for a connected socket.
+    let rc = unsafe {
+        libc::sendto(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT,
+            name,
+            len,
+        )
+    };
+    rc >= 0
+}
+
 /// Send up to BATCH datagrams, each to its own address, in one call (load generators and
 /// tests; the relay itself sends a batch to one peer with `Batch::send`).
 pub fn send_each(fd: RawFd, packets: &[(&[u8], RawAddr)]) -> usize {

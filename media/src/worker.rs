@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use crate::relay::{Latching, Remote, Side, StreamCounters};
 use crate::stats::{LegStats, RtpReceiver, looks_like_rtcp, read_rtcp};
-use crate::sys::{BATCH, Batch, Epoll, EventFd, RawAddr, connect, disconnect};
+use crate::sys::{BATCH, Batch, Epoll, EventFd, RawAddr, connect, disconnect, send_one};
+use crate::transcode::{Direction, Transcoding};
 
 /// Socket slots of a stream: `i ^ 2` is where socket `i`'s packets leave.
 const A_RTP: usize = 0;
@@ -39,6 +40,10 @@ pub(crate) enum Command {
         remote: Option<Remote>,
     },
     Remove(u64),
+    SetTranscoding {
+        id: u64,
+        transcoding: Option<Transcoding>,
+    },
     /// Answered once every earlier command is applied and every packet already handled has
     /// its statistics published.
     Sync(std::sync::mpsc::Sender<()>),
@@ -66,6 +71,8 @@ pub(crate) struct Stream {
     receivers: [RtpReceiver; 2],
     stats: [LegStats; 2],
     clock_rate: [u32; 2],
+    /// When the legs share no codec: A->B and B->A.
+    transcoders: Option<Box<[Direction; 2]>>,
 }
 
 impl Stream {
@@ -78,6 +85,7 @@ impl Stream {
             receivers: Default::default(),
             stats: Default::default(),
             clock_rate: [8000; 2],
+            transcoders: None,
         }
     }
 
@@ -192,6 +200,13 @@ impl Worker {
                     }
                 }
                 Command::Remove(id) => self.remove(id),
+                Command::SetTranscoding { id, transcoding } => {
+                    if let Some(s) = self.stream_mut(id) {
+                        s.transcoders = transcoding.map(|t| {
+                            Box::new([Direction::new(t.a, t.b), Direction::new(t.b, t.a)])
+                        });
+                    }
+                }
                 Command::Sync(done) => {
                     let _ = done.send(());
                 }
@@ -272,6 +287,23 @@ impl Worker {
                     continue;
                 }
                 account(stream, side, socket, packet, now_us);
+                let rtp_socket = socket == A_RTP || socket == B_RTP;
+                if let Some(directions) = stream.transcoders.as_mut().filter(|_| rtp_socket)
+                    && !looks_like_rtcp(packet)
+                {
+                    let end = &stream.ends[out];
+                    let to = if end.connected {
+                        None
+                    } else {
+                        end.target.as_ref()
+                    };
+                    if end.target.is_some() {
+                        directions[side].on_packet(packet, &mut |bytes| {
+                            send_one(out_fd, bytes, to);
+                        });
+                    }
+                    continue;
+                }
                 keep |= 1 << k;
                 kept += 1;
             }

@@ -168,3 +168,64 @@ fn exhausted_pool_is_an_error_and_recovers() {
     relay.sync(); // the worker has closed the sockets
     relay.open().expect("ports came back");
 }
+
+#[test]
+fn transcodes_between_legs_that_share_no_codec() {
+    use warden_media::codec;
+    use warden_media::{LegCodec, Transcoding};
+    let mut relay = relay(31400, 31499, Latching::Strict);
+    let id = relay.open().expect("stream");
+    let (a_port, b_port) = (
+        relay.port(id, Side::A).expect("a"),
+        relay.port(id, Side::B).expect("b"),
+    );
+    let (alice, bob) = (party(), party());
+    relay.set_remote(id, Side::A, Some(remote(&alice)));
+    relay.set_remote(id, Side::B, Some(remote(&bob)));
+    let leg = |name, pt| LegCodec {
+        codec: codec::by_name(name, 8000).expect("codec"),
+        payload_type: pt,
+        dtmf_payload_type: None,
+    };
+    relay.set_transcoding(
+        id,
+        Some(Transcoding {
+            a: leg("G722", 9),
+            b: leg("PCMA", 8),
+        }),
+    );
+    relay.sync();
+    // Alice sends one second of a 1 kHz tone in G.722; Bob must get PCMA carrying it.
+    let mut encoder = (codec::by_name("G722", 8000).expect("g722").encoder)();
+    let mut decoder = (codec::by_name("PCMA", 8000).expect("pcma").decoder)();
+    let mut heard = Vec::new();
+    for i in 0..50u32 {
+        let frame: Vec<i16> = (0..320)
+            .map(|n| {
+                (12000.0
+                    * (2.0 * std::f64::consts::PI * 1000.0 * f64::from(i * 320 + n) / 16000.0)
+                        .sin()) as i16
+            })
+            .collect();
+        let mut payload = Vec::new();
+        encoder.encode(&frame, &mut payload);
+        let mut packet = rtp(i as u16, i * 160, 5)[..12].to_vec();
+        packet[1] = 9;
+        packet.extend_from_slice(&payload);
+        alice.send_to(&packet, ("127.0.0.1", a_port)).expect("send");
+        let (got, from) = recv(&bob);
+        assert_eq!(from.port(), b_port);
+        assert_eq!(got[1] & 0x7f, 8, "PCMA payload type");
+        assert_eq!(got.len(), 12 + 160);
+        decoder.decode(&got[12..], &mut heard);
+    }
+    let rising = heard[800..]
+        .windows(2)
+        .filter(|w| w[0] < 0 && w[1] >= 0)
+        .count();
+    let freq = rising as f64 * 8000.0 / heard[800..].len() as f64;
+    assert!(
+        (freq - 1000.0).abs() < 20.0,
+        "Bob hears the tone: {freq} Hz"
+    );
+}

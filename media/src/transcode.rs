@@ -1,0 +1,313 @@
+//! Transcoding one direction of a stream: RTP in one codec, RTP out in another. Decode,
+//! resample, re-frame to 20 ms, encode; the outgoing stream has its own SSRC, sequence
+//! numbers and timestamps on the output clock, and RFC 4733 events follow it.
+//!
+//! Losses seen in the sequence numbers are concealed by the decoder (up to three frames);
+//! packets arriving late or twice are dropped: the far phone's jitter buffer smooths the rest.
+
+use crate::codec::{Codec, Decoder, Encoder, Resampler};
+
+/// One leg's side of a transcoded stream: its codec, the payload type SDP gave it, and
+/// its telephone-event payload type when it has one.
+#[derive(Debug, Clone, Copy)]
+pub struct LegCodec {
+    pub codec: &'static Codec,
+    pub payload_type: u8,
+    pub dtmf_payload_type: Option<u8>,
+}
+
+/// Both legs' codecs for a stream that must be transcoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Transcoding {
+    pub a: LegCodec,
+    pub b: LegCodec,
+}
+
+const MAX_CONCEALED_FRAMES: u16 = 3;
+
+pub(crate) struct Direction {
+    from: LegCodec,
+    to: LegCodec,
+    decoder: Box<dyn Decoder>,
+    encoder: Box<dyn Encoder>,
+    resampler: Option<Resampler>,
+    decoded: Vec<i16>,
+    resampled: Vec<i16>,
+    payload: Vec<u8>,
+    packet: Vec<u8>,
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+    marker: bool,
+    last_in_seq: Option<u16>,
+    /// Incoming RTP timestamp of the last audio packet and our timestamp at that point,
+    /// to place telephone-events on our timeline.
+    anchor: Option<(u32, u32)>,
+}
+
+impl Direction {
+    pub fn new(from: LegCodec, to: LegCodec) -> Direction {
+        let resampler = (from.codec.sample_rate != to.codec.sample_rate)
+            .then(|| Resampler::new(from.codec.sample_rate, to.codec.sample_rate).ok())
+            .flatten();
+        Direction {
+            from,
+            to,
+            decoder: (from.codec.decoder)(),
+            encoder: (to.codec.encoder)(),
+            resampler,
+            decoded: Vec::with_capacity(4096),
+            resampled: Vec::with_capacity(4096),
+            payload: Vec::with_capacity(2048),
+            packet: Vec::with_capacity(2048),
+            ssrc: rand_u32(),
+            seq: rand_u32() as u16,
+            timestamp: rand_u32(),
+            marker: true,
+            last_in_seq: None,
+            anchor: None,
+        }
+    }
+
+    /// Take one RTP packet from the `from` leg; hand each packet for the `to` leg to `send`.
+    pub fn on_packet(&mut self, packet: &[u8], send: &mut dyn FnMut(&[u8])) {
+        let Ok(rtp) = rtp_types::RtpPacket::parse(packet) else {
+            return;
+        };
+        let pt = rtp.payload_type();
+        if Some(pt) == self.from.dtmf_payload_type {
+            self.forward_event(&rtp, send);
+            return;
+        }
+        if pt != self.from.payload_type {
+            return; // comfort noise and unknown formats are not carried across
+        }
+        let seq = rtp.sequence_number();
+        if let Some(last) = self.last_in_seq {
+            let gap = seq.wrapping_sub(last);
+            if gap == 0 || gap > 0x8000 {
+                return; // duplicate or late: its slot was already filled
+            }
+            for _ in 1..gap.min(MAX_CONCEALED_FRAMES + 1) {
+                self.decoder
+                    .conceal(self.from.codec.frame_samples(), &mut self.decoded);
+            }
+        }
+        self.last_in_seq = Some(seq);
+        // Where this packet's first sample will land on our timeline: after what is still
+        // waiting to be encoded.
+        let to_clock = u64::from(self.to.codec.rtp_clock);
+        let pending = self.decoded.len() as u64 * to_clock / u64::from(self.from.codec.sample_rate)
+            + self.resampled.len() as u64 * to_clock / u64::from(self.to.codec.sample_rate);
+        self.anchor = Some((rtp.timestamp(), self.timestamp.wrapping_add(pending as u32)));
+        self.decoder.decode(rtp.payload(), &mut self.decoded);
+        self.emit(send);
+    }
+
+    /// Resample what was decoded and send every whole 20 ms frame.
+    fn emit(&mut self, send: &mut dyn FnMut(&[u8])) {
+        let in_frame = self.from.codec.frame_samples();
+        let mut used = 0;
+        match &mut self.resampler {
+            Some(r) => {
+                while self.decoded.len() - used >= in_frame {
+                    r.process(&self.decoded[used..used + in_frame], &mut self.resampled);
+                    used += in_frame;
+                }
+            }
+            None => {
+                self.resampled.extend_from_slice(&self.decoded);
+                used = self.decoded.len();
+            }
+        }
+        self.decoded.drain(..used);
+        let out_frame = self.to.codec.frame_samples();
+        let ts_step = self.to.codec.rtp_clock / 50;
+        let mut taken = 0;
+        while self.resampled.len() - taken >= out_frame {
+            self.payload.clear();
+            self.encoder
+                .encode(&self.resampled[taken..taken + out_frame], &mut self.payload);
+            taken += out_frame;
+            write_header(
+                &mut self.packet,
+                self.marker,
+                self.to.payload_type,
+                self.seq,
+                self.timestamp,
+                self.ssrc,
+            );
+            self.packet.extend_from_slice(&self.payload);
+            send(&self.packet);
+            self.marker = false;
+            self.seq = self.seq.wrapping_add(1);
+            self.timestamp = self.timestamp.wrapping_add(ts_step);
+        }
+        self.resampled.drain(..taken);
+    }
+
+    /// An RFC 4733 event: same payload, our SSRC and sequence, timestamp on our timeline.
+    fn forward_event(&mut self, rtp: &rtp_types::RtpPacket<'_>, send: &mut dyn FnMut(&[u8])) {
+        let Some(pt) = self.to.dtmf_payload_type else {
+            return; // the far side takes no telephone-events (SIP INFO relay comes later)
+        };
+        let from_clock = u64::from(self.from.codec.rtp_clock);
+        let to_clock = u64::from(self.to.codec.rtp_clock);
+        let timestamp = match self.anchor {
+            Some((in_ts, out_ts)) => {
+                let delta = u64::from(rtp.timestamp().wrapping_sub(in_ts)) * to_clock / from_clock;
+                out_ts.wrapping_add(delta as u32)
+            }
+            None => self.timestamp,
+        };
+        let mut payload = [0u8; 4];
+        let Some(event) = rtp.payload().get(..4) else {
+            return;
+        };
+        payload.copy_from_slice(event);
+        // Bytes 2-3: the event's duration, in timestamp units of the clock.
+        let duration =
+            u64::from(u16::from_be_bytes([payload[2], payload[3]])) * to_clock / from_clock;
+        payload[2..4].copy_from_slice(&(duration.min(0xffff) as u16).to_be_bytes());
+        write_header(
+            &mut self.packet,
+            rtp.marker_bit(),
+            pt,
+            self.seq,
+            timestamp,
+            self.ssrc,
+        );
+        self.packet.extend_from_slice(&payload);
+        send(&self.packet);
+        self.seq = self.seq.wrapping_add(1);
+    }
+}
+
+fn write_header(buf: &mut Vec<u8>, marker: bool, pt: u8, seq: u16, timestamp: u32, ssrc: u32) {
+    buf.clear();
+    buf.push(0x80);
+    buf.push(if marker { 0x80 | pt } else { pt });
+    buf.extend_from_slice(&seq.to_be_bytes());
+    buf.extend_from_slice(&timestamp.to_be_bytes());
+    buf.extend_from_slice(&ssrc.to_be_bytes());
+}
+
+/// Random start values for SSRC, sequence and timestamp (RFC 3550 section 5.1), without a
+/// dependency: the standard library's randomly keyed hasher.
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .elapsed()
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    h.finish() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{self, tests::frequency, tests::tone};
+
+    fn leg(name: &str, pt: u8, dtmf: Option<u8>) -> LegCodec {
+        LegCodec {
+            codec: codec::by_name(name, 8000).expect("codec"),
+            payload_type: pt,
+            dtmf_payload_type: dtmf,
+        }
+    }
+
+    fn rtp_packet(pt: u8, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
+        let mut p = Vec::new();
+        write_header(&mut p, false, pt, seq, ts, 42);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn g722_to_pcma_keeps_the_tone_and_numbers_the_stream() {
+        let (from, to) = (leg("G722", 9, Some(101)), leg("PCMA", 8, Some(96)));
+        let mut dir = Direction::new(from, to);
+        let mut encoder = (from.codec.encoder)();
+        let pcm = tone(1000.0, 16000, 1.0, 12000.0);
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for (i, frame) in pcm.chunks_exact(320).enumerate() {
+            let mut payload = Vec::new();
+            encoder.encode(frame, &mut payload);
+            let p = rtp_packet(9, 1000 + i as u16, 160 * i as u32, &payload);
+            dir.on_packet(&p, &mut |bytes| out.push(bytes.to_vec()));
+        }
+        assert!(
+            out.len() >= 48,
+            "about one packet per input packet: {}",
+            out.len()
+        );
+        let mut decoder = (to.codec.decoder)();
+        let mut pcm_out = Vec::new();
+        for (i, p) in out.iter().enumerate() {
+            let rtp = rtp_types::RtpPacket::parse(p).expect("valid RTP");
+            assert_eq!(rtp.payload_type(), 8);
+            assert_eq!(rtp.marker_bit(), i == 0, "marker on the first packet only");
+            if i > 0 {
+                let prev = rtp_types::RtpPacket::parse(&out[i - 1]).expect("rtp");
+                assert_eq!(
+                    rtp.sequence_number(),
+                    prev.sequence_number().wrapping_add(1)
+                );
+                assert_eq!(
+                    rtp.timestamp(),
+                    prev.timestamp().wrapping_add(160),
+                    "8 kHz clock"
+                );
+                assert_eq!(rtp.ssrc(), prev.ssrc());
+            }
+            assert_eq!(rtp.payload().len(), 160);
+            decoder.decode(rtp.payload(), &mut pcm_out);
+        }
+        let f = frequency(&pcm_out[800..], 8000);
+        assert!(
+            (f - 1000.0).abs() < 20.0,
+            "frequency after transcoding: {f}"
+        );
+    }
+
+    #[test]
+    fn losses_are_concealed_and_events_follow_the_new_stream() {
+        let (from, to) = (leg("PCMU", 0, Some(101)), leg("PCMA", 8, Some(96)));
+        let mut dir = Direction::new(from, to);
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let frame = [0xffu8; 160];
+        for seq in [1u16, 2, 4] {
+            dir.on_packet(
+                &rtp_packet(0, seq, u32::from(seq) * 160, &frame),
+                &mut |b| out.push(b.to_vec()),
+            );
+        }
+        assert_eq!(out.len(), 4, "the lost packet 3 is concealed");
+        let event = [5u8, 0x0a, 0x01, 0x40]; // digit 5, volume 10, duration 320
+        dir.on_packet(&rtp_packet(101, 5, 5 * 160, &event), &mut |b| {
+            out.push(b.to_vec())
+        });
+        let last = rtp_types::RtpPacket::parse(&out[4]).expect("rtp");
+        let audio = rtp_types::RtpPacket::parse(&out[3]).expect("rtp");
+        assert_eq!(
+            last.payload_type(),
+            96,
+            "translated to the far side's event type"
+        );
+        assert_eq!(last.payload(), &event);
+        assert_eq!(last.ssrc(), audio.ssrc());
+        assert_eq!(
+            last.sequence_number(),
+            audio.sequence_number().wrapping_add(1)
+        );
+        assert_eq!(last.timestamp(), audio.timestamp().wrapping_add(160));
+        // Duplicates and late packets are dropped.
+        let before = out.len();
+        dir.on_packet(&rtp_packet(0, 2, 320, &frame), &mut |b| {
+            out.push(b.to_vec())
+        });
+        assert_eq!(out.len(), before);
+    }
+}
