@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use warden_media::Latching;
+use warden_media::codec::{self, Codec};
 
 use serde::Deserialize;
 
@@ -132,6 +133,9 @@ pub struct MediaConfig {
     /// Microseconds a busy relay thread lets packets gather between polls: fewer wake-ups
     /// per packet (less CPU) for at most this much added latency. 0 polls at once.
     pub coalesce_us: u64,
+    /// Codecs Warden adds to an offer toward the far leg, in this order, so legs that share
+    /// no codec are bridged by transcoding. Empty: never transcode.
+    pub transcode: Vec<String>,
     /// End a bridged call after this long without RTP from either side (not while on hold).
     pub rtp_timeout_s: u64,
 }
@@ -145,12 +149,25 @@ impl Default for MediaConfig {
             workers: 0,
             latching: "strict".into(),
             coalesce_us: 200,
+            transcode: vec!["PCMA".into(), "PCMU".into(), "G722".into()],
             rtp_timeout_s: 60,
         }
     }
 }
 
 impl MediaConfig {
+    /// The `transcode` codecs, looked up (validation has refused unknown names).
+    pub fn transcodable(&self) -> Vec<&'static Codec> {
+        self.transcode
+            .iter()
+            .filter_map(|name| {
+                codec::all()
+                    .iter()
+                    .find(|c| c.name.eq_ignore_ascii_case(name))
+            })
+            .collect()
+    }
+
     pub fn latching(&self) -> Latching {
         if self.latching == "follow" {
             Latching::Follow
@@ -240,6 +257,19 @@ impl Config {
             m.latching
         );
         anyhow::ensure!(m.rtp_timeout_s > 0, "media.rtp_timeout_s must be above 0");
+        for name in &m.transcode {
+            anyhow::ensure!(
+                codec::all()
+                    .iter()
+                    .any(|c| c.name.eq_ignore_ascii_case(name)),
+                "media.transcode: unknown codec {name:?}; Warden has {}",
+                codec::all()
+                    .iter()
+                    .map(|c| c.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         anyhow::ensure!(
             m.coalesce_us <= 5_000,
             "media.coalesce_us ({}) above 5000 would add audible delay",

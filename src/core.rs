@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use warden_media::Relay as MediaRelay;
+use warden_media::codec::Codec;
 
+use crate::anchor::negotiate::Role;
 use crate::anchor::{AnchorError, MediaSession, is_sdp};
 use crate::call::{Branch, Call, Leg, PendingOk, Relay, Side, State, new_tag};
 use crate::config::Config;
@@ -72,6 +74,8 @@ pub struct Core {
     next_expiry_sweep: Option<Instant>,
     /// The media relay every call's SDP is anchored to.
     pub media: MediaRelay,
+    /// Codecs offered to the far leg for transcoding, in preference order.
+    transcodable: Vec<&'static Codec>,
     pub stats: Stats,
 }
 
@@ -84,6 +88,7 @@ impl Core {
         media: MediaRelay,
     ) -> Core {
         Core {
+            transcodable: config.media.transcodable(),
             tx: Transactions::new(config.timers()),
             config,
             registrar,
@@ -331,11 +336,14 @@ impl Core {
         from: Side,
         body: &Bytes,
         content_type: Option<&str>,
+        role: Role,
     ) -> Result<Bytes, AnchorError> {
         if body.is_empty() || !is_sdp(content_type) {
             return Ok(body.clone());
         }
-        media.anchor(&mut self.media, from, body).map(Bytes::from)
+        media
+            .anchor(&mut self.media, from, body, role, &self.transcodable)
+            .map(Bytes::from)
     }
 
     /// For bodies in responses and ACKs, which cannot be refused: when anchoring fails the
@@ -346,8 +354,9 @@ impl Core {
         from: Side,
         body: &Bytes,
         content_type: Option<&str>,
+        role: Role,
     ) -> Bytes {
-        self.anchor(media, from, body, content_type)
+        self.anchor(media, from, body, content_type, role)
             .unwrap_or_else(|e| {
                 tracing::warn!(from = from.name(), error = %e, "media not anchored; SDP relayed as is");
                 body.clone()
@@ -473,7 +482,13 @@ impl Core {
         }
         let mut media = MediaSession::default();
         let content_type = req.header("Content-Type");
-        let offer = match self.anchor(&mut media, Side::A, req.body(), content_type.as_deref()) {
+        let offer = match self.anchor(
+            &mut media,
+            Side::A,
+            req.body(),
+            content_type.as_deref(),
+            Role::Offer,
+        ) {
             Ok(body) => body,
             Err(e) => return self.refuse_media(&key, &req, e, now),
         };
@@ -729,7 +744,19 @@ impl Core {
             }
         }
         let content_type = req.header("Content-Type");
-        let body = match self.anchor(&mut call.media, from, req.body(), content_type.as_deref()) {
+        // INVITE and UPDATE carry offers; PRACK (and the rest) answers.
+        let role = if matches!(method, Method::Invite | Method::Update) {
+            Role::Offer
+        } else {
+            Role::Answer
+        };
+        let body = match self.anchor(
+            &mut call.media,
+            from,
+            req.body(),
+            content_type.as_deref(),
+            role,
+        ) {
             Ok(body) => body,
             Err(e) => return self.refuse_media(&key, &req, e, now),
         };
@@ -920,11 +947,18 @@ impl Core {
             let _ = out.push_header("Allow", ALLOW);
         }
         let content_type = resp.header("Content-Type");
+        // An answer, unless the caller's INVITE had no offer (then the callee offers).
+        let role = if call.a_invite.body().is_empty() {
+            Role::Offer
+        } else {
+            Role::Answer
+        };
         let body = self.anchor_or_pass(
             &mut call.media,
             Side::B,
             resp.body(),
             content_type.as_deref(),
+            role,
         );
         out.set_body(body, content_type.as_deref());
         let bytes = out.to_bytes();
@@ -977,11 +1011,17 @@ impl Core {
                 let _ = out.push_header("Contact", &self.contact(call.a.dest.transport));
             }
             let content_type = resp.header("Content-Type");
+            let role = if req.body().is_empty() {
+                Role::Offer
+            } else {
+                Role::Answer
+            };
             let body = self.anchor_or_pass(
                 &mut call.media,
                 from.other(),
                 resp.body(),
                 content_type.as_deref(),
+                role,
             );
             out.set_body(body, content_type.as_deref());
             if method == Method::Invite && (200..300).contains(&resp.status()) {
@@ -1060,6 +1100,7 @@ impl Core {
             side.other(),
             &body,
             content_type.as_deref(),
+            Role::Answer,
         );
         let Some((mut ack, dest)) = self.side_request(call, side, Method::Ack, Some(cseq)) else {
             return;

@@ -472,3 +472,111 @@ fn rtcp_mux_when_both_sides_offer_it_and_separate_ports_when_one_declines() {
     am.rtcp.send_to(&rr, warden_at(a_side + 1)).expect("send");
     assert_eq!(recv(&bm.rtcp), (rr.to_vec(), warden_at(b_side + 1)));
 }
+
+/// 20 ms frames of a 1 kHz tone at `rate`, encoded by `codec`, as RTP packets.
+fn tone_packets(codec_name: &str, pt: u8, ssrc: u32, count: u16) -> Vec<Vec<u8>> {
+    let codec = warden_media::codec::by_name(codec_name, 8000).expect("codec");
+    let mut encoder = (codec.encoder)();
+    let n = codec.frame_samples();
+    let rate = f64::from(codec.sample_rate);
+    (0..count)
+        .map(|i| {
+            let frame: Vec<i16> = (0..n)
+                .map(|k| {
+                    let t = (usize::from(i) * n + k) as f64 / rate;
+                    (12000.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i16
+                })
+                .collect();
+            let mut packet = rtp(i, pt, ssrc, 0);
+            packet[4..8].copy_from_slice(&(u32::from(i) * 160).to_be_bytes());
+            encoder.encode(&frame, &mut packet);
+            packet
+        })
+        .collect()
+}
+
+/// Decode received RTP payloads with `codec` and measure the tone's frequency.
+fn heard_frequency(codec_name: &str, packets: &[Vec<u8>]) -> f64 {
+    let codec = warden_media::codec::by_name(codec_name, 8000).expect("codec");
+    let mut decoder = (codec.decoder)();
+    let mut pcm = Vec::new();
+    for p in packets {
+        decoder.decode(&p[12..], &mut pcm);
+    }
+    let settled = &pcm[pcm.len() / 5..];
+    let rising = settled.windows(2).filter(|w| w[0] < 0 && w[1] >= 0).count();
+    rising as f64 * f64::from(codec.sample_rate) / settled.len() as f64
+}
+
+#[test]
+fn legs_without_a_common_codec_are_transcoded_with_tone_and_dtmf_intact() {
+    let (w, range) = warden(10, "");
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let (am, bm) = (Media::new(), Media::new());
+    // Alice speaks only G.722 (and RFC 4733 events); bob takes only PCMA.
+    let offer = sdp(&[
+        format!("m=audio {} RTP/AVP 9 101", am.port()),
+        "a=rtpmap:9 G722/8000".into(),
+        "a=rtpmap:101 telephone-event/8000".into(),
+        "a=fmtp:101 0-16".into(),
+    ]);
+    let (incoming, ok, _, _) = call(&mut alice, &mut bob, &offer, |offered| {
+        let text = String::from_utf8_lossy(offered.body()).to_string();
+        assert!(
+            text.contains("a=rtpmap:8 PCMA/8000"),
+            "Warden offers what it can transcode to: {text}"
+        );
+        sdp(&[
+            format!("m=audio {} RTP/AVP 8 101", bm.port()),
+            "a=rtpmap:8 PCMA/8000".into(),
+            "a=rtpmap:101 telephone-event/8000".into(),
+        ])
+    });
+    let b_side = assert_anchored(incoming.body(), range)[0];
+    let a_side = assert_anchored(ok.body(), range)[0];
+    let answered = String::from_utf8_lossy(ok.body()).to_string();
+    assert!(
+        answered.contains(" RTP/AVP 9 101\r\n"),
+        "alice is answered in her own codec: {answered}"
+    );
+    assert!(!answered.contains("PCMA"), "{answered}");
+
+    // Alice -> bob: G.722 in, PCMA out, the tone intact.
+    let mut got = Vec::new();
+    for packet in tone_packets("G722", 9, 0xa, 50) {
+        am.rtp.send_to(&packet, warden_at(a_side)).expect("send");
+        let (p, from) = recv(&bm.rtp);
+        assert_eq!(
+            (from, p[1] & 0x7f),
+            (warden_at(b_side), 8),
+            "PCMA from Warden's port"
+        );
+        got.push(p);
+    }
+    let f = heard_frequency("PCMA", &got);
+    assert!((f - 1000.0).abs() <= 20.0, "bob hears {f} Hz");
+    // A DTMF event from alice arrives on bob's stream (his SSRC, the next sequence number).
+    let mut event = rtp(50, 101, 0xa, 0);
+    event.extend_from_slice(&[5, 10, 0, 160]);
+    am.rtp.send_to(&event, warden_at(a_side)).expect("send");
+    let (dtmf, _) = recv(&bm.rtp);
+    let last = got.last().expect("audio");
+    assert_eq!(dtmf[1] & 0x7f, 101);
+    assert_eq!(&dtmf[8..12], &last[8..12], "same SSRC as bob's audio");
+    assert_eq!(
+        u16::from_be_bytes([dtmf[2], dtmf[3]]),
+        u16::from_be_bytes([last[2], last[3]]).wrapping_add(1)
+    );
+    assert_eq!(&dtmf[12..], &[5, 10, 0, 160]);
+
+    // Bob -> alice: PCMA in, G.722 out.
+    let mut got = Vec::new();
+    for packet in tone_packets("PCMA", 8, 0xb, 50) {
+        bm.rtp.send_to(&packet, warden_at(b_side)).expect("send");
+        let (p, _) = recv(&am.rtp);
+        assert_eq!(p[1] & 0x7f, 9, "G.722 toward alice");
+        got.push(p);
+    }
+    let f = heard_frequency("G722", &got);
+    assert!((f - 1000.0).abs() <= 20.0, "alice hears {f} Hz");
+}

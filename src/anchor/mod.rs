@@ -5,6 +5,7 @@
 //! sender's address goes to the relay as that side's remote, and the description goes on
 //! with the relay's port on the other side. Streams stay open until the call ends.
 
+pub mod negotiate;
 pub mod sdp;
 
 use std::collections::HashMap;
@@ -14,7 +15,10 @@ use std::time::{Duration, Instant};
 use warden_media::{LegStats, MediaError, Relay, Remote, Side as MediaSide, StreamId, StreamStats};
 
 use crate::call::Side;
-use sdp::{Direction, MediaLine, Sdp, SdpError};
+use negotiate::Role;
+use sdp::{Direction, MediaLine, MediaPlan, Sdp, SdpError};
+use warden_media::codec::Codec;
+use warden_media::{LegCodec, Transcoding};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnchorError {
@@ -37,6 +41,10 @@ pub struct MediaSession {
     streams: Vec<Option<StreamId>>,
     /// Per m= line index, what each side last described (A, B).
     described: HashMap<usize, [Option<MediaLine>; 2]>,
+    /// Per m= line index, the last offer: who made it and the formats it listed.
+    offers: HashMap<usize, (Side, Vec<sdp::Format>)>,
+    /// Per m= line index, the transcoding in force (payload types A, B).
+    transcoding: HashMap<usize, (u8, u8)>,
     /// Each side's last description put its media on hold (sendonly/inactive/0.0.0.0).
     holding: [bool; 2],
     /// RTP packets seen across all streams at the last check, and when that count changed.
@@ -61,15 +69,19 @@ pub fn is_sdp(content_type: Option<&str>) -> bool {
 }
 
 impl MediaSession {
-    /// Rewrite `body`, sent by `from`, for the other side; open streams it newly needs.
+    /// Rewrite `body`, sent by `from` as an offer or answer, for the other side; open the
+    /// streams it newly needs. Offers are widened with `transcodable` codecs; an answer that
+    /// picks one of those switches the stream to transcoding.
     pub fn anchor(
         &mut self,
         relay: &mut Relay,
         from: Side,
         body: &[u8],
+        role: Role,
+        transcodable: &[&'static Codec],
     ) -> Result<Vec<u8>, AnchorError> {
         let sdp = Sdp::parse(body)?;
-        let mut ports = Vec::with_capacity(sdp.media.len());
+        let mut plans: Vec<MediaPlan> = Vec::with_capacity(sdp.media.len());
         let opened_before = self.streams.len();
         for (index, m) in sdp.media.iter().enumerate() {
             if m.port == 0 {
@@ -80,7 +92,7 @@ impl MediaSession {
                 if let Some(d) = self.described.get_mut(&index) {
                     d[index_of(from)] = None;
                 }
-                ports.push(None);
+                plans.push(MediaPlan::default());
                 continue;
             }
             let id = match self.streams.get(index).copied().flatten() {
@@ -116,14 +128,65 @@ impl MediaSession {
                     );
                 }
             }
-            ports.push(relay.port(id, media_side(from.other())));
+            let formats = self.negotiate(relay, id, index, from, m, role, transcodable);
+            plans.push(MediaPlan {
+                port: relay.port(id, media_side(from.other())),
+                formats,
+            });
         }
         self.holding[index_of(from)] = !sdp.media.is_empty()
             && sdp.media.iter().filter(|m| m.port != 0).all(|m| {
                 matches!(m.direction, Direction::SendOnly | Direction::Inactive)
                     || m.address.is_some_and(|a| a.is_unspecified())
             });
-        Ok(sdp.rewrite(relay.address(), &ports).into_bytes())
+        Ok(sdp.rewrite_with(relay.address(), &plans).into_bytes())
+    }
+
+    /// The offer/answer step for one m= line: returns the format list to send on, if it
+    /// changes, and sets the stream's transcoding when an answer settles it.
+    #[allow(clippy::too_many_arguments)]
+    fn negotiate(
+        &mut self,
+        relay: &mut Relay,
+        id: StreamId,
+        index: usize,
+        from: Side,
+        m: &MediaLine,
+        role: Role,
+        transcodable: &[&'static Codec],
+    ) -> Option<Vec<sdp::Format>> {
+        if m.kind != "audio" {
+            return None;
+        }
+        match role {
+            Role::Offer => {
+                self.offers.insert(index, (from, m.formats.clone()));
+                negotiate::widen_offer(&m.formats, transcodable)
+            }
+            Role::Answer => {
+                let (offerer, offer) = self.offers.get(&index).filter(|(s, _)| *s != from)?;
+                let settled = negotiate::settle(offer, &m.formats);
+                let pair = settled.transcoding.map(|(offered, answered)| {
+                    let (a, b) = match offerer {
+                        Side::A => (offered, answered),
+                        Side::B => (answered, offered),
+                    };
+                    Transcoding { a, b }
+                });
+                let key = pair.map(|t| (t.a.payload_type, t.b.payload_type));
+                if self.transcoding.get(&index).copied() != key {
+                    match key {
+                        Some(k) => self.transcoding.insert(index, k),
+                        None => self.transcoding.remove(&index),
+                    };
+                    if let Some(t) = &pair {
+                        tracing::info!(a = %describe(&t.a), b = %describe(&t.b), "legs share no codec: transcoding");
+                    }
+                    relay.set_transcoding(id, pair);
+                }
+                settled.formats_for_offerer
+            }
+        }
     }
 
     /// Close every stream (the call is over); their ports return to the pool.
@@ -132,6 +195,8 @@ impl MediaSession {
             relay.close(id);
         }
         self.described.clear();
+        self.offers.clear();
+        self.transcoding.clear();
     }
 
     pub fn on_hold(&self) -> bool {
@@ -183,6 +248,13 @@ impl MediaSession {
     pub fn has_streams(&self) -> bool {
         self.streams.iter().any(Option::is_some)
     }
+}
+
+fn describe(leg: &LegCodec) -> String {
+    format!(
+        "{}/{} pt {}",
+        leg.codec.name, leg.codec.rtp_clock, leg.payload_type
+    )
 }
 
 /// Where a side receives, from its description of one m= line.

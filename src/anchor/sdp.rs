@@ -345,7 +345,25 @@ impl Sdp {
         for (i, section) in self.sections.iter().enumerate() {
             let plan = plans.get(i).cloned().unwrap_or_default();
             let port = plan.port;
+            // New format attributes go where the section's attributes start (after any
+            // c= and b= lines, as RFC 8866 orders them), or at its end.
+            let mut formats_pending = plan.formats.as_ref();
+            let mut emit_formats = |out: &mut String| {
+                for attr in formats_pending
+                    .take()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|f| [&f.rtpmap, &f.fmtp])
+                    .flatten()
+                {
+                    out.push_str(attr);
+                    out.push_str("\r\n");
+                }
+            };
             for line in section {
+                if line.starts_with("a=") {
+                    emit_formats(&mut out);
+                }
                 if let Some(m) = line.strip_prefix("m=") {
                     let mut fields: Vec<String> = m.split_whitespace().map(str::to_owned).collect();
                     if let (Some(p), Some(slot)) = (port, fields.get_mut(1)) {
@@ -357,12 +375,6 @@ impl Sdp {
                     }
                     out.push_str("m=");
                     out.push_str(&fields.join(" "));
-                    if let Some(formats) = &plan.formats {
-                        for attr in formats.iter().flat_map(|f| [&f.rtpmap, &f.fmtp]).flatten() {
-                            out.push_str("\r\n");
-                            out.push_str(attr);
-                        }
-                    }
                 } else if plan.formats.is_some()
                     && (line.starts_with("a=rtpmap:") || line.starts_with("a=fmtp:"))
                 {
@@ -384,6 +396,7 @@ impl Sdp {
                 }
                 out.push_str("\r\n");
             }
+            emit_formats(&mut out);
         }
         out
     }

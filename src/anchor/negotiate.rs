@@ -1,0 +1,180 @@
+//! Codec negotiation across the two legs: widen an offer with the codecs Warden can
+//! transcode to, and when the answer picks one of those, choose the offerer's codec and
+//! the transcoding pair. Pure functions over SDP formats.
+
+use warden_media::LegCodec;
+use warden_media::codec::{self, Codec};
+
+use super::sdp::Format;
+
+/// What an SDP body is in the offer/answer exchange (RFC 3264).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Offer,
+    Answer,
+}
+
+fn is_dtmf(f: &Format) -> bool {
+    f.name == "TELEPHONE-EVENT"
+}
+
+fn is_codec(f: &Format) -> bool {
+    !matches!(f.name.as_str(), "TELEPHONE-EVENT" | "CN" | "RED" | "")
+}
+
+fn codec_of(f: &Format) -> Option<&'static Codec> {
+    codec::by_name(&f.name, f.clock)
+}
+
+fn same(a: &Format, b: &Format) -> bool {
+    a.name == b.name && a.clock == b.clock
+}
+
+/// The offer toward the answerer: the offered formats plus every `transcodable` codec it
+/// lacks, appended (so an answerer that shares a codec with the offerer picks that one).
+/// None when nothing is added: Warden cannot decode any offered codec, or lacks nothing.
+pub fn widen_offer(offer: &[Format], transcodable: &[&'static Codec]) -> Option<Vec<Format>> {
+    if !offer.iter().any(|f| codec_of(f).is_some()) {
+        return None;
+    }
+    let mut widened = offer.to_vec();
+    for c in transcodable {
+        let present = offer
+            .iter()
+            .any(|f| f.name.eq_ignore_ascii_case(c.name) && f.clock == c.rtp_clock);
+        let Some(pt) = c.static_payload_type else {
+            continue; // dynamic payload types are assigned with Opus and AMR
+        };
+        if !present && !offer.iter().any(|f| f.payload_type == pt) {
+            widened.push(Format {
+                payload_type: pt,
+                name: c.name.to_owned(),
+                clock: c.rtp_clock,
+                rtpmap: Some(format!("a=rtpmap:{pt} {}/{}", c.name, c.rtp_clock)),
+                fmtp: None,
+            });
+        }
+    }
+    (widened.len() > offer.len()).then_some(widened)
+}
+
+/// What an answer settles for one m= line.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    /// The formats the offerer is answered with, when they differ from the answer's.
+    pub formats_for_offerer: Option<Vec<Format>>,
+    /// (offerer's codec, answerer's codec) when the legs share none.
+    pub transcoding: Option<(LegCodec, LegCodec)>,
+}
+
+pub fn settle(offer: &[Format], answer: &[Format]) -> Settlement {
+    let passthrough = |answer: &[Format]| {
+        // Never show the offerer a codec it did not offer (one Warden added).
+        let kept: Vec<Format> = answer
+            .iter()
+            .filter(|f| offer.iter().any(|o| same(o, f)))
+            .cloned()
+            .collect();
+        Settlement {
+            formats_for_offerer: (kept.len() < answer.len() && !kept.is_empty()).then_some(kept),
+            transcoding: None,
+        }
+    };
+    let Some(chosen) = answer.iter().find(|f| is_codec(f)) else {
+        return passthrough(answer);
+    };
+    if offer.iter().any(|o| same(o, chosen)) {
+        return passthrough(answer);
+    }
+    let (Some(answer_codec), Some((offer_format, offer_codec))) = (
+        codec_of(chosen),
+        offer.iter().find_map(|f| codec_of(f).map(|c| (f, c))),
+    ) else {
+        return passthrough(answer);
+    };
+    let offer_dtmf = offer.iter().find(|f| is_dtmf(f));
+    let answer_dtmf = answer.iter().find(|f| is_dtmf(f));
+    let mut formats = vec![offer_format.clone()];
+    if let (Some(d), Some(_)) = (offer_dtmf, answer_dtmf) {
+        formats.push(d.clone());
+    }
+    Settlement {
+        formats_for_offerer: Some(formats),
+        transcoding: Some((
+            LegCodec {
+                codec: offer_codec,
+                payload_type: offer_format.payload_type,
+                dtmf_payload_type: offer_dtmf
+                    .filter(|_| answer_dtmf.is_some())
+                    .map(|f| f.payload_type),
+            },
+            LegCodec {
+                codec: answer_codec,
+                payload_type: chosen.payload_type,
+                dtmf_payload_type: answer_dtmf.map(|f| f.payload_type),
+            },
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fmt(pt: u8, name: &str, clock: u32) -> Format {
+        Format {
+            payload_type: pt,
+            name: name.to_owned(),
+            clock,
+            rtpmap: Some(format!("a=rtpmap:{pt} {name}/{clock}")),
+            fmtp: None,
+        }
+    }
+
+    fn list() -> Vec<&'static Codec> {
+        ["PCMA", "PCMU", "G722"]
+            .iter()
+            .filter_map(|n| codec::by_name(n, 8000))
+            .collect()
+    }
+
+    #[test]
+    fn offers_are_widened_with_what_is_missing_at_the_end() {
+        let offer = vec![fmt(9, "G722", 8000), fmt(101, "TELEPHONE-EVENT", 8000)];
+        let widened = widen_offer(&offer, &list()).expect("widened");
+        let pts: Vec<u8> = widened.iter().map(|f| f.payload_type).collect();
+        assert_eq!(pts, vec![9, 101, 8, 0]);
+        assert_eq!(widened[2].rtpmap.as_deref(), Some("a=rtpmap:8 PCMA/8000"));
+        // Nothing Warden can decode: left alone.
+        assert!(widen_offer(&[fmt(96, "OPUS", 48000)], &list()).is_none());
+    }
+
+    #[test]
+    fn a_shared_codec_is_relayed_untouched() {
+        let offer = vec![fmt(0, "PCMU", 8000), fmt(8, "PCMA", 8000)];
+        let answer = vec![fmt(8, "PCMA", 8000)];
+        let s = settle(&offer, &answer);
+        assert!(s.formats_for_offerer.is_none() && s.transcoding.is_none());
+    }
+
+    #[test]
+    fn an_added_codec_in_the_answer_means_transcoding() {
+        let offer = vec![fmt(9, "G722", 8000), fmt(101, "TELEPHONE-EVENT", 8000)];
+        let answer = vec![fmt(8, "PCMA", 8000), fmt(96, "TELEPHONE-EVENT", 8000)];
+        let s = settle(&offer, &answer);
+        let formats = s.formats_for_offerer.expect("offerer gets its own codec");
+        assert_eq!(
+            formats.iter().map(|f| f.payload_type).collect::<Vec<_>>(),
+            vec![9, 101]
+        );
+        let (from, to) = s.transcoding.expect("transcoding");
+        assert_eq!(
+            (from.codec.name, from.payload_type, from.dtmf_payload_type),
+            ("G722", 9, Some(101))
+        );
+        assert_eq!(
+            (to.codec.name, to.payload_type, to.dtmf_payload_type),
+            ("PCMA", 8, Some(96))
+        );
+    }
+}
