@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Interop: two baresip phones register to Warden, alice calls bob through it and plays a
-# 1 kHz tone from a file, bob answers automatically and records what he hears (sndfile).
-# Passes when the call is established and ended on both sides, the recording holds the
-# tone (sox: RMS above a floor, dominant frequency 1 kHz +/- 2%), and a loopback capture
-# (tshark) shows every RTP packet went to or came from Warden's media ports, none phone
-# to phone. Usage: tests/interop/baresip_call.sh [WARDEN_BINARY]
+# 1 kHz tone from a file, bob answers automatically and plays one back; each phone records
+# what it hears (sndfile). Passes when the call is established and ended on both sides,
+# both recordings hold the tone (sox: RMS above a floor, dominant frequency 1 kHz +/- 2%),
+# and a loopback capture (tshark) shows every RTP packet went to or came from Warden's
+# media ports, none phone to phone. CALLER_CODEC / CALLEE_CODEC (default PCMU for both) pick the one codec each
+# phone may use; when they differ, Warden must transcode.
+# Usage: tests/interop/baresip_call.sh [WARDEN_BINARY]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:-$here/../../target/release/warden}
 port=${WARDEN_PORT:-5094}
 media_min=36000 media_max=36099
+caller_codec=${CALLER_CODEC:-PCMU} callee_codec=${CALLEE_CODEC:-PCMU}
+echo "     caller codec $caller_codec, callee codec $callee_codec"
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
@@ -18,10 +22,13 @@ WARDEN_EXTRA_TOML="[media]
 port_min = $media_min
 port_max = $media_max" start_warden "$bin" "$port" "$work" info
 
-# The tone alice plays: 1 kHz, 8 kHz mono, 10 s.
-sox -n -r 8000 -c 1 -b 16 "$work/tone.wav" synth 10 sine 1000 vol 0.5
+# The tone each phone plays: 1 kHz mono, 10 s, at its codec's rate (aufile insists).
+rate_of() { case $1 in */16000*) echo 16000 ;; *) echo 8000 ;; esac; }
+for r in 8000 16000; do
+  sox -n -r $r -c 1 -b 16 "$work/tone-$r.wav" synth 10 sine 1000 vol 0.5
+done
 
-phone() { # name sip-port rtp-ports
+phone() { # name sip-port rtp-ports codec
   local dir="$work/$1"
   mkdir -p "$dir"
   cat > "$dir/config" <<CFG
@@ -30,20 +37,21 @@ sip_listen 127.0.0.1:$2
 rtp_ports $3
 module_path /usr/lib/baresip/modules
 module g711.so
+module g722.so
 module aufile.so
 module sndfile.so
 snd_path $dir
-audio_source aufile,$work/tone.wav
+audio_source aufile,$work/tone-$(rate_of "$4").wav
 audio_alert aufile,/dev/null
 module_app account.so
 module_app menu.so
 CFG
-  echo "<sip:$1@127.0.0.1:$port;transport=udp>;regint=600;answermode=auto;audio_codecs=PCMU" > "$dir/accounts"
+  echo "<sip:$1@127.0.0.1:$port;transport=udp>;regint=600;answermode=auto;audio_codecs=$4" > "$dir/accounts"
   echo "$dir"
 }
 
-bob=$(phone bob 5095 10000-10049)  # baresip also takes port+1 (TLS)
-alice=$(phone alice 5098 10050-10099)
+bob=$(phone bob 5095 10000-10049 "$callee_codec")  # baresip also takes port+1 (TLS)
+alice=$(phone alice 5098 10050-10099 "$caller_codec")
 tshark -q -i lo -f "udp portrange 10000-10099" -w "$work/rtp.pcap" > "$work/tshark.log" 2>&1 &
 tshark_pid=$!
 sleep 2 # tshark needs a moment before it captures
@@ -68,22 +76,32 @@ check "$work/alice.log" "Call established|established" "alice: call established"
 check "$work/bob.log" "Call established|established" "bob: call answered and established"
 check "$work/warden.log" "answered" "warden: call answered"
 check "$work/warden.log" "call ended" "warden: call ended by BYE"
+if [ "$caller_codec" != "$callee_codec" ]; then
+  check "$work/warden.log" "legs share no codec: transcoding" "warden: transcoding between $caller_codec and $callee_codec"
+  check "$work/alice.log" "Set audio encoder: ${caller_codec%%/*}" "alice sends ${caller_codec%%/*}"
+  check "$work/bob.log" "Set audio decoder: ${callee_codec%%/*}" "bob receives ${callee_codec%%/*}"
+fi
 check "$work/warden.log" "media summary.*caller_rtp=[1-9][0-9]{2}.*callee_rtp=[1-9][0-9]{2}" "warden: per-leg RTP counted"
 
-# The recording: what bob decoded from the network.
-rec=$(ls "$bob"/dump-*-dec.wav 2>/dev/null | head -1 || true)
-if [ -n "$rec" ]; then
+# The recordings: what each phone decoded from the network holds the other's tone.
+recording() { # phone-dir name
+  local rec rms freq
+  rec=$(ls "$1"/dump-*-dec.wav 2>/dev/null | head -1 || true)
+  if [ -z "$rec" ]; then
+    expect no "$2 recorded the call (sndfile dump)"
+    return
+  fi
   # Skip the first second (ringing, jitter buffer start), analyse 3 s.
-  sox "$rec" "$work/cut.wav" trim 1 3
-  rms=$(sox "$work/cut.wav" -n stat 2>&1 | awk '/RMS +amplitude/ {print $3}')
+  sox "$rec" "$work/cut-$2.wav" trim 1 3
+  rms=$(sox "$work/cut-$2.wav" -n stat 2>&1 | awk '/RMS +amplitude/ {print $3}')
   # Dominant frequency: the strongest bin of sox's power spectrum (about 2 Hz bins).
-  freq=$(sox "$work/cut.wav" -n stat -freq 2>&1 | awk 'NF == 2 && $1 + 0 > 0 && $2 + 0 > max { max = $2 + 0; f = $1 } END { print f }')
-  echo "     recording: $rec, RMS $rms, dominant frequency $freq Hz"
-  expect "$(awk -v r="$rms" 'BEGIN {print (r > 0.05) ? "yes" : "no"}')" "bob's recording is not silence (RMS > 0.05)"
-  expect "$(awk -v f="$freq" 'BEGIN {print (f >= 980 && f <= 1020) ? "yes" : "no"}')" "bob's recording is the 1 kHz tone (+/- 2%)"
-else
-  expect no "bob recorded the call (sndfile dump)"
-fi
+  freq=$(sox "$work/cut-$2.wav" -n stat -freq 2>&1 | awk 'NF == 2 && $1 + 0 > 0 && $2 + 0 > max { max = $2 + 0; f = $1 } END { print f }')
+  echo "     $2's recording: RMS $rms, dominant frequency $freq Hz"
+  expect "$(awk -v r="$rms" 'BEGIN {print (r > 0.05) ? "yes" : "no"}')" "$2's recording is not silence (RMS > 0.05)"
+  expect "$(awk -v f="$freq" 'BEGIN {print (f >= 980 && f <= 1020) ? "yes" : "no"}')" "$2's recording is the 1 kHz tone (+/- 2%)"
+}
+recording "$bob" bob
+recording "$alice" alice
 
 # The capture: RTP between the phones' ports and Warden's media ports only.
 fields() { tshark -r "$work/rtp.pcap" -T fields -e udp.srcport -e udp.dstport 2>/dev/null; }
@@ -96,5 +114,5 @@ expect "$([ "$total" -gt 200 ] && [ "$via_warden" -eq "$total" ] && [ "$direct" 
 if [ $fail -ne 0 ]; then
   for f in warden alice bob tshark; do echo "--- $f"; tail -n 25 "$work/$f.log"; done
 fi
-echo "baresip: $([ $fail -eq 0 ] && echo '9 passed, 0 failed' || echo 'failures above')"
+echo "baresip: $([ $fail -eq 0 ] && echo 'all checks passed' || echo 'failures above')"
 exit $fail
