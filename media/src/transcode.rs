@@ -25,7 +25,7 @@ pub struct Transcoding {
 
 const MAX_CONCEALED_FRAMES: u16 = 3;
 
-pub(crate) struct Direction {
+pub struct Direction {
     from: LegCodec,
     to: LegCodec,
     decoder: Box<dyn Decoder>,
