@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod ports;
+pub mod prompt;
 pub mod relay;
 pub mod stats;
 #[doc(hidden)]

@@ -68,3 +68,37 @@ impl Resampler {
         );
     }
 }
+
+/// Resample a whole buffer (prompts, at load time): any rate pair, delay removed, length
+/// scaled exactly.
+pub fn whole(samples: &[i16], from: u32, to: u32) -> Result<Vec<i16>, String> {
+    use rubato::FftFixedIn;
+    let chunk = 1024;
+    let mut r = FftFixedIn::<f32>::new(from as usize, to as usize, chunk, 2, 1)
+        .map_err(|e| format!("cannot resample {from} Hz to {to} Hz: {e}"))?;
+    let delay = r.output_delay();
+    let wanted = samples.len() * to as usize / from as usize;
+    let mut input: Vec<f32> = samples.iter().map(|s| f32::from(*s) / 32768.0).collect();
+    // Enough trailing silence to flush the delay out.
+    input.resize(
+        input.len() + chunk * 2 + delay * from as usize / to as usize,
+        0.0,
+    );
+    let mut out = Vec::with_capacity(wanted + delay);
+    for block in input.chunks(chunk) {
+        let mut frame = block.to_vec();
+        frame.resize(chunk, 0.0);
+        let produced = r
+            .process(&[frame], None)
+            .map_err(|e| format!("resampling failed: {e}"))?;
+        out.extend(
+            produced[0]
+                .iter()
+                .map(|s| (s * 32768.0).clamp(-32768.0, 32767.0) as i16),
+        );
+        if out.len() >= wanted + delay {
+            break;
+        }
+    }
+    Ok(out.into_iter().skip(delay).take(wanted).collect())
+}
