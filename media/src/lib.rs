@@ -12,6 +12,9 @@ pub mod transcode;
 mod worker;
 
 pub use ports::{PortPair, PortPool, PortsExhausted};
-pub use relay::{Latching, MediaError, Relay, RelayConfig, Remote, Side, StreamId, StreamStats};
+pub use relay::{
+    EventSink, Latching, MediaError, MediaEvent, Relay, RelayConfig, Remote, Side, StreamId,
+    StreamStats,
+};
 pub use stats::LegStats;
 pub use transcode::{LegCodec, Transcoding};

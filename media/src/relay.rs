@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::ports::{PortPair, PortPool, PortsExhausted};
+use crate::prompt::EncodedPrompt;
 use crate::stats::{LegCounters, LegStats};
 use crate::sys::EventFd;
 use crate::transcode::Transcoding;
@@ -69,6 +70,16 @@ pub struct Remote {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamId(pub u64);
+
+/// What the relay tells its owner, from the worker threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// A prompt finished playing to `side` of `stream`.
+    PlaybackDone { stream: StreamId, side: Side },
+}
+
+/// Receives media events; called on a worker thread, so it must only hand them on.
+pub type EventSink = Arc<dyn Fn(MediaEvent) + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
@@ -256,6 +267,44 @@ impl Relay {
                     transcoding,
                 },
             );
+        }
+    }
+
+    /// Play `prompt` to `side`'s party (`repeat` more times after the first), in its
+    /// payload type; the other side's packets toward it are held back meanwhile. A
+    /// `MediaEvent::PlaybackDone` follows when it ends.
+    pub fn play(
+        &mut self,
+        id: StreamId,
+        side: Side,
+        prompt: Arc<EncodedPrompt>,
+        payload_type: u8,
+        repeat: u32,
+    ) {
+        if let Some(worker) = self.streams.get(&id).map(|s| s.worker) {
+            self.send(
+                worker,
+                Command::Play {
+                    id: id.0,
+                    side,
+                    prompt,
+                    payload_type,
+                    repeat,
+                },
+            );
+        }
+    }
+
+    pub fn stop_playing(&mut self, id: StreamId, side: Side) {
+        if let Some(worker) = self.streams.get(&id).map(|s| s.worker) {
+            self.send(worker, Command::StopPlaying { id: id.0, side });
+        }
+    }
+
+    /// Where media events (playback finished) are delivered, from the worker threads.
+    pub fn set_event_sink(&mut self, sink: EventSink) {
+        for worker in 0..self.workers.len() {
+            self.send(worker, Command::SetEvents(sink.clone()));
         }
     }
 

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use crate::relay::{Latching, Remote, Side, StreamCounters};
+use crate::prompt::EncodedPrompt;
+use crate::relay::{EventSink, Latching, MediaEvent, Remote, Side, StreamCounters, StreamId};
 use crate::stats::{LegStats, RtpReceiver, looks_like_rtcp, read_rtcp};
 use crate::sys::{BATCH, Batch, Epoll, EventFd, RawAddr, connect, disconnect, send_one};
 use crate::transcode::{Direction, Transcoding};
@@ -44,6 +45,18 @@ pub(crate) enum Command {
         id: u64,
         transcoding: Option<Transcoding>,
     },
+    Play {
+        id: u64,
+        side: Side,
+        prompt: Arc<EncodedPrompt>,
+        payload_type: u8,
+        repeat: u32,
+    },
+    StopPlaying {
+        id: u64,
+        side: Side,
+    },
+    SetEvents(EventSink),
     /// Answered once every earlier command is applied and every packet already handled has
     /// its statistics published.
     Sync(std::sync::mpsc::Sender<()>),
@@ -73,6 +86,8 @@ pub(crate) struct Stream {
     clock_rate: [u32; 2],
     /// When the legs share no codec: A->B and B->A.
     transcoders: Option<Box<[Direction; 2]>>,
+    /// A prompt is playing to side A / B: the other side's packets are not relayed to it.
+    playing: [bool; 2],
 }
 
 impl Stream {
@@ -86,6 +101,7 @@ impl Stream {
             stats: Default::default(),
             clock_rate: [8000; 2],
             transcoders: None,
+            playing: [false; 2],
         }
     }
 
@@ -121,6 +137,8 @@ pub(crate) struct Worker {
     commands: Receiver<Command>,
     latching: Latching,
     coalesce: Duration,
+    players: Vec<Player>,
+    events: Option<EventSink>,
     slots: Vec<Option<Box<Stream>>>,
     free: Vec<usize>,
     by_id: HashMap<u64, usize>,
@@ -142,6 +160,8 @@ impl Worker {
             commands,
             latching,
             coalesce,
+            players: Vec::new(),
+            events: None,
             slots: Vec::new(),
             free: Vec::new(),
             by_id: HashMap::new(),
@@ -158,7 +178,7 @@ impl Worker {
         // SAFETY (of the zeroed array): epoll_event is a plain C struct.
         let mut events: [libc::epoll_event; 256] = unsafe { std::mem::zeroed() };
         loop {
-            let n = self.epoll.wait(&mut events, -1);
+            let n = self.epoll.wait(&mut events, self.next_frame_timeout());
             // One clock read per wake-up serves every packet handled in it (jitter needs
             // arrival times; a few microseconds of skew is far below what it measures).
             let now_us = self.epoch.elapsed().as_micros() as u64;
@@ -186,6 +206,72 @@ impl Worker {
             if busy && !self.coalesce.is_zero() {
                 std::thread::sleep(self.coalesce);
             }
+            self.play_due(Instant::now());
+        }
+    }
+
+    /// Milliseconds until the next prompt frame is due (-1: no prompt playing).
+    fn next_frame_timeout(&self) -> i32 {
+        let Some(next) = self.players.iter().map(|p| p.next).min() else {
+            return -1;
+        };
+        let wait = next.saturating_duration_since(Instant::now());
+        // Round up: waking early would only loop.
+        wait.as_micros().div_ceil(1000).min(1000) as i32
+    }
+
+    /// Send every prompt frame that is due, paced by the clock (not by packet arrival).
+    fn play_due(&mut self, now: Instant) {
+        let mut finished = Vec::new();
+        for (index, player) in self.players.iter_mut().enumerate() {
+            let Some(stream) = self.slots.get(player.slot).and_then(|s| s.as_deref()) else {
+                finished.push(index);
+                continue;
+            };
+            let socket = player.side * 2;
+            let end = &stream.ends[socket];
+            let to = if end.connected {
+                None
+            } else {
+                end.target.as_ref()
+            };
+            let fd = stream.sockets[socket].as_raw_fd();
+            // Catch up at most a few frames after a stall; beyond that, skip ahead.
+            let mut sent = 0;
+            while player.next <= now && sent < 3 {
+                match player.frame() {
+                    Some(packet) => {
+                        if end.target.is_some() {
+                            send_one(fd, packet, to);
+                        }
+                    }
+                    None => {
+                        finished.push(index);
+                        break;
+                    }
+                }
+                player.next += FRAME;
+                sent += 1;
+            }
+            if player.next <= now {
+                player.next = now + FRAME;
+            }
+        }
+        for index in finished.into_iter().rev() {
+            let player = self.players.swap_remove(index);
+            if let Some(stream) = self
+                .slots
+                .get_mut(player.slot)
+                .and_then(|s| s.as_deref_mut())
+            {
+                stream.playing[player.side] = false;
+            }
+            if let Some(sink) = &self.events {
+                sink(MediaEvent::PlaybackDone {
+                    stream: StreamId(player.stream),
+                    side: if player.side == 0 { Side::A } else { Side::B },
+                });
+            }
         }
     }
 
@@ -207,6 +293,39 @@ impl Worker {
                         });
                     }
                 }
+                Command::Play {
+                    id,
+                    side,
+                    prompt,
+                    payload_type,
+                    repeat,
+                } => {
+                    let index = side.index();
+                    self.players
+                        .retain(|p| !(p.stream == id && p.side == index));
+                    if let Some(&slot) = self.by_id.get(&id) {
+                        if let Some(s) = self.slots.get_mut(slot).and_then(|s| s.as_deref_mut()) {
+                            s.playing[index] = true;
+                        }
+                        self.players.push(Player::new(
+                            id,
+                            slot,
+                            index,
+                            prompt,
+                            payload_type,
+                            repeat,
+                        ));
+                    }
+                }
+                Command::StopPlaying { id, side } => {
+                    let index = side.index();
+                    self.players
+                        .retain(|p| !(p.stream == id && p.side == index));
+                    if let Some(s) = self.stream_mut(id) {
+                        s.playing[index] = false;
+                    }
+                }
+                Command::SetEvents(sink) => self.events = Some(sink),
                 Command::Sync(done) => {
                     let _ = done.send(());
                 }
@@ -244,6 +363,7 @@ impl Worker {
             for socket in &stream.sockets {
                 self.epoll.remove(socket.as_raw_fd());
             }
+            self.players.retain(|p| p.stream != id);
             self.free.push(slot);
         }
         // Dropping the stream closes its sockets; the ports are already back in the pool.
@@ -287,6 +407,9 @@ impl Worker {
                     continue;
                 }
                 account(stream, side, socket, packet, now_us);
+                if stream.playing[out / 2] {
+                    continue; // the party hears the prompt, not the other side
+                }
                 let rtp_socket = socket == A_RTP || socket == B_RTP;
                 if let Some(directions) = stream.transcoders.as_mut().filter(|_| rtp_socket)
                     && !looks_like_rtcp(packet)
@@ -319,6 +442,85 @@ impl Worker {
                 return;
             }
         }
+    }
+}
+
+const FRAME: Duration = Duration::from_millis(20);
+
+/// A prompt being played to one side of a stream: 20 ms frames with their own RTP header
+/// (SSRC, sequence numbers, timestamps on the codec's clock, marker on the first packet).
+struct Player {
+    stream: u64,
+    slot: usize,
+    side: usize,
+    prompt: Arc<EncodedPrompt>,
+    index: usize,
+    repeats_left: u32,
+    next: Instant,
+    payload_type: u8,
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+    marker: bool,
+    packet: Vec<u8>,
+}
+
+impl Player {
+    fn new(
+        stream: u64,
+        slot: usize,
+        side: usize,
+        prompt: Arc<EncodedPrompt>,
+        payload_type: u8,
+        repeat: u32,
+    ) -> Player {
+        let start = Instant::now();
+        let seed = (stream as u32).wrapping_mul(2_654_435_761) ^ start.elapsed().subsec_nanos();
+        Player {
+            stream,
+            slot,
+            side,
+            prompt,
+            index: 0,
+            repeats_left: repeat,
+            next: start,
+            payload_type,
+            ssrc: seed,
+            seq: (seed >> 7) as u16,
+            timestamp: seed.rotate_left(13),
+            marker: true,
+            packet: Vec::with_capacity(512),
+        }
+    }
+
+    /// The next frame's packet, or None when the prompt (and its repeats) are over.
+    fn frame(&mut self) -> Option<&[u8]> {
+        if self.index == self.prompt.frames.len() {
+            if self.repeats_left == 0 {
+                return None;
+            }
+            self.repeats_left -= 1;
+            self.index = 0;
+        }
+        let payload = self.prompt.frames.get(self.index)?;
+        self.packet.clear();
+        self.packet.push(0x80);
+        self.packet.push(if self.marker {
+            0x80 | self.payload_type
+        } else {
+            self.payload_type
+        });
+        self.packet.extend_from_slice(&self.seq.to_be_bytes());
+        self.packet.extend_from_slice(&self.timestamp.to_be_bytes());
+        self.packet.extend_from_slice(&self.ssrc.to_be_bytes());
+        self.packet.extend_from_slice(payload);
+        self.marker = false;
+        self.index += 1;
+        self.seq = self.seq.wrapping_add(1);
+        self.timestamp = self
+            .timestamp
+            .wrapping_add(self.prompt.codec.rtp_clock / 50);
+        Some(&self.packet)
     }
 }
 

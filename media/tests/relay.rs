@@ -229,3 +229,57 @@ fn transcodes_between_legs_that_share_no_codec() {
         "Bob hears the tone: {freq} Hz"
     );
 }
+
+#[test]
+fn plays_a_prompt_paced_at_20_ms_and_reports_the_end() {
+    use std::sync::{Arc, Mutex};
+    use warden_media::{MediaEvent, codec, prompt};
+    let mut relay = relay(31500, 31599, Latching::Strict);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    relay.set_event_sink(Arc::new(move |e| {
+        let _ = tx.lock().map(|t| t.send(e));
+    }));
+    let id = relay.open().expect("stream");
+    let a_port = relay.port(id, Side::A).expect("a");
+    let (alice, bob) = (party(), party());
+    relay.set_remote(id, Side::A, Some(remote(&alice)));
+    relay.set_remote(id, Side::B, Some(remote(&bob)));
+    let pcma = codec::by_name("PCMA", 8000).expect("pcma");
+    let audio = prompt::Audio {
+        rate: 8000,
+        samples: vec![1000; 8000],
+    }; // one second
+    let encoded = Arc::new(prompt::encode(&audio, pcma).expect("encodes"));
+    let started = std::time::Instant::now();
+    relay.play(id, Side::A, encoded, 8, 0);
+    let mut seqs = Vec::new();
+    for i in 0..50 {
+        let (p, from) = recv(&alice);
+        assert_eq!(from.port(), a_port, "from Warden's A-side port");
+        assert_eq!(
+            p[1],
+            if i == 0 { 0x80 | 8 } else { 8 },
+            "PCMA, marker on the first"
+        );
+        assert_eq!(p.len(), 172);
+        seqs.push(u16::from_be_bytes([p[2], p[3]]));
+    }
+    assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+    // Paced by a clock: 50 frames cannot arrive faster than about a second.
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let event = rx
+        .recv_timeout(Duration::from_secs(2))
+        .expect("end reported");
+    assert_eq!(
+        event,
+        MediaEvent::PlaybackDone {
+            stream: id,
+            side: Side::A
+        }
+    );
+}
