@@ -105,6 +105,9 @@ pub struct CallConfig {
     pub no_answer_timeout_s: u64,
     /// Answer new calls with 503 once this many are up.
     pub max_calls: usize,
+    /// Play the caller an announcement (as early media, 183) before a failure: the
+    /// `user_unavailable` prompt before 404/480, `busy` before 486/600.
+    pub announce_failures: bool,
 }
 
 impl Default for CallConfig {
@@ -112,6 +115,7 @@ impl Default for CallConfig {
         CallConfig {
             no_answer_timeout_s: 60,
             max_calls: 100_000,
+            announce_failures: false,
         }
     }
 }
@@ -136,6 +140,9 @@ pub struct MediaConfig {
     /// Codecs Warden adds to an offer toward the far leg, in this order, so legs that share
     /// no codec are bridged by transcoding. Empty: never transcode.
     pub transcode: Vec<String>,
+    /// A folder of prompts (WAV, FLAC, Ogg Vorbis, MP3) named by file stem; they replace or
+    /// add to the prompts built into Warden (`prompts/` of the source tree).
+    pub prompts_dir: Option<PathBuf>,
     /// End a bridged call after this long without RTP from either side (not while on hold).
     pub rtp_timeout_s: u64,
 }
@@ -150,6 +157,7 @@ impl Default for MediaConfig {
             latching: "strict".into(),
             coalesce_us: 200,
             transcode: vec!["PCMA".into(), "PCMU".into(), "G722".into()],
+            prompts_dir: None,
             rtp_timeout_s: 60,
         }
     }

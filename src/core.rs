@@ -11,6 +11,8 @@ use bytes::Bytes;
 
 use warden_media::Relay as MediaRelay;
 use warden_media::codec::Codec;
+use warden_media::prompt::Prompts;
+use warden_media::{MediaEvent, Side as MediaSide};
 
 use crate::anchor::negotiate::Role;
 use crate::anchor::{AnchorError, MediaSession, is_sdp};
@@ -76,6 +78,8 @@ pub struct Core {
     pub media: MediaRelay,
     /// Codecs offered to the far leg for transcoding, in preference order.
     transcodable: Vec<&'static Codec>,
+    /// Announcements, encoded per codec on first use.
+    prompts: Prompts,
     pub stats: Stats,
 }
 
@@ -86,6 +90,7 @@ impl Core {
         registrar: Registrar,
         advertised: HashMap<Transport, String>,
         media: MediaRelay,
+        prompts: Prompts,
     ) -> Core {
         Core {
             transcodable: config.media.transcodable(),
@@ -103,6 +108,7 @@ impl Core {
             out: VecDeque::new(),
             next_expiry_sweep: None,
             media,
+            prompts,
             stats: Stats::default(),
         }
     }
@@ -471,14 +477,19 @@ impl Core {
             .into_iter()
             .cloned()
             .collect();
-        if bindings.is_empty() {
-            let status = if self.registrar.knows(&callee) {
+        let unreachable = bindings.is_empty().then(|| {
+            if self.registrar.knows(&callee) {
                 480
             } else {
                 404
-            };
-            tracing::info!(%caller, %callee, status, "call declined: callee not reachable");
-            return self.respond(&key, &req, status, None, now);
+            }
+        });
+        if let Some(status) = unreachable {
+            tracing::info!(%caller, %callee, status, "callee not reachable");
+            // Without an announcement to play there is no call to keep: answer at once.
+            if !self.config.calls.announce_failures || req.body().is_empty() {
+                return self.respond(&key, &req, status, None, now);
+            }
         }
         let mut media = MediaSession::default();
         let content_type = req.header("Content-Type");
@@ -535,6 +546,7 @@ impl Core {
             media,
             media_check: None,
             end_reason: None,
+            announcing: None,
         };
         tracing::info!(call = id, %caller, %callee, call_id = %call_id, forks = bindings.len(), "call started");
         for (index, binding) in bindings.iter().enumerate() {
@@ -578,8 +590,12 @@ impl Core {
                 ack: None,
             });
         }
+        if let Some(status) = unreachable {
+            call.note_failure(status, reason_phrase(status));
+            self.end_if_every_branch_failed(&mut call, now);
+        }
         self.schedule(&call);
-        self.calls.insert(id, call);
+        self.finish_or_keep(call);
     }
 
     fn on_cancel(&mut self, key: TxKey, req: Request, now: Instant) {
@@ -596,6 +612,9 @@ impl Core {
         if call.state == State::Calling && !call.abandoned {
             tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "call cancelled by caller");
             self.abandon(&mut call, 487, now);
+            if call.announcing.take().is_some() {
+                call.state = State::Done; // no branch to wait for
+            }
         }
         self.finish_or_keep(call);
     }
@@ -977,13 +996,77 @@ impl Core {
                 .best_failure
                 .clone()
                 .unwrap_or((480, reason_phrase(480).to_owned()));
-            tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, status, "call declined");
-            let mut out = Response::to_request(&call.a_invite, status, &reason);
-            out.set_to_tag(&call.a.local_tag);
-            let _ = out.push_header("Server", &self.config.sip.user_agent);
-            self.tx.respond(&call.a_invite_tx, out, now);
+            if self.announce(call, status, &reason, now) {
+                return; // the failure follows when the announcement ends
+            }
+            self.decline(call, status, &reason, now);
         }
         call.state = State::Done;
+    }
+
+    /// The caller's final failure response.
+    fn decline(&mut self, call: &mut Call, status: u16, reason: &str, now: Instant) {
+        tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, status, "call declined");
+        let mut out = Response::to_request(&call.a_invite, status, reason);
+        out.set_to_tag(&call.a.local_tag);
+        let _ = out.push_header("Server", &self.config.sip.user_agent);
+        self.tx.respond(&call.a_invite_tx, out, now);
+    }
+
+    /// Play the caller the announcement for `status` as early media (183 with Warden's own
+    /// SDP answer), when configured and possible; the failure is sent when it ends.
+    fn announce(&mut self, call: &mut Call, status: u16, reason: &str, now: Instant) -> bool {
+        let name = match status {
+            404 | 410 | 480 => "user_unavailable",
+            486 | 600 => "busy",
+            _ => return false,
+        };
+        if !self.config.calls.announce_failures {
+            return false;
+        }
+        let Some(plan) = call.media.answer_caller(&self.media, call.id) else {
+            return false; // no offer, or no codec Warden can play in
+        };
+        let Some(prompt) = self.prompts.encoded(name, plan.codec) else {
+            return false;
+        };
+        let seconds = prompt.frames.len() as u64 / 50;
+        let mut progress = Response::to_request(&call.a_invite, 183, "Session Progress");
+        progress.set_to_tag(&call.a.local_tag);
+        let _ = progress.push_header("Contact", &self.contact(call.a.dest.transport));
+        let _ = progress.push_header("Server", &self.config.sip.user_agent);
+        progress.set_body(Bytes::from(plan.sdp), Some("application/sdp"));
+        self.tx.respond(&call.a_invite_tx, progress, now);
+        self.media
+            .play(plan.stream, MediaSide::A, prompt, plan.payload_type, 0);
+        tracing::info!(call = call.id, caller = %call.caller, status, prompt = name, codec = plan.codec.name, "announcing before the failure");
+        call.announcing = Some((status, reason.to_owned()));
+        // Should the relay never report the end, the failure still goes out.
+        call.ring_until = Some(now + Duration::from_secs(seconds + 3));
+        true
+    }
+
+    /// The announcement is over (played out, or its deadline passed): send the failure.
+    fn end_announcement(&mut self, call: &mut Call, now: Instant) {
+        if let Some((status, reason)) = call.announcing.take() {
+            call.ring_until = None;
+            self.decline(call, status, &reason, now);
+            call.state = State::Done;
+        }
+    }
+
+    /// Something the media relay reported.
+    pub fn handle_media_event(&mut self, event: MediaEvent, now: Instant) {
+        let MediaEvent::PlaybackDone { stream, .. } = event;
+        let id = self
+            .calls
+            .values()
+            .find(|c| c.announcing.is_some() && c.media.contains(stream))
+            .map(|c| c.id);
+        if let Some(mut call) = id.and_then(|id| self.calls.remove(&id)) {
+            self.end_announcement(&mut call, now);
+            self.finish_or_keep(call);
+        }
     }
 
     fn on_relay_response(&mut self, id: u64, key: TxKey, resp: Response, now: Instant) {
@@ -1186,6 +1269,9 @@ impl Core {
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
+        if call.announcing.is_some() && call.ring_until.is_some_and(|t| t <= now) {
+            self.end_announcement(&mut call, now);
+        }
         if call.ring_until.is_some_and(|t| t <= now) && call.state == State::Calling {
             tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "no answer; call timed out");
             self.abandon(&mut call, 408, now);

@@ -78,9 +78,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         advertised.insert(Transport::Udp, h);
     }
-    let relay = start_relay(&config, &bound)?;
+    let mut relay = start_relay(&config, &bound)?;
+    // Media events arrive from the relay's threads; the loop below hands them to the core.
+    let (media_tx, mut media_events) = mpsc::unbounded_channel();
+    relay.set_event_sink(std::sync::Arc::new(move |event| {
+        let _ = media_tx.send(event);
+    }));
+    let prompts = crate::prompts::load(&config)?;
     let registrar = Registrar::new(config.registrar.clone(), loaded);
-    let mut core = Core::new(config, registrar, advertised, relay);
+    let mut core = Core::new(config, registrar, advertised, relay, prompts);
     let mut shutdown = Box::pin(shutdown_signal());
 
     loop {
@@ -97,6 +103,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 while let Ok(event) = inbound.try_recv() {
                     handle(&mut core, &mut transmitter, event, now);
                 }
+            }
+            Some(event) = media_events.recv() => {
+                core.handle_media_event(event, Instant::now());
             }
             _ = tokio::time::sleep_until(deadline) => {
                 core.handle_timeout(Instant::now(), unix_now());

@@ -69,7 +69,7 @@ impl Harness {
         })
         .unwrap();
         let mut h = Harness {
-            core: Core::new(config, registrar, advertised, relay),
+            core: Core::new(config, registrar, advertised, relay, Default::default()),
             now: Instant::now(),
             unix: 1_000_000,
         };

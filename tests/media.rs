@@ -580,3 +580,144 @@ fn legs_without_a_common_codec_are_transcoded_with_tone_and_dtmf_intact() {
     let f = heard_frequency("G722", &got);
     assert!((f - 1000.0).abs() <= 20.0, "alice hears {f} Hz");
 }
+
+/// A 16-bit mono WAV file of a 1 kHz tone.
+fn tone_wav(path: &std::path::Path, rate: u32, seconds: f64) {
+    let n = (f64::from(rate) * seconds) as usize;
+    let data: Vec<u8> = (0..n)
+        .flat_map(|i| {
+            let t = i as f64 / f64::from(rate);
+            ((10000.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i16).to_le_bytes()
+        })
+        .collect();
+    let mut wav = Vec::new();
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    for field in [
+        16u32.to_le_bytes().to_vec(),
+        1u16.to_le_bytes().to_vec(),
+        1u16.to_le_bytes().to_vec(),
+    ] {
+        wav.extend_from_slice(&field);
+    }
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(rate * 2).to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    wav.extend_from_slice(&data);
+    std::fs::write(path, wav).expect("write wav");
+}
+
+#[test]
+fn failures_are_announced_as_early_media_before_the_final_response() {
+    let prompts = tempfile::tempdir().expect("tempdir");
+    tone_wav(&prompts.path().join("user_unavailable.wav"), 16000, 0.5);
+    tone_wav(&prompts.path().join("busy.wav"), 8000, 0.5);
+    let (w, range) = warden(
+        10,
+        &format!(
+            "prompts_dir = \"{}\"\n[calls]\nannounce_failures = true\n",
+            prompts.path().display()
+        ),
+    );
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let am = Media::new();
+    let offer = sdp(&audio(am.port(), "sendrecv"));
+
+    // Nobody by that name: 183 + the unavailable prompt, then 404.
+    alice.invite_sdp("nobody", &offer);
+    let progress = loop {
+        let r = alice.recv_response();
+        assert!(
+            r.status() < 200,
+            "the failure waits for the announcement: {}",
+            r.status()
+        );
+        if r.status() == 183 {
+            break r;
+        }
+    };
+    let port = assert_anchored(progress.body(), range)[0];
+    let answer = String::from_utf8_lossy(progress.body()).to_string();
+    assert!(
+        answer.contains("RTP/AVP 0\r\n") && answer.contains("a=sendonly"),
+        "{answer}"
+    );
+    let mut heard = Vec::new();
+    for _ in 0..25 {
+        let (p, from) = recv(&am.rtp);
+        assert_eq!(
+            (from, p[1] & 0x7f),
+            (warden_at(port), 0),
+            "PCMU from Warden"
+        );
+        heard.push(p);
+    }
+    let f = heard_frequency("PCMU", &heard);
+    assert!((f - 1000.0).abs() <= 20.0, "the prompt's tone: {f} Hz");
+    let last = alice.recv_response();
+    assert_eq!(last.status(), 404);
+    assert_eq!(last.to_tag(), progress.to_tag(), "same early dialog");
+
+    // A busy callee: its 486 comes after the busy prompt.
+    assert_eq!(bob.register(600).status(), 200);
+    let second = alice.invite_sdp("bob", &offer);
+    let incoming = bob.recv_request("INVITE");
+    bob.answer(&incoming, 486, false);
+    let ack = bob.recv_request("ACK");
+    assert_eq!(ack.method().as_str(), "ACK");
+    let mut statuses = Vec::new();
+    loop {
+        let r = alice.recv_response();
+        if r.call_id() != second.call_id() {
+            continue; // the first call's 404, retransmitted until ACKed
+        }
+        statuses.push(r.status());
+        if r.status() >= 200 {
+            break;
+        }
+    }
+    assert!(statuses.contains(&183), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&486));
+    let mut packets = 0;
+    am.rtp
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let mut buf = [0u8; 2048];
+    while am.rtp.recv_from(&mut buf).is_ok() {
+        packets += 1;
+    }
+    assert!(
+        packets >= 20,
+        "the busy prompt was played ({packets} packets)"
+    );
+
+    // The caller gives up during an announcement: 487, nothing after.
+    let third = alice.invite_sdp("nobody", &offer);
+    loop {
+        let r = alice.recv_response();
+        if r.call_id() == third.call_id() && r.status() == 183 {
+            break;
+        }
+    }
+    alice.cancel(&third);
+    let mut finals = Vec::new();
+    // Long enough for the prompt (0.5 s) to have ended: no 404 may follow the 487.
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    while let Some(m) = alice.try_recv(until.saturating_duration_since(std::time::Instant::now())) {
+        if let warden::sip::message::Message::Response(r) = m
+            && r.call_id() == third.call_id()
+            && r.status() >= 200
+            && r.cseq().is_some_and(|c| c.method.as_str() == "INVITE")
+        {
+            finals.push(r.status());
+        }
+    }
+    assert!(
+        !finals.is_empty() && finals.iter().all(|s| *s == 487),
+        "{finals:?}"
+    );
+}

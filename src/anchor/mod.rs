@@ -45,6 +45,8 @@ pub struct MediaSession {
     offers: HashMap<usize, (Side, Vec<sdp::Format>)>,
     /// Per m= line index, the transcoding in force (payload types A, B).
     transcoding: HashMap<usize, (u8, u8)>,
+    /// The caller's last offer as it came, for answering it ourselves (announcements).
+    caller_offer: Option<Sdp>,
     /// Each side's last description put its media on hold (sendonly/inactive/0.0.0.0).
     holding: [bool; 2],
     /// RTP packets seen across all streams at the last check, and when that count changed.
@@ -81,6 +83,9 @@ impl MediaSession {
         transcodable: &[&'static Codec],
     ) -> Result<Vec<u8>, AnchorError> {
         let sdp = Sdp::parse(body)?;
+        if from == Side::A && role == Role::Offer {
+            self.caller_offer = Some(sdp.clone());
+        }
         let mut plans: Vec<MediaPlan> = Vec::with_capacity(sdp.media.len());
         let opened_before = self.streams.len();
         for (index, m) in sdp.media.iter().enumerate() {
@@ -197,6 +202,7 @@ impl MediaSession {
         self.described.clear();
         self.offers.clear();
         self.transcoding.clear();
+        self.caller_offer = None;
     }
 
     pub fn on_hold(&self) -> bool {
@@ -248,6 +254,65 @@ impl MediaSession {
     pub fn has_streams(&self) -> bool {
         self.streams.iter().any(Option::is_some)
     }
+
+    /// Warden's own answer to the caller's offer, to play it an announcement: the first
+    /// audio stream in the first offered codec Warden can encode, sendonly; every other
+    /// stream rejected. Returns the stream, the chosen codec and payload type, and the SDP.
+    pub fn answer_caller(&self, relay: &Relay, session_id: u64) -> Option<Announcement> {
+        let offer = self.caller_offer.as_ref()?;
+        let (index, format, codec) = offer.media.iter().enumerate().find_map(|(i, m)| {
+            (m.kind == "audio" && m.port != 0)
+                .then(|| {
+                    m.formats.iter().find_map(|f| {
+                        warden_media::codec::by_name(&f.name, f.clock).map(|c| (i, f.clone(), c))
+                    })
+                })
+                .flatten()
+        })?;
+        let stream = self.streams.get(index).copied().flatten()?;
+        let port = relay.port(stream, MediaSide::A)?;
+        let address = relay.address();
+        let family = if address.is_ipv4() { "IP4" } else { "IP6" };
+        let mut sdp = format!(
+            "v=0\r\no=warden {session_id} 1 IN {family} {address}\r\ns=warden\r\n\
+             c=IN {family} {address}\r\nt=0 0\r\n"
+        );
+        for i in 0..offer.media.len() {
+            if i == index {
+                sdp.push_str(&format!(
+                    "m=audio {port} RTP/AVP {}\r\n",
+                    format.payload_type
+                ));
+                if let Some(rtpmap) = &format.rtpmap {
+                    sdp.push_str(rtpmap);
+                    sdp.push_str("\r\n");
+                }
+                sdp.push_str("a=ptime:20\r\na=sendonly\r\n");
+            } else {
+                sdp.push_str(&offer.rejected_media_line(i));
+                sdp.push_str("\r\n");
+            }
+        }
+        Some(Announcement {
+            stream,
+            codec,
+            payload_type: format.payload_type,
+            sdp,
+        })
+    }
+
+    pub fn contains(&self, stream: StreamId) -> bool {
+        self.streams.contains(&Some(stream))
+    }
+}
+
+/// What `answer_caller` settles for playing a prompt to the caller.
+#[derive(Debug, Clone)]
+pub struct Announcement {
+    pub stream: StreamId,
+    pub codec: &'static Codec,
+    pub payload_type: u8,
+    pub sdp: String,
 }
 
 fn describe(leg: &LegCodec) -> String {

@@ -294,6 +294,20 @@ impl Sdp {
         })
     }
 
+    /// m= line `index` with port 0: how an answer rejects that stream (RFC 3264 6).
+    pub fn rejected_media_line(&self, index: usize) -> String {
+        let line = self
+            .sections
+            .get(index)
+            .and_then(|s| s.first())
+            .map_or("", String::as_str);
+        let mut fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() >= 2 {
+            fields[1] = "0";
+        }
+        fields.join(" ")
+    }
+
     /// The description with Warden's `address` and, per m= line, Warden's RTP port (`None`
     /// keeps the line's port: a rejected stream stays rejected).
     pub fn rewrite(&self, address: IpAddr, ports: &[Option<u16>]) -> String {

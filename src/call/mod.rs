@@ -139,6 +139,8 @@ pub struct Call {
     pub media_check: Option<Instant>,
     /// Why Warden ended the call itself, when it did.
     pub end_reason: Option<&'static str>,
+    /// Playing the caller an announcement; then this failure (status, reason) goes out.
+    pub announcing: Option<(u16, String)>,
 }
 
 impl Call {

@@ -1,0 +1,58 @@
+//! The announcements Warden ships, built into the binary (so `cargo run` works from any
+//! folder), plus an operator's own folder of prompts that may replace or add to them.
+
+use warden_media::prompt::Prompts;
+
+use crate::config::Config;
+
+/// (name, file) of every prompt in `prompts/`; see prompts/README.md for how each was made.
+const BUILT_IN: [(&str, &[u8]); 6] = [
+    (
+        "call_blocked",
+        include_bytes!("../prompts/call_blocked.wav"),
+    ),
+    (
+        "number_not_allowed",
+        include_bytes!("../prompts/number_not_allowed.wav"),
+    ),
+    (
+        "suspected_fraud",
+        include_bytes!("../prompts/suspected_fraud.wav"),
+    ),
+    (
+        "user_unavailable",
+        include_bytes!("../prompts/user_unavailable.wav"),
+    ),
+    ("busy", include_bytes!("../prompts/busy.wav")),
+    ("ivr_menu", include_bytes!("../prompts/ivr_menu.wav")),
+];
+
+/// The built-in prompts, then `media.prompts_dir`'s; a file that cannot be decoded refuses
+/// the start with its path and cause.
+pub fn load(config: &Config) -> anyhow::Result<Prompts> {
+    let mut prompts = Prompts::default();
+    for (name, bytes) in BUILT_IN {
+        prompts.add(name, bytes.to_vec())?;
+    }
+    if let Some(dir) = &config.media.prompts_dir {
+        let added = prompts.add_dir(dir)?;
+        tracing::info!(dir = %dir.display(), count = added, "prompts loaded");
+    }
+    Ok(prompts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_built_in_prompt_decodes_to_a_few_seconds_of_speech() {
+        let mut prompts = load(&Config::default()).expect("built-in prompts decode");
+        let pcmu = warden_media::codec::by_name("PCMU", 8000).expect("codec");
+        for (name, _) in BUILT_IN {
+            let encoded = prompts.encoded(name, pcmu).expect("encodes");
+            let seconds = encoded.frames.len() as f64 / 50.0;
+            assert!((3.0..10.0).contains(&seconds), "{name}: {seconds} s");
+        }
+    }
+}
