@@ -22,33 +22,8 @@ WARDEN_EXTRA_TOML="[media]
 port_min = $media_min
 port_max = $media_max" start_warden "$bin" "$port" "$work" info
 
-# The tone each phone plays: 1 kHz mono, 10 s, at its codec's rate (aufile insists).
-rate_of() { case $1 in */16000*) echo 16000 ;; *) echo 8000 ;; esac; }
-for r in 8000 16000; do
-  sox -n -r $r -c 1 -b 16 "$work/tone-$r.wav" synth 10 sine 1000 vol 0.5
-done
-
-phone() { # name sip-port rtp-ports codec
-  local dir="$work/$1"
-  mkdir -p "$dir"
-  cat > "$dir/config" <<CFG
-poll_method epoll
-sip_listen 127.0.0.1:$2
-rtp_ports $3
-module_path /usr/lib/baresip/modules
-module g711.so
-module g722.so
-module aufile.so
-module sndfile.so
-snd_path $dir
-audio_source aufile,$work/tone-$(rate_of "$4").wav
-audio_alert aufile,/dev/null
-module_app account.so
-module_app menu.so
-CFG
-  echo "<sip:$1@127.0.0.1:$port;transport=udp>;regint=600;answermode=auto;audio_codecs=$4" > "$dir/accounts"
-  echo "$dir"
-}
+source "$here/../lib/baresip.sh"
+make_tones "$work"
 
 bob=$(phone bob 5095 10000-10049 "$callee_codec")  # baresip also takes port+1 (TLS)
 alice=$(phone alice 5098 10050-10099 "$caller_codec")
