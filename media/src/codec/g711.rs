@@ -1,7 +1,7 @@
 //! G.711 (ITU-T G.711): mu-law (PCMU, payload type 0) and A-law (PCMA, 8), 8 kHz, one byte
 //! per sample. The classic segment arithmetic, no tables: a few operations per sample.
 
-use super::{Decoder, Encoder};
+use super::{Concealer, Decoder, Encoder};
 
 const BIAS: i32 = 0x84;
 const CLIP: i32 = 32635;
@@ -62,34 +62,6 @@ pub fn alaw_to_linear(byte: u8) -> i16 {
         magnitude as i16
     } else {
         -magnitude as i16
-    }
-}
-
-/// Simple packet loss concealment (G.711 Appendix I in spirit, much simpler): repeat the
-/// last good frame, fading 50% per lost frame, then silence.
-#[derive(Default)]
-struct Concealer {
-    last: Vec<i16>,
-    gain: f32,
-}
-
-impl Concealer {
-    fn good(&mut self, frame: &[i16]) {
-        self.last.clear();
-        self.last.extend_from_slice(frame);
-        self.gain = 1.0;
-    }
-
-    fn conceal(&mut self, samples: usize, out: &mut Vec<i16>) {
-        self.gain *= 0.5;
-        for i in 0..samples {
-            let s = self
-                .last
-                .get(i % self.last.len().max(1))
-                .copied()
-                .unwrap_or(0);
-            out.push((f32::from(s) * self.gain) as i16);
-        }
     }
 }
 

@@ -3,13 +3,12 @@
 
 use ezk_g722::libg722::{self, Bitrate};
 
-use super::{Decoder, Encoder};
+use super::{Concealer, Decoder, Encoder};
 
 pub struct G722Encoder(libg722::encoder::Encoder);
 pub struct G722Decoder {
     inner: libg722::decoder::Decoder,
-    last: Vec<i16>,
-    gain: f32,
+    plc: Concealer,
 }
 
 impl G722Encoder {
@@ -26,8 +25,7 @@ impl G722Decoder {
     pub fn new() -> G722Decoder {
         G722Decoder {
             inner: libg722::decoder::Decoder::new(Bitrate::Mode1_64000, false, false),
-            last: Vec::new(),
-            gain: 1.0,
+            plc: Concealer::default(),
         }
     }
 }
@@ -41,21 +39,12 @@ impl Encoder for G722Encoder {
 impl Decoder for G722Decoder {
     fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) {
         let pcm = self.inner.decode(payload);
-        self.last.clone_from(&pcm);
-        self.gain = 1.0;
+        self.plc.good(&pcm);
         out.extend(pcm);
     }
 
     fn conceal(&mut self, samples: usize, out: &mut Vec<i16>) {
-        // Repeat the last frame, fading: G.722 has no built-in concealment.
-        self.gain *= 0.5;
-        for i in 0..samples {
-            let s = self
-                .last
-                .get(i % self.last.len().max(1))
-                .copied()
-                .unwrap_or(0);
-            out.push((f32::from(s) * self.gain) as i16);
-        }
+        // G.722 has no built-in concealment.
+        self.plc.conceal(samples, out);
     }
 }

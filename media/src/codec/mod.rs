@@ -22,6 +22,34 @@ pub trait Decoder: Send {
     fn conceal(&mut self, samples: usize, out: &mut Vec<i16>);
 }
 
+/// Packet loss concealment for codecs without their own (G.711 Appendix I in spirit, much
+/// simpler): repeat the last good frame, halving its level per lost frame.
+#[derive(Default)]
+pub(crate) struct Concealer {
+    last: Vec<i16>,
+    gain: f32,
+}
+
+impl Concealer {
+    pub(crate) fn good(&mut self, frame: &[i16]) {
+        self.last.clear();
+        self.last.extend_from_slice(frame);
+        self.gain = 1.0;
+    }
+
+    pub(crate) fn conceal(&mut self, samples: usize, out: &mut Vec<i16>) {
+        self.gain *= 0.5;
+        for i in 0..samples {
+            let s = self
+                .last
+                .get(i % self.last.len().max(1))
+                .copied()
+                .unwrap_or(0);
+            out.push((f32::from(s) * self.gain) as i16);
+        }
+    }
+}
+
 /// One codec as SDP names it and as the media engine runs it.
 #[derive(Clone, Copy)]
 pub struct Codec {
