@@ -2,12 +2,16 @@
 //! one core can transcode in real time, against the codec-bound limit measured in the same
 //! run (bare decode + encode of the same frames, no resampling, framing or RTP around it).
 //!
-//! `cargo bench --bench codecs`; WARDEN_BENCH_FRAMES (default 3000 frames = 60 s of audio
+//! Both sides work at the PCM rates the transcoder picks (`codec::pcm_rates_between`): Opus
+//! talks to G.711 at 8 kHz, so neither side resamples. With Opus built in, a second table
+//! sweeps the Opus encoder complexity, which is what `media.opus_complexity` trades.
+//!
+//! `cargo bench --bench codecs [--features opus]`; WARDEN_BENCH_FRAMES (default 3000 frames = 60 s of audio
 //! per direction) sets the amount of work per measurement.
 
 use std::time::{Duration, Instant};
 
-use warden_media::codec::{self, Codec};
+use warden_media::codec::{self, Codec, CodecOptions};
 use warden_media::transcode::{Direction, LegCodec};
 
 fn main() {
@@ -23,12 +27,17 @@ fn main() {
         "{:<14} {:>13} {:>15} {:>13} {:>15} {:>7}",
         "pair", "codec us/call", "codec-bound", "path us/call", "transcoded", "ratio"
     );
-    for (x, y) in [("PCMU", "G722"), ("PCMA", "PCMU"), ("PCMA", "G722")] {
+    let options = CodecOptions::default();
+    let mut pairs = vec![("PCMU", "G722"), ("PCMA", "PCMU"), ("PCMA", "G722")];
+    if codec::all().iter().any(|c| c.name == "opus") {
+        pairs.extend([("PCMA", "opus"), ("G722", "opus")]);
+    }
+    for (x, y) in pairs {
         let (a, b) = (find(x), find(y));
-        let bare = best_of(3, || codec_bound(a, b, frames));
-        let path = best_of(3, || transcode_path(a, b, frames));
+        let bare = best_of(3, || codec_bound(a, b, frames, &options));
+        let path = best_of(3, || transcode_path(a, b, frames, &options));
         // Per call and 20 ms of audio: both directions.
-        let per_call = |d: Duration| d.as_secs_f64() * 1e6 / frames as f64;
+        let per_call = |d: Duration| per_call_us(d, frames);
         let calls = |d: Duration| 20_000.0 / per_call(d);
         println!(
             "{:<14} {:>13.1} {:>10.0} calls {:>13.1} {:>10.0} calls {:>7.2}",
@@ -40,10 +49,71 @@ fn main() {
             calls(path) / calls(bare)
         );
     }
+    if codec::all().iter().any(|c| c.name == "opus") {
+        opus_complexity_sweep(frames);
+    }
+}
+
+fn per_call_us(d: Duration, frames: usize) -> f64 {
+    d.as_secs_f64() * 1e6 / frames as f64
+}
+
+/// Codec-bound calls per core of PCMU<->Opus by encoder complexity, with Opus at 8 kHz (as
+/// Warden runs it toward G.711) and at 48 kHz (the usual reference), and the waveform SNR
+/// of the two-tone test signal through Opus at 8 kHz as a rough quality indicator.
+fn opus_complexity_sweep(frames: usize) {
+    let (pcmu, opus) = (find("PCMU"), find("opus"));
+    println!();
+    println!(
+        "{:<10} {:>16} {:>16} {:>12}",
+        "complexity", "8 kHz calls", "48 kHz calls", "8 kHz SNR"
+    );
+    for complexity in [0u8, 2, 3, 5, 7, 9, 10] {
+        let options = CodecOptions {
+            opus_complexity: complexity,
+        };
+        let narrow = best_of(3, || codec_bound(pcmu, opus, frames, &options));
+        let full = best_of(3, || {
+            codec_bound_at(pcmu, opus, (8000, 48000), frames, &options)
+        });
+        println!(
+            "{:<10} {:>16.0} {:>16.0} {:>9.1} dB",
+            complexity,
+            20_000.0 / per_call_us(narrow, frames),
+            20_000.0 / per_call_us(full, frames),
+            opus_snr(opus, &options)
+        );
+    }
+}
+
+/// SNR in dB of the bench signal through Opus at 8 kHz (best alignment within 10 ms).
+fn opus_snr(opus: &Codec, options: &CodecOptions) -> f64 {
+    let (mut enc, mut dec) = (opus.encoder_at(8000, options), opus.decoder_at(8000));
+    let input: Vec<i16> = frames_of(8000, 100).concat();
+    let mut out = Vec::new();
+    for frame in input.chunks_exact(160) {
+        let mut p = Vec::new();
+        enc.encode(frame, &mut p);
+        dec.decode(&p, &mut out);
+    }
+    let skip = 800; // start-up
+    (0..=80)
+        .map(|lag| {
+            let (mut signal, mut noise) = (0.0f64, 0.0f64);
+            for (r, d) in input[skip..].iter().zip(out[skip + lag..].iter()) {
+                signal += f64::from(*r).powi(2);
+                noise += (f64::from(*r) - f64::from(*d)).powi(2);
+            }
+            10.0 * (signal / noise.max(1.0)).log10()
+        })
+        .fold(f64::MIN, f64::max)
 }
 
 fn find(name: &str) -> &'static Codec {
-    codec::by_name(name, 8000).expect("registered codec")
+    codec::all()
+        .iter()
+        .find(|c| c.name == name)
+        .expect("registered codec")
 }
 
 fn best_of(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
@@ -69,7 +139,7 @@ fn frames_of(rate: u32, count: usize) -> Vec<Vec<i16>> {
 
 /// Encoded payloads of `codec` for `count` frames.
 fn payloads(codec: &Codec, count: usize) -> Vec<Vec<u8>> {
-    let mut enc = (codec.encoder)();
+    let mut enc = codec.encoder();
     frames_of(codec.sample_rate, count)
         .iter()
         .map(|f| {
@@ -80,12 +150,24 @@ fn payloads(codec: &Codec, count: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The floor: decode `a`, encode `b` and the reverse, frame by frame, nothing else.
-fn codec_bound(a: &Codec, b: &Codec, frames: usize) -> Duration {
+/// The floor: decode `a`, encode `b` and the reverse, frame by frame, nothing else, at the
+/// PCM rates the transcoder would use.
+fn codec_bound(a: &Codec, b: &Codec, frames: usize, options: &CodecOptions) -> Duration {
+    codec_bound_at(a, b, codec::pcm_rates_between(a, b), frames, options)
+}
+
+/// As `codec_bound` with `a` at PCM rate `rates.0` and `b` at `rates.1`.
+fn codec_bound_at(
+    a: &Codec,
+    b: &Codec,
+    (rate_a, rate_b): (u32, u32),
+    frames: usize,
+    options: &CodecOptions,
+) -> Duration {
     let (pa, pb) = (payloads(a, frames), payloads(b, frames));
-    let (mut dec_a, mut enc_a) = ((a.decoder)(), (a.encoder)());
-    let (mut dec_b, mut enc_b) = ((b.decoder)(), (b.encoder)());
-    let (fa, fb) = (frames_of(a.sample_rate, 1), frames_of(b.sample_rate, 1));
+    let (mut dec_a, mut enc_a) = (a.decoder_at(rate_a), a.encoder_at(rate_a, options));
+    let (mut dec_b, mut enc_b) = (b.decoder_at(rate_b), b.encoder_at(rate_b, options));
+    let (fa, fb) = (frames_of(rate_a, 1), frames_of(rate_b, 1));
     let (mut pcm, mut out) = (Vec::with_capacity(1024), Vec::with_capacity(1024));
     let start = Instant::now();
     for i in 0..frames {
@@ -103,7 +185,12 @@ fn codec_bound(a: &Codec, b: &Codec, frames: usize) -> Duration {
 }
 
 /// Warden's path: RTP in, decode, resample, re-frame, encode, RTP out, both directions.
-fn transcode_path(a: &'static Codec, b: &'static Codec, frames: usize) -> Duration {
+fn transcode_path(
+    a: &'static Codec,
+    b: &'static Codec,
+    frames: usize,
+    options: &CodecOptions,
+) -> Duration {
     let leg = |codec: &'static Codec| LegCodec {
         codec,
         payload_type: codec.static_payload_type.unwrap_or(96),
@@ -117,7 +204,7 @@ fn transcode_path(a: &'static Codec, b: &'static Codec, frames: usize) -> Durati
             .map(|(i, p)| {
                 let mut packet = vec![0x80, pt];
                 packet.extend_from_slice(&(i as u16).to_be_bytes());
-                packet.extend_from_slice(&((i as u32) * 160).to_be_bytes());
+                packet.extend_from_slice(&((i as u32) * codec.rtp_clock / 50).to_be_bytes());
                 packet.extend_from_slice(&7u32.to_be_bytes());
                 packet.extend_from_slice(&p);
                 packet
@@ -126,8 +213,8 @@ fn transcode_path(a: &'static Codec, b: &'static Codec, frames: usize) -> Durati
     };
     let (ra, rb) = (rtp(a), rtp(b));
     let (mut ab, mut ba) = (
-        Direction::new(leg(a), leg(b)),
-        Direction::new(leg(b), leg(a)),
+        Direction::new(leg(a), leg(b), options),
+        Direction::new(leg(b), leg(a), options),
     );
     let mut sent = 0usize;
     let start = Instant::now();

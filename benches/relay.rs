@@ -73,6 +73,7 @@ fn serve(role: Role) {
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(200),
                 ),
+                codecs: Default::default(),
             })
             .expect("relay");
             for _ in 0..n {

@@ -140,6 +140,8 @@ pub struct MediaConfig {
     /// Codecs Warden adds to an offer toward the far leg, in this order, so legs that share
     /// no codec are bridged by transcoding. Empty: never transcode.
     pub transcode: Vec<String>,
+    /// Opus encoder complexity, 0-10: CPU per transcoded Opus call against quality.
+    pub opus_complexity: u8,
     /// A folder of prompts (WAV, FLAC, Ogg Vorbis, MP3) named by file stem; they replace or
     /// add to the prompts built into Warden (`prompts/` of the source tree).
     pub prompts_dir: Option<PathBuf>,
@@ -156,7 +158,14 @@ impl Default for MediaConfig {
             workers: 0,
             latching: "strict".into(),
             coalesce_us: 200,
-            transcode: vec!["PCMA".into(), "PCMU".into(), "G722".into()],
+            // G.711 first (what trunks and the IMS core take), then wideband; Opus when
+            // this build has it.
+            transcode: ["PCMA", "PCMU", "G722", "opus"]
+                .into_iter()
+                .filter(|name| codec::all().iter().any(|c| c.name == *name))
+                .map(String::from)
+                .collect(),
+            opus_complexity: codec::DEFAULT_OPUS_COMPLEXITY,
             prompts_dir: None,
             rtp_timeout_s: 60,
         }
@@ -270,14 +279,24 @@ impl Config {
                 codec::all()
                     .iter()
                     .any(|c| c.name.eq_ignore_ascii_case(name)),
-                "media.transcode: unknown codec {name:?}; Warden has {}",
+                "media.transcode: unknown codec {name:?}; this build has {}{}",
                 codec::all()
                     .iter()
                     .map(|c| c.name)
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                if name.eq_ignore_ascii_case("opus") {
+                    " (Opus needs a build with `--features opus` and libopus-dev)"
+                } else {
+                    ""
+                }
             );
         }
+        anyhow::ensure!(
+            m.opus_complexity <= 10,
+            "media.opus_complexity ({}) must be 0 to 10",
+            m.opus_complexity
+        );
         anyhow::ensure!(
             m.coalesce_us <= 5_000,
             "media.coalesce_us ({}) above 5000 would add audible delay",

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
+use warden_media::codec::CodecOptions;
 use warden_media::{Relay, RelayConfig};
 
 use crate::config::Config;
@@ -155,6 +156,9 @@ fn start_relay(config: &Config, bound: &[(Transport, SocketAddr)]) -> anyhow::Re
         workers: m.workers,
         latching: m.latching(),
         coalesce: std::time::Duration::from_micros(m.coalesce_us),
+        codecs: CodecOptions {
+            opus_complexity: m.opus_complexity,
+        },
     })
     .map_err(|e| anyhow::anyhow!("cannot start the media relay: {e}"))?;
     tracing::info!(%address, ports = %format!("{}-{}", m.port_min, m.port_max), free_pairs = relay.available(), "media relay ready");

@@ -66,6 +66,7 @@ impl Harness {
             workers: 1,
             latching: Latching::Strict,
             coalesce: Duration::ZERO,
+            codecs: Default::default(),
         })
         .unwrap();
         let mut h = Harness {

@@ -473,10 +473,11 @@ fn rtcp_mux_when_both_sides_offer_it_and_separate_ports_when_one_declines() {
     assert_eq!(recv(&bm.rtcp), (rr.to_vec(), warden_at(b_side + 1)));
 }
 
-/// 20 ms frames of a 1 kHz tone at `rate`, encoded by `codec`, as RTP packets.
-fn tone_packets(codec_name: &str, pt: u8, ssrc: u32, count: u16) -> Vec<Vec<u8>> {
-    let codec = warden_media::codec::by_name(codec_name, 8000).expect("codec");
-    let mut encoder = (codec.encoder)();
+/// 20 ms frames of a 1 kHz tone, encoded by the codec SDP calls `codec_name`/`clock`, as
+/// RTP packets.
+fn tone_packets(codec_name: &str, clock: u32, pt: u8, ssrc: u32, count: u16) -> Vec<Vec<u8>> {
+    let codec = warden_media::codec::by_name(codec_name, clock).expect("codec");
+    let mut encoder = codec.encoder();
     let n = codec.frame_samples();
     let rate = f64::from(codec.sample_rate);
     (0..count)
@@ -488,7 +489,7 @@ fn tone_packets(codec_name: &str, pt: u8, ssrc: u32, count: u16) -> Vec<Vec<u8>>
                 })
                 .collect();
             let mut packet = rtp(i, pt, ssrc, 0);
-            packet[4..8].copy_from_slice(&(u32::from(i) * 160).to_be_bytes());
+            packet[4..8].copy_from_slice(&(u32::from(i) * clock / 50).to_be_bytes());
             encoder.encode(&frame, &mut packet);
             packet
         })
@@ -496,9 +497,9 @@ fn tone_packets(codec_name: &str, pt: u8, ssrc: u32, count: u16) -> Vec<Vec<u8>>
 }
 
 /// Decode received RTP payloads with `codec` and measure the tone's frequency.
-fn heard_frequency(codec_name: &str, packets: &[Vec<u8>]) -> f64 {
-    let codec = warden_media::codec::by_name(codec_name, 8000).expect("codec");
-    let mut decoder = (codec.decoder)();
+fn heard_frequency(codec_name: &str, clock: u32, packets: &[Vec<u8>]) -> f64 {
+    let codec = warden_media::codec::by_name(codec_name, clock).expect("codec");
+    let mut decoder = codec.decoder();
     let mut pcm = Vec::new();
     for p in packets {
         decoder.decode(&p[12..], &mut pcm);
@@ -543,7 +544,7 @@ fn legs_without_a_common_codec_are_transcoded_with_tone_and_dtmf_intact() {
 
     // Alice -> bob: G.722 in, PCMA out, the tone intact.
     let mut got = Vec::new();
-    for packet in tone_packets("G722", 9, 0xa, 50) {
+    for packet in tone_packets("G722", 8000, 9, 0xa, 50) {
         am.rtp.send_to(&packet, warden_at(a_side)).expect("send");
         let (p, from) = recv(&bm.rtp);
         assert_eq!(
@@ -553,7 +554,7 @@ fn legs_without_a_common_codec_are_transcoded_with_tone_and_dtmf_intact() {
         );
         got.push(p);
     }
-    let f = heard_frequency("PCMA", &got);
+    let f = heard_frequency("PCMA", 8000, &got);
     assert!((f - 1000.0).abs() <= 20.0, "bob hears {f} Hz");
     // A DTMF event from alice arrives on bob's stream (his SSRC, the next sequence number).
     let mut event = rtp(50, 101, 0xa, 0);
@@ -571,13 +572,64 @@ fn legs_without_a_common_codec_are_transcoded_with_tone_and_dtmf_intact() {
 
     // Bob -> alice: PCMA in, G.722 out.
     let mut got = Vec::new();
-    for packet in tone_packets("PCMA", 8, 0xb, 50) {
+    for packet in tone_packets("PCMA", 8000, 8, 0xb, 50) {
         bm.rtp.send_to(&packet, warden_at(b_side)).expect("send");
         let (p, _) = recv(&am.rtp);
         assert_eq!(p[1] & 0x7f, 9, "G.722 toward alice");
         got.push(p);
     }
-    let f = heard_frequency("G722", &got);
+    let f = heard_frequency("G722", 8000, &got);
+    assert!((f - 1000.0).abs() <= 20.0, "alice hears {f} Hz");
+}
+
+#[cfg(feature = "opus")]
+#[test]
+fn an_opus_only_caller_and_a_pcma_only_callee_hear_each_other() {
+    let (w, range) = warden(10, "");
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let (am, bm) = (Media::new(), Media::new());
+    let offer = sdp(&[
+        format!("m=audio {} RTP/AVP 111", am.port()),
+        "a=rtpmap:111 opus/48000/2".into(),
+        "a=fmtp:111 useinbandfec=1".into(),
+    ]);
+    let (incoming, ok, _, _) = call(&mut alice, &mut bob, &offer, |offered| {
+        let text = String::from_utf8_lossy(offered.body()).to_string();
+        assert!(text.contains("a=rtpmap:8 PCMA/8000"), "{text}");
+        sdp(&[
+            format!("m=audio {} RTP/AVP 8", bm.port()),
+            "a=rtpmap:8 PCMA/8000".into(),
+        ])
+    });
+    let b_side = assert_anchored(incoming.body(), range)[0];
+    let a_side = assert_anchored(ok.body(), range)[0];
+    let answered = String::from_utf8_lossy(ok.body()).to_string();
+    assert!(
+        answered.contains(" RTP/AVP 111\r\n") && answered.contains("a=rtpmap:111 opus/48000/2"),
+        "alice is answered in Opus: {answered}"
+    );
+
+    let mut got = Vec::new();
+    for packet in tone_packets("opus", 48000, 111, 0xa, 50) {
+        am.rtp.send_to(&packet, warden_at(a_side)).expect("send");
+        let (p, _) = recv(&bm.rtp);
+        assert_eq!(p[1] & 0x7f, 8, "PCMA toward bob");
+        got.push(p);
+    }
+    let f = heard_frequency("PCMA", 8000, &got);
+    assert!((f - 1000.0).abs() <= 20.0, "bob hears {f} Hz");
+
+    let mut got = Vec::new();
+    for packet in tone_packets("PCMA", 8000, 8, 0xb, 50) {
+        bm.rtp.send_to(&packet, warden_at(b_side)).expect("send");
+        let (p, _) = recv(&am.rtp);
+        assert_eq!(p[1] & 0x7f, 111, "Opus toward alice");
+        got.push(p);
+    }
+    // Opus's RTP clock is 48 kHz whatever its audio bandwidth (RFC 7587 section 4.1).
+    let ts = |p: &[u8]| u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+    assert_eq!(ts(&got[1]).wrapping_sub(ts(&got[0])), 960);
+    let f = heard_frequency("opus", 48000, &got);
     assert!((f - 1000.0).abs() <= 20.0, "alice hears {f} Hz");
 }
 
@@ -656,7 +708,7 @@ fn failures_are_announced_as_early_media_before_the_final_response() {
         );
         heard.push(p);
     }
-    let f = heard_frequency("PCMU", &heard);
+    let f = heard_frequency("PCMU", 8000, &heard);
     assert!((f - 1000.0).abs() <= 20.0, "the prompt's tone: {f} Hz");
     let last = alice.recv_response();
     assert_eq!(last.status(), 404);

@@ -101,7 +101,7 @@ pub fn encode(audio: &Audio, codec: &'static Codec) -> Result<EncodedPrompt, Str
         resample::whole(&audio.samples, audio.rate, codec.sample_rate)?
     };
     let n = codec.frame_samples();
-    let mut encoder = (codec.encoder)();
+    let mut encoder = codec.encoder();
     let frames = pcm
         .chunks(n)
         .map(|chunk| {
@@ -222,7 +222,7 @@ mod tests {
         assert_eq!(encoded.frames.len(), 50, "one second in 20 ms frames");
         let again = prompts.encoded("tone", pcma).expect("cached");
         assert!(Arc::ptr_eq(&encoded, &again), "encoded once per codec");
-        let mut decoder = (pcma.decoder)();
+        let mut decoder = pcma.decoder();
         let mut pcm = Vec::new();
         for f in &encoded.frames {
             decoder.decode(f, &mut pcm);

@@ -11,6 +11,7 @@ use std::sync::mpsc::{Sender, channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::codec::CodecOptions;
 use crate::ports::{PortPair, PortPool, PortsExhausted};
 use crate::prompt::EncodedPrompt;
 use crate::stats::{LegCounters, LegStats};
@@ -41,6 +42,8 @@ pub struct RelayConfig {
     /// How long a busy worker lets packets gather between polls (0: poll at once). It
     /// bounds the latency added and trades it for fewer wake-ups per packet.
     pub coalesce: Duration,
+    /// Settings for the encoders of transcoded streams.
+    pub codecs: CodecOptions,
 }
 
 /// One side of a stream: A faces the caller, B the callee.
@@ -146,7 +149,7 @@ impl Relay {
         for index in 0..count {
             let (tx, rx) = channel();
             let wake = Arc::new(EventFd::new()?);
-            let worker = Worker::new(wake.clone(), rx, config.latching, config.coalesce)?;
+            let worker = Worker::new(wake.clone(), rx, config)?;
             let thread = std::thread::Builder::new()
                 .name(format!("warden-relay-{index}"))
                 .spawn(move || worker.run())?;

@@ -5,7 +5,7 @@
 //! Losses seen in the sequence numbers are concealed by the decoder (up to three frames);
 //! packets arriving late or twice are dropped: the far phone's jitter buffer smooths the rest.
 
-use crate::codec::{Codec, Decoder, Encoder, Resampler};
+use crate::codec::{self, Codec, CodecOptions, Decoder, Encoder, Resampler};
 
 /// One leg's side of a transcoded stream: its codec, the payload type SDP gave it, and
 /// its telephone-event payload type when it has one.
@@ -28,6 +28,9 @@ const MAX_CONCEALED_FRAMES: u16 = 3;
 pub struct Direction {
     from: LegCodec,
     to: LegCodec,
+    /// PCM rates decoded to and encoded from (equal when no resampler is needed).
+    in_rate: u32,
+    out_rate: u32,
     decoder: Box<dyn Decoder>,
     encoder: Box<dyn Encoder>,
     resampler: Option<Resampler>,
@@ -46,15 +49,18 @@ pub struct Direction {
 }
 
 impl Direction {
-    pub fn new(from: LegCodec, to: LegCodec) -> Direction {
-        let resampler = (from.codec.sample_rate != to.codec.sample_rate)
-            .then(|| Resampler::new(from.codec.sample_rate, to.codec.sample_rate).ok())
+    pub fn new(from: LegCodec, to: LegCodec, options: &CodecOptions) -> Direction {
+        let (in_rate, out_rate) = codec::pcm_rates_between(from.codec, to.codec);
+        let resampler = (in_rate != out_rate)
+            .then(|| Resampler::new(in_rate, out_rate).ok())
             .flatten();
         Direction {
             from,
             to,
-            decoder: (from.codec.decoder)(),
-            encoder: (to.codec.encoder)(),
+            in_rate,
+            out_rate,
+            decoder: from.codec.decoder_at(in_rate),
+            encoder: to.codec.encoder_at(out_rate, options),
             resampler,
             decoded: Vec::with_capacity(4096),
             resampled: Vec::with_capacity(4096),
@@ -90,15 +96,15 @@ impl Direction {
             }
             for _ in 1..gap.min(MAX_CONCEALED_FRAMES + 1) {
                 self.decoder
-                    .conceal(self.from.codec.frame_samples(), &mut self.decoded);
+                    .conceal(frame_samples(self.in_rate), &mut self.decoded);
             }
         }
         self.last_in_seq = Some(seq);
         // Where this packet's first sample will land on our timeline: after what is still
         // waiting to be encoded.
         let to_clock = u64::from(self.to.codec.rtp_clock);
-        let pending = self.decoded.len() as u64 * to_clock / u64::from(self.from.codec.sample_rate)
-            + self.resampled.len() as u64 * to_clock / u64::from(self.to.codec.sample_rate);
+        let pending = self.decoded.len() as u64 * to_clock / u64::from(self.in_rate)
+            + self.resampled.len() as u64 * to_clock / u64::from(self.out_rate);
         self.anchor = Some((rtp.timestamp(), self.timestamp.wrapping_add(pending as u32)));
         self.decoder.decode(rtp.payload(), &mut self.decoded);
         self.emit(send);
@@ -106,7 +112,7 @@ impl Direction {
 
     /// Resample what was decoded and send every whole 20 ms frame.
     fn emit(&mut self, send: &mut dyn FnMut(&[u8])) {
-        let in_frame = self.from.codec.frame_samples();
+        let in_frame = frame_samples(self.in_rate);
         let mut used = 0;
         match &mut self.resampler {
             Some(r) => {
@@ -121,7 +127,7 @@ impl Direction {
             }
         }
         self.decoded.drain(..used);
-        let out_frame = self.to.codec.frame_samples();
+        let out_frame = frame_samples(self.out_rate);
         let ts_step = self.to.codec.rtp_clock / 50;
         let mut taken = 0;
         while self.resampled.len() - taken >= out_frame {
@@ -183,6 +189,11 @@ impl Direction {
     }
 }
 
+/// PCM samples in 20 ms at `rate`.
+fn frame_samples(rate: u32) -> usize {
+    rate as usize / 50
+}
+
 fn write_header(buf: &mut Vec<u8>, marker: bool, pt: u8, seq: u16, timestamp: u32, ssrc: u32) {
     buf.clear();
     buf.push(0x80);
@@ -228,8 +239,8 @@ mod tests {
     #[test]
     fn g722_to_pcma_keeps_the_tone_and_numbers_the_stream() {
         let (from, to) = (leg("G722", 9, Some(101)), leg("PCMA", 8, Some(96)));
-        let mut dir = Direction::new(from, to);
-        let mut encoder = (from.codec.encoder)();
+        let mut dir = Direction::new(from, to, &CodecOptions::default());
+        let mut encoder = from.codec.encoder();
         let pcm = tone(1000.0, 16000, 1.0, 12000.0);
         let mut out: Vec<Vec<u8>> = Vec::new();
         for (i, frame) in pcm.chunks_exact(320).enumerate() {
@@ -243,7 +254,7 @@ mod tests {
             "about one packet per input packet: {}",
             out.len()
         );
-        let mut decoder = (to.codec.decoder)();
+        let mut decoder = to.codec.decoder();
         let mut pcm_out = Vec::new();
         for (i, p) in out.iter().enumerate() {
             let rtp = rtp_types::RtpPacket::parse(p).expect("valid RTP");
@@ -275,7 +286,7 @@ mod tests {
     #[test]
     fn losses_are_concealed_and_events_follow_the_new_stream() {
         let (from, to) = (leg("PCMU", 0, Some(101)), leg("PCMA", 8, Some(96)));
-        let mut dir = Direction::new(from, to);
+        let mut dir = Direction::new(from, to, &CodecOptions::default());
         let mut out: Vec<Vec<u8>> = Vec::new();
         let frame = [0xffu8; 160];
         for seq in [1u16, 2, 4] {

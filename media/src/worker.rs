@@ -19,8 +19,11 @@ use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
+use crate::codec::CodecOptions;
 use crate::prompt::EncodedPrompt;
-use crate::relay::{EventSink, Latching, MediaEvent, Remote, Side, StreamCounters, StreamId};
+use crate::relay::{
+    EventSink, Latching, MediaEvent, RelayConfig, Remote, Side, StreamCounters, StreamId,
+};
 use crate::stats::{LegStats, RtpReceiver, looks_like_rtcp, read_rtcp};
 use crate::sys::{BATCH, Batch, Epoll, EventFd, RawAddr, connect, disconnect, send_one};
 use crate::transcode::{Direction, Transcoding};
@@ -137,6 +140,7 @@ pub(crate) struct Worker {
     commands: Receiver<Command>,
     latching: Latching,
     coalesce: Duration,
+    codecs: CodecOptions,
     players: Vec<Player>,
     events: Option<EventSink>,
     slots: Vec<Option<Box<Stream>>>,
@@ -149,8 +153,7 @@ impl Worker {
     pub fn new(
         wake: Arc<EventFd>,
         commands: Receiver<Command>,
-        latching: Latching,
-        coalesce: Duration,
+        config: &RelayConfig,
     ) -> std::io::Result<Worker> {
         let epoll = Epoll::new()?;
         epoll.add(wake.raw(), WAKE_TOKEN)?;
@@ -158,8 +161,9 @@ impl Worker {
             epoll,
             wake,
             commands,
-            latching,
-            coalesce,
+            latching: config.latching,
+            coalesce: config.coalesce,
+            codecs: config.codecs,
             players: Vec::new(),
             events: None,
             slots: Vec::new(),
@@ -287,9 +291,13 @@ impl Worker {
                 }
                 Command::Remove(id) => self.remove(id),
                 Command::SetTranscoding { id, transcoding } => {
+                    let codecs = self.codecs;
                     if let Some(s) = self.stream_mut(id) {
                         s.transcoders = transcoding.map(|t| {
-                            Box::new([Direction::new(t.a, t.b), Direction::new(t.b, t.a)])
+                            Box::new([
+                                Direction::new(t.a, t.b, &codecs),
+                                Direction::new(t.b, t.a, &codecs),
+                            ])
                         });
                     }
                 }

@@ -13,6 +13,7 @@ fn relay(first_port: u16, last_port: u16, latching: Latching) -> Relay {
         workers: 2,
         latching,
         coalesce: Duration::from_micros(200),
+        codecs: Default::default(),
     })
     .expect("relay starts")
 }
@@ -196,8 +197,8 @@ fn transcodes_between_legs_that_share_no_codec() {
     );
     relay.sync();
     // Alice sends one second of a 1 kHz tone in G.722; Bob must get PCMA carrying it.
-    let mut encoder = (codec::by_name("G722", 8000).expect("g722").encoder)();
-    let mut decoder = (codec::by_name("PCMA", 8000).expect("pcma").decoder)();
+    let mut encoder = codec::by_name("G722", 8000).expect("g722").encoder();
+    let mut decoder = codec::by_name("PCMA", 8000).expect("pcma").decoder();
     let mut heard = Vec::new();
     for i in 0..50u32 {
         let frame: Vec<i16> = (0..320)

@@ -32,6 +32,7 @@ fn same(a: &Format, b: &Format) -> bool {
 
 /// The offer toward the answerer: the offered formats plus every `transcodable` codec it
 /// lacks, appended (so an answerer that shares a codec with the offerer picks that one).
+/// Codecs without a static payload type get a free dynamic one (96-127).
 /// None when nothing is added: Warden cannot decode any offered codec, or lacks nothing.
 pub fn widen_offer(offer: &[Format], transcodable: &[&'static Codec]) -> Option<Vec<Format>> {
     if !offer.iter().any(|f| codec_of(f).is_some()) {
@@ -42,18 +43,25 @@ pub fn widen_offer(offer: &[Format], transcodable: &[&'static Codec]) -> Option<
         let present = offer
             .iter()
             .any(|f| f.name.eq_ignore_ascii_case(c.name) && f.clock == c.rtp_clock);
-        let Some(pt) = c.static_payload_type else {
-            continue; // dynamic payload types are assigned with Opus and AMR
-        };
-        if !present && !offer.iter().any(|f| f.payload_type == pt) {
-            widened.push(Format {
-                payload_type: pt,
-                name: c.name.to_owned(),
-                clock: c.rtp_clock,
-                rtpmap: Some(format!("a=rtpmap:{pt} {}/{}", c.name, c.rtp_clock)),
-                fmtp: None,
-            });
+        if present {
+            continue;
         }
+        let taken = |pt: u8| widened.iter().any(|f| f.payload_type == pt);
+        let pt = match c.static_payload_type {
+            Some(pt) if !taken(pt) => pt,
+            Some(_) => continue, // its number means something else in this offer
+            None => match (96..=127).find(|&pt| !taken(pt)) {
+                Some(pt) => pt,
+                None => continue,
+            },
+        };
+        widened.push(Format {
+            payload_type: pt,
+            name: c.name.to_ascii_uppercase(),
+            clock: c.rtp_clock,
+            rtpmap: Some(format!("a=rtpmap:{}", c.rtpmap(pt))),
+            fmtp: c.fmtp.map(|params| format!("a=fmtp:{pt} {params}")),
+        });
     }
     (widened.len() > offer.len()).then_some(widened)
 }
@@ -146,7 +154,32 @@ mod tests {
         assert_eq!(pts, vec![9, 101, 8, 0]);
         assert_eq!(widened[2].rtpmap.as_deref(), Some("a=rtpmap:8 PCMA/8000"));
         // Nothing Warden can decode: left alone.
-        assert!(widen_offer(&[fmt(96, "OPUS", 48000)], &list()).is_none());
+        assert!(widen_offer(&[fmt(96, "AMR", 8000)], &list()).is_none());
+    }
+
+    #[cfg(feature = "opus")]
+    #[test]
+    fn opus_gets_a_free_dynamic_payload_type() {
+        let opus = codec::by_name("opus", 48000).expect("opus");
+        let offer = vec![
+            fmt(8, "PCMA", 8000),
+            fmt(96, "TELEPHONE-EVENT", 8000),
+            fmt(97, "ILBC", 8000),
+        ];
+        let widened = widen_offer(&offer, &[opus]).expect("widened");
+        let added = &widened[3];
+        assert_eq!((added.payload_type, added.name.as_str()), (98, "OPUS"));
+        assert_eq!(added.rtpmap.as_deref(), Some("a=rtpmap:98 opus/48000/2"));
+        assert_eq!(
+            added.fmtp.as_deref(),
+            Some("a=fmtp:98 minptime=10;useinbandfec=1")
+        );
+        // An Opus-only offer answered with PCMA: transcoding between the two.
+        let offer = vec![fmt(111, "OPUS", 48000)];
+        let s = settle(&offer, &[fmt(8, "PCMA", 8000)]);
+        let (from, to) = s.transcoding.expect("transcoding");
+        assert_eq!((from.codec.name, from.payload_type), ("opus", 111));
+        assert_eq!((to.codec.name, to.payload_type), ("PCMA", 8));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 
 mod g711;
 mod g722;
+#[cfg(feature = "opus")]
+mod opus;
 pub mod resample;
 
 pub use g711::{alaw_to_linear, linear_to_alaw, linear_to_ulaw, ulaw_to_linear};
@@ -50,19 +52,46 @@ impl Concealer {
     }
 }
 
+/// Settings for the encoders Warden creates (from `[media]` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodecOptions {
+    /// Opus encoder complexity, 0 (cheapest) to 10 (best); the biggest lever on the CPU
+    /// one transcoded Opus call costs.
+    pub opus_complexity: u8,
+}
+
+impl Default for CodecOptions {
+    fn default() -> Self {
+        CodecOptions {
+            opus_complexity: DEFAULT_OPUS_COMPLEXITY,
+        }
+    }
+}
+
+/// Chosen by measurement (`cargo bench --bench codecs`; see the README): the cheapest
+/// complexity whose voice quality holds up on narrowband and wideband calls.
+pub const DEFAULT_OPUS_COMPLEXITY: u8 = 5;
+
 /// One codec as SDP names it and as the media engine runs it.
 #[derive(Clone, Copy)]
 pub struct Codec {
     /// The rtpmap encoding name (compared case-insensitively).
     pub name: &'static str,
-    /// RFC 3551 static payload type, if it has one.
+    /// RFC 3551 static payload type, if it has one; the others get a dynamic one from SDP.
     pub static_payload_type: Option<u8>,
     /// RTP timestamp clock (what SDP's rtpmap says).
     pub rtp_clock: u32,
-    /// Rate of the PCM the codec encodes and decodes.
+    /// The channel count rtpmap carries, when it carries one (Opus: always 2, RFC 7587).
+    pub rtpmap_channels: Option<u8>,
+    /// The fmtp parameters Warden offers the codec with.
+    pub fmtp: Option<&'static str>,
+    /// The PCM rate the codec is made for.
     pub sample_rate: u32,
-    pub encoder: fn() -> Box<dyn Encoder>,
-    pub decoder: fn() -> Box<dyn Decoder>,
+    /// Every PCM rate the codec encodes from and decodes to without a resampler (Opus
+    /// resamples internally, so a PCMA<->Opus call needs no resampler of ours).
+    pub pcm_rates: &'static [u32],
+    make_encoder: fn(u32, &CodecOptions) -> Box<dyn Encoder>,
+    make_decoder: fn(u32) -> Box<dyn Decoder>,
 }
 
 impl std::fmt::Debug for Codec {
@@ -72,9 +101,54 @@ impl std::fmt::Debug for Codec {
 }
 
 impl Codec {
-    /// PCM samples in one 20 ms frame.
+    /// PCM samples in one 20 ms frame at the codec's own rate.
     pub fn frame_samples(&self) -> usize {
         (self.sample_rate / 50) as usize
+    }
+
+    /// An encoder taking PCM at the codec's own rate, with default options.
+    pub fn encoder(&self) -> Box<dyn Encoder> {
+        (self.make_encoder)(self.sample_rate, &CodecOptions::default())
+    }
+
+    /// A decoder giving PCM at the codec's own rate.
+    pub fn decoder(&self) -> Box<dyn Decoder> {
+        (self.make_decoder)(self.sample_rate)
+    }
+
+    /// An encoder taking PCM at `rate`, which must be one of `pcm_rates`.
+    pub fn encoder_at(&self, rate: u32, options: &CodecOptions) -> Box<dyn Encoder> {
+        debug_assert!(self.pcm_rates.contains(&rate));
+        (self.make_encoder)(rate, options)
+    }
+
+    /// A decoder giving PCM at `rate`, which must be one of `pcm_rates`.
+    pub fn decoder_at(&self, rate: u32) -> Box<dyn Decoder> {
+        debug_assert!(self.pcm_rates.contains(&rate));
+        (self.make_decoder)(rate)
+    }
+
+    /// The a=rtpmap value for payload type `pt` (e.g. "111 opus/48000/2").
+    pub fn rtpmap(&self, pt: u8) -> String {
+        match self.rtpmap_channels {
+            Some(ch) => format!("{pt} {}/{}/{ch}", self.name, self.rtp_clock),
+            None => format!("{pt} {}/{}", self.name, self.rtp_clock),
+        }
+    }
+}
+
+/// The PCM rates a transcoder from `from` to `to` works at: (decode rate, encode rate).
+/// The highest rate both codecs take natively when there is one (no resampler at all),
+/// otherwise each codec's own rate with a resampler between.
+pub fn pcm_rates_between(from: &Codec, to: &Codec) -> (u32, u32) {
+    match from
+        .pcm_rates
+        .iter()
+        .filter(|r| to.pcm_rates.contains(r))
+        .max()
+    {
+        Some(&shared) => (shared, shared),
+        None => (from.sample_rate, to.sample_rate),
     }
 }
 
@@ -83,25 +157,46 @@ const CODECS: &[Codec] = &[
         name: "PCMU",
         static_payload_type: Some(0),
         rtp_clock: 8000,
+        rtpmap_channels: None,
+        fmtp: None,
         sample_rate: 8000,
-        encoder: || Box::new(g711::Pcmu),
-        decoder: || Box::new(g711::G711Decoder::ulaw()),
+        pcm_rates: &[8000],
+        make_encoder: |_, _| Box::new(g711::Pcmu),
+        make_decoder: |_| Box::new(g711::G711Decoder::ulaw()),
     },
     Codec {
         name: "PCMA",
         static_payload_type: Some(8),
         rtp_clock: 8000,
+        rtpmap_channels: None,
+        fmtp: None,
         sample_rate: 8000,
-        encoder: || Box::new(g711::Pcma),
-        decoder: || Box::new(g711::G711Decoder::alaw()),
+        pcm_rates: &[8000],
+        make_encoder: |_, _| Box::new(g711::Pcma),
+        make_decoder: |_| Box::new(g711::G711Decoder::alaw()),
     },
     Codec {
         name: "G722",
         static_payload_type: Some(9),
         rtp_clock: 8000,
+        rtpmap_channels: None,
+        fmtp: None,
         sample_rate: 16000,
-        encoder: || Box::new(g722::G722Encoder::new()),
-        decoder: || Box::new(g722::G722Decoder::new()),
+        pcm_rates: &[16000],
+        make_encoder: |_, _| Box::new(g722::G722Encoder::new()),
+        make_decoder: |_| Box::new(g722::G722Decoder::new()),
+    },
+    #[cfg(feature = "opus")]
+    Codec {
+        name: "opus",
+        static_payload_type: None,
+        rtp_clock: 48000,
+        rtpmap_channels: Some(2),
+        fmtp: Some("minptime=10;useinbandfec=1"),
+        sample_rate: 48000,
+        pcm_rates: &[8000, 12000, 16000, 24000, 48000],
+        make_encoder: |rate, options| Box::new(opus::OpusEncoder::new(rate, options)),
+        make_decoder: |rate| Box::new(opus::OpusDecoder::new(rate)),
     },
 ];
 
@@ -161,7 +256,7 @@ pub(crate) mod tests {
 
     /// Encode and decode `pcm` frame by frame through `codec`.
     fn round_trip(codec: &Codec, pcm: &[i16]) -> Vec<i16> {
-        let (mut enc, mut dec) = ((codec.encoder)(), (codec.decoder)());
+        let (mut enc, mut dec) = (codec.encoder(), codec.decoder());
         let mut out = Vec::new();
         for frame in pcm.chunks_exact(codec.frame_samples()) {
             let mut payload = Vec::new();
@@ -187,12 +282,69 @@ pub(crate) mod tests {
         }
     }
 
+    #[cfg(feature = "opus")]
+    #[test]
+    fn opus_keeps_a_1khz_tone_at_every_pcm_rate() {
+        let codec = by_name("OPUS", 48000).expect("registered");
+        assert_eq!(codec.rtpmap(111), "111 opus/48000/2", "RFC 7587 section 7");
+        for &rate in codec.pcm_rates {
+            let (mut enc, mut dec) = (
+                codec.encoder_at(rate, &CodecOptions::default()),
+                codec.decoder_at(rate),
+            );
+            let pcm = tone(1000.0, rate, 1.0, 12000.0);
+            let mut out = Vec::new();
+            for frame in pcm.chunks_exact(rate as usize / 50) {
+                let mut payload = Vec::new();
+                enc.encode(frame, &mut payload);
+                assert!(
+                    !payload.is_empty() && payload.len() < 200,
+                    "{rate}: payload"
+                );
+                dec.decode(&payload, &mut out);
+            }
+            assert_eq!(out.len(), pcm.len(), "{rate}: every sample comes back");
+            // Past the codec's start-up (its look-ahead plus the encoder settling).
+            let settled = &out[rate as usize / 10..];
+            let f = frequency(settled, rate);
+            assert!((f - 1000.0).abs() < 20.0, "{rate}: frequency {f}");
+            // Opus is perceptual, so its waveform SNR is modest; 10 dB still means the
+            // tone came through, not noise.
+            let snr = snr_db(&pcm[rate as usize / 10..], settled, rate as usize / 100);
+            assert!(snr > 10.0, "{rate}: SNR {snr:.1} dB");
+            // Native concealment fills a lost frame with signal, not silence.
+            let before = out.len();
+            dec.conceal(rate as usize / 50, &mut out);
+            assert_eq!(out.len() - before, rate as usize / 50);
+            let peak = out[before..].iter().map(|v| v.unsigned_abs()).max();
+            assert!(peak > Some(1000), "{rate}: concealment carries the tone on");
+        }
+    }
+
+    #[test]
+    fn pcm_rates_avoid_resampling_when_a_codec_can() {
+        let (pcma, g722) = (
+            by_name("PCMA", 8000).expect("pcma"),
+            by_name("G722", 8000).expect("g722"),
+        );
+        assert_eq!(pcm_rates_between(pcma, g722), (8000, 16000));
+        assert_eq!(pcm_rates_between(g722, pcma), (16000, 8000));
+        #[cfg(feature = "opus")]
+        {
+            let opus = by_name("opus", 48000).expect("opus");
+            assert_eq!(pcm_rates_between(opus, pcma), (8000, 8000));
+            assert_eq!(pcm_rates_between(g722, opus), (16000, 16000));
+        }
+    }
+
     #[test]
     fn payload_sizes_are_per_rfc3551() {
         for (name, bytes) in [("PCMU", 160), ("PCMA", 160), ("G722", 160)] {
             let codec = by_name(name, 8000).expect("registered");
             let mut payload = Vec::new();
-            (codec.encoder)().encode(&vec![0; codec.frame_samples()], &mut payload);
+            codec
+                .encoder()
+                .encode(&vec![0; codec.frame_samples()], &mut payload);
             assert_eq!(payload.len(), bytes, "{name}: 20 ms payload");
         }
     }
@@ -211,10 +363,12 @@ pub(crate) mod tests {
     #[test]
     fn lost_frames_are_concealed_then_fade() {
         let codec = by_name("PCMA", 8000).expect("registered");
-        let mut dec = (codec.decoder)();
+        let mut dec = codec.decoder();
         let mut out = Vec::new();
         let mut payload = Vec::new();
-        (codec.encoder)().encode(&tone(1000.0, 8000, 0.02, 12000.0), &mut payload);
+        codec
+            .encoder()
+            .encode(&tone(1000.0, 8000, 0.02, 12000.0), &mut payload);
         dec.decode(&payload, &mut out);
         dec.conceal(160, &mut out);
         dec.conceal(160, &mut out);
