@@ -1,4 +1,5 @@
-//! The `warden` command: `warden [run]` starts the server, `warden check` validates the config.
+//! The `warden` command: `warden [run]` starts the server, `warden check` validates the config,
+//! `warden codecs` lists the codecs this build has.
 
 use std::path::PathBuf;
 
@@ -25,6 +26,8 @@ enum Command {
     Run,
     /// Validate the configuration and exit (0 when valid).
     Check,
+    /// List the codecs this build can transcode (Opus needs `--features opus`).
+    Codecs,
 }
 
 fn load(path: &Option<PathBuf>) -> anyhow::Result<Config> {
@@ -34,8 +37,29 @@ fn load(path: &Option<PathBuf>) -> anyhow::Result<Config> {
     }
 }
 
+fn print_codecs() {
+    println!("{:<8} {:>6} {:>5}  pcm rates (Hz)", "codec", "clock", "pt");
+    for c in warden_media::codec::all() {
+        let pt = c
+            .static_payload_type
+            .map_or("dyn".to_owned(), |pt| pt.to_string());
+        let rates: Vec<String> = c.pcm_rates.iter().map(u32::to_string).collect();
+        println!(
+            "{:<8} {:>6} {:>5}  {}",
+            c.name,
+            c.rtp_clock,
+            pt,
+            rates.join(" ")
+        );
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Codecs)) {
+        print_codecs();
+        return std::process::ExitCode::SUCCESS;
+    }
     let config = match load(&cli.config) {
         Ok(c) => c,
         Err(e) => {

@@ -67,7 +67,7 @@ recording() { # phone-dir name
     return
   fi
   # Skip the first second (ringing, jitter buffer start), analyse 3 s.
-  sox "$rec" "$work/cut-$2.wav" trim 1 3
+  sox "$rec" "$work/cut-$2.wav" trim 1 3 remix - # stereo (Opus) mixed to mono
   rms=$(sox "$work/cut-$2.wav" -n stat 2>&1 | awk '/RMS +amplitude/ {print $3}')
   # Dominant frequency: the strongest bin of sox's power spectrum (about 2 Hz bins).
   freq=$(sox "$work/cut-$2.wav" -n stat -freq 2>&1 | awk 'NF == 2 && $1 + 0 > 0 && $2 + 0 > max { max = $2 + 0; f = $1 } END { print f }')

@@ -1,15 +1,17 @@
 # Shared by the baresip interop scripts (source it after setting $work and $port).
-# make_tones DIR: 10 s 1 kHz tones at 8 and 16 kHz (aufile insists on the codec's rate).
+# make_tones DIR: 10 s 1 kHz tones at 8 and 16 kHz mono, and 48 kHz stereo for Opus (aufile
+# insists on the codec's rate and channel count, and baresip's Opus is opus/48000/2).
 # phone NAME SIP-PORT RTP-PORTS CODEC: a baresip config folder in $work/NAME for one phone
 # registered to Warden at 127.0.0.1:$port, answering automatically, playing the tone,
 # recording what it decodes (sndfile, into its folder), allowed only CODEC.
-rate_of() { case $1 in */16000*) echo 16000 ;; *) echo 8000 ;; esac; }
+tone_of() { case $1 in */16000*) echo 16000 ;; opus*) echo 48000-stereo ;; *) echo 8000 ;; esac; }
 
 make_tones() {
   local r
   for r in 8000 16000; do
     sox -n -r $r -c 1 -b 16 "$1/tone-$r.wav" synth 10 sine 1000 vol 0.5
   done
+  sox -n -r 48000 -c 2 -b 16 "$1/tone-48000-stereo.wav" synth 10 sine 1000 vol 0.5
 }
 
 phone() {
@@ -22,10 +24,11 @@ rtp_ports $3
 module_path /usr/lib/baresip/modules
 module g711.so
 module g722.so
+module opus.so
 module aufile.so
 module sndfile.so
 snd_path $dir
-audio_source aufile,$work/tone-$(rate_of "$4").wav
+audio_source aufile,$work/tone-$(tone_of "$4").wav
 audio_alert aufile,/dev/null
 module_app account.so
 module_app menu.so
