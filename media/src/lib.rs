@@ -1,7 +1,8 @@
-//! Warden's media engine: the RTP/RTCP relay and the codecs; transcoding, prompts and
-//! mixing next. It knows nothing of SIP: callers open streams, say where each leg's party is, read stats.
+//! Warden's media engine: the RTP/RTCP relay, codecs and transcoding, prompts, and DTMF
+//! (RFC 4733) reading and writing. It knows nothing of SIP: callers open streams, say where each leg's party is, read stats.
 
 pub mod codec;
+pub mod dtmf;
 pub mod ports;
 pub mod prompt;
 pub mod relay;
@@ -13,8 +14,8 @@ mod worker;
 
 pub use ports::{PortPair, PortPool, PortsExhausted};
 pub use relay::{
-    EventSink, Latching, MediaError, MediaEvent, Relay, RelayConfig, Remote, Side, StreamId,
-    StreamStats,
+    EventFormat, EventSink, Latching, MediaError, MediaEvent, Relay, RelayConfig, Remote, Side,
+    StreamId, StreamStats,
 };
 pub use stats::LegStats;
 pub use transcode::{LegCodec, Transcoding};

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::codec::CodecOptions;
+use crate::dtmf::Digit;
 use crate::ports::{PortPair, PortPool, PortsExhausted};
 use crate::prompt::EncodedPrompt;
 use crate::stats::{LegCounters, LegStats};
@@ -79,7 +80,18 @@ pub struct StreamId(pub u64);
 pub enum MediaEvent {
     /// A prompt finished playing to `side` of `stream`.
     PlaybackDone { stream: StreamId, side: Side },
+    /// `side`'s party pressed a key, sent as RFC 4733 events that the other side does not
+    /// take (so they were not relayed: the owner carries it, e.g. as SIP INFO).
+    Dtmf {
+        stream: StreamId,
+        side: Side,
+        digit: Digit,
+    },
 }
+
+/// How a side of a stream carries DTMF in RTP: its telephone-event payload type and clock
+/// (None: it does not, and takes key presses some other way).
+pub type EventFormat = Option<(u8, u32)>;
 
 /// Receives media events; called on a worker thread, so it must only hand them on.
 pub type EventSink = Arc<dyn Fn(MediaEvent) + Send + Sync>;
@@ -304,7 +316,32 @@ impl Relay {
         }
     }
 
-    /// Where media events (playback finished) are delivered, from the worker threads.
+    /// Each side's telephone-event format. When exactly one side has one, its events are
+    /// not relayed but reported (`MediaEvent::Dtmf`); when both do, they pass as media.
+    pub fn set_dtmf(&mut self, id: StreamId, formats: [EventFormat; 2]) {
+        if let Some(worker) = self.streams.get(&id).map(|s| s.worker) {
+            self.send(worker, Command::SetDtmf { id: id.0, formats });
+        }
+    }
+
+    /// Send a key press to `side`'s party as RFC 4733 events (it must have a telephone-event
+    /// format): in the stream's own numbering when Warden transcodes it, else in the
+    /// sequence of the packets relayed to that party, which are renumbered after it.
+    pub fn send_dtmf(&mut self, id: StreamId, side: Side, key: char, duration: Duration) {
+        if let Some(worker) = self.streams.get(&id).map(|s| s.worker) {
+            self.send(
+                worker,
+                Command::SendDtmf {
+                    id: id.0,
+                    side,
+                    key,
+                    duration,
+                },
+            );
+        }
+    }
+
+    /// Where media events (playback finished, DTMF) are delivered, from the worker threads.
     pub fn set_event_sink(&mut self, sink: EventSink) {
         for worker in 0..self.workers.len() {
             self.send(worker, Command::SetEvents(sink.clone()));

@@ -169,6 +169,15 @@ impl Batch {
         &self.bufs[i][..len]
     }
 
+    /// Datagram `i` of the last receive, to be modified before it is sent on.
+    pub fn packet_mut(&mut self, i: usize) -> &mut [u8] {
+        if self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            return &mut [];
+        }
+        let len = (self.hdrs[i].msg_len as usize).min(PACKET_ROOM);
+        &mut self.bufs[i][..len]
+    }
+
     pub fn source(&self, i: usize) -> Option<SocketAddr> {
         socket_addr(&self.names[i])
     }

@@ -152,6 +152,19 @@ impl Direction {
         self.resampled.drain(..taken);
     }
 
+    /// Where an event of Warden's own starts on this direction's output: its SSRC and the
+    /// timestamp of the next frame.
+    pub fn event_origin(&self) -> (u32, u32) {
+        (self.ssrc, self.timestamp)
+    }
+
+    /// Take the next sequence number of the output stream for a packet of Warden's own.
+    pub fn take_sequence_number(&mut self) -> u16 {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        seq
+    }
+
     /// An RFC 4733 event: same payload, our SSRC and sequence, timestamp on our timeline.
     fn forward_event(&mut self, rtp: &rtp_types::RtpPacket<'_>, send: &mut dyn FnMut(&[u8])) {
         let Some(pt) = self.to.dtmf_payload_type else {

@@ -20,9 +20,11 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use crate::codec::CodecOptions;
+use crate::dtmf::{EventReader, EventWriter};
 use crate::prompt::EncodedPrompt;
 use crate::relay::{
-    EventSink, Latching, MediaEvent, RelayConfig, Remote, Side, StreamCounters, StreamId,
+    EventFormat, EventSink, Latching, MediaEvent, RelayConfig, Remote, Side, StreamCounters,
+    StreamId,
 };
 use crate::stats::{LegStats, RtpReceiver, looks_like_rtcp, read_rtcp};
 use crate::sys::{BATCH, Batch, Epoll, EventFd, RawAddr, connect, disconnect, send_one};
@@ -59,6 +61,16 @@ pub(crate) enum Command {
         id: u64,
         side: Side,
     },
+    SetDtmf {
+        id: u64,
+        formats: [EventFormat; 2],
+    },
+    SendDtmf {
+        id: u64,
+        side: Side,
+        key: char,
+        duration: Duration,
+    },
     SetEvents(EventSink),
     /// Answered once every earlier command is applied and every packet already handled has
     /// its statistics published.
@@ -91,6 +103,17 @@ pub(crate) struct Stream {
     transcoders: Option<Box<[Direction; 2]>>,
     /// A prompt is playing to side A / B: the other side's packets are not relayed to it.
     playing: [bool; 2],
+    /// Each side's telephone-event format, and the reader of its events when they are
+    /// reported instead of relayed.
+    events: [EventFormat; 2],
+    readers: [EventReader; 2],
+    /// The last RTP header relayed from each side (SSRC, sequence, timestamp, when in µs
+    /// of the worker's clock), so
+    /// events of ours toward the other side continue that stream.
+    last_rtp: [Option<(u32, u16, u32, u64)>; 2],
+    /// Added to the sequence numbers of packets relayed to each side: the events Warden
+    /// slipped into that stream.
+    seq_shift: [u16; 2],
 }
 
 impl Stream {
@@ -105,6 +128,10 @@ impl Stream {
             clock_rate: [8000; 2],
             transcoders: None,
             playing: [false; 2],
+            events: [None; 2],
+            readers: Default::default(),
+            last_rtp: [None; 2],
+            seq_shift: [0; 2],
         }
     }
 
@@ -141,6 +168,8 @@ pub(crate) struct Worker {
     latching: Latching,
     coalesce: Duration,
     codecs: CodecOptions,
+    /// DTMF events of ours being sent, paced like the prompts.
+    writers: Vec<Writer>,
     players: Vec<Player>,
     events: Option<EventSink>,
     slots: Vec<Option<Box<Stream>>>,
@@ -164,6 +193,7 @@ impl Worker {
             latching: config.latching,
             coalesce: config.coalesce,
             codecs: config.codecs,
+            writers: Vec::new(),
             players: Vec::new(),
             events: None,
             slots: Vec::new(),
@@ -210,13 +240,19 @@ impl Worker {
             if busy && !self.coalesce.is_zero() {
                 std::thread::sleep(self.coalesce);
             }
-            self.play_due(Instant::now());
+            let now = Instant::now();
+            self.play_due(now);
+            self.write_due(now);
         }
     }
 
-    /// Milliseconds until the next prompt frame is due (-1: no prompt playing).
+    /// Milliseconds until the next prompt frame or DTMF packet is due (-1: none pending).
     fn next_frame_timeout(&self) -> i32 {
-        let Some(next) = self.players.iter().map(|p| p.next).min() else {
+        let players = self.players.iter().map(|p| p.next);
+        let Some(next) = players
+            .chain(self.writers.iter().map(|w| w.event.next))
+            .min()
+        else {
             return -1;
         };
         let wait = next.saturating_duration_since(Instant::now());
@@ -333,6 +369,17 @@ impl Worker {
                         s.playing[index] = false;
                     }
                 }
+                Command::SetDtmf { id, formats } => {
+                    if let Some(s) = self.stream_mut(id) {
+                        s.events = formats;
+                    }
+                }
+                Command::SendDtmf {
+                    id,
+                    side,
+                    key,
+                    duration,
+                } => self.start_dtmf(id, side.index(), key, duration),
                 Command::SetEvents(sink) => self.events = Some(sink),
                 Command::Sync(done) => {
                     let _ = done.send(());
@@ -341,6 +388,85 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// Begin sending a key press to side `to` of stream `id`, as RFC 4733 events.
+    fn start_dtmf(&mut self, id: u64, to: usize, key: char, duration: Duration) {
+        let now = Instant::now();
+        let now_us = now.duration_since(self.epoch).as_micros() as u64;
+        let Some(&slot) = self.by_id.get(&id) else {
+            return;
+        };
+        let Some(stream) = self.slots.get_mut(slot).and_then(|s| s.as_deref_mut()) else {
+            return;
+        };
+        let Some((payload_type, clock)) = stream.events[to] else {
+            tracing::debug!(stream = id, "DTMF toward a side without telephone-event");
+            return;
+        };
+        let Some(event) = EventWriter::new(key, duration, clock, now) else {
+            return;
+        };
+        // The event's timestamp: "now" on the clock of the stream the party receives.
+        let (ssrc, timestamp) = match (&mut stream.transcoders, stream.last_rtp[to ^ 1]) {
+            (Some(directions), _) => directions[to ^ 1].event_origin(),
+            (None, Some((ssrc, _, ts, at_us))) => {
+                let elapsed = now_us.saturating_sub(at_us) * u64::from(clock) / 1_000_000;
+                (ssrc, ts.wrapping_add(elapsed as u32))
+            }
+            // Nothing relayed to that party yet: the events are a source of their own.
+            (None, None) => {
+                let seed = (id as u32).wrapping_mul(2_654_435_761) ^ now.elapsed().subsec_nanos();
+                (seed, seed.rotate_left(11))
+            }
+        };
+        self.writers.push(Writer {
+            stream: id,
+            slot,
+            to,
+            payload_type,
+            ssrc,
+            timestamp,
+            own_seq: None,
+            event,
+        });
+    }
+
+    /// Send every DTMF packet of ours that is due.
+    fn write_due(&mut self, now: Instant) {
+        let mut index = 0;
+        while index < self.writers.len() {
+            let w = &mut self.writers[index];
+            let Some(stream) = self.slots.get_mut(w.slot).and_then(|s| s.as_deref_mut()) else {
+                self.writers.swap_remove(index);
+                continue;
+            };
+            while let Some((payload, first)) = w.event.due(now) {
+                let seq = w.next_seq(stream);
+                let mut packet = [0u8; 16];
+                packet[0] = 0x80;
+                packet[1] = if first { 0x80 } else { 0 } | w.payload_type;
+                packet[2..4].copy_from_slice(&seq.to_be_bytes());
+                packet[4..8].copy_from_slice(&w.timestamp.to_be_bytes());
+                packet[8..12].copy_from_slice(&w.ssrc.to_be_bytes());
+                packet[12..].copy_from_slice(&payload);
+                let socket = w.to * 2;
+                let end = &stream.ends[socket];
+                if end.target.is_some() {
+                    let to = if end.connected {
+                        None
+                    } else {
+                        end.target.as_ref()
+                    };
+                    send_one(stream.sockets[socket].as_raw_fd(), &packet, to);
+                }
+            }
+            if w.event.finished() {
+                self.writers.swap_remove(index);
+            } else {
+                index += 1;
+            }
+        }
     }
 
     fn stream_mut(&mut self, id: u64) -> Option<&mut Stream> {
@@ -372,6 +498,7 @@ impl Worker {
                 self.epoll.remove(socket.as_raw_fd());
             }
             self.players.retain(|p| p.stream != id);
+            self.writers.retain(|w| w.stream != id);
             self.free.push(slot);
         }
         // Dropping the stream closes its sockets; the ports are already back in the pool.
@@ -415,10 +542,21 @@ impl Worker {
                     continue;
                 }
                 account(stream, side, socket, packet, now_us);
+                let rtp_socket = socket == A_RTP || socket == B_RTP;
+                if rtp_socket && stream.events[side].is_some() && !looks_like_rtcp(packet) {
+                    let pt = packet.get(1).map(|b| b & 0x7f);
+                    if let Some((event_pt, clock)) = stream.events[side]
+                        && pt == Some(event_pt)
+                        && stream.events[side ^ 1].is_none()
+                    {
+                        // The other side takes no telephone-events: report, do not relay.
+                        report_events(stream, side, packet, clock, self.events.as_ref());
+                        continue;
+                    }
+                }
                 if stream.playing[out / 2] {
                     continue; // the party hears the prompt, not the other side
                 }
-                let rtp_socket = socket == A_RTP || socket == B_RTP;
                 if let Some(directions) = stream.transcoders.as_mut().filter(|_| rtp_socket)
                     && !looks_like_rtcp(packet)
                 {
@@ -434,6 +572,9 @@ impl Worker {
                         });
                     }
                     continue;
+                }
+                if rtp_socket && stream.seq_shift[out / 2] != 0 && !looks_like_rtcp(packet) {
+                    shift_sequence(batch.packet_mut(k), stream.seq_shift[out / 2]);
                 }
                 keep |= 1 << k;
                 kept += 1;
@@ -454,6 +595,43 @@ impl Worker {
 }
 
 const FRAME: Duration = Duration::from_millis(20);
+
+/// A key press of ours on its way to one side of a stream, as RFC 4733 packets.
+struct Writer {
+    stream: u64,
+    slot: usize,
+    /// Side index of the party receiving it.
+    to: usize,
+    payload_type: u8,
+    ssrc: u32,
+    /// The event's timestamp (fixed for all its packets).
+    timestamp: u32,
+    /// Our own numbering when the party has no stream from us yet.
+    own_seq: Option<u16>,
+    event: EventWriter,
+}
+
+impl Writer {
+    /// The sequence number for our next packet: the next one of the stream the party
+    /// receives (a transcoder's own, or the relayed one's, which is then renumbered).
+    fn next_seq(&mut self, stream: &mut Stream) -> u16 {
+        let from = self.to ^ 1;
+        if let Some(directions) = &mut stream.transcoders {
+            return directions[from].take_sequence_number();
+        }
+        match stream.last_rtp[from] {
+            Some((ssrc, seq, _, _)) if ssrc == self.ssrc => {
+                stream.seq_shift[self.to] = stream.seq_shift[self.to].wrapping_add(1);
+                seq.wrapping_add(stream.seq_shift[self.to])
+            }
+            _ => {
+                let seq = self.own_seq.unwrap_or(self.timestamp as u16);
+                self.own_seq = Some(seq.wrapping_add(1));
+                seq
+            }
+        }
+    }
+}
 
 /// A prompt being played to one side of a stream: 20 ms frames with their own RTP header
 /// (SSRC, sequence numbers, timestamps on the codec's clock, marker on the first packet).
@@ -568,11 +746,42 @@ fn account(stream: &mut Stream, side: usize, socket: usize, packet: &[u8], now_u
     stats.rtp_packets += 1;
     stats.rtp_bytes += packet.len() as u64;
     if let Ok(rtp) = rtp_types::RtpPacket::parse(packet) {
+        stream.last_rtp[side] = Some((rtp.ssrc(), rtp.sequence_number(), rtp.timestamp(), now_us));
         let clock = u64::from(stream.clock_rate[side]);
         let arrival = (now_us * clock / 1_000_000) as u32;
         let rx = &mut stream.receivers[side];
         rx.on_packet(rtp.ssrc(), rtp.sequence_number(), rtp.timestamp(), arrival);
         stats.lost = rx.lost();
         stats.jitter_us = rx.jitter() * 1_000_000 / clock;
+    }
+}
+
+/// Read a side's telephone-event packet and report the key presses it completes.
+fn report_events(
+    stream: &mut Stream,
+    side: usize,
+    packet: &[u8],
+    clock: u32,
+    sink: Option<&EventSink>,
+) {
+    let Ok(rtp) = rtp_types::RtpPacket::parse(packet) else {
+        return;
+    };
+    for digit in stream.readers[side].on_packet(rtp.timestamp(), rtp.payload(), clock) {
+        if let Some(sink) = sink {
+            sink(MediaEvent::Dtmf {
+                stream: StreamId(stream.id),
+                side: if side == 0 { Side::A } else { Side::B },
+                digit,
+            });
+        }
+    }
+}
+
+/// Renumber a relayed RTP packet by `shift` (events of ours took sequence numbers).
+fn shift_sequence(packet: &mut [u8], shift: u16) {
+    if let Some(seq) = packet.get_mut(2..4) {
+        let renumbered = u16::from_be_bytes([seq[0], seq[1]]).wrapping_add(shift);
+        seq.copy_from_slice(&renumbered.to_be_bytes());
     }
 }

@@ -284,3 +284,114 @@ fn plays_a_prompt_paced_at_20_ms_and_reports_the_end() {
         }
     );
 }
+
+#[test]
+fn dtmf_is_reported_toward_a_side_without_events_and_written_into_the_relayed_stream() {
+    use std::sync::{Arc, Mutex};
+    use warden_media::MediaEvent;
+    use warden_media::dtmf::{Digit, Event};
+    let mut relay = relay(31600, 31699, Latching::Strict);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    relay.set_event_sink(Arc::new(move |e| {
+        let _ = tx.lock().map(|t| t.send(e));
+    }));
+    let id = relay.open().expect("stream");
+    let (a_port, b_port) = (
+        relay.port(id, Side::A).expect("a"),
+        relay.port(id, Side::B).expect("b"),
+    );
+    let (alice, bob) = (party(), party());
+    relay.set_remote(id, Side::A, Some(remote(&alice)));
+    relay.set_remote(id, Side::B, Some(remote(&bob)));
+    // Alice uses telephone-event 101; bob takes key presses some other way (SIP INFO).
+    relay.set_dtmf(id, [Some((101, 8000)), None]);
+    relay.sync();
+
+    // Alice's "7", held 100 ms: start, update, three ends. Bob gets none of it; the owner
+    // hears of it once.
+    let audio = rtp(1, 160, 0xa);
+    alice.send_to(&audio, ("127.0.0.1", a_port)).expect("send");
+    assert_eq!(recv(&bob).0, audio, "audio still flows");
+    for (seq, duration, end) in [
+        (2u16, 0u16, false),
+        (3, 400, false),
+        (4, 800, true),
+        (5, 800, true),
+        (6, 800, true),
+    ] {
+        let mut p = rtp(seq, 320, 0xa);
+        p[1] = 101;
+        p.truncate(12);
+        p.extend_from_slice(
+            &Event {
+                code: 7,
+                end,
+                volume: 10,
+                duration,
+            }
+            .write(),
+        );
+        alice.send_to(&p, ("127.0.0.1", a_port)).expect("send");
+    }
+    let event = rx.recv_timeout(Duration::from_secs(2)).expect("reported");
+    assert_eq!(
+        event,
+        MediaEvent::Dtmf {
+            stream: id,
+            side: Side::A,
+            digit: Digit {
+                key: '7',
+                duration: Duration::from_millis(100)
+            }
+        }
+    );
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "reported once"
+    );
+    let after = rtp(7, 480, 0xa);
+    alice.send_to(&after, ("127.0.0.1", a_port)).expect("send");
+    assert_eq!(recv(&bob).0, after, "the events were not relayed to bob");
+
+    // The other way: bob pressed '#' (say by SIP INFO); alice gets RFC 4733 events in the
+    // stream she receives from bob: his SSRC, his next sequence numbers.
+    bob.send_to(&rtp(500, 8000, 0xb), ("127.0.0.1", b_port))
+        .expect("send");
+    recv(&alice);
+    relay.send_dtmf(id, Side::A, '#', Duration::from_millis(100));
+    let mut events = Vec::new();
+    // 100 ms: the start, an update at 50 ms, the end three times.
+    while events.len() < 5 {
+        let (p, _) = recv(&alice);
+        assert_eq!(p[1] & 0x7f, 101, "alice's telephone-event type");
+        assert_eq!(&p[8..12], &0xbu32.to_be_bytes(), "bob's SSRC");
+        events.push((
+            u16::from_be_bytes([p[2], p[3]]),
+            p[1] & 0x80 != 0,
+            Event::parse(&p[12..]).expect("event"),
+        ));
+    }
+    let seqs: Vec<u16> = events.iter().map(|e| e.0).collect();
+    assert_eq!(
+        seqs,
+        (501..506).collect::<Vec<u16>>(),
+        "continuing bob's numbering"
+    );
+    assert!(
+        events[0].1 && events.iter().skip(1).all(|e| !e.1),
+        "marker on the first only"
+    );
+    assert!(events.iter().all(|e| e.2.code == 11));
+    assert_eq!(
+        events.iter().filter(|e| e.2.end).count(),
+        3,
+        "three end packets"
+    );
+    assert_eq!(events[4].2.duration, 800, "100 ms at 8 kHz");
+    // Bob's next packet is renumbered after the events.
+    bob.send_to(&rtp(501, 8160, 0xb), ("127.0.0.1", b_port))
+        .expect("send");
+    let (p, _) = recv(&alice);
+    assert_eq!(u16::from_be_bytes([p[2], p[3]]), 506);
+}
