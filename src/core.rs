@@ -11,14 +11,16 @@ use bytes::Bytes;
 
 use warden_media::Relay as MediaRelay;
 use warden_media::codec::Codec;
+use warden_media::dtmf::Digit;
 use warden_media::prompt::Prompts;
-use warden_media::{MediaEvent, Side as MediaSide};
+use warden_media::{MediaEvent, Side as MediaSide, StreamId};
 
 use crate::anchor::negotiate::Role;
-use crate::anchor::{AnchorError, MediaSession, is_sdp};
+use crate::anchor::{AnchorError, MediaSession, is_sdp, media_side};
 use crate::call::{Branch, Call, Leg, PendingOk, Relay, Side, State, new_tag};
 use crate::config::Config;
 use crate::registrar::{Change, Registrar};
+use crate::sip::dtmf_relay;
 use crate::sip::message::{Malformed, Message, Method, NameAddr, Request, Response, Uri, Via};
 use crate::sip::transaction::{Transactions, TxEvent, TxKey};
 use crate::sip::transport::{Destination, Transport};
@@ -724,6 +726,30 @@ impl Core {
                     self.respond(&key, &req, 491, None, now);
                     return self.finish_or_keep(call);
                 }
+                if method == Method::Info
+                    && dtmf_relay::is_dtmf(req.header("Content-Type").as_deref())
+                    && let Some(stream) = call.media.events_toward(side)
+                {
+                    // The far party takes RFC 4733 events, not INFO: write the key into
+                    // its audio.
+                    let tag = req.to_tag();
+                    match dtmf_relay::parse(req.body()) {
+                        Some((pressed, duration)) => {
+                            let to = media_side(side.other());
+                            self.media.send_dtmf(stream, to, pressed, duration);
+                            self.respond(&key, &req, 200, tag.as_deref(), now);
+                        }
+                        None => self.respond_warning(
+                            &key,
+                            &req,
+                            400,
+                            tag.as_deref(),
+                            Some("no DTMF key in the body"),
+                            now,
+                        ),
+                    }
+                    return self.finish_or_keep(call);
+                }
                 self.relay_request(&mut call, key, req, side, now);
             }
             Method::Ack | Method::Cancel | Method::Register => {
@@ -1057,7 +1083,49 @@ impl Core {
 
     /// Something the media relay reported.
     pub fn handle_media_event(&mut self, event: MediaEvent, now: Instant) {
-        let MediaEvent::PlaybackDone { stream, .. } = event;
+        match event {
+            MediaEvent::PlaybackDone { stream, .. } => self.on_playback_done(stream, now),
+            MediaEvent::Dtmf {
+                stream,
+                side,
+                digit,
+            } => self.on_rtp_dtmf(stream, side, digit, now),
+        }
+    }
+
+    /// A party pressed a key as RFC 4733 events and the other party takes none: it gets
+    /// the key as SIP INFO (application/dtmf-relay).
+    fn on_rtp_dtmf(&mut self, stream: StreamId, side: MediaSide, digit: Digit, now: Instant) {
+        let from = match side {
+            MediaSide::A => Side::A,
+            MediaSide::B => Side::B,
+        };
+        let Some(id) = self
+            .calls
+            .values()
+            .find(|c| c.media.contains(stream))
+            .map(|c| c.id)
+        else {
+            return;
+        };
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
+        if matches!(call.state, State::Confirmed | State::Answered)
+            && let Some((mut info, dest)) =
+                self.side_request(&mut call, from.other(), Method::Info, None)
+        {
+            info.set_body(
+                Bytes::from(dtmf_relay::body(digit.key, digit.duration)),
+                Some(dtmf_relay::CONTENT_TYPE),
+            );
+            tracing::debug!(call = id, key = %digit.key, to = from.other().name(), "DTMF as SIP INFO");
+            self.send_in_dialog(info, dest, ClientPurpose::Untracked, now);
+        }
+        self.finish_or_keep(call);
+    }
+
+    fn on_playback_done(&mut self, stream: StreamId, now: Instant) {
         let id = self
             .calls
             .values()

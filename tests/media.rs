@@ -633,6 +633,105 @@ fn an_opus_only_caller_and_a_pcma_only_callee_hear_each_other() {
     assert!((f - 1000.0).abs() <= 20.0, "alice hears {f} Hz");
 }
 
+#[test]
+fn dtmf_crosses_between_rfc4733_and_sip_info() {
+    let (w, range) = warden(10, "");
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let (am, bm) = (Media::new(), Media::new());
+    // Alice sends key presses as RFC 4733 events; bob's phone knows only SIP INFO.
+    let offer = sdp(&[
+        format!("m=audio {} RTP/AVP 8 101", am.port()),
+        "a=rtpmap:8 PCMA/8000".into(),
+        "a=rtpmap:101 telephone-event/8000".into(),
+        "a=fmtp:101 0-16".into(),
+    ]);
+    let (incoming, ok, mut alice_dialog, mut bob_dialog) =
+        call(&mut alice, &mut bob, &offer, |_| {
+            sdp(&[
+                format!("m=audio {} RTP/AVP 8", bm.port()),
+                "a=rtpmap:8 PCMA/8000".into(),
+            ])
+        });
+    let b_side = assert_anchored(incoming.body(), range)[0];
+    let a_side = assert_anchored(ok.body(), range)[0];
+    let answered = String::from_utf8_lossy(ok.body()).to_string();
+    assert!(
+        answered.contains(" RTP/AVP 8 101\r\n"),
+        "alice keeps telephone-event, Warden takes her events: {answered}"
+    );
+
+    // Alice presses 5 (100 ms): start, update, three ends; bob gets one INFO.
+    let audio = rtp(1, 8, 0xa, 160);
+    am.rtp.send_to(&audio, warden_at(a_side)).expect("send");
+    recv(&bm.rtp);
+    for (seq, end, duration) in [
+        (2u16, 0u8, 0u16),
+        (3, 0, 400),
+        (4, 0x80, 800),
+        (5, 0x80, 800),
+        (6, 0x80, 800),
+    ] {
+        let mut event = rtp(seq, 101, 0xa, 0);
+        event[4..8].copy_from_slice(&320u32.to_be_bytes());
+        event.extend_from_slice(&[5, end | 10]);
+        event.extend_from_slice(&duration.to_be_bytes());
+        am.rtp.send_to(&event, warden_at(a_side)).expect("send");
+    }
+    let info = bob.recv_request("INFO");
+    assert_eq!(
+        info.header("Content-Type").as_deref(),
+        Some("application/dtmf-relay")
+    );
+    assert_eq!(
+        String::from_utf8_lossy(info.body()),
+        "Signal=5\r\nDuration=100\r\n"
+    );
+    bob.ok(&info);
+    // No event packet reached bob's RTP port; his next packet is alice's audio.
+    let after = rtp(7, 8, 0xa, 160);
+    am.rtp.send_to(&after, warden_at(a_side)).expect("send");
+    assert_eq!(recv(&bm.rtp).0, after);
+
+    // Bob presses # by INFO; alice hears it as RFC 4733 events in bob's stream.
+    bm.rtp
+        .send_to(&rtp(900, 8, 0xb, 160), warden_at(b_side))
+        .expect("send");
+    recv(&am.rtp);
+    bob.in_dialog_typed(
+        &mut bob_dialog,
+        "INFO",
+        "application/dtmf-relay",
+        Some("Signal=#\r\nDuration=100\r\n"),
+    );
+    assert_eq!(bob.recv_response().status(), 200);
+    let mut ends = 0;
+    let mut first = true;
+    while ends < 3 {
+        let (p, _) = recv(&am.rtp);
+        assert_eq!(p[1] & 0x7f, 101, "alice's telephone-event payload type");
+        assert_eq!(p[1] & 0x80 != 0, first, "marker on the first packet only");
+        assert_eq!(&p[8..12], &0xbu32.to_be_bytes(), "in bob's stream");
+        assert_eq!(p[12], 11, "event code of #");
+        if p[13] & 0x80 != 0 {
+            ends += 1;
+            assert_eq!(u16::from_be_bytes([p[14], p[15]]), 800, "100 ms");
+        }
+        first = false;
+    }
+    // An INFO without a key gets 400; the call stays up.
+    bob.in_dialog_typed(
+        &mut bob_dialog,
+        "INFO",
+        "application/dtmf-relay",
+        Some("Signal=\r\n"),
+    );
+    assert_eq!(bob.recv_response().status(), 400);
+    alice.in_dialog(&mut alice_dialog, "BYE", None);
+    let bye = bob.recv_request("BYE");
+    bob.ok(&bye);
+    assert_eq!(alice.recv_response().status(), 200);
+}
+
 /// A 16-bit mono WAV file of a 1 kHz tone.
 fn tone_wav(path: &std::path::Path, rate: u32, seconds: f64) {
     let n = (f64::from(rate) * seconds) as usize;

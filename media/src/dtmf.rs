@@ -84,11 +84,9 @@ impl EventReader {
         };
         let mut done = Vec::new();
         match self.current {
-            Some((ts, _, reported)) if ts == timestamp => {
-                if reported {
-                    return done; // a repeated end packet
-                }
-            }
+            // A repeated end packet.
+            Some((ts, _, true)) if ts == timestamp => return done,
+            Some((ts, _, false)) if ts == timestamp => {}
             Some((_, previous, false)) => {
                 // A new event before the last one's end: the end packets were lost.
                 done.extend(digit(&previous, clock));

@@ -18,7 +18,7 @@ use crate::call::Side;
 use negotiate::Role;
 use sdp::{Direction, MediaLine, MediaPlan, Sdp, SdpError};
 use warden_media::codec::Codec;
-use warden_media::{LegCodec, Transcoding};
+use warden_media::{EventFormat, LegCodec, Transcoding};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnchorError {
@@ -28,7 +28,7 @@ pub enum AnchorError {
     Media(#[from] MediaError),
 }
 
-fn media_side(side: Side) -> MediaSide {
+pub(crate) fn media_side(side: Side) -> MediaSide {
     match side {
         Side::A => MediaSide::A,
         Side::B => MediaSide::B,
@@ -45,6 +45,8 @@ pub struct MediaSession {
     offers: HashMap<usize, (Side, Vec<sdp::Format>)>,
     /// Per m= line index, the transcoding in force (payload types A, B).
     transcoding: HashMap<usize, (u8, u8)>,
+    /// Per m= line index, each side's telephone-event format (A, B) once an answer settled.
+    events: HashMap<usize, [EventFormat; 2]>,
     /// The caller's last offer as it came, for answering it ourselves (announcements).
     caller_offer: Option<Sdp>,
     /// Each side's last description put its media on hold (sendonly/inactive/0.0.0.0).
@@ -178,6 +180,15 @@ impl MediaSession {
                     };
                     Transcoding { a, b }
                 });
+                // Each side's telephone-events as it described them (the offerer's are kept
+                // by `settle` even when the answerer has none).
+                let mut events = [None; 2];
+                events[index_of(*offerer)] = negotiate::event_format(offer);
+                events[index_of(from)] = negotiate::event_format(&m.formats);
+                if self.events.get(&index) != Some(&events) {
+                    self.events.insert(index, events);
+                    relay.set_dtmf(id, events);
+                }
                 let key = pair.map(|t| (t.a.payload_type, t.b.payload_type));
                 if self.transcoding.get(&index).copied() != key {
                     match key {
@@ -202,6 +213,7 @@ impl MediaSession {
         self.described.clear();
         self.offers.clear();
         self.transcoding.clear();
+        self.events.clear();
         self.caller_offer = None;
     }
 
@@ -299,6 +311,16 @@ impl MediaSession {
             payload_type: format.payload_type,
             sdp,
         })
+    }
+
+    /// Where a key press from `from` goes when the far side takes RFC 4733 events but `from`
+    /// does not (it sends SIP INFO): the audio stream to write it into.
+    pub fn events_toward(&self, from: Side) -> Option<StreamId> {
+        let (index, events) = self.events.iter().min_by_key(|(index, _)| **index)?;
+        let (mine, theirs) = (events[index_of(from)], events[index_of(from.other())]);
+        (mine.is_none() && theirs.is_some())
+            .then(|| self.streams.get(*index).copied().flatten())
+            .flatten()
     }
 
     pub fn contains(&self, stream: StreamId) -> bool {

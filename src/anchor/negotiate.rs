@@ -31,14 +31,30 @@ fn same(a: &Format, b: &Format) -> bool {
 }
 
 /// The offer toward the answerer: the offered formats plus every `transcodable` codec it
-/// lacks, appended (so an answerer that shares a codec with the offerer picks that one).
-/// Codecs without a static payload type get a free dynamic one (96-127).
-/// None when nothing is added: Warden cannot decode any offered codec, or lacks nothing.
+/// lacks, appended (so an answerer that shares a codec with the offerer picks that one),
+/// and telephone-event when the offer has none (Warden turns the answerer's events into
+/// the offerer's SIP INFO and back). Additions without a static payload type get a free
+/// dynamic one (96-127). None when nothing is added.
 pub fn widen_offer(offer: &[Format], transcodable: &[&'static Codec]) -> Option<Vec<Format>> {
-    if !offer.iter().any(|f| codec_of(f).is_some()) {
-        return None;
-    }
     let mut widened = offer.to_vec();
+    let has_audio = offer.iter().any(is_codec);
+    if has_audio
+        && !offer.iter().any(is_dtmf)
+        && let Some(pt) = free_dynamic_payload_type(&widened)
+    {
+        widened.push(Format {
+            payload_type: pt,
+            name: "TELEPHONE-EVENT".into(),
+            clock: 8000,
+            rtpmap: Some(format!("a=rtpmap:{pt} telephone-event/8000")),
+            fmtp: Some(format!("a=fmtp:{pt} 0-16")),
+        });
+    }
+    let transcodable = if offer.iter().any(|f| codec_of(f).is_some()) {
+        transcodable
+    } else {
+        &[] // Warden cannot decode any offered codec: nothing to transcode from
+    };
     for c in transcodable {
         let present = offer
             .iter()
@@ -46,11 +62,13 @@ pub fn widen_offer(offer: &[Format], transcodable: &[&'static Codec]) -> Option<
         if present {
             continue;
         }
-        let taken = |pt: u8| widened.iter().any(|f| f.payload_type == pt);
+        let taken = widened
+            .iter()
+            .any(|f| Some(f.payload_type) == c.static_payload_type);
         let pt = match c.static_payload_type {
-            Some(pt) if !taken(pt) => pt,
+            Some(pt) if !taken => pt,
             Some(_) => continue, // its number means something else in this offer
-            None => match (96..=127).find(|&pt| !taken(pt)) {
+            None => match free_dynamic_payload_type(&widened) {
                 Some(pt) => pt,
                 None => continue,
             },
@@ -66,6 +84,18 @@ pub fn widen_offer(offer: &[Format], transcodable: &[&'static Codec]) -> Option<
     (widened.len() > offer.len()).then_some(widened)
 }
 
+fn free_dynamic_payload_type(formats: &[Format]) -> Option<u8> {
+    (96..=127).find(|&pt| !formats.iter().any(|f| f.payload_type == pt))
+}
+
+/// The telephone-event format of a format list, as the relay wants it.
+pub fn event_format(formats: &[Format]) -> Option<(u8, u32)> {
+    formats
+        .iter()
+        .find(|f| is_dtmf(f))
+        .map(|f| (f.payload_type, f.clock))
+}
+
 /// What an answer settles for one m= line.
 #[derive(Debug, Clone)]
 pub struct Settlement {
@@ -76,15 +106,28 @@ pub struct Settlement {
 }
 
 pub fn settle(offer: &[Format], answer: &[Format]) -> Settlement {
+    // An offerer with telephone-events keeps them when the answerer has none: Warden
+    // turns them into the answerer's SIP INFO.
+    let offer_dtmf = offer.iter().find(|f| is_dtmf(f));
+    let answer_dtmf = answer.iter().find(|f| is_dtmf(f));
+    let events_kept_by_warden = offer_dtmf.filter(|_| answer_dtmf.is_none());
     let passthrough = |answer: &[Format]| {
         // Never show the offerer a codec it did not offer (one Warden added).
-        let kept: Vec<Format> = answer
+        let mut kept: Vec<Format> = answer
             .iter()
             .filter(|f| offer.iter().any(|o| same(o, f)))
             .cloned()
             .collect();
+        let changed = kept.len() < answer.len();
+        if kept.is_empty() {
+            return Settlement {
+                formats_for_offerer: None,
+                transcoding: None,
+            };
+        }
+        kept.extend(events_kept_by_warden.cloned());
         Settlement {
-            formats_for_offerer: (kept.len() < answer.len() && !kept.is_empty()).then_some(kept),
+            formats_for_offerer: (changed || events_kept_by_warden.is_some()).then_some(kept),
             transcoding: None,
         }
     };
@@ -100,12 +143,8 @@ pub fn settle(offer: &[Format], answer: &[Format]) -> Settlement {
     ) else {
         return passthrough(answer);
     };
-    let offer_dtmf = offer.iter().find(|f| is_dtmf(f));
-    let answer_dtmf = answer.iter().find(|f| is_dtmf(f));
     let mut formats = vec![offer_format.clone()];
-    if let (Some(d), Some(_)) = (offer_dtmf, answer_dtmf) {
-        formats.push(d.clone());
-    }
+    formats.extend(offer_dtmf.cloned());
     Settlement {
         formats_for_offerer: Some(formats),
         transcoding: Some((
@@ -153,8 +192,27 @@ mod tests {
         let pts: Vec<u8> = widened.iter().map(|f| f.payload_type).collect();
         assert_eq!(pts, vec![9, 101, 8, 0]);
         assert_eq!(widened[2].rtpmap.as_deref(), Some("a=rtpmap:8 PCMA/8000"));
-        // Nothing Warden can decode: left alone.
-        assert!(widen_offer(&[fmt(96, "AMR", 8000)], &list()).is_none());
+        // Nothing Warden can decode: no codec added, but telephone-event is (Warden can
+        // still carry key presses between events and SIP INFO).
+        let widened = widen_offer(&[fmt(96, "AMR", 8000)], &list()).expect("widened");
+        let added: Vec<(u8, &str)> = widened[1..]
+            .iter()
+            .map(|f| (f.payload_type, f.name.as_str()))
+            .collect();
+        assert_eq!(added, vec![(97, "TELEPHONE-EVENT")]);
+        assert_eq!(
+            widened[1].fmtp.as_deref(),
+            Some("a=fmtp:97 0-16"),
+            "the keys 0-9, *, #, A-D"
+        );
+        // Everything there already: unchanged.
+        let full = vec![
+            fmt(8, "PCMA", 8000),
+            fmt(0, "PCMU", 8000),
+            fmt(9, "G722", 8000),
+            fmt(101, "TELEPHONE-EVENT", 8000),
+        ];
+        assert!(widen_offer(&full, &list()).is_none());
     }
 
     #[cfg(feature = "opus")]
@@ -180,6 +238,22 @@ mod tests {
         let (from, to) = s.transcoding.expect("transcoding");
         assert_eq!((from.codec.name, from.payload_type), ("opus", 111));
         assert_eq!((to.codec.name, to.payload_type), ("PCMA", 8));
+    }
+
+    #[test]
+    fn an_offerer_keeps_its_telephone_events_when_the_answerer_has_none() {
+        let offer = vec![fmt(8, "PCMA", 8000), fmt(101, "TELEPHONE-EVENT", 8000)];
+        let s = settle(&offer, &[fmt(8, "PCMA", 8000)]);
+        let formats = s.formats_for_offerer.expect("answer changed");
+        assert_eq!(
+            formats.iter().map(|f| f.payload_type).collect::<Vec<_>>(),
+            vec![8, 101]
+        );
+        assert!(s.transcoding.is_none());
+        assert_eq!(event_format(&offer), Some((101, 8000)));
+        // An answerer with events of its own: nothing to change.
+        let s = settle(&offer, &offer);
+        assert!(s.formats_for_offerer.is_none());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! SIP: messages (a facade over sipx-sip), transports (UDP, TCP) and the transaction layer.
 //! Outside this module nothing names the parser crate's types.
 
+pub mod dtmf_relay;
 pub mod message;
 pub mod transaction;
 pub mod transport;

@@ -445,8 +445,19 @@ impl Ua {
         }
     }
 
-    /// Send a request within `d` (ACK reuses the given CSeq).
+    /// Send a request within `d` (ACK reuses the given CSeq), its body SDP.
     pub fn in_dialog(&mut self, d: &mut Dialog, method: &str, body: Option<&str>) {
+        self.in_dialog_typed(d, method, "application/sdp", body);
+    }
+
+    /// Send a request within `d` with a body of `content_type`.
+    pub fn in_dialog_typed(
+        &mut self,
+        d: &mut Dialog,
+        method: &str,
+        content_type: &str,
+        body: Option<&str>,
+    ) {
         if method != "ACK" {
             d.cseq += 1;
         }
@@ -454,7 +465,7 @@ impl Ua {
         let ct = if body.is_empty() {
             String::new()
         } else {
-            "Content-Type: application/sdp\r\n".into()
+            format!("Content-Type: {content_type}\r\n")
         };
         let text = format!(
             "{method} {target} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {lu};tag={lt}\r\n\
