@@ -11,7 +11,13 @@
 
 use std::time::{Duration, Instant};
 
-use warden_media::codec::{self, Codec, CodecOptions};
+use warden_media::codec::{self, Codec, CodecOptions, FormatParams};
+
+/// Every codec's default payload format (AMR: bandwidth-efficient, all modes).
+const NATIVE: FormatParams = FormatParams {
+    octet_aligned: false,
+    mode: None,
+};
 use warden_media::transcode::{Direction, LegCodec};
 
 fn main() {
@@ -31,6 +37,14 @@ fn main() {
     let mut pairs = vec![("PCMU", "G722"), ("PCMA", "PCMU"), ("PCMA", "G722")];
     if codec::all().iter().any(|c| c.name == "opus") {
         pairs.extend([("PCMA", "opus"), ("G722", "opus")]);
+    }
+    if codec::all().iter().any(|c| c.name == "AMR") {
+        pairs.extend([
+            ("PCMA", "AMR"),
+            ("PCMU", "AMR"),
+            ("PCMA", "AMR-WB"),
+            ("PCMU", "AMR-WB"),
+        ]);
     }
     for (x, y) in pairs {
         let (a, b) = (find(x), find(y));
@@ -88,7 +102,10 @@ fn opus_complexity_sweep(frames: usize) {
 
 /// SNR in dB of the bench signal through Opus at 8 kHz (best alignment within 10 ms).
 fn opus_snr(opus: &Codec, options: &CodecOptions) -> f64 {
-    let (mut enc, mut dec) = (opus.encoder_at(8000, options), opus.decoder_at(8000));
+    let (mut enc, mut dec) = (
+        opus.encoder_at(8000, options, &NATIVE),
+        opus.decoder_at(8000, &NATIVE),
+    );
     let input: Vec<i16> = frames_of(8000, 100).concat();
     let mut out = Vec::new();
     for frame in input.chunks_exact(160) {
@@ -165,8 +182,14 @@ fn codec_bound_at(
     options: &CodecOptions,
 ) -> Duration {
     let (pa, pb) = (payloads(a, frames), payloads(b, frames));
-    let (mut dec_a, mut enc_a) = (a.decoder_at(rate_a), a.encoder_at(rate_a, options));
-    let (mut dec_b, mut enc_b) = (b.decoder_at(rate_b), b.encoder_at(rate_b, options));
+    let (mut dec_a, mut enc_a) = (
+        a.decoder_at(rate_a, &NATIVE),
+        a.encoder_at(rate_a, options, &NATIVE),
+    );
+    let (mut dec_b, mut enc_b) = (
+        b.decoder_at(rate_b, &NATIVE),
+        b.encoder_at(rate_b, options, &NATIVE),
+    );
     let (fa, fb) = (frames_of(rate_a, 1), frames_of(rate_b, 1));
     let (mut pcm, mut out) = (Vec::with_capacity(1024), Vec::with_capacity(1024));
     let start = Instant::now();
@@ -194,6 +217,7 @@ fn transcode_path(
     let leg = |codec: &'static Codec| LegCodec {
         codec,
         payload_type: codec.static_payload_type.unwrap_or(96),
+        params: NATIVE,
         dtmf_payload_type: None,
     };
     let rtp = |codec: &Codec| -> Vec<Vec<u8>> {

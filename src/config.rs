@@ -158,9 +158,9 @@ impl Default for MediaConfig {
             workers: 0,
             latching: "strict".into(),
             coalesce_us: 200,
-            // G.711 first (what trunks and the IMS core take), then wideband; Opus when
-            // this build has it.
-            transcode: ["PCMA", "PCMU", "G722", "opus"]
+            // G.711 first (what trunks and the IMS core take), then wideband, then the
+            // codecs of the native-codecs build when it has them.
+            transcode: ["PCMA", "PCMU", "G722", "AMR-WB", "AMR", "opus"]
                 .into_iter()
                 .filter(|name| codec::all().iter().any(|c| c.name == *name))
                 .map(String::from)

@@ -633,6 +633,54 @@ fn an_opus_only_caller_and_a_pcma_only_callee_hear_each_other() {
     assert!((f - 1000.0).abs() <= 20.0, "alice hears {f} Hz");
 }
 
+#[cfg(feature = "amr")]
+#[test]
+fn an_amr_wb_caller_and_a_pcma_only_callee_hear_each_other() {
+    let (w, range) = warden(10, "");
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let (am, bm) = (Media::new(), Media::new());
+    // A VoLTE phone: AMR-WB, bandwidth-efficient, modes up to 12.65 kbps.
+    let offer = sdp(&[
+        format!("m=audio {} RTP/AVP 97", am.port()),
+        "a=rtpmap:97 AMR-WB/16000".into(),
+        "a=fmtp:97 mode-set=0,1,2".into(),
+    ]);
+    let (incoming, ok, _, _) = call(&mut alice, &mut bob, &offer, |_| {
+        sdp(&[
+            format!("m=audio {} RTP/AVP 8", bm.port()),
+            "a=rtpmap:8 PCMA/8000".into(),
+        ])
+    });
+    let b_side = assert_anchored(incoming.body(), range)[0];
+    let a_side = assert_anchored(ok.body(), range)[0];
+    assert!(String::from_utf8_lossy(ok.body()).contains("a=rtpmap:97 AMR-WB/16000"));
+
+    let mut got = Vec::new();
+    for packet in tone_packets("AMR-WB", 16000, 97, 0xa, 50) {
+        am.rtp.send_to(&packet, warden_at(a_side)).expect("send");
+        let (p, _) = recv(&bm.rtp);
+        assert_eq!(p[1] & 0x7f, 8, "PCMA toward bob");
+        got.push(p);
+    }
+    let f = heard_frequency("PCMA", 8000, &got);
+    assert!((f - 1000.0).abs() <= 20.0, "bob hears {f} Hz");
+
+    let mut got = Vec::new();
+    for packet in tone_packets("PCMA", 8000, 8, 0xb, 50) {
+        bm.rtp.send_to(&packet, warden_at(b_side)).expect("send");
+        let (p, _) = recv(&am.rtp);
+        assert_eq!(p[1] & 0x7f, 97, "AMR-WB toward alice");
+        // Bandwidth-efficient ToC after the 4-bit CMR: F, then the frame type.
+        let frame_type = ((p[12] & 0x07) << 1) | (p[13] >> 7);
+        assert_eq!(frame_type, 2, "the highest mode of alice's mode-set");
+        got.push(p);
+    }
+    let ts = |p: &[u8]| u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+    assert_eq!(ts(&got[1]).wrapping_sub(ts(&got[0])), 320, "16 kHz clock");
+    let f = heard_frequency("AMR-WB", 16000, &got);
+    assert!((f - 1000.0).abs() <= 20.0, "alice hears {f} Hz");
+}
+
 #[test]
 fn dtmf_crosses_between_rfc4733_and_sip_info() {
     let (w, range) = warden(10, "");

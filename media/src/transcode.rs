@@ -5,7 +5,7 @@
 //! Losses seen in the sequence numbers are concealed by the decoder (up to three frames);
 //! packets arriving late or twice are dropped: the far phone's jitter buffer smooths the rest.
 
-use crate::codec::{self, Codec, CodecOptions, Decoder, Encoder, Resampler};
+use crate::codec::{self, Codec, CodecOptions, Decoder, Encoder, FormatParams, Resampler};
 
 /// One leg's side of a transcoded stream: its codec, the payload type SDP gave it, and
 /// its telephone-event payload type when it has one.
@@ -13,6 +13,8 @@ use crate::codec::{self, Codec, CodecOptions, Decoder, Encoder, Resampler};
 pub struct LegCodec {
     pub codec: &'static Codec,
     pub payload_type: u8,
+    /// What the leg's fmtp says about the codec's payload (AMR's layout and modes).
+    pub params: FormatParams,
     pub dtmf_payload_type: Option<u8>,
 }
 
@@ -59,8 +61,8 @@ impl Direction {
             to,
             in_rate,
             out_rate,
-            decoder: from.codec.decoder_at(in_rate),
-            encoder: to.codec.encoder_at(out_rate, options),
+            decoder: from.codec.decoder_at(in_rate, &from.params),
+            encoder: to.codec.encoder_at(out_rate, options, &to.params),
             resampler,
             decoded: Vec::with_capacity(4096),
             resampled: Vec::with_capacity(4096),
@@ -238,6 +240,7 @@ mod tests {
         LegCodec {
             codec: codec::by_name(name, 8000).expect("codec"),
             payload_type: pt,
+            params: FormatParams::default(),
             dtmf_payload_type: dtmf,
         }
     }

@@ -186,6 +186,7 @@ fn transcodes_between_legs_that_share_no_codec() {
     let leg = |name, pt| LegCodec {
         codec: codec::by_name(name, 8000).expect("codec"),
         payload_type: pt,
+        params: Default::default(),
         dtmf_payload_type: None,
     };
     relay.set_transcoding(

@@ -17,7 +17,7 @@ use warden_media::{LegStats, MediaError, Relay, Remote, Side as MediaSide, Strea
 use crate::call::Side;
 use negotiate::Role;
 use sdp::{Direction, MediaLine, MediaPlan, Sdp, SdpError};
-use warden_media::codec::Codec;
+use warden_media::codec::{Codec, FormatParams};
 use warden_media::{EventFormat, LegCodec, Transcoding};
 
 #[derive(Debug, thiserror::Error)]
@@ -275,8 +275,16 @@ impl MediaSession {
         let (index, format, codec) = offer.media.iter().enumerate().find_map(|(i, m)| {
             (m.kind == "audio" && m.port != 0)
                 .then(|| {
+                    // Prompts are encoded once per codec in its default payload format, so
+                    // a format whose fmtp asks otherwise (AMR octet-aligned or with a
+                    // mode-set) is passed over for the next.
                     m.formats.iter().find_map(|f| {
-                        warden_media::codec::by_name(&f.name, f.clock).map(|c| (i, f.clone(), c))
+                        let default_format = f.fmtp.as_deref().map(FormatParams::parse)
+                            == Some(FormatParams::default())
+                            || f.fmtp.is_none();
+                        warden_media::codec::by_name(&f.name, f.clock)
+                            .filter(|_| default_format)
+                            .map(|c| (i, f.clone(), c))
                     })
                 })
                 .flatten()

@@ -3,7 +3,7 @@
 //! the transcoding pair. Pure functions over SDP formats.
 
 use warden_media::LegCodec;
-use warden_media::codec::{self, Codec};
+use warden_media::codec::{self, Codec, FormatParams};
 
 use super::sdp::Format;
 
@@ -84,6 +84,13 @@ pub fn widen_offer(offer: &[Format], transcodable: &[&'static Codec]) -> Option<
     (widened.len() > offer.len()).then_some(widened)
 }
 
+fn params_of(f: &Format) -> FormatParams {
+    f.fmtp
+        .as_deref()
+        .map(FormatParams::parse)
+        .unwrap_or_default()
+}
+
 fn free_dynamic_payload_type(formats: &[Format]) -> Option<u8> {
     (96..=127).find(|&pt| !formats.iter().any(|f| f.payload_type == pt))
 }
@@ -151,6 +158,7 @@ pub fn settle(offer: &[Format], answer: &[Format]) -> Settlement {
             LegCodec {
                 codec: offer_codec,
                 payload_type: offer_format.payload_type,
+                params: params_of(offer_format),
                 dtmf_payload_type: offer_dtmf
                     .filter(|_| answer_dtmf.is_some())
                     .map(|f| f.payload_type),
@@ -158,6 +166,7 @@ pub fn settle(offer: &[Format], answer: &[Format]) -> Settlement {
             LegCodec {
                 codec: answer_codec,
                 payload_type: chosen.payload_type,
+                params: params_of(chosen),
                 dtmf_payload_type: answer_dtmf.map(|f| f.payload_type),
             },
         )),

@@ -4,6 +4,9 @@
 //! Encoders take 20 ms of 16-bit mono PCM at the codec's sample rate; decoders give it back
 //! and conceal lost frames. Payload types other than the RFC 3551 static ones come from SDP.
 
+#[cfg(feature = "amr")]
+mod amr;
+pub mod amr_payload;
 mod g711;
 mod g722;
 #[cfg(feature = "opus")]
@@ -72,6 +75,43 @@ impl Default for CodecOptions {
 /// complexity whose voice quality holds up on narrowband and wideband calls.
 pub const DEFAULT_OPUS_COMPLEXITY: u8 = 5;
 
+/// What a format's SDP fmtp says that changes the bits on the wire (RFC 4867 for AMR):
+/// the payload layout and the highest mode the peer accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct FormatParams {
+    /// `octet-align=1`; otherwise bandwidth-efficient.
+    pub octet_aligned: bool,
+    /// The highest mode of `mode-set`, when it restricts the modes.
+    pub mode: Option<u8>,
+}
+
+impl FormatParams {
+    /// From an fmtp value ("octet-align=1; mode-set=0,2,5") or the whole `a=fmtp:` line.
+    pub fn parse(fmtp: &str) -> FormatParams {
+        let value = match fmtp.strip_prefix("a=fmtp:") {
+            Some(rest) => rest.split_once(' ').map_or("", |(_, v)| v),
+            None => fmtp,
+        };
+        let mut params = FormatParams::default();
+        for pair in value.split(';') {
+            let Some((name, v)) = pair.split_once('=') else {
+                continue;
+            };
+            match name.trim().to_ascii_lowercase().as_str() {
+                "octet-align" => params.octet_aligned = v.trim() == "1",
+                "mode-set" => {
+                    params.mode = v
+                        .split(',')
+                        .filter_map(|m| m.trim().parse::<u8>().ok())
+                        .max()
+                }
+                _ => {}
+            }
+        }
+        params
+    }
+}
+
 /// One codec as SDP names it and as the media engine runs it.
 #[derive(Clone, Copy)]
 pub struct Codec {
@@ -90,8 +130,8 @@ pub struct Codec {
     /// Every PCM rate the codec encodes from and decodes to without a resampler (Opus
     /// resamples internally, so a PCMA<->Opus call needs no resampler of ours).
     pub pcm_rates: &'static [u32],
-    make_encoder: fn(u32, &CodecOptions) -> Box<dyn Encoder>,
-    make_decoder: fn(u32) -> Box<dyn Decoder>,
+    make_encoder: fn(u32, &CodecOptions, &FormatParams) -> Box<dyn Encoder>,
+    make_decoder: fn(u32, &FormatParams) -> Box<dyn Decoder>,
 }
 
 impl std::fmt::Debug for Codec {
@@ -106,26 +146,35 @@ impl Codec {
         (self.sample_rate / 50) as usize
     }
 
-    /// An encoder taking PCM at the codec's own rate, with default options.
+    /// An encoder taking PCM at the codec's own rate, with default options and format.
     pub fn encoder(&self) -> Box<dyn Encoder> {
-        (self.make_encoder)(self.sample_rate, &CodecOptions::default())
+        (self.make_encoder)(
+            self.sample_rate,
+            &CodecOptions::default(),
+            &FormatParams::default(),
+        )
     }
 
-    /// A decoder giving PCM at the codec's own rate.
+    /// A decoder giving PCM at the codec's own rate, for the default format.
     pub fn decoder(&self) -> Box<dyn Decoder> {
-        (self.make_decoder)(self.sample_rate)
+        (self.make_decoder)(self.sample_rate, &FormatParams::default())
     }
 
-    /// An encoder taking PCM at `rate`, which must be one of `pcm_rates`.
-    pub fn encoder_at(&self, rate: u32, options: &CodecOptions) -> Box<dyn Encoder> {
+    /// An encoder taking PCM at `rate` (one of `pcm_rates`) for the format `params`.
+    pub fn encoder_at(
+        &self,
+        rate: u32,
+        options: &CodecOptions,
+        params: &FormatParams,
+    ) -> Box<dyn Encoder> {
         debug_assert!(self.pcm_rates.contains(&rate));
-        (self.make_encoder)(rate, options)
+        (self.make_encoder)(rate, options, params)
     }
 
-    /// A decoder giving PCM at `rate`, which must be one of `pcm_rates`.
-    pub fn decoder_at(&self, rate: u32) -> Box<dyn Decoder> {
+    /// A decoder giving PCM at `rate` (one of `pcm_rates`) for the format `params`.
+    pub fn decoder_at(&self, rate: u32, params: &FormatParams) -> Box<dyn Decoder> {
         debug_assert!(self.pcm_rates.contains(&rate));
-        (self.make_decoder)(rate)
+        (self.make_decoder)(rate, params)
     }
 
     /// The a=rtpmap value for payload type `pt` (e.g. "111 opus/48000/2").
@@ -161,8 +210,8 @@ const CODECS: &[Codec] = &[
         fmtp: None,
         sample_rate: 8000,
         pcm_rates: &[8000],
-        make_encoder: |_, _| Box::new(g711::Pcmu),
-        make_decoder: |_| Box::new(g711::G711Decoder::ulaw()),
+        make_encoder: |_, _, _| Box::new(g711::Pcmu),
+        make_decoder: |_, _| Box::new(g711::G711Decoder::ulaw()),
     },
     Codec {
         name: "PCMA",
@@ -172,8 +221,8 @@ const CODECS: &[Codec] = &[
         fmtp: None,
         sample_rate: 8000,
         pcm_rates: &[8000],
-        make_encoder: |_, _| Box::new(g711::Pcma),
-        make_decoder: |_| Box::new(g711::G711Decoder::alaw()),
+        make_encoder: |_, _, _| Box::new(g711::Pcma),
+        make_decoder: |_, _| Box::new(g711::G711Decoder::alaw()),
     },
     Codec {
         name: "G722",
@@ -183,8 +232,32 @@ const CODECS: &[Codec] = &[
         fmtp: None,
         sample_rate: 16000,
         pcm_rates: &[16000],
-        make_encoder: |_, _| Box::new(g722::G722Encoder::new()),
-        make_decoder: |_| Box::new(g722::G722Decoder::new()),
+        make_encoder: |_, _, _| Box::new(g722::G722Encoder::new()),
+        make_decoder: |_, _| Box::new(g722::G722Decoder::new()),
+    },
+    #[cfg(feature = "amr")]
+    Codec {
+        name: "AMR",
+        static_payload_type: None,
+        rtp_clock: 8000,
+        rtpmap_channels: None,
+        fmtp: None,
+        sample_rate: 8000,
+        pcm_rates: &[8000],
+        make_encoder: |_, options, params| Box::new(amr::AmrEncoder::new(false, options, params)),
+        make_decoder: |_, params| Box::new(amr::AmrDecoder::new(false, params)),
+    },
+    #[cfg(feature = "amr")]
+    Codec {
+        name: "AMR-WB",
+        static_payload_type: None,
+        rtp_clock: 16000,
+        rtpmap_channels: None,
+        fmtp: None,
+        sample_rate: 16000,
+        pcm_rates: &[16000],
+        make_encoder: |_, options, params| Box::new(amr::AmrEncoder::new(true, options, params)),
+        make_decoder: |_, params| Box::new(amr::AmrDecoder::new(true, params)),
     },
     #[cfg(feature = "opus")]
     Codec {
@@ -195,8 +268,8 @@ const CODECS: &[Codec] = &[
         fmtp: Some("minptime=10;useinbandfec=1"),
         sample_rate: 48000,
         pcm_rates: &[8000, 12000, 16000, 24000, 48000],
-        make_encoder: |rate, options| Box::new(opus::OpusEncoder::new(rate, options)),
-        make_decoder: |rate| Box::new(opus::OpusDecoder::new(rate)),
+        make_encoder: |rate, options, _| Box::new(opus::OpusEncoder::new(rate, options)),
+        make_decoder: |rate, _| Box::new(opus::OpusDecoder::new(rate)),
     },
 ];
 
@@ -289,8 +362,8 @@ pub(crate) mod tests {
         assert_eq!(codec.rtpmap(111), "111 opus/48000/2", "RFC 7587 section 7");
         for &rate in codec.pcm_rates {
             let (mut enc, mut dec) = (
-                codec.encoder_at(rate, &CodecOptions::default()),
-                codec.decoder_at(rate),
+                codec.encoder_at(rate, &CodecOptions::default(), &FormatParams::default()),
+                codec.decoder_at(rate, &FormatParams::default()),
             );
             let pcm = tone(1000.0, rate, 1.0, 12000.0);
             let mut out = Vec::new();
@@ -318,6 +391,70 @@ pub(crate) mod tests {
             assert_eq!(out.len() - before, rate as usize / 50);
             let peak = out[before..].iter().map(|v| v.unsigned_abs()).max();
             assert!(peak > Some(1000), "{rate}: concealment carries the tone on");
+        }
+    }
+
+    #[cfg(feature = "amr")]
+    #[test]
+    fn amr_nb_and_wb_keep_a_1khz_tone_in_both_payload_layouts() {
+        for (name, clock) in [("AMR", 8000), ("AMR-WB", 16000)] {
+            let codec = by_name(name, clock).expect("registered");
+            for octet_aligned in [false, true] {
+                let params = FormatParams {
+                    octet_aligned,
+                    mode: None,
+                };
+                let rate = codec.sample_rate;
+                let (mut enc, mut dec) = (
+                    codec.encoder_at(rate, &CodecOptions::default(), &params),
+                    codec.decoder_at(rate, &params),
+                );
+                let pcm = tone(1000.0, rate, 1.0, 12000.0);
+                let mut out = Vec::new();
+                for frame in pcm.chunks_exact(codec.frame_samples()) {
+                    let mut payload = Vec::new();
+                    enc.encode(frame, &mut payload);
+                    // 12.2 kbps: 32 octets (efficient), 33 (aligned); 23.85: 61, 62.
+                    let expected = match (name, octet_aligned) {
+                        ("AMR", false) => 32,
+                        ("AMR", true) => 33,
+                        (_, false) => 61,
+                        (_, true) => 62,
+                    };
+                    assert_eq!(payload.len(), expected, "{name} aligned={octet_aligned}");
+                    dec.decode(&payload, &mut out);
+                }
+                assert_eq!(out.len(), pcm.len(), "{name}: every sample comes back");
+                let settled = &out[rate as usize / 10..];
+                let f = frequency(settled, rate);
+                assert!((f - 1000.0).abs() < 20.0, "{name}: frequency {f}");
+                let snr = snr_db(&pcm[rate as usize / 10..], settled, rate as usize / 50);
+                assert!(snr > 5.0, "{name}: SNR {snr:.1} dB");
+                let before = out.len();
+                dec.conceal(codec.frame_samples(), &mut out);
+                assert_eq!(
+                    out.len() - before,
+                    codec.frame_samples(),
+                    "{name}: concealed"
+                );
+            }
+            // mode-set caps the encoder: AMR-WB mode 2 (12.65 kbps) is 253 bits.
+            let params = FormatParams::parse("a=fmtp:97 mode-set=0,1,2; octet-align=1");
+            assert_eq!(
+                params,
+                FormatParams {
+                    octet_aligned: true,
+                    mode: Some(2)
+                }
+            );
+            if name == "AMR-WB" {
+                let mut payload = Vec::new();
+                codec
+                    .encoder_at(16000, &CodecOptions::default(), &params)
+                    .encode(&tone(1000.0, 16000, 0.02, 12000.0), &mut payload);
+                assert_eq!(payload.len(), 2 + 32);
+                assert_eq!((payload[1] >> 3) & 0x0f, 2, "frame type 2");
+            }
         }
     }
 
