@@ -203,7 +203,7 @@ mod tests {
         assert_eq!(widened[2].rtpmap.as_deref(), Some("a=rtpmap:8 PCMA/8000"));
         // Nothing Warden can decode: no codec added, but telephone-event is (Warden can
         // still carry key presses between events and SIP INFO).
-        let widened = widen_offer(&[fmt(96, "AMR", 8000)], &list()).expect("widened");
+        let widened = widen_offer(&[fmt(96, "ILBC", 8000)], &list()).expect("widened");
         let added: Vec<(u8, &str)> = widened[1..]
             .iter()
             .map(|f| (f.payload_type, f.name.as_str()))
