@@ -394,6 +394,37 @@ pub(crate) mod tests {
         }
     }
 
+    #[test]
+    fn resampler_passes_speech_and_stops_aliases() {
+        let rms = |s: &[i16]| {
+            (s.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / s.len() as f64).sqrt()
+        };
+        let down = |freq: f64| {
+            let mut r = Resampler::new(16000, 8000).expect("supported");
+            let mut out = Vec::new();
+            for frame in tone(freq, 16000, 0.5, 10000.0).chunks_exact(320) {
+                r.process(frame, &mut out);
+            }
+            rms(&out[800..])
+        };
+        let level = 10000.0 / 2f64.sqrt();
+        let pass = down(3000.0);
+        assert!((pass / level - 1.0).abs() < 0.03, "3 kHz passes: {pass:.0}");
+        // 6 kHz would fold onto 2 kHz: at least 54 dB down,
+        // far under G.711's own noise (about 38 dB below a tone).
+        let alias = down(6000.0);
+        assert!(alias < level / 500.0, "6 kHz stopped: {alias:.1}");
+        // Up: the image of a 1 kHz tone at 7 kHz is filtered out, the tone kept.
+        let mut r = Resampler::new(8000, 16000).expect("supported");
+        let mut out = Vec::new();
+        for frame in tone(1000.0, 8000, 0.5, 10000.0).chunks_exact(160) {
+            r.process(frame, &mut out);
+        }
+        let settled = &out[1600..];
+        assert!((rms(settled) / level - 1.0).abs() < 0.03);
+        assert!(snr_db(&tone(1000.0, 16000, 0.5, 10000.0)[..6000], settled, 80) > 40.0);
+    }
+
     #[cfg(feature = "amr")]
     #[test]
     fn amr_nb_and_wb_keep_a_1khz_tone_in_both_payload_layouts() {
