@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use warden_media::prompt::{self, Audio};
-use warden_media::{Latching, Relay, RelayConfig, Remote, Side, codec};
+use warden_media::{Latching, Playback, Relay, RelayConfig, Remote, Side, codec};
 
 const FRAME: Duration = Duration::from_millis(20);
 
@@ -165,7 +165,12 @@ fn play(streams: usize, seconds: u64, encoded: &Arc<prompt::EncodedPrompt>) -> S
     let cpu_before = worker_cpu_ns();
     let started = Instant::now();
     for id in &ids {
-        relay.play(*id, Side::A, encoded.clone(), 8, repeats);
+        let how = Playback {
+            payload_type: 8,
+            repeat: repeats,
+            stop_on_dtmf: false,
+        };
+        relay.play(*id, Side::A, encoded.clone(), how);
     }
     std::thread::sleep(Duration::from_secs(seconds));
     let elapsed = started.elapsed();

@@ -13,7 +13,7 @@ use warden_media::Relay as MediaRelay;
 use warden_media::codec::Codec;
 use warden_media::dtmf::Digit;
 use warden_media::prompt::Prompts;
-use warden_media::{MediaEvent, Side as MediaSide, StreamId};
+use warden_media::{MediaEvent, Playback, Side as MediaSide, StreamId};
 
 use crate::anchor::negotiate::Role;
 use crate::anchor::{AnchorError, MediaSession, is_sdp, media_side};
@@ -1063,8 +1063,16 @@ impl Core {
         let _ = progress.push_header("Server", &self.config.sip.user_agent);
         progress.set_body(Bytes::from(plan.sdp), Some("application/sdp"));
         self.tx.respond(&call.a_invite_tx, progress, now);
-        self.media
-            .play(plan.stream, MediaSide::A, prompt, plan.payload_type, 0);
+        self.media.play(
+            plan.stream,
+            MediaSide::A,
+            prompt,
+            Playback {
+                payload_type: plan.payload_type,
+                repeat: 0,
+                stop_on_dtmf: false,
+            },
+        );
         tracing::info!(call = call.id, caller = %call.caller, status, prompt = name, codec = plan.codec.name, "announcing before the failure");
         call.announcing = Some((status, reason.to_owned()));
         // Should the relay never report the end, the failure still goes out.

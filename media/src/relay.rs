@@ -89,6 +89,17 @@ pub enum MediaEvent {
     },
 }
 
+/// How a prompt is played.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Playback {
+    /// The payload type the party receives the prompt's codec as.
+    pub payload_type: u8,
+    /// Times to play it again after the first.
+    pub repeat: u32,
+    /// Barge-in: a key pressed by the party (RFC 4733, reported) stops the prompt.
+    pub stop_on_dtmf: bool,
+}
+
 /// How a side of a stream carries DTMF in RTP: its telephone-event payload type and clock
 /// (None: it does not, and takes key presses some other way).
 pub type EventFormat = Option<(u8, u32)>;
@@ -288,14 +299,7 @@ impl Relay {
     /// Play `prompt` to `side`'s party (`repeat` more times after the first), in its
     /// payload type; the other side's packets toward it are held back meanwhile. A
     /// `MediaEvent::PlaybackDone` follows when it ends.
-    pub fn play(
-        &mut self,
-        id: StreamId,
-        side: Side,
-        prompt: Arc<EncodedPrompt>,
-        payload_type: u8,
-        repeat: u32,
-    ) {
+    pub fn play(&mut self, id: StreamId, side: Side, prompt: Arc<EncodedPrompt>, how: Playback) {
         if let Some(worker) = self.streams.get(&id).map(|s| s.worker) {
             self.send(
                 worker,
@@ -303,10 +307,17 @@ impl Relay {
                     id: id.0,
                     side,
                     prompt,
-                    payload_type,
-                    repeat,
+                    how,
                 },
             );
+        }
+    }
+
+    /// Report `side`'s key presses (`MediaEvent::Dtmf`) even while they are relayed to a
+    /// far side that takes them too: a menu or feature code is listening.
+    pub fn report_dtmf(&mut self, id: StreamId, side: Side, on: bool) {
+        if let Some(worker) = self.streams.get(&id).map(|s| s.worker) {
+            self.send(worker, Command::ReportDtmf { id: id.0, side, on });
         }
     }
 

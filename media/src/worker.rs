@@ -23,8 +23,8 @@ use crate::codec::CodecOptions;
 use crate::dtmf::{EventReader, EventWriter};
 use crate::prompt::EncodedPrompt;
 use crate::relay::{
-    EventFormat, EventSink, Latching, MediaEvent, RelayConfig, Remote, Side, StreamCounters,
-    StreamId,
+    EventFormat, EventSink, Latching, MediaEvent, Playback, RelayConfig, Remote, Side,
+    StreamCounters, StreamId,
 };
 use crate::stats::{LegStats, RtpReceiver, looks_like_rtcp, read_rtcp};
 use crate::sys::{BATCH, Batch, Epoll, EventFd, RawAddr, connect, disconnect, send_one};
@@ -54,8 +54,12 @@ pub(crate) enum Command {
         id: u64,
         side: Side,
         prompt: Arc<EncodedPrompt>,
-        payload_type: u8,
-        repeat: u32,
+        how: Playback,
+    },
+    ReportDtmf {
+        id: u64,
+        side: Side,
+        on: bool,
     },
     StopPlaying {
         id: u64,
@@ -107,6 +111,8 @@ pub(crate) struct Stream {
     /// reported instead of relayed.
     events: [EventFormat; 2],
     readers: [EventReader; 2],
+    /// Report each side's key presses even when they are relayed (a menu listens).
+    report: [bool; 2],
     /// The last RTP header relayed from each side (SSRC, sequence, timestamp, when in µs
     /// of the worker's clock), so
     /// events of ours toward the other side continue that stream.
@@ -130,6 +136,7 @@ impl Stream {
             playing: [false; 2],
             events: [None; 2],
             readers: Default::default(),
+            report: [false; 2],
             last_rtp: [None; 2],
             seq_shift: [0; 2],
         }
@@ -341,8 +348,7 @@ impl Worker {
                     id,
                     side,
                     prompt,
-                    payload_type,
-                    repeat,
+                    how,
                 } => {
                     let index = side.index();
                     self.players
@@ -351,14 +357,12 @@ impl Worker {
                         if let Some(s) = self.slots.get_mut(slot).and_then(|s| s.as_deref_mut()) {
                             s.playing[index] = true;
                         }
-                        self.players.push(Player::new(
-                            id,
-                            slot,
-                            index,
-                            prompt,
-                            payload_type,
-                            repeat,
-                        ));
+                        self.players.push(Player::new(id, slot, index, prompt, how));
+                    }
+                }
+                Command::ReportDtmf { id, side, on } => {
+                    if let Some(s) = self.stream_mut(id) {
+                        s.report[side.index()] = on;
                     }
                 }
                 Command::StopPlaying { id, side } => {
@@ -547,11 +551,29 @@ impl Worker {
                     let pt = packet.get(1).map(|b| b & 0x7f);
                     if let Some((event_pt, clock)) = stream.events[side]
                         && pt == Some(event_pt)
-                        && stream.events[side ^ 1].is_none()
                     {
-                        // The other side takes no telephone-events: report, do not relay.
-                        report_events(stream, side, packet, clock, self.events.as_ref());
-                        continue;
+                        let far_takes_events = stream.events[side ^ 1].is_some();
+                        if (stream.report[side] || !far_takes_events)
+                            && report_events(stream, side, packet, clock, self.events.as_ref())
+                        {
+                            // Barge-in: a key from a party stops a prompt that allows it.
+                            let before = self.players.len();
+                            self.players.retain(|p| {
+                                !(p.stream == stream.id && p.side == side && p.stop_on_dtmf)
+                            });
+                            if self.players.len() < before {
+                                stream.playing[side] = false;
+                                if let Some(sink) = &self.events {
+                                    sink(MediaEvent::PlaybackDone {
+                                        stream: StreamId(stream.id),
+                                        side: side_of(side),
+                                    });
+                                }
+                            }
+                        }
+                        if !far_takes_events {
+                            continue; // reported instead of relayed
+                        }
                     }
                 }
                 if stream.playing[out / 2] {
@@ -644,6 +666,7 @@ struct Player {
     repeats_left: u32,
     next: Instant,
     payload_type: u8,
+    stop_on_dtmf: bool,
     ssrc: u32,
     seq: u16,
     timestamp: u32,
@@ -657,8 +680,7 @@ impl Player {
         slot: usize,
         side: usize,
         prompt: Arc<EncodedPrompt>,
-        payload_type: u8,
-        repeat: u32,
+        how: Playback,
     ) -> Player {
         let start = Instant::now();
         let seed = (stream as u32).wrapping_mul(2_654_435_761) ^ start.elapsed().subsec_nanos();
@@ -668,9 +690,10 @@ impl Player {
             side,
             prompt,
             index: 0,
-            repeats_left: repeat,
+            repeats_left: how.repeat,
             next: start,
-            payload_type,
+            payload_type: how.payload_type,
+            stop_on_dtmf: how.stop_on_dtmf,
             ssrc: seed,
             seq: (seed >> 7) as u16,
             timestamp: seed.rotate_left(13),
@@ -756,26 +779,33 @@ fn account(stream: &mut Stream, side: usize, socket: usize, packet: &[u8], now_u
     }
 }
 
-/// Read a side's telephone-event packet and report the key presses it completes.
+/// Read a side's telephone-event packet and report the key presses it completes; true
+/// when it completed one.
 fn report_events(
     stream: &mut Stream,
     side: usize,
     packet: &[u8],
     clock: u32,
     sink: Option<&EventSink>,
-) {
+) -> bool {
     let Ok(rtp) = rtp_types::RtpPacket::parse(packet) else {
-        return;
+        return false;
     };
-    for digit in stream.readers[side].on_packet(rtp.timestamp(), rtp.payload(), clock) {
+    let digits = stream.readers[side].on_packet(rtp.timestamp(), rtp.payload(), clock);
+    for digit in &digits {
         if let Some(sink) = sink {
             sink(MediaEvent::Dtmf {
                 stream: StreamId(stream.id),
-                side: if side == 0 { Side::A } else { Side::B },
-                digit,
+                side: side_of(side),
+                digit: *digit,
             });
         }
     }
+    !digits.is_empty()
+}
+
+fn side_of(index: usize) -> Side {
+    if index == 0 { Side::A } else { Side::B }
 }
 
 /// Renumber a relayed RTP packet by `shift` (events of ours took sequence numbers).

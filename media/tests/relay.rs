@@ -254,7 +254,12 @@ fn plays_a_prompt_paced_at_20_ms_and_reports_the_end() {
     }; // one second
     let encoded = Arc::new(prompt::encode(&audio, pcma).expect("encodes"));
     let started = std::time::Instant::now();
-    relay.play(id, Side::A, encoded, 8, 0);
+    let how = warden_media::Playback {
+        payload_type: 8,
+        repeat: 0,
+        stop_on_dtmf: false,
+    };
+    relay.play(id, Side::A, encoded, how);
     let mut seqs = Vec::new();
     for i in 0..50 {
         let (p, from) = recv(&alice);
@@ -395,4 +400,78 @@ fn dtmf_is_reported_toward_a_side_without_events_and_written_into_the_relayed_st
         .expect("send");
     let (p, _) = recv(&alice);
     assert_eq!(u16::from_be_bytes([p[2], p[3]]), 506);
+}
+
+#[test]
+fn a_key_press_stops_a_prompt_that_allows_barge_in() {
+    use std::sync::{Arc, Mutex};
+    use warden_media::dtmf::Event;
+    use warden_media::{MediaEvent, Playback, codec, prompt};
+    let mut relay = relay(31700, 31799, Latching::Strict);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    relay.set_event_sink(Arc::new(move |e| {
+        let _ = tx.lock().map(|t| t.send(e));
+    }));
+    let id = relay.open().expect("stream");
+    let a_port = relay.port(id, Side::A).expect("a");
+    let alice = party();
+    relay.set_remote(id, Side::A, Some(remote(&alice)));
+    // An IVR: nobody on side B yet, alice's events are Warden's to hear.
+    relay.set_dtmf(id, [Some((101, 8000)), None]);
+    let pcma = codec::by_name("PCMA", 8000).expect("pcma");
+    let ten_seconds = prompt::Audio {
+        rate: 8000,
+        samples: vec![1000; 80_000],
+    };
+    let encoded = Arc::new(prompt::encode(&ten_seconds, pcma).expect("encodes"));
+    let how = Playback {
+        payload_type: 8,
+        repeat: 0,
+        stop_on_dtmf: true,
+    };
+    relay.play(id, Side::A, encoded, how);
+    for _ in 0..5 {
+        recv(&alice); // the menu is playing
+    }
+    let mut press = rtp(1, 800, 0xa);
+    press[1] = 0x80 | 101;
+    press.truncate(12);
+    press.extend_from_slice(
+        &Event {
+            code: 2,
+            end: true,
+            volume: 10,
+            duration: 800,
+        }
+        .write(),
+    );
+    alice.send_to(&press, ("127.0.0.1", a_port)).expect("send");
+    let first = rx.recv_timeout(Duration::from_secs(2)).expect("event");
+    let second = rx.recv_timeout(Duration::from_secs(2)).expect("event");
+    assert!(
+        matches!(first, MediaEvent::Dtmf { digit, .. } if digit.key == '2'),
+        "{first:?}"
+    );
+    assert_eq!(
+        second,
+        MediaEvent::PlaybackDone {
+            stream: id,
+            side: Side::A
+        }
+    );
+    // The prompt stopped: in the next 400 ms (20 frames had it gone on) at most what was
+    // already on its way arrives.
+    alice
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let mut buf = [0u8; 2048];
+    let until = std::time::Instant::now() + Duration::from_millis(400);
+    let mut after = 0;
+    while std::time::Instant::now() < until {
+        if alice.recv_from(&mut buf).is_ok() {
+            after += 1;
+        }
+    }
+    assert!(after <= 2, "{after} prompt packets after barge-in");
 }
