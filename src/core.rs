@@ -17,6 +17,7 @@ use warden_media::{MediaEvent, Playback, Side as MediaSide, StreamId};
 
 use crate::anchor::negotiate::Role;
 use crate::anchor::{AnchorError, MediaSession, is_sdp, media_side};
+use crate::call::digits::{Collected, DigitCollector, DigitSpec};
 use crate::call::{Branch, Call, Leg, PendingOk, Relay, Side, State, new_tag};
 use crate::config::Config;
 use crate::registrar::{Change, Registrar};
@@ -549,6 +550,8 @@ impl Core {
             media_check: None,
             end_reason: None,
             announcing: None,
+            digits: None,
+            collected: None,
         };
         tracing::info!(call = id, %caller, %callee, call_id = %call_id, forks = bindings.len(), "call started");
         for (index, binding) in bindings.iter().enumerate() {
@@ -726,10 +729,28 @@ impl Core {
                     self.respond(&key, &req, 491, None, now);
                     return self.finish_or_keep(call);
                 }
-                if method == Method::Info
-                    && dtmf_relay::is_dtmf(req.header("Content-Type").as_deref())
-                    && let Some(stream) = call.media.events_toward(side)
-                {
+                let dtmf_info = method == Method::Info
+                    && dtmf_relay::is_dtmf(req.header("Content-Type").as_deref());
+                if dtmf_info && side == Side::A && call.digits.is_some() {
+                    // A menu listens: the key is Warden's.
+                    let tag = req.to_tag();
+                    match dtmf_relay::parse(req.body()) {
+                        Some((pressed, _)) => {
+                            self.respond(&key, &req, 200, tag.as_deref(), now);
+                            self.on_caller_digit(&mut call, pressed, now);
+                        }
+                        None => self.respond_warning(
+                            &key,
+                            &req,
+                            400,
+                            tag.as_deref(),
+                            Some("no DTMF key in the body"),
+                            now,
+                        ),
+                    }
+                    return self.finish_or_keep(call);
+                }
+                if dtmf_info && let Some(stream) = call.media.events_toward(side) {
                     // The far party takes RFC 4733 events, not INFO: write the key into
                     // its audio.
                     let tag = req.to_tag();
@@ -1101,8 +1122,47 @@ impl Core {
         }
     }
 
-    /// A party pressed a key as RFC 4733 events and the other party takes none: it gets
-    /// the key as SIP INFO (application/dtmf-relay).
+    /// Start collecting the caller's key presses (RFC 4733 events or SIP INFO alike) for
+    /// call `id`: the call state machine's input for menus. False when there is no such
+    /// call. The result lands in `Call::collected` (see `collected_digits`).
+    pub fn collect_digits(&mut self, id: u64, spec: DigitSpec, now: Instant) -> bool {
+        let Some(mut call) = self.calls.remove(&id) else {
+            return false;
+        };
+        call.digits = Some(DigitCollector::new(spec, now));
+        call.collected = None;
+        if let Some(stream) = call.media.first_stream() {
+            self.media.report_dtmf(stream, MediaSide::A, true);
+        }
+        self.schedule(&call);
+        self.finish_or_keep(call);
+        true
+    }
+
+    /// The caller's last finished input on call `id`.
+    pub fn collected_digits(&self, id: u64) -> Option<&Collected> {
+        self.calls.get(&id)?.collected.as_ref()
+    }
+
+    /// A key press from the caller while a menu listens.
+    fn on_caller_digit(&mut self, call: &mut Call, key: char, now: Instant) {
+        if let Some(done) = call.digits.as_mut().and_then(|d| d.push(key, now)) {
+            self.digits_collected(call, done);
+        }
+        self.schedule(call);
+    }
+
+    fn digits_collected(&mut self, call: &mut Call, done: Collected) {
+        tracing::info!(call = call.id, digits = %done.digits, ended = ?done.ended, "caller input collected");
+        call.digits = None;
+        call.collected = Some(done);
+        if let Some(stream) = call.media.first_stream() {
+            self.media.report_dtmf(stream, MediaSide::A, false);
+        }
+    }
+
+    /// A party pressed a key as RFC 4733 events: a listening menu takes the caller's; else
+    /// a party that takes no events gets it as SIP INFO (application/dtmf-relay).
     fn on_rtp_dtmf(&mut self, stream: StreamId, side: MediaSide, digit: Digit, now: Instant) {
         let from = match side {
             MediaSide::A => Side::A,
@@ -1119,7 +1179,11 @@ impl Core {
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
-        if matches!(call.state, State::Confirmed | State::Answered)
+        if from == Side::A && call.digits.is_some() {
+            self.on_caller_digit(&mut call, digit.key, now);
+        } else if matches!(call.state, State::Confirmed | State::Answered)
+            // Reported only because a menu listened: the far side had it in RTP.
+            && call.media.events_toward(from.other()).is_some()
             && let Some((mut info, dest)) =
                 self.side_request(&mut call, from.other(), Method::Info, None)
         {
@@ -1347,6 +1411,9 @@ impl Core {
         };
         if call.announcing.is_some() && call.ring_until.is_some_and(|t| t <= now) {
             self.end_announcement(&mut call, now);
+        }
+        if let Some(done) = call.digits.as_mut().and_then(|d| d.poll(now)) {
+            self.digits_collected(&mut call, done);
         }
         if call.ring_until.is_some_and(|t| t <= now) && call.state == State::Calling {
             tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "no answer; call timed out");

@@ -420,3 +420,66 @@ fn a_call_on_hold_is_never_timed_out() {
         "held calls stay up"
     );
 }
+
+/// The caller's in-dialog INFO carrying a key press.
+fn info_from_alice(h: &mut Harness, a_ok: &Response, cseq: u32, key: char) {
+    let body = format!("Signal={key}\r\nDuration=100\r\n");
+    let info = format!(
+        "INFO sip:warden@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKinfo{cseq};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=al\r\nTo: <sip:bob@127.0.0.1>;tag={}\r\n\
+         Call-ID: call-a\r\nCSeq: {cseq} INFO\r\nContent-Type: application/dtmf-relay\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        a_ok.to_tag().unwrap(),
+        body.len()
+    );
+    h.input(&info, ALICE);
+}
+
+#[test]
+fn a_menu_collects_the_callers_digits_until_the_terminator_or_a_timeout() {
+    use warden::call::digits::{DigitSpec, Ended};
+    let mut h = Harness::new();
+    let (_, a_ok) = bridged_call(&mut h);
+    let call = 1;
+    let spec = DigitSpec {
+        max_digits: 4,
+        terminator: Some('#'),
+        first_digit_timeout: Duration::from_secs(5),
+        inter_digit_timeout: Duration::from_secs(3),
+        overall_timeout: Duration::from_secs(20),
+    };
+    assert!(h.core.collect_digits(call, spec.clone(), h.now));
+    for (cseq, key) in [(2, '4'), (3, '2'), (4, '#')] {
+        h.advance(Duration::from_millis(700));
+        info_from_alice(&mut h, &a_ok, cseq, key);
+        let out = h.sent();
+        assert_eq!(statuses_to(&out, ALICE), vec![200], "INFO answered");
+        assert!(
+            requests_to(&out, BOB, "INFO").is_empty(),
+            "the menu's, not bob's"
+        );
+    }
+    let got = h.core.collected_digits(call).expect("collected");
+    assert_eq!((got.digits.as_str(), got.ended), ("42", Ended::Terminator));
+
+    // Again: one key, then the caller hesitates past the inter-digit timeout.
+    assert!(h.core.collect_digits(call, spec, h.now));
+    assert!(h.core.collected_digits(call).is_none(), "a new input");
+    h.advance(Duration::from_secs(1));
+    info_from_alice(&mut h, &a_ok, 5, '7');
+    h.advance(Duration::from_millis(2999));
+    assert!(h.core.collected_digits(call).is_none(), "still waiting");
+    h.advance(Duration::from_millis(1));
+    let got = h.core.collected_digits(call).expect("timed out");
+    assert_eq!(
+        (got.digits.as_str(), got.ended),
+        ("7", Ended::InterDigitTimeout)
+    );
+    // No menu listening: a key goes to bob as before.
+    info_from_alice(&mut h, &a_ok, 6, '9');
+    assert_eq!(requests_to(&h.sent(), BOB, "INFO").len(), 1);
+    assert!(
+        !h.core.collect_digits(99, DigitSpec::default(), h.now),
+        "no such call"
+    );
+}

@@ -331,6 +331,11 @@ impl MediaSession {
             .flatten()
     }
 
+    /// The first open stream (the call's main audio, m= line order).
+    pub fn first_stream(&self) -> Option<StreamId> {
+        self.streams.iter().flatten().next().copied()
+    }
+
     pub fn contains(&self, stream: StreamId) -> bool {
         self.streams.contains(&Some(stream))
     }

@@ -154,7 +154,10 @@ mod tests {
         c.push('4', at(t0, 100));
         c.push('2', at(t0, 200));
         let done = c.push('#', at(t0, 300)).expect("ended");
-        assert_eq!((done.digits.as_str(), done.ended), ("42", Ended::Terminator));
+        assert_eq!(
+            (done.digits.as_str(), done.ended),
+            ("42", Ended::Terminator)
+        );
     }
 
     #[test]
@@ -165,7 +168,10 @@ mod tests {
         assert_eq!(c.deadline(), Some(at(t0, 5000)));
         assert_eq!(c.poll(at(t0, 4999)), None);
         let done = c.poll(at(t0, 5000)).expect("timed out");
-        assert_eq!((done.digits.as_str(), done.ended), ("", Ended::InterDigitTimeout));
+        assert_eq!(
+            (done.digits.as_str(), done.ended),
+            ("", Ended::InterDigitTimeout)
+        );
 
         // Two digits, then silence: 3 s after the last.
         let mut c = DigitCollector::new(spec(4), t0);
@@ -173,7 +179,10 @@ mod tests {
         c.push('8', at(t0, 2000));
         assert_eq!(c.deadline(), Some(at(t0, 5000)));
         let done = c.poll(at(t0, 5000)).expect("timed out");
-        assert_eq!((done.digits.as_str(), done.ended), ("78", Ended::InterDigitTimeout));
+        assert_eq!(
+            (done.digits.as_str(), done.ended),
+            ("78", Ended::InterDigitTimeout)
+        );
 
         // A slow but steady caller hits the overall limit.
         let mut c = DigitCollector::new(
@@ -189,6 +198,9 @@ mod tests {
         }
         assert_eq!(c.deadline(), Some(at(t0, 10_000)));
         let done = c.push('2', at(t0, 10_001)).expect("over");
-        assert_eq!((done.digits.as_str(), done.ended), ("1111", Ended::OverallTimeout));
+        assert_eq!(
+            (done.digits.as_str(), done.ended),
+            ("1111", Ended::OverallTimeout)
+        );
     }
 }

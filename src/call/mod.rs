@@ -1,6 +1,8 @@
 //! Per-call B2BUA state: the caller's leg (Warden as UAS), the callee branches (Warden as
 //! UAC, one per forked contact) and the dialogs both sides see. Logic lives in `crate::core`.
 
+pub mod digits;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -141,6 +143,9 @@ pub struct Call {
     pub end_reason: Option<&'static str>,
     /// Playing the caller an announcement; then this failure (status, reason) goes out.
     pub announcing: Option<(u16, String)>,
+    /// Collecting the caller's key presses (a menu), and the last input collected.
+    pub digits: Option<digits::DigitCollector>,
+    pub collected: Option<digits::Collected>,
 }
 
 impl Call {
@@ -158,7 +163,8 @@ impl Call {
     /// The earliest moment this call wants to be woken.
     pub fn next_wake(&self) -> Option<Instant> {
         let ok = self.pending_ok.as_ref().map(|p| p.next.min(p.give_up));
-        [self.ring_until, ok, self.media_check]
+        let digits = self.digits.as_ref().and_then(|d| d.deadline());
+        [self.ring_until, ok, self.media_check, digits]
             .into_iter()
             .flatten()
             .min()
