@@ -194,7 +194,7 @@ mod tests {
             t0,
         );
         for i in 1..=4 {
-            assert_eq!(c.push('1', at(t0, 2500 * i)), None);
+            assert_eq!(c.push('1', at(t0, 2000 * i)), None);
         }
         assert_eq!(c.deadline(), Some(at(t0, 10_000)));
         let done = c.push('2', at(t0, 10_001)).expect("over");
