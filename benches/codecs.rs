@@ -218,6 +218,7 @@ fn transcode_path(
         codec,
         payload_type: codec.static_payload_type.unwrap_or(96),
         params: NATIVE,
+        ptime: 20,
         dtmf_payload_type: None,
     };
     let rtp = |codec: &Codec| -> Vec<Vec<u8>> {

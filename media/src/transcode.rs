@@ -15,6 +15,8 @@ pub struct LegCodec {
     pub payload_type: u8,
     /// What the leg's fmtp says about the codec's payload (AMR's layout and modes).
     pub params: FormatParams,
+    /// Milliseconds of audio per packet the leg wants (its `a=ptime`; 20 when unsaid).
+    pub ptime: u32,
     pub dtmf_payload_type: Option<u8>,
 }
 
@@ -33,6 +35,8 @@ pub struct Direction {
     /// PCM rates decoded to and encoded from (equal when no resampler is needed).
     in_rate: u32,
     out_rate: u32,
+    /// Milliseconds per outgoing packet: the `to` leg's ptime as its codec can frame it.
+    out_ptime: u32,
     decoder: Box<dyn Decoder>,
     encoder: Box<dyn Encoder>,
     resampler: Option<Resampler>,
@@ -61,6 +65,7 @@ impl Direction {
             to,
             in_rate,
             out_rate,
+            out_ptime: to.codec.packet_time(to.ptime),
             decoder: from.codec.decoder_at(in_rate, &from.params),
             encoder: to.codec.encoder_at(out_rate, options, &to.params),
             resampler,
@@ -129,8 +134,8 @@ impl Direction {
             }
         }
         self.decoded.drain(..used);
-        let out_frame = frame_samples(self.out_rate);
-        let ts_step = self.to.codec.rtp_clock / 50;
+        let out_frame = (self.out_rate * self.out_ptime / 1000) as usize;
+        let ts_step = self.to.codec.rtp_clock * self.out_ptime / 1000;
         let mut taken = 0;
         while self.resampled.len() - taken >= out_frame {
             self.payload.clear();
@@ -241,6 +246,7 @@ mod tests {
             codec: codec::by_name(name, 8000).expect("codec"),
             payload_type: pt,
             params: FormatParams::default(),
+            ptime: 20,
             dtmf_payload_type: dtmf,
         }
     }
@@ -296,6 +302,45 @@ mod tests {
         assert!(
             (f - 1000.0).abs() < 20.0,
             "frequency after transcoding: {f}"
+        );
+    }
+
+    #[test]
+    fn packets_out_follow_the_far_sides_ptime() {
+        let from = leg("G722", 9, None);
+        let mut to = leg("PCMA", 8, None);
+        to.ptime = 30;
+        let mut dir = Direction::new(from, to, &CodecOptions::default());
+        let mut encoder = from.codec.encoder();
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for (i, frame) in tone(1000.0, 16000, 0.6, 8000.0)
+            .chunks_exact(320)
+            .enumerate()
+        {
+            let mut payload = Vec::new();
+            encoder.encode(frame, &mut payload);
+            let p = rtp_packet(9, i as u16, 160 * i as u32, &payload);
+            dir.on_packet(&p, &mut |bytes| out.push(bytes.to_vec()));
+        }
+        // 600 ms in: 20 packets of 30 ms (the resampler's delay holds back the last).
+        assert!((18..=20).contains(&out.len()), "{} packets", out.len());
+        for pair in out.windows(2) {
+            let (a, b) = (
+                rtp_types::RtpPacket::parse(&pair[0]).expect("rtp"),
+                rtp_types::RtpPacket::parse(&pair[1]).expect("rtp"),
+            );
+            assert_eq!(b.payload().len(), 240, "30 ms of PCMA");
+            assert_eq!(b.timestamp().wrapping_sub(a.timestamp()), 240);
+        }
+        // G.711 and G.722 frame any 10 ms step from 10 to 60 ms.
+        assert_eq!(from.codec.packet_time(30), 30);
+        assert_eq!(
+            codec::by_name("PCMA", 8000).expect("pcma").packet_time(250),
+            60
+        );
+        assert_eq!(
+            codec::by_name("PCMA", 8000).expect("pcma").packet_time(5),
+            10
         );
     }
 

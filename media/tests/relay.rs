@@ -187,6 +187,7 @@ fn transcodes_between_legs_that_share_no_codec() {
         codec: codec::by_name(name, 8000).expect("codec"),
         payload_type: pt,
         params: Default::default(),
+        ptime: 20,
         dtmf_payload_type: None,
     };
     relay.set_transcoding(

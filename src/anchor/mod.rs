@@ -173,7 +173,15 @@ impl MediaSession {
             Role::Answer => {
                 let (offerer, offer) = self.offers.get(&index).filter(|(s, _)| *s != from)?;
                 let settled = negotiate::settle(offer, &m.formats);
-                let pair = settled.transcoding.map(|(offered, answered)| {
+                // Each leg gets packets of the length its own description asks for.
+                let offerer_ptime = self
+                    .described
+                    .get(&index)
+                    .and_then(|d| d[index_of(*offerer)].as_ref())
+                    .and_then(|line| line.ptime);
+                let pair = settled.transcoding.map(|(mut offered, mut answered)| {
+                    offered.ptime = offerer_ptime.unwrap_or(20);
+                    answered.ptime = m.ptime.unwrap_or(20);
                     let (a, b) = match offerer {
                         Side::A => (offered, answered),
                         Side::B => (answered, offered),

@@ -159,6 +159,7 @@ pub fn settle(offer: &[Format], answer: &[Format]) -> Settlement {
                 codec: offer_codec,
                 payload_type: offer_format.payload_type,
                 params: params_of(offer_format),
+                ptime: 20, // the caller of `settle` knows the m= line's ptime
                 dtmf_payload_type: offer_dtmf
                     .filter(|_| answer_dtmf.is_some())
                     .map(|f| f.payload_type),
@@ -167,6 +168,7 @@ pub fn settle(offer: &[Format], answer: &[Format]) -> Settlement {
                 codec: answer_codec,
                 payload_type: chosen.payload_type,
                 params: params_of(chosen),
+                ptime: 20,
                 dtmf_payload_type: answer_dtmf.map(|f| f.payload_type),
             },
         )),

@@ -51,6 +51,8 @@ pub struct MediaLine {
     /// RTCP port and address from a=rtcp (RFC 3605), when given.
     pub rtcp: Option<(u16, Option<IpAddr>)>,
     pub rtcp_mux: bool,
+    /// `a=ptime`: milliseconds of audio the party wants per packet.
+    pub ptime: Option<u32>,
     pub direction: Direction,
     /// Clock rate of the first listed payload format.
     pub clock_rate: u32,
@@ -193,6 +195,7 @@ impl Sdp {
                     address: session_address,
                     rtcp: None,
                     rtcp_mux: false,
+                    ptime: None,
                     direction: session_direction,
                     clock_rate,
                     formats,
@@ -222,6 +225,7 @@ impl Sdp {
                             m.rtcp = Some((port, addr));
                         }
                         ("rtcp-mux", Some(m)) => m.rtcp_mux = true,
+                        ("ptime", Some(m)) => m.ptime = arg.trim().parse().ok(),
                         ("fmtp", Some(m)) => {
                             let pt = arg
                                 .split_whitespace()

@@ -97,11 +97,23 @@ impl AmrEncoder {
 }
 
 impl Encoder for AmrEncoder {
+    /// One 20 ms frame per `samples()` of `pcm` (a 40 or 60 ms ptime gives several), all
+    /// in one payload.
     fn encode(&mut self, pcm: &[i16], out: &mut Vec<u8>) {
         if self.state.is_null() {
             return;
         }
-        // The libraries read exactly one frame: pad or cut to its length.
+        let frames: Vec<Frame> = pcm
+            .chunks(self.samples())
+            .filter_map(|chunk| self.encode_frame(chunk))
+            .collect();
+        self.layout.build_frames(NO_DATA, &frames, out);
+    }
+}
+
+impl AmrEncoder {
+    fn encode_frame(&mut self, pcm: &[i16]) -> Option<Frame> {
+        // The libraries read exactly one frame: pad to its length.
         self.pcm.clear();
         self.pcm
             .extend_from_slice(&pcm[..pcm.len().min(self.samples())]);
@@ -128,9 +140,7 @@ impl Encoder for AmrEncoder {
             }
         };
         let written = usize::try_from(written).unwrap_or(0).min(MAX_STORAGE);
-        if let Some(frame) = Frame::from_storage(&self.storage[..written]) {
-            self.layout.build(NO_DATA, &frame, out);
-        }
+        Frame::from_storage(&self.storage[..written])
     }
 }
 

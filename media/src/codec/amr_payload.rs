@@ -95,23 +95,35 @@ impl Layout {
 
     /// Write one frame as an RTP payload with codec mode request `cmr` (15: none).
     pub fn build(&self, cmr: u8, frame: &Frame, out: &mut Vec<u8>) {
+        self.build_frames(cmr, std::slice::from_ref(frame), out);
+    }
+
+    /// Write consecutive frames (20 ms each) as one RTP payload: the table of contents,
+    /// then each frame's bits (section 4.3 / 4.4).
+    pub fn build_frames(&self, cmr: u8, frames: &[Frame], out: &mut Vec<u8>) {
         let mut bits = BitWriter::new(out);
         bits.put(u32::from(cmr & 0x0f), 4);
         if self.octet_aligned {
             bits.put(0, 4);
         }
-        bits.put(0, 1); // F: the last (only) frame
-        bits.put(u32::from(frame.frame_type & 0x0f), 4);
-        bits.put(u32::from(frame.good), 1);
-        if self.octet_aligned {
-            bits.put(0, 2);
+        for (i, frame) in frames.iter().enumerate() {
+            bits.put(u32::from(i + 1 < frames.len()), 1); // F: another entry follows
+            bits.put(u32::from(frame.frame_type & 0x0f), 4);
+            bits.put(u32::from(frame.good), 1);
+            if self.octet_aligned {
+                bits.put(0, 2);
+            }
         }
-        let n = usize::from(self.bits(frame.frame_type).unwrap_or(0));
-        for i in 0..n {
-            let byte = frame.speech.get(i / 8).copied().unwrap_or(0);
-            bits.put(u32::from((byte >> (7 - i % 8)) & 1), 1);
+        for frame in frames {
+            let n = usize::from(self.bits(frame.frame_type).unwrap_or(0));
+            for i in 0..n {
+                let byte = frame.speech.get(i / 8).copied().unwrap_or(0);
+                bits.put(u32::from((byte >> (7 - i % 8)) & 1), 1);
+            }
+            if self.octet_aligned {
+                bits.align();
+            }
         }
-        bits.finish();
     }
 }
 
@@ -182,8 +194,11 @@ impl<'a> BitWriter<'a> {
         }
     }
 
-    /// The remaining bits of the last octet stay zero (the padding of section 4.3.2).
-    fn finish(self) {}
+    /// Skip to the next octet (octet-aligned frames); the skipped bits stay zero, as the
+    /// final padding does (section 4.3.2).
+    fn align(&mut self) {
+        self.used = 8;
+    }
 }
 
 #[cfg(test)]
@@ -288,6 +303,24 @@ mod tests {
         let mut payload = Vec::new();
         WB_EFFICIENT.build(15, &frame(WB_EFFICIENT, 8), &mut payload);
         assert_eq!(payload.len(), 61);
+    }
+
+    #[test]
+    fn frames_of_one_packet_round_trip_in_both_layouts() {
+        for octet_aligned in [false, true] {
+            let layout = Layout {
+                wideband: false,
+                octet_aligned,
+            };
+            let frames = vec![frame(layout, 7), frame(layout, 5), frame(layout, 8)];
+            let mut payload = Vec::new();
+            layout.build_frames(15, &frames, &mut payload);
+            assert_eq!(
+                layout.parse(&payload),
+                Ok((15, frames)),
+                "aligned={octet_aligned}"
+            );
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Audio codecs behind one interface, and the registry that names them: adding a codec
 //! (G.729, AMR, Opus) means one module and one registry entry, nothing else.
 //!
-//! Encoders take 20 ms of 16-bit mono PCM at the codec's sample rate; decoders give it back
-//! and conceal lost frames. Payload types other than the RFC 3551 static ones come from SDP.
+//! Encoders take 16-bit mono PCM at the codec's sample rate, a packet's worth (20 ms, or
+//! the far side's ptime as `packet_time` allows); decoders give it back and conceal lost
+//! frames. Payload types other than the RFC 3551 static ones come from SDP.
 
 #[cfg(feature = "amr")]
 mod amr;
@@ -127,6 +128,9 @@ pub struct Codec {
     pub fmtp: Option<&'static str>,
     /// The PCM rate the codec is made for.
     pub sample_rate: u32,
+    /// Packet times it can frame, in milliseconds: multiples of this step up to 60 (G.711
+    /// and G.722 any 10 ms; Opus and AMR whole 20 ms frames).
+    pub ptime_step: u32,
     /// Every PCM rate the codec encodes from and decodes to without a resampler (Opus
     /// resamples internally, so a PCMA<->Opus call needs no resampler of ours).
     pub pcm_rates: &'static [u32],
@@ -141,6 +145,13 @@ impl std::fmt::Debug for Codec {
 }
 
 impl Codec {
+    /// The packet time to send a party asking for `wanted` ms: the nearest the codec can
+    /// frame at or below it, between one step and 60 ms.
+    pub fn packet_time(&self, wanted: u32) -> u32 {
+        let step = self.ptime_step.max(1);
+        (wanted / step * step).clamp(step, 60 / step * step)
+    }
+
     /// PCM samples in one 20 ms frame at the codec's own rate.
     pub fn frame_samples(&self) -> usize {
         (self.sample_rate / 50) as usize
@@ -210,6 +221,7 @@ const CODECS: &[Codec] = &[
         fmtp: None,
         sample_rate: 8000,
         pcm_rates: &[8000],
+        ptime_step: 10,
         make_encoder: |_, _, _| Box::new(g711::Pcmu),
         make_decoder: |_, _| Box::new(g711::G711Decoder::ulaw()),
     },
@@ -221,6 +233,7 @@ const CODECS: &[Codec] = &[
         fmtp: None,
         sample_rate: 8000,
         pcm_rates: &[8000],
+        ptime_step: 10,
         make_encoder: |_, _, _| Box::new(g711::Pcma),
         make_decoder: |_, _| Box::new(g711::G711Decoder::alaw()),
     },
@@ -232,6 +245,7 @@ const CODECS: &[Codec] = &[
         fmtp: None,
         sample_rate: 16000,
         pcm_rates: &[16000],
+        ptime_step: 10,
         make_encoder: |_, _, _| Box::new(g722::G722Encoder::new()),
         make_decoder: |_, _| Box::new(g722::G722Decoder::new()),
     },
@@ -244,6 +258,7 @@ const CODECS: &[Codec] = &[
         fmtp: None,
         sample_rate: 8000,
         pcm_rates: &[8000],
+        ptime_step: 20,
         make_encoder: |_, options, params| Box::new(amr::AmrEncoder::new(false, options, params)),
         make_decoder: |_, params| Box::new(amr::AmrDecoder::new(false, params)),
     },
@@ -256,6 +271,7 @@ const CODECS: &[Codec] = &[
         fmtp: None,
         sample_rate: 16000,
         pcm_rates: &[16000],
+        ptime_step: 20,
         make_encoder: |_, options, params| Box::new(amr::AmrEncoder::new(true, options, params)),
         make_decoder: |_, params| Box::new(amr::AmrDecoder::new(true, params)),
     },
@@ -268,6 +284,7 @@ const CODECS: &[Codec] = &[
         fmtp: Some("minptime=10;useinbandfec=1"),
         sample_rate: 48000,
         pcm_rates: &[8000, 12000, 16000, 24000, 48000],
+        ptime_step: 20,
         make_encoder: |rate, options, _| Box::new(opus::OpusEncoder::new(rate, options)),
         make_decoder: |rate, _| Box::new(opus::OpusDecoder::new(rate)),
     },
