@@ -207,7 +207,8 @@ fn codec_bound_at(
     start.elapsed()
 }
 
-/// Warden's path: RTP in, decode, resample, re-frame, encode, RTP out, both directions.
+/// Warden's path: RTP in, jitter buffer, decode, resample, re-frame, encode, RTP out, both
+/// directions.
 fn transcode_path(
     a: &'static Codec,
     b: &'static Codec,
@@ -242,10 +243,16 @@ fn transcode_path(
         Direction::new(leg(b), leg(a), options),
     );
     let mut sent = 0usize;
+    // Media time, 20 ms per frame: the jitter buffers see a steady phone and play each
+    // packet on the tick after it arrives.
+    let t0 = Instant::now();
+    let at = |i: usize, offset_ms: u64| t0 + Duration::from_millis(20 * i as u64 + offset_ms);
     let start = Instant::now();
     for i in 0..frames {
-        ab.on_packet(&ra[i], &mut |p| sent += p.len());
-        ba.on_packet(&rb[i], &mut |p| sent += p.len());
+        ab.on_packet(&ra[i], at(i, 0), &mut |p| sent += p.len());
+        ba.on_packet(&rb[i], at(i, 0), &mut |p| sent += p.len());
+        ab.tick(at(i, 10), &mut |p| sent += p.len());
+        ba.tick(at(i, 10), &mut |p| sent += p.len());
     }
     std::hint::black_box(sent);
     start.elapsed()

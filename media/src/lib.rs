@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod dtmf;
+pub mod jitter;
 pub mod ports;
 pub mod prompt;
 pub mod relay;

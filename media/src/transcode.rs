@@ -2,10 +2,14 @@
 //! resample, re-frame to 20 ms, encode; the outgoing stream has its own SSRC, sequence
 //! numbers and timestamps on the output clock, and RFC 4733 events follow it.
 //!
-//! Losses seen in the sequence numbers are concealed by the decoder (up to three frames);
-//! packets arriving late or twice are dropped: the far phone's jitter buffer smooths the rest.
+//! Audio waits in a small adaptive jitter buffer and is decoded on the relay worker's 20 ms
+//! clock, so the stream leaves evenly paced; a packet missing at its time is concealed by
+//! the decoder, one arriving after that or twice is dropped.
+
+use std::time::Instant;
 
 use crate::codec::{self, Codec, CodecOptions, Decoder, Encoder, FormatParams, Resampler};
+use crate::jitter::{JitterBuffer, Playout};
 
 /// One leg's side of a transcoded stream: its codec, the payload type SDP gave it, and
 /// its telephone-event payload type when it has one.
@@ -27,8 +31,6 @@ pub struct Transcoding {
     pub b: LegCodec,
 }
 
-const MAX_CONCEALED_FRAMES: u16 = 3;
-
 pub struct Direction {
     from: LegCodec,
     to: LegCodec,
@@ -48,7 +50,8 @@ pub struct Direction {
     seq: u16,
     timestamp: u32,
     marker: bool,
-    last_in_seq: Option<u16>,
+    jitter: JitterBuffer,
+    playout: Vec<Playout>,
     /// Incoming RTP timestamp of the last audio packet and our timestamp at that point,
     /// to place telephone-events on our timeline.
     anchor: Option<(u32, u32)>,
@@ -77,13 +80,15 @@ impl Direction {
             seq: rand_u32() as u16,
             timestamp: rand_u32(),
             marker: true,
-            last_in_seq: None,
+            jitter: JitterBuffer::new(from.codec.rtp_clock, Instant::now()),
+            playout: Vec::with_capacity(8),
             anchor: None,
         }
     }
 
-    /// Take one RTP packet from the `from` leg; hand each packet for the `to` leg to `send`.
-    pub fn on_packet(&mut self, packet: &[u8], send: &mut dyn FnMut(&[u8])) {
+    /// Take one RTP packet from the `from` leg: audio waits in the jitter buffer for
+    /// `tick`; a telephone-event goes on to the `to` leg (through `send`) at once.
+    pub fn on_packet(&mut self, packet: &[u8], now: Instant, send: &mut dyn FnMut(&[u8])) {
         let Ok(rtp) = rtp_types::RtpPacket::parse(packet) else {
             return;
         };
@@ -95,25 +100,33 @@ impl Direction {
         if pt != self.from.payload_type {
             return; // comfort noise and unknown formats are not carried across
         }
-        let seq = rtp.sequence_number();
-        if let Some(last) = self.last_in_seq {
-            let gap = seq.wrapping_sub(last);
-            if gap == 0 || gap > 0x8000 {
-                return; // duplicate or late: its slot was already filled
-            }
-            for _ in 1..gap.min(MAX_CONCEALED_FRAMES + 1) {
-                self.decoder
-                    .conceal(frame_samples(self.in_rate), &mut self.decoded);
+        self.jitter
+            .push(rtp.sequence_number(), rtp.timestamp(), rtp.payload(), now);
+    }
+
+    /// The worker's 20 ms clock: decode (or conceal) what is due, encode and send every
+    /// whole packet for the `to` leg.
+    pub fn tick(&mut self, now: Instant, send: &mut dyn FnMut(&[u8])) {
+        self.playout.clear();
+        self.jitter.tick(now, &mut self.playout);
+        let from_clock = u64::from(self.from.codec.rtp_clock);
+        for item in self.playout.drain(..) {
+            match item {
+                Playout::Packet { timestamp, payload } => {
+                    // Where this packet's first sample lands on our timeline: after what
+                    // is still waiting to be encoded.
+                    let to_clock = u64::from(self.to.codec.rtp_clock);
+                    let pending = self.decoded.len() as u64 * to_clock / u64::from(self.in_rate)
+                        + self.resampled.len() as u64 * to_clock / u64::from(self.out_rate);
+                    self.anchor = Some((timestamp, self.timestamp.wrapping_add(pending as u32)));
+                    self.decoder.decode(&payload, &mut self.decoded);
+                }
+                Playout::Conceal(samples) => {
+                    let at_rate = u64::from(samples) * u64::from(self.in_rate) / from_clock;
+                    self.decoder.conceal(at_rate as usize, &mut self.decoded);
+                }
             }
         }
-        self.last_in_seq = Some(seq);
-        // Where this packet's first sample will land on our timeline: after what is still
-        // waiting to be encoded.
-        let to_clock = u64::from(self.to.codec.rtp_clock);
-        let pending = self.decoded.len() as u64 * to_clock / u64::from(self.in_rate)
-            + self.resampled.len() as u64 * to_clock / u64::from(self.out_rate);
-        self.anchor = Some((rtp.timestamp(), self.timestamp.wrapping_add(pending as u32)));
-        self.decoder.decode(rtp.payload(), &mut self.decoded);
         self.emit(send);
     }
 
@@ -251,6 +264,24 @@ mod tests {
         }
     }
 
+    /// Feed `packets` as a phone sends them, one per 20 ms, with the worker's ticks in
+    /// between, then enough ticks to play out the jitter buffer; what the direction sent.
+    fn feed(dir: &mut Direction, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let at = |ms: usize| t0 + std::time::Duration::from_millis(ms as u64);
+        for (i, p) in packets.iter().enumerate() {
+            dir.on_packet(p, at(20 * i), &mut |b| out.push(b.to_vec()));
+            dir.tick(at(20 * i + 10), &mut |b| out.push(b.to_vec()));
+        }
+        for k in 0..10 {
+            dir.tick(at(20 * (packets.len() + k) + 10), &mut |b| {
+                out.push(b.to_vec())
+            });
+        }
+        out
+    }
+
     fn rtp_packet(pt: u8, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
         let mut p = Vec::new();
         write_header(&mut p, false, pt, seq, ts, 42);
@@ -264,13 +295,16 @@ mod tests {
         let mut dir = Direction::new(from, to, &CodecOptions::default());
         let mut encoder = from.codec.encoder();
         let pcm = tone(1000.0, 16000, 1.0, 12000.0);
-        let mut out: Vec<Vec<u8>> = Vec::new();
-        for (i, frame) in pcm.chunks_exact(320).enumerate() {
-            let mut payload = Vec::new();
-            encoder.encode(frame, &mut payload);
-            let p = rtp_packet(9, 1000 + i as u16, 160 * i as u32, &payload);
-            dir.on_packet(&p, &mut |bytes| out.push(bytes.to_vec()));
-        }
+        let packets: Vec<Vec<u8>> = pcm
+            .chunks_exact(320)
+            .enumerate()
+            .map(|(i, frame)| {
+                let mut payload = Vec::new();
+                encoder.encode(frame, &mut payload);
+                rtp_packet(9, 1000 + i as u16, 160 * i as u32, &payload)
+            })
+            .collect();
+        let out = feed(&mut dir, &packets);
         assert!(
             out.len() >= 48,
             "about one packet per input packet: {}",
@@ -312,18 +346,18 @@ mod tests {
         to.ptime = 30;
         let mut dir = Direction::new(from, to, &CodecOptions::default());
         let mut encoder = from.codec.encoder();
-        let mut out: Vec<Vec<u8>> = Vec::new();
-        for (i, frame) in tone(1000.0, 16000, 0.6, 8000.0)
+        let packets: Vec<Vec<u8>> = tone(1000.0, 16000, 0.6, 8000.0)
             .chunks_exact(320)
             .enumerate()
-        {
-            let mut payload = Vec::new();
-            encoder.encode(frame, &mut payload);
-            let p = rtp_packet(9, i as u16, 160 * i as u32, &payload);
-            dir.on_packet(&p, &mut |bytes| out.push(bytes.to_vec()));
-        }
-        // 600 ms in: 20 packets of 30 ms (the resampler's delay holds back the last).
-        assert!((18..=20).contains(&out.len()), "{} packets", out.len());
+            .map(|(i, frame)| {
+                let mut payload = Vec::new();
+                encoder.encode(frame, &mut payload);
+                rtp_packet(9, i as u16, 160 * i as u32, &payload)
+            })
+            .collect();
+        let out = feed(&mut dir, &packets);
+        // 600 ms in: 20 packets of 30 ms, and up to 60 ms concealed as the stream stops.
+        assert!((19..=22).contains(&out.len()), "{} packets", out.len());
         for pair in out.windows(2) {
             let (a, b) = (
                 rtp_types::RtpPacket::parse(&pair[0]).expect("rtp"),
@@ -348,21 +382,33 @@ mod tests {
     fn losses_are_concealed_and_events_follow_the_new_stream() {
         let (from, to) = (leg("PCMU", 0, Some(101)), leg("PCMA", 8, Some(96)));
         let mut dir = Direction::new(from, to, &CodecOptions::default());
-        let mut out: Vec<Vec<u8>> = Vec::new();
         let frame = [0xffu8; 160];
-        for seq in [1u16, 2, 4] {
-            dir.on_packet(
-                &rtp_packet(0, seq, u32::from(seq) * 160, &frame),
-                &mut |b| out.push(b.to_vec()),
-            );
-        }
-        assert_eq!(out.len(), 4, "the lost packet 3 is concealed");
+        let packets: Vec<Vec<u8>> = [1u16, 2, 4, 5]
+            .iter()
+            .map(|&seq| rtp_packet(0, seq, u32::from(seq) * 160, &frame))
+            .collect();
+        let mut out = feed(&mut dir, &packets);
+        // Packets 1, 2, the concealed 3, 4, 5, then up to three concealed ticks as the
+        // stream stops: every 20 ms slot goes out, none twice.
+        assert!((5..=8).contains(&out.len()), "{} packets", out.len());
+        let seqs: Vec<u16> = out
+            .iter()
+            .map(|p| {
+                rtp_types::RtpPacket::parse(p)
+                    .expect("rtp")
+                    .sequence_number()
+            })
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+        let out_len = out.len();
         let event = [5u8, 0x0a, 0x01, 0x40]; // digit 5, volume 10, duration 320
-        dir.on_packet(&rtp_packet(101, 5, 5 * 160, &event), &mut |b| {
+        let later = Instant::now() + std::time::Duration::from_secs(1);
+        dir.on_packet(&rtp_packet(101, 6, 6 * 160, &event), later, &mut |b| {
             out.push(b.to_vec())
         });
-        let last = rtp_types::RtpPacket::parse(&out[4]).expect("rtp");
-        let audio = rtp_types::RtpPacket::parse(&out[3]).expect("rtp");
+        assert_eq!(out.len(), out_len + 1, "events go on at once");
+        let last = rtp_types::RtpPacket::parse(&out[out_len]).expect("rtp");
+        let audio = rtp_types::RtpPacket::parse(&out[out_len - 1]).expect("rtp");
         assert_eq!(
             last.payload_type(),
             96,
@@ -374,12 +420,12 @@ mod tests {
             last.sequence_number(),
             audio.sequence_number().wrapping_add(1)
         );
-        assert_eq!(last.timestamp(), audio.timestamp().wrapping_add(160));
-        // Duplicates and late packets are dropped.
-        let before = out.len();
-        dir.on_packet(&rtp_packet(0, 2, 320, &frame), &mut |b| {
-            out.push(b.to_vec())
+        // Late and duplicate packets are dropped.
+        let mut more = Vec::new();
+        dir.on_packet(&rtp_packet(0, 2, 320, &frame), later, &mut |b| {
+            more.push(b.to_vec())
         });
-        assert_eq!(out.len(), before);
+        dir.tick(later, &mut |b| more.push(b.to_vec()));
+        assert!(more.is_empty(), "packet 2 again: dropped");
     }
 }

@@ -177,6 +177,9 @@ pub(crate) struct Worker {
     codecs: CodecOptions,
     /// DTMF events of ours being sent, paced like the prompts.
     writers: Vec<Writer>,
+    /// Transcoded streams play out of their jitter buffers on this 20 ms clock; None
+    /// while no stream is transcoded.
+    next_tick: Option<Instant>,
     players: Vec<Player>,
     events: Option<EventSink>,
     slots: Vec<Option<Box<Stream>>>,
@@ -201,6 +204,7 @@ impl Worker {
             coalesce: config.coalesce,
             codecs: config.codecs,
             writers: Vec::new(),
+            next_tick: None,
             players: Vec::new(),
             events: None,
             slots: Vec::new(),
@@ -250,14 +254,17 @@ impl Worker {
             let now = Instant::now();
             self.play_due(now);
             self.write_due(now);
+            self.tick_transcoders(now);
         }
     }
 
-    /// Milliseconds until the next prompt frame or DTMF packet is due (-1: none pending).
+    /// Milliseconds until the next prompt frame, DTMF packet or transcoder tick is due
+    /// (-1: none pending).
     fn next_frame_timeout(&self) -> i32 {
         let players = self.players.iter().map(|p| p.next);
         let Some(next) = players
             .chain(self.writers.iter().map(|w| w.event.next))
+            .chain(self.next_tick)
             .min()
         else {
             return -1;
@@ -335,6 +342,9 @@ impl Worker {
                 Command::Remove(id) => self.remove(id),
                 Command::SetTranscoding { id, transcoding } => {
                     let codecs = self.codecs;
+                    if transcoding.is_some() && self.next_tick.is_none() {
+                        self.next_tick = Some(Instant::now() + FRAME);
+                    }
                     if let Some(s) = self.stream_mut(id) {
                         s.transcoders = transcoding.map(|t| {
                             Box::new([
@@ -434,6 +444,39 @@ impl Worker {
             own_seq: None,
             event,
         });
+    }
+
+    /// Every 20 ms: each transcoded stream decodes what its jitter buffers hold for now and
+    /// sends what it encoded.
+    fn tick_transcoders(&mut self, now: Instant) {
+        let Some(due) = self.next_tick.filter(|t| *t <= now) else {
+            return;
+        };
+        let mut any = false;
+        for stream in self.slots.iter_mut().flatten() {
+            let Some(directions) = stream.transcoders.as_mut() else {
+                continue;
+            };
+            any = true;
+            for (from, direction) in directions.iter_mut().enumerate() {
+                let out = (from ^ 1) * 2;
+                let end = &stream.ends[out];
+                let to = if end.connected {
+                    None
+                } else {
+                    end.target.as_ref()
+                };
+                let fd = stream.sockets[out].as_raw_fd();
+                let (has_target, held) = (end.target.is_some(), stream.playing[from ^ 1]);
+                direction.tick(now, &mut |bytes| {
+                    if has_target && !held {
+                        send_one(fd, bytes, to);
+                    }
+                });
+            }
+        }
+        // Keep the grid (no drift), but never schedule into the past after a stall.
+        self.next_tick = any.then(|| (due + FRAME).max(now));
     }
 
     /// Send every DTMF packet of ours that is due.
@@ -589,7 +632,8 @@ impl Worker {
                         end.target.as_ref()
                     };
                     if end.target.is_some() {
-                        directions[side].on_packet(packet, &mut |bytes| {
+                        let arrival = self.epoch + Duration::from_micros(now_us);
+                        directions[side].on_packet(packet, arrival, &mut |bytes| {
                             send_one(out_fd, bytes, to);
                         });
                     }
