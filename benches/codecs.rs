@@ -221,6 +221,7 @@ fn transcode_path(
         params: NATIVE,
         ptime: 20,
         dtmf_payload_type: None,
+        cn_payload_type: None,
     };
     let rtp = |codec: &Codec| -> Vec<Vec<u8>> {
         let pt = codec.static_payload_type.unwrap_or(96);

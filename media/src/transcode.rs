@@ -2,7 +2,8 @@
 //! resample, re-frame to 20 ms, encode; the outgoing stream has its own SSRC, sequence
 //! numbers and timestamps on the output clock, and RFC 4733 events follow it.
 //!
-//! Audio waits in a small adaptive jitter buffer and is decoded on the relay worker's 20 ms
+//! Comfort noise (RFC 3389) from a silent sender becomes noise at its level, encoded like
+//! speech. Audio waits in a small adaptive jitter buffer and is decoded on the relay worker's 20 ms
 //! clock, so the stream leaves evenly paced; a packet missing at its time is concealed by
 //! the decoder, one arriving after that or twice is dropped.
 
@@ -22,6 +23,8 @@ pub struct LegCodec {
     /// Milliseconds of audio per packet the leg wants (its `a=ptime`; 20 when unsaid).
     pub ptime: u32,
     pub dtmf_payload_type: Option<u8>,
+    /// Its comfort-noise (RFC 3389, "CN") payload type when it has one.
+    pub cn_payload_type: Option<u8>,
 }
 
 /// Both legs' codecs for a stream that must be transcoded.
@@ -52,6 +55,7 @@ pub struct Direction {
     marker: bool,
     jitter: JitterBuffer,
     playout: Vec<Playout>,
+    noise: ComfortNoise,
     /// Incoming RTP timestamp of the last audio packet and our timestamp at that point,
     /// to place telephone-events on our timeline.
     anchor: Option<(u32, u32)>,
@@ -82,6 +86,7 @@ impl Direction {
             marker: true,
             jitter: JitterBuffer::new(from.codec.rtp_clock, Instant::now()),
             playout: Vec::with_capacity(8),
+            noise: ComfortNoise::default(),
             anchor: None,
         }
     }
@@ -97,8 +102,17 @@ impl Direction {
             self.forward_event(&rtp, send);
             return;
         }
+        if Some(pt) == self.from.cn_payload_type {
+            // The sender went silent (RFC 3389): fill its silence with noise at its level
+            // (the first payload byte, -dBov) until its audio comes back.
+            if let Some(level) = rtp.payload().first() {
+                self.noise.level = Some(level & 0x7f);
+                self.noise.since = rtp.timestamp();
+            }
+            return;
+        }
         if pt != self.from.payload_type {
-            return; // comfort noise and unknown formats are not carried across
+            return; // formats Warden does not decode are not carried across
         }
         self.jitter
             .push(rtp.sequence_number(), rtp.timestamp(), rtp.payload(), now);
@@ -109,10 +123,21 @@ impl Direction {
     pub fn tick(&mut self, now: Instant, send: &mut dyn FnMut(&[u8])) {
         self.playout.clear();
         self.jitter.tick(now, &mut self.playout);
+        if self.playout.is_empty() && self.noise.level.is_some() {
+            // Silence suppressed at the sender: comfort noise instead of nothing, encoded
+            // like speech (the far side needs no CN support of its own).
+            self.noise
+                .fill(frame_samples(self.in_rate), &mut self.decoded);
+        }
         let from_clock = u64::from(self.from.codec.rtp_clock);
         for item in self.playout.drain(..) {
             match item {
                 Playout::Packet { timestamp, payload } => {
+                    // Speech after the CN packet (not the last words before it, still in
+                    // the jitter buffer when CN arrived) ends the noise.
+                    if (timestamp.wrapping_sub(self.noise.since) as i32) > 0 {
+                        self.noise.level = None;
+                    }
                     // Where this packet's first sample lands on our timeline: after what
                     // is still waiting to be encoded.
                     let to_clock = u64::from(self.to.codec.rtp_clock);
@@ -222,6 +247,39 @@ impl Direction {
     }
 }
 
+/// Comfort noise (RFC 3389): white noise at the level the sender's CN packet gave.
+#[derive(Default)]
+struct ComfortNoise {
+    /// Level in -dBov while the sender is silent; None while it speaks.
+    level: Option<u8>,
+    /// The RTP timestamp of the CN packet that set it.
+    since: u32,
+    state: u32,
+}
+
+impl ComfortNoise {
+    fn fill(&mut self, samples: usize, out: &mut Vec<i16>) {
+        let Some(level) = self.level else {
+            return;
+        };
+        // RMS of the level relative to full scale; uniform noise of amplitude a has RMS
+        // a / sqrt(3).
+        let rms = 32767.0 * 10f32.powf(-f32::from(level) / 20.0);
+        let amplitude = rms * 3f32.sqrt();
+        if self.state == 0 {
+            self.state = 0x9e37_79b9;
+        }
+        for _ in 0..samples {
+            // xorshift32: cheap, and noise needs no better.
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 17;
+            self.state ^= self.state << 5;
+            let unit = (self.state as f32 / u32::MAX as f32) * 2.0 - 1.0;
+            out.push((unit * amplitude) as i16);
+        }
+    }
+}
+
 /// PCM samples in 20 ms at `rate`.
 fn frame_samples(rate: u32) -> usize {
     rate as usize / 50
@@ -261,6 +319,7 @@ mod tests {
             params: FormatParams::default(),
             ptime: 20,
             dtmf_payload_type: dtmf,
+            cn_payload_type: None,
         }
     }
 
@@ -375,6 +434,34 @@ mod tests {
         assert_eq!(
             codec::by_name("PCMA", 8000).expect("pcma").packet_time(5),
             10
+        );
+    }
+
+    #[test]
+    fn a_silent_senders_comfort_noise_becomes_noise_at_its_level() {
+        let mut from = leg("PCMU", 0, None);
+        from.cn_payload_type = Some(13);
+        let to = leg("PCMA", 8, None);
+        let mut dir = Direction::new(from, to, &CodecOptions::default());
+        let speech = [0x80u8; 160]; // loud PCMU
+        let mut packets: Vec<Vec<u8>> = (0..5u16)
+            .map(|seq| rtp_packet(0, seq, u32::from(seq) * 160, &speech))
+            .collect();
+        packets.push(rtp_packet(13, 5, 800, &[40])); // CN: -40 dBov
+        let out = feed(&mut dir, &packets);
+        // Speech, the slots the jitter buffer conceals, then noise on every tick after.
+        assert!(out.len() >= 14, "{} packets", out.len());
+        let mut decoder = to.codec.decoder();
+        let mut tail = Vec::new();
+        for p in &out[out.len() - 5..] {
+            decoder.decode(&p[12..], &mut tail);
+        }
+        let rms =
+            (tail.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / tail.len() as f64).sqrt();
+        let expected = 32767.0 * 10f64.powf(-40.0 / 20.0); // about 328
+        assert!(
+            rms > expected / 2.0 && rms < expected * 2.0,
+            "noise RMS {rms:.0}, wanted about {expected:.0}"
         );
     }
 

@@ -189,6 +189,7 @@ fn transcodes_between_legs_that_share_no_codec() {
         params: Default::default(),
         ptime: 20,
         dtmf_payload_type: None,
+        cn_payload_type: None,
     };
     relay.set_transcoding(
         id,

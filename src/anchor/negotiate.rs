@@ -91,6 +91,13 @@ fn params_of(f: &Format) -> FormatParams {
         .unwrap_or_default()
 }
 
+fn comfort_noise(formats: &[Format]) -> Option<u8> {
+    formats
+        .iter()
+        .find(|f| f.name == "CN")
+        .map(|f| f.payload_type)
+}
+
 fn free_dynamic_payload_type(formats: &[Format]) -> Option<u8> {
     (96..=127).find(|&pt| !formats.iter().any(|f| f.payload_type == pt))
 }
@@ -163,6 +170,7 @@ pub fn settle(offer: &[Format], answer: &[Format]) -> Settlement {
                 dtmf_payload_type: offer_dtmf
                     .filter(|_| answer_dtmf.is_some())
                     .map(|f| f.payload_type),
+                cn_payload_type: comfort_noise(offer),
             },
             LegCodec {
                 codec: answer_codec,
@@ -170,6 +178,7 @@ pub fn settle(offer: &[Format], answer: &[Format]) -> Settlement {
                 params: params_of(chosen),
                 ptime: 20,
                 dtmf_payload_type: answer_dtmf.map(|f| f.payload_type),
+                cn_payload_type: comfort_noise(answer),
             },
         )),
     }
