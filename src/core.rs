@@ -729,46 +729,10 @@ impl Core {
                     self.respond(&key, &req, 491, None, now);
                     return self.finish_or_keep(call);
                 }
-                let dtmf_info = method == Method::Info
-                    && dtmf_relay::is_dtmf(req.header("Content-Type").as_deref());
-                if dtmf_info && side == Side::A && call.digits.is_some() {
-                    // A menu listens: the key is Warden's.
-                    let tag = req.to_tag();
-                    match dtmf_relay::parse(req.body()) {
-                        Some((pressed, _)) => {
-                            self.respond(&key, &req, 200, tag.as_deref(), now);
-                            self.on_caller_digit(&mut call, pressed, now);
-                        }
-                        None => self.respond_warning(
-                            &key,
-                            &req,
-                            400,
-                            tag.as_deref(),
-                            Some("no DTMF key in the body"),
-                            now,
-                        ),
-                    }
-                    return self.finish_or_keep(call);
-                }
-                if dtmf_info && let Some(stream) = call.media.events_toward(side) {
-                    // The far party takes RFC 4733 events, not INFO: write the key into
-                    // its audio.
-                    let tag = req.to_tag();
-                    match dtmf_relay::parse(req.body()) {
-                        Some((pressed, duration)) => {
-                            let to = media_side(side.other());
-                            self.media.send_dtmf(stream, to, pressed, duration);
-                            self.respond(&key, &req, 200, tag.as_deref(), now);
-                        }
-                        None => self.respond_warning(
-                            &key,
-                            &req,
-                            400,
-                            tag.as_deref(),
-                            Some("no DTMF key in the body"),
-                            now,
-                        ),
-                    }
+                if method == Method::Info
+                    && dtmf_relay::is_dtmf(req.header("Content-Type").as_deref())
+                    && self.on_dtmf_info(&mut call, &key, &req, side, now)
+                {
                     return self.finish_or_keep(call);
                 }
                 self.relay_request(&mut call, key, req, side, now);
@@ -778,6 +742,40 @@ impl Core {
             }
         }
         self.finish_or_keep(call);
+    }
+
+    /// An INFO carrying a key press that Warden takes itself: for a listening menu, or to
+    /// write into the audio of a far party that takes RFC 4733 events, not INFO. False when
+    /// it is neither (the INFO is relayed as it is).
+    fn on_dtmf_info(
+        &mut self,
+        call: &mut Call,
+        key: &TxKey,
+        req: &Request,
+        side: Side,
+        now: Instant,
+    ) -> bool {
+        let menu = side == Side::A && call.digits.is_some();
+        let far_stream = call.media.events_toward(side);
+        if !menu && far_stream.is_none() {
+            return false;
+        }
+        let tag = req.to_tag();
+        let Some((pressed, duration)) = dtmf_relay::parse(req.body()) else {
+            let why = Some("no DTMF key in the body");
+            self.respond_warning(key, req, 400, tag.as_deref(), why, now);
+            return true;
+        };
+        self.respond(key, req, 200, tag.as_deref(), now);
+        match far_stream {
+            _ if menu => self.on_caller_digit(call, pressed, now),
+            Some(stream) => {
+                let to = media_side(side.other());
+                self.media.send_dtmf(stream, to, pressed, duration);
+            }
+            None => {}
+        }
+        true
     }
 
     /// Forward an in-dialog request to the other side; its answer comes back in `on_response`.

@@ -582,6 +582,34 @@ fn legs_without_a_common_codec_are_transcoded_with_tone_and_dtmf_intact() {
     assert!((f - 1000.0).abs() <= 20.0, "alice hears {f} Hz");
 }
 
+/// Send 50 tone packets (`codec`: name, clock, payload type) from `from` to Warden's
+/// port `to_port`, each answered by a packet at `to` of payload type `expect_pt`; those.
+fn tone_through(
+    from: &UdpSocket,
+    to_port: u16,
+    to: &UdpSocket,
+    (name, clock, pt): (&str, u32, u8),
+    expect_pt: u8,
+) -> Vec<Vec<u8>> {
+    tone_packets(name, clock, pt, 0xa, 50)
+        .into_iter()
+        .map(|packet| {
+            from.send_to(&packet, warden_at(to_port)).expect("send");
+            let (p, _) = recv(to);
+            assert_eq!(
+                p[1] & 0x7f,
+                expect_pt,
+                "{name} in, payload type {expect_pt} out"
+            );
+            p
+        })
+        .collect()
+}
+
+fn rtp_timestamp(p: &[u8]) -> u32 {
+    u32::from_be_bytes([p[4], p[5], p[6], p[7]])
+}
+
 #[cfg(feature = "opus")]
 #[test]
 fn an_opus_only_caller_and_a_pcma_only_callee_hear_each_other() {
@@ -609,26 +637,15 @@ fn an_opus_only_caller_and_a_pcma_only_callee_hear_each_other() {
         "alice is answered in Opus: {answered}"
     );
 
-    let mut got = Vec::new();
-    for packet in tone_packets("opus", 48000, 111, 0xa, 50) {
-        am.rtp.send_to(&packet, warden_at(a_side)).expect("send");
-        let (p, _) = recv(&bm.rtp);
-        assert_eq!(p[1] & 0x7f, 8, "PCMA toward bob");
-        got.push(p);
-    }
+    let got = tone_through(&am.rtp, a_side, &bm.rtp, ("opus", 48000, 111), 8);
     let f = heard_frequency("PCMA", 8000, &got);
     assert!((f - 1000.0).abs() <= 20.0, "bob hears {f} Hz");
-
-    let mut got = Vec::new();
-    for packet in tone_packets("PCMA", 8000, 8, 0xb, 50) {
-        bm.rtp.send_to(&packet, warden_at(b_side)).expect("send");
-        let (p, _) = recv(&am.rtp);
-        assert_eq!(p[1] & 0x7f, 111, "Opus toward alice");
-        got.push(p);
-    }
+    let got = tone_through(&bm.rtp, b_side, &am.rtp, ("PCMA", 8000, 8), 111);
     // Opus's RTP clock is 48 kHz whatever its audio bandwidth (RFC 7587 section 4.1).
-    let ts = |p: &[u8]| u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
-    assert_eq!(ts(&got[1]).wrapping_sub(ts(&got[0])), 960);
+    assert_eq!(
+        rtp_timestamp(&got[1]).wrapping_sub(rtp_timestamp(&got[0])),
+        960
+    );
     let f = heard_frequency("opus", 48000, &got);
     assert!((f - 1000.0).abs() <= 20.0, "alice hears {f} Hz");
 }
@@ -655,28 +672,20 @@ fn an_amr_wb_caller_and_a_pcma_only_callee_hear_each_other() {
     let a_side = assert_anchored(ok.body(), range)[0];
     assert!(String::from_utf8_lossy(ok.body()).contains("a=rtpmap:97 AMR-WB/16000"));
 
-    let mut got = Vec::new();
-    for packet in tone_packets("AMR-WB", 16000, 97, 0xa, 50) {
-        am.rtp.send_to(&packet, warden_at(a_side)).expect("send");
-        let (p, _) = recv(&bm.rtp);
-        assert_eq!(p[1] & 0x7f, 8, "PCMA toward bob");
-        got.push(p);
-    }
+    let got = tone_through(&am.rtp, a_side, &bm.rtp, ("AMR-WB", 16000, 97), 8);
     let f = heard_frequency("PCMA", 8000, &got);
     assert!((f - 1000.0).abs() <= 20.0, "bob hears {f} Hz");
-
-    let mut got = Vec::new();
-    for packet in tone_packets("PCMA", 8000, 8, 0xb, 50) {
-        bm.rtp.send_to(&packet, warden_at(b_side)).expect("send");
-        let (p, _) = recv(&am.rtp);
-        assert_eq!(p[1] & 0x7f, 97, "AMR-WB toward alice");
+    let got = tone_through(&bm.rtp, b_side, &am.rtp, ("PCMA", 8000, 8), 97);
+    for p in &got {
         // Bandwidth-efficient ToC after the 4-bit CMR: F, then the frame type.
         let frame_type = ((p[12] & 0x07) << 1) | (p[13] >> 7);
         assert_eq!(frame_type, 2, "the highest mode of alice's mode-set");
-        got.push(p);
     }
-    let ts = |p: &[u8]| u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
-    assert_eq!(ts(&got[1]).wrapping_sub(ts(&got[0])), 320, "16 kHz clock");
+    assert_eq!(
+        rtp_timestamp(&got[1]).wrapping_sub(rtp_timestamp(&got[0])),
+        320,
+        "16 kHz clock"
+    );
     let f = heard_frequency("AMR-WB", 16000, &got);
     assert!((f - 1000.0).abs() <= 20.0, "alice hears {f} Hz");
 }
