@@ -43,8 +43,9 @@ pub struct MediaSession {
     described: HashMap<usize, [Option<MediaLine>; 2]>,
     /// Per m= line index, the last offer: who made it and the formats it listed.
     offers: HashMap<usize, (Side, Vec<sdp::Format>)>,
-    /// Per m= line index, the transcoding in force (payload types A, B).
-    transcoding: HashMap<usize, (u8, u8)>,
+    /// Per m= line index, the transcoding in force (payload types and ptimes, A then B):
+    /// a change in any of them rebuilds it.
+    transcoding: HashMap<usize, (u8, u8, u32, u32)>,
     /// Per m= line index, each side's telephone-event format (A, B) once an answer settled.
     events: HashMap<usize, [EventFormat; 2]>,
     /// The caller's last offer as it came, for answering it ourselves (announcements).
@@ -197,7 +198,7 @@ impl MediaSession {
                     self.events.insert(index, events);
                     relay.set_dtmf(id, events);
                 }
-                let key = pair.map(|t| (t.a.payload_type, t.b.payload_type));
+                let key = pair.map(|t| (t.a.payload_type, t.b.payload_type, t.a.ptime, t.b.ptime));
                 if self.transcoding.get(&index).copied() != key {
                     match key {
                         Some(k) => self.transcoding.insert(index, k),
