@@ -5,6 +5,7 @@ pub mod anchor;
 pub mod call;
 pub mod config;
 pub mod core;
+pub mod dialplan;
 pub mod prompts;
 pub mod registrar;
 pub mod server;

@@ -1,0 +1,216 @@
+//! Dialplans: ordered rules in a TOML file, each with conditions on the call and a list of
+//! actions. Loading checks everything (regexes, CIDRs, time zones, action arguments) and
+//! refuses a bad file with its name, line and cause; evaluation is pure (see `eval`).
+//!
+//! ```toml
+//! [[rule]]
+//! name = "extensions"
+//! when = { ruri_user = '^1(\d{3})$' }
+//! do = [{ tag = "internal" }, { bridge = ["user:ext$1"] }]
+//! ```
+
+pub mod eval;
+mod spec;
+pub mod template;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+
+pub use eval::{CallFacts, Decision, SessionCase};
+use template::Template;
+
+/// A file that could not be loaded: where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {cause}")]
+pub struct DialplanError {
+    pub file: String,
+    pub line: usize,
+    pub cause: String,
+}
+
+/// A loaded, checked dialplan.
+#[derive(Debug, Clone)]
+pub struct Dialplan {
+    /// Where it came from (a path, or "built-in default").
+    pub origin: String,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    /// Line of the rule in its file, for logs.
+    pub line: usize,
+    pub conditions: Vec<Condition>,
+    pub actions: Vec<Action>,
+}
+
+/// A regex on one field of the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    RuriUser,
+    RuriHost,
+    From,
+    FromUser,
+    To,
+    ToUser,
+    AssertedIdentity,
+}
+
+#[derive(Debug, Clone)]
+pub enum Condition {
+    Matches(Field, Regex),
+    Header(String, Regex),
+    /// Source address in one of these networks (address, prefix length).
+    Source(Vec<(IpAddr, u8)>),
+    Transport(Vec<String>),
+    Time(TimeWindow),
+    SessionCase(SessionCase),
+    CallerRegistered(bool),
+}
+
+/// Days of the week (bit 0 = Monday) and a span of the day, in a time zone. A span whose
+/// end is before its start runs over midnight.
+#[derive(Debug, Clone)]
+pub struct TimeWindow {
+    pub days: u8,
+    pub from_minute: u16,
+    pub to_minute: u16,
+    pub zone: jiff::tz::TimeZone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeMode {
+    /// One target after the other: the next on timeout or a 5xx/6xx... failure.
+    Sequential,
+    /// All at once; the first answer wins, the others are cancelled.
+    Parallel,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Bridge {
+        targets: Vec<Template>,
+        mode: BridgeMode,
+        /// Per target (sequential) or overall (parallel) ring time.
+        timeout: Duration,
+    },
+    Screen(String),
+    Play {
+        prompt: Template,
+        repeat: u32,
+    },
+    Menu {
+        prompt: Template,
+        /// Key -> name of the rule to continue with.
+        choices: Vec<(char, String)>,
+        timeout: Duration,
+    },
+    Reject {
+        status: u16,
+        reason: Option<Template>,
+    },
+    Redirect(Vec<Template>),
+    SetHeader(String, Template),
+    RemoveHeader(String),
+    Tag(Template),
+    Set(String, Template),
+}
+
+/// The dialplan shipped in `dialplans/default.toml`, built into the binary.
+pub const DEFAULT: &str = include_str!("../../dialplans/default.toml");
+
+impl Dialplan {
+    /// Read and check a dialplan file.
+    pub fn load(path: &Path) -> Result<Dialplan, DialplanError> {
+        let text = std::fs::read_to_string(path).map_err(|e| DialplanError {
+            file: path.display().to_string(),
+            line: 0,
+            cause: format!("cannot read: {e}"),
+        })?;
+        Dialplan::parse(&text, &path.display().to_string())
+    }
+
+    /// The built-in default dialplan.
+    pub fn builtin() -> Dialplan {
+        // Checked by a test; a broken built-in plan is a build defect, not an input error.
+        Dialplan::parse(DEFAULT, "built-in default").unwrap_or_else(|e| Dialplan {
+            origin: format!("built-in default (unusable: {e})"),
+            rules: Vec::new(),
+        })
+    }
+
+    /// Check a dialplan's text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Dialplan, DialplanError> {
+        let rules = spec::parse(text).map_err(|(line, cause)| DialplanError {
+            file: origin.to_owned(),
+            line,
+            cause,
+        })?;
+        Ok(Dialplan {
+            origin: origin.to_owned(),
+            rules,
+        })
+    }
+
+    /// The file a config names, or the built-in default.
+    pub fn from_config(path: Option<&PathBuf>) -> Result<Dialplan, DialplanError> {
+        match path {
+            Some(p) => Dialplan::load(p),
+            None => Ok(Dialplan::builtin()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_dialplans_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dialplans");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(&dir).expect("dialplans/") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let plan = Dialplan::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!plan.rules.is_empty(), "{}", path.display());
+                loaded += 1;
+            }
+        }
+        assert!(loaded >= 1);
+        assert!(!Dialplan::builtin().rules.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_cause() {
+        let bad_regex =
+            "[[rule]]\nname = \"x\"\nwhen = { ruri_user = '^(1' }\ndo = [{ reject = 403 }]\n";
+        let e = Dialplan::parse(bad_regex, "plan.toml").expect_err("refused");
+        assert_eq!((e.file.as_str(), e.line), ("plan.toml", 3));
+        assert!(e.cause.contains("ruri_user"), "{}", e.cause);
+
+        let bad_status = "[[rule]]\nname = \"x\"\n\ndo = [{ reject = 42 }]\n";
+        let e = Dialplan::parse(bad_status, "plan.toml").expect_err("refused");
+        assert_eq!(e.line, 4);
+        assert!(e.cause.contains("400-699"), "{}", e.cause);
+
+        let unknown_key =
+            "[[rule]]\nname = \"x\"\nwhen = { ruri_usr = 'a' }\ndo = [{ reject = 403 }]\n";
+        let e = Dialplan::parse(unknown_key, "plan.toml").expect_err("refused");
+        assert_eq!(e.line, 3);
+        assert!(e.cause.contains("ruri_usr"), "{}", e.cause);
+
+        let bad_zone = "[[rule]]\nname = \"x\"\nwhen.time = { days = \"mon-fri\", from = \"08:00\", to = \"18:00\", zone = \"Mars/Olympus\" }\ndo = [{ reject = 403 }]\n";
+        let e = Dialplan::parse(bad_zone, "plan.toml").expect_err("refused");
+        assert_eq!(e.line, 3);
+        assert!(e.cause.contains("Mars/Olympus"), "{}", e.cause);
+
+        let unknown_menu_target = "[[rule]]\nname = \"x\"\ndo = [{ menu = \"ivr_menu\", choices = { \"1\" = \"nowhere\" } }]\n";
+        let e = Dialplan::parse(unknown_menu_target, "plan.toml").expect_err("refused");
+        assert!(e.cause.contains("nowhere"), "{}", e.cause);
+    }
+}
