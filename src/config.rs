@@ -20,6 +20,7 @@ pub struct Config {
     pub registrar: RegistrarConfig,
     pub calls: CallConfig,
     pub media: MediaConfig,
+    pub dialplan: DialplanConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
 }
@@ -118,6 +119,15 @@ impl Default for CallConfig {
             announce_failures: false,
         }
     }
+}
+
+/// Which dialplan routes calls.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct DialplanConfig {
+    /// A dialplan file (relative paths from the working directory); none: the built-in
+    /// `dialplans/default.toml`. Reloaded on SIGHUP.
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,6 +5,7 @@
 //! `poll_output` drains what the driver must do, `poll_timeout` says when to call back.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,8 +19,11 @@ use warden_media::{MediaEvent, Playback, Side as MediaSide, StreamId};
 use crate::anchor::negotiate::Role;
 use crate::anchor::{AnchorError, MediaSession, is_sdp, media_side};
 use crate::call::digits::{Collected, DigitCollector, DigitSpec};
-use crate::call::{Branch, Call, Leg, PendingOk, Relay, Side, State, new_tag};
+use crate::call::{
+    AfterPrompt, Branch, BridgeAttempt, Call, Leg, PendingOk, Program, Relay, Side, State, new_tag,
+};
 use crate::config::Config;
+use crate::dialplan::{Action, BridgeMode, CallFacts, Dialplan, SessionCase};
 use crate::registrar::{Change, Registrar};
 use crate::sip::dtmf_relay;
 use crate::sip::message::{Malformed, Message, Method, NameAddr, Request, Response, Uri, Via};
@@ -83,6 +87,11 @@ pub struct Core {
     transcodable: Vec<&'static Codec>,
     /// Announcements, encoded per codec on first use.
     prompts: Prompts,
+    /// How calls are routed.
+    dialplan: Arc<Dialplan>,
+    /// Wall-clock seconds of the latest input (registrations expire by it; rules with
+    /// time windows look at it).
+    unix_s: u64,
     pub stats: Stats,
 }
 
@@ -112,8 +121,16 @@ impl Core {
             next_expiry_sweep: None,
             media,
             prompts,
+            dialplan: Arc::new(Dialplan::builtin()),
+            unix_s: 0,
             stats: Stats::default(),
         }
+    }
+
+    /// Route new calls by `plan` from now on (calls in progress keep their actions).
+    pub fn set_dialplan(&mut self, plan: Dialplan) {
+        tracing::info!(origin = %plan.origin, rules = plan.rules.len(), "dialplan active");
+        self.dialplan = Arc::new(plan);
     }
 
     pub fn active_calls(&self) -> usize {
@@ -149,6 +166,7 @@ impl Core {
         now: Instant,
         unix_s: u64,
     ) {
+        self.unix_s = unix_s;
         match message {
             Message::Request(mut r) => {
                 if let Err(bad) = r.check() {
@@ -186,6 +204,7 @@ impl Core {
     }
 
     pub fn handle_timeout(&mut self, now: Instant, unix_s: u64) {
+        self.unix_s = unix_s;
         self.tx.handle_timeout(now);
         while let Some(&(at, id)) = self.wakes.first() {
             if at > now {
@@ -474,26 +493,18 @@ impl Core {
             );
             return self.respond(&key, &req, 503, None, now);
         }
-        let bindings: Vec<_> = self
-            .registrar
-            .lookup(&callee, unix_s)
-            .into_iter()
-            .cloned()
-            .collect();
-        let unreachable = bindings.is_empty().then(|| {
-            if self.registrar.knows(&callee) {
-                480
-            } else {
-                404
-            }
-        });
-        if let Some(status) = unreachable {
-            tracing::info!(%caller, %callee, status, "callee not reachable");
-            // Without an announcement to play there is no call to keep: answer at once.
-            if !self.config.calls.announce_failures || req.body().is_empty() {
-                return self.respond(&key, &req, status, None, now);
-            }
-        }
+        let facts = self.call_facts(&req, &from, unix_s);
+        let Some(decision) = self.dialplan.evaluate(&facts) else {
+            tracing::info!(%caller, %callee, "no dialplan rule matches the call; 404");
+            return self.respond(&key, &req, 404, None, now);
+        };
+        let program = Program {
+            rule: decision.rule.name.clone(),
+            actions: decision.rule.actions.clone(),
+            next: 0,
+            values: decision.values,
+            bridge: None,
+        };
         let mut media = MediaSession::default();
         let content_type = req.header("Content-Type");
         let offer = match self.anchor(
@@ -527,7 +538,7 @@ impl Core {
         self.dialogs
             .insert((call_id.clone(), a.local_tag.clone()), (id, Side::A));
         self.server_invites.insert(key.clone(), id);
-        let hops = req.max_forwards().unwrap_or(70).saturating_sub(1);
+        tracing::info!(call = id, %caller, %callee, call_id = %call_id, rule = %program.rule, "call started");
         let mut call = Call {
             id,
             state: State::Calling,
@@ -540,7 +551,7 @@ impl Core {
             callee: callee.clone(),
             started: now,
             answered_at: None,
-            ring_until: Some(now + Duration::from_secs(self.config.calls.no_answer_timeout_s)),
+            ring_until: None,
             pending_ok: None,
             owed_ack: None,
             abandoned: false,
@@ -552,55 +563,366 @@ impl Core {
             announcing: None,
             digits: None,
             collected: None,
+            program: Some(program),
+            tags: Vec::new(),
+            b_headers: Vec::new(),
+            b_offer: offer,
+            b_offer_type: content_type,
+            menu: None,
         };
-        tracing::info!(call = id, %caller, %callee, call_id = %call_id, forks = bindings.len(), "call started");
-        for (index, binding) in bindings.iter().enumerate() {
-            let dest = binding.destination(None);
-            let mut leg = Leg {
-                call_id: format!("{}@warden", new_tag()),
-                local_uri: strip_tag(&req.header("From").unwrap_or_default()),
-                local_tag: new_tag(),
-                remote_uri: strip_tag(&req.header("To").unwrap_or_default()),
-                remote_tag: None,
-                target: binding.contact.clone(),
-                route: Vec::new(),
-                cseq: 0,
-                dest: dest.clone(),
-            };
-            let Some(mut invite) = self.leg_request(&mut leg, Method::Invite, None) else {
-                continue;
-            };
-            let _ = invite.set_header("Max-Forwards", &hops.to_string());
-            let _ = invite.push_header("Allow", ALLOW);
-            invite.set_body(offer.clone(), content_type.as_deref());
-            self.dialogs
-                .insert((leg.call_id.clone(), leg.local_tag.clone()), (id, Side::B));
-            let tx = self.tx.send_request(invite.clone(), dest, now);
-            if let Some(tx) = &tx {
-                self.client.insert(
-                    tx.clone(),
-                    ClientPurpose::Invite {
-                        call: id,
-                        branch: index,
-                    },
-                );
-            }
-            call.branches.push(Branch {
-                leg,
-                invite,
-                tx,
-                provisional: false,
-                final_status: None,
-                cancel_pending: false,
-                ack: None,
-            });
-        }
-        if let Some(status) = unreachable {
-            call.note_failure(status, reason_phrase(status));
-            self.end_if_every_branch_failed(&mut call, now);
-        }
+        self.run_program(&mut call, now);
         self.schedule(&call);
         self.finish_or_keep(call);
+    }
+
+    /// What the dialplan's conditions look at, from the INVITE and where it came from.
+    fn call_facts(&self, req: &Request, from: &Destination, unix_s: u64) -> CallFacts {
+        let user_of = |uri: &str| {
+            Uri::parse(uri)
+                .ok()
+                .and_then(|u| u.user())
+                .unwrap_or_default()
+        };
+        let uri_of =
+            |header: Option<NameAddr>| header.map(|h| h.uri.to_string()).unwrap_or_default();
+        let from_uri = uri_of(req.from());
+        let to_uri = uri_of(req.to());
+        let caller = user_of(&from_uri);
+        let asserted = req
+            .address_list("P-Asserted-Identity")
+            .ok()
+            .and_then(|list| list.into_iter().next())
+            .map(|a| a.uri.to_string());
+        // The IMS session case: `orig` on the top Route, or P-Served-User's sescase.
+        let top_route_orig = req.header("Route").is_some_and(|r| {
+            r.split(',')
+                .next()
+                .is_some_and(|first| first.contains(";orig"))
+        });
+        let served_user_case = req.header("P-Served-User").and_then(|v| {
+            let v = v.to_ascii_lowercase();
+            if v.contains("sescase=orig") {
+                Some(SessionCase::Originating)
+            } else if v.contains("sescase=term") {
+                Some(SessionCase::Terminating)
+            } else {
+                None
+            }
+        });
+        let session_case = if top_route_orig {
+            Some(SessionCase::Originating)
+        } else {
+            served_user_case
+        };
+        CallFacts {
+            ruri_user: req.uri().user().unwrap_or_default(),
+            ruri_host: req.uri().host().unwrap_or_default(),
+            from_user: caller.clone(),
+            from: from_uri,
+            to_user: user_of(&to_uri),
+            to: to_uri,
+            asserted_identity: asserted,
+            headers: req.header_pairs(),
+            source: from.addr.ip(),
+            transport: from.transport.as_str().to_ascii_lowercase(),
+            session_case,
+            caller_registered: !self.registrar.lookup(&caller, unix_s).is_empty(),
+            now: jiff::Timestamp::from_second(unix_s as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    // ----- the dialplan's actions --------------------------------------------------------
+
+    /// Run the call's dialplan actions from where it stands until one waits (a bridge
+    /// ringing, a prompt playing, a menu listening) or ends the call.
+    fn run_program(&mut self, call: &mut Call, now: Instant) {
+        loop {
+            if call.abandoned || call.answered.is_some() {
+                call.program = None;
+                return;
+            }
+            let Some(program) = call.program.as_mut() else {
+                return;
+            };
+            let Some(action) = program.actions.get(program.next).cloned() else {
+                call.program = None;
+                return self.program_exhausted(call, now);
+            };
+            program.next += 1;
+            let values = program.values.clone();
+            match action {
+                Action::Tag(tag) => call.tags.push(tag.render(&values)),
+                Action::Set(name, value) => {
+                    let value = value.render(&values);
+                    if let Some(p) = call.program.as_mut() {
+                        p.values.named.insert(name, value);
+                    }
+                }
+                Action::SetHeader(name, value) => {
+                    call.b_headers.push((name, Some(value.render(&values))))
+                }
+                Action::RemoveHeader(name) => call.b_headers.push((name, None)),
+                Action::Screen(profile) => {
+                    tracing::info!(call = call.id, %profile, "screen: no screening engine yet; the call passes");
+                }
+                Action::Reject { status, reason } => {
+                    let reason = reason
+                        .map(|r| r.render(&values))
+                        .unwrap_or_else(|| reason_phrase(status).to_owned());
+                    call.program = None;
+                    self.decline(call, status, &reason, now);
+                    call.state = State::Done;
+                    return;
+                }
+                Action::Redirect(targets) => {
+                    let contacts: Vec<String> = targets.iter().map(|t| t.render(&values)).collect();
+                    call.program = None;
+                    self.redirect(call, &contacts, now);
+                    call.state = State::Done;
+                    return;
+                }
+                Action::Bridge {
+                    targets,
+                    mode,
+                    timeout,
+                } => {
+                    let targets = targets.iter().map(|t| t.render(&values)).collect();
+                    let timeout = timeout
+                        .unwrap_or(Duration::from_secs(self.config.calls.no_answer_timeout_s));
+                    if let Some(p) = call.program.as_mut() {
+                        p.bridge = Some(BridgeAttempt {
+                            targets,
+                            mode,
+                            timeout,
+                            next_target: 0,
+                            first_branch: call.branches.len(),
+                        });
+                    }
+                    if self.try_bridge(call, now) {
+                        return;
+                    }
+                }
+                Action::Play { prompt, repeat } => {
+                    let name = prompt.render(&values);
+                    if self.play_to_caller(call, &name, repeat, false, now) {
+                        call.announcing = Some(AfterPrompt::Continue);
+                        return;
+                    }
+                }
+                Action::Menu {
+                    prompt,
+                    choices,
+                    timeout,
+                } => {
+                    let name = prompt.render(&values);
+                    if self.play_to_caller(call, &name, 0, true, now) {
+                        call.announcing = Some(AfterPrompt::Menu);
+                        call.menu = Some(choices);
+                        let spec = DigitSpec {
+                            max_digits: 1,
+                            terminator: None,
+                            first_digit_timeout: timeout + self.prompt_length(&name),
+                            inter_digit_timeout: timeout,
+                            overall_timeout: timeout + self.prompt_length(&name),
+                        };
+                        call.digits = Some(DigitCollector::new(spec, now));
+                        if let Some(stream) = call.media.first_stream() {
+                            self.media.report_dtmf(stream, MediaSide::A, true);
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The dialplan's actions ran out without an answer: the caller gets the failure.
+    fn program_exhausted(&mut self, call: &mut Call, now: Instant) {
+        if call.answered.is_some() || call.abandoned || call.state == State::Done {
+            return;
+        }
+        let (status, reason) = call
+            .best_failure
+            .clone()
+            .unwrap_or((404, reason_phrase(404).to_owned()));
+        if self.announce(call, status, &reason, now) {
+            return;
+        }
+        self.decline(call, status, &reason, now);
+        call.state = State::Done;
+    }
+
+    /// 302 with the targets as Contacts (RFC 3261 21.3.3).
+    fn redirect(&mut self, call: &mut Call, contacts: &[String], now: Instant) {
+        tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, targets = ?contacts, "call redirected");
+        let mut out = Response::to_request(&call.a_invite, 302, reason_phrase(302));
+        out.set_to_tag(&call.a.local_tag);
+        for contact in contacts {
+            let _ = out.push_header("Contact", &format!("<{contact}>"));
+        }
+        let _ = out.push_header("Server", &self.config.sip.user_agent);
+        self.tx.respond(&call.a_invite_tx, out, now);
+    }
+
+    /// Start the next attempt of the call's bridge action: every target at once
+    /// (parallel) or the next one that can be reached (sequential). False when nothing
+    /// could be started (the failures are noted).
+    fn try_bridge(&mut self, call: &mut Call, now: Instant) -> bool {
+        loop {
+            let Some(attempt) = call.program.as_mut().and_then(|p| p.bridge.as_mut()) else {
+                return false;
+            };
+            let batch: Vec<String> = match attempt.mode {
+                BridgeMode::Parallel => attempt.targets.drain(..).collect(),
+                BridgeMode::Sequential => match attempt.targets.get(attempt.next_target) {
+                    Some(t) => vec![t.clone()],
+                    None => Vec::new(),
+                },
+            };
+            attempt.next_target += 1;
+            attempt.first_branch = call.branches.len();
+            let (timeout, sequential) = (attempt.timeout, attempt.mode == BridgeMode::Sequential);
+            if batch.is_empty() {
+                return false;
+            }
+            for target in &batch {
+                for (contact, dest) in self.resolve_target(call, target) {
+                    self.add_branch(call, &contact, dest, now);
+                }
+            }
+            let started = call
+                .program
+                .as_ref()
+                .and_then(|p| p.bridge.as_ref())
+                .is_some_and(|a| call.branches.len() > a.first_branch);
+            if started {
+                call.ring_until = Some(now + timeout);
+                return true;
+            }
+            if !sequential {
+                return false;
+            }
+        }
+    }
+
+    /// Where a bridge target rings: `user:NAME` is every contact NAME has registered; a
+    /// SIP URI with an IP address goes there directly. Failures are noted on the call.
+    fn resolve_target(&mut self, call: &mut Call, target: &str) -> Vec<(String, Destination)> {
+        if let Some(user) = target.strip_prefix("user:") {
+            let bindings: Vec<(String, Destination)> = self
+                .registrar
+                .lookup(user, self.unix_s)
+                .into_iter()
+                .map(|b| (b.contact.clone(), b.destination(None)))
+                .collect();
+            if bindings.is_empty() {
+                let status = if self.registrar.knows(user) { 480 } else { 404 };
+                tracing::info!(
+                    call = call.id,
+                    target,
+                    status,
+                    "bridge target not reachable"
+                );
+                call.note_failure(status, reason_phrase(status));
+            }
+            return bindings;
+        }
+        match direct_destination(target) {
+            Some(dest) => vec![(target.to_owned(), dest)],
+            None => {
+                tracing::warn!(
+                    call = call.id,
+                    target,
+                    "bridge target is not a user: or a sip: URI with an IP address; skipped"
+                );
+                call.note_failure(502, "Bad Gateway");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Send the callee-side INVITE of a new branch toward `contact` at `dest`.
+    fn add_branch(&mut self, call: &mut Call, contact: &str, dest: Destination, now: Instant) {
+        let req = &call.a_invite;
+        let mut leg = Leg {
+            call_id: format!("{}@warden", new_tag()),
+            local_uri: strip_tag(&req.header("From").unwrap_or_default()),
+            local_tag: new_tag(),
+            remote_uri: strip_tag(&req.header("To").unwrap_or_default()),
+            remote_tag: None,
+            target: contact.to_owned(),
+            route: Vec::new(),
+            cseq: 0,
+            dest: dest.clone(),
+        };
+        let Some(mut invite) = self.leg_request(&mut leg, Method::Invite, None) else {
+            return;
+        };
+        let hops = req.max_forwards().unwrap_or(70).saturating_sub(1);
+        let _ = invite.set_header("Max-Forwards", &hops.to_string());
+        let _ = invite.push_header("Allow", ALLOW);
+        for (name, value) in &call.b_headers {
+            match value {
+                Some(v) => {
+                    let _ = invite.set_header(name, v);
+                }
+                None => {
+                    invite.remove_header(name);
+                }
+            }
+        }
+        invite.set_body(call.b_offer.clone(), call.b_offer_type.as_deref());
+        let index = call.branches.len();
+        self.dialogs.insert(
+            (leg.call_id.clone(), leg.local_tag.clone()),
+            (call.id, Side::B),
+        );
+        let tx = self.tx.send_request(invite.clone(), dest, now);
+        if let Some(tx) = &tx {
+            self.client.insert(
+                tx.clone(),
+                ClientPurpose::Invite {
+                    call: call.id,
+                    branch: index,
+                },
+            );
+        }
+        call.branches.push(Branch {
+            leg,
+            invite,
+            tx,
+            provisional: false,
+            final_status: None,
+            cancel_pending: false,
+            ack: None,
+        });
+    }
+
+    /// The current bridge attempt failed (every branch final without an answer, or it
+    /// rang out): a sequential bridge fails over to its next target on a timeout, an
+    /// unreachable target or a 5xx; otherwise the dialplan goes on with its next action.
+    fn bridge_failed(&mut self, call: &mut Call, now: Instant) {
+        let first = call
+            .program
+            .as_ref()
+            .and_then(|p| p.bridge.as_ref())
+            .map_or(0, |a| a.first_branch);
+        let fail_over = call.branches[first.min(call.branches.len())..]
+            .iter()
+            .all(|b| matches!(b.final_status, None | Some(408 | 480 | 500..=599)));
+        let sequential = call
+            .program
+            .as_ref()
+            .and_then(|p| p.bridge.as_ref())
+            .is_some_and(|a| a.mode == BridgeMode::Sequential);
+        if sequential && fail_over && self.try_bridge(call, now) {
+            return;
+        }
+        if let Some(p) = call.program.as_mut() {
+            p.bridge = None;
+        }
+        call.ring_until = None;
+        self.run_program(call, now);
     }
 
     fn on_cancel(&mut self, key: TxKey, req: Request, now: Instant) {
@@ -617,7 +939,7 @@ impl Core {
         if call.state == State::Calling && !call.abandoned {
             tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "call cancelled by caller");
             self.abandon(&mut call, 487, now);
-            if call.announcing.take().is_some() {
+            if call.announcing.take().is_some() && call.all_branches_final() {
                 call.state = State::Done; // no branch to wait for
             }
         }
@@ -630,6 +952,7 @@ impl Core {
         let (tag, invite) = (call.a.local_tag.clone(), call.a_invite.clone());
         self.respond(&call.a_invite_tx.clone(), &invite, status, Some(&tag), now);
         call.abandoned = true;
+        call.program = None;
         call.ring_until = None;
         for i in 0..call.branches.len() {
             self.cancel_branch(call, i, now);
@@ -1033,7 +1356,29 @@ impl Core {
     /// When every branch has failed and none answered, tell the caller the most meaningful
     /// failure (unless it already got 487/408) and end the call.
     fn end_if_every_branch_failed(&mut self, call: &mut Call, now: Instant) {
-        if !call.all_branches_final() || call.answered.is_some() {
+        if call.answered.is_some() {
+            return;
+        }
+        // A dialplan bridge: only the current attempt's branches count, and its failure
+        // moves the dialplan on (failover, next action) rather than ending the call.
+        if let Some(first) = call
+            .program
+            .as_ref()
+            .and_then(|p| p.bridge.as_ref())
+            .map(|a| a.first_branch)
+        {
+            let attempt_over = call.branches[first.min(call.branches.len())..]
+                .iter()
+                .all(|b| b.final_status.is_some());
+            if attempt_over && !call.abandoned {
+                self.bridge_failed(call, now);
+            }
+            return;
+        }
+        if !call.all_branches_final() || call.program.is_some() || call.announcing.is_some() {
+            return;
+        }
+        if call.state == State::Done {
             return;
         }
         if !call.abandoned {
@@ -1066,45 +1411,85 @@ impl Core {
             486 | 600 => "busy",
             _ => return false,
         };
-        if !self.config.calls.announce_failures {
+        if !self.config.calls.announce_failures || !self.play_to_caller(call, name, 0, false, now) {
             return false;
         }
-        let Some(plan) = call.media.answer_caller(&self.media, call.id) else {
-            return false; // no offer, or no codec Warden can play in
-        };
-        let Some(prompt) = self.prompts.encoded(name, plan.codec) else {
+        tracing::info!(call = call.id, caller = %call.caller, status, prompt = name, "announcing before the failure");
+        call.announcing = Some(AfterPrompt::Fail(status, reason.to_owned()));
+        true
+    }
+
+    /// How long the prompt `name` plays (zero when unknown).
+    fn prompt_length(&mut self, name: &str) -> Duration {
+        self.prompts
+            .encoded(name, &CODEC_FOR_LENGTH)
+            .map_or(Duration::ZERO, |p| {
+                Duration::from_millis(p.frames.len() as u64 * 20)
+            })
+    }
+
+    /// Play the prompt `name` to the caller as early media: 183 with Warden's own SDP answer
+    /// (the caller's first codec Warden can encode), `repeat` more times, stopped by a key
+    /// when `barge_in`. False when it cannot (no offer, no playable codec, no such prompt).
+    fn play_to_caller(
+        &mut self,
+        call: &mut Call,
+        name: &str,
+        repeat: u32,
+        barge_in: bool,
+        now: Instant,
+    ) -> bool {
+        let Some(plan) = call.media.answer_caller(&mut self.media, call.id) else {
             return false;
         };
-        let seconds = prompt.frames.len() as u64 / 50;
-        let mut progress = Response::to_request(&call.a_invite, 183, "Session Progress");
-        progress.set_to_tag(&call.a.local_tag);
-        let _ = progress.push_header("Contact", &self.contact(call.a.dest.transport));
-        let _ = progress.push_header("Server", &self.config.sip.user_agent);
-        progress.set_body(Bytes::from(plan.sdp), Some("application/sdp"));
-        self.tx.respond(&call.a_invite_tx, progress, now);
+        let Some(prompt) = self.prompts.encoded(name, plan.codec) else {
+            tracing::warn!(call = call.id, prompt = name, "no such prompt; skipped");
+            return false;
+        };
+        let seconds = prompt.frames.len() as u64 * u64::from(repeat + 1) / 50;
+        if call.state == State::Calling {
+            let mut progress = Response::to_request(&call.a_invite, 183, "Session Progress");
+            progress.set_to_tag(&call.a.local_tag);
+            let _ = progress.push_header("Contact", &self.contact(call.a.dest.transport));
+            let _ = progress.push_header("Server", &self.config.sip.user_agent);
+            progress.set_body(Bytes::from(plan.sdp), Some("application/sdp"));
+            self.tx.respond(&call.a_invite_tx, progress, now);
+        }
         self.media.play(
             plan.stream,
             MediaSide::A,
             prompt,
             Playback {
                 payload_type: plan.payload_type,
-                repeat: 0,
-                stop_on_dtmf: false,
+                repeat,
+                stop_on_dtmf: barge_in,
             },
         );
-        tracing::info!(call = call.id, caller = %call.caller, status, prompt = name, codec = plan.codec.name, "announcing before the failure");
-        call.announcing = Some((status, reason.to_owned()));
-        // Should the relay never report the end, the failure still goes out.
+        tracing::info!(call = call.id, caller = %call.caller, prompt = name, codec = plan.codec.name, "playing to the caller");
+        // Should the relay never report the end, the call still goes on.
         call.ring_until = Some(now + Duration::from_secs(seconds + 3));
         true
     }
 
-    /// The announcement is over (played out, or its deadline passed): send the failure.
+    /// The announcement is over (played out, or its deadline passed): send the failure, or
+    /// go on with the dialplan.
     fn end_announcement(&mut self, call: &mut Call, now: Instant) {
-        if let Some((status, reason)) = call.announcing.take() {
-            call.ring_until = None;
-            self.decline(call, status, &reason, now);
-            call.state = State::Done;
+        match call.announcing.take() {
+            Some(AfterPrompt::Fail(status, reason)) => {
+                call.ring_until = None;
+                self.decline(call, status, &reason, now);
+                call.state = State::Done;
+            }
+            Some(AfterPrompt::Continue) => {
+                call.ring_until = None;
+                self.run_program(call, now);
+            }
+            // A menu keeps listening after its prompt: its digit timeout decides.
+            Some(AfterPrompt::Menu) => {
+                call.ring_until = None;
+                call.announcing = Some(AfterPrompt::Menu);
+            }
+            None => {}
         }
     }
 
@@ -1145,18 +1530,41 @@ impl Core {
     /// A key press from the caller while a menu listens.
     fn on_caller_digit(&mut self, call: &mut Call, key: char, now: Instant) {
         if let Some(done) = call.digits.as_mut().and_then(|d| d.push(key, now)) {
-            self.digits_collected(call, done);
+            self.digits_collected(call, done, now);
         }
         self.schedule(call);
     }
 
-    fn digits_collected(&mut self, call: &mut Call, done: Collected) {
+    fn digits_collected(&mut self, call: &mut Call, done: Collected, now: Instant) {
         tracing::info!(call = call.id, digits = %done.digits, ended = ?done.ended, "caller input collected");
         call.digits = None;
-        call.collected = Some(done);
         if let Some(stream) = call.media.first_stream() {
             self.media.report_dtmf(stream, MediaSide::A, false);
         }
+        if let Some(choices) = call.menu.take() {
+            // A dialplan menu: the chosen rule's actions replace what was left; no or an
+            // unknown key goes on with the next action.
+            if let Some(stream) = call.media.first_stream() {
+                self.media.stop_playing(stream, MediaSide::A);
+            }
+            call.announcing = None;
+            call.ring_until = None;
+            let chosen = done
+                .digits
+                .chars()
+                .next()
+                .and_then(|key| choices.iter().find(|(k, _)| *k == key))
+                .and_then(|(_, rule)| self.dialplan.rule(rule).cloned());
+            if let (Some(rule), Some(program)) = (chosen, call.program.as_mut()) {
+                tracing::info!(call = call.id, rule = %rule.name, "menu choice");
+                program.rule = rule.name;
+                program.actions = rule.actions;
+                program.next = 0;
+            }
+            call.collected = Some(done);
+            return self.run_program(call, now);
+        }
+        call.collected = Some(done);
     }
 
     /// A party pressed a key as RFC 4733 events: a listening menu takes the caller's; else
@@ -1411,11 +1819,30 @@ impl Core {
             self.end_announcement(&mut call, now);
         }
         if let Some(done) = call.digits.as_mut().and_then(|d| d.poll(now)) {
-            self.digits_collected(&mut call, done);
+            self.digits_collected(&mut call, done, now);
         }
         if call.ring_until.is_some_and(|t| t <= now) && call.state == State::Calling {
-            tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "no answer; call timed out");
-            self.abandon(&mut call, 408, now);
+            let attempt = call
+                .program
+                .as_ref()
+                .and_then(|p| p.bridge.as_ref())
+                .map(|a| a.first_branch);
+            match attempt {
+                Some(first) => {
+                    // A dialplan bridge rang out: cancel it and let the dialplan go on.
+                    tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "no answer from this bridge target");
+                    call.ring_until = None;
+                    for i in first..call.branches.len() {
+                        self.cancel_branch(&mut call, i, now);
+                    }
+                    call.note_failure(408, reason_phrase(408));
+                    self.bridge_failed(&mut call, now);
+                }
+                None => {
+                    tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "no answer; call timed out");
+                    self.abandon(&mut call, 408, now);
+                }
+            }
         }
         if call.media_check.is_some_and(|t| t <= now) {
             call.media_check = Some(now + self.media_check_interval());
@@ -1527,6 +1954,30 @@ fn route_set(values: Result<Vec<NameAddr>, Malformed>, reverse: bool) -> Vec<Str
     }
     route
 }
+
+/// A bridge target that names its destination: a SIP URI whose host is an IP address
+/// (port 5060 unless given; `transport=tcp` for TCP).
+fn direct_destination(target: &str) -> Option<Destination> {
+    let uri = Uri::parse(target).ok()?;
+    let ip: std::net::IpAddr = uri.host()?.trim_matches(['[', ']']).parse().ok()?;
+    let transport = match uri.transport().as_deref() {
+        Some("tcp") => Transport::Tcp,
+        None | Some("udp") => Transport::Udp,
+        Some(_) => return None,
+    };
+    Some(Destination {
+        transport,
+        addr: std::net::SocketAddr::new(ip, uri.port().unwrap_or(5060)),
+        conn: None,
+    })
+}
+
+/// Any codec the built-in prompts can be encoded in, for measuring their length.
+static CODEC_FOR_LENGTH: std::sync::LazyLock<&'static Codec> = std::sync::LazyLock::new(|| {
+    warden_media::codec::all()
+        .first()
+        .expect("a codec is always built in")
+});
 
 fn strip_tag(header: &str) -> String {
     // Remove a ;tag=... header parameter (outside <>), keeping the rest of the value.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use warden::config::Config;
+use warden::dialplan::Dialplan;
 
 /// Warden: a SIP B2BUA application server (registrar + bridged calls).
 ///
@@ -24,7 +25,7 @@ struct Cli {
 enum Command {
     /// Start the server (the default).
     Run,
-    /// Validate the configuration and exit (0 when valid).
+    /// Validate the configuration and the dialplan it names, and exit (0 when valid).
     Check,
     /// List the codecs this build can transcode (Opus needs `--features opus`).
     Codecs,
@@ -68,8 +69,20 @@ fn main() -> std::process::ExitCode {
         }
     };
     if matches!(cli.command, Some(Command::Check)) {
-        println!("configuration ok");
-        return std::process::ExitCode::SUCCESS;
+        return match Dialplan::from_config(config.dialplan.file.as_ref()) {
+            Ok(plan) => {
+                println!(
+                    "configuration ok; dialplan {}: {} rules",
+                    plan.origin,
+                    plan.rules.len()
+                );
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("warden: dialplan {e}");
+                std::process::ExitCode::from(2)
+            }
+        };
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));

@@ -11,6 +11,7 @@ use warden_media::{Relay, RelayConfig};
 
 use crate::config::Config;
 use crate::core::{Core, Output};
+use crate::dialplan::Dialplan;
 use crate::registrar::{Registrar, store};
 use crate::sip::message::Limits;
 use crate::sip::transport::{self, Inbound, Transport};
@@ -87,8 +88,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }));
     let prompts = crate::prompts::load(&config)?;
     let registrar = Registrar::new(config.registrar.clone(), loaded);
+    let dialplan_file = config.dialplan.file.clone();
+    let plan = Dialplan::from_config(dialplan_file.as_ref())?;
     let mut core = Core::new(config, registrar, advertised, relay, prompts);
+    core.set_dialplan(plan);
     let mut shutdown = Box::pin(shutdown_signal());
+    let mut reload = reload_signal()?;
 
     loop {
         let deadline = core
@@ -110,6 +115,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             _ = tokio::time::sleep_until(deadline) => {
                 core.handle_timeout(Instant::now(), unix_now());
+            }
+            _ = reload.recv() => {
+                // A bad file leaves the running plan in place.
+                match Dialplan::from_config(dialplan_file.as_ref()) {
+                    Ok(plan) => core.set_dialplan(plan),
+                    Err(e) => tracing::error!(error = %e, "dialplan reload refused; the previous plan stays active"),
+                }
             }
             _ = &mut shutdown => {
                 tracing::info!(active_calls = core.active_calls(), "shutting down");
@@ -172,6 +184,12 @@ fn handle(core: &mut Core, transmitter: &mut transport::Transmitter, event: Inbo
         Inbound::ConnOpened(id, addr, tx) => transmitter.on_opened(id, addr, tx),
         Inbound::ConnClosed(id) => transmitter.on_closed(id),
     }
+}
+
+/// SIGHUP: reload the dialplan.
+fn reload_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot watch SIGHUP: {e}"))
 }
 
 async fn shutdown_signal() {

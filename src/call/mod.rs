@@ -141,11 +141,55 @@ pub struct Call {
     pub media_check: Option<Instant>,
     /// Why Warden ended the call itself, when it did.
     pub end_reason: Option<&'static str>,
-    /// Playing the caller an announcement; then this failure (status, reason) goes out.
-    pub announcing: Option<(u16, String)>,
+    /// Playing the caller an announcement; what follows when it ends.
+    pub announcing: Option<AfterPrompt>,
+    /// The dialplan actions still to run for this call, when a rule matched.
+    pub program: Option<Program>,
+    /// Labels the dialplan gave the call (into its record).
+    pub tags: Vec<String>,
+    /// Header edits for the B-leg INVITEs: set (Some) or remove (None).
+    pub b_headers: Vec<(String, Option<String>)>,
+    /// Warden's offer toward callees (the caller's, anchored and widened) and its type.
+    pub b_offer: Bytes,
+    pub b_offer_type: Option<String>,
+    /// A menu waiting for the caller's key: key -> the rule to go on with.
+    pub menu: Option<Vec<(char, String)>>,
     /// Collecting the caller's key presses (a menu), and the last input collected.
     pub digits: Option<digits::DigitCollector>,
     pub collected: Option<digits::Collected>,
+}
+
+/// What happens when an announcement to the caller ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterPrompt {
+    /// Send this failure (status, reason).
+    Fail(u16, String),
+    /// Go on with the dialplan's next action.
+    Continue,
+    /// A menu: wait for the caller's key (or the menu's timeout).
+    Menu,
+}
+
+/// A matched rule's actions, being run one after the other.
+#[derive(Debug, Clone)]
+pub struct Program {
+    pub rule: String,
+    pub actions: Vec<crate::dialplan::Action>,
+    pub next: usize,
+    pub values: crate::dialplan::template::Values,
+    pub bridge: Option<BridgeAttempt>,
+}
+
+/// A bridge action in progress: its rendered targets and how far it got.
+#[derive(Debug, Clone)]
+pub struct BridgeAttempt {
+    pub targets: Vec<String>,
+    pub mode: crate::dialplan::BridgeMode,
+    pub timeout: Duration,
+    /// Sequential: the next target to try.
+    pub next_target: usize,
+    /// Branches from this index on belong to the current attempt.
+    pub first_branch: usize,
 }
 
 impl Call {

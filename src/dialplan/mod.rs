@@ -95,8 +95,9 @@ pub enum Action {
     Bridge {
         targets: Vec<Template>,
         mode: BridgeMode,
-        /// Per target (sequential) or overall (parallel) ring time.
-        timeout: Duration,
+        /// Per target (sequential) or overall (parallel) ring time; None: the config's
+        /// `calls.no_answer_timeout_s`.
+        timeout: Option<Duration>,
     },
     Screen(String),
     Play {

@@ -377,7 +377,7 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
                     ));
                 }
             },
-            timeout: Duration::from_secs(spec.timeout.unwrap_or(30).clamp(1, 600)),
+            timeout: spec.timeout.map(|s| Duration::from_secs(s.clamp(1, 600))),
         },
         "screen" => Action::Screen(spec.screen.clone().unwrap_or_default()),
         "play" => Action::Play {

@@ -335,6 +335,15 @@ macro_rules! header_access {
                     .collect()
             }
 
+            /// Every header as (canonical name, value), in message order.
+            pub fn header_pairs(&self) -> Vec<(String, String)> {
+                self.0
+                    .headers
+                    .iter()
+                    .map(|h| (text(h.name().canonical()), text(&h.value())))
+                    .collect()
+            }
+
             pub fn has_header(&self, name: &str) -> bool {
                 self.0.headers.get(&sx_name(name)).is_some()
             }
