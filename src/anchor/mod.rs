@@ -279,7 +279,7 @@ impl MediaSession {
     /// Warden's own answer to the caller's offer, to play it an announcement: the first
     /// audio stream in the first offered codec Warden can encode, sendonly; every other
     /// stream rejected. Returns the stream, the chosen codec and payload type, and the SDP.
-    pub fn answer_caller(&self, relay: &Relay, session_id: u64) -> Option<Announcement> {
+    pub fn answer_caller(&mut self, relay: &mut Relay, session_id: u64) -> Option<Announcement> {
         let offer = self.caller_offer.as_ref()?;
         let (index, format, codec) = offer.media.iter().enumerate().find_map(|(i, m)| {
             (m.kind == "audio" && m.port != 0)
@@ -308,12 +308,22 @@ impl MediaSession {
         );
         for i in 0..offer.media.len() {
             if i == index {
-                sdp.push_str(&format!(
-                    "m=audio {port} RTP/AVP {}\r\n",
-                    format.payload_type
-                ));
-                if let Some(rtpmap) = &format.rtpmap {
-                    sdp.push_str(rtpmap);
+                // The caller's telephone-event too, so a menu hears its keys.
+                let events = offer.media[index]
+                    .formats
+                    .iter()
+                    .find(|f| f.name == "TELEPHONE-EVENT");
+                let mut pts = format.payload_type.to_string();
+                if let Some(e) = events {
+                    pts.push_str(&format!(" {}", e.payload_type));
+                }
+                sdp.push_str(&format!("m=audio {port} RTP/AVP {pts}\r\n"));
+                for line in [&format.rtpmap, &format.fmtp]
+                    .into_iter()
+                    .chain(events.map(|e| [&e.rtpmap, &e.fmtp]).into_iter().flatten())
+                    .flatten()
+                {
+                    sdp.push_str(line);
                     sdp.push_str("\r\n");
                 }
                 sdp.push_str("a=ptime:20\r\na=sendonly\r\n");
@@ -322,6 +332,11 @@ impl MediaSession {
                 sdp.push_str("\r\n");
             }
         }
+        let events = negotiate::event_format(&offer.media[index].formats);
+        // Before any callee answers, the caller's keys are Warden's to hear.
+        let formats = [events, None];
+        self.events.insert(index, formats);
+        relay.set_dtmf(stream, formats);
         Some(Announcement {
             stream,
             codec,
