@@ -848,8 +848,11 @@ fn failures_are_announced_as_early_media_before_the_final_response() {
     };
     let port = assert_anchored(progress.body(), range)[0];
     let answer = String::from_utf8_lossy(progress.body()).to_string();
+    // Alice's first codec, and her telephone-event so a menu could hear her keys.
     assert!(
-        answer.contains("RTP/AVP 0\r\n") && answer.contains("a=sendonly"),
+        answer.contains("RTP/AVP 0 101\r\n")
+            && answer.contains("a=rtpmap:101 telephone-event/8000")
+            && answer.contains("a=sendonly"),
         "{answer}"
     );
     let mut heard = Vec::new();
