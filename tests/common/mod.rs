@@ -80,11 +80,18 @@ impl Warden {
         );
         let path = self.dir.join("warden.toml");
         std::fs::write(&path, config).expect("write config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("warden.log"))
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_warden"))
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
             .spawn()
             .expect("start warden");
         self.child = Some(child);
@@ -110,6 +117,19 @@ impl Warden {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// What Warden logged so far (warnings and errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("warden.log")).unwrap_or_default()
+    }
+
+    /// SIGHUP: reload the dialplan.
+    pub fn reload(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill with a live child's pid and a valid signal number.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
         }
     }
 
@@ -352,12 +372,18 @@ impl Ua {
 
     /// Send an INVITE to `callee` offering `sdp`.
     pub fn invite_sdp(&mut self, callee: &str, sdp: &str) -> Request {
+        self.invite_with(callee, sdp, "")
+    }
+
+    /// Send an INVITE to `callee` offering `sdp`, with `extra` header lines (each ending
+    /// in CRLF).
+    pub fn invite_with(&mut self, callee: &str, sdp: &str, extra: &str) -> Request {
         self.call_id = format!("{}@test", rand_hex());
         self.cseq += 1;
         let text = format!(
             "INVITE sip:{callee}@{srv} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
              From: \"{u}\" <sip:{u}@127.0.0.1>;tag={tag}\r\nTo: <sip:{callee}@127.0.0.1>\r\n\
-             Call-ID: {ci}\r\nCSeq: {cseq} INVITE\r\nContact: {contact}\r\n\
+             Call-ID: {ci}\r\nCSeq: {cseq} INVITE\r\nContact: {contact}\r\n{extra}\
              Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
             srv = self.server,
             via = self.via(),

@@ -1,0 +1,191 @@
+//! Dialplans against a real Warden over loopback: failover, parallel ringing, redirect,
+//! reject, header edits, and reloading (a broken file leaves the running plan in place).
+//! The callee phones are not registered: the plans name their addresses, and their
+//! `server` is set to Warden once it runs so their answers reach it.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{Ua, Warden};
+use warden::sip::message::Response;
+
+/// Warden routing by `plan` (kept in a file so the test can rewrite it and reload).
+fn warden_with_plan(plan: &str) -> (Warden, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("plan.toml");
+    std::fs::write(&path, plan).expect("write plan");
+    let w = Warden::start_with(&format!("[dialplan]\nfile = \"{}\"\n", path.display()));
+    (w, path, dir)
+}
+
+/// The first final response.
+fn final_response(ua: &mut Ua) -> Response {
+    loop {
+        let r = ua.recv_response();
+        if r.status() >= 200 {
+            return r;
+        }
+    }
+}
+
+fn uri_of(ua: &Ua, user: &str) -> String {
+    format!("sip:{user}@127.0.0.1:{}", ua.local.port())
+}
+
+#[test]
+fn sequential_bridge_fails_over_from_a_503_to_the_next_target() {
+    let (mut gw1, mut gw2) = (Ua::udp("gw1", 9), Ua::udp("gw2", 9));
+    let plan = format!(
+        "[[rule]]\nname = \"trunk\"\nwhen = {{ ruri_user = '^0\\d+$' }}\n\
+         do = [{{ bridge = [\"{}\", \"{}\"] }}]\n",
+        uri_of(&gw1, "${callee}"),
+        uri_of(&gw2, "${callee}")
+    );
+    let (w, _plan, _dir) = warden_with_plan(&plan);
+    (gw1.server, gw2.server) = (w.addr(), w.addr());
+    let mut alice = Ua::udp("alice", w.port);
+    alice.invite("0441234567");
+    let first = gw1.recv_request("INVITE");
+    assert_eq!(
+        first.uri().user().as_deref(),
+        Some("0441234567"),
+        "capture in the target"
+    );
+    gw1.answer(&first, 503, false);
+    let second = gw2.recv_request("INVITE");
+    gw2.answer(&second, 200, true);
+    let ok = final_response(&mut alice);
+    assert_eq!(ok.status(), 200, "the second target answered");
+}
+
+#[test]
+fn parallel_bridge_first_answer_wins_and_the_other_is_cancelled() {
+    let (mut desk, mut mobile) = (Ua::udp("desk", 9), Ua::udp("mobile", 9));
+    let plan = format!(
+        "[[rule]]\nname = \"ring both\"\nwhen = {{ ruri_user = '^sales$' }}\n\
+         do = [{{ bridge = [\"{}\", \"{}\"], mode = \"parallel\" }}]\n",
+        uri_of(&desk, "sales"),
+        uri_of(&mobile, "sales")
+    );
+    let (w, _plan, _dir) = warden_with_plan(&plan);
+    (desk.server, mobile.server) = (w.addr(), w.addr());
+    let mut alice = Ua::udp("alice", w.port);
+    alice.invite("sales");
+    let at_desk = desk.recv_request("INVITE");
+    let at_mobile = mobile.recv_request("INVITE");
+    desk.answer(&at_desk, 180, false);
+    mobile.answer(&at_mobile, 200, true);
+    assert_eq!(final_response(&mut alice).status(), 200);
+    let cancel = desk.recv_request("CANCEL");
+    assert_eq!(
+        cancel.call_id(),
+        at_desk.call_id(),
+        "the ringing desk phone is cancelled"
+    );
+}
+
+#[test]
+fn redirect_and_reject_with_a_custom_reason() {
+    let plan = "\
+[[rule]]
+name = \"moved\"
+when = { ruri_user = '^old-(\\w+)$' }
+do = [{ redirect = [\"sip:$1@new.example.net\", \"sip:$1@backup.example.net\"] }]
+
+[[rule]]
+name = \"premium\"
+when = { ruri_user = '^0900' }
+do = [{ tag = \"premium\" }, { reject = 403, reason = \"Premium numbers are blocked\" }]
+";
+    let (w, _plan, _dir) = warden_with_plan(plan);
+    let mut alice = Ua::udp("alice", w.port);
+    alice.invite("old-bob");
+    let moved = final_response(&mut alice);
+    assert_eq!(moved.status(), 302);
+    let contacts = moved.headers("Contact");
+    assert_eq!(
+        contacts,
+        vec!["<sip:bob@new.example.net>", "<sip:bob@backup.example.net>"]
+    );
+    alice.invite("0900123456");
+    let refused = final_response(&mut alice);
+    assert_eq!(
+        (refused.status(), refused.reason().as_str()),
+        (403, "Premium numbers are blocked")
+    );
+    // Nothing matches: 404.
+    alice.invite("someone");
+    assert_eq!(final_response(&mut alice).status(), 404);
+}
+
+#[test]
+fn header_edits_reach_the_callee() {
+    let mut bob = Ua::udp("bob", 9);
+    let plan = format!(
+        "[[rule]]\nname = \"accounts\"\n\
+         when.header = {{ X-Customer = '^gold-(?P<account>\\d+)$' }}\n\
+         do = [{{ set_header = \"X-Account\", value = \"${{account}}\" }}, {{ remove_header = \"X-Internal\" }}, \
+         {{ bridge = \"{}\" }}]\n",
+        uri_of(&bob, "bob")
+    );
+    let (w, _plan, _dir) = warden_with_plan(&plan);
+    bob.server = w.addr();
+    let mut alice = Ua::udp("alice", w.port);
+    alice.invite_with(
+        "bob",
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n",
+        "X-Customer: gold-42\r\nX-Internal: secret\r\n",
+    );
+    let invite = bob.recv_request("INVITE");
+    assert_eq!(invite.header("X-Account").as_deref(), Some("42"));
+    assert_eq!(invite.header("X-Internal"), None, "removed");
+    bob.answer(&invite, 486, false);
+    assert_eq!(final_response(&mut alice).status(), 486);
+}
+
+#[test]
+fn a_broken_file_on_reload_leaves_the_running_plan() {
+    let plan_a = "[[rule]]\nname = \"a\"\ndo = [{ reject = 403, reason = \"plan A\" }]\n";
+    let (w, path, _dir) = warden_with_plan(plan_a);
+    let mut alice = Ua::udp("alice", w.port);
+    let reason = |alice: &mut Ua| {
+        alice.invite("x");
+        final_response(alice).reason()
+    };
+    assert_eq!(reason(&mut alice), "plan A");
+    // Line 3 has an unclosed regex group.
+    std::fs::write(
+        &path,
+        "[[rule]]\nname = \"b\"\nwhen = { ruri_user = '(' }\ndo = [{ reject = 486 }]\n",
+    )
+    .expect("write");
+    w.reload();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !w.log().contains("dialplan reload refused") {
+        assert!(Instant::now() < deadline, "no error logged: {}", w.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        w.log().contains("plan.toml:3"),
+        "file and line: {}",
+        w.log()
+    );
+    assert_eq!(reason(&mut alice), "plan A", "the old plan still routes");
+    // A good file takes over.
+    std::fs::write(
+        &path,
+        "[[rule]]\nname = \"c\"\ndo = [{ reject = 486, reason = \"plan C\" }]\n",
+    )
+    .expect("write");
+    w.reload();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if reason(&mut alice) == "plan C" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "plan C never took over");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
