@@ -662,6 +662,17 @@ impl Core {
                     call.b_headers.push((name, Some(value.render(&values))))
                 }
                 Action::RemoveHeader(name) => call.b_headers.push((name, None)),
+                Action::Codecs(codecs) => {
+                    match MediaSession::restrict_offer(&call.b_offer, &codecs, self.media.address())
+                    {
+                        Some(body) => call.b_offer = Bytes::from(body),
+                        None => tracing::warn!(
+                            call = call.id,
+                            ?codecs,
+                            "codecs: the offer has none of them (nothing to transcode from?); left as it is"
+                        ),
+                    }
+                }
                 Action::Screen(profile) => {
                     tracing::info!(call = call.id, %profile, "screen: no screening engine yet; the call passes");
                 }

@@ -189,3 +189,45 @@ fn a_broken_file_on_reload_leaves_the_running_plan() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_route_can_force_the_callee_side_codec() {
+    let mut core_side = Ua::udp("ims", 9);
+    let plan = format!(
+        "[[rule]]\nname = \"toward the IMS core\"\n\
+         do = [{{ codecs = [\"PCMA\"] }}, {{ bridge = \"{}\" }}]\n",
+        uri_of(&core_side, "${callee}")
+    );
+    let (w, _plan, _dir) = warden_with_plan(&plan);
+    core_side.server = w.addr();
+    let mut alice = Ua::udp("alice", w.port);
+    // A wideband desk phone: G.722 and PCMU.
+    alice.invite_sdp(
+        "0441234567",
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio 40000 RTP/AVP 9 0 101\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\n\
+         a=rtpmap:101 telephone-event/8000\r\n",
+    );
+    let invite = core_side.recv_request("INVITE");
+    let offered = String::from_utf8_lossy(invite.body()).to_string();
+    assert!(
+        offered.contains("m=audio ") && offered.contains(" RTP/AVP 8 101\r\n"),
+        "only PCMA (and events): {offered}"
+    );
+    assert!(
+        !offered.contains("G722") && !offered.contains("PCMU"),
+        "{offered}"
+    );
+    core_side.answer_sdp(
+        &invite,
+        200,
+        Some("v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 50000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n"),
+    );
+    let ok = final_response(&mut alice);
+    assert_eq!(ok.status(), 200);
+    let answered = String::from_utf8_lossy(ok.body()).to_string();
+    assert!(
+        answered.contains(" RTP/AVP 9 101\r\n"),
+        "alice keeps her first codec, Warden transcodes: {answered}"
+    );
+}

@@ -355,6 +355,28 @@ impl MediaSession {
             .flatten()
     }
 
+    /// The offer `body` (Warden's, toward the callee) with its audio formats cut down to
+    /// `codecs`; the body unchanged when it has none of them or is not SDP.
+    pub fn restrict_offer(body: &[u8], codecs: &[String], address: IpAddr) -> Option<Vec<u8>> {
+        let sdp = Sdp::parse(body).ok()?;
+        let mut any = false;
+        let plans: Vec<MediaPlan> = sdp
+            .media
+            .iter()
+            .map(|m| {
+                let formats = (m.kind == "audio" && m.port != 0)
+                    .then(|| negotiate::restrict(&m.formats, codecs))
+                    .flatten();
+                any |= formats.is_some();
+                MediaPlan {
+                    port: None,
+                    formats,
+                }
+            })
+            .collect();
+        any.then(|| sdp.rewrite_with(address, &plans).into_bytes())
+    }
+
     /// The first open stream (the call's main audio, m= line order).
     pub fn first_stream(&self) -> Option<StreamId> {
         self.streams.iter().flatten().next().copied()

@@ -102,6 +102,21 @@ fn free_dynamic_payload_type(formats: &[Format]) -> Option<u8> {
     (96..=127).find(|&pt| !formats.iter().any(|f| f.payload_type == pt))
 }
 
+/// An offer's formats cut down to `codecs` (by name, in that order), keeping
+/// telephone-event and comfort noise; None when none of them is there.
+pub fn restrict(formats: &[Format], codecs: &[String]) -> Option<Vec<Format>> {
+    let mut kept: Vec<Format> = codecs
+        .iter()
+        .flat_map(|name| formats.iter().filter(|f| f.name.eq_ignore_ascii_case(name)))
+        .cloned()
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    kept.extend(formats.iter().filter(|f| !is_codec(f)).cloned());
+    Some(kept)
+}
+
 /// The telephone-event format of a format list, as the relay wants it.
 pub fn event_format(formats: &[Format]) -> Option<(u8, u32)> {
     formats
@@ -274,6 +289,25 @@ mod tests {
         // An answerer with events of its own: nothing to change.
         let s = settle(&offer, &offer);
         assert!(s.formats_for_offerer.is_none());
+    }
+
+    #[test]
+    fn an_offer_restricted_to_a_routes_codecs_keeps_events_and_noise() {
+        let offer = vec![
+            fmt(9, "G722", 8000),
+            fmt(0, "PCMU", 8000),
+            fmt(8, "PCMA", 8000),
+            fmt(101, "TELEPHONE-EVENT", 8000),
+            fmt(13, "CN", 8000),
+        ];
+        let cut = restrict(&offer, &["pcma".into(), "PCMU".into()]).expect("some left");
+        let pts: Vec<u8> = cut.iter().map(|f| f.payload_type).collect();
+        assert_eq!(
+            pts,
+            vec![8, 0, 101, 13],
+            "the route's order, then events and noise"
+        );
+        assert!(restrict(&offer, &["OPUS".into()]).is_none());
     }
 
     #[test]

@@ -374,6 +374,8 @@ do = [{ play = "closed" }]
             ("{ menu = \"m\", choices = { \"12\" = \"x\" } }", "one key"),
             ("{ bridge = \"sip:$\" }", "lone $"),
             ("{ }", "needs one of"),
+            ("{ codecs = [\"G729X\"] }", "not a codec of this build"),
+            ("{ codecs = [] }", "at least one codec"),
         ];
         for (action, expected) in bad {
             let text = format!("[[rule]]\nname = \"r\"\ndo = [{action}]\n");

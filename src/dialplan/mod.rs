@@ -115,6 +115,9 @@ pub enum Action {
         reason: Option<Template>,
     },
     Redirect(Vec<Template>),
+    /// The callee-side offer lists only these codecs, in this order (Warden transcodes
+    /// when the caller offered none of them): e.g. PCMA toward an IMS core.
+    Codecs(Vec<String>),
     SetHeader(String, Template),
     RemoveHeader(String),
     Tag(Template),

@@ -99,6 +99,7 @@ struct ActionSpec {
     value: Option<String>,
     tag: Option<String>,
     set: Option<String>,
+    codecs: Option<OneOrMany>,
 }
 
 /// Line (1-based) of a byte offset.
@@ -336,11 +337,12 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
         ("remove_header", spec.remove_header.is_some()),
         ("tag", spec.tag.is_some()),
         ("set", spec.set.is_some()),
+        ("codecs", spec.codecs.is_some()),
     ];
     let present: Vec<&str> = kinds.iter().filter(|(_, p)| *p).map(|(k, _)| *k).collect();
     let kind = match present.as_slice() {
         [one] => *one,
-        [] => return Err("an action needs one of: bridge, screen, play, menu, reject, redirect, set_header, remove_header, tag, set".into()),
+        [] => return Err("an action needs one of: bridge, screen, play, menu, reject, redirect, set_header, remove_header, tag, set, codecs".into()),
         many => return Err(format!("one action per table, found {}", many.join(" and "))),
     };
     let options = [
@@ -432,6 +434,27 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
             Action::RemoveHeader(name)
         }
         "tag" => Action::Tag(template("tag", spec.tag.as_deref().unwrap_or_default())?),
+        "codecs" => {
+            let list = spec
+                .codecs
+                .as_ref()
+                .map(OneOrMany::list)
+                .unwrap_or_default();
+            if list.is_empty() {
+                return Err("codecs: at least one codec".into());
+            }
+            let known = warden_media::codec::all();
+            for name in &list {
+                if !known.iter().any(|c| c.name.eq_ignore_ascii_case(name)) {
+                    let have: Vec<&str> = known.iter().map(|c| c.name).collect();
+                    return Err(format!(
+                        "codecs: {name:?} is not a codec of this build ({})",
+                        have.join(", ")
+                    ));
+                }
+            }
+            Action::Codecs(list)
+        }
         _ => {
             let name = spec.set.clone().unwrap_or_default();
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
