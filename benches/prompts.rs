@@ -91,6 +91,23 @@ fn receiver() -> UdpSocket {
     socket
 }
 
+/// A receiver thread measuring until its flag is set: where to send, the flag, the thread.
+fn listen() -> (
+    SocketAddr,
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<(u64, Vec<f64>)>,
+) {
+    let socket = receiver();
+    let target = socket.local_addr().expect("addr");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    (
+        target,
+        stop,
+        std::thread::spawn(move || measure(socket, flag)),
+    )
+}
+
 /// Receive until `stop`; per source, lateness of each packet against its RTP timestamp.
 fn measure(socket: UdpSocket, stop: Arc<AtomicBool>) -> (u64, Vec<f64>) {
     let mut first: HashMap<SocketAddr, (Instant, u32)> = HashMap::new();
@@ -138,13 +155,7 @@ fn play(streams: usize, seconds: u64, encoded: &Arc<prompt::EncodedPrompt>) -> S
         codecs: Default::default(),
     })
     .expect("relay");
-    let socket = receiver();
-    let target = socket.local_addr().expect("addr");
-    let stop = Arc::new(AtomicBool::new(false));
-    let listener = {
-        let stop = stop.clone();
-        std::thread::spawn(move || measure(socket, stop))
-    };
+    let (target, stop, listener) = listen();
     let ids: Vec<_> = (0..streams)
         .map(|_| {
             let id = relay.open().expect("stream");
@@ -207,13 +218,7 @@ fn worker_cpu_ns() -> u64 {
 
 /// The floor: one thread sending a frame from each of N sockets every 20 ms.
 fn bare_pacer(streams: usize, seconds: u64, payload: &[u8]) -> Step {
-    let socket = receiver();
-    let target = socket.local_addr().expect("addr");
-    let stop = Arc::new(AtomicBool::new(false));
-    let listener = {
-        let stop = stop.clone();
-        std::thread::spawn(move || measure(socket, stop))
-    };
+    let (target, stop, listener) = listen();
     let senders: Vec<UdpSocket> = (0..streams)
         .map(|_| {
             let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
