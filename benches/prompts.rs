@@ -91,11 +91,14 @@ fn receiver() -> UdpSocket {
     socket
 }
 
+/// Packets received and each one's lateness in ms.
+type Measured = (u64, Vec<f64>);
+
 /// A receiver thread measuring until its flag is set: where to send, the flag, the thread.
 fn listen() -> (
     SocketAddr,
     Arc<AtomicBool>,
-    std::thread::JoinHandle<(u64, Vec<f64>)>,
+    std::thread::JoinHandle<Measured>,
 ) {
     let socket = receiver();
     let target = socket.local_addr().expect("addr");
@@ -109,7 +112,7 @@ fn listen() -> (
 }
 
 /// Receive until `stop`; per source, lateness of each packet against its RTP timestamp.
-fn measure(socket: UdpSocket, stop: Arc<AtomicBool>) -> (u64, Vec<f64>) {
+fn measure(socket: UdpSocket, stop: Arc<AtomicBool>) -> Measured {
     let mut first: HashMap<SocketAddr, (Instant, u32)> = HashMap::new();
     let mut lateness = Vec::new();
     let mut buf = [0u8; 2048];
@@ -129,7 +132,7 @@ fn measure(socket: UdpSocket, stop: Arc<AtomicBool>) -> (u64, Vec<f64>) {
     (lateness.len() as u64, lateness)
 }
 
-fn summarize(expected: u64, (received, mut lateness): (u64, Vec<f64>), cpu: f64) -> Step {
+fn summarize(expected: u64, (received, mut lateness): Measured, cpu: f64) -> Step {
     lateness.sort_by(f64::total_cmp);
     let p99 = lateness
         .get(lateness.len().saturating_sub(1) * 99 / 100)
