@@ -569,6 +569,7 @@ impl Core {
             b_offer: offer,
             b_offer_type: content_type,
             menu: None,
+            answered_by_warden: false,
         };
         self.run_program(&mut call, now);
         self.schedule(&call);
@@ -637,7 +638,7 @@ impl Core {
     /// ringing, a prompt playing, a menu listening) or ends the call.
     fn run_program(&mut self, call: &mut Call, now: Instant) {
         loop {
-            if call.abandoned || call.answered.is_some() {
+            if call.abandoned || call.answered.is_some() || call.state == State::Ending {
                 call.program = None;
                 return;
             }
@@ -681,9 +682,21 @@ impl Core {
                         .map(|r| r.render(&values))
                         .unwrap_or_else(|| reason_phrase(status).to_owned());
                     call.program = None;
+                    if call.answered_by_warden {
+                        // Too late to refuse an answered call: hang up.
+                        return self.program_exhausted(call, now);
+                    }
                     self.decline(call, status, &reason, now);
                     call.state = State::Done;
                     return;
+                }
+                Action::Answer => {
+                    if !call.answered_by_warden && !self.answer_itself(call, now) {
+                        tracing::warn!(
+                            call = call.id,
+                            "answer: the caller offered nothing Warden can play; going on unanswered"
+                        );
+                    }
                 }
                 Action::Redirect(targets) => {
                     let contacts: Vec<String> = targets.iter().map(|t| t.render(&values)).collect();
@@ -697,6 +710,13 @@ impl Core {
                     mode,
                     timeout,
                 } => {
+                    if call.answered_by_warden {
+                        tracing::warn!(
+                            call = call.id,
+                            "bridge after answer: not supported yet (needs a re-INVITE toward the caller); skipped"
+                        );
+                        continue;
+                    }
                     let targets = targets.iter().map(|t| t.render(&values)).collect();
                     let timeout = timeout
                         .unwrap_or(Duration::from_secs(self.config.calls.no_answer_timeout_s));
@@ -747,8 +767,17 @@ impl Core {
         }
     }
 
-    /// The dialplan's actions ran out without an answer: the caller gets the failure.
+    /// The dialplan's actions ran out without an answer: the caller gets the failure (or,
+    /// after Warden answered itself, a BYE).
     fn program_exhausted(&mut self, call: &mut Call, now: Instant) {
+        if call.answered_by_warden {
+            if matches!(call.state, State::Answered | State::Confirmed) {
+                tracing::info!(call = call.id, caller = %call.caller, "dialplan done; Warden hangs up");
+                call.end_reason = Some("dialplan done");
+                self.send_bye(call, Side::A, now);
+            }
+            return;
+        }
         if call.answered.is_some() || call.abandoned || call.state == State::Done {
             return;
         }
@@ -761,6 +790,39 @@ impl Core {
         }
         self.decline(call, status, &reason, now);
         call.state = State::Done;
+    }
+
+    /// Answer the caller with Warden's own SDP (200 OK, retransmitted until the ACK), for
+    /// prompts and menus on an answered call.
+    fn answer_itself(&mut self, call: &mut Call, now: Instant) -> bool {
+        let Some(plan) = call.media.answer_caller(&mut self.media, call.id, true) else {
+            return false;
+        };
+        let mut ok = Response::to_request(&call.a_invite, 200, "OK");
+        ok.set_to_tag(&call.a.local_tag);
+        let _ = ok.push_header("Contact", &self.contact(call.a.dest.transport));
+        let _ = ok.push_header("Server", &self.config.sip.user_agent);
+        ok.set_body(Bytes::from(plan.sdp), Some("application/sdp"));
+        let bytes = ok.to_bytes();
+        self.tx.respond(&call.a_invite_tx, ok, now);
+        tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, "answered by Warden");
+        call.answered_by_warden = true;
+        call.state = State::Answered;
+        call.answered_at = Some(now);
+        call.ring_until = None;
+        self.stats.calls_answered += 1;
+        let t1 = self.config.timers().t1;
+        let reliable = call.a.dest.transport.is_reliable();
+        call.pending_ok = Some(PendingOk {
+            bytes,
+            dest: call.a.dest.clone(),
+            next: if reliable { now + t1 * 64 } else { now + t1 },
+            interval: t1,
+            give_up: now + t1 * 64,
+            cseq: call.a_invite.cseq().map(|c| c.seq).unwrap_or(0),
+            side: Side::A,
+        });
+        true
     }
 
     /// 302 with the targets as Contacts (RFC 3261 21.3.3).
@@ -1450,7 +1512,8 @@ impl Core {
         barge_in: bool,
         now: Instant,
     ) -> bool {
-        let Some(plan) = call.media.answer_caller(&mut self.media, call.id) else {
+        let listen = barge_in || call.answered_by_warden;
+        let Some(plan) = call.media.answer_caller(&mut self.media, call.id, listen) else {
             return false;
         };
         let Some(prompt) = self.prompts.encoded(name, plan.codec) else {

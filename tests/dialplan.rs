@@ -231,3 +231,54 @@ fn a_route_can_force_the_callee_side_codec() {
         "alice keeps her first codec, Warden transcodes: {answered}"
     );
 }
+
+#[test]
+fn warden_answers_itself_plays_a_menu_and_follows_the_key() {
+    let plan = "\
+[[rule]]
+name = \"hotline\"
+when = { ruri_user = '^hotline$' }
+do = [
+  { answer = true },
+  { menu = \"ivr_menu\", choices = { \"1\" = \"sales\" }, timeout = 3 },
+  { play = \"user_unavailable\", repeat = 30 },
+]
+
+[[rule]]
+name = \"sales\"
+when = { ruri_user = '^never$' }
+do = [{ tag = \"sales\" }]
+";
+    let (w, _plan, _dir) = warden_with_plan(plan);
+    let mut alice = Ua::udp("alice", w.port);
+    let invite = alice.invite("hotline");
+    let ok = final_response(&mut alice);
+    assert_eq!(ok.status(), 200, "Warden answers the call itself");
+    let answer = String::from_utf8_lossy(ok.body()).to_string();
+    assert!(
+        answer.contains("a=sendrecv"),
+        "it listens for keys: {answer}"
+    );
+    let mut dialog = alice.dialog_from(&invite, &ok);
+    alice.in_dialog(&mut dialog, "ACK", None);
+    // Key 1 during the menu: the "sales" rule runs (a tag), its actions end and Warden
+    // hangs up; the fallback (two and a half minutes of prompt) would keep the call up
+    // far past the UA's 5 s wait.
+    std::thread::sleep(Duration::from_millis(300));
+    alice.in_dialog_typed(
+        &mut dialog,
+        "INFO",
+        "application/dtmf-relay",
+        Some("Signal=1\r\nDuration=100\r\n"),
+    );
+    let mut got_200 = false;
+    let bye = loop {
+        match alice.recv() {
+            warden::sip::message::Message::Request(r) if r.method().as_str() == "BYE" => break r,
+            warden::sip::message::Message::Response(r) => got_200 |= r.status() == 200,
+            _ => {}
+        }
+    };
+    assert!(got_200, "the INFO was answered");
+    alice.ok(&bye);
+}

@@ -276,10 +276,17 @@ impl MediaSession {
         self.streams.iter().any(Option::is_some)
     }
 
-    /// Warden's own answer to the caller's offer, to play it an announcement: the first
-    /// audio stream in the first offered codec Warden can encode, sendonly; every other
-    /// stream rejected. Returns the stream, the chosen codec and payload type, and the SDP.
-    pub fn answer_caller(&mut self, relay: &mut Relay, session_id: u64) -> Option<Announcement> {
+    /// Warden's own answer to the caller's offer, to play it prompts: the first audio
+    /// stream in the first offered codec Warden can encode (with the caller's
+    /// telephone-event), `sendonly` for an announcement or `sendrecv` when Warden listens
+    /// (a menu's keys); every other stream rejected. Returns the stream, the chosen codec
+    /// and payload type, and the SDP.
+    pub fn answer_caller(
+        &mut self,
+        relay: &mut Relay,
+        session_id: u64,
+        listen: bool,
+    ) -> Option<Announcement> {
         let offer = self.caller_offer.as_ref()?;
         let (index, format, codec) = offer.media.iter().enumerate().find_map(|(i, m)| {
             (m.kind == "audio" && m.port != 0)
@@ -326,7 +333,12 @@ impl MediaSession {
                     sdp.push_str(line);
                     sdp.push_str("\r\n");
                 }
-                sdp.push_str("a=ptime:20\r\na=sendonly\r\n");
+                sdp.push_str("a=ptime:20\r\n");
+                sdp.push_str(if listen {
+                    "a=sendrecv\r\n"
+                } else {
+                    "a=sendonly\r\n"
+                });
             } else {
                 sdp.push_str(&offer.rejected_media_line(i));
                 sdp.push_str("\r\n");

@@ -99,6 +99,9 @@ pub enum Action {
         /// `calls.no_answer_timeout_s`.
         timeout: Option<Duration>,
     },
+    /// Warden answers the caller itself (200 OK with its own SDP): prompts and menus after
+    /// this are heard on an answered call; when the actions run out Warden hangs up.
+    Answer,
     Screen(String),
     Play {
         prompt: Template,

@@ -100,6 +100,7 @@ struct ActionSpec {
     tag: Option<String>,
     set: Option<String>,
     codecs: Option<OneOrMany>,
+    answer: Option<bool>,
 }
 
 /// Line (1-based) of a byte offset.
@@ -338,11 +339,12 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
         ("tag", spec.tag.is_some()),
         ("set", spec.set.is_some()),
         ("codecs", spec.codecs.is_some()),
+        ("answer", spec.answer == Some(true)),
     ];
     let present: Vec<&str> = kinds.iter().filter(|(_, p)| *p).map(|(k, _)| *k).collect();
     let kind = match present.as_slice() {
         [one] => *one,
-        [] => return Err("an action needs one of: bridge, screen, play, menu, reject, redirect, set_header, remove_header, tag, set, codecs".into()),
+        [] => return Err("an action needs one of: bridge, screen, play, menu, reject, redirect, set_header, remove_header, tag, set, codecs, answer = true".into()),
         many => return Err(format!("one action per table, found {}", many.join(" and "))),
     };
     let options = [
@@ -433,6 +435,7 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
             header_name(&name)?;
             Action::RemoveHeader(name)
         }
+        "answer" => Action::Answer,
         "tag" => Action::Tag(template("tag", spec.tag.as_deref().unwrap_or_default())?),
         "codecs" => {
             let list = spec
