@@ -1307,6 +1307,17 @@ impl Core {
             return;
         };
         let status = resp.status();
+        if (200..300).contains(&status) && call.answered == Some(index) {
+            // The callee retransmits its answer until our ACK reaches it (RFC 6026): send
+            // the ACK again once the caller's has let us send it; before that, wait.
+            if let Some(b) = call.branches.get(index)
+                && let Some(ack) = &b.ack
+            {
+                self.out
+                    .push_back(Output::Send(b.leg.dest.clone(), ack.clone()));
+            }
+            return self.finish_or_keep(call);
+        }
         let already_answered = call.answered.is_some() && call.answered != Some(index);
         if (200..300).contains(&status) && (already_answered || call.abandoned) {
             if let Some(b) = call.branches.get_mut(index) {

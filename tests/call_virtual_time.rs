@@ -483,3 +483,31 @@ fn a_menu_collects_the_callers_digits_until_the_terminator_or_a_timeout() {
         "no such call"
     );
 }
+
+#[test]
+fn an_answer_retransmitted_before_the_callers_ack_is_absorbed() {
+    let mut h = Harness::new();
+    h.invite();
+    let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    let ok = callee_answer(&b_invite, 200);
+    h.send(Message::Response(ok.clone()), BOB);
+    let a_ok = responses_to(&h.sent(), ALICE)[0].clone();
+    assert_eq!(a_ok.status(), 200);
+    // Bob did not get an ACK yet (the caller's is slow) and sends his 200 again.
+    h.advance(Duration::from_millis(400));
+    h.send(Message::Response(ok.clone()), BOB);
+    let out = h.sent();
+    assert!(
+        responses_to(&out, ALICE).is_empty(),
+        "not relayed as a new answer"
+    );
+    assert!(
+        requests_to(&out, BOB, "ACK").is_empty(),
+        "the ACK waits for the caller's"
+    );
+    ack_from_alice(&mut h, &a_ok);
+    assert_eq!(requests_to(&h.sent(), BOB, "ACK").len(), 1);
+    // Once ACKed, a late retransmission is ACKed again.
+    h.send(Message::Response(ok), BOB);
+    assert_eq!(requests_to(&h.sent(), BOB, "ACK").len(), 1);
+}
