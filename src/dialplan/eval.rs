@@ -360,6 +360,25 @@ do = [{ play = "closed" }]
     }
 
     #[test]
+    fn the_screening_example_routes_by_number() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/dialplans/screening.toml");
+        let p = Dialplan::load(std::path::Path::new(path)).unwrap_or_else(|e| panic!("{e}"));
+        for (number, rule) in [
+            ("0041441234567", "international"),
+            ("0441234567", "national"),
+            ("alice", "user by name or extension"),
+            ("1042", "user by name or extension"),
+            ("12345", "unknown number"),
+        ] {
+            assert_eq!(first(&p, &facts(number)).as_deref(), Some(rule), "{number}");
+        }
+        let d = p.evaluate(&facts("0041441234567")).expect("match");
+        assert!(
+            matches!(&d.rule.actions[1], Action::Screen(profile) if profile == "international")
+        );
+    }
+
+    #[test]
     fn actions_check_their_arguments() {
         let bad = [
             ("{ bridge = [] }", "at least one target"),
