@@ -21,6 +21,7 @@ pub struct Config {
     pub calls: CallConfig,
     pub media: MediaConfig,
     pub dialplan: DialplanConfig,
+    pub ims: ImsConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
 }
@@ -118,6 +119,26 @@ impl Default for CallConfig {
             max_calls: 100_000,
             announce_failures: false,
         }
+    }
+}
+
+/// Warden as an IMS application server (3GPP TS 24.229).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImsConfig {
+    /// Addresses or networks of the S-CSCFs whose initial requests Warden serves as an AS:
+    /// only theirs may set the session case (`orig` Route, P-Served-User), and only their
+    /// calls may go on along their Route set (the dialplan target `ims`). Empty: no IMS.
+    pub trusted_scscf: Vec<String>,
+}
+
+impl ImsConfig {
+    /// The trusted networks (validation has refused bad entries).
+    pub fn trusted(&self) -> Vec<(IpAddr, u8)> {
+        self.trusted_scscf
+            .iter()
+            .filter_map(|t| crate::dialplan::parse_network(t).ok())
+            .collect()
     }
 }
 
@@ -284,6 +305,10 @@ impl Config {
             m.latching
         );
         anyhow::ensure!(m.rtp_timeout_s > 0, "media.rtp_timeout_s must be above 0");
+        for t in &self.ims.trusted_scscf {
+            crate::dialplan::parse_network(t)
+                .map_err(|e| anyhow::anyhow!("ims.trusted_scscf: {e}"))?;
+        }
         for name in &m.transcode {
             anyhow::ensure!(
                 codec::all()

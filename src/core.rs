@@ -89,6 +89,8 @@ pub struct Core {
     prompts: Prompts,
     /// How calls are routed.
     dialplan: Arc<Dialplan>,
+    /// S-CSCFs whose requests Warden serves as an IMS application server.
+    trusted_scscf: Vec<(std::net::IpAddr, u8)>,
     /// Wall-clock seconds of the latest input (registrations expire by it; rules with
     /// time windows look at it).
     unix_s: u64,
@@ -106,6 +108,7 @@ impl Core {
     ) -> Core {
         Core {
             transcodable: config.media.transcodable(),
+            trusted_scscf: config.ims.trusted(),
             tx: Transactions::new(config.timers()),
             config,
             registrar,
@@ -570,6 +573,7 @@ impl Core {
             b_offer_type: content_type,
             menu: None,
             answered_by_warden: false,
+            b_route: Vec::new(),
         };
         self.run_program(&mut call, now);
         self.schedule(&call);
@@ -610,10 +614,12 @@ impl Core {
                 None
             }
         });
-        let session_case = if top_route_orig {
-            Some(SessionCase::Originating)
-        } else {
-            served_user_case
+        // Only a trusted S-CSCF may say whom Warden serves.
+        let trusted = crate::dialplan::in_networks(from.addr.ip(), &self.trusted_scscf);
+        let session_case = match (trusted, top_route_orig) {
+            (false, _) => None,
+            (true, true) => Some(SessionCase::Originating),
+            (true, false) => served_user_case.or(Some(SessionCase::Terminating)),
         };
         CallFacts {
             ruri_user: req.uri().user().unwrap_or_default(),
@@ -881,6 +887,9 @@ impl Core {
     /// Where a bridge target rings: `user:NAME` is every contact NAME has registered; a
     /// SIP URI with an IP address goes there directly. Failures are noted on the call.
     fn resolve_target(&mut self, call: &mut Call, target: &str) -> Vec<(String, Destination)> {
+        if target == "ims" {
+            return self.ims_target(call).into_iter().collect();
+        }
         if let Some(user) = target.strip_prefix("user:") {
             let bindings: Vec<(String, Destination)> = self
                 .registrar
@@ -914,6 +923,52 @@ impl Core {
         }
     }
 
+    /// The IMS way on (3GPP TS 24.229 5.7.5, AS as B2BUA): the initial request goes back to
+    /// the S-CSCF along the Route set it came with, minus Warden's own entry on top (the
+    /// S-CSCF's entry keeps its original dialog identifier), to the same Request-URI, with
+    /// P-Charging-Vector (its ICID) and P-Asserted-Identity carried across.
+    fn ims_target(&mut self, call: &mut Call) -> Option<(String, Destination)> {
+        let req = &call.a_invite;
+        let trusted = crate::dialplan::in_networks(call.a.dest.addr.ip(), &self.trusted_scscf);
+        let routes: Vec<String> = req
+            .headers("Route")
+            .iter()
+            .flat_map(|h| split_route_values(h))
+            .skip(1)
+            .collect();
+        let first = routes.first().and_then(|r| {
+            let uri = r
+                .trim()
+                .trim_start_matches('<')
+                .split('>')
+                .next()?
+                .to_owned();
+            direct_destination(&uri)
+        });
+        let Some(dest) = first.filter(|_| trusted) else {
+            tracing::warn!(
+                call = call.id,
+                trusted,
+                routes = routes.len(),
+                "bridge to ims: not from a trusted S-CSCF, or no Route to go on along (an IP address is needed)"
+            );
+            call.note_failure(403, "Forbidden");
+            return None;
+        };
+        for name in ["P-Charging-Vector", "P-Asserted-Identity"] {
+            if let Some(value) = req.header(name)
+                && !call
+                    .b_headers
+                    .iter()
+                    .any(|(n, _)| n.eq_ignore_ascii_case(name))
+            {
+                call.b_headers.push((name.to_owned(), Some(value)));
+            }
+        }
+        call.b_route = routes;
+        Some((req.uri().to_string(), dest))
+    }
+
     /// Send the callee-side INVITE of a new branch toward `contact` at `dest`.
     fn add_branch(&mut self, call: &mut Call, contact: &str, dest: Destination, now: Instant) {
         let req = &call.a_invite;
@@ -924,7 +979,7 @@ impl Core {
             remote_uri: strip_tag(&req.header("To").unwrap_or_default()),
             remote_tag: None,
             target: contact.to_owned(),
-            route: Vec::new(),
+            route: std::mem::take(&mut call.b_route),
             cseq: 0,
             dest: dest.clone(),
         };
@@ -2063,6 +2118,29 @@ static CODEC_FOR_LENGTH: std::sync::LazyLock<&'static Codec> = std::sync::LazyLo
         .first()
         .expect("a codec is always built in")
 });
+
+/// The values of a Route header line (a comma-separated list of name-addrs).
+fn split_route_values(line: &str) -> Vec<String> {
+    let mut values = Vec::new();
+    let mut current = String::new();
+    let mut in_angle = false;
+    for c in line.chars() {
+        match c {
+            '<' => in_angle = true,
+            '>' => in_angle = false,
+            ',' if !in_angle => {
+                values.push(std::mem::take(&mut current).trim().to_owned());
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    if !current.trim().is_empty() {
+        values.push(current.trim().to_owned());
+    }
+    values
+}
 
 fn strip_tag(header: &str) -> String {
     // Remove a ;tag=... header parameter (outside <>), keeping the rest of the value.

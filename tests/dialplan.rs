@@ -282,3 +282,81 @@ do = [{ tag = \"sales\" }]
     assert!(got_200, "the INFO was answered");
     alice.ok(&bye);
 }
+
+#[test]
+fn as_an_ims_application_server_the_call_goes_back_along_the_scscfs_route() {
+    // One test UA plays the S-CSCF: it sends the initial INVITE to Warden and receives
+    // the B-leg Warden sends back along the remaining Route.
+    let mut scscf = Ua::udp("scscf", 9);
+    let plan = "\
+[[rule]]
+name = \"originating\"
+when = { session_case = \"originating\" }
+do = [{ tag = \"ims-orig\" }, { bridge = \"ims\" }]
+
+[[rule]]
+name = \"anything else\"
+do = [{ reject = 403, reason = \"Not an IMS session\" }]
+";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("plan.toml");
+    std::fs::write(&path, plan).expect("write plan");
+    let w = Warden::start_with(&format!(
+        "[dialplan]\nfile = \"{}\"\n[ims]\ntrusted_scscf = [\"127.0.0.0/8\"]\n",
+        path.display()
+    ));
+    scscf.server = w.addr();
+    let own_route = format!("<sip:127.0.0.1:{};lr;odi=d1a2b3>", scscf.local.port());
+    let routes = format!(
+        "Route: <sip:127.0.0.1:{};lr;orig>, {own_route}\r\n\
+         P-Charging-Vector: icid-value=AyretyU0dm+6O2IrT5tAFrbHLso=023551024;orig-ioi=home1.net\r\n\
+         P-Asserted-Identity: <sip:+41441234567@ims.example.net>\r\n",
+        w.port
+    );
+    scscf.invite_with(
+        "+41449999999",
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n",
+        &routes,
+    );
+    let b_leg = scscf.recv_request("INVITE");
+    assert_eq!(
+        b_leg.uri().user().as_deref(),
+        Some("+41449999999"),
+        "same Request-URI"
+    );
+    assert_eq!(
+        b_leg.headers("Route"),
+        vec![own_route.clone()],
+        "the S-CSCF's own Route, odi kept"
+    );
+    assert_eq!(
+        b_leg.header("P-Charging-Vector").as_deref(),
+        Some("icid-value=AyretyU0dm+6O2IrT5tAFrbHLso=023551024;orig-ioi=home1.net"),
+        "ICID unchanged"
+    );
+    assert_eq!(
+        b_leg.header("P-Asserted-Identity").as_deref(),
+        Some("<sip:+41441234567@ims.example.net>")
+    );
+    assert_ne!(
+        b_leg.call_id(),
+        Some(scscf.call_id.clone()),
+        "a B2BUA's own dialog"
+    );
+    scscf.answer(&b_leg, 200, true);
+    let ok = final_response(&mut scscf);
+    assert_eq!(ok.status(), 200, "the answer comes back on the A-leg");
+
+    // The same request from an address that is not a trusted S-CSCF: no session case.
+    let w2 = Warden::start_with(&format!(
+        "[dialplan]\nfile = \"{}\"\n[ims]\ntrusted_scscf = [\"192.0.2.1\"]\n",
+        path.display()
+    ));
+    let mut stranger = Ua::udp("stranger", w2.port);
+    stranger.invite_with("+41449999999", "", &routes);
+    let refused = final_response(&mut stranger);
+    assert_eq!(
+        (refused.status(), refused.reason().as_str()),
+        (403, "Not an IMS session")
+    );
+}

@@ -152,6 +152,8 @@ pub struct Call {
     /// Warden's offer toward callees (the caller's, anchored and widened) and its type.
     pub b_offer: Bytes,
     pub b_offer_type: Option<String>,
+    /// The Route set for the next callee-side INVITE (the IMS way on), taken by it.
+    pub b_route: Vec<String>,
     /// Warden answered the caller itself (a dialplan `answer`): no callee leg.
     pub answered_by_warden: bool,
     /// A menu waiting for the caller's key: key -> the rule to go on with.

@@ -142,7 +142,8 @@ fn holds(condition: &Condition, facts: &CallFacts) -> bool {
     }
 }
 
-fn in_network(addr: IpAddr, net: IpAddr, len: u8) -> bool {
+/// Is `addr` in the network `net`/`len`?
+pub(crate) fn in_network(addr: IpAddr, net: IpAddr, len: u8) -> bool {
     // An IPv4 peer seen on a dual-stack socket arrives as ::ffff:a.b.c.d.
     let addr = match addr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),

@@ -127,6 +127,17 @@ pub enum Action {
     Set(String, Template),
 }
 
+/// Parse an address or CIDR (for config lists of trusted peers).
+pub fn parse_network(text: &str) -> Result<(IpAddr, u8), String> {
+    spec::cidr(text)
+}
+
+/// Is `addr` in any of `nets`?
+pub fn in_networks(addr: IpAddr, nets: &[(IpAddr, u8)]) -> bool {
+    nets.iter()
+        .any(|(net, len)| eval::in_network(addr, *net, *len))
+}
+
 /// The dialplan shipped in `dialplans/default.toml`, built into the binary.
 pub const DEFAULT: &str = include_str!("../../dialplans/default.toml");
 

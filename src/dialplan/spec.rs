@@ -194,7 +194,7 @@ fn conditions(
             .iter()
             .map(|s| cidr(s))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| (at(&source.span()), e))?;
+            .map_err(|e| (at(&source.span()), format!("source {e}")))?;
         out.push(Condition::Source(nets));
     }
     if let Some(transport) = &when.transport {
@@ -239,7 +239,8 @@ fn conditions(
     Ok(out)
 }
 
-fn cidr(text: &str) -> Result<(IpAddr, u8), String> {
+/// An address or network (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.1`).
+pub(crate) fn cidr(text: &str) -> Result<(IpAddr, u8), String> {
     let (addr, len) = match text.split_once('/') {
         Some((a, l)) => (a, Some(l)),
         None => (text, None),
@@ -247,7 +248,7 @@ fn cidr(text: &str) -> Result<(IpAddr, u8), String> {
     let ip: IpAddr = addr
         .trim()
         .parse()
-        .map_err(|_| format!("source {text:?}: not an IP address or CIDR"))?;
+        .map_err(|_| format!("{text:?}: not an IP address or CIDR"))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let len = match len {
         Some(l) => l
@@ -255,7 +256,7 @@ fn cidr(text: &str) -> Result<(IpAddr, u8), String> {
             .parse::<u8>()
             .ok()
             .filter(|l| *l <= max)
-            .ok_or_else(|| format!("source {text:?}: prefix length must be 0-{max}"))?,
+            .ok_or_else(|| format!("{text:?}: prefix length must be 0-{max}"))?,
         None => max,
     };
     Ok((ip, len))
