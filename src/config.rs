@@ -22,6 +22,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub dialplan: DialplanConfig,
     pub ims: ImsConfig,
+    pub dns: DnsConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
 }
@@ -120,6 +121,43 @@ impl Default for CallConfig {
             announce_failures: false,
         }
     }
+}
+
+/// DNS for bridge targets: ENUM and host names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers as "IP" or "IP:PORT"; empty: the system's (/etc/resolv.conf).
+    pub servers: Vec<String>,
+    /// Where ENUM looks numbers up (RFC 6116).
+    pub enum_suffix: String,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            enum_suffix: "e164.arpa".into(),
+        }
+    }
+}
+
+impl DnsConfig {
+    /// The servers as socket addresses (validation has refused bad ones).
+    pub fn servers(&self) -> Vec<SocketAddr> {
+        self.servers
+            .iter()
+            .filter_map(|s| parse_server(s))
+            .collect()
+    }
+}
+
+fn parse_server(text: &str) -> Option<SocketAddr> {
+    text.parse::<SocketAddr>().ok().or_else(|| {
+        text.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 53))
+    })
 }
 
 /// Warden as an IMS application server (3GPP TS 24.229).
@@ -305,6 +343,16 @@ impl Config {
             m.latching
         );
         anyhow::ensure!(m.rtp_timeout_s > 0, "media.rtp_timeout_s must be above 0");
+        for server in &self.dns.servers {
+            anyhow::ensure!(
+                parse_server(server).is_some(),
+                "dns.servers: {server:?} is not an IP address or IP:PORT"
+            );
+        }
+        anyhow::ensure!(
+            !self.dns.enum_suffix.trim_matches('.').is_empty(),
+            "dns.enum_suffix must name a domain"
+        );
         for t in &self.ims.trusted_scscf {
             crate::dialplan::parse_network(t)
                 .map_err(|e| anyhow::anyhow!("ims.trusted_scscf: {e}"))?;

@@ -24,6 +24,7 @@ use crate::call::{
 };
 use crate::config::Config;
 use crate::dialplan::{Action, BridgeMode, CallFacts, Dialplan, SessionCase};
+use crate::dns::{Found, Lookup, literal_destination};
 use crate::registrar::{Change, Registrar};
 use crate::sip::dtmf_relay;
 use crate::sip::message::{Malformed, Message, Method, NameAddr, Request, Response, Uri, Via};
@@ -35,6 +36,12 @@ use crate::sip::transport::{Destination, Transport};
 pub enum Output {
     Send(Destination, Bytes),
     Store(Change),
+    /// Look a bridge target up in DNS; answer with `Core::handle_resolved(call, attempt, ..)`.
+    Resolve {
+        call: u64,
+        attempt: u64,
+        lookup: Lookup,
+    },
 }
 
 const ALLOW: &str =
@@ -89,6 +96,8 @@ pub struct Core {
     prompts: Prompts,
     /// How calls are routed.
     dialplan: Arc<Dialplan>,
+    /// Bridge attempts are numbered so a late DNS answer finds (or misses) its own.
+    next_attempt: u64,
     /// S-CSCFs whose requests Warden serves as an IMS application server.
     trusted_scscf: Vec<(std::net::IpAddr, u8)>,
     /// Wall-clock seconds of the latest input (registrations expire by it; rules with
@@ -109,6 +118,7 @@ impl Core {
         Core {
             transcodable: config.media.transcodable(),
             trusted_scscf: config.ims.trusted(),
+            next_attempt: 1,
             tx: Transactions::new(config.timers()),
             config,
             registrar,
@@ -733,6 +743,8 @@ impl Core {
                             timeout,
                             next_target: 0,
                             first_branch: call.branches.len(),
+                            serial: 0,
+                            pending_lookups: 0,
                         });
                     }
                     if self.try_bridge(call, now) {
@@ -860,20 +872,38 @@ impl Core {
             };
             attempt.next_target += 1;
             attempt.first_branch = call.branches.len();
+            attempt.serial = self.next_attempt;
+            attempt.pending_lookups = 0;
+            self.next_attempt += 1;
             let (timeout, sequential) = (attempt.timeout, attempt.mode == BridgeMode::Sequential);
             if batch.is_empty() {
                 return false;
             }
             for target in &batch {
-                for (contact, dest) in self.resolve_target(call, target) {
-                    self.add_branch(call, &contact, dest, now);
+                match self.resolve_target(call, target) {
+                    Ok(found) => {
+                        for (contact, dest) in found {
+                            self.add_branch(call, &contact, dest, now);
+                        }
+                    }
+                    Err(lookup) => {
+                        let attempt = call.program.as_mut().and_then(|p| p.bridge.as_mut());
+                        if let Some(a) = attempt {
+                            a.pending_lookups += 1;
+                            self.out.push_back(Output::Resolve {
+                                call: call.id,
+                                attempt: a.serial,
+                                lookup,
+                            });
+                        }
+                    }
                 }
             }
             let started = call
                 .program
                 .as_ref()
                 .and_then(|p| p.bridge.as_ref())
-                .is_some_and(|a| call.branches.len() > a.first_branch);
+                .is_some_and(|a| call.branches.len() > a.first_branch || a.pending_lookups > 0);
             if started {
                 call.ring_until = Some(now + timeout);
                 return true;
@@ -886,9 +916,14 @@ impl Core {
 
     /// Where a bridge target rings: `user:NAME` is every contact NAME has registered; a
     /// SIP URI with an IP address goes there directly. Failures are noted on the call.
-    fn resolve_target(&mut self, call: &mut Call, target: &str) -> Vec<(String, Destination)> {
+    fn resolve_target(&mut self, call: &mut Call, target: &str) -> Result<Vec<Found>, Lookup> {
         if target == "ims" {
-            return self.ims_target(call).into_iter().collect();
+            return Ok(self.ims_target(call).into_iter().collect());
+        }
+        if let Some(number) = target.strip_prefix("enum:") {
+            return Err(Lookup::Enum {
+                number: number.to_owned(),
+            });
         }
         if let Some(user) = target.strip_prefix("user:") {
             let bindings: Vec<(String, Destination)> = self
@@ -907,20 +942,48 @@ impl Core {
                 );
                 call.note_failure(status, reason_phrase(status));
             }
-            return bindings;
+            return Ok(bindings);
         }
-        match direct_destination(target) {
-            Some(dest) => vec![(target.to_owned(), dest)],
-            None => {
-                tracing::warn!(
-                    call = call.id,
-                    target,
-                    "bridge target is not a user: or a sip: URI with an IP address; skipped"
-                );
-                call.note_failure(502, "Bad Gateway");
-                Vec::new()
+        if let Some(dest) = literal_destination(target) {
+            return Ok(vec![(target.to_owned(), dest)]);
+        }
+        if Uri::parse(target).is_ok_and(|u| u.is_sip()) {
+            return Err(Lookup::Host {
+                uri: target.to_owned(),
+            });
+        }
+        tracing::warn!(
+            call = call.id,
+            target,
+            "bridge target is not user:, enum:, ims or a SIP URI; skipped"
+        );
+        call.note_failure(502, "Bad Gateway");
+        Ok(Vec::new())
+    }
+
+    /// The driver's answer to an `Output::Resolve`: ring what it found, if the bridge
+    /// attempt that asked is still the current one.
+    pub fn handle_resolved(&mut self, id: u64, attempt: u64, found: Vec<Found>, now: Instant) {
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
+        let current = call
+            .program
+            .as_mut()
+            .and_then(|p| p.bridge.as_mut())
+            .filter(|a| a.serial == attempt);
+        if let Some(a) = current {
+            a.pending_lookups = a.pending_lookups.saturating_sub(1);
+            if found.is_empty() {
+                call.note_failure(404, reason_phrase(404));
             }
+            for (contact, dest) in found {
+                self.add_branch(&mut call, &contact, dest, now);
+            }
+            self.end_if_every_branch_failed(&mut call, now);
+            self.schedule(&call);
         }
+        self.finish_or_keep(call);
     }
 
     /// The IMS way on (3GPP TS 24.229 5.7.5, AS as B2BUA): the initial request goes back to
@@ -943,7 +1006,7 @@ impl Core {
                 .split('>')
                 .next()?
                 .to_owned();
-            direct_destination(&uri)
+            literal_destination(&uri)
         });
         let Some(dest) = first.filter(|_| trusted) else {
             tracing::warn!(
@@ -1506,9 +1569,15 @@ impl Core {
             .and_then(|p| p.bridge.as_ref())
             .map(|a| a.first_branch)
         {
-            let attempt_over = call.branches[first.min(call.branches.len())..]
-                .iter()
-                .all(|b| b.final_status.is_some());
+            let lookups_pending = call
+                .program
+                .as_ref()
+                .and_then(|p| p.bridge.as_ref())
+                .is_some_and(|a| a.pending_lookups > 0);
+            let attempt_over = !lookups_pending
+                && call.branches[first.min(call.branches.len())..]
+                    .iter()
+                    .all(|b| b.final_status.is_some());
             if attempt_over && !call.abandoned {
                 self.bridge_failed(call, now);
             }
@@ -2093,23 +2162,6 @@ fn route_set(values: Result<Vec<NameAddr>, Malformed>, reverse: bool) -> Vec<Str
         route.reverse();
     }
     route
-}
-
-/// A bridge target that names its destination: a SIP URI whose host is an IP address
-/// (port 5060 unless given; `transport=tcp` for TCP).
-fn direct_destination(target: &str) -> Option<Destination> {
-    let uri = Uri::parse(target).ok()?;
-    let ip: std::net::IpAddr = uri.host()?.trim_matches(['[', ']']).parse().ok()?;
-    let transport = match uri.transport().as_deref() {
-        Some("tcp") => Transport::Tcp,
-        None | Some("udp") => Transport::Udp,
-        Some(_) => return None,
-    };
-    Some(Destination {
-        transport,
-        addr: std::net::SocketAddr::new(ip, uri.port().unwrap_or(5060)),
-        conn: None,
-    })
 }
 
 /// Any codec the built-in prompts can be encoded in, for measuring their length.

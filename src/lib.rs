@@ -6,6 +6,7 @@ pub mod call;
 pub mod config;
 pub mod core;
 pub mod dialplan;
+pub mod dns;
 pub mod e164;
 pub mod prompts;
 pub mod registrar;

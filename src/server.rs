@@ -89,6 +89,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let prompts = crate::prompts::load(&config)?;
     let registrar = Registrar::new(config.registrar.clone(), loaded);
     let dialplan_file = config.dialplan.file.clone();
+    let resolver = crate::dns::resolver(&config.dns)?;
+    let enum_suffix = config.dns.enum_suffix.clone();
+    let (resolved_tx, mut resolved) = mpsc::unbounded_channel();
     let plan = Dialplan::from_config(dialplan_file.as_ref())?;
     let mut core = Core::new(config, registrar, advertised, relay, prompts);
     core.set_dialplan(plan);
@@ -109,6 +112,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 while let Ok(event) = inbound.try_recv() {
                     handle(&mut core, &mut transmitter, event, now);
                 }
+            }
+            Some((call, attempt, found)) = resolved.recv() => {
+                core.handle_resolved(call, attempt, found, Instant::now());
             }
             Some(event) = media_events.recv() => {
                 core.handle_media_event(event, Instant::now());
@@ -133,6 +139,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Output::Send(dest, bytes) => transmitter.send(&dest, bytes),
                 Output::Store(change) => {
                     let _ = store_tx.send(change);
+                }
+                Output::Resolve {
+                    call,
+                    attempt,
+                    lookup,
+                } => {
+                    let (resolver, suffix, tx) =
+                        (resolver.clone(), enum_suffix.clone(), resolved_tx.clone());
+                    tokio::spawn(async move {
+                        let found = crate::dns::resolve(&resolver, &lookup, &suffix).await;
+                        let _ = tx.send((call, attempt, found));
+                    });
                 }
             }
         }

@@ -360,3 +360,94 @@ do = [{ reject = 403, reason = \"Not an IMS session\" }]
         (403, "Not an IMS session")
     );
 }
+
+/// A small DNS server for the test: every NAPTR query gets one terminal E2U+sip record
+/// with `regexp`; other queries get an empty answer. The names asked for are recorded.
+fn naptr_server(regexp: String) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind dns");
+    let port = socket.local_addr().expect("addr").port();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let query = &buf[..n];
+            if n < 12 {
+                continue;
+            }
+            // The question: labels up to the root, then type and class.
+            let (mut at, mut labels) = (12, Vec::new());
+            while at < n && query[at] != 0 {
+                let len = query[at] as usize;
+                labels.push(
+                    String::from_utf8_lossy(&query[at + 1..(at + 1 + len).min(n)]).into_owned(),
+                );
+                at += 1 + len;
+            }
+            let end = (at + 5).min(n);
+            let qtype = u16::from_be_bytes([query[at + 1], query[at + 2]]);
+            seen.lock().expect("lock").push(labels.join("."));
+            let mut reply = Vec::new();
+            reply.extend_from_slice(&query[..2]); // ID
+            reply.extend_from_slice(&[0x85, 0x80]); // response, authoritative, recursion
+            let answers: u16 = if qtype == 35 { 1 } else { 0 };
+            reply.extend_from_slice(&[0, 1]);
+            reply.extend_from_slice(&answers.to_be_bytes());
+            reply.extend_from_slice(&[0, 0, 0, 0]);
+            reply.extend_from_slice(&query[12..end]);
+            if answers == 1 {
+                let mut rdata = vec![0, 10, 0, 10];
+                for text in ["u", "E2U+sip", regexp.as_str()] {
+                    rdata.push(text.len() as u8);
+                    rdata.extend_from_slice(text.as_bytes());
+                }
+                rdata.push(0); // replacement: the root
+                reply.extend_from_slice(&[0xc0, 0x0c, 0, 35, 0, 1, 0, 0, 0, 60]);
+                reply.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+                reply.extend_from_slice(&rdata);
+            }
+            let _ = socket.send_to(&reply, from);
+        }
+    });
+    (port, asked)
+}
+
+#[test]
+fn enum_routes_a_number_to_the_uri_its_naptr_record_gives() {
+    let mut bob = Ua::udp("bob", 9);
+    let (dns_port, asked) = naptr_server(format!(
+        "!^\\+41(.*)$!sip:bob-\\1@127.0.0.1:{}!",
+        bob.local.port()
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("plan.toml");
+    std::fs::write(
+        &path,
+        "[[rule]]\nname = \"e164\"\nwhen = { ruri_user = '^\\+\\d+$' }\ndo = [{ bridge = \"enum:${callee}\" }]\n",
+    )
+    .expect("write plan");
+    let w = Warden::start_with(&format!(
+        "[dialplan]\nfile = \"{}\"\n[dns]\nservers = [\"127.0.0.1:{dns_port}\"]\n",
+        path.display()
+    ));
+    bob.server = w.addr();
+    let mut alice = Ua::udp("alice", w.port);
+    alice.invite("+41441234567");
+    let invite = bob.recv_request("INVITE");
+    assert_eq!(
+        invite.uri().user().as_deref(),
+        Some("bob-441234567"),
+        "the NAPTR regexp applied to the number"
+    );
+    assert!(
+        asked
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|name| name == "7.6.5.4.3.2.1.4.4.1.4.e164.arpa"),
+        "asked for the number's ENUM domain: {:?}",
+        asked.lock().expect("lock")
+    );
+    bob.answer(&invite, 200, true);
+    assert_eq!(final_response(&mut alice).status(), 200);
+}

@@ -194,6 +194,9 @@ pub struct BridgeAttempt {
     pub next_target: usize,
     /// Branches from this index on belong to the current attempt.
     pub first_branch: usize,
+    /// The attempt's number, and the DNS lookups it still waits for.
+    pub serial: u64,
+    pub pending_lookups: usize,
 }
 
 impl Call {
