@@ -23,6 +23,7 @@ pub struct Config {
     pub dialplan: DialplanConfig,
     pub ims: ImsConfig,
     pub dns: DnsConfig,
+    pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
 }
@@ -259,6 +260,22 @@ impl MediaConfig {
             Latching::Follow
         } else {
             Latching::Strict
+        }
+    }
+}
+
+/// The running process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where the running server writes its process id (`warden reload` reads it).
+    pub pid_file: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            pid_file: PathBuf::from("data/warden.pid"),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The `warden` command: `warden [run]` starts the server, `warden check` validates the config,
-//! `warden codecs` lists the codecs this build has.
+//! `warden codecs` lists the codecs this build has, `warden reload` has the running
+//! server reload its dialplan.
 
 use std::path::PathBuf;
 
@@ -29,6 +30,9 @@ enum Command {
     Check,
     /// List the codecs this build can transcode (Opus needs `--features opus`).
     Codecs,
+    /// Check the dialplan, then have the running server reload it (SIGHUP to the process
+    /// in `server.pid_file`).
+    Reload,
 }
 
 fn load(path: &Option<PathBuf>) -> anyhow::Result<Config> {
@@ -55,6 +59,44 @@ fn print_codecs() {
     }
 }
 
+/// `warden reload`: refuse a broken dialplan here, with its file and line, before the
+/// server ever sees it; else signal the server.
+fn reload(config: &Config) -> std::process::ExitCode {
+    let plan = match Dialplan::from_config(config.dialplan.file.as_ref()) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("warden: dialplan {e}; the server keeps its current plan");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let path = &config.server.pid_file;
+    let pid = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse::<libc::pid_t>().ok())
+        .filter(|pid| *pid > 0);
+    let Some(pid) = pid else {
+        eprintln!(
+            "warden: no running server: {} is missing or unreadable",
+            path.display()
+        );
+        return std::process::ExitCode::FAILURE;
+    };
+    // SAFETY: kill with a positive pid read from our pid file and a valid signal number.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        eprintln!(
+            "warden: cannot signal process {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        return std::process::ExitCode::FAILURE;
+    }
+    println!(
+        "dialplan {} ({} rules) checked; reload sent to process {pid}",
+        plan.origin,
+        plan.rules.len()
+    );
+    std::process::ExitCode::SUCCESS
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Some(Command::Codecs)) {
@@ -68,6 +110,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if matches!(cli.command, Some(Command::Reload)) {
+        return reload(&config);
+    }
     if matches!(cli.command, Some(Command::Check)) {
         return match Dialplan::from_config(config.dialplan.file.as_ref()) {
             Ok(plan) => {

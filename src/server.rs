@@ -93,6 +93,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let enum_suffix = config.dns.enum_suffix.clone();
     let (resolved_tx, mut resolved) = mpsc::unbounded_channel();
     let plan = Dialplan::from_config(dialplan_file.as_ref())?;
+    let pid_file = PidFile::write(&config.server.pid_file)?;
     let mut core = Core::new(config, registrar, advertised, relay, prompts);
     core.set_dialplan(plan);
     let mut shutdown = Box::pin(shutdown_signal());
@@ -155,6 +156,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     }
+    drop(pid_file);
     drop(store_tx);
     let _ = writer.await; // every queued registration change reaches the database
     pool.close().await;
@@ -201,6 +203,27 @@ fn handle(core: &mut Core, transmitter: &mut transport::Transmitter, event: Inbo
         Inbound::Garbage(from, why) => core.handle_garbage(&from, &why),
         Inbound::ConnOpened(id, addr, tx) => transmitter.on_opened(id, addr, tx),
         Inbound::ConnClosed(id) => transmitter.on_closed(id),
+    }
+}
+
+/// The pid file of the running server, removed when it stops.
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> anyhow::Result<PidFile> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("server.pid_file {}: {e}", path.display()))?;
+        }
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| anyhow::anyhow!("server.pid_file {}: {e}", path.display()))?;
+        Ok(PidFile(path.to_owned()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

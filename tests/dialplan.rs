@@ -173,13 +173,17 @@ fn a_broken_file_on_reload_leaves_the_running_plan() {
         w.log()
     );
     assert_eq!(reason(&mut alice), "plan A", "the old plan still routes");
-    // A good file takes over.
+    // `warden reload` refuses the broken file itself, before signalling the server.
+    let (ok, output) = w.reload_command();
+    assert!(!ok && output.contains("plan.toml:3"), "{output}");
+    // A good file takes over, by the command this time.
     std::fs::write(
         &path,
         "[[rule]]\nname = \"c\"\ndo = [{ reject = 486, reason = \"plan C\" }]\n",
     )
     .expect("write");
-    w.reload();
+    let (ok, output) = w.reload_command();
+    assert!(ok && output.contains("reload sent"), "{output}");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         if reason(&mut alice) == "plan C" {

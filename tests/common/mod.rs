@@ -73,9 +73,10 @@ impl Warden {
         };
         let config = format!(
             "[sip]\nlisten = [\"udp:127.0.0.1:{p}\", \"tcp:127.0.0.1:{p}\"{v6}]\n\
-             [database]\npath = \"{db}\"\n{extra}\n",
+             [database]\npath = \"{db}\"\n[server]\npid_file = \"{pid}\"\n{extra}\n",
             p = self.port,
             db = self.dir.join("warden.sqlite").display(),
+            pid = self.dir.join("warden.pid").display(),
             extra = self.extra
         );
         let path = self.dir.join("warden.toml");
@@ -123,6 +124,22 @@ impl Warden {
     /// What Warden logged so far (warnings and errors).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("warden.log")).unwrap_or_default()
+    }
+
+    /// `warden reload` with this server's config: its output and whether it succeeded.
+    pub fn reload_command(&self) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .arg("--config")
+            .arg(self.dir.join("warden.toml"))
+            .arg("reload")
+            .output()
+            .expect("run warden reload");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
     }
 
     /// SIGHUP: reload the dialplan.
