@@ -9,6 +9,8 @@ start_warden() {
 listen = ["udp:127.0.0.1:$port", "tcp:127.0.0.1:$port"]
 [database]
 path = "$dir/warden.sqlite"
+[server]
+pid_file = "$dir/warden.pid"
 ${WARDEN_EXTRA_TOML:-}
 TOML
   RUST_LOG=$level "$bin" --config "$dir/warden.toml" > "$dir/warden.log" 2>&1 &
