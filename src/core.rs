@@ -1629,8 +1629,9 @@ impl Core {
 
     /// How long the prompt `name` plays (zero when unknown).
     fn prompt_length(&mut self, name: &str) -> Duration {
-        self.prompts
-            .encoded(name, &CODEC_FOR_LENGTH)
+        // Any codec measures it: the frames are 20 ms whatever the encoding.
+        warden_media::codec::by_name("PCMU", 8000)
+            .and_then(|pcmu| self.prompts.encoded(name, pcmu))
             .map_or(Duration::ZERO, |p| {
                 Duration::from_millis(p.frames.len() as u64 * 20)
             })
@@ -2163,13 +2164,6 @@ fn route_set(values: Result<Vec<NameAddr>, Malformed>, reverse: bool) -> Vec<Str
     }
     route
 }
-
-/// Any codec the built-in prompts can be encoded in, for measuring their length.
-static CODEC_FOR_LENGTH: std::sync::LazyLock<&'static Codec> = std::sync::LazyLock::new(|| {
-    warden_media::codec::all()
-        .first()
-        .expect("a codec is always built in")
-});
 
 /// The values of a Route header line (a comma-separated list of name-addrs).
 fn split_route_values(line: &str) -> Vec<String> {
