@@ -609,11 +609,11 @@ impl Core {
             .and_then(|list| list.into_iter().next())
             .map(|a| a.uri.to_string());
         // The IMS session case: `orig` on the top Route, or P-Served-User's sescase.
-        let top_route_orig = req.header("Route").is_some_and(|r| {
-            r.split(',')
-                .next()
-                .is_some_and(|first| first.contains(";orig"))
-        });
+        let top_route_orig = req
+            .address_list("Route")
+            .ok()
+            .and_then(|routes| routes.into_iter().next())
+            .is_some_and(|top| top.uri.to_string().contains(";orig"));
         let served_user_case = req.header("P-Served-User").and_then(|v| {
             let v = v.to_ascii_lowercase();
             if v.contains("sescase=orig") {
@@ -993,26 +993,21 @@ impl Core {
     fn ims_target(&mut self, call: &mut Call) -> Option<(String, Destination)> {
         let req = &call.a_invite;
         let trusted = crate::dialplan::in_networks(call.a.dest.addr.ip(), &self.trusted_scscf);
-        let routes: Vec<String> = req
-            .headers("Route")
-            .iter()
-            .flat_map(|h| split_route_values(h))
+        // Every Route entry after Warden's own, parsed like any Route set.
+        let next_hops: Vec<NameAddr> = req
+            .address_list("Route")
+            .unwrap_or_default()
+            .into_iter()
             .skip(1)
             .collect();
-        let first = routes.first().and_then(|r| {
-            let uri = r
-                .trim()
-                .trim_start_matches('<')
-                .split('>')
-                .next()?
-                .to_owned();
-            literal_destination(&uri)
-        });
+        let first = next_hops
+            .first()
+            .and_then(|hop| literal_destination(&hop.uri.to_string()));
         let Some(dest) = first.filter(|_| trusted) else {
             tracing::warn!(
                 call = call.id,
                 trusted,
-                routes = routes.len(),
+                routes = next_hops.len(),
                 "bridge to ims: not from a trusted S-CSCF, or no Route to go on along (an IP address is needed)"
             );
             call.note_failure(403, "Forbidden");
@@ -1028,8 +1023,9 @@ impl Core {
                 call.b_headers.push((name.to_owned(), Some(value)));
             }
         }
-        call.b_route = routes;
-        Some((req.uri().to_string(), dest))
+        let uri = req.uri().to_string();
+        call.b_route = route_set(Ok(next_hops), false);
+        Some((uri, dest))
     }
 
     /// Send the callee-side INVITE of a new branch toward `contact` at `dest`.
@@ -2163,29 +2159,6 @@ fn route_set(values: Result<Vec<NameAddr>, Malformed>, reverse: bool) -> Vec<Str
         route.reverse();
     }
     route
-}
-
-/// The values of a Route header line (a comma-separated list of name-addrs).
-fn split_route_values(line: &str) -> Vec<String> {
-    let mut values = Vec::new();
-    let mut current = String::new();
-    let mut in_angle = false;
-    for c in line.chars() {
-        match c {
-            '<' => in_angle = true,
-            '>' => in_angle = false,
-            ',' if !in_angle => {
-                values.push(std::mem::take(&mut current).trim().to_owned());
-                continue;
-            }
-            _ => {}
-        }
-        current.push(c);
-    }
-    if !current.trim().is_empty() {
-        values.push(current.trim().to_owned());
-    }
-    values
 }
 
 fn strip_tag(header: &str) -> String {
