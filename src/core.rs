@@ -816,11 +816,7 @@ impl Core {
         let Some(plan) = call.media.answer_caller(&mut self.media, call.id, true) else {
             return false;
         };
-        let mut ok = Response::to_request(&call.a_invite, 200, "OK");
-        ok.set_to_tag(&call.a.local_tag);
-        let _ = ok.push_header("Contact", &self.contact(call.a.dest.transport));
-        let _ = ok.push_header("Server", &self.config.sip.user_agent);
-        ok.set_body(Bytes::from(plan.sdp), Some("application/sdp"));
+        let ok = self.caller_response(call, 200, "OK", Some(plan.sdp));
         let bytes = ok.to_bytes();
         self.tx.respond(&call.a_invite_tx, ok, now);
         tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, "answered by Warden");
@@ -846,12 +842,10 @@ impl Core {
     /// 302 with the targets as Contacts (RFC 3261 21.3.3).
     fn redirect(&mut self, call: &mut Call, contacts: &[String], now: Instant) {
         tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, targets = ?contacts, "call redirected");
-        let mut out = Response::to_request(&call.a_invite, 302, reason_phrase(302));
-        out.set_to_tag(&call.a.local_tag);
+        let mut out = self.caller_response(call, 302, reason_phrase(302), None);
         for contact in contacts {
             let _ = out.push_header("Contact", &format!("<{contact}>"));
         }
-        let _ = out.push_header("Server", &self.config.sip.user_agent);
         self.tx.respond(&call.a_invite_tx, out, now);
     }
 
@@ -1601,10 +1595,27 @@ impl Core {
     /// The caller's final failure response.
     fn decline(&mut self, call: &mut Call, status: u16, reason: &str, now: Instant) {
         tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, status, "call declined");
+        let out = self.caller_response(call, status, reason, None);
+        self.tx.respond(&call.a_invite_tx, out, now);
+    }
+
+    /// Warden's own response to the caller's INVITE (not a callee's relayed): the caller
+    /// leg's To tag and Server; with `sdp`, Warden's Contact and that body.
+    fn caller_response(
+        &self,
+        call: &Call,
+        status: u16,
+        reason: &str,
+        sdp: Option<String>,
+    ) -> Response {
         let mut out = Response::to_request(&call.a_invite, status, reason);
         out.set_to_tag(&call.a.local_tag);
+        if let Some(sdp) = sdp {
+            let _ = out.push_header("Contact", &self.contact(call.a.dest.transport));
+            out.set_body(Bytes::from(sdp), Some("application/sdp"));
+        }
         let _ = out.push_header("Server", &self.config.sip.user_agent);
-        self.tx.respond(&call.a_invite_tx, out, now);
+        out
     }
 
     /// Play the caller the announcement for `status` as early media (183 with Warden's own
@@ -1654,11 +1665,7 @@ impl Core {
         };
         let seconds = prompt.frames.len() as u64 * u64::from(repeat + 1) / 50;
         if call.state == State::Calling {
-            let mut progress = Response::to_request(&call.a_invite, 183, "Session Progress");
-            progress.set_to_tag(&call.a.local_tag);
-            let _ = progress.push_header("Contact", &self.contact(call.a.dest.transport));
-            let _ = progress.push_header("Server", &self.config.sip.user_agent);
-            progress.set_body(Bytes::from(plan.sdp), Some("application/sdp"));
+            let progress = self.caller_response(call, 183, "Session Progress", Some(plan.sdp));
             self.tx.respond(&call.a_invite_tx, progress, now);
         }
         self.media.play(
