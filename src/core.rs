@@ -767,17 +767,16 @@ impl Core {
                     if self.play_to_caller(call, &name, 0, true, now) {
                         call.announcing = Some(AfterPrompt::Menu);
                         call.menu = Some(choices);
+                        // The key may come while the prompt plays, or `timeout` after it.
+                        let wait = timeout + self.prompt_length(&name);
                         let spec = DigitSpec {
                             max_digits: 1,
                             terminator: None,
-                            first_digit_timeout: timeout + self.prompt_length(&name),
+                            first_digit_timeout: wait,
                             inter_digit_timeout: timeout,
-                            overall_timeout: timeout + self.prompt_length(&name),
+                            overall_timeout: wait,
                         };
-                        call.digits = Some(DigitCollector::new(spec, now));
-                        if let Some(stream) = call.media.first_stream() {
-                            self.media.report_dtmf(stream, MediaSide::A, true);
-                        }
+                        self.start_collecting(call, spec, now);
                         return;
                     }
                 }
@@ -854,7 +853,8 @@ impl Core {
     /// could be started (the failures are noted).
     fn try_bridge(&mut self, call: &mut Call, now: Instant) -> bool {
         loop {
-            let Some(attempt) = call.program.as_mut().and_then(|p| p.bridge.as_mut()) else {
+            let first_branch = call.branches.len();
+            let Some(attempt) = call.bridge_mut() else {
                 return false;
             };
             let batch: Vec<String> = match attempt.mode {
@@ -865,7 +865,7 @@ impl Core {
                 },
             };
             attempt.next_target += 1;
-            attempt.first_branch = call.branches.len();
+            attempt.first_branch = first_branch;
             attempt.serial = self.next_attempt;
             attempt.pending_lookups = 0;
             self.next_attempt += 1;
@@ -881,11 +881,11 @@ impl Core {
                         }
                     }
                     Err(lookup) => {
-                        let attempt = call.program.as_mut().and_then(|p| p.bridge.as_mut());
-                        if let Some(a) = attempt {
+                        let id = call.id;
+                        if let Some(a) = call.bridge_mut() {
                             a.pending_lookups += 1;
                             self.out.push_back(Output::Resolve {
-                                call: call.id,
+                                call: id,
                                 attempt: a.serial,
                                 lookup,
                             });
@@ -894,9 +894,7 @@ impl Core {
                 }
             }
             let started = call
-                .program
-                .as_ref()
-                .and_then(|p| p.bridge.as_ref())
+                .bridge()
                 .is_some_and(|a| call.branches.len() > a.first_branch || a.pending_lookups > 0);
             if started {
                 call.ring_until = Some(now + timeout);
@@ -961,11 +959,7 @@ impl Core {
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
-        let current = call
-            .program
-            .as_mut()
-            .and_then(|p| p.bridge.as_mut())
-            .filter(|a| a.serial == attempt);
+        let current = call.bridge_mut().filter(|a| a.serial == attempt);
         if let Some(a) = current {
             a.pending_lookups = a.pending_lookups.saturating_sub(1);
             if found.is_empty() {
@@ -1083,18 +1077,12 @@ impl Core {
     /// rang out): a sequential bridge fails over to its next target on a timeout, an
     /// unreachable target or a 5xx; otherwise the dialplan goes on with its next action.
     fn bridge_failed(&mut self, call: &mut Call, now: Instant) {
-        let first = call
-            .program
-            .as_ref()
-            .and_then(|p| p.bridge.as_ref())
-            .map_or(0, |a| a.first_branch);
+        let first = call.bridge().map_or(0, |a| a.first_branch);
         let fail_over = call.branches[first.min(call.branches.len())..]
             .iter()
             .all(|b| matches!(b.final_status, None | Some(408 | 480 | 500..=599)));
         let sequential = call
-            .program
-            .as_ref()
-            .and_then(|p| p.bridge.as_ref())
+            .bridge()
             .is_some_and(|a| a.mode == BridgeMode::Sequential);
         if sequential && fail_over && self.try_bridge(call, now) {
             return;
@@ -1553,17 +1541,8 @@ impl Core {
         }
         // A dialplan bridge: only the current attempt's branches count, and its failure
         // moves the dialplan on (failover, next action) rather than ending the call.
-        if let Some(first) = call
-            .program
-            .as_ref()
-            .and_then(|p| p.bridge.as_ref())
-            .map(|a| a.first_branch)
-        {
-            let lookups_pending = call
-                .program
-                .as_ref()
-                .and_then(|p| p.bridge.as_ref())
-                .is_some_and(|a| a.pending_lookups > 0);
+        if let Some(first) = call.bridge().map(|a| a.first_branch) {
+            let lookups_pending = call.bridge().is_some_and(|a| a.pending_lookups > 0);
             let attempt_over = !lookups_pending
                 && call.branches[first.min(call.branches.len())..]
                     .iter()
@@ -1725,14 +1704,19 @@ impl Core {
         let Some(mut call) = self.calls.remove(&id) else {
             return false;
         };
+        self.start_collecting(&mut call, spec, now);
+        self.schedule(&call);
+        self.finish_or_keep(call);
+        true
+    }
+
+    /// A new input: the collector, and the relay reporting the caller's keys.
+    fn start_collecting(&mut self, call: &mut Call, spec: DigitSpec, now: Instant) {
         call.digits = Some(DigitCollector::new(spec, now));
         call.collected = None;
         if let Some(stream) = call.media.first_stream() {
             self.media.report_dtmf(stream, MediaSide::A, true);
         }
-        self.schedule(&call);
-        self.finish_or_keep(call);
-        true
     }
 
     /// The caller's last finished input on call `id`.
@@ -2035,11 +2019,7 @@ impl Core {
             self.digits_collected(&mut call, done, now);
         }
         if call.ring_until.is_some_and(|t| t <= now) && call.state == State::Calling {
-            let attempt = call
-                .program
-                .as_ref()
-                .and_then(|p| p.bridge.as_ref())
-                .map(|a| a.first_branch);
+            let attempt = call.bridge().map(|a| a.first_branch);
             match attempt {
                 Some(first) => {
                     // A dialplan bridge rang out: cancel it and let the dialplan go on.

@@ -211,6 +211,15 @@ impl Call {
         }
     }
 
+    /// The dialplan bridge attempt in progress, if any.
+    pub fn bridge(&self) -> Option<&BridgeAttempt> {
+        self.program.as_ref()?.bridge.as_ref()
+    }
+
+    pub fn bridge_mut(&mut self) -> Option<&mut BridgeAttempt> {
+        self.program.as_mut()?.bridge.as_mut()
+    }
+
     /// The earliest moment this call wants to be woken.
     pub fn next_wake(&self) -> Option<Instant> {
         let ok = self.pending_ok.as_ref().map(|p| p.next.min(p.give_up));
