@@ -31,19 +31,21 @@ pub type Found = (String, Destination);
 pub fn literal_destination(uri: &str) -> Option<Destination> {
     let parsed = Uri::parse(uri).ok()?;
     let ip: IpAddr = parsed.host()?.trim_matches(['[', ']']).parse().ok()?;
-    Some(Destination {
-        transport: transport_of(&parsed)?,
-        addr: SocketAddr::new(ip, parsed.port().unwrap_or(5060)),
-        conn: None,
-    })
+    destination(&parsed, ip)
 }
 
-fn transport_of(uri: &Uri) -> Option<Transport> {
-    match uri.transport().as_deref() {
-        Some("tcp") => Some(Transport::Tcp),
-        None | Some("udp") => Some(Transport::Udp),
-        Some(_) => None,
-    }
+/// Where `uri` goes once its host is `ip`: its port (5060 unless given) over its
+/// transport (UDP unless `transport=` says TCP; None for transports Warden lacks).
+fn destination(uri: &Uri, ip: IpAddr) -> Option<Destination> {
+    let transport = match uri.transport() {
+        None => Transport::Udp,
+        Some(name) => Transport::parse(&name)?,
+    };
+    Some(Destination {
+        transport,
+        addr: SocketAddr::new(ip, uri.port().unwrap_or(5060)),
+        conn: None,
+    })
 }
 
 /// The resolver the config asks for: its servers, or the system's (/etc/resolv.conf).
@@ -73,29 +75,23 @@ pub async fn resolve(resolver: &TokioResolver, lookup: &Lookup, enum_suffix: &st
     };
     let mut found = Vec::new();
     for uri in uris {
-        if let Some(dest) = literal_destination(&uri) {
-            found.push((uri, dest));
-            continue;
-        }
         let Some((host, parsed)) = Uri::parse(&uri).ok().and_then(|u| Some((u.host()?, u))) else {
             continue;
         };
-        let Some(transport) = transport_of(&parsed) else {
-            continue;
-        };
-        match resolver.lookup_ip(host.as_str()).await {
-            Ok(ips) => {
-                if let Some(ip) = ips.iter().next() {
-                    let dest = Destination {
-                        transport,
-                        addr: SocketAddr::new(ip, parsed.port().unwrap_or(5060)),
-                        conn: None,
-                    };
-                    found.push((uri, dest));
+        let ip = match host.trim_matches(['[', ']']).parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => match resolver.lookup_ip(host.as_str()).await {
+                Ok(ips) => match ips.iter().next() {
+                    Some(ip) => ip,
+                    None => continue,
+                },
+                Err(e) => {
+                    tracing::info!(%host, error = %e, "bridge target host not found");
+                    continue;
                 }
-            }
-            Err(e) => tracing::info!(%host, error = %e, "bridge target host not found"),
-        }
+            },
+        };
+        found.extend(destination(&parsed, ip).map(|dest| (uri, dest)));
     }
     found
 }
