@@ -573,6 +573,7 @@ impl Worker {
             };
             let mut keep: u64 = 0;
             let mut kept = 0u64;
+            let rtp_socket = socket == A_RTP || socket == B_RTP;
             for k in 0..n {
                 let packet = batch.packet(k);
                 if packet.is_empty() {
@@ -588,43 +589,29 @@ impl Worker {
                     stream.stats[side].dropped += 1;
                     continue;
                 }
-                account(stream, side, socket, packet, now_us);
-                let rtp_socket = socket == A_RTP || socket == B_RTP;
-                if rtp_socket && stream.events[side].is_some() && !looks_like_rtcp(packet) {
-                    let pt = packet.get(1).map(|b| b & 0x7f);
-                    if let Some((event_pt, clock)) = stream.events[side]
-                        && pt == Some(event_pt)
-                    {
-                        let far_takes_events = stream.events[side ^ 1].is_some();
-                        if (stream.report[side] || !far_takes_events)
-                            && report_events(stream, side, packet, clock, self.events.as_ref())
-                        {
-                            // Barge-in: a key from a party stops a prompt that allows it.
-                            let before = self.players.len();
-                            self.players.retain(|p| {
-                                !(p.stream == stream.id && p.side == side && p.stop_on_dtmf)
-                            });
-                            if self.players.len() < before {
-                                stream.playing[side] = false;
-                                if let Some(sink) = &self.events {
-                                    sink(MediaEvent::PlaybackDone {
-                                        stream: StreamId(stream.id),
-                                        side: side_of(side),
-                                    });
-                                }
-                            }
-                        }
-                        if !far_takes_events {
-                            continue; // reported instead of relayed
-                        }
+                // RTCP can share the RTP port (RFC 5761): told apart once per packet.
+                let is_rtp = rtp_socket && !looks_like_rtcp(packet);
+                account(stream, side, is_rtp, packet, now_us);
+                if is_rtp
+                    && let Some((event_pt, clock)) = stream.events[side]
+                    && packet.get(1).map(|b| b & 0x7f) == Some(event_pt)
+                {
+                    let relayed = take_event(
+                        stream,
+                        side,
+                        packet,
+                        clock,
+                        &mut self.players,
+                        self.events.as_ref(),
+                    );
+                    if !relayed {
+                        continue; // reported instead of relayed
                     }
                 }
                 if stream.playing[out / 2] {
                     continue; // the party hears the prompt, not the other side
                 }
-                if let Some(directions) = stream.transcoders.as_mut().filter(|_| rtp_socket)
-                    && !looks_like_rtcp(packet)
-                {
+                if let Some(directions) = stream.transcoders.as_mut().filter(|_| is_rtp) {
                     let end = &stream.ends[out];
                     let to = if end.connected {
                         None
@@ -639,7 +626,7 @@ impl Worker {
                     }
                     continue;
                 }
-                if rtp_socket && stream.seq_shift[out / 2] != 0 && !looks_like_rtcp(packet) {
+                if is_rtp && stream.seq_shift[out / 2] != 0 {
                     shift_sequence(batch.packet_mut(k), stream.seq_shift[out / 2]);
                 }
                 keep |= 1 << k;
@@ -801,11 +788,10 @@ fn accept(end: &mut End, source: Option<SocketAddr>, latching: Latching, fd: i32
     }
 }
 
-/// Count a relayed packet into its leg's statistics (RTP or RTCP, by port and content).
-fn account(stream: &mut Stream, side: usize, socket: usize, packet: &[u8], now_us: u64) {
+/// Count a relayed packet into its leg's statistics (RTP, or RTCP).
+fn account(stream: &mut Stream, side: usize, is_rtp: bool, packet: &[u8], now_us: u64) {
     let stats = &mut stream.stats[side];
-    let rtp_socket = socket == A_RTP || socket == B_RTP;
-    if !rtp_socket || looks_like_rtcp(packet) {
+    if !is_rtp {
         stats.rtcp_packets += 1;
         read_rtcp(packet, stats);
         return;
@@ -821,6 +807,36 @@ fn account(stream: &mut Stream, side: usize, socket: usize, packet: &[u8], now_u
         stats.lost = rx.lost();
         stats.jitter_us = rx.jitter() * 1_000_000 / clock;
     }
+}
+
+/// A side's telephone-event packet: report its key presses when the far side takes no
+/// events or a menu listens, and stop a prompt that allows barge-in. True when the packet
+/// is to be relayed as well (the far side takes events).
+fn take_event(
+    stream: &mut Stream,
+    side: usize,
+    packet: &[u8],
+    clock: u32,
+    players: &mut Vec<Player>,
+    sink: Option<&EventSink>,
+) -> bool {
+    let far_takes_events = stream.events[side ^ 1].is_some();
+    if (stream.report[side] || !far_takes_events)
+        && report_events(stream, side, packet, clock, sink)
+    {
+        let before = players.len();
+        players.retain(|p| !(p.stream == stream.id && p.side == side && p.stop_on_dtmf));
+        if players.len() < before {
+            stream.playing[side] = false;
+            if let Some(sink) = sink {
+                sink(MediaEvent::PlaybackDone {
+                    stream: StreamId(stream.id),
+                    side: side_of(side),
+                });
+            }
+        }
+    }
+    far_takes_events
 }
 
 /// Read a side's telephone-event packet and report the key presses it completes; true
