@@ -26,6 +26,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
+    pub screening: crate::screening::ScreeningConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -414,6 +415,16 @@ impl Config {
                 u.username
             );
         }
+        // Prompts named by verdicts are checked at start, when the prompts are loaded.
+        let countries = crate::screening::country_table();
+        self.screening
+            .profiles(
+                &|iso| crate::screening::calling_code(&countries, iso),
+                &|_| true,
+            )
+            .map_err(anyhow::Error::msg)?;
+        self.screening.trusted().map_err(anyhow::Error::msg)?;
+        self.screening.blocked().map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
             !r.auth || !r.users.is_empty(),
             "registrar.auth is on but registrar.users is empty: nobody could register"

@@ -10,5 +10,6 @@ pub mod dns;
 pub mod e164;
 pub mod prompts;
 pub mod registrar;
+pub mod screening;
 pub mod server;
 pub mod sip;

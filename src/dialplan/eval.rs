@@ -135,7 +135,7 @@ fn holds(condition: &Condition, facts: &CallFacts) -> bool {
         Condition::Transport(list) => list
             .iter()
             .any(|t| t.eq_ignore_ascii_case(&facts.transport)),
-        Condition::Time(window) => in_window(window, facts.now),
+        Condition::Time(window) => window.contains(facts.now),
         Condition::SessionCase(case) => facts.session_case == Some(*case),
         Condition::CallerRegistered(wanted) => facts.caller_registered == *wanted,
         Condition::Matches(..) | Condition::Header(..) => true, // evaluated with captures
@@ -162,17 +162,22 @@ pub(crate) fn in_network(addr: IpAddr, net: IpAddr, len: u8) -> bool {
     }
 }
 
-fn in_window(window: &TimeWindow, now: jiff::Timestamp) -> bool {
-    let local = now.to_zoned(window.zone.clone());
-    let day = local.weekday().to_monday_zero_offset() as u8;
-    let yesterday = (day + 6) % 7;
-    let minute = u16::from(local.hour() as u8) * 60 + u16::from(local.minute() as u8);
-    let on = |d: u8| window.days & (1 << d) != 0;
-    if window.from_minute <= window.to_minute {
-        on(day) && (window.from_minute..window.to_minute).contains(&minute)
-    } else {
-        // Over midnight: the evening part belongs to today, the morning part to yesterday.
-        (on(day) && minute >= window.from_minute) || (on(yesterday) && minute < window.to_minute)
+impl TimeWindow {
+    /// Is `now` inside the window, in its time zone?
+    pub fn contains(&self, now: jiff::Timestamp) -> bool {
+        let window = self;
+        let local = now.to_zoned(window.zone.clone());
+        let day = local.weekday().to_monday_zero_offset() as u8;
+        let yesterday = (day + 6) % 7;
+        let minute = u16::from(local.hour() as u8) * 60 + u16::from(local.minute() as u8);
+        let on = |d: u8| window.days & (1 << d) != 0;
+        if window.from_minute <= window.to_minute {
+            on(day) && (window.from_minute..window.to_minute).contains(&minute)
+        } else {
+            // Over midnight: the evening part belongs to today, the morning part to yesterday.
+            (on(day) && minute >= window.from_minute)
+                || (on(yesterday) && minute < window.to_minute)
+        }
     }
 }
 

@@ -265,53 +265,60 @@ pub(crate) fn cidr(text: &str) -> Result<(IpAddr, u8), String> {
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 fn window(spec: &TimeSpec) -> Result<TimeWindow, String> {
-    let day = |d: &str| {
-        DAYS.iter()
-            .position(|x| x.eq_ignore_ascii_case(d.trim()))
-            .ok_or_else(|| format!("day {d:?}: expected mon, tue, wed, thu, fri, sat or sun"))
-    };
-    let mut days = 0u8;
-    for part in spec.days.split(',') {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (day(a)?, day(b)?);
-                let mut d = a;
-                loop {
-                    days |= 1 << d;
-                    if d == b {
-                        break;
+    TimeWindow::parse(&spec.days, &spec.from, &spec.to, &spec.zone)
+}
+
+impl TimeWindow {
+    /// `days` like "mon-fri,sun", `from`/`to` as HH:MM, `zone` an IANA time zone.
+    pub fn parse(days_text: &str, from: &str, to: &str, zone: &str) -> Result<TimeWindow, String> {
+        let day = |d: &str| {
+            DAYS.iter()
+                .position(|x| x.eq_ignore_ascii_case(d.trim()))
+                .ok_or_else(|| format!("day {d:?}: expected mon, tue, wed, thu, fri, sat or sun"))
+        };
+        let mut days = 0u8;
+        for part in days_text.split(',') {
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (day(a)?, day(b)?);
+                    let mut d = a;
+                    loop {
+                        days |= 1 << d;
+                        if d == b {
+                            break;
+                        }
+                        d = (d + 1) % 7;
                     }
-                    d = (d + 1) % 7;
                 }
+                None => days |= 1 << day(part)?,
             }
-            None => days |= 1 << day(part)?,
         }
+        let minute = |t: &str| -> Result<u16, String> {
+            let (h, m) = t
+                .split_once(':')
+                .ok_or_else(|| format!("time {t:?}: expected HH:MM"))?;
+            let (h, m): (u16, u16) = (
+                h.trim()
+                    .parse()
+                    .map_err(|_| format!("time {t:?}: expected HH:MM"))?,
+                m.trim()
+                    .parse()
+                    .map_err(|_| format!("time {t:?}: expected HH:MM"))?,
+            );
+            if h > 24 || m > 59 || (h == 24 && m > 0) {
+                return Err(format!("time {t:?}: out of range"));
+            }
+            Ok(h * 60 + m)
+        };
+        let tz = jiff::tz::TimeZone::get(zone)
+            .map_err(|_| format!("time zone {zone:?} is not known"))?;
+        Ok(TimeWindow {
+            days,
+            from_minute: minute(from)?,
+            to_minute: minute(to)?,
+            zone: tz,
+        })
     }
-    let minute = |t: &str| -> Result<u16, String> {
-        let (h, m) = t
-            .split_once(':')
-            .ok_or_else(|| format!("time {t:?}: expected HH:MM"))?;
-        let (h, m): (u16, u16) = (
-            h.trim()
-                .parse()
-                .map_err(|_| format!("time {t:?}: expected HH:MM"))?,
-            m.trim()
-                .parse()
-                .map_err(|_| format!("time {t:?}: expected HH:MM"))?,
-        );
-        if h > 24 || m > 59 || (h == 24 && m > 0) {
-            return Err(format!("time {t:?}: out of range"));
-        }
-        Ok(h * 60 + m)
-    };
-    let zone = jiff::tz::TimeZone::get(&spec.zone)
-        .map_err(|_| format!("time zone {:?} is not known", spec.zone))?;
-    Ok(TimeWindow {
-        days,
-        from_minute: minute(&spec.from)?,
-        to_minute: minute(&spec.to)?,
-        zone,
-    })
 }
 
 fn template(what: &str, text: &str) -> Result<Template, String> {

@@ -1,0 +1,645 @@
+//! Call screening: a pipeline of checks run after routing and before the callee is called,
+//! each passing, flagging (with a score) or blocking, combined into one explained decision.
+//!
+//! The [`Engine`] is pure and synchronous: facts and the clock in, an [`Outcome`] out, plus
+//! changes for the store. Source checks run for every screened call; a profile picks the
+//! fraud rules and their thresholds. See the README's "Call screening" section.
+
+pub mod lists;
+pub mod numbers;
+pub mod profile;
+pub mod store;
+pub mod usage;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use lists::{EntryKind, ListEntry, ListName, Lists};
+use numbers::{Country, DialingPlan, PrefixTable, Risk, RiskRange};
+pub use profile::{Act, Answer, Profile, ScreeningConfig, Verdict};
+use usage::{Usage, UsageChange};
+
+/// What screening is told about a call.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub call: u64,
+    pub profile: String,
+    /// Who pays: `user@domain` of the caller (P-Asserted-Identity, else From).
+    pub user: String,
+    /// The number as dialed (Request-URI user part).
+    pub callee: String,
+    pub source: IpAddr,
+    pub user_agent: String,
+    /// Unix seconds.
+    pub now: u64,
+}
+
+/// What one check found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub check: &'static str,
+    pub act: Act,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Allow,
+    /// Read the caller a code to key in; on success `value` joins the user's allow-list.
+    Challenge {
+        value: String,
+    },
+    Block(Verdict),
+}
+
+impl Decision {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Challenge { .. } => "challenge",
+            Decision::Block(_) => "block",
+        }
+    }
+}
+
+/// The screening decision with everything that explains it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub decision: Decision,
+    pub findings: Vec<Finding>,
+    pub score: u32,
+    /// The destination in E.164 digits and its country, when it is a number.
+    pub destination: Option<String>,
+    pub country: Option<String>,
+    /// The source is a trusted peer: every check was skipped.
+    pub trusted: bool,
+}
+
+impl Outcome {
+    /// One line for logs and records: the checks that fired and why.
+    pub fn reason(&self) -> String {
+        if self.trusted {
+            return "trusted source".into();
+        }
+        if self.findings.is_empty() {
+            return "no check fired".into();
+        }
+        self.findings
+            .iter()
+            .map(|f| format!("{}: {}", f.check, f.reason))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The check that decided a block, or the first flag.
+    pub fn deciding_check(&self) -> &'static str {
+        self.findings
+            .iter()
+            .find(|f| f.act == Act::Block)
+            .or(self.findings.first())
+            .map_or("none", |f| f.check)
+    }
+}
+
+/// A call held for a challenge: admitted only when the caller keys the code in.
+#[derive(Debug, Clone)]
+struct Held {
+    user: String,
+    value: String,
+    country: Option<String>,
+    international: bool,
+    premium_short_s: Option<u64>,
+}
+
+/// A change for the store.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Usage(UsageChange),
+    ListAdd(ListEntry),
+    ListRemove(ListName, EntryKind, String),
+    UserAllow {
+        user: String,
+        value: String,
+        at: u64,
+    },
+    UserForget {
+        user: String,
+    },
+}
+
+pub struct Engine {
+    profiles: HashMap<String, Profile>,
+    countries: PrefixTable<Country>,
+    high_risk: PrefixTable<RiskRange>,
+    trusted: Vec<(IpAddr, u8)>,
+    blocked: Vec<(IpAddr, u8)>,
+    scanners: Vec<String>,
+    source_rate: u32,
+    /// Per source: (second, calls in it).
+    rate: HashMap<IpAddr, (u64, u32)>,
+    usage: Usage,
+    lists: Lists,
+    held: HashMap<u64, Held>,
+    changes: Vec<Change>,
+    /// Decisions by (decision, deciding check), for metrics.
+    pub counts: BTreeMap<(&'static str, &'static str), u64>,
+}
+
+/// The shipped E.164 table, loaded (it is checked by a unit test).
+pub fn country_table() -> PrefixTable<Country> {
+    numbers::countries(numbers::COUNTRY_CODES, "country_codes.txt").unwrap_or_default()
+}
+
+/// The calling code of an ISO country in `table` (the shortest prefix naming it).
+pub fn calling_code(table: &PrefixTable<Country>, iso: &str) -> Option<String> {
+    table
+        .iter()
+        .filter(|(_, c)| c.iso.eq_ignore_ascii_case(iso))
+        .map(|(p, _)| p.to_owned())
+        .min_by_key(|p| p.len())
+}
+
+impl Engine {
+    /// Check the configuration and build the engine on what the store kept.
+    pub fn new(
+        config: &ScreeningConfig,
+        prompt_exists: &dyn Fn(&str) -> bool,
+        usage: Usage,
+        lists: Lists,
+    ) -> Result<Engine, String> {
+        let countries = country_table();
+        let high_risk = match &config.high_risk_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+                numbers::high_risk(&text, &path.display().to_string())?
+            }
+            None => numbers::high_risk(numbers::HIGH_RISK, "high_risk.txt")?,
+        };
+        let profiles = config.profiles(&|iso| calling_code(&countries, iso), prompt_exists)?;
+        Ok(Engine {
+            profiles,
+            countries,
+            high_risk,
+            trusted: config.trusted()?,
+            blocked: config.blocked()?,
+            scanners: config
+                .scanner_user_agents
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
+            source_rate: config.calls_per_source_per_second,
+            rate: HashMap::new(),
+            usage,
+            lists,
+            held: HashMap::new(),
+            changes: Vec::new(),
+            counts: BTreeMap::new(),
+        })
+    }
+
+    pub fn has_profile(&self, name: &str) -> bool {
+        self.profiles.contains_key(name)
+    }
+
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    pub fn lists(&self) -> &Lists {
+        &self.lists
+    }
+
+    /// Run the source checks and the profile's rules on a new call.
+    pub fn screen(&mut self, req: &Request) -> Outcome {
+        let outcome = self.decide(req);
+        *self
+            .counts
+            .entry((outcome.decision.name(), outcome.deciding_check()))
+            .or_default() += 1;
+        outcome
+    }
+
+    fn decide(&mut self, req: &Request) -> Outcome {
+        let profile = match self.profiles.get(&req.profile) {
+            Some(p) => p.clone(),
+            None => {
+                // Dialplans are checked against the profiles at load; this is a safety net.
+                tracing::error!(profile = %req.profile, "no such screening profile; using default");
+                self.profiles.get("default").cloned().unwrap_or_else(|| {
+                    unreachable!("ScreeningConfig::profiles always adds `default`")
+                })
+            }
+        };
+        let c = &profile.config;
+        let dialing = DialingPlan {
+            home_code: profile.home_code.clone(),
+            international_prefix: c.international_prefix.clone(),
+            national_prefix: c.national_prefix.clone(),
+        };
+        let destination = dialing.international(&req.callee);
+        let country = destination
+            .as_deref()
+            .and_then(|d| self.countries.longest_match(d))
+            .map(|(_, c)| c.iso.clone());
+        let mut out = Outcome {
+            decision: Decision::Allow,
+            findings: Vec::new(),
+            score: 0,
+            destination: destination.clone(),
+            country: country.clone(),
+            trusted: false,
+        };
+        if crate::dialplan::in_networks(req.source, &self.trusted) {
+            out.trusted = true;
+            return out;
+        }
+        let block = |out: &mut Outcome, check: &'static str, reason: String, verdict: Verdict| {
+            out.findings.push(Finding {
+                check,
+                act: Act::Block,
+                reason,
+            });
+            out.decision = Decision::Block(verdict);
+        };
+        // Source checks, for every profile.
+        let listed_source = self.lists.blocked_source(req.source);
+        if crate::dialplan::in_networks(req.source, &self.blocked) || listed_source.is_some() {
+            let why = listed_source.map_or("in screening.blocked_sources".into(), |n| {
+                format!("on the block list ({n})")
+            });
+            let verdict = profile.verdict_for("blocked_source", None);
+            block(
+                &mut out,
+                "blocked_source",
+                format!("source {} {why}", req.source),
+                verdict,
+            );
+            return out;
+        }
+        if self.source_rate > 0 {
+            let slot = self.rate.entry(req.source).or_insert((req.now, 0));
+            if slot.0 != req.now {
+                *slot = (req.now, 0);
+            }
+            slot.1 += 1;
+            if slot.1 > self.source_rate {
+                let verdict = match profile.verdict_by_check.get("source_rate") {
+                    Some(v) => v.clone(),
+                    None => Verdict {
+                        answer: Answer::Unavailable,
+                        prompt: None,
+                    },
+                };
+                let reason = format!("source {} above {} calls/s", req.source, self.source_rate);
+                block(&mut out, "source_rate", reason, verdict);
+                return out;
+            }
+        }
+        let international = country.as_deref().is_some_and(|iso| iso != c.home_country);
+        let risk = destination
+            .as_deref()
+            .and_then(|d| self.high_risk.longest_match(d))
+            .map(|(p, r)| (p.to_owned(), r.clone()));
+        let premium = risk.as_ref().is_some_and(|(_, r)| r.risk == Risk::Premium);
+        let figures = self
+            .usage
+            .figures(&req.user, req.now, c.premium_burst_window_s);
+        let iso = country.as_deref();
+        let mut allowed_destination = false;
+        let mut challenge_value = None;
+        let found = |out: &mut Outcome, check: &'static str, act: Act, reason: String| {
+            out.findings.push(Finding { check, act, reason });
+        };
+        for check in &profile.checks {
+            match *check {
+                "lists" => {
+                    let Some(d) = destination.as_deref() else {
+                        continue;
+                    };
+                    let user_allowed = [format!("number:{d}")]
+                        .into_iter()
+                        .chain(iso.map(|i| format!("country:{i}")))
+                        .find(|v| self.lists.user_allows(&req.user, v));
+                    let static_allow = c
+                        .allow_numbers
+                        .iter()
+                        .any(|n| n.trim_start_matches('+') == d)
+                        || c.allow_prefixes
+                            .iter()
+                            .any(|p| d.starts_with(p.trim_start_matches('+')))
+                        || iso.is_some_and(|i| {
+                            c.allow_countries.iter().any(|a| a.eq_ignore_ascii_case(i))
+                        });
+                    if static_allow
+                        || user_allowed.is_some()
+                        || self.lists.destination(ListName::Allow, d, iso).is_some()
+                    {
+                        allowed_destination = true;
+                        continue;
+                    }
+                    let static_block = if c
+                        .block_numbers
+                        .iter()
+                        .any(|n| n.trim_start_matches('+') == d)
+                    {
+                        Some(format!("number {d}"))
+                    } else if let Some(p) = c
+                        .block_prefixes
+                        .iter()
+                        .find(|p| d.starts_with(p.trim_start_matches('+')))
+                    {
+                        Some(format!("prefix {}", p.trim_start_matches('+')))
+                    } else {
+                        iso.filter(|i| c.block_countries.iter().any(|b| b.eq_ignore_ascii_case(i)))
+                            .map(|i| format!("country {i}"))
+                    };
+                    let hit = static_block.or_else(|| {
+                        self.lists
+                            .destination(ListName::Block, d, iso)
+                            .map(|l| l.entry)
+                    });
+                    if let Some(entry) = hit {
+                        found(
+                            &mut out,
+                            "lists",
+                            Act::Block,
+                            format!("{d} is on the block list ({entry})"),
+                        );
+                    }
+                }
+                "high_risk" if !allowed_destination => {
+                    if let Some((prefix, range)) = &risk {
+                        let act = match range.risk {
+                            Risk::Irsf => c.on_high_risk,
+                            Risk::Premium => c.on_premium,
+                        };
+                        let reason = format!(
+                            "{} in the {} range +{prefix} ({})",
+                            destination.as_deref().unwrap_or_default(),
+                            range.risk.as_str(),
+                            range.note
+                        );
+                        found(&mut out, "high_risk", act, reason);
+                    }
+                }
+                "premium_burst"
+                    if premium
+                        && !allowed_destination
+                        && c.premium_burst_calls > 0
+                        && figures.premium_short_recent >= c.premium_burst_calls =>
+                {
+                    let reason = format!(
+                        "{} short premium calls in {} s",
+                        figures.premium_short_recent, c.premium_burst_window_s
+                    );
+                    found(&mut out, "premium_burst", Act::Block, reason);
+                }
+                "scanner" => {
+                    let ua = req.user_agent.to_ascii_lowercase();
+                    if let Some(s) = self.scanners.iter().find(|s| ua.contains(s.as_str())) {
+                        found(
+                            &mut out,
+                            "scanner",
+                            Act::Block,
+                            format!("User-Agent {:?} is a scanner ({s})", req.user_agent),
+                        );
+                    }
+                }
+                "repeats" => {
+                    let n =
+                        self.usage
+                            .note_attempt(&req.user, &req.callee, req.now, c.repeat_window_s);
+                    if c.repeat_limit > 0 && n > c.repeat_limit {
+                        let reason =
+                            format!("{n} calls to {} in {} s", req.callee, c.repeat_window_s);
+                        found(&mut out, "repeats", Act::Block, reason);
+                    }
+                }
+                "quotas" => {
+                    let over = [
+                        (c.calls_per_hour, figures.calls_last_hour, "calls per hour"),
+                        (c.calls_per_day, figures.calls_last_day, "calls per day"),
+                        (
+                            c.minutes_per_day,
+                            figures.seconds_last_day / 60,
+                            "minutes per day",
+                        ),
+                        (
+                            if international {
+                                c.international_per_day
+                            } else {
+                                0
+                            },
+                            figures.international_last_day,
+                            "international calls per day",
+                        ),
+                    ]
+                    .into_iter()
+                    .find(|(limit, used, _)| *limit > 0 && used >= limit);
+                    if let Some((limit, used, what)) = over {
+                        found(
+                            &mut out,
+                            "quotas",
+                            c.on_quota,
+                            format!("{what}: {used} of {limit} used"),
+                        );
+                        challenge_value.get_or_insert_with(|| "quota".to_owned());
+                    }
+                }
+                "concurrency" => {
+                    let ts = jiff::Timestamp::from_second(req.now as i64)
+                        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+                    let (limit, when) = if profile.business_hours.contains(ts) {
+                        (c.max_concurrent, "business hours")
+                    } else {
+                        (c.max_concurrent_off_hours, "off hours")
+                    };
+                    if limit > 0 && figures.live_calls >= limit {
+                        found(
+                            &mut out,
+                            "concurrency",
+                            Act::Block,
+                            format!(
+                                "{} live calls, the limit in {when} is {limit}",
+                                figures.live_calls
+                            ),
+                        );
+                    }
+                }
+                "new_country" if international && !allowed_destination => {
+                    if let Some(i) = iso
+                        && !self.usage.has_called(&req.user, i)
+                    {
+                        found(
+                            &mut out,
+                            "new_country",
+                            c.on_new_country,
+                            format!("first call to {i}"),
+                        );
+                        challenge_value.get_or_insert_with(|| format!("country:{i}"));
+                    }
+                }
+                "volume_jump" => {
+                    let this_hour = figures.calls_last_hour + 1;
+                    if figures.baseline_hours >= c.volume_jump_min_history_h
+                        && this_hour >= c.volume_jump_min_calls
+                        && this_hour as f64 > c.volume_jump_factor * figures.baseline_per_hour
+                    {
+                        let reason = format!(
+                            "{this_hour} calls this hour against a baseline of {:.1}/h",
+                            figures.baseline_per_hour
+                        );
+                        found(&mut out, "volume_jump", c.on_volume_jump, reason);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Combine: a block wins, then a challenge; flags add up to a score.
+        out.score =
+            c.flag_score * out.findings.iter().filter(|f| f.act == Act::Flag).count() as u32;
+        if let Some(f) = out.findings.iter().find(|f| f.act == Act::Block) {
+            out.decision = Decision::Block(profile.verdict_for(f.check, iso));
+            return out;
+        }
+        if out.score >= c.block_score {
+            out.decision = Decision::Block(profile.verdict_for("score", iso));
+            return out;
+        }
+        let premium_short_s = premium.then_some(c.premium_short_s);
+        if out.findings.iter().any(|f| f.act == Act::Challenge)
+            || out.score >= c.challenge_score.max(1) && out.score > 0
+        {
+            let value = challenge_value
+                .or_else(|| destination.as_ref().map(|d| format!("number:{d}")))
+                .unwrap_or_default();
+            self.held.insert(
+                req.call,
+                Held {
+                    user: req.user.clone(),
+                    value: value.clone(),
+                    country: country.clone(),
+                    international,
+                    premium_short_s,
+                },
+            );
+            out.decision = Decision::Challenge { value };
+            return out;
+        }
+        self.usage.admit(
+            req.call,
+            &req.user,
+            iso,
+            international,
+            premium_short_s,
+            req.now,
+        );
+        out
+    }
+
+    /// The caller keyed in the right code: admit the call and remember the value.
+    pub fn challenge_passed(&mut self, call: u64, now: u64) {
+        let Some(h) = self.held.remove(&call) else {
+            return;
+        };
+        if !h.value.starts_with("quota") {
+            self.lists.allow_for_user(&h.user, &h.value);
+            self.changes.push(Change::UserAllow {
+                user: h.user.clone(),
+                value: h.value.clone(),
+                at: now,
+            });
+        }
+        self.usage.admit(
+            call,
+            &h.user,
+            h.country.as_deref(),
+            h.international,
+            h.premium_short_s,
+            now,
+        );
+    }
+
+    /// A screened call ended (whatever happened to it): `answered_s` seconds of talk.
+    pub fn call_ended(&mut self, call: u64, answered_s: u64, now: u64) {
+        self.held.remove(&call);
+        self.usage.ended(call, answered_s, now);
+    }
+
+    /// Operator: clear a user's counters.
+    pub fn reset_user(&mut self, user: &str) -> bool {
+        self.usage.reset(user)
+    }
+
+    /// Operator: forget a user (counters, countries called, allow-list).
+    pub fn remove_user(&mut self, user: &str) -> bool {
+        let known = self.usage.remove(user) | self.lists.forget_user(user);
+        self.changes.push(Change::UserForget {
+            user: user.to_owned(),
+        });
+        known
+    }
+
+    /// Operator: add a list entry (the value is checked and normalized).
+    pub fn add_entry(
+        &mut self,
+        list: ListName,
+        kind: EntryKind,
+        value: &str,
+        note: &str,
+        now: u64,
+    ) -> Result<ListEntry, String> {
+        let value = kind.normalize(value)?;
+        if kind == EntryKind::Country && calling_code(&self.countries, &value).is_none() {
+            return Err(format!("{value:?} is not a country in the E.164 table"));
+        }
+        let entry = ListEntry {
+            list,
+            kind,
+            value,
+            note: note.to_owned(),
+            added_at: now,
+        };
+        self.lists.add(entry.clone());
+        self.changes.push(Change::ListAdd(entry.clone()));
+        Ok(entry)
+    }
+
+    /// Operator: remove a list entry; false when it was not there.
+    pub fn remove_entry(
+        &mut self,
+        list: ListName,
+        kind: EntryKind,
+        value: &str,
+    ) -> Result<bool, String> {
+        let value = kind.normalize(value)?;
+        let removed = self.lists.remove(list, kind, &value);
+        if removed {
+            self.changes.push(Change::ListRemove(list, kind, value));
+        }
+        Ok(removed)
+    }
+
+    /// Changes since the last call, for the store.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        let mut out: Vec<Change> = self
+            .usage
+            .take_changes()
+            .into_iter()
+            .map(Change::Usage)
+            .collect();
+        out.append(&mut self.changes);
+        out
+    }
+
+    /// Drop state nobody will read again (call now and then).
+    pub fn sweep(&mut self, now: u64) {
+        self.usage.sweep(now, 3600);
+        self.rate
+            .retain(|_, (second, _)| now.saturating_sub(*second) < 2);
+    }
+}
+
+#[cfg(test)]
+mod tests;
