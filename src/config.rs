@@ -27,6 +27,44 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub log: LogConfig,
     pub screening: crate::screening::ScreeningConfig,
+    pub admin: AdminConfig,
+}
+
+/// The admin HTTP API (the jCard of 608 responses is served there too).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on; an empty string turns the API off.
+    pub listen: String,
+    /// Bearer token the API asks for; required when `listen` is not a loopback address.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:8088".into(),
+            token: None,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The address to serve on, None when the API is off.
+    pub fn address(&self) -> anyhow::Result<Option<SocketAddr>> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        let addr: SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|_| anyhow::anyhow!("admin.listen {:?}: expected IP:PORT", self.listen))?;
+        anyhow::ensure!(
+            addr.ip().is_loopback() || self.token.as_deref().is_some_and(|t| t.len() >= 16),
+            "admin.listen {addr} is reachable from other machines: set admin.token (16 characters or more)"
+        );
+        Ok(Some(addr))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -415,6 +453,7 @@ impl Config {
                 u.username
             );
         }
+        self.admin.address()?;
         // Prompts named by verdicts are checked at start, when the prompts are loaded.
         let countries = crate::screening::country_table();
         self.screening

@@ -42,6 +42,13 @@ pub enum Output {
         attempt: u64,
         lookup: Lookup,
     },
+    /// Screen a call; answer with `Core::handle_screened(call, outcome)`.
+    Screen(crate::screening::Request),
+    /// A screened call is over after `answered_s` seconds of talk (its quotas free up).
+    Screened {
+        call: u64,
+        answered_s: u64,
+    },
 }
 
 const ALLOW: &str =
@@ -103,6 +110,8 @@ pub struct Core {
     /// Wall-clock seconds of the latest input (registrations expire by it; rules with
     /// time windows look at it).
     unix_s: u64,
+    /// The latest input's time (calls ending measure their talk time by it).
+    clock: Instant,
     pub stats: Stats,
 }
 
@@ -136,6 +145,7 @@ impl Core {
             prompts,
             dialplan: Arc::new(Dialplan::builtin()),
             unix_s: 0,
+            clock: Instant::now(),
             stats: Stats::default(),
         }
     }
@@ -180,6 +190,7 @@ impl Core {
         unix_s: u64,
     ) {
         self.unix_s = unix_s;
+        self.clock = self.clock.max(now);
         match message {
             Message::Request(mut r) => {
                 if let Err(bad) = r.check() {
@@ -218,6 +229,7 @@ impl Core {
 
     pub fn handle_timeout(&mut self, now: Instant, unix_s: u64) {
         self.unix_s = unix_s;
+        self.clock = self.clock.max(now);
         self.tx.handle_timeout(now);
         while let Some(&(at, id)) = self.wakes.first() {
             if at > now {
@@ -576,6 +588,10 @@ impl Core {
             announcing: None,
             digits: None,
             collected: None,
+            screening_pending: false,
+            screened: false,
+            caller_vouched: false,
+            reject_headers: Vec::new(),
             program: Some(program),
             tags: Vec::new(),
             b_headers: Vec::new(),
@@ -691,7 +707,10 @@ impl Core {
                     }
                 }
                 Action::Screen(profile) => {
-                    tracing::info!(call = call.id, %profile, "screen: no screening engine yet; the call passes");
+                    let request = self.screen_request(call, profile);
+                    call.screening_pending = true;
+                    self.out.push_back(Output::Screen(request));
+                    return;
                 }
                 Action::Reject { status, reason } => {
                     let reason = reason
@@ -782,6 +801,166 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// What screening is told about the call.
+    fn screen_request(&mut self, call: &mut Call, profile: String) -> crate::screening::Request {
+        let req = &call.a_invite;
+        let identity = req
+            .address_list("P-Asserted-Identity")
+            .ok()
+            .and_then(|list| list.into_iter().next())
+            .or_else(|| req.from())
+            .map(|a| a.uri);
+        let user = identity
+            .map(|u| {
+                format!(
+                    "{}@{}",
+                    u.user().unwrap_or_default(),
+                    u.host().unwrap_or_default()
+                )
+            })
+            .unwrap_or_else(|| call.caller.clone());
+        let source = call.a.dest.addr.ip();
+        call.caller_vouched = crate::dialplan::in_networks(source, &self.trusted_scscf)
+            || !self.registrar.lookup(&call.caller, self.unix_s).is_empty();
+        crate::screening::Request {
+            call: call.id,
+            call_id: call.a.call_id.clone(),
+            profile,
+            user,
+            callee: req.uri().user().unwrap_or_default(),
+            source,
+            user_agent: req.header("User-Agent").unwrap_or_default(),
+            now: self.unix_s,
+        }
+    }
+
+    /// The screener's decision on a call waiting at its `screen` action.
+    pub fn handle_screened(&mut self, id: u64, outcome: crate::screening::Outcome, now: Instant) {
+        use crate::screening::Decision;
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
+        if !std::mem::take(&mut call.screening_pending) {
+            return self.finish_or_keep(call);
+        }
+        let reason = outcome.reason();
+        tracing::info!(
+            call = call.id,
+            caller = %call.caller,
+            callee = %call.callee,
+            decision = outcome.decision.name(),
+            score = outcome.score,
+            %reason,
+            "screened"
+        );
+        call.tags
+            .push(format!("screening:{}", outcome.decision.name()));
+        match outcome.decision {
+            Decision::Allow => {
+                call.screened = !outcome.trusted;
+                if call.abandoned {
+                    call.state = State::Done;
+                } else {
+                    self.run_program(&mut call, now);
+                }
+            }
+            Decision::Block(verdict) => {
+                call.program = None;
+                if !call.abandoned {
+                    self.block(&mut call, &verdict, now);
+                }
+                if call.announcing.is_none() {
+                    call.state = State::Done;
+                }
+            }
+            Decision::Challenge { value } => {
+                // The voice code challenge is not built yet: a held call is refused the
+                // way the profile refuses, and the screener lets go of it.
+                tracing::warn!(call = call.id, %value, "screening challenge: not available yet; refusing with 603");
+                call.screened = true;
+                call.program = None;
+                if !call.abandoned {
+                    self.block(&mut call, &crate::screening::Verdict::decline(), now);
+                }
+                if call.announcing.is_none() {
+                    call.state = State::Done;
+                }
+            }
+        }
+        self.schedule(&call);
+        self.finish_or_keep(call);
+    }
+
+    /// Answer a blocked call as its verdict says: a prompt as early media first when the
+    /// verdict has one (or for a 608 to a caller that did not say it understands 608,
+    /// RFC 8688 section 3.3), then the final response.
+    fn block(&mut self, call: &mut Call, verdict: &crate::screening::Verdict, now: Instant) {
+        use crate::screening::Answer;
+        let s = &self.config.screening;
+        let (status, reason) = match &verdict.answer {
+            Answer::Decline => (603, "Decline"),
+            Answer::NetworkBlocked => (603, "Network Blocked"),
+            Answer::Rejected => (608, "Rejected"),
+            Answer::Unavailable => (503, "Service Unavailable"),
+            Answer::Redirect(prefix) => {
+                let uri = call.a_invite.uri();
+                let user = uri.user().unwrap_or_default();
+                let host = uri.host().unwrap_or_default();
+                let target = format!("sip:{prefix}{user}@{host}");
+                tracing::info!(call = call.id, %target, "screening redirects the call");
+                return self.redirect(call, &[target], now);
+            }
+        };
+        call.reject_headers.clear();
+        if verdict.answer == Answer::NetworkBlocked {
+            // ATIS-1000099: who blocked and how to ask for redress.
+            let r = &s.redress;
+            let mut text = String::from("v=analytics1");
+            for (key, value) in [("tel", &r.tel), ("url", &r.url), ("email", &r.email)] {
+                if let Some(v) = value {
+                    text.push_str(&format!(";{key}={}", v.replace(['"', '\\'], "")));
+                }
+            }
+            call.reject_headers.push((
+                "Reason".into(),
+                format!("SIP;cause=603;text=\"{text}\";location={}", r.location),
+            ));
+        }
+        let understands_608 = call
+            .a_invite
+            .headers("Feature-Caps")
+            .iter()
+            .any(|v| v.contains("sip.608"));
+        if verdict.answer == Answer::Rejected && call.caller_vouched {
+            call.reject_headers.push((
+                "Call-Info".into(),
+                format!("<{}>;purpose=jwscard", self.jcard_url()),
+            ));
+        }
+        let prompt = verdict.prompt.clone().or_else(|| {
+            (verdict.answer == Answer::Rejected && !understands_608)
+                .then(|| "call_blocked".to_owned())
+        });
+        if let Some(name) = prompt
+            && self.play_to_caller(call, &name, 0, false, now)
+        {
+            tracing::info!(call = call.id, prompt = %name, status, "announcing before the block");
+            call.announcing = Some(AfterPrompt::Fail(status, reason.to_owned()));
+            return;
+        }
+        self.decline(call, status, reason, now);
+    }
+
+    /// Where callers fetch the operator's jCard (RFC 8688).
+    fn jcard_url(&self) -> String {
+        self.config
+            .screening
+            .jcard
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}/jcard", self.config.admin.listen))
     }
 
     /// The dialplan's actions ran out without an answer: the caller gets the failure (or,
@@ -1574,7 +1753,10 @@ impl Core {
     /// The caller's final failure response.
     fn decline(&mut self, call: &mut Call, status: u16, reason: &str, now: Instant) {
         tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, status, "call declined");
-        let out = self.caller_response(call, status, reason, None);
+        let mut out = self.caller_response(call, status, reason, None);
+        for (name, value) in &call.reject_headers {
+            let _ = out.push_header(name, value);
+        }
         self.tx.respond(&call.a_invite_tx, out, now);
     }
 
@@ -2097,6 +2279,16 @@ impl Core {
                 );
             }
             call.media.close(&mut self.media);
+            if call.screened {
+                let answered_s = call
+                    .answered_at
+                    .filter(|_| call.answered.is_some())
+                    .map_or(0, |t| self.clock.saturating_duration_since(t).as_secs());
+                self.out.push_back(Output::Screened {
+                    call: call.id,
+                    answered_s,
+                });
+            }
             self.dialogs
                 .remove(&(call.a.call_id.clone(), call.a.local_tag.clone()));
             for b in &call.branches {

@@ -2,6 +2,7 @@
 //! The binary (`main.rs`) is a thin CLI over [`server::run`].
 
 pub mod anchor;
+pub mod api;
 pub mod call;
 pub mod config;
 pub mod core;

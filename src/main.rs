@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use warden::config::Config;
-use warden::dialplan::Dialplan;
 
 /// Warden: a SIP B2BUA application server (registrar + bridged calls).
 ///
@@ -62,7 +61,7 @@ fn print_codecs() {
 /// `warden reload`: refuse a broken dialplan here, with its file and line, before the
 /// server ever sees it; else signal the server.
 fn reload(config: &Config) -> std::process::ExitCode {
-    let plan = match Dialplan::from_config(config.dialplan.file.as_ref()) {
+    let plan = match warden::server::load_dialplan(config) {
         Ok(plan) => plan,
         Err(e) => {
             eprintln!("warden: dialplan {e}; the server keeps its current plan");
@@ -114,7 +113,7 @@ fn main() -> std::process::ExitCode {
         return reload(&config);
     }
     if matches!(cli.command, Some(Command::Check)) {
-        return match Dialplan::from_config(config.dialplan.file.as_ref()) {
+        return match warden::server::load_dialplan(&config) {
             Ok(plan) => {
                 println!(
                     "configuration ok; dialplan {}: {} rules",

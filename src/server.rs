@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::core::{Core, Output};
 use crate::dialplan::Dialplan;
 use crate::registrar::{Registrar, store};
+use crate::screening::store::Write;
 use crate::sip::message::Limits;
 use crate::sip::transport::{self, Inbound, Transport};
 
@@ -87,17 +88,50 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = media_tx.send(event);
     }));
     let prompts = crate::prompts::load(&config)?;
+    let (usage, lists) = crate::screening::store::load(&pool, unix_now()).await?;
+    let mut screener = crate::screening::Engine::new(
+        &config.screening,
+        &|name| prompts.contains(name),
+        usage,
+        lists,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let (ask_tx, mut asks) = mpsc::channel::<crate::api::Ask>(64);
+    let admin = match config.admin.address()? {
+        Some(addr) => {
+            let public = config.screening.jcard.public_url.clone();
+            let base = public
+                .as_deref()
+                .and_then(|u| u.strip_suffix("/jcard"))
+                .map_or_else(|| format!("http://{addr}"), str::to_owned);
+            let jcard = crate::api::jcard::Jcard::new(&config.screening.jcard, &base)?;
+            Some(
+                crate::api::serve(
+                    addr,
+                    config.admin.token.clone(),
+                    std::sync::Arc::new(jcard),
+                    ask_tx,
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
+    let (screen_tx, screen_rx) = mpsc::unbounded_channel();
+    let screen_writer = tokio::spawn(crate::screening::store::writer(pool.clone(), screen_rx));
     let registrar = Registrar::new(config.registrar.clone(), loaded);
-    let dialplan_file = config.dialplan.file.clone();
+    // What a reload reads (the dialplan file, and the profiles it may name).
+    let reload_config = config.clone();
     let resolver = crate::dns::resolver(&config.dns)?;
     let enum_suffix = config.dns.enum_suffix.clone();
     let (resolved_tx, mut resolved) = mpsc::unbounded_channel();
-    let plan = Dialplan::from_config(dialplan_file.as_ref())?;
+    let plan = load_dialplan(&config)?;
     let pid_file = PidFile::write(&config.server.pid_file)?;
     let mut core = Core::new(config, registrar, advertised, relay, prompts);
     core.set_dialplan(plan);
     let mut shutdown = Box::pin(shutdown_signal());
     let mut reload = reload_signal()?;
+    let mut sweep = tokio::time::interval(std::time::Duration::from_secs(60));
 
     loop {
         let deadline = core
@@ -123,9 +157,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = tokio::time::sleep_until(deadline) => {
                 core.handle_timeout(Instant::now(), unix_now());
             }
+            _ = sweep.tick() => screener.sweep(unix_now()),
+            Some((command, reply)) = asks.recv() => {
+                let answer = crate::screening::admin::run(&mut screener, command, unix_now());
+                for change in screener.take_changes() {
+                    let _ = screen_tx.send(Write::Change(change));
+                }
+                let _ = reply.send(answer);
+            }
             _ = reload.recv() => {
                 // A bad file leaves the running plan in place.
-                match Dialplan::from_config(dialplan_file.as_ref()) {
+                match load_dialplan(&reload_config) {
                     Ok(plan) => core.set_dialplan(plan),
                     Err(e) => tracing::error!(error = %e, "dialplan reload refused; the previous plan stays active"),
                 }
@@ -140,6 +182,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Output::Send(dest, bytes) => transmitter.send(&dest, bytes),
                 Output::Store(change) => {
                     let _ = store_tx.send(change);
+                }
+                Output::Screen(request) => {
+                    let outcome = screener.screen(&request);
+                    let _ = screen_tx.send(Write::Decision(decision_record(&request, &outcome)));
+                    for change in screener.take_changes() {
+                        let _ = screen_tx.send(Write::Change(change));
+                    }
+                    core.handle_screened(request.call, outcome, Instant::now());
+                }
+                Output::Screened { call, answered_s } => {
+                    screener.call_ended(call, answered_s, unix_now());
+                    for change in screener.take_changes() {
+                        let _ = screen_tx.send(Write::Change(change));
+                    }
                 }
                 Output::Resolve {
                     call,
@@ -157,10 +213,57 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     drop(pid_file);
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     drop(store_tx);
+    drop(screen_tx);
     let _ = writer.await; // every queued registration change reaches the database
+    let _ = screen_writer.await;
     pool.close().await;
     Ok(())
+}
+
+/// The configured dialplan, checked: a `screen` action naming a profile the configuration
+/// lacks is refused with its file and line, like any other mistake in the file.
+pub fn load_dialplan(config: &Config) -> anyhow::Result<Dialplan> {
+    let plan = Dialplan::from_config(config.dialplan.file.as_ref())?;
+    for rule in &plan.rules {
+        for action in &rule.actions {
+            if let crate::dialplan::Action::Screen(profile) = action {
+                anyhow::ensure!(
+                    config.screening.has_profile(profile),
+                    "{}:{}: rule {:?}: screen = {profile:?}: no [screening.profiles.{profile}] in the configuration",
+                    plan.origin,
+                    rule.line,
+                    rule.name
+                );
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// The decision log's row for one screened call.
+fn decision_record(
+    request: &crate::screening::Request,
+    outcome: &crate::screening::Outcome,
+) -> crate::screening::store::DecisionRecord {
+    crate::screening::store::DecisionRecord {
+        call_id: request.call_id.clone(),
+        at: request.now,
+        user: request.user.clone(),
+        callee: request.callee.clone(),
+        source: request.source.to_string(),
+        profile: request.profile.clone(),
+        decision: outcome.decision.name().to_owned(),
+        verdict: match &outcome.decision {
+            crate::screening::Decision::Block(v) => Some(v.name()),
+            _ => None,
+        },
+        score: outcome.score,
+        reason: outcome.reason(),
+    }
 }
 
 /// Start the media relay on the configured address, else on the SIP address.

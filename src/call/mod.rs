@@ -161,6 +161,15 @@ pub struct Call {
     /// Collecting the caller's key presses (a menu), and the last input collected.
     pub digits: Option<digits::DigitCollector>,
     pub collected: Option<digits::Collected>,
+    /// Screening: waiting for the decision, and whether the screener counts this call
+    /// (it must hear when the call ends).
+    pub screening_pending: bool,
+    pub screened: bool,
+    /// The caller is known to Warden (registered, a trusted peer or S-CSCF): a 608 may
+    /// carry the operator's jCard (RFC 8688 section 6).
+    pub caller_vouched: bool,
+    /// Extra headers on Warden's final failure response (Reason, Call-Info).
+    pub reject_headers: Vec<(String, String)>,
 }
 
 /// What happens when an announcement to the caller ends.

@@ -379,9 +379,7 @@ do = [{ play = "closed" }]
             assert_eq!(first(&p, &facts(number)).as_deref(), Some(rule), "{number}");
         }
         let d = p.evaluate(&facts("0041441234567")).expect("match");
-        assert!(
-            matches!(&d.rule.actions[1], Action::Screen(profile) if profile == "international")
-        );
+        assert!(matches!(&d.rule.actions[1], Action::Screen(profile) if profile == "default"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! changes for the store. Source checks run for every screened call; a profile picks the
 //! fraud rules and their thresholds. See the README's "Call screening" section.
 
+pub mod admin;
 pub mod lists;
 pub mod numbers;
 pub mod profile;
@@ -23,6 +24,8 @@ use usage::{Usage, UsageChange};
 #[derive(Debug, Clone)]
 pub struct Request {
     pub call: u64,
+    /// The caller's Call-ID, for the decision log.
+    pub call_id: String,
     pub profile: String,
     /// Who pays: `user@domain` of the caller (P-Asserted-Identity, else From).
     pub user: String,

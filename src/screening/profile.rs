@@ -484,6 +484,11 @@ impl ScreeningConfig {
         Ok(out)
     }
 
+    /// Is there a profile by this name (`default` always exists)?
+    pub fn has_profile(&self, name: &str) -> bool {
+        name == "default" || self.profiles.contains_key(name)
+    }
+
     pub fn trusted(&self) -> Result<Vec<(IpAddr, u8)>, String> {
         networks("screening.trusted_sources", &self.trusted_sources)
     }

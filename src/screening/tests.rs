@@ -20,6 +20,7 @@ fn engine(profile: &str) -> Engine {
 fn req(call: u64, callee: &str, now: u64) -> Request {
     Request {
         call,
+        call_id: format!("call-{call}"),
         profile: "default".into(),
         user: "alice@example.com".into(),
         callee: callee.into(),

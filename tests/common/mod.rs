@@ -14,6 +14,8 @@ use warden::sip::message::{Limits, Message, Request, Response};
 /// A running Warden process with its own port and data directory.
 pub struct Warden {
     pub port: u16,
+    /// The admin HTTP API's port.
+    pub admin_port: u16,
     child: Option<Child>,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -55,6 +57,7 @@ impl Warden {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut w = Warden {
             port: free_port(),
+            admin_port: free_port(),
             child: None,
             dir: tmp.path().to_owned(),
             _tmp: Some(tmp),
@@ -73,8 +76,10 @@ impl Warden {
         };
         let config = format!(
             "[sip]\nlisten = [\"udp:127.0.0.1:{p}\", \"tcp:127.0.0.1:{p}\"{v6}]\n\
-             [database]\npath = \"{db}\"\n[server]\npid_file = \"{pid}\"\n{extra}\n",
+             [database]\npath = \"{db}\"\n[server]\npid_file = \"{pid}\"\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n{extra}\n",
             p = self.port,
+            admin = self.admin_port,
             db = self.dir.join("warden.sqlite").display(),
             pid = self.dir.join("warden.pid").display(),
             extra = self.extra

@@ -1,0 +1,304 @@
+//! Call screening against a real Warden over loopback: quotas answered 603, a high-risk
+//! destination announced as early media then refused 608 with a fetchable jCard, the 302
+//! and 503 modes, and every decision in the database with its reason.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{Ua, Warden};
+use warden::sip::message::{Message, Request, Response};
+
+/// Warden with `plan` as its dialplan and `screening` TOML appended to its config.
+fn warden(plan: &str, screening: &str) -> (Warden, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path: PathBuf = dir.path().join("plan.toml");
+    std::fs::write(&path, plan).expect("write plan");
+    let w = Warden::start_with(&format!(
+        "[dialplan]\nfile = \"{}\"\n{screening}",
+        path.display()
+    ));
+    (w, dir)
+}
+
+/// The final response to `invite` (others' retransmissions skipped), ACKed when it is a
+/// failure; provisional responses seen on the way are returned too.
+fn outcome(ua: &mut Ua, invite: &Request) -> (Vec<Response>, Response) {
+    let mut provisional = Vec::new();
+    loop {
+        let r = ua.recv_response();
+        if r.call_id() != invite.call_id() {
+            continue;
+        }
+        if r.status() < 200 {
+            provisional.push(r);
+            continue;
+        }
+        if r.status() >= 300 {
+            let ack = format!(
+                "ACK {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
+                 Call-ID: {ci}\r\nCSeq: {seq} ACK\r\nContent-Length: 0\r\n\r\n",
+                uri = invite.uri(),
+                via = invite.header("Via").expect("via"),
+                from = invite.header("From").expect("from"),
+                to = r.header("To").expect("to"),
+                ci = invite.call_id().expect("call-id"),
+                seq = invite.cseq().expect("cseq").seq
+            );
+            ua.send_raw(&ack);
+        }
+        return (provisional, r);
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status, body).
+fn http_get(url: &str) -> (u16, String) {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut s = TcpStream::connect(host).expect("connect to the admin API");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    (status, body.to_owned())
+}
+
+/// Screening decisions logged so far: (decision, verdict, reason), waiting up to 5 s for
+/// `count` of them (the log is written behind the calls).
+fn decisions(w: &Warden, count: usize) -> Vec<(String, Option<String>, String)> {
+    let db = w.dir.join("warden.sqlite");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let url = format!("sqlite://{}?mode=ro", db.display());
+        let pool = sqlx::SqlitePool::connect(&url)
+            .await
+            .expect("open the database");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let rows: Vec<(String, Option<String>, String)> = sqlx::query_as(
+                "SELECT decision, verdict, reason FROM screening_decisions ORDER BY rowid",
+            )
+            .fetch_all(&pool)
+            .await
+            .expect("query");
+            if rows.len() >= count || Instant::now() > deadline {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+const NO_RATE: &str = "[screening]\ncalls_per_source_per_second = 0\n";
+
+#[test]
+fn a_user_over_quota_gets_603_and_the_decisions_are_recorded() {
+    let plan = "[[rule]]\nname = \"out\"\ndo = [{ screen = \"tight\" }, { reject = 480 }]\n";
+    let (w, _dir) = warden(
+        plan,
+        &format!(
+            "{NO_RATE}[screening.profiles.tight]\nchecks = [\"quotas\"]\ncalls_per_hour = 2\n"
+        ),
+    );
+    let mut alice = Ua::udp("alice", w.port);
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let invite = alice.invite("02079460000");
+        codes.push(outcome(&mut alice, &invite).1.status());
+    }
+    assert_eq!(
+        codes,
+        [480, 480, 603],
+        "two calls pass screening, the third is over quota"
+    );
+    let rows = decisions(&w, 3);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!((rows[0].0.as_str(), rows[0].1.as_deref()), ("allow", None));
+    assert_eq!(
+        (rows[2].0.as_str(), rows[2].1.as_deref()),
+        ("block", Some("603"))
+    );
+    assert!(
+        rows[2].2.contains("calls per hour: 2 of 2 used"),
+        "{rows:?}"
+    );
+}
+
+/// A caller's RTP socket and an SDP offer pointing at it.
+fn media() -> (UdpSocket, String) {
+    let rtp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    rtp.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let port = rtp.local_addr().expect("addr").port();
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    );
+    (rtp, sdp)
+}
+
+const FRAUD: &str =
+    "[screening.profiles.fraud]\nchecks = [\"high_risk\"]\nverdict = { reject = 608 }\n";
+
+#[test]
+fn a_high_risk_destination_hears_the_prompt_then_608_with_a_jcard() {
+    let plan = "[[rule]]\nname = \"intl\"\ndo = [{ screen = \"fraud\" }, { reject = 480 }]\n";
+    let (w, _dir) = warden(plan, &format!("{NO_RATE}{FRAUD}"));
+    // Registered, so Warden knows who is calling: the 608 may carry the operator's jCard.
+    let mut alice = Ua::udp("alice", w.port);
+    assert_eq!(alice.register(600).status(), 200);
+    let (rtp, sdp) = media();
+    let invite = alice.invite_sdp("005371234567", &sdp);
+    // No `Feature-Caps: *;+sip.608` from this caller: the announcement comes first.
+    let progress = loop {
+        match alice.recv() {
+            Message::Response(r) if r.status() == 183 => break r,
+            Message::Response(r) => {
+                assert!(r.status() < 200, "final before the prompt: {}", r.status())
+            }
+            Message::Request(r) => panic!("unexpected {}", r.method()),
+        }
+    };
+    assert!(
+        String::from_utf8_lossy(progress.body()).contains("m=audio"),
+        "183 with SDP"
+    );
+    let mut buf = [0u8; 2048];
+    let mut packets = 0;
+    while packets < 10 {
+        let (n, _) = rtp
+            .recv_from(&mut buf)
+            .expect("the prompt's RTP arrives before the final response");
+        assert!(n > 12 && buf[1] & 0x7f == 0, "PCMU RTP");
+        packets += 1;
+    }
+    let (_, last) = outcome(&mut alice, &invite);
+    assert_eq!((last.status(), last.reason().as_str()), (608, "Rejected"));
+    let call_info = last
+        .header("Call-Info")
+        .expect("Call-Info on a 608 to a known caller");
+    assert!(call_info.ends_with(";purpose=jwscard"), "{call_info}");
+    let url = call_info
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .expect("URI");
+    let (status, jws) = http_get(url);
+    assert_eq!(status, 200, "{jws}");
+    let parts: Vec<&str> = jws.trim().split('.').collect();
+    assert_eq!(parts.len(), 3, "a compact JWS: {jws}");
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).expect("b64")).expect("json");
+    assert_eq!(header["alg"], "ES256");
+    let payload: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("b64")).expect("json");
+    assert_eq!(payload["jcard"][0], "vcard", "{payload}");
+    assert!(payload["iat"].as_u64().is_some());
+    let x5u = header["x5u"].as_str().expect("x5u");
+    let (status, pem) = http_get(x5u);
+    assert_eq!(status, 200);
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let rows = decisions(&w, 1);
+    assert!(rows[0].2.contains("irsf range +53"), "{rows:?}");
+}
+
+#[test]
+fn a_608_capable_stranger_gets_608_at_once_and_no_jcard() {
+    let plan = "[[rule]]\nname = \"intl\"\ndo = [{ screen = \"fraud\" }, { reject = 480 }]\n";
+    let (w, _dir) = warden(plan, &format!("{NO_RATE}{FRAUD}"));
+    let mut mallory = Ua::udp("mallory", w.port);
+    let (_rtp, sdp) = media();
+    let invite = mallory.invite_with("005371234567", &sdp, "Feature-Caps: *;+sip.608\r\n");
+    let (provisional, last) = outcome(&mut mallory, &invite);
+    assert!(
+        provisional.iter().all(|r| r.status() != 183),
+        "no announcement"
+    );
+    assert_eq!(last.status(), 608);
+    assert_eq!(
+        last.header("Call-Info"),
+        None,
+        "no jCard for an unverified caller (RFC 8688 6)"
+    );
+}
+
+#[test]
+fn the_redirect_503_and_603_plus_modes() {
+    // One profile per caller, each answering a block its own way.
+    let rule = |user: &str, profile: &str| {
+        format!(
+            "[[rule]]\nname = \"{user}\"\nwhen = {{ from_user = '^{user}$' }}\ndo = [{{ screen = \"{profile}\" }}, {{ reject = 480 }}]\n"
+        )
+    };
+    let plan = [
+        rule("alice", "redirect"),
+        rule("bob", "failover"),
+        rule("carol", "analytics"),
+    ]
+    .concat();
+    let profile = |name: &str, verdict: &str| {
+        format!(
+            "[screening.profiles.{name}]\nhome_country = \"US\"\ninternational_prefix = \"011\"\n\
+             national_prefix = \"1\"\nchecks = [\"high_risk\"]\nverdict = {verdict}\n"
+        )
+    };
+    let config = format!(
+        "{NO_RATE}[screening.redress]\nurl = \"https://redress.example.net\"\ntel = \"+18005550100\"\n{}{}{}",
+        profile("redirect", "{ redirect = \"999\" }"),
+        profile("failover", "{ reject = 503 }"),
+        profile("analytics", "{ reject = \"603+\" }"),
+    );
+    let (w, _dir) = warden(&plan, &config);
+    // 1 876 is Jamaica: a high-risk NANP area code, dialed nationally.
+    let mut alice = Ua::udp("alice", w.port);
+    let invite = alice.invite("18765550123");
+    let (_, r) = outcome(&mut alice, &invite);
+    assert_eq!(r.status(), 302);
+    let contact = r.header("Contact").expect("Contact");
+    assert!(
+        contact.contains("sip:99918765550123@"),
+        "the prefix on the Request-URI: {contact}"
+    );
+    // A US number passes and the plan goes on.
+    let invite = alice.invite("12125550123");
+    assert_eq!(outcome(&mut alice, &invite).1.status(), 480);
+
+    let mut bob = Ua::udp("bob", w.port);
+    let invite = bob.invite("01118765550123");
+    assert_eq!(
+        outcome(&mut bob, &invite).1.status(),
+        503,
+        "tfps's failover mode"
+    );
+
+    let mut carol = Ua::udp("carol", w.port);
+    let invite = carol.invite("01118765550123");
+    let (_, r) = outcome(&mut carol, &invite);
+    assert_eq!((r.status(), r.reason().as_str()), (603, "Network Blocked"));
+    assert_eq!(
+        r.header("Reason").expect("Reason").as_str(),
+        "SIP;cause=603;text=\"v=analytics1;tel=+18005550100;url=https://redress.example.net\";location=TN"
+    );
+    let rows = decisions(&w, 4);
+    let verdicts: Vec<Option<&str>> = rows.iter().map(|r| r.1.as_deref()).collect();
+    assert_eq!(verdicts, [Some("302 999"), None, Some("503"), Some("603+")]);
+}
