@@ -6,6 +6,7 @@ pub mod api;
 pub mod call;
 pub mod config;
 pub mod core;
+pub mod ctl;
 pub mod dialplan;
 pub mod dns;
 pub mod e164;

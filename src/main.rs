@@ -1,6 +1,6 @@
 //! The `warden` command: `warden [run]` starts the server, `warden check` validates the config,
 //! `warden codecs` lists the codecs this build has, `warden reload` has the running
-//! server reload its dialplan.
+//! server reload its dialplan, `warden ctl` operates it through the admin API.
 
 use std::path::PathBuf;
 
@@ -32,6 +32,9 @@ enum Command {
     /// Check the dialplan, then have the running server reload it (SIGHUP to the process
     /// in `server.pid_file`).
     Reload,
+    /// Operate the running server through its admin API (`admin.listen`, `admin.token`).
+    #[command(subcommand)]
+    Ctl(warden::ctl::Ctl),
 }
 
 fn load(path: &Option<PathBuf>) -> anyhow::Result<Config> {
@@ -111,6 +114,9 @@ fn main() -> std::process::ExitCode {
     };
     if matches!(cli.command, Some(Command::Reload)) {
         return reload(&config);
+    }
+    if let Some(Command::Ctl(command)) = cli.command {
+        return warden::ctl::run(&config, command);
     }
     if matches!(cli.command, Some(Command::Check)) {
         return match warden::server::load_dialplan(&config) {

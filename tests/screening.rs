@@ -302,3 +302,86 @@ fn the_redirect_503_and_603_plus_modes() {
     let verdicts: Vec<Option<&str>> = rows.iter().map(|r| r.1.as_deref()).collect();
     assert_eq!(verdicts, [Some("302 999"), None, Some("503"), Some("603+")]);
 }
+
+/// `warden ctl` against the running server: (success, stdout + stderr).
+fn ctl(w: &Warden, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("--config")
+        .arg(w.dir.join("warden.toml"))
+        .arg("ctl")
+        .args(args)
+        .output()
+        .expect("run warden ctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn operators_list_reset_and_remove_users_and_edit_lists_with_ctl() {
+    let plan = "[[rule]]\nname = \"out\"\ndo = [{ screen = \"tight\" }, { reject = 480 }]\n";
+    let (w, _dir) = warden(
+        plan,
+        &format!(
+            "{NO_RATE}[screening.profiles.tight]\nchecks = [\"lists\", \"quotas\"]\ncalls_per_hour = 1\n"
+        ),
+    );
+    let mut alice = Ua::udp("alice", w.port);
+    let mut call = |ua: &mut Ua, number: &str| {
+        let invite = ua.invite(number);
+        outcome(ua, &invite).1.status()
+    };
+    assert_eq!(call(&mut alice, "02079460000"), 480);
+    assert_eq!(call(&mut alice, "02079460000"), 603, "over quota");
+    let (ok, text) = ctl(&w, &["screening", "list"]);
+    assert!(ok, "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("alice@127.0.0.1"))
+        .expect(&text);
+    assert!(text.starts_with("USER"), "{text}");
+    assert_eq!(
+        row.split_whitespace().nth(1),
+        Some("1"),
+        "one call this hour: {text}"
+    );
+    let (ok, text) = ctl(&w, &["screening", "reset", "alice", "127.0.0.1"]);
+    assert!(ok && text.contains("reset alice@127.0.0.1"), "{text}");
+    assert_eq!(
+        call(&mut alice, "02079460000"),
+        480,
+        "the quota starts again"
+    );
+
+    let (ok, text) = ctl(
+        &w,
+        &[
+            "screening",
+            "add",
+            "block",
+            "prefix",
+            "+4420794",
+            "--note",
+            "test",
+        ],
+    );
+    assert!(
+        ok && text.contains("block  prefix  4420794  test"),
+        "{text}"
+    );
+    let mut bob = Ua::udp("bob", w.port);
+    assert_eq!(call(&mut bob, "02079461111"), 603, "on the block list");
+    let (ok, text) = ctl(&w, &["screening", "del", "block", "prefix", "4420794"]);
+    assert!(ok, "{text}");
+    let (ok, text) = ctl(&w, &["screening", "add", "block", "planet", "Mars"]);
+    assert!(!ok && text.contains("kind \"planet\""), "{text}");
+    let (ok, text) = ctl(&w, &["screening", "remove", "nobody", "example.com"]);
+    assert!(!ok && text.contains("404"), "{text}");
+    let (ok, _) = ctl(&w, &["screening", "remove", "alice", "127.0.0.1"]);
+    assert!(ok);
+    let (_, text) = ctl(&w, &["screening", "list"]);
+    assert!(!text.contains("alice@"), "{text}");
+}

@@ -1,0 +1,233 @@
+//! `warden ctl`: the admin API from a terminal. Each command is one HTTP request to the
+//! running server (address and token from the config), its JSON answer printed as a table.
+
+use clap::Subcommand;
+use serde_json::Value;
+
+use crate::config::Config;
+
+#[derive(Debug, Subcommand)]
+pub enum Ctl {
+    /// Screening state: users' counters, and the allow/block lists.
+    #[command(subcommand)]
+    Screening(Screening),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Screening {
+    /// Users with counters: calls this hour and day, minutes, live calls, countries.
+    List,
+    /// Clear a user's counters (quotas start again); USER DOMAIN as in user@domain.
+    Reset { user: String, domain: String },
+    /// Forget a user: counters, countries called, own allow-list.
+    Remove { user: String, domain: String },
+    /// The allow and block list entries.
+    Lists,
+    /// Add an entry: LIST is allow or block, KIND number, prefix, country or source.
+    Add {
+        list: String,
+        kind: String,
+        value: String,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Remove an entry.
+    Del {
+        list: String,
+        kind: String,
+        value: String,
+    },
+}
+
+/// Run one command; the exit code says how it went (0 done, 1 refused or unreachable).
+pub fn run(config: &Config, command: Ctl) -> std::process::ExitCode {
+    match request(config, command) {
+        Ok(text) => {
+            print!("{text}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("warden ctl: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn request(config: &Config, command: Ctl) -> anyhow::Result<String> {
+    let addr = config
+        .admin
+        .address()?
+        .ok_or_else(|| anyhow::anyhow!("the admin API is off (admin.listen is empty)"))?;
+    let base = format!("http://{addr}");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let with_token = |r: reqwest::blocking::RequestBuilder| match &config.admin.token {
+        Some(t) => r.bearer_auth(t),
+        None => r,
+    };
+    let Ctl::Screening(command) = command;
+    let path = |p: &str| format!("{base}{p}");
+    let (builder, table): (_, fn(&Value) -> String) = match &command {
+        Screening::List => (client.get(path("/screening/users")), users_table),
+        Screening::Reset { user, domain } => (
+            client.post(path(&format!(
+                "/screening/users/{}/reset",
+                segment(&format!("{user}@{domain}"))
+            ))),
+            done,
+        ),
+        Screening::Remove { user, domain } => (
+            client.delete(path(&format!(
+                "/screening/users/{}",
+                segment(&format!("{user}@{domain}"))
+            ))),
+            done,
+        ),
+        Screening::Lists => (client.get(path("/screening/lists")), lists_table),
+        Screening::Add {
+            list,
+            kind,
+            value,
+            note,
+        } => (
+            client.post(path("/screening/lists")).json(
+                &serde_json::json!({"list": list, "kind": kind, "value": value, "note": note}),
+            ),
+            lists_table,
+        ),
+        Screening::Del { list, kind, value } => (
+            client.delete(path(&format!(
+                "/screening/lists/{}/{}/{}",
+                segment(list),
+                segment(kind),
+                segment(value)
+            ))),
+            done,
+        ),
+    };
+    let response = with_token(builder)
+        .send()
+        .map_err(|e| anyhow::anyhow!("cannot reach the server at {base}: {e}"))?;
+    let status = response.status();
+    let body = response.text()?;
+    anyhow::ensure!(status.is_success(), "{status}: {}", body.trim());
+    let value: Value = serde_json::from_str(&body)?;
+    Ok(table(&value))
+}
+
+/// A path segment with the characters URLs reserve escaped.
+fn segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'@' | b'+' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn done(value: &Value) -> String {
+    let text = value
+        .as_object()
+        .and_then(|o| o.iter().next())
+        .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or_default()))
+        .unwrap_or_else(|| value.to_string());
+    format!("{text}\n")
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Rows of `value` (an array of objects) under `columns`, each column as wide as its widest.
+fn table(value: &Value, columns: &[(&str, &str)]) -> String {
+    let rows: Vec<Vec<String>> = value
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_else(|| std::slice::from_ref(value))
+        .iter()
+        .map(|row| columns.iter().map(|(key, _)| cell(&row[*key])).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (_, title))| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([title.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let mut s = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(columns.iter().map(|(_, t)| *t).collect());
+    for r in &rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    if rows.is_empty() {
+        out.push_str("(none)\n");
+    }
+    out
+}
+
+fn users_table(value: &Value) -> String {
+    table(
+        value,
+        &[
+            ("user", "USER"),
+            ("calls_last_hour", "CALLS/H"),
+            ("calls_last_day", "CALLS/DAY"),
+            ("international_last_day", "INTL/DAY"),
+            ("minutes_last_day", "MIN/DAY"),
+            ("live_calls", "LIVE"),
+            ("countries", "COUNTRIES"),
+            ("allowed", "ALLOWED"),
+        ],
+    )
+}
+
+fn lists_table(value: &Value) -> String {
+    table(
+        value,
+        &[
+            ("list", "LIST"),
+            ("kind", "KIND"),
+            ("value", "VALUE"),
+            ("note", "NOTE"),
+            ("added_at", "ADDED (UNIX)"),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_line_up_and_segments_are_escaped() {
+        let v = serde_json::json!([{"user": "alice@example.com", "calls_last_hour": 3, "countries": ["CU", "DE"]}]);
+        let t = users_table(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("USER               CALLS/H"), "{t}");
+        assert!(lines[1].starts_with("alice@example.com  3"), "{t}");
+        assert!(lines[1].contains("CU,DE"), "{t}");
+        assert_eq!(segment("203.0.113.0/24"), "203.0.113.0%2F24");
+    }
+}
