@@ -330,7 +330,7 @@ fn operators_list_reset_and_remove_users_and_edit_lists_with_ctl() {
         ),
     );
     let mut alice = Ua::udp("alice", w.port);
-    let mut call = |ua: &mut Ua, number: &str| {
+    let call = |ua: &mut Ua, number: &str| {
         let invite = ua.invite(number);
         outcome(ua, &invite).1.status()
     };
