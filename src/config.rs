@@ -510,6 +510,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid_and_says_the_defaults() {
+        let text = include_str!("../warden.example.toml");
+        let example = Config::parse(text, "warden.example.toml").unwrap();
+        let default = Config::default();
+        assert_eq!(example.admin.listen, default.admin.listen);
+        let p = &example.screening.profiles["default"];
+        assert_eq!(
+            (p.calls_per_hour, p.max_concurrent, p.repeat_limit),
+            (60, 10, 5)
+        );
+    }
+
+    #[test]
     fn errors_name_file_and_line() {
         let err = Config::parse("[sip]\nt1_ms = 500\nbogus = 1\n", "w.toml").unwrap_err();
         let msg = err.to_string();
