@@ -96,6 +96,9 @@ fn main() {
             callee: callee.to_owned(),
             source: facts.source,
             user_agent: "Phone/1.0".into(),
+            caller_number: "user".into(),
+            identity: None,
+            date: None,
             now,
         };
         let outcome = engine.screen(black_box(&request));

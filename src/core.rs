@@ -812,6 +812,7 @@ impl Core {
             .and_then(|list| list.into_iter().next())
             .or_else(|| req.from())
             .map(|a| a.uri);
+        let caller_number = identity.as_ref().and_then(|u| u.user()).unwrap_or_default();
         let user = identity
             .map(|u| {
                 format!(
@@ -832,6 +833,9 @@ impl Core {
             callee: req.uri().user().unwrap_or_default(),
             source,
             user_agent: req.header("User-Agent").unwrap_or_default(),
+            caller_number,
+            identity: req.header("Identity"),
+            date: req.header("Date"),
             now: self.unix_s,
         }
     }
@@ -857,9 +861,11 @@ impl Core {
         );
         call.tags
             .push(format!("screening:{}", outcome.decision.name()));
+        // The screener counts every call it saw (ending one it did not admit is a no-op).
+        call.screened = true;
+        let jcard = (call.caller_vouched && !outcome.identity_failed) || outcome.identity_verified;
         match outcome.decision {
             Decision::Allow => {
-                call.screened = !outcome.trusted;
                 if call.abandoned {
                     call.state = State::Done;
                 } else {
@@ -869,7 +875,7 @@ impl Core {
             Decision::Block(verdict) => {
                 call.program = None;
                 if !call.abandoned {
-                    self.block(&mut call, &verdict, now);
+                    self.block(&mut call, &verdict, jcard, now);
                 }
                 if call.announcing.is_none() {
                     call.state = State::Done;
@@ -879,10 +885,9 @@ impl Core {
                 // The voice code challenge is not built yet: a held call is refused the
                 // way the profile refuses, and the screener lets go of it.
                 tracing::warn!(call = call.id, %value, "screening challenge: not available yet; refusing with 603");
-                call.screened = true;
                 call.program = None;
                 if !call.abandoned {
-                    self.block(&mut call, &crate::screening::Verdict::decline(), now);
+                    self.block(&mut call, &crate::screening::Verdict::decline(), false, now);
                 }
                 if call.announcing.is_none() {
                     call.state = State::Done;
@@ -895,8 +900,15 @@ impl Core {
 
     /// Answer a blocked call as its verdict says: a prompt as early media first when the
     /// verdict has one (or for a 608 to a caller that did not say it understands 608,
-    /// RFC 8688 section 3.3), then the final response.
-    fn block(&mut self, call: &mut Call, verdict: &crate::screening::Verdict, now: Instant) {
+    /// RFC 8688 section 3.3), then the final response; a 608 carries the operator's jCard
+    /// when `jcard` (the caller is known or verified, RFC 8688 section 6).
+    fn block(
+        &mut self,
+        call: &mut Call,
+        verdict: &crate::screening::Verdict,
+        jcard: bool,
+        now: Instant,
+    ) {
         use crate::screening::Answer;
         let s = &self.config.screening;
         let (status, reason) = match &verdict.answer {
@@ -933,7 +945,7 @@ impl Core {
             .headers("Feature-Caps")
             .iter()
             .any(|v| v.contains("sip.608"));
-        if verdict.answer == Answer::Rejected && call.caller_vouched {
+        if verdict.answer == Answer::Rejected && jcard {
             call.reject_headers.push((
                 "Call-Info".into(),
                 format!("<{}>;purpose=jwscard", self.jcard_url()),

@@ -117,6 +117,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let mut analytics = crate::screening::analytics::Engines::new(&config.screening.analytics)
+        .map_err(anyhow::Error::msg)?;
+    let (judged_tx, mut judged) = mpsc::unbounded_channel::<Judged>();
     let (screen_tx, screen_rx) = mpsc::unbounded_channel();
     let screen_writer = tokio::spawn(crate::screening::store::writer(pool.clone(), screen_rx));
     let registrar = Registrar::new(config.registrar.clone(), loaded);
@@ -158,6 +161,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 core.handle_timeout(Instant::now(), unix_now());
             }
             _ = sweep.tick() => screener.sweep(unix_now()),
+            Some(judged) = judged.recv() => {
+                analytics.record(&judged.name, judged.judgement.is_ok(), Instant::now());
+                finish_screening(&mut core, &mut screener, &screen_tx, judged);
+            }
             Some((command, reply)) = asks.recv() => {
                 let answer = crate::screening::admin::run(&mut screener, command, unix_now());
                 for change in screener.take_changes() {
@@ -185,11 +192,51 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 Output::Screen(request) => {
                     let outcome = screener.screen(&request);
-                    let _ = screen_tx.send(Write::Decision(decision_record(&request, &outcome)));
                     for change in screener.take_changes() {
                         let _ = screen_tx.send(Write::Change(change));
                     }
-                    core.handle_screened(request.call, outcome, Instant::now());
+                    let engine = screener.analytics_for(&request.profile).filter(|_| {
+                        outcome.decision == crate::screening::Decision::Allow && !outcome.trusted
+                    });
+                    match engine
+                        .and_then(|name| Some((analytics.admit(&name, Instant::now())?, name)))
+                    {
+                        Some((Ok(engine), name)) => {
+                            // Asked off the loop: other calls go on while the engine thinks.
+                            let (client, tx) = (analytics.client.clone(), judged_tx.clone());
+                            tokio::spawn(async move {
+                                let judgement = crate::screening::analytics::ask(
+                                    &client,
+                                    &engine,
+                                    &request.query(),
+                                )
+                                .await;
+                                let fail_closed = engine.on_error == "block";
+                                let _ = tx.send(Judged {
+                                    request,
+                                    outcome,
+                                    name,
+                                    judgement,
+                                    fail_closed,
+                                });
+                            });
+                        }
+                        Some((Err(engine), name)) => {
+                            let judged = Judged {
+                                request,
+                                outcome,
+                                name,
+                                judgement: Err("circuit open (the engine kept failing)".into()),
+                                fail_closed: engine.on_error == "block",
+                            };
+                            finish_screening(&mut core, &mut screener, &screen_tx, judged);
+                        }
+                        None => {
+                            let _ = screen_tx
+                                .send(Write::Decision(decision_record(&request, &outcome)));
+                            core.handle_screened(request.call, outcome, Instant::now());
+                        }
+                    }
                 }
                 Output::Screened { call, answered_s } => {
                     screener.call_ended(call, answered_s, unix_now());
@@ -242,6 +289,40 @@ pub fn load_dialplan(config: &Config) -> anyhow::Result<Dialplan> {
         }
     }
     Ok(plan)
+}
+
+/// A call the local checks let through, with what its analytics engine said.
+struct Judged {
+    request: crate::screening::Request,
+    outcome: crate::screening::Outcome,
+    name: String,
+    judgement: Result<crate::screening::analytics::Judgement, String>,
+    fail_closed: bool,
+}
+
+/// Fold the engine's judgement in, log the decision and hand it to the call.
+fn finish_screening(
+    core: &mut Core,
+    screener: &mut crate::screening::Engine,
+    writes: &mpsc::UnboundedSender<Write>,
+    judged: Judged,
+) {
+    let Judged {
+        request,
+        mut outcome,
+        name,
+        judgement,
+        fail_closed,
+    } = judged;
+    screener.apply_analytics(
+        &mut outcome,
+        &request.profile,
+        &name,
+        judgement,
+        fail_closed,
+    );
+    let _ = writes.send(Write::Decision(decision_record(&request, &outcome)));
+    core.handle_screened(request.call, outcome, Instant::now());
 }
 
 /// The decision log's row for one screened call.

@@ -385,3 +385,187 @@ fn operators_list_reset_and_remove_users_and_edit_lists_with_ctl() {
     let (_, text) = ctl(&w, &["screening", "list"]);
     assert!(!text.contains("alice@"), "{text}");
 }
+
+/// A local analytics engine: answers every request with `answer` after `delay`, and keeps
+/// each request's first line and body.
+fn analytics_engine(
+    answer: &'static str,
+    delay: Duration,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind engine");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut data = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Read the head, then as much body as Content-Length says.
+                loop {
+                    let Ok(n) = stream.read(&mut buf) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    data.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&data).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            let first = head.lines().next().unwrap_or_default();
+                            log.lock().expect("log").push(format!("{first}\n{body}"));
+                            break;
+                        }
+                    }
+                }
+                std::thread::sleep(delay);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            });
+        }
+    });
+    (port, seen)
+}
+
+fn analytics_profile(port: u16, kind: &str, extra: &str) -> String {
+    let path = if kind == "608" { "check" } else { "judge" };
+    format!(
+        "{NO_RATE}[screening.analytics.engine]\nkind = \"{kind}\"\nurl = \"http://127.0.0.1:{port}/{path}\"\n{extra}\
+         [screening.profiles.robo]\nchecks = []\nanalytics = \"engine\"\nverdict = {{ reject = 608 }}\n"
+    )
+}
+
+const ROBO_PLAN: &str = "[[rule]]\nname = \"in\"\ndo = [{ screen = \"robo\" }, { reject = 480 }]\n";
+
+#[test]
+fn a_608_analytics_engine_answering_fraudulent_gives_608_with_the_jcard() {
+    let (port, seen) = analytics_engine("BAD_ANALYTICS_VERIFIED_IDENTITY", Duration::ZERO);
+    let (w, _dir) = warden(ROBO_PLAN, &analytics_profile(port, "608", ""));
+    let mut robo = Ua::udp("robo", w.port);
+    let invite = robo.invite_with(
+        "12025550123",
+        &media().1,
+        "Feature-Caps: *;+sip.608\r\nDate: Mon, 23 Nov 2026 08:00:00 GMT\r\n\
+         Identity: eyJhbGciOiJFUzI1NiJ9.eyJ4IjoxfQ.c2ln;info=<https://cert.example.org/a.pem>;alg=ES256;ppt=shaken\r\n",
+    );
+    let (_, last) = outcome(&mut robo, &invite);
+    assert_eq!(last.status(), 608);
+    assert!(
+        last.header("Call-Info")
+            .is_some_and(|c| c.ends_with("purpose=jwscard")),
+        "an analytics block after the identity was verified carries the jCard"
+    );
+    let asked = seen.lock().expect("log").clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    let line = &asked[0];
+    for part in [
+        "GET /check?",
+        "from=robo",
+        "to=12025550123",
+        "callid=",
+        "identity=eyJhbGciOiJFUzI1NiJ9.eyJ4IjoxfQ.c2ln",
+        "info=https%3A%2F%2Fcert.example.org%2Fa.pem",
+        "alg=ES256",
+        "date=Mon",
+    ] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
+    let rows = decisions(&w, 1);
+    assert!(
+        rows[0]
+            .2
+            .contains("analytics: engine engine: BAD_ANALYTICS_VERIFIED_IDENTITY"),
+        "{rows:?}"
+    );
+
+    // A STIR failure reported by the engine: 608 without the jCard.
+    let (port, _) = analytics_engine("BAD_CERT_LINK", Duration::ZERO);
+    let (w, _dir) = warden(ROBO_PLAN, &analytics_profile(port, "608", ""));
+    let mut robo = Ua::udp("robo", w.port);
+    let invite = robo.invite_with("12025550123", &media().1, "Feature-Caps: *;+sip.608\r\n");
+    let (_, last) = outcome(&mut robo, &invite);
+    assert_eq!((last.status(), last.header("Call-Info")), (608, None));
+}
+
+#[test]
+fn a_slow_engine_times_out_and_the_policy_decides_with_a_breaker_after_repeated_failures() {
+    // Fail open (the default): the call goes on to the plan's next action.
+    let (port, seen) = analytics_engine("BAD_IDENTITY", Duration::from_secs(2));
+    let (w, _dir) = warden(
+        ROBO_PLAN,
+        &analytics_profile(port, "608", "timeout_ms = 200\n"),
+    );
+    let mut alice = Ua::udp("alice", w.port);
+    let started = Instant::now();
+    let invite = alice.invite("12025550123");
+    assert_eq!(outcome(&mut alice, &invite).1.status(), 480);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the timeout cut the wait"
+    );
+    let rows = decisions(&w, 1);
+    assert!(
+        rows[0].2.contains("no answer within 200 ms; failing open"),
+        "{rows:?}"
+    );
+    drop(seen);
+
+    // Fail closed, breaker after two failures: calls 1-2 wait for the timeout and are
+    // refused; call 3 is refused at once without asking.
+    let (port, seen) = analytics_engine("GOOD", Duration::from_secs(2));
+    let (w, _dir) = warden(
+        ROBO_PLAN,
+        &analytics_profile(
+            port,
+            "608",
+            "timeout_ms = 200\non_error = \"block\"\nbreaker_failures = 2\n",
+        ),
+    );
+    let mut alice = Ua::udp("alice", w.port);
+    for _ in 0..3 {
+        let invite = alice.invite_with("12025550123", "", "Feature-Caps: *;+sip.608\r\n");
+        assert_eq!(outcome(&mut alice, &invite).1.status(), 608);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        seen.lock().expect("log").len(),
+        2,
+        "the open breaker spared the engine the third call"
+    );
+    let rows = decisions(&w, 3);
+    assert!(rows[2].2.contains("circuit open"), "{rows:?}");
+}
+
+#[test]
+fn the_json_engine_gets_the_call_as_json_and_its_block_is_obeyed() {
+    let (port, seen) = analytics_engine(
+        r#"{"verdict":"block","reason":"robocall campaign 17"}"#,
+        Duration::ZERO,
+    );
+    let (w, _dir) = warden(ROBO_PLAN, &analytics_profile(port, "json", ""));
+    let mut alice = Ua::udp("alice", w.port);
+    let invite = alice.invite_with("12025550123", "", "Feature-Caps: *;+sip.608\r\n");
+    assert_eq!(outcome(&mut alice, &invite).1.status(), 608);
+    let asked = seen.lock().expect("log").clone();
+    let (line, body) = asked[0].split_once('\n').expect("body");
+    assert!(line.starts_with("POST /judge "), "{line}");
+    let query: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+    assert_eq!(
+        (query["from"].as_str(), query["to"].as_str()),
+        (Some("alice"), Some("12025550123"))
+    );
+    let rows = decisions(&w, 1);
+    assert!(rows[0].2.contains("robocall campaign 17"), "{rows:?}");
+}

@@ -6,6 +6,7 @@
 //! fraud rules and their thresholds. See the README's "Call screening" section.
 
 pub mod admin;
+pub mod analytics;
 pub mod lists;
 pub mod numbers;
 pub mod profile;
@@ -33,8 +34,42 @@ pub struct Request {
     pub callee: String,
     pub source: IpAddr,
     pub user_agent: String,
+    /// The calling number (user part of P-Asserted-Identity, else From).
+    pub caller_number: String,
+    /// The Identity header (RFC 8224) and the Date header, when present.
+    pub identity: Option<String>,
+    pub date: Option<String>,
     /// Unix seconds.
     pub now: u64,
+}
+
+impl Request {
+    /// What an analytics engine is asked.
+    pub fn query(&self) -> analytics::Query {
+        // Identity: TOKEN;info=<URL>;alg=ES256;ppt=shaken
+        let mut parts = self.identity.as_deref().unwrap_or_default().split(';');
+        let token = parts.next().map(str::trim).filter(|t| !t.is_empty());
+        let mut info = None;
+        let mut alg = None;
+        for p in parts {
+            match p.trim().split_once('=') {
+                Some(("info", v)) => info = Some(v.trim_matches(['<', '>']).to_owned()),
+                Some(("alg", v)) => alg = Some(v.to_owned()),
+                _ => {}
+            }
+        }
+        analytics::Query {
+            call_id: self.call_id.clone(),
+            from: self.caller_number.clone(),
+            to: self.callee.clone(),
+            source: self.source.to_string(),
+            user_agent: self.user_agent.clone(),
+            identity: token.map(str::to_owned),
+            info,
+            alg,
+            date: self.date.clone(),
+        }
+    }
 }
 
 /// What one check found.
@@ -76,6 +111,10 @@ pub struct Outcome {
     pub country: Option<String>,
     /// The source is a trusted peer: every check was skipped.
     pub trusted: bool,
+    /// The caller's identity was verified (STIR) before an analytics block, or its
+    /// verification failed: the first allows the 608 jCard, the second forbids it.
+    pub identity_verified: bool,
+    pub identity_failed: bool,
 }
 
 impl Outcome {
@@ -252,6 +291,8 @@ impl Engine {
             destination: destination.clone(),
             country: country.clone(),
             trusted: false,
+            identity_verified: false,
+            identity_failed: false,
         };
         if crate::dialplan::in_networks(req.source, &self.trusted) {
             out.trusted = true;
@@ -539,6 +580,52 @@ impl Engine {
             req.now,
         );
         out
+    }
+
+    /// The analytics engine a profile asks, if any.
+    pub fn analytics_for(&self, profile: &str) -> Option<String> {
+        self.profiles
+            .get(profile)
+            .and_then(|p| p.config.analytics.clone())
+    }
+
+    /// Fold an analytics engine's judgement (or its failure, with the engine's policy) into
+    /// an outcome the local checks allowed.
+    pub fn apply_analytics(
+        &mut self,
+        outcome: &mut Outcome,
+        profile: &str,
+        engine: &str,
+        judgement: Result<analytics::Judgement, String>,
+        fail_closed: bool,
+    ) {
+        let verdict = |e: &Engine| {
+            e.profiles.get(profile).map_or_else(Verdict::decline, |p| {
+                p.verdict_for("analytics", outcome.country.as_deref())
+            })
+        };
+        let (act, reason) = match judgement {
+            Ok(j) if !j.block => return,
+            Ok(j) => {
+                outcome.identity_verified = j.identity_verified;
+                outcome.identity_failed = j.identity_failed;
+                (Act::Block, format!("engine {engine}: {}", j.reason))
+            }
+            Err(e) if fail_closed => (Act::Block, format!("engine {engine}: {e}; failing closed")),
+            Err(e) => (Act::Flag, format!("engine {engine}: {e}; failing open")),
+        };
+        if act == Act::Block {
+            outcome.decision = Decision::Block(verdict(self));
+        }
+        outcome.findings.push(Finding {
+            check: "analytics",
+            act,
+            reason,
+        });
+        *self
+            .counts
+            .entry((outcome.decision.name(), "analytics"))
+            .or_default() += 1;
     }
 
     /// The caller keyed in the right code: admit the call and remember the value.

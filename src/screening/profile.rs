@@ -30,6 +30,8 @@ pub struct ScreeningConfig {
     /// Profiles by name; the dialplan's `screen` action picks one. A `default` profile
     /// exists even when none is written.
     pub profiles: HashMap<String, ProfileConfig>,
+    /// External analytics engines by name; a profile's `analytics` asks one.
+    pub analytics: HashMap<String, super::analytics::AnalyticsConfig>,
 }
 
 impl Default for ScreeningConfig {
@@ -56,6 +58,7 @@ impl Default for ScreeningConfig {
             redress: Redress::default(),
             jcard: JcardConfig::default(),
             profiles: HashMap::new(),
+            analytics: HashMap::new(),
         }
     }
 }
@@ -268,6 +271,8 @@ pub struct ProfileConfig {
     pub flag_score: u32,
     pub challenge_score: u32,
     pub block_score: u32,
+    /// An engine of `[screening.analytics]` asked about calls the local checks let through.
+    pub analytics: Option<String>,
     /// What a block answers; per country (ISO code) and per check it may differ.
     pub verdict: VerdictConfig,
     pub verdict_by_country: HashMap<String, VerdictConfig>,
@@ -347,6 +352,7 @@ impl Default for ProfileConfig {
             flag_score: 30,
             challenge_score: 60,
             block_score: 100,
+            analytics: None,
             verdict: VerdictConfig {
                 reject: Some(toml::Value::Integer(603)),
                 ..VerdictConfig::default()
@@ -454,13 +460,24 @@ impl ScreeningConfig {
             }
             let mut verdict_by_check = HashMap::new();
             for (check, v) in &config.verdict_by_check {
-                if !CHECKS.contains(&check.as_str()) && !SOURCE_CHECKS.contains(&check.as_str()) {
+                if !CHECKS.contains(&check.as_str())
+                    && !SOURCE_CHECKS.contains(&check.as_str())
+                    && check != "analytics"
+                    && check != "score"
+                {
                     return Err(at(format!("verdict_by_check: {check:?} is not a check")));
                 }
                 verdict_by_check.insert(
                     check.clone(),
                     check_verdict(&format!("verdict_by_check.{check}"), v)?,
                 );
+            }
+            if let Some(engine) = &config.analytics
+                && !self.analytics.contains_key(engine)
+            {
+                return Err(at(format!(
+                    "analytics {engine:?}: no [screening.analytics.{engine}]"
+                )));
             }
             if !(config.flag_score <= config.block_score
                 && config.challenge_score <= config.block_score)

@@ -26,6 +26,9 @@ fn req(call: u64, callee: &str, now: u64) -> Request {
         callee: callee.into(),
         source: "192.0.2.7".parse().unwrap(),
         user_agent: "Phone/1.0".into(),
+        caller_number: "alice".into(),
+        identity: None,
+        date: None,
         now,
     }
 }
