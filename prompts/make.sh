@@ -20,3 +20,13 @@ say suspected_fraud "This call was stopped because it looks like fraud. If you b
 say user_unavailable "The person you are calling is not available. Please try again later."
 say busy "The person you are calling is busy. Please try again later."
 say ivr_menu "Welcome. For sales, press 1. For support, press 2. To hear this menu again, press star."
+say challenge_intro "To continue this call, please enter the following code on your keypad, then press the hash key."
+# Digits are read one after another, so their silences are trimmed to 0.1 s before and
+# 0.15 s after.
+for d in 0:zero 1:one 2:two 3:three 4:four 5:five 6:six 7:seven 8:eight 9:nine; do
+  name="digit_${d%%:*}"
+  espeak-ng -v en-us -s 150 -w "$tmp/$name.wav" "${d#*:}"
+  sox "$tmp/$name.wav" -r 16000 -c 1 -b 16 "$here/$name.wav" \
+    silence 1 0.02 1% reverse silence 1 0.02 1% reverse norm -3 pad 0.1 0.15
+  printf '%-20s %5.2f s  %s\n' "$name.wav" "$(soxi -D "$here/$name.wav")" "${d#*:}"
+done

@@ -49,6 +49,10 @@ pub enum Output {
         call: u64,
         answered_s: u64,
     },
+    /// The caller keyed in the challenge's code: the screener admits the call.
+    ChallengePassed {
+        call: u64,
+    },
 }
 
 const ALLOW: &str =
@@ -592,6 +596,7 @@ impl Core {
             screened: false,
             caller_vouched: false,
             reject_headers: Vec::new(),
+            challenge: None,
             program: Some(program),
             tags: Vec::new(),
             b_headers: Vec::new(),
@@ -772,7 +777,7 @@ impl Core {
                 }
                 Action::Play { prompt, repeat } => {
                     let name = prompt.render(&values);
-                    if self.play_to_caller(call, &name, repeat, false, now) {
+                    if self.play_to_caller(call, &[&name], repeat, false, now) {
                         call.announcing = Some(AfterPrompt::Continue);
                         return;
                     }
@@ -783,7 +788,7 @@ impl Core {
                     timeout,
                 } => {
                     let name = prompt.render(&values);
-                    if self.play_to_caller(call, &name, 0, true, now) {
+                    if self.play_to_caller(call, &[&name], 0, true, now) {
                         call.announcing = Some(AfterPrompt::Menu);
                         call.menu = Some(choices);
                         // The key may come while the prompt plays, or `timeout` after it.
@@ -882,20 +887,48 @@ impl Core {
                 }
             }
             Decision::Challenge { value } => {
-                // The voice code challenge is not built yet: a held call is refused the
-                // way the profile refuses, and the screener lets go of it.
-                tracing::warn!(call = call.id, %value, "screening challenge: not available yet; refusing with 603");
-                call.program = None;
-                if !call.abandoned {
-                    self.block(&mut call, &crate::screening::Verdict::decline(), false, now);
-                }
-                if call.announcing.is_none() {
+                if call.abandoned {
                     call.state = State::Done;
+                } else if !self.challenge(&mut call, &value, now) {
+                    // No way to read the code (no audio offered): refuse, as a failed
+                    // challenge would.
+                    self.block(&mut call, &crate::screening::Verdict::decline(), false, now);
+                    if call.announcing.is_none() {
+                        call.state = State::Done;
+                    }
                 }
             }
         }
         self.schedule(&call);
         self.finish_or_keep(call);
+    }
+
+    /// Screening's challenge (a voice CAPTCHA): read the caller a random 4-digit code as
+    /// early media and wait for it to be keyed in (RFC 4733 or SIP INFO), within the time
+    /// the prompt takes plus 10 s for the first key and 5 s between keys.
+    fn challenge(&mut self, call: &mut Call, value: &str, now: Instant) -> bool {
+        let code: String = (0..4)
+            .map(|_| char::from(b'0' + rand::random_range(0..10u8)))
+            .collect();
+        let digits: Vec<String> = code.chars().map(|d| format!("digit_{d}")).collect();
+        let mut names = vec!["challenge_intro"];
+        names.extend(digits.iter().map(String::as_str));
+        if !self.play_to_caller(call, &names, 0, true, now) {
+            return false;
+        }
+        let wait: Duration = names.iter().map(|n| self.prompt_length(n)).sum();
+        tracing::info!(call = call.id, caller = %call.caller, %value, "screening challenge: the caller must key in the code read to them");
+        call.announcing = Some(AfterPrompt::Menu);
+        call.challenge = Some(code);
+        let spec = DigitSpec {
+            max_digits: 4,
+            terminator: Some('#'),
+            first_digit_timeout: wait + Duration::from_secs(10),
+            inter_digit_timeout: Duration::from_secs(5),
+            overall_timeout: wait + Duration::from_secs(30),
+        };
+        self.start_collecting(call, spec, now);
+        true
     }
 
     /// Answer a blocked call as its verdict says: a prompt as early media first when the
@@ -956,7 +989,7 @@ impl Core {
                 .then(|| "call_blocked".to_owned())
         });
         if let Some(name) = prompt
-            && self.play_to_caller(call, &name, 0, false, now)
+            && self.play_to_caller(call, &[&name], 0, false, now)
         {
             tracing::info!(call = call.id, prompt = %name, status, "announcing before the block");
             call.announcing = Some(AfterPrompt::Fail(status, reason.to_owned()));
@@ -1799,7 +1832,9 @@ impl Core {
             486 | 600 => "busy",
             _ => return false,
         };
-        if !self.config.calls.announce_failures || !self.play_to_caller(call, name, 0, false, now) {
+        if !self.config.calls.announce_failures
+            || !self.play_to_caller(call, &[name], 0, false, now)
+        {
             return false;
         }
         tracing::info!(call = call.id, caller = %call.caller, status, prompt = name, "announcing before the failure");
@@ -1817,13 +1852,14 @@ impl Core {
             })
     }
 
-    /// Play the prompt `name` to the caller as early media: 183 with Warden's own SDP answer
-    /// (the caller's first codec Warden can encode), `repeat` more times, stopped by a key
-    /// when `barge_in`. False when it cannot (no offer, no playable codec, no such prompt).
+    /// Play the prompts `names` (back to back) to the caller as early media: 183 with
+    /// Warden's own SDP answer (the caller's first codec Warden can encode), `repeat` more
+    /// times, stopped by a key when `barge_in`. False when it cannot (no offer, no playable
+    /// codec, no such prompt).
     fn play_to_caller(
         &mut self,
         call: &mut Call,
-        name: &str,
+        names: &[&str],
         repeat: u32,
         barge_in: bool,
         now: Instant,
@@ -1832,8 +1868,9 @@ impl Core {
         let Some(plan) = call.media.answer_caller(&mut self.media, call.id, listen) else {
             return false;
         };
-        let Some(prompt) = self.prompts.encoded(name, plan.codec) else {
-            tracing::warn!(call = call.id, prompt = name, "no such prompt; skipped");
+        let name = names.join(" ");
+        let Some(prompt) = self.prompts.sequence(names, plan.codec) else {
+            tracing::warn!(call = call.id, prompt = %name, "no such prompt; skipped");
             return false;
         };
         let seconds = prompt.frames.len() as u64 * u64::from(repeat + 1) / 50;
@@ -1851,7 +1888,7 @@ impl Core {
                 stop_on_dtmf: barge_in,
             },
         );
-        tracing::info!(call = call.id, caller = %call.caller, prompt = name, codec = plan.codec.name, "playing to the caller");
+        tracing::info!(call = call.id, caller = %call.caller, prompt = %name, codec = plan.codec.name, "playing to the caller");
         // Should the relay never report the end, the call still goes on.
         call.ring_until = Some(now + Duration::from_secs(seconds + 3));
         true
@@ -1931,6 +1968,25 @@ impl Core {
         call.digits = None;
         if let Some(stream) = call.media.first_stream() {
             self.media.report_dtmf(stream, MediaSide::A, false);
+        }
+        if let Some(code) = call.challenge.take() {
+            if let Some(stream) = call.media.first_stream() {
+                self.media.stop_playing(stream, MediaSide::A);
+            }
+            call.announcing = None;
+            call.ring_until = None;
+            if done.digits == code {
+                tracing::info!(call = call.id, caller = %call.caller, "screening challenge passed");
+                self.out
+                    .push_back(Output::ChallengePassed { call: call.id });
+                return self.run_program(call, now);
+            }
+            tracing::info!(call = call.id, caller = %call.caller, keyed = done.digits.len(), "screening challenge failed");
+            self.block(call, &crate::screening::Verdict::decline(), false, now);
+            if call.announcing.is_none() {
+                call.state = State::Done;
+            }
+            return;
         }
         if let Some(choices) = call.menu.take() {
             // A dialplan menu: the chosen rule's actions replace what was left; no or an

@@ -238,6 +238,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         }
                     }
                 }
+                Output::ChallengePassed { call } => {
+                    screener.challenge_passed(call, unix_now());
+                    for change in screener.take_changes() {
+                        let _ = screen_tx.send(Write::Change(change));
+                    }
+                }
                 Output::Screened { call, answered_s } => {
                     screener.call_ended(call, answered_s, unix_now());
                     for change in screener.take_changes() {

@@ -569,3 +569,154 @@ fn the_json_engine_gets_the_call_as_json_and_its_block_is_obeyed() {
     let rows = decisions(&w, 1);
     assert!(rows[0].2.contains("robocall campaign 17"), "{rows:?}");
 }
+
+/// Warden's media address in an SDP body.
+fn sdp_target(body: &[u8]) -> std::net::SocketAddr {
+    let text = String::from_utf8_lossy(body);
+    let ip = text
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))
+        .expect("c= line")
+        .trim();
+    let port = text
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split(' ').next())
+        .expect("m= line");
+    format!("{ip}:{port}").parse().expect("address")
+}
+
+/// Listen to the challenge and tell which code it read: the RTP payloads are Warden's own
+/// PCMU encoding of the shipped digit prompts, so each digit is found by its frames.
+fn hear_code(rtp: &UdpSocket) -> String {
+    use warden_media::prompt::{decode, encode};
+    let pcmu = warden_media::codec::by_name("PCMU", 8000).expect("PCMU");
+    let digit_frames: Vec<Vec<Vec<u8>>> = (0..10)
+        .map(|d| {
+            let path = format!("{}/prompts/digit_{d}.wav", env!("CARGO_MANIFEST_DIR"));
+            let audio =
+                decode("digit", std::fs::read(path).expect("prompt file")).expect("decodes");
+            encode(&audio, pcmu).expect("encodes").frames
+        })
+        .collect();
+    let mut heard: Vec<Vec<u8>> = Vec::new();
+    let mut buf = [0u8; 2048];
+    rtp.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    while let Ok(n) = rtp.recv(&mut buf) {
+        heard.push(buf[12..n].to_vec());
+        // The prompt has ended when nothing comes for half a second.
+        rtp.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+    }
+    let mut found: Vec<(usize, usize)> = Vec::new();
+    for (digit, frames) in digit_frames.iter().enumerate() {
+        let mut at = 0;
+        while at + frames.len() <= heard.len() {
+            if heard[at..at + frames.len()] == frames[..] {
+                found.push((at, digit));
+                at += frames.len();
+            } else {
+                at += 1;
+            }
+        }
+    }
+    found.sort();
+    assert_eq!(
+        found.len(),
+        4,
+        "four digits read in {} frames: {found:?}",
+        heard.len()
+    );
+    found
+        .iter()
+        .map(|(_, d)| char::from(b'0' + *d as u8))
+        .collect()
+}
+
+/// Key `code` in as RFC 4733 telephone-events (payload type 101) toward `to`.
+fn key_in(rtp: &UdpSocket, to: std::net::SocketAddr, code: &str) {
+    let mut seq: u16 = 1;
+    for (i, d) in code.chars().enumerate() {
+        let event = d.to_digit(10).expect("digit") as u8;
+        let ts = 8000u32 + i as u32 * 1600;
+        for (n, end) in [
+            (1u16, false),
+            (2, false),
+            (3, false),
+            (4, true),
+            (4, true),
+            (4, true),
+        ] {
+            let mut p = vec![0x80, 101, 0, 0, 0, 0, 0, 0, 0x12, 0x34, 0x56, 0x78];
+            if n == 1 {
+                p[1] |= 0x80; // marker on an event's first packet
+            }
+            p[2..4].copy_from_slice(&seq.to_be_bytes());
+            p[4..8].copy_from_slice(&ts.to_be_bytes());
+            let duration = n * 160;
+            p.extend_from_slice(&[event, if end { 0x80 | 10 } else { 10 }]);
+            p.extend_from_slice(&duration.to_be_bytes());
+            rtp.send_to(&p, to).expect("send event");
+            seq += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(60));
+    }
+}
+
+#[test]
+fn a_challenged_caller_keys_in_the_code_read_to_it_and_the_value_joins_its_allow_list() {
+    let plan = "[[rule]]\nname = \"out\"\ndo = [{ screen = \"careful\" }, { reject = 480 }]\n";
+    let (w, _dir) = warden(
+        plan,
+        &format!(
+            "{NO_RATE}[screening.profiles.careful]\nchecks = [\"new_country\"]\non_new_country = \"challenge\"\n"
+        ),
+    );
+    let mut alice = Ua::udp("alice", w.port);
+    let offer = |port: u16| {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+        )
+    };
+    let call = |ua: &mut Ua, number: &str, wrong: bool| -> u16 {
+        let rtp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let invite = ua.invite_sdp(number, &offer(rtp.local_addr().expect("addr").port()));
+        let progress = loop {
+            let r = ua.recv_response();
+            if r.call_id() != invite.call_id() {
+                continue; // the previous call's final response, retransmitted
+            }
+            assert!(r.status() < 200, "challenged, not answered: {}", r.status());
+            if r.status() == 183 {
+                break r;
+            }
+        };
+        let mut code = hear_code(&rtp);
+        if wrong {
+            let first = (code.as_bytes()[0] - b'0' + 1) % 10;
+            code.replace_range(0..1, &first.to_string());
+        }
+        key_in(&rtp, sdp_target(progress.body()), &code);
+        outcome(ua, &invite).1.status()
+    };
+    assert_eq!(
+        call(&mut alice, "0049301234", false),
+        480,
+        "the right code lets the call go on"
+    );
+    let (ok, text) = ctl(&w, &["screening", "list"]);
+    assert!(
+        ok && text.contains("country:DE"),
+        "Germany joined alice's allow-list: {text}"
+    );
+    assert_eq!(
+        call(&mut alice, "0033123456789", true),
+        603,
+        "a wrong code is refused"
+    );
+    let rows = decisions(&w, 2);
+    assert!(rows.iter().all(|r| r.0 == "challenge"), "{rows:?}");
+}

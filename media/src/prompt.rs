@@ -166,6 +166,23 @@ impl Prompts {
         self.audio.contains_key(name)
     }
 
+    /// Several prompts played as one (a code read digit by digit), for `codec`; None when
+    /// one of them is missing.
+    pub fn sequence(
+        &mut self,
+        names: &[&str],
+        codec: &'static Codec,
+    ) -> Option<Arc<EncodedPrompt>> {
+        if let [name] = names {
+            return self.encoded(name, codec);
+        }
+        let mut frames = Vec::new();
+        for name in names {
+            frames.extend(self.encoded(name, codec)?.frames.iter().cloned());
+        }
+        Some(Arc::new(EncodedPrompt { codec, frames }))
+    }
+
     /// Prompt `name` encoded for `codec` (encoded now if this is the first time).
     pub fn encoded(&mut self, name: &str, codec: &'static Codec) -> Option<Arc<EncodedPrompt>> {
         let key = (name.to_owned(), codec.name);
@@ -235,5 +252,17 @@ mod tests {
     fn garbage_is_refused_with_the_prompt_name() {
         let err = decode("broken", b"not audio at all".to_vec()).unwrap_err();
         assert!(err.to_string().starts_with("prompt broken: "), "{err}");
+    }
+
+    #[test]
+    fn a_sequence_plays_its_prompts_back_to_back() {
+        let mut p = Prompts::default();
+        p.add("a", wav(8000, 1, 0.2)).unwrap();
+        p.add("b", wav(8000, 1, 0.4)).unwrap();
+        let pcmu = codec::by_name("PCMU", 8000).unwrap();
+        let s = p.sequence(&["a", "b", "a"], pcmu).unwrap();
+        assert_eq!(s.frames.len(), 10 + 20 + 10);
+        assert_eq!(s.frames[30..], p.encoded("a", pcmu).unwrap().frames[..]);
+        assert!(p.sequence(&["a", "zz"], pcmu).is_none());
     }
 }

@@ -170,6 +170,8 @@ pub struct Call {
     pub caller_vouched: bool,
     /// Extra headers on Warden's final failure response (Reason, Call-Info).
     pub reject_headers: Vec<(String, String)>,
+    /// The code screening's challenge read to the caller, while Warden waits for it.
+    pub challenge: Option<String>,
 }
 
 /// What happens when an announcement to the caller ends.
