@@ -722,6 +722,7 @@ impl Core {
                         .map(|r| r.render(&values))
                         .unwrap_or_else(|| reason_phrase(status).to_owned());
                     call.program = None;
+                    call.reject_headers.clear(); // the plan's own refusal, not a callee's
                     if call.answered_by_warden {
                         // Too late to refuse an answered call: hang up.
                         return self.program_exhausted(call, now);
@@ -1717,7 +1718,17 @@ impl Core {
             if let Some(b) = call.branches.get_mut(index) {
                 b.final_status = Some(status);
             }
-            call.note_failure(status, &resp.reason());
+            // What explains a refusal travels back with it (ATIS-1000099 asks that a 603+'s
+            // Reason reach the caller unchanged; RFC 8688 a 608's Call-Info).
+            let explains = ["Reason", "Call-Info"]
+                .iter()
+                .flat_map(|name| {
+                    resp.headers(name)
+                        .into_iter()
+                        .map(|v| (name.to_string(), v))
+                })
+                .collect();
+            call.note_failure_with(status, &resp.reason(), explains);
             self.end_if_every_branch_failed(&mut call, now);
         }
         self.schedule(&call);

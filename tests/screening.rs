@@ -720,3 +720,28 @@ fn a_challenged_caller_keys_in_the_code_read_to_it_and_the_value_joins_its_allow
     let rows = decisions(&w, 2);
     assert!(rows.iter().all(|r| r.0 == "challenge"), "{rows:?}");
 }
+
+#[test]
+fn a_603_plus_from_downstream_reaches_the_caller_unchanged() {
+    let mut carrier = Ua::udp("carrier", 9);
+    let plan = format!(
+        "[[rule]]\nname = \"trunk\"\ndo = [{{ bridge = \"sip:${{callee}}@127.0.0.1:{}\" }}]\n",
+        carrier.local.port()
+    );
+    let (w, _dir) = warden(&plan, NO_RATE);
+    carrier.server = w.addr();
+    let mut alice = Ua::udp("alice", w.port);
+    let invite = alice.invite("12025550123");
+    let incoming = carrier.recv_request("INVITE");
+    let reason = "SIP;cause=603;text=\"v=analytics1;url=https://redress.example.com\";location=TN";
+    let mut blocked = Response::to_request(&incoming, 603, "Network Blocked");
+    blocked.set_to_tag("carrier-tag");
+    blocked.push_header("Reason", reason).expect("header");
+    carrier.send(&Message::Response(blocked));
+    let (_, last) = outcome(&mut alice, &invite);
+    assert_eq!(
+        (last.status(), last.reason().as_str()),
+        (603, "Network Blocked")
+    );
+    assert_eq!(last.header("Reason").as_deref(), Some(reason));
+}

@@ -243,12 +243,19 @@ impl Call {
 
     /// Keep the "most meaningful" failure to report (RFC 3261 16.7 step 6: 6xx wins).
     pub fn note_failure(&mut self, status: u16, reason: &str) {
+        self.note_failure_with(status, reason, Vec::new());
+    }
+
+    /// Note a failure with the headers that explain it, passed on unchanged to the caller
+    /// if it is the one reported (a downstream 603+'s Reason, a 608's Call-Info).
+    pub fn note_failure_with(&mut self, status: u16, reason: &str, headers: Vec<(String, String)>) {
         let better = match &self.best_failure {
             None => true,
             Some((s, _)) => (status >= 600 && *s < 600) || (*s == 408 && status != 408),
         };
         if better {
             self.best_failure = Some((status, reason.to_owned()));
+            self.reject_headers = headers;
         }
     }
 
