@@ -99,6 +99,7 @@ fn main() {
             caller_number: "user".into(),
             identity: None,
             date: None,
+            stir: None,
             now,
         };
         let outcome = engine.screen(black_box(&request));

@@ -597,6 +597,7 @@ impl Core {
             caller_vouched: false,
             reject_headers: Vec::new(),
             challenge: None,
+            verstat: None,
             program: Some(program),
             tags: Vec::new(),
             b_headers: Vec::new(),
@@ -842,6 +843,7 @@ impl Core {
             caller_number,
             identity: req.header("Identity"),
             date: req.header("Date"),
+            stir: None,
             now: self.unix_s,
         }
     }
@@ -870,6 +872,9 @@ impl Core {
         // The screener counts every call it saw (ending one it did not admit is a no-op).
         call.screened = true;
         let jcard = (call.caller_vouched && !outcome.identity_failed) || outcome.identity_verified;
+        // 3GPP TS 24.229: the verification's result travels to the callee in the caller's
+        // identities.
+        call.verstat = outcome.verstat;
         match outcome.decision {
             Decision::Allow => {
                 if call.abandoned {
@@ -950,6 +955,16 @@ impl Core {
             Answer::NetworkBlocked => (603, "Network Blocked"),
             Answer::Rejected => (608, "Rejected"),
             Answer::Unavailable => (503, "Service Unavailable"),
+            // RFC 8224 section 6.2.2's codes for a failed identity check.
+            Answer::Identity(code) => (
+                *code,
+                match code {
+                    403 => "Stale Date",
+                    436 => "Bad Identity Info",
+                    437 => "Unsupported Credential",
+                    _ => "Invalid Identity Header",
+                },
+            ),
             Answer::Redirect(prefix) => {
                 let uri = call.a_invite.uri();
                 let user = uri.user().unwrap_or_default();
@@ -1255,9 +1270,18 @@ impl Core {
             cseq: 0,
             dest: dest.clone(),
         };
+        if let Some(verstat) = call.verstat {
+            leg.local_uri = with_uri_param(&leg.local_uri, &format!("verstat={verstat}"));
+        }
         let Some(mut invite) = self.leg_request(&mut leg, Method::Invite, None) else {
             return;
         };
+        if let (Some(verstat), Some(pai)) = (call.verstat, req.header("P-Asserted-Identity")) {
+            let _ = invite.set_header(
+                "P-Asserted-Identity",
+                &with_uri_param(&pai, &format!("verstat={verstat}")),
+            );
+        }
         let hops = req.max_forwards().unwrap_or(70).saturating_sub(1);
         let _ = invite.set_header("Max-Forwards", &hops.to_string());
         let _ = invite.push_header("Allow", ALLOW);
@@ -2381,6 +2405,15 @@ impl Core {
             return;
         }
         self.calls.insert(call.id, call);
+    }
+}
+
+/// `param` added to the URI of a name-addr (`"A" <sip:a@b>` -> `"A" <sip:a@b;param>`) or a
+/// bare URI.
+fn with_uri_param(name_addr: &str, param: &str) -> String {
+    match name_addr.rfind('>') {
+        Some(end) => format!("{};{param}{}", &name_addr[..end], &name_addr[end..]),
+        None => format!("{name_addr};{param}"),
     }
 }
 

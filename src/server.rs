@@ -13,7 +13,6 @@ use crate::config::Config;
 use crate::core::{Core, Output};
 use crate::dialplan::Dialplan;
 use crate::registrar::{Registrar, store};
-use crate::screening::store::Write;
 use crate::sip::message::Limits;
 use crate::sip::transport::{self, Inbound, Transport};
 
@@ -89,7 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }));
     let prompts = crate::prompts::load(&config)?;
     let (usage, lists) = crate::screening::store::load(&pool, unix_now()).await?;
-    let mut screener = crate::screening::Engine::new(
+    let engine = crate::screening::Engine::new(
         &config.screening,
         &|name| prompts.contains(name),
         usage,
@@ -117,11 +116,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut analytics = crate::screening::analytics::Engines::new(&config.screening.analytics)
-        .map_err(anyhow::Error::msg)?;
-    let (judged_tx, mut judged) = mpsc::unbounded_channel::<Judged>();
     let (screen_tx, screen_rx) = mpsc::unbounded_channel();
     let screen_writer = tokio::spawn(crate::screening::store::writer(pool.clone(), screen_rx));
+    let (mut screening, mut screening_events) =
+        crate::screening::driver::Driver::new(&config.screening, engine, screen_tx)?;
     let registrar = Registrar::new(config.registrar.clone(), loaded);
     // What a reload reads (the dialplan file, and the profiles it may name).
     let reload_config = config.clone();
@@ -160,16 +158,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = tokio::time::sleep_until(deadline) => {
                 core.handle_timeout(Instant::now(), unix_now());
             }
-            _ = sweep.tick() => screener.sweep(unix_now()),
-            Some(judged) = judged.recv() => {
-                analytics.record(&judged.name, judged.judgement.is_ok(), Instant::now());
-                finish_screening(&mut core, &mut screener, &screen_tx, judged);
-            }
+            _ = sweep.tick() => screening.engine.sweep(unix_now()),
+            Some(event) = screening_events.recv() => screening.handle(&mut core, event),
             Some((command, reply)) = asks.recv() => {
-                let answer = crate::screening::admin::run(&mut screener, command, unix_now());
-                for change in screener.take_changes() {
-                    let _ = screen_tx.send(Write::Change(change));
-                }
+                let answer = crate::screening::admin::run(&mut screening.engine, command, unix_now());
+                screening.flush();
                 let _ = reply.send(answer);
             }
             _ = reload.recv() => {
@@ -190,65 +183,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Output::Store(change) => {
                     let _ = store_tx.send(change);
                 }
-                Output::Screen(request) => {
-                    let outcome = screener.screen(&request);
-                    for change in screener.take_changes() {
-                        let _ = screen_tx.send(Write::Change(change));
-                    }
-                    let engine = screener.analytics_for(&request.profile).filter(|_| {
-                        outcome.decision == crate::screening::Decision::Allow && !outcome.trusted
-                    });
-                    match engine
-                        .and_then(|name| Some((analytics.admit(&name, Instant::now())?, name)))
-                    {
-                        Some((Ok(engine), name)) => {
-                            // Asked off the loop: other calls go on while the engine thinks.
-                            let (client, tx) = (analytics.client.clone(), judged_tx.clone());
-                            tokio::spawn(async move {
-                                let judgement = crate::screening::analytics::ask(
-                                    &client,
-                                    &engine,
-                                    &request.query(),
-                                )
-                                .await;
-                                let fail_closed = engine.on_error == "block";
-                                let _ = tx.send(Judged {
-                                    request,
-                                    outcome,
-                                    name,
-                                    judgement,
-                                    fail_closed,
-                                });
-                            });
-                        }
-                        Some((Err(engine), name)) => {
-                            let judged = Judged {
-                                request,
-                                outcome,
-                                name,
-                                judgement: Err("circuit open (the engine kept failing)".into()),
-                                fail_closed: engine.on_error == "block",
-                            };
-                            finish_screening(&mut core, &mut screener, &screen_tx, judged);
-                        }
-                        None => {
-                            let _ = screen_tx
-                                .send(Write::Decision(decision_record(&request, &outcome)));
-                            core.handle_screened(request.call, outcome, Instant::now());
-                        }
-                    }
-                }
+                Output::Screen(request) => screening.start(&mut core, request),
                 Output::ChallengePassed { call } => {
-                    screener.challenge_passed(call, unix_now());
-                    for change in screener.take_changes() {
-                        let _ = screen_tx.send(Write::Change(change));
-                    }
+                    screening.engine.challenge_passed(call, unix_now());
+                    screening.flush();
                 }
                 Output::Screened { call, answered_s } => {
-                    screener.call_ended(call, answered_s, unix_now());
-                    for change in screener.take_changes() {
-                        let _ = screen_tx.send(Write::Change(change));
-                    }
+                    screening.engine.call_ended(call, answered_s, unix_now());
+                    screening.flush();
                 }
                 Output::Resolve {
                     call,
@@ -270,7 +212,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         admin.abort();
     }
     drop(store_tx);
-    drop(screen_tx);
+    drop(screening);
     let _ = writer.await; // every queued registration change reaches the database
     let _ = screen_writer.await;
     pool.close().await;
@@ -295,62 +237,6 @@ pub fn load_dialplan(config: &Config) -> anyhow::Result<Dialplan> {
         }
     }
     Ok(plan)
-}
-
-/// A call the local checks let through, with what its analytics engine said.
-struct Judged {
-    request: crate::screening::Request,
-    outcome: crate::screening::Outcome,
-    name: String,
-    judgement: Result<crate::screening::analytics::Judgement, String>,
-    fail_closed: bool,
-}
-
-/// Fold the engine's judgement in, log the decision and hand it to the call.
-fn finish_screening(
-    core: &mut Core,
-    screener: &mut crate::screening::Engine,
-    writes: &mpsc::UnboundedSender<Write>,
-    judged: Judged,
-) {
-    let Judged {
-        request,
-        mut outcome,
-        name,
-        judgement,
-        fail_closed,
-    } = judged;
-    screener.apply_analytics(
-        &mut outcome,
-        &request.profile,
-        &name,
-        judgement,
-        fail_closed,
-    );
-    let _ = writes.send(Write::Decision(decision_record(&request, &outcome)));
-    core.handle_screened(request.call, outcome, Instant::now());
-}
-
-/// The decision log's row for one screened call.
-fn decision_record(
-    request: &crate::screening::Request,
-    outcome: &crate::screening::Outcome,
-) -> crate::screening::store::DecisionRecord {
-    crate::screening::store::DecisionRecord {
-        call_id: request.call_id.clone(),
-        at: request.now,
-        user: request.user.clone(),
-        callee: request.callee.clone(),
-        source: request.source.to_string(),
-        profile: request.profile.clone(),
-        decision: outcome.decision.name().to_owned(),
-        verdict: match &outcome.decision {
-            crate::screening::Decision::Block(v) => Some(v.name()),
-            _ => None,
-        },
-        score: outcome.score,
-        reason: outcome.reason(),
-    }
 }
 
 /// Start the media relay on the configured address, else on the SIP address.

@@ -745,3 +745,226 @@ fn a_603_plus_from_downstream_reaches_the_caller_unchanged() {
     );
     assert_eq!(last.header("Reason").as_deref(), Some(reason));
 }
+
+/// Prints Warden's log when the test fails, so the failure explains itself.
+struct LogOnPanic<'a>(&'a Warden);
+
+impl Drop for LogOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- warden log\n{}", self.0.log());
+        }
+    }
+}
+
+/// A test STI-CA and an SP certificate (TNAuthList SPC "1234") with the SP's signing key.
+fn sti_pki() -> (String, String, ring::signature::EcdsaKeyPair) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Test STI-CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).expect("CA");
+    let sp_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut sp = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    sp.distinguished_name
+        .push(rcgen::DnType::CommonName, "SHAKEN 1234");
+    // TNAuthList: SEQUENCE { [0] { IA5String "1234" } }
+    let tn_auth_list = vec![0x30, 0x08, 0xa0, 0x06, 0x16, 0x04, b'1', b'2', b'3', b'4'];
+    sp.custom_extensions
+        .push(rcgen::CustomExtension::from_oid_content(
+            &[1, 3, 6, 1, 5, 5, 7, 1, 26],
+            tn_auth_list,
+        ));
+    let sp_cert = sp.signed_by(&sp_key, &ca).expect("SP certificate");
+    let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &sp_key.serialize_der(),
+        &ring::rand::SystemRandom::new(),
+    )
+    .expect("signing key");
+    (ca.pem(), sp_cert.pem(), key)
+}
+
+/// An Identity header for a call from `orig` to `dest`, issued `age_s` ago.
+fn passport(
+    key: &ring::signature::EcdsaKeyPair,
+    x5u: &str,
+    orig: &str,
+    dest: &str,
+    age_s: u64,
+) -> String {
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        - age_s;
+    let header = format!(r#"{{"alg":"ES256","ppt":"shaken","typ":"passport","x5u":"{x5u}"}}"#);
+    let claims = format!(
+        r#"{{"attest":"A","dest":{{"tn":["{dest}"]}},"iat":{iat},"orig":{{"tn":"{orig}"}},"origid":"4437c7eb-8f7a-4f0e-a863-f53a0e60251a"}}"#
+    );
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let sig = key
+        .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+        .expect("sign");
+    format!(
+        "{input}.{};info=<{x5u}>;alg=ES256;ppt=shaken",
+        URL_SAFE_NO_PAD.encode(sig.as_ref())
+    )
+}
+
+/// An HTTPS server on loopback answering every GET with `body` (Cache-Control: max-age=600),
+/// with a certificate for 127.0.0.1 from its own web CA: (port, web CA PEM, requests seen).
+fn https_server(body: String) -> (u16, String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let web_ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut web_ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    web_ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    web_ca
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Test web CA");
+    let web_ca = rcgen::CertifiedIssuer::self_signed(web_ca, web_ca_key).expect("web CA");
+    let server_key = rcgen::KeyPair::generate().expect("key");
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("params")
+        .signed_by(&server_key, &web_ca)
+        .expect("server certificate");
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![server.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+    )
+    .expect("TLS config");
+    let config = std::sync::Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                continue;
+            };
+            let mut tls = rustls::StreamOwned::new(conn, stream);
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = write!(
+                tls,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/x-pem-file\r\nCache-Control: max-age=600\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tls.flush();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    (port, web_ca.pem(), hits)
+}
+
+#[test]
+fn stir_shaken_is_verified_against_a_certificate_fetched_over_https() {
+    let (ca_pem, sp_pem, key) = sti_pki();
+    let (port, web_ca_pem, fetches) = https_server(sp_pem);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca_path, web_ca_path) = (dir.path().join("sti-ca.pem"), dir.path().join("web-ca.pem"));
+    std::fs::write(&ca_path, ca_pem).expect("write");
+    std::fs::write(&web_ca_path, web_ca_pem).expect("write");
+    let mut callee = Ua::udp("callee", 9);
+    let plan = format!(
+        "[[rule]]\nname = \"in\"\ndo = [{{ screen = \"shaken\" }}, {{ bridge = \"sip:${{callee}}@127.0.0.1:{}\" }}]\n",
+        callee.local.port()
+    );
+    let config = format!(
+        "{NO_RATE}[screening.stir]\ntrust_anchors = [\"{}\"]\nx5u_ports = [{port}]\nfetch_ca_file = \"{}\"\n\
+         [screening.profiles.shaken]\nchecks = []\nstir = true\non_stir_failure = \"block\"\n",
+        ca_path.display(),
+        web_ca_path.display()
+    );
+    let (w, _plan_dir) = warden(&plan, &config);
+    let _log = LogOnPanic(&w);
+    callee.server = w.addr();
+    let x5u = format!("https://127.0.0.1:{port}/sp.pem");
+    let mut caller = Ua::udp("12025550100", w.port);
+    let mut call = |identity: Option<String>| -> (Response, Option<Request>) {
+        let extra = identity
+            .map(|i| format!("Identity: {i}\r\n"))
+            .unwrap_or_default();
+        let invite = caller.invite_with("12025550123", &media().1, &extra);
+        // Either the callee is rung (then it answers 486), or the caller is refused. (The
+        // callee also sees the ACKs of earlier calls' 486s: skipped.)
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match callee.try_recv(left) {
+                Some(Message::Request(incoming)) if incoming.method().as_str() == "INVITE" => {
+                    callee.answer(&incoming, 486, false);
+                    return (outcome(&mut caller, &invite).1, Some(incoming));
+                }
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        (outcome(&mut caller, &invite).1, None)
+    };
+    // Valid: the callee gets verstat=TN-Validation-Passed in From.
+    let (last, rung) = call(Some(passport(&key, &x5u, "12025550100", "12025550123", 2)));
+    let rung = rung.expect("a verified call is bridged");
+    let from = rung.header("From").expect("From");
+    assert!(from.contains(";verstat=TN-Validation-Passed"), "{from}");
+    assert_eq!(last.status(), 486);
+    // Again: verified from the cached certificate.
+    let (_, rung) = call(Some(passport(&key, &x5u, "12025550100", "12025550123", 1)));
+    assert!(rung.is_some());
+    assert_eq!(
+        fetches.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "Cache-Control honoured"
+    );
+    // Stale, forged, and for another number: refused with the RFC 8224 code.
+    let (last, rung) = call(Some(passport(
+        &key,
+        &x5u,
+        "12025550100",
+        "12025550123",
+        120,
+    )));
+    assert_eq!(
+        (last.status(), last.reason().as_str(), rung.is_none()),
+        (403, "Stale Date", true)
+    );
+    let (_, _, other_key) = sti_pki();
+    let (last, _) = call(Some(passport(
+        &other_key,
+        &x5u,
+        "12025550100",
+        "12025550123",
+        1,
+    )));
+    assert_eq!(
+        (last.status(), last.reason().as_str()),
+        (438, "Invalid Identity Header")
+    );
+    let (last, _) = call(Some(passport(&key, &x5u, "12025550199", "12025550123", 1)));
+    assert_eq!(last.status(), 438, "orig is not the caller");
+    // Unsigned: passes (the default policy), marked No-TN-Validation.
+    let (_, rung) = call(None);
+    let from = rung.expect("bridged").header("From").expect("From");
+    assert!(from.contains(";verstat=No-TN-Validation"), "{from}");
+    let rows = decisions(&w, 6);
+    assert!(rows[2].2.contains("stir: 403"), "{rows:?}");
+}

@@ -172,6 +172,8 @@ pub struct Call {
     pub reject_headers: Vec<(String, String)>,
     /// The code screening's challenge read to the caller, while Warden waits for it.
     pub challenge: Option<String>,
+    /// STIR's verdict on the caller's identity, added to the callee's From and PAI.
+    pub verstat: Option<&'static str>,
 }
 
 /// What happens when an announcement to the caller ends.

@@ -7,9 +7,11 @@
 
 pub mod admin;
 pub mod analytics;
+pub mod driver;
 pub mod lists;
 pub mod numbers;
 pub mod profile;
+pub mod stir;
 pub mod store;
 pub mod usage;
 
@@ -39,6 +41,8 @@ pub struct Request {
     /// The Identity header (RFC 8224) and the Date header, when present.
     pub identity: Option<String>,
     pub date: Option<String>,
+    /// The STIR verification's result, when the profile verifies (the driver fills it in).
+    pub stir: Option<stir::Stir>,
     /// Unix seconds.
     pub now: u64,
 }
@@ -115,6 +119,9 @@ pub struct Outcome {
     /// verification failed: the first allows the 608 jCard, the second forbids it.
     pub identity_verified: bool,
     pub identity_failed: bool,
+    /// STIR: what to tell the callee (verstat) and the signer's attestation.
+    pub verstat: Option<&'static str>,
+    pub attestation: Option<String>,
 }
 
 impl Outcome {
@@ -293,6 +300,8 @@ impl Engine {
             trusted: false,
             identity_verified: false,
             identity_failed: false,
+            verstat: None,
+            attestation: None,
         };
         if crate::dialplan::in_networks(req.source, &self.trusted) {
             out.trusted = true;
@@ -338,6 +347,38 @@ impl Engine {
                 let reason = format!("source {} above {} calls/s", req.source, self.source_rate);
                 block(&mut out, "source_rate", reason, verdict);
                 return out;
+            }
+        }
+        if c.stir {
+            let result = req.stir.clone().unwrap_or(stir::Stir::Unsigned);
+            out.verstat = Some(result.verstat());
+            out.attestation = result.attestation().map(str::to_owned);
+            match &result {
+                stir::Stir::Verified { .. } => out.identity_verified = true,
+                stir::Stir::Failed { code, reason } => {
+                    out.identity_failed = true;
+                    let reason = format!("{code}: {reason}");
+                    out.findings.push(Finding {
+                        check: "stir",
+                        act: c.on_stir_failure,
+                        reason,
+                    });
+                }
+                stir::Stir::Unsigned => {
+                    let act = match c.on_unsigned.as_str() {
+                        "flag" => Some(Act::Flag),
+                        "challenge" => Some(Act::Challenge),
+                        "block" => Some(Act::Block),
+                        _ => None,
+                    };
+                    if let Some(act) = act {
+                        out.findings.push(Finding {
+                            check: "stir",
+                            act,
+                            reason: "no Identity header".into(),
+                        });
+                    }
+                }
             }
         }
         let international = country.as_deref().is_some_and(|iso| iso != c.home_country);
@@ -544,7 +585,18 @@ impl Engine {
         out.score =
             c.flag_score * out.findings.iter().filter(|f| f.act == Act::Flag).count() as u32;
         if let Some(f) = out.findings.iter().find(|f| f.act == Act::Block) {
-            out.decision = Decision::Block(profile.verdict_for(f.check, iso));
+            let verdict = match (&req.stir, f.check) {
+                (Some(stir::Stir::Failed { code, .. }), "stir")
+                    if !profile.verdict_by_check.contains_key("stir") =>
+                {
+                    Verdict {
+                        answer: Answer::Identity(*code),
+                        prompt: None,
+                    }
+                }
+                _ => profile.verdict_for(f.check, iso),
+            };
+            out.decision = Decision::Block(verdict);
             return out;
         }
         if out.score >= c.block_score {
@@ -580,6 +632,11 @@ impl Engine {
             req.now,
         );
         out
+    }
+
+    /// Does this profile verify STIR/SHAKEN?
+    pub fn verifies_stir(&self, profile: &str) -> bool {
+        self.profiles.get(profile).is_some_and(|p| p.config.stir)
     }
 
     /// The analytics engine a profile asks, if any.

@@ -32,6 +32,40 @@ pub struct ScreeningConfig {
     pub profiles: HashMap<String, ProfileConfig>,
     /// External analytics engines by name; a profile's `analytics` asks one.
     pub analytics: HashMap<String, super::analytics::AnalyticsConfig>,
+    /// STIR/SHAKEN verification for profiles with `stir = true`.
+    pub stir: StirConfig,
+}
+
+/// `[screening.stir]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StirConfig {
+    /// PEM files of the STI-CA certificates signing certificates must chain to.
+    pub trust_anchors: Vec<PathBuf>,
+    /// How old `iat` may be (ATIS-1000074: 60 s).
+    pub max_age_s: u64,
+    /// Ports an x5u URL may name (https only).
+    pub x5u_ports: Vec<u16>,
+    /// How long fetching a certificate may take, and how long one is kept when its
+    /// response says nothing (Cache-Control max-age is honoured, up to a day).
+    pub fetch_timeout_ms: u64,
+    pub default_cache_s: u64,
+    /// A CA (PEM) to trust, besides the public web roots, when fetching x5u over HTTPS: a
+    /// private certificate repository.
+    pub fetch_ca_file: Option<PathBuf>,
+}
+
+impl Default for StirConfig {
+    fn default() -> Self {
+        StirConfig {
+            trust_anchors: Vec::new(),
+            max_age_s: 60,
+            x5u_ports: vec![443, 8443],
+            fetch_timeout_ms: 2000,
+            default_cache_s: 3600,
+            fetch_ca_file: None,
+        }
+    }
 }
 
 impl Default for ScreeningConfig {
@@ -59,6 +93,7 @@ impl Default for ScreeningConfig {
             jcard: JcardConfig::default(),
             profiles: HashMap::new(),
             analytics: HashMap::new(),
+            stir: StirConfig::default(),
         }
     }
 }
@@ -150,6 +185,8 @@ pub enum Answer {
     Unavailable,
     /// 302 to the Request-URI with this prefix on its user part.
     Redirect(String),
+    /// The RFC 8224 code of a failed identity check (403, 436, 437, 438).
+    Identity(u16),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +210,7 @@ impl Verdict {
             Answer::Rejected => 608,
             Answer::Unavailable => 503,
             Answer::Redirect(_) => 302,
+            Answer::Identity(code) => code,
         }
     }
 
@@ -271,6 +309,14 @@ pub struct ProfileConfig {
     pub flag_score: u32,
     pub challenge_score: u32,
     pub block_score: u32,
+    /// Verify STIR/SHAKEN Identity headers (`[screening.stir]` says against what).
+    pub stir: bool,
+    /// A failed verification: flag (TN-Validation-Failed toward the callee, and a score),
+    /// challenge, or block (by default with the RFC 8224 code).
+    pub on_stir_failure: Act,
+    /// A call without an Identity header: "pass" (No-TN-Validation toward the callee),
+    /// or flag, challenge, block.
+    pub on_unsigned: String,
     /// An engine of `[screening.analytics]` asked about calls the local checks let through.
     pub analytics: Option<String>,
     /// What a block answers; per country (ISO code) and per check it may differ.
@@ -352,6 +398,9 @@ impl Default for ProfileConfig {
             flag_score: 30,
             challenge_score: 60,
             block_score: 100,
+            stir: false,
+            on_stir_failure: Act::Flag,
+            on_unsigned: "pass".into(),
             analytics: None,
             verdict: VerdictConfig {
                 reject: Some(toml::Value::Integer(603)),
@@ -463,6 +512,7 @@ impl ScreeningConfig {
                 if !CHECKS.contains(&check.as_str())
                     && !SOURCE_CHECKS.contains(&check.as_str())
                     && check != "analytics"
+                    && check != "stir"
                     && check != "score"
                 {
                     return Err(at(format!("verdict_by_check: {check:?} is not a check")));
@@ -471,6 +521,12 @@ impl ScreeningConfig {
                     check.clone(),
                     check_verdict(&format!("verdict_by_check.{check}"), v)?,
                 );
+            }
+            if !["pass", "flag", "challenge", "block"].contains(&config.on_unsigned.as_str()) {
+                return Err(at(format!(
+                    "on_unsigned {:?}: expected pass, flag, challenge or block",
+                    config.on_unsigned
+                )));
             }
             if let Some(engine) = &config.analytics
                 && !self.analytics.contains_key(engine)

@@ -29,6 +29,7 @@ fn req(call: u64, callee: &str, now: u64) -> Request {
         caller_number: "alice".into(),
         identity: None,
         date: None,
+        stir: None,
         now,
     }
 }

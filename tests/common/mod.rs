@@ -94,7 +94,10 @@ impl Warden {
         let child = Command::new(env!("CARGO_BIN_EXE_warden"))
             .arg("--config")
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("WARDEN_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
