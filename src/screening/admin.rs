@@ -48,6 +48,8 @@ pub fn run(engine: &mut Engine, command: Command, now: u64) -> Result<Value, Str
                     let f = engine.usage().figures(user, now, 600);
                     let mut countries: Vec<&String> = u.countries.iter().collect();
                     countries.sort();
+                    let mut sources: Vec<&String> = u.sources.iter().collect();
+                    sources.sort();
                     json!({
                         "user": user,
                         "calls_last_hour": f.calls_last_hour,
@@ -56,6 +58,7 @@ pub fn run(engine: &mut Engine, command: Command, now: u64) -> Result<Value, Str
                         "minutes_last_day": f.seconds_last_day / 60,
                         "live_calls": f.live_calls,
                         "countries": countries,
+                        "sources": sources,
                         "allowed": engine.lists().user_allow_list(user),
                     })
                 })

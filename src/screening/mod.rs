@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use lists::{EntryKind, ListEntry, ListName, Lists};
 use numbers::{Country, DialingPlan, PrefixTable, Risk, RiskRange};
 pub use profile::{Act, Answer, Profile, ScreeningConfig, Verdict};
-use usage::{Usage, UsageChange};
+use usage::{Admission, Usage, UsageChange};
 
 /// What screening is told about a call.
 #[derive(Debug, Clone)]
@@ -155,9 +155,7 @@ impl Outcome {
 struct Held {
     user: String,
     value: String,
-    country: Option<String>,
-    international: bool,
-    premium_short_s: Option<u64>,
+    admission: Admission,
 }
 
 /// A change for the store.
@@ -391,6 +389,7 @@ impl Engine {
             .usage
             .figures(&req.user, req.now, c.premium_burst_window_s);
         let iso = country.as_deref();
+        let network = usage::network_of(req.source);
         let mut allowed_destination = false;
         let mut challenge_value = None;
         let found = |out: &mut Outcome, check: &'static str, act: Act, reason: String| {
@@ -565,6 +564,24 @@ impl Engine {
                         challenge_value.get_or_insert_with(|| format!("country:{i}"));
                     }
                 }
+                "new_source" => {
+                    let known = self.usage.user(&req.user).map(|u| &u.sources);
+                    // Only a user with a history can come from somewhere new.
+                    if let Some(known) = known.filter(|k| !k.is_empty())
+                        && !known.contains(&network)
+                        && !self
+                            .lists
+                            .user_allows(&req.user, &format!("source:{network}"))
+                    {
+                        found(
+                            &mut out,
+                            "new_source",
+                            c.on_new_source,
+                            format!("first call from {network}"),
+                        );
+                        challenge_value.get_or_insert_with(|| format!("source:{network}"));
+                    }
+                }
                 "volume_jump" => {
                     let this_hour = figures.calls_last_hour + 1;
                     if figures.baseline_hours >= c.volume_jump_min_history_h
@@ -603,7 +620,12 @@ impl Engine {
             out.decision = Decision::Block(profile.verdict_for("score", iso));
             return out;
         }
-        let premium_short_s = premium.then_some(c.premium_short_s);
+        let admission = Admission {
+            country: country.clone(),
+            international,
+            premium_short_s: premium.then_some(c.premium_short_s),
+            network: Some(network),
+        };
         if out.findings.iter().any(|f| f.act == Act::Challenge)
             || out.score >= c.challenge_score.max(1) && out.score > 0
         {
@@ -615,22 +637,13 @@ impl Engine {
                 Held {
                     user: req.user.clone(),
                     value: value.clone(),
-                    country: country.clone(),
-                    international,
-                    premium_short_s,
+                    admission,
                 },
             );
             out.decision = Decision::Challenge { value };
             return out;
         }
-        self.usage.admit(
-            req.call,
-            &req.user,
-            iso,
-            international,
-            premium_short_s,
-            req.now,
-        );
+        self.usage.admit(req.call, &req.user, &admission, req.now);
         out
     }
 
@@ -698,14 +711,7 @@ impl Engine {
                 at: now,
             });
         }
-        self.usage.admit(
-            call,
-            &h.user,
-            h.country.as_deref(),
-            h.international,
-            h.premium_short_s,
-            now,
-        );
+        self.usage.admit(call, &h.user, &h.admission, now);
     }
 
     /// A screened call ended (whatever happened to it): `answered_s` seconds of talk.

@@ -269,7 +269,7 @@ pub struct ProfileConfig {
     pub international_prefix: String,
     pub national_prefix: String,
     /// Checks that run, in this order: lists, high_risk, premium_burst, scanner, repeats,
-    /// quotas, concurrency, new_country, volume_jump.
+    /// quotas, concurrency, new_country, new_source, volume_jump.
     pub checks: Vec<String>,
     pub allow_numbers: Vec<String>,
     pub allow_prefixes: Vec<String>,
@@ -280,6 +280,8 @@ pub struct ProfileConfig {
     pub on_high_risk: Act,
     pub on_premium: Act,
     pub on_new_country: Act,
+    /// A user's first call from a network (/24, /64) never seen for them before.
+    pub on_new_source: Act,
     pub on_volume_jump: Act,
     pub on_quota: Act,
     /// Quotas per user (0: none).
@@ -350,7 +352,7 @@ impl Default for BusinessHours {
     }
 }
 
-pub const CHECKS: [&str; 9] = [
+pub const CHECKS: [&str; 10] = [
     "lists",
     "high_risk",
     "premium_burst",
@@ -359,6 +361,7 @@ pub const CHECKS: [&str; 9] = [
     "quotas",
     "concurrency",
     "new_country",
+    "new_source",
     "volume_jump",
 ];
 
@@ -378,6 +381,7 @@ impl Default for ProfileConfig {
             on_high_risk: Act::Block,
             on_premium: Act::Flag,
             on_new_country: Act::Flag,
+            on_new_source: Act::Flag,
             on_volume_jump: Act::Flag,
             on_quota: Act::Block,
             calls_per_hour: 60,

@@ -61,6 +61,12 @@ pub async fn load(pool: &SqlitePool, now: u64) -> anyhow::Result<(Usage, Lists)>
         .into_iter()
         .map(|r| Ok((r.try_get("user")?, r.try_get("country")?)))
         .collect::<sqlx::Result<Vec<(String, String)>>>()?;
+    let sources = sqlx::query("SELECT user, network FROM screening_sources")
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get("user")?, r.try_get("network")?)))
+        .collect::<sqlx::Result<Vec<(String, String)>>>()?;
     let mut lists = Lists::default();
     for r in sqlx::query("SELECT list, kind, value, note, added_at FROM screening_lists")
         .fetch_all(pool)
@@ -88,7 +94,7 @@ pub async fn load(pool: &SqlitePool, now: u64) -> anyhow::Result<(Usage, Lists)>
             &r.try_get::<String, _>("value")?,
         );
     }
-    Ok((Usage::restore(buckets, countries), lists))
+    Ok((Usage::restore(buckets, countries, sources), lists))
 }
 
 async fn apply(tx: &mut sqlx::SqliteConnection, write: &Write) -> sqlx::Result<()> {
@@ -116,6 +122,16 @@ async fn apply(tx: &mut sqlx::SqliteConnection, write: &Write) -> sqlx::Result<(
                 .bind(*at as i64)
                 .execute(&mut *tx)
                 .await?;
+        }
+        Write::Change(Change::Usage(UsageChange::Source { user, network, at })) => {
+            sqlx::query(
+                "INSERT OR IGNORE INTO screening_sources (user, network, first_seen) VALUES (?, ?, ?)",
+            )
+            .bind(user)
+            .bind(network)
+            .bind(*at as i64)
+            .execute(&mut *tx)
+            .await?;
         }
         Write::Change(Change::Usage(UsageChange::Reset { user })) => {
             sqlx::query("DELETE FROM screening_usage WHERE user = ?")

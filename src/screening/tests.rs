@@ -415,3 +415,40 @@ fn operators_reset_and_remove_users() {
     assert!(e.remove_user("alice@example.com"));
     assert!(!e.remove_user("nobody@example.com"));
 }
+
+#[test]
+fn a_call_from_a_new_network_is_flagged_once_the_user_has_a_history() {
+    let mut e = engine(&format!(
+        "{ONLY}\"new_source\"]\non_new_source = \"challenge\""
+    ));
+    // The first call ever sets the history; a second from the same /24 is known.
+    assert_eq!(
+        checks(&mut e, &req(1, "02079460000", NOON)),
+        ("allow".into(), vec![])
+    );
+    let mut r = req(2, "02079460000", NOON + 1);
+    r.source = "192.0.2.200".parse().unwrap();
+    assert_eq!(checks(&mut e, &r).0, "allow");
+    r = req(3, "02079460000", NOON + 2);
+    r.source = "198.51.100.9".parse().unwrap();
+    let out = e.screen(&r);
+    assert_eq!(
+        out.decision,
+        Decision::Challenge {
+            value: "source:198.51.100.0/24".into()
+        }
+    );
+    assert_eq!(out.reason(), "new_source: first call from 198.51.100.0/24");
+    e.challenge_passed(3, NOON + 30);
+    r = req(4, "02079460000", NOON + 40);
+    r.source = "198.51.100.10".parse().unwrap();
+    assert_eq!(
+        checks(&mut e, &r).0,
+        "allow",
+        "the passed challenge vouched for the network"
+    );
+    assert_eq!(
+        usage::network_of("2001:db8:1:2:3::9".parse().unwrap()),
+        "2001:db8:1:2::/64"
+    );
+}

@@ -27,6 +27,12 @@ pub enum UsageChange {
     Add { user: String, bucket: Bucket },
     /// The user called this country for the first time.
     Country { user: String, iso: String, at: u64 },
+    /// The user called from this network for the first time.
+    Source {
+        user: String,
+        network: String,
+        at: u64,
+    },
     /// Forget the user's counters (buckets), keeping countries and allow-list.
     Reset { user: String },
     /// Forget everything about the user.
@@ -38,7 +44,35 @@ pub struct UserUsage {
     /// Minute buckets, oldest first.
     pub buckets: VecDeque<Bucket>,
     pub countries: HashSet<String>,
+    /// Networks (a /24, or a /64) the user's admitted calls came from.
+    pub sources: HashSet<String>,
     pub live_calls: u32,
+}
+
+/// What an admitted call counts as.
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    /// The destination's country, and whether that is abroad.
+    pub country: Option<String>,
+    pub international: bool,
+    /// For calls to premium ranges: under how many seconds the call counts as short.
+    pub premium_short_s: Option<u64>,
+    /// The network the call came from.
+    pub network: Option<String>,
+}
+
+/// The network an address belongs to, for the new-source rule: its /24 (IPv4) or /64.
+pub fn network_of(addr: std::net::IpAddr) -> String {
+    match addr {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
 }
 
 impl UserUsage {
@@ -108,6 +142,7 @@ impl Usage {
     pub fn restore(
         buckets: impl IntoIterator<Item = (String, Bucket)>,
         countries: impl IntoIterator<Item = (String, String)>,
+        sources: impl IntoIterator<Item = (String, String)>,
     ) -> Usage {
         let mut usage = Usage::default();
         for (user, b) in buckets {
@@ -120,6 +155,9 @@ impl Usage {
         }
         for (user, iso) in countries {
             usage.users.entry(user).or_default().countries.insert(iso);
+        }
+        for (user, network) in sources {
+            usage.users.entry(user).or_default().sources.insert(network);
         }
         usage
     }
@@ -193,15 +231,8 @@ impl Usage {
     }
 
     /// A call was let through: it counts against the user's quotas from now on.
-    pub fn admit(
-        &mut self,
-        call: u64,
-        user: &str,
-        country: Option<&str>,
-        international: bool,
-        premium_short_s: Option<u64>,
-        now: u64,
-    ) {
+    pub fn admit(&mut self, call: u64, user: &str, what: &Admission, now: u64) {
+        let (country, international) = (what.country.as_deref(), what.international);
         let u = self.users.entry(user.to_owned()).or_default();
         u.prune(now);
         let bucket = u.bucket_mut(now / 60);
@@ -226,11 +257,20 @@ impl Usage {
                 at: now,
             });
         }
+        if let Some(network) = &what.network
+            && u.sources.insert(network.clone())
+        {
+            self.changes.push(UsageChange::Source {
+                user: user.to_owned(),
+                network: network.clone(),
+                at: now,
+            });
+        }
         self.live.insert(
             call,
             LiveCall {
                 user: user.to_owned(),
-                premium_short_s,
+                premium_short_s: what.premium_short_s,
             },
         );
     }
@@ -302,8 +342,12 @@ impl Usage {
         for u in self.users.values_mut() {
             u.prune(now);
         }
-        self.users
-            .retain(|_, u| !u.buckets.is_empty() || !u.countries.is_empty() || u.live_calls > 0);
+        self.users.retain(|_, u| {
+            !u.buckets.is_empty()
+                || !u.countries.is_empty()
+                || !u.sources.is_empty()
+                || u.live_calls > 0
+        });
     }
 }
 
@@ -313,11 +357,20 @@ mod tests {
 
     const T0: u64 = 1_800_000_000; // a fixed clock: 2027-01-15
 
+    fn abroad(iso: &str, premium_short_s: Option<u64>) -> Admission {
+        Admission {
+            country: Some(iso.into()),
+            international: true,
+            premium_short_s,
+            network: None,
+        }
+    }
+
     #[test]
     fn hour_and_day_windows_slide() {
         let mut u = Usage::default();
         for i in 0..5 {
-            u.admit(i, "alice", None, false, None, T0 + i * 60);
+            u.admit(i, "alice", &Admission::default(), T0 + i * 60);
         }
         let f = u.figures("alice", T0 + 300, 600);
         assert_eq!((f.calls_last_hour, f.calls_last_day), (5, 5));
@@ -331,8 +384,8 @@ mod tests {
     #[test]
     fn minutes_international_and_live_calls() {
         let mut u = Usage::default();
-        u.admit(1, "bob", Some("CU"), true, None, T0);
-        u.admit(2, "bob", Some("DE"), true, None, T0 + 10);
+        u.admit(1, "bob", &abroad("CU", None), T0);
+        u.admit(2, "bob", &abroad("DE", None), T0 + 10);
         assert_eq!(u.figures("bob", T0 + 20, 600).live_calls, 2);
         u.ended(1, 125, T0 + 200);
         let f = u.figures("bob", T0 + 300, 600);
@@ -350,10 +403,10 @@ mod tests {
     fn premium_short_calls_count_in_their_window() {
         let mut u = Usage::default();
         for i in 0..3 {
-            u.admit(i, "eve", Some("+979"), true, Some(30), T0 + i * 20);
+            u.admit(i, "eve", &abroad("+979", Some(30)), T0 + i * 20);
             u.ended(i, 5, T0 + i * 20 + 5);
         }
-        u.admit(9, "eve", Some("+979"), true, Some(30), T0 + 100);
+        u.admit(9, "eve", &abroad("+979", Some(30)), T0 + 100);
         u.ended(9, 300, T0 + 400); // a long call is not the pattern
         assert_eq!(u.figures("eve", T0 + 400, 600).premium_short_recent, 3);
         assert_eq!(u.figures("eve", T0 + 1300, 600).premium_short_recent, 0);
@@ -367,7 +420,7 @@ mod tests {
         for h in 0..4 {
             for _ in 0..2 {
                 id += 1;
-                u.admit(id, "carol", None, false, None, T0 + h * 3600);
+                u.admit(id, "carol", &Admission::default(), T0 + h * 3600);
             }
         }
         let f = u.figures("carol", T0 + 86_400, 600);
@@ -375,7 +428,7 @@ mod tests {
         // Calls in the current hour do not move the baseline.
         for _ in 0..10 {
             id += 1;
-            u.admit(id, "carol", None, false, None, T0 + 86_400);
+            u.admit(id, "carol", &Admission::default(), T0 + 86_400);
         }
         let f = u.figures("carol", T0 + 86_400 + 60, 600);
         assert_eq!((f.baseline_hours, f.calls_last_hour), (4, 10));
@@ -394,7 +447,7 @@ mod tests {
     #[test]
     fn changes_replayed_rebuild_the_counters_and_reset_clears_them() {
         let mut u = Usage::default();
-        u.admit(1, "dave", Some("CU"), true, None, T0);
+        u.admit(1, "dave", &abroad("CU", None), T0);
         u.ended(1, 42, T0 + 50);
         let mut buckets = Vec::new();
         let mut countries = Vec::new();
@@ -405,7 +458,7 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             }
         }
-        let restored = Usage::restore(buckets, countries);
+        let restored = Usage::restore(buckets, countries, Vec::new());
         let f = restored.figures("dave", T0 + 60, 600);
         assert_eq!((f.calls_last_day, f.seconds_last_day), (1, 42));
         assert!(restored.has_called("dave", "CU"));
