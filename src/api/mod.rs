@@ -36,6 +36,7 @@ pub async fn serve(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let shared = Shared { jcard, token, ask };
     let operations = Router::new()
+        .route("/screening/stats", get(stats))
         .route("/screening/users", get(users))
         .route("/screening/users/{user}", delete(remove_user))
         .route("/screening/users/{user}/reset", post(reset_user))
@@ -127,6 +128,10 @@ async fn ask(s: &Shared, command: Command) -> Response {
         Ok(Err(e)) => (StatusCode::BAD_REQUEST, e).into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
     }
+}
+
+async fn stats(State(s): State<Shared>) -> Response {
+    ask(&s, Command::Stats).await
 }
 
 async fn users(State(s): State<Shared>) -> Response {

@@ -8,6 +8,8 @@ use super::lists::{EntryKind, ListName};
 
 #[derive(Debug, Clone)]
 pub enum Command {
+    /// Decisions since start, by outcome and deciding check.
+    Stats,
     Users,
     Reset {
         user: String,
@@ -40,6 +42,13 @@ fn list_and_kind(list: &str, kind: &str) -> Result<(ListName, EntryKind), String
 /// Run `command` at `now` (unix seconds). Errors starting "not found" mean nothing matched.
 pub fn run(engine: &mut Engine, command: Command, now: u64) -> Result<Value, String> {
     match command {
+        Command::Stats => Ok(Value::Array(
+            engine
+                .counts
+                .iter()
+                .map(|((decision, check), n)| json!({"decision": decision, "check": check, "count": n}))
+                .collect(),
+        )),
         Command::Users => {
             let mut users: Vec<Value> = engine
                 .usage()
