@@ -111,9 +111,9 @@ fn decisions(w: &Warden, count: usize) -> Vec<(String, Option<String>, String)> 
 const NO_RATE: &str = "[screening]\ncalls_per_source_per_second = 0\n";
 
 #[test]
-fn a_user_over_quota_gets_603_and_the_decisions_are_recorded() {
+fn a_user_over_quota_gets_603_even_after_a_crash_and_the_decisions_are_recorded() {
     let plan = "[[rule]]\nname = \"out\"\ndo = [{ screen = \"tight\" }, { reject = 480 }]\n";
-    let (w, _dir) = warden(
+    let (mut w, _dir) = warden(
         plan,
         &format!(
             "{NO_RATE}[screening.profiles.tight]\nchecks = [\"quotas\"]\ncalls_per_hour = 2\n"
@@ -121,10 +121,17 @@ fn a_user_over_quota_gets_603_and_the_decisions_are_recorded() {
     );
     let mut alice = Ua::udp("alice", w.port);
     let mut codes = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..2 {
         let invite = alice.invite("02079460000");
         codes.push(outcome(&mut alice, &invite).1.status());
     }
+    // The counters survive a crash: once the decisions are written (the counters are
+    // written first), kill -9 and start again.
+    decisions(&w, 2);
+    w.restart();
+    let mut alice = Ua::udp("alice", w.port);
+    let invite = alice.invite("02079460000");
+    codes.push(outcome(&mut alice, &invite).1.status());
     assert_eq!(
         codes,
         [480, 480, 603],
@@ -140,6 +147,26 @@ fn a_user_over_quota_gets_603_and_the_decisions_are_recorded() {
     assert!(
         rows[2].2.contains("calls per hour: 2 of 2 used"),
         "{rows:?}"
+    );
+    // Decisions counted since this process started: the one after the restart.
+    let (status, stats) = http_get(&format!(
+        "http://127.0.0.1:{}/screening/stats",
+        w.admin_port
+    ));
+    assert_eq!(status, 200, "{stats}");
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("JSON");
+    let count = |decision: &str, check: &str| {
+        stats
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|r| r["decision"] == decision && r["check"] == check)
+            .and_then(|r| r["count"].as_u64())
+    };
+    assert_eq!(
+        (count("allow", "none"), count("block", "quotas")),
+        (None, Some(1)),
+        "{stats}"
     );
 }
 

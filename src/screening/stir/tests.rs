@@ -307,8 +307,8 @@ fn the_shared_vectors_give_their_expected_results() {
         &relaxed,
     );
     assert_eq!(code(&s), 438, "{s:?}");
-    // FreeSWITCH line 1: valid signature, but http x5u and no TNAuthList: refused under
-    // the default policy (436) and, with the x5u policy relaxed, for the credential (437).
+    // FreeSWITCH line 1: a valid signature, but its x5u is http (436; its certificate,
+    // without TNAuthList, is never reached).
     let fs = String::from_utf8_lossy(&shared("freeswitch/identity-headers.txt").unwrap())
         .lines()
         .next()
