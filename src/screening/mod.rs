@@ -347,6 +347,7 @@ impl Engine {
                 return out;
             }
         }
+        let mut challenge_value = None;
         if c.stir {
             let result = req.stir.clone().unwrap_or(stir::Stir::Unsigned);
             out.verstat = Some(result.verstat());
@@ -355,6 +356,7 @@ impl Engine {
                 stir::Stir::Verified { .. } => out.identity_verified = true,
                 stir::Stir::Failed { code, reason } => {
                     out.identity_failed = true;
+                    challenge_value = Some("stir".to_owned());
                     let reason = format!("{code}: {reason}");
                     out.findings.push(Finding {
                         check: "stir",
@@ -391,7 +393,6 @@ impl Engine {
         let iso = country.as_deref();
         let network = usage::network_of(req.source);
         let mut allowed_destination = false;
-        let mut challenge_value = None;
         let found = |out: &mut Outcome, check: &'static str, act: Act, reason: String| {
             out.findings.push(Finding { check, act, reason });
         };
@@ -629,9 +630,9 @@ impl Engine {
         if out.findings.iter().any(|f| f.act == Act::Challenge)
             || out.score >= c.challenge_score.max(1) && out.score > 0
         {
-            let value = challenge_value
-                .or_else(|| destination.as_ref().map(|d| format!("number:{d}")))
-                .unwrap_or_default();
+            // What a passed challenge vouches for: a new country or network is remembered;
+            // a quota overrun, a STIR failure or a score is not.
+            let value = challenge_value.unwrap_or_else(|| "score".to_owned());
             self.held.insert(
                 req.call,
                 Held {
@@ -703,7 +704,7 @@ impl Engine {
         let Some(h) = self.held.remove(&call) else {
             return;
         };
-        if !h.value.starts_with("quota") {
+        if h.value.starts_with("country:") || h.value.starts_with("source:") {
             self.lists.allow_for_user(&h.user, &h.value);
             self.changes.push(Change::UserAllow {
                 user: h.user.clone(),

@@ -452,3 +452,35 @@ fn a_call_from_a_new_network_is_flagged_once_the_user_has_a_history() {
         "2001:db8:1:2::/64"
     );
 }
+
+#[test]
+fn a_challenge_passed_for_a_score_or_quota_vouches_for_nothing() {
+    let mut e = engine(&format!(
+        "{ONLY}\"high_risk\", \"quotas\"]\non_high_risk = \"flag\"\nflag_score = 60\nchallenge_score = 60\n\
+         on_quota = \"challenge\"\ncalls_per_hour = 1"
+    ));
+    let out = e.screen(&req(1, "005371234567", NOON));
+    assert_eq!(
+        out.decision,
+        Decision::Challenge {
+            value: "score".into()
+        }
+    );
+    e.challenge_passed(1, NOON + 20);
+    let out = e.screen(&req(2, "02079460000", NOON + 30));
+    assert_eq!(
+        out.decision,
+        Decision::Challenge {
+            value: "quota".into()
+        }
+    );
+    e.challenge_passed(2, NOON + 40);
+    assert!(e.lists().user_allow_list("alice@example.com").is_empty());
+    assert_eq!(
+        e.usage()
+            .figures("alice@example.com", NOON + 40, 600)
+            .calls_last_hour,
+        2,
+        "both admitted"
+    );
+}
