@@ -339,12 +339,16 @@ impl Default for DatabaseConfig {
 pub struct LogConfig {
     /// A tracing filter such as "info" or "warden=debug".
     pub level: String,
+    /// "human" (one readable line per event) or "json" (one JSON object per line, for a
+    /// log shipper).
+    pub format: String,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: "human".into(),
         }
     }
 }
@@ -454,6 +458,11 @@ impl Config {
             );
         }
         self.admin.address()?;
+        anyhow::ensure!(
+            self.log.format == "human" || self.log.format == "json",
+            "log.format {:?}: expected \"human\" or \"json\"",
+            self.log.format
+        );
         // Prompts named by verdicts are checked at start, when the prompts are loaded.
         let countries = crate::screening::country_table();
         self.screening
@@ -529,5 +538,7 @@ mod tests {
         assert!(msg.starts_with("w.toml:3:"), "{msg}");
         let err = Config::parse("[sip]\nlisten = [\"sctp:1.2.3.4:5\"]\n", "w.toml").unwrap_err();
         assert!(err.to_string().contains("unknown transport"), "{err}");
+        let err = Config::parse("[log]\nformat = \"xml\"\n", "w.toml").unwrap_err();
+        assert!(err.to_string().contains("log.format \"xml\""), "{err}");
     }
 }
