@@ -885,11 +885,10 @@ impl Core {
             }
             Decision::Block(verdict) => {
                 call.program = None;
-                if !call.abandoned {
-                    self.block(&mut call, &verdict, jcard, now);
-                }
-                if call.announcing.is_none() {
+                if call.abandoned {
                     call.state = State::Done;
+                } else {
+                    self.block(&mut call, &verdict, jcard, now);
                 }
             }
             Decision::Challenge { value } => {
@@ -899,9 +898,6 @@ impl Core {
                     // No way to read the code (no audio offered): refuse, as a failed
                     // challenge would.
                     self.block(&mut call, &crate::screening::Verdict::decline(), false, now);
-                    if call.announcing.is_none() {
-                        call.state = State::Done;
-                    }
                 }
             }
         }
@@ -939,8 +935,9 @@ impl Core {
 
     /// Answer a blocked call as its verdict says: a prompt as early media first when the
     /// verdict has one (or for a 608 to a caller that did not say it understands 608,
-    /// RFC 8688 section 3.3), then the final response; a 608 carries the operator's jCard
-    /// when `jcard` (the caller is known or verified, RFC 8688 section 6).
+    /// RFC 8688 section 3.3), then the final response (the call is done unless the prompt
+    /// still plays); a 608 carries the operator's jCard when `jcard` (the caller is known or
+    /// verified, RFC 8688 section 6).
     fn block(
         &mut self,
         call: &mut Call,
@@ -950,29 +947,22 @@ impl Core {
     ) {
         use crate::screening::Answer;
         let s = &self.config.screening;
-        let (status, reason) = match &verdict.answer {
-            Answer::Decline => (603, "Decline"),
-            Answer::NetworkBlocked => (603, "Network Blocked"),
-            Answer::Rejected => (608, "Rejected"),
-            Answer::Unavailable => (503, "Service Unavailable"),
-            // RFC 8224 section 6.2.2's codes for a failed identity check.
-            Answer::Identity(code) => (
-                *code,
-                match code {
-                    403 => "Stale Date",
-                    436 => "Bad Identity Info",
-                    437 => "Unsupported Credential",
-                    _ => "Invalid Identity Header",
-                },
-            ),
+        let status = verdict.status();
+        let reason = match &verdict.answer {
+            // ATIS-1000099's phrase marks a 603+; RFC 8224 names a stale PASSporT's 403.
+            Answer::NetworkBlocked => "Network Blocked",
+            Answer::Identity(403) => "Stale Date",
             Answer::Redirect(prefix) => {
                 let uri = call.a_invite.uri();
                 let user = uri.user().unwrap_or_default();
                 let host = uri.host().unwrap_or_default();
                 let target = format!("sip:{prefix}{user}@{host}");
                 tracing::info!(call = call.id, %target, "screening redirects the call");
-                return self.redirect(call, &[target], now);
+                self.redirect(call, &[target], now);
+                call.state = State::Done;
+                return;
             }
+            _ => reason_phrase(status),
         };
         call.reject_headers.clear();
         if verdict.answer == Answer::NetworkBlocked {
@@ -1012,6 +1002,7 @@ impl Core {
             return;
         }
         self.decline(call, status, reason, now);
+        call.state = State::Done;
     }
 
     /// Where callers fetch the operator's jCard (RFC 8688).
@@ -1985,6 +1976,15 @@ impl Core {
         }
     }
 
+    /// The caller answered a prompt that listens (a menu, a challenge): stop it playing.
+    fn stop_prompt(&mut self, call: &mut Call) {
+        if let Some(stream) = call.media.first_stream() {
+            self.media.stop_playing(stream, MediaSide::A);
+        }
+        call.announcing = None;
+        call.ring_until = None;
+    }
+
     /// The caller's last finished input on call `id`.
     pub fn collected_digits(&self, id: u64) -> Option<&Collected> {
         self.calls.get(&id)?.collected.as_ref()
@@ -2005,11 +2005,7 @@ impl Core {
             self.media.report_dtmf(stream, MediaSide::A, false);
         }
         if let Some(code) = call.challenge.take() {
-            if let Some(stream) = call.media.first_stream() {
-                self.media.stop_playing(stream, MediaSide::A);
-            }
-            call.announcing = None;
-            call.ring_until = None;
+            self.stop_prompt(call);
             if done.digits == code {
                 tracing::info!(call = call.id, caller = %call.caller, "screening challenge passed");
                 self.out
@@ -2017,20 +2013,12 @@ impl Core {
                 return self.run_program(call, now);
             }
             tracing::info!(call = call.id, caller = %call.caller, keyed = done.digits.len(), "screening challenge failed");
-            self.block(call, &crate::screening::Verdict::decline(), false, now);
-            if call.announcing.is_none() {
-                call.state = State::Done;
-            }
-            return;
+            return self.block(call, &crate::screening::Verdict::decline(), false, now);
         }
         if let Some(choices) = call.menu.take() {
             // A dialplan menu: the chosen rule's actions replace what was left; no or an
             // unknown key goes on with the next action.
-            if let Some(stream) = call.media.first_stream() {
-                self.media.stop_playing(stream, MediaSide::A);
-            }
-            call.announcing = None;
-            call.ring_until = None;
+            self.stop_prompt(call);
             let chosen = done
                 .digits
                 .chars()
@@ -2478,6 +2466,10 @@ pub fn reason_phrase(status: u16) -> &'static str {
         416 => "Unsupported URI Scheme",
         420 => "Bad Extension",
         423 => "Interval Too Brief",
+        // RFC 8224: a caller's identity could not be verified.
+        436 => "Bad Identity Info",
+        437 => "Unsupported Credential",
+        438 => "Invalid Identity Header",
         480 => "Temporarily Unavailable",
         481 => "Call/Transaction Does Not Exist",
         483 => "Too Many Hops",
@@ -2489,6 +2481,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         503 => "Service Unavailable",
         505 => "Version Not Supported",
         603 => "Decline",
+        608 => "Rejected",
         _ => "Unknown",
     }
 }
