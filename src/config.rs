@@ -500,6 +500,16 @@ impl Config {
             .collect()
     }
 
+    /// Where callers fetch the operator's jCard (RFC 8688): `screening.jcard.public_url`,
+    /// else the admin API's `/jcard`.
+    pub fn jcard_url(&self) -> String {
+        self.screening
+            .jcard
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}/jcard", self.admin.listen))
+    }
+
     pub fn timers(&self) -> TimerConfig {
         TimerConfig {
             t1: Duration::from_millis(self.sip.t1_ms),

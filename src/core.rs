@@ -987,7 +987,7 @@ impl Core {
         if verdict.answer == Answer::Rejected && jcard {
             call.reject_headers.push((
                 "Call-Info".into(),
-                format!("<{}>;purpose=jwscard", self.jcard_url()),
+                format!("<{}>;purpose=jwscard", self.config.jcard_url()),
             ));
         }
         let prompt = verdict.prompt.clone().or_else(|| {
@@ -1003,16 +1003,6 @@ impl Core {
         }
         self.decline(call, status, reason, now);
         call.state = State::Done;
-    }
-
-    /// Where callers fetch the operator's jCard (RFC 8688).
-    fn jcard_url(&self) -> String {
-        self.config
-            .screening
-            .jcard
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}/jcard", self.config.admin.listen))
     }
 
     /// The dialplan's actions ran out without an answer: the caller gets the failure (or,

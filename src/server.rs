@@ -16,7 +16,8 @@ use crate::registrar::{Registrar, store};
 use crate::sip::message::Limits;
 use crate::sip::transport::{self, Inbound, Transport};
 
-fn unix_now() -> u64 {
+/// Wall-clock seconds since the Unix epoch (0 on a clock set before it).
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -98,10 +99,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (ask_tx, mut asks) = mpsc::channel::<crate::api::Ask>(64);
     let admin = match config.admin.address()? {
         Some(addr) => {
-            let public = config.screening.jcard.public_url.clone();
-            let base = public
-                .as_deref()
-                .and_then(|u| u.strip_suffix("/jcard"))
+            // The certificate is served beside the jCard.
+            let url = config.jcard_url();
+            let base = url
+                .strip_suffix("/jcard")
                 .map_or_else(|| format!("http://{addr}"), str::to_owned);
             let jcard = crate::api::jcard::Jcard::new(&config.screening.jcard, &base)?;
             Some(

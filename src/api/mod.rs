@@ -91,11 +91,7 @@ async fn authorize(State(s): State<Shared>, request: Request, next: Next) -> Res
 }
 
 async fn signed_jcard(State(s): State<Shared>) -> Response {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    match s.jcard.signed(now) {
+    match s.jcard.signed(crate::server::unix_now()) {
         Ok(jws) => ([(header::CONTENT_TYPE, "application/jose")], jws).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
