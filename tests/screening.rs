@@ -595,6 +595,17 @@ fn the_json_engine_gets_the_call_as_json_and_its_block_is_obeyed() {
     );
     let rows = decisions(&w, 1);
     assert!(rows[0].2.contains("robocall campaign 17"), "{rows:?}");
+    // One call, one decision counted: the engine's block, not also the local checks' pass.
+    let (status, stats) = http_get(&format!(
+        "http://127.0.0.1:{}/screening/stats",
+        w.admin_port
+    ));
+    assert_eq!(status, 200, "{stats}");
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("JSON");
+    assert_eq!(
+        stats,
+        serde_json::json!([{"decision": "block", "check": "analytics", "count": 1}])
+    );
 }
 
 /// Warden's media address in an SDP body.

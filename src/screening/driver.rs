@@ -271,8 +271,9 @@ impl Driver {
         }
     }
 
-    /// Log the decision and hand it to the call.
+    /// Count and log the decision and hand it to the call.
     fn decide(&mut self, core: &mut Core, request: &Request, outcome: Outcome) {
+        self.engine.count(&outcome);
         let _ = self.writes.send(Write::Decision(DecisionRecord {
             call_id: request.call_id.clone(),
             at: request.now,

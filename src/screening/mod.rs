@@ -257,17 +257,16 @@ impl Engine {
         &self.lists
     }
 
-    /// Run the source checks and the profile's rules on a new call.
-    pub fn screen(&mut self, req: &Request) -> Outcome {
-        let outcome = self.decide(req);
+    /// Count a call's final decision (once, whatever stages it went through).
+    pub fn count(&mut self, outcome: &Outcome) {
         *self
             .counts
             .entry((outcome.decision.name(), outcome.deciding_check()))
             .or_default() += 1;
-        outcome
     }
 
-    fn decide(&mut self, req: &Request) -> Outcome {
+    /// Run the source checks and the profile's rules on a new call.
+    pub fn screen(&mut self, req: &Request) -> Outcome {
         let profile = match self.profiles.get(&req.profile) {
             Some(p) => p.clone(),
             None => {
@@ -693,10 +692,6 @@ impl Engine {
             act,
             reason,
         });
-        *self
-            .counts
-            .entry((outcome.decision.name(), "analytics"))
-            .or_default() += 1;
     }
 
     /// The caller keyed in the right code: admit the call and remember the value.
