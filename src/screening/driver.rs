@@ -67,18 +67,13 @@ impl Driver {
             let pem = std::fs::read(path).map_err(|e| {
                 anyhow::anyhow!("screening.stir.trust_anchors {}: {e}", path.display())
             })?;
-            let before = anchors.len();
-            anchors.extend(
-                x509_parser::pem::Pem::iter_from_buffer(&pem)
-                    .filter_map(Result::ok)
-                    .filter(|p| p.label == "CERTIFICATE")
-                    .map(|p| p.contents),
-            );
+            let certificates = stir::pem_certificates(&pem);
             anyhow::ensure!(
-                anchors.len() > before,
+                !certificates.is_empty(),
                 "screening.stir.trust_anchors {}: no PEM certificate in it",
                 path.display()
             );
+            anchors.extend(certificates);
         }
         let mut fetcher = reqwest::Client::builder()
             .timeout(Duration::from_millis(s.fetch_timeout_ms))

@@ -209,11 +209,7 @@ pub fn verify(
         Ok(c) => c,
         Err(e) => return Stir::failed(436, format!("cannot fetch {}: {e}", header.x5u)),
     };
-    let chain: Vec<Vec<u8>> = Pem::iter_from_buffer(chain_pem)
-        .filter_map(Result::ok)
-        .filter(|p| p.label == "CERTIFICATE")
-        .map(|p| p.contents)
-        .collect();
+    let chain = pem_certificates(chain_pem);
     let Some(leaf_der) = chain.first() else {
         return Stir::failed(436, format!("{} holds no PEM certificate", header.x5u));
     };
@@ -340,6 +336,15 @@ fn check_chain(
         current = next.clone();
     }
     Err("the chain is longer than the certificates given".into())
+}
+
+/// The DER of every certificate in a PEM text (other blocks skipped).
+pub fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
+    Pem::iter_from_buffer(pem)
+        .filter_map(Result::ok)
+        .filter(|p| p.label == "CERTIFICATE")
+        .map(|p| p.contents)
+        .collect()
 }
 
 /// The certificates of `ders` that parse.
