@@ -4,6 +4,7 @@
 pub mod anchor;
 pub mod api;
 pub mod call;
+pub mod cdr;
 pub mod config;
 pub mod core;
 pub mod ctl;

@@ -1,0 +1,191 @@
+//! The CDR journal: every record update is appended here, one JSON line, before it goes
+//! anywhere else, so neither a crash nor a database outage loses it (it is also the spool).
+//!
+//! The signalling loop appends (one `write` per loop turn, into the page cache: a killed
+//! process loses nothing written). The writer reads behind it into the database and empties
+//! the file once it has caught up. Appends and the emptying share one lock.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::Record;
+
+/// The appending end, shared by the loop and the writer.
+#[derive(Clone)]
+pub struct Journal {
+    file: Arc<Mutex<File>>,
+    path: PathBuf,
+}
+
+impl Journal {
+    /// Open (creating it and its folder if needed) the journal at `path`.
+    pub fn open(path: &Path) -> anyhow::Result<Journal> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("cdr.journal {}: {e}", dir.display()))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)
+            .map_err(|e| anyhow::anyhow!("cdr.journal {}: {e}", path.display()))?;
+        Ok(Journal {
+            file: Arc::new(Mutex::new(file)),
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append records, in one write.
+    pub fn append(&self, records: &[Record]) -> std::io::Result<()> {
+        let mut bytes = Vec::with_capacity(records.len() * 640);
+        for r in records {
+            serde_json::to_writer(&mut bytes, r)?;
+            bytes.push(b'\n');
+        }
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        file.write_all(&bytes)
+    }
+
+    /// Bytes in the journal (records not yet known to be in the database, and some that
+    /// are until the writer empties it).
+    pub fn len(&self) -> u64 {
+        let file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        file.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A reader from the start of the journal.
+    pub fn reader(&self) -> Reader {
+        Reader {
+            journal: self.clone(),
+            offset: 0,
+        }
+    }
+}
+
+/// The writer's end: reads records after its offset, moves on once they are stored.
+pub struct Reader {
+    journal: Journal,
+    offset: u64,
+}
+
+/// At most this much is read at once (bounds the writer's memory whatever the backlog).
+const CHUNK: usize = 1 << 20;
+
+impl Reader {
+    /// Up to `max` whole records after the offset, and the offset just after them. A line
+    /// that is not a record (cut short by a full disk) is skipped with a warning.
+    pub fn read(&self, max: usize) -> std::io::Result<(Vec<Record>, u64)> {
+        let len = self.journal.len();
+        if len <= self.offset {
+            return Ok((Vec::new(), self.offset));
+        }
+        let want = ((len - self.offset) as usize).min(CHUNK);
+        let mut buf = vec![0; want];
+        let file = File::open(&self.journal.path)?;
+        let got = file.read_at(&mut buf, self.offset)?;
+        buf.truncate(got);
+        let mut records = Vec::new();
+        let mut consumed = 0;
+        for line in buf.split_inclusive(|b| *b == b'\n') {
+            if records.len() >= max || line.last() != Some(&b'\n') {
+                break; // a line still being written stays for the next read
+            }
+            consumed += line.len();
+            match serde_json::from_slice::<Record>(line) {
+                Ok(r) => records.push(r),
+                Err(e) => {
+                    tracing::warn!(journal = %self.journal.path.display(), offset = self.offset + consumed as u64, error = %e, "skipping an unreadable CDR journal line")
+                }
+            }
+        }
+        if consumed == 0 && got == CHUNK && records.is_empty() {
+            // One line longer than a chunk is no record of ours: step over it.
+            consumed = got;
+        }
+        Ok((records, self.offset + consumed as u64))
+    }
+
+    /// The records up to `offset` are stored.
+    pub fn commit(&mut self, offset: u64) {
+        self.offset = offset;
+    }
+
+    /// Bytes written but not yet stored.
+    pub fn backlog(&self) -> u64 {
+        self.journal.len().saturating_sub(self.offset)
+    }
+
+    /// Empty the journal when everything in it is stored (true when it did).
+    pub fn truncate_if_done(&mut self) -> std::io::Result<bool> {
+        let file = self.journal.file.lock().unwrap_or_else(|e| e.into_inner());
+        let len = file.metadata()?.len();
+        if len == 0 || len != self.offset {
+            return Ok(false);
+        }
+        file.set_len(0)?;
+        self.offset = 0;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, rev: i64) -> Record {
+        Record {
+            id: id.into(),
+            rev,
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn reads_behind_appends_and_empties_once_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("sub/cdr.journal")).unwrap();
+        let mut reader = journal.reader();
+        journal.append(&[record("a", 1), record("b", 1)]).unwrap();
+        journal.append(&[record("a", 2)]).unwrap();
+        let (got, next) = reader.read(2).unwrap();
+        assert_eq!(got, vec![record("a", 1), record("b", 1)]);
+        assert!(!reader.truncate_if_done().unwrap(), "not caught up yet");
+        reader.commit(next);
+        let (got, next) = reader.read(10).unwrap();
+        assert_eq!(got, vec![record("a", 2)]);
+        reader.commit(next);
+        assert_eq!(reader.backlog(), 0);
+        assert!(reader.truncate_if_done().unwrap());
+        assert!(journal.is_empty());
+        // Appends after emptying land at the start again.
+        journal.append(&[record("c", 1)]).unwrap();
+        assert_eq!(reader.read(10).unwrap().0, vec![record("c", 1)]);
+    }
+
+    #[test]
+    fn a_torn_or_foreign_line_is_left_or_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.journal");
+        let journal = Journal::open(&path).unwrap();
+        journal.append(&[record("a", 1)]).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"not json\n{\"id\":\"half").unwrap();
+        let reader = journal.reader();
+        let (got, next) = reader.read(10).unwrap();
+        assert_eq!(got, vec![record("a", 1)]);
+        // The garbage line is consumed, the unfinished one is not.
+        assert_eq!(next, journal.len() - "{\"id\":\"half".len() as u64);
+    }
+}

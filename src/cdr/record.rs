@@ -1,0 +1,219 @@
+//! One call detail record: what the core fills in as the call goes, what the journal and
+//! the database hold, and what the admin API exports (JSON, CSV).
+
+use serde::{Deserialize, Serialize};
+
+/// A call's record. Times are Unix milliseconds; `rev` grows with every update, so writing
+/// any version twice, or an older one after a newer, leaves the newest in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub rev: i64,
+    pub instance: String,
+    pub boot: String,
+    pub a_call_id: String,
+    pub b_call_id: Option<String>,
+    pub caller: String,
+    pub callee: String,
+    pub source: String,
+    pub received_ms: i64,
+    pub ringing_ms: Option<i64>,
+    pub answered_ms: Option<i64>,
+    pub ended_ms: Option<i64>,
+    /// Talk time: answer to end.
+    pub duration_ms: Option<i64>,
+    /// The final response the caller got (200 for an answered call).
+    pub final_code: Option<i64>,
+    pub final_reason: Option<String>,
+    /// Who ended the call: caller, callee or warden.
+    pub hangup_side: Option<String>,
+    /// Why it ended (see the README's Operations section); set means the record is closed.
+    pub end_reason: Option<String>,
+    /// The dialplan rule that routed it.
+    pub rule: Option<String>,
+    /// The dialplan's tags, comma-separated.
+    pub tags: String,
+    /// Screening's decision (allow, block, challenge) and its explanation.
+    pub screening: Option<String>,
+    pub screening_reason: Option<String>,
+    /// STIR/SHAKEN's verdict on the caller's identity (the verstat value).
+    pub attestation: Option<String>,
+    pub a_codec: Option<String>,
+    pub b_codec: Option<String>,
+    pub transcoded: bool,
+    /// What Warden received from each party: RTP packets, packets lost, worst jitter.
+    pub a_packets: Option<i64>,
+    pub a_lost: Option<i64>,
+    pub a_jitter_us: Option<i64>,
+    pub b_packets: Option<i64>,
+    pub b_lost: Option<i64>,
+    pub b_jitter_us: Option<i64>,
+}
+
+/// The record's columns, in the table's (and the CSV export's) order.
+pub const COLUMNS: [&str; 35] = [
+    "id",
+    "rev",
+    "instance",
+    "boot",
+    "a_call_id",
+    "b_call_id",
+    "caller",
+    "callee",
+    "source",
+    "received_ms",
+    "ringing_ms",
+    "answered_ms",
+    "ended_ms",
+    "duration_ms",
+    "final_code",
+    "final_reason",
+    "hangup_side",
+    "end_reason",
+    "rule",
+    "tags",
+    "screening",
+    "screening_reason",
+    "attestation",
+    "a_codec",
+    "b_codec",
+    "transcoded",
+    "a_packets",
+    "a_lost",
+    "a_jitter_us",
+    "b_packets",
+    "b_lost",
+    "b_jitter_us",
+    // Derived for readers, not stored.
+    "received",
+    "answered",
+    "ended",
+];
+
+/// A fresh record id: 128 random bits in hex, unique across restarts and instances.
+pub fn new_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl Record {
+    pub fn is_closed(&self) -> bool {
+        self.end_reason.is_some()
+    }
+
+    /// The record as a CSV line (RFC 4180 quoting), in `COLUMNS` order.
+    pub fn csv_line(&self) -> String {
+        let opt = |v: &Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        let fields = [
+            self.id.clone(),
+            self.rev.to_string(),
+            self.instance.clone(),
+            self.boot.clone(),
+            self.a_call_id.clone(),
+            text(&self.b_call_id),
+            self.caller.clone(),
+            self.callee.clone(),
+            self.source.clone(),
+            self.received_ms.to_string(),
+            opt(&self.ringing_ms),
+            opt(&self.answered_ms),
+            opt(&self.ended_ms),
+            opt(&self.duration_ms),
+            opt(&self.final_code),
+            text(&self.final_reason),
+            text(&self.hangup_side),
+            text(&self.end_reason),
+            text(&self.rule),
+            self.tags.clone(),
+            text(&self.screening),
+            text(&self.screening_reason),
+            text(&self.attestation),
+            text(&self.a_codec),
+            text(&self.b_codec),
+            self.transcoded.to_string(),
+            opt(&self.a_packets),
+            opt(&self.a_lost),
+            opt(&self.a_jitter_us),
+            opt(&self.b_packets),
+            opt(&self.b_lost),
+            opt(&self.b_jitter_us),
+            rfc3339(Some(self.received_ms)),
+            rfc3339(self.answered_ms),
+            rfc3339(self.ended_ms),
+        ];
+        let mut line = fields.map(|f| csv_field(&f)).join(",");
+        line.push_str("\r\n");
+        line
+    }
+
+    /// The record as JSON, with readable times beside the milliseconds.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            for (key, ms) in [
+                ("received", Some(self.received_ms)),
+                ("answered", self.answered_ms),
+                ("ended", self.ended_ms),
+            ] {
+                map.insert(key.into(), serde_json::Value::String(rfc3339(ms)));
+            }
+        }
+        value
+    }
+}
+
+/// The CSV export's header line.
+pub fn csv_header() -> String {
+    format!("{}\r\n", COLUMNS.join(","))
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Unix milliseconds as RFC 3339 UTC ("" for none).
+pub fn rfc3339(ms: Option<i64>) -> String {
+    ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map(|t| t.round(jiff::Unit::Millisecond).unwrap_or(t).to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_what_it_must_and_has_every_column() {
+        let r = Record {
+            id: "x".into(),
+            caller: "alice".into(),
+            final_reason: Some("Busy, \"really\"".into()),
+            received_ms: 1_795_000_000_000,
+            ..Record::default()
+        };
+        let line = r.csv_line();
+        assert!(line.contains(",\"Busy, \"\"really\"\"\","), "{line}");
+        assert!(line.contains("2026-11-18T"), "{line}");
+        // Quoted commas aside, the line has one field per column.
+        let unquoted = line.replace("\"Busy, \"\"really\"\"\"", "q");
+        assert_eq!(unquoted.trim_end().split(',').count(), COLUMNS.len());
+        assert_eq!(csv_header().trim_end().split(',').count(), COLUMNS.len());
+    }
+
+    #[test]
+    fn json_carries_readable_times() {
+        let r = Record {
+            received_ms: 0,
+            ended_ms: Some(1500),
+            ..Record::default()
+        };
+        let v = r.to_json();
+        assert_eq!(v["received"], "1970-01-01T00:00:00Z");
+        assert_eq!(v["ended"], "1970-01-01T00:00:01.5Z");
+        assert_eq!(v["answered"], "");
+    }
+}

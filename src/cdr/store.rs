@@ -1,0 +1,358 @@
+//! The CDR database through sqlx's Any driver: SQLite (a file, the default) or PostgreSQL
+//! (a `postgres://` URL), with one set of migrations and queries both understand.
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+use super::Record;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/cdr");
+
+/// Where records are stored. The pool connects lazily: Warden starts (and journals its
+/// records) while the database is away.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    /// "sqlite" or "postgres", for logs and metrics.
+    pub kind: &'static str,
+    /// The URL without its password, for logs.
+    pub display: String,
+}
+
+/// What a CDR query selects; every filter is optional.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct Filter {
+    /// Received at or after / before (Unix milliseconds).
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub caller: Option<String>,
+    pub callee: Option<String>,
+    pub code: Option<i64>,
+    pub end_reason: Option<String>,
+    pub a_call_id: Option<String>,
+    /// Only calls still open (true) or closed (false).
+    pub open: Option<bool>,
+    /// Newest first, at most this many (default 100, at most 10000).
+    pub limit: Option<i64>,
+}
+
+const INSERT: &str = "INSERT INTO cdrs (id, rev, instance, boot, a_call_id, b_call_id, caller, callee, \
+     source, received_ms, ringing_ms, answered_ms, ended_ms, duration_ms, final_code, final_reason, \
+     hangup_side, end_reason, rule, tags, screening, screening_reason, attestation, a_codec, b_codec, \
+     transcoded, a_packets, a_lost, a_jitter_us, b_packets, b_lost, b_jitter_us) VALUES ($1, $2, $3, \
+     $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
+     $25, $26, $27, $28, $29, $30, $31, $32) \
+     ON CONFLICT (id) DO UPDATE SET rev = excluded.rev, b_call_id = excluded.b_call_id, \
+     ringing_ms = excluded.ringing_ms, answered_ms = excluded.answered_ms, ended_ms = excluded.ended_ms, \
+     duration_ms = excluded.duration_ms, final_code = excluded.final_code, final_reason = excluded.final_reason, \
+     hangup_side = excluded.hangup_side, end_reason = excluded.end_reason, rule = excluded.rule, \
+     tags = excluded.tags, screening = excluded.screening, screening_reason = excluded.screening_reason, \
+     attestation = excluded.attestation, a_codec = excluded.a_codec, b_codec = excluded.b_codec, \
+     transcoded = excluded.transcoded, a_packets = excluded.a_packets, a_lost = excluded.a_lost, \
+     a_jitter_us = excluded.a_jitter_us, b_packets = excluded.b_packets, b_lost = excluded.b_lost, \
+     b_jitter_us = excluded.b_jitter_us \
+     WHERE cdrs.rev < excluded.rev";
+
+impl Store {
+    /// A store for `url` (`sqlite://PATH` or `postgres://...`); nothing is contacted yet.
+    pub fn new(url: &str) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
+        let kind = if url.starts_with("sqlite:") {
+            "sqlite"
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            "postgres"
+        } else {
+            anyhow::bail!("cdr.url {url:?}: expected sqlite://PATH or postgres://...");
+        };
+        let mut url = url.to_owned();
+        if kind == "sqlite" {
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            let path = path.split('?').next().unwrap_or_default();
+            if let Some(dir) = std::path::Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| anyhow::anyhow!("cdr database folder {}: {e}", dir.display()))?;
+            }
+            if !url.contains('?') {
+                url.push_str("?mode=rwc"); // created on first run
+            }
+        }
+        let sqlite = kind == "sqlite";
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 2 } else { 4 })
+            .acquire_timeout(Duration::from_secs(3))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL: the API's queries read while the writer writes.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_lazy(&url)
+            .map_err(|e| anyhow::anyhow!("cdr.url: {e}"))?;
+        Ok(Store {
+            pool,
+            kind,
+            display: redact(&url),
+        })
+    }
+
+    /// Create or update the table (run before the first write).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("CDR database {}: {e}", self.display))
+    }
+
+    /// Write records in one transaction; a version older than the stored one is ignored.
+    pub async fn upsert(&self, records: &[Record]) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for r in records {
+            sqlx::query(INSERT)
+                .bind(&r.id)
+                .bind(r.rev)
+                .bind(&r.instance)
+                .bind(&r.boot)
+                .bind(&r.a_call_id)
+                .bind(&r.b_call_id)
+                .bind(&r.caller)
+                .bind(&r.callee)
+                .bind(&r.source)
+                .bind(r.received_ms)
+                .bind(r.ringing_ms)
+                .bind(r.answered_ms)
+                .bind(r.ended_ms)
+                .bind(r.duration_ms)
+                .bind(r.final_code)
+                .bind(&r.final_reason)
+                .bind(&r.hangup_side)
+                .bind(&r.end_reason)
+                .bind(&r.rule)
+                .bind(&r.tags)
+                .bind(&r.screening)
+                .bind(&r.screening_reason)
+                .bind(&r.attestation)
+                .bind(&r.a_codec)
+                .bind(&r.b_codec)
+                .bind(i64::from(r.transcoded))
+                .bind(r.a_packets)
+                .bind(r.a_lost)
+                .bind(r.a_jitter_us)
+                .bind(r.b_packets)
+                .bind(r.b_lost)
+                .bind(r.b_jitter_us)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Close the records an earlier run of this instance left open (it crashed): end reason
+    /// `crash-recovered`, ended now, no duration (when the call really ended is unknown).
+    pub async fn recover(&self, instance: &str, boot: &str, now_ms: i64) -> sqlx::Result<u64> {
+        let done = sqlx::query(
+            "UPDATE cdrs SET end_reason = 'crash-recovered', hangup_side = 'warden', \
+             ended_ms = $1, rev = rev + 1 \
+             WHERE instance = $2 AND boot <> $3 AND end_reason IS NULL",
+        )
+        .bind(now_ms)
+        .bind(instance)
+        .bind(boot)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Records matching `filter`, newest first.
+    pub async fn query(&self, filter: &Filter) -> sqlx::Result<Vec<Record>> {
+        let mut sql = String::from("SELECT * FROM cdrs WHERE 1 = 1");
+        let mut n = 0;
+        let mut clause = |sql: &mut String, text: &str| {
+            n += 1;
+            sql.push_str(&text.replace('?', &format!("${n}")));
+        };
+        if filter.since_ms.is_some() {
+            clause(&mut sql, " AND received_ms >= ?");
+        }
+        if filter.until_ms.is_some() {
+            clause(&mut sql, " AND received_ms < ?");
+        }
+        if filter.caller.is_some() {
+            clause(&mut sql, " AND caller = ?");
+        }
+        if filter.callee.is_some() {
+            clause(&mut sql, " AND callee = ?");
+        }
+        if filter.code.is_some() {
+            clause(&mut sql, " AND final_code = ?");
+        }
+        if filter.end_reason.is_some() {
+            clause(&mut sql, " AND end_reason = ?");
+        }
+        if filter.a_call_id.is_some() {
+            clause(&mut sql, " AND a_call_id = ?");
+        }
+        match filter.open {
+            Some(true) => sql.push_str(" AND end_reason IS NULL"),
+            Some(false) => sql.push_str(" AND end_reason IS NOT NULL"),
+            None => {}
+        }
+        let limit = filter.limit.unwrap_or(100).clamp(1, 10_000);
+        sql.push_str(&format!(" ORDER BY received_ms DESC, id LIMIT {limit}"));
+        let mut q = sqlx::query(&sql);
+        if let Some(v) = filter.since_ms {
+            q = q.bind(v);
+        }
+        if let Some(v) = filter.until_ms {
+            q = q.bind(v);
+        }
+        for v in [&filter.caller, &filter.callee].into_iter().flatten() {
+            q = q.bind(v.clone());
+        }
+        if let Some(v) = filter.code {
+            q = q.bind(v);
+        }
+        for v in [&filter.end_reason, &filter.a_call_id]
+            .into_iter()
+            .flatten()
+        {
+            q = q.bind(v.clone());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(record_of).collect()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn record_of(row: &AnyRow) -> sqlx::Result<Record> {
+    Ok(Record {
+        id: row.try_get("id")?,
+        rev: row.try_get("rev")?,
+        instance: row.try_get("instance")?,
+        boot: row.try_get("boot")?,
+        a_call_id: row.try_get("a_call_id")?,
+        b_call_id: row.try_get("b_call_id")?,
+        caller: row.try_get("caller")?,
+        callee: row.try_get("callee")?,
+        source: row.try_get("source")?,
+        received_ms: row.try_get("received_ms")?,
+        ringing_ms: row.try_get("ringing_ms")?,
+        answered_ms: row.try_get("answered_ms")?,
+        ended_ms: row.try_get("ended_ms")?,
+        duration_ms: row.try_get("duration_ms")?,
+        final_code: row.try_get("final_code")?,
+        final_reason: row.try_get("final_reason")?,
+        hangup_side: row.try_get("hangup_side")?,
+        end_reason: row.try_get("end_reason")?,
+        rule: row.try_get("rule")?,
+        tags: row.try_get("tags")?,
+        screening: row.try_get("screening")?,
+        screening_reason: row.try_get("screening_reason")?,
+        attestation: row.try_get("attestation")?,
+        a_codec: row.try_get("a_codec")?,
+        b_codec: row.try_get("b_codec")?,
+        transcoded: row.try_get::<i64, _>("transcoded")? != 0,
+        a_packets: row.try_get("a_packets")?,
+        a_lost: row.try_get("a_lost")?,
+        a_jitter_us: row.try_get("a_jitter_us")?,
+        b_packets: row.try_get("b_packets")?,
+        b_lost: row.try_get("b_lost")?,
+        b_jitter_us: row.try_get("b_jitter_us")?,
+    })
+}
+
+/// `url` with any password replaced by `***`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, rev: i64, end: Option<&str>) -> Record {
+        Record {
+            id: id.into(),
+            rev,
+            instance: "here".into(),
+            boot: "old".into(),
+            caller: "alice".into(),
+            received_ms: 1000,
+            final_code: end.map(|_| 200),
+            end_reason: end.map(str::to_owned),
+            transcoded: rev % 2 == 0,
+            ..Record::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn upserts_are_idempotent_and_never_go_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("d/cdr.sqlite").display());
+        let store = Store::new(&url).unwrap();
+        store.migrate().await.unwrap();
+        let open = record("x", 1, None);
+        let closed = record("x", 2, Some("normal"));
+        store.upsert(&[open.clone(), closed.clone()]).await.unwrap();
+        // A journal replayed again, in any order: still one row, the newest.
+        store.upsert(&[closed.clone(), open.clone()]).await.unwrap();
+        let rows = store.query(&Filter::default()).await.unwrap();
+        assert_eq!(rows, vec![closed]);
+        // Crash recovery closes open records of earlier runs only.
+        let mut earlier = record("y", 1, None);
+        earlier.received_ms = 5;
+        let mut current = record("z", 1, None);
+        current.boot = "now".into();
+        store.upsert(&[earlier, current]).await.unwrap();
+        assert_eq!(store.recover("here", "now", 9).await.unwrap(), 1);
+        let open = Filter {
+            open: Some(true),
+            ..Filter::default()
+        };
+        let still_open = store.query(&open).await.unwrap();
+        assert_eq!(still_open.len(), 1);
+        assert_eq!(still_open[0].id, "z");
+        let y = Filter {
+            end_reason: Some("crash-recovered".into()),
+            caller: Some("alice".into()),
+            ..Filter::default()
+        };
+        assert_eq!(store.query(&y).await.unwrap()[0].ended_ms, Some(9));
+    }
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            redact("postgres://warden:s3cret@db:5432/cdr"),
+            "postgres://warden:***@db:5432/cdr"
+        );
+        assert_eq!(
+            redact("sqlite://data/cdr.sqlite"),
+            "sqlite://data/cdr.sqlite"
+        );
+    }
+}

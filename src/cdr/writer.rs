@@ -1,0 +1,171 @@
+//! The CDR writer task: reads the journal behind the signalling loop and stores its records
+//! in batches; while the database is away it waits and retries (the journal holds them).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use super::journal::Reader;
+use super::store::Store;
+
+/// What the writer reports (the admin API's /metrics and /readyz read it).
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Records stored since start.
+    pub written: AtomicU64,
+    /// Failed database writes since start.
+    pub failures: AtomicU64,
+    /// Journal bytes not yet stored (the spool's size).
+    pub backlog_bytes: AtomicU64,
+    /// The last write (or connection) worked.
+    pub database_up: AtomicBool,
+    /// Records left open by an earlier run were closed (or there were none).
+    pub recovered: AtomicBool,
+}
+
+/// How the writer runs.
+pub struct Writer {
+    pub store: Store,
+    pub reader: Reader,
+    pub status: Arc<Status>,
+    /// Rung by the loop after each append.
+    pub wake: Arc<Notify>,
+    /// Set to true at shutdown: store what is left (if the database is there) and stop.
+    pub stop: watch::Receiver<bool>,
+    /// This run's identity, for crash recovery.
+    pub instance: String,
+    pub boot: String,
+    /// Records per transaction.
+    pub batch: usize,
+}
+
+impl Writer {
+    pub async fn run(mut self) {
+        let mut migrated = false;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let stopping = *self.stop.borrow();
+            if !migrated {
+                match self.store.migrate().await {
+                    Ok(()) => migrated = true,
+                    Err(e) => {
+                        self.failed(&e.to_string(), "cannot prepare the CDR database");
+                        if stopping || self.pause(&mut delay).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let (records, next) = match self.reader.read(self.batch) {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the CDR journal");
+                    if stopping || self.pause(&mut delay).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if records.is_empty() {
+                // Caught up: everything journalled by earlier runs is stored, so records
+                // they left open can be closed now without a late replay reopening them.
+                if !self.status.recovered.load(Ordering::Relaxed) {
+                    match self
+                        .store
+                        .recover(&self.instance, &self.boot, now_ms())
+                        .await
+                    {
+                        Ok(n) => {
+                            if n > 0 {
+                                tracing::warn!(
+                                    records = n,
+                                    "closed call records a crash left open (end reason crash-recovered)"
+                                );
+                            }
+                            self.status.recovered.store(true, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            self.failed(&e.to_string(), "cannot close records a crash left open");
+                            if stopping || self.pause(&mut delay).await {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                if let Err(e) = self.reader.truncate_if_done() {
+                    tracing::warn!(error = %e, "cannot empty the CDR journal");
+                }
+                self.status
+                    .backlog_bytes
+                    .store(self.reader.backlog(), Ordering::Relaxed);
+                if stopping {
+                    return;
+                }
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = self.stop.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            match self.store.upsert(&records).await {
+                Ok(()) => {
+                    if !self.status.database_up.swap(true, Ordering::Relaxed) {
+                        tracing::info!(db = %self.store.display, "CDR database reachable; storing records");
+                    }
+                    delay = Duration::from_millis(200);
+                    self.reader.commit(next);
+                    self.status
+                        .written
+                        .fetch_add(records.len() as u64, Ordering::Relaxed);
+                    self.status
+                        .backlog_bytes
+                        .store(self.reader.backlog(), Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.failed(
+                        &e.to_string(),
+                        "cannot store call records; they wait in the journal",
+                    );
+                    if stopping || self.pause(&mut delay).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn failed(&self, error: &str, what: &str) {
+        self.status.failures.fetch_add(1, Ordering::Relaxed);
+        self.status
+            .backlog_bytes
+            .store(self.reader.backlog(), Ordering::Relaxed);
+        // Said once per outage, not once per retry.
+        if self.status.database_up.swap(false, Ordering::Relaxed)
+            || self.status.failures.load(Ordering::Relaxed) == 1
+        {
+            tracing::error!(db = %self.store.display, journal_bytes = self.reader.backlog(), error, "{what}");
+        }
+    }
+
+    /// Wait before retrying (doubling up to 5 s); true when told to stop meanwhile.
+    async fn pause(&mut self, delay: &mut Duration) -> bool {
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(*delay) => false,
+            _ = self.stop.changed() => true,
+        };
+        *delay = (*delay * 2).min(Duration::from_secs(5));
+        stop
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
