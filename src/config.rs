@@ -25,6 +25,7 @@ pub struct Config {
     pub dns: DnsConfig,
     pub server: ServerConfig,
     pub database: DatabaseConfig,
+    pub cdr: CdrConfig,
     pub log: LogConfig,
     pub screening: crate::screening::ScreeningConfig,
     pub admin: AdminConfig,
@@ -309,13 +310,89 @@ impl MediaConfig {
 pub struct ServerConfig {
     /// Where the running server writes its process id (`warden reload` reads it).
     pub pid_file: PathBuf,
+    /// This Warden's name in call records; empty: the host name. Instances sharing one
+    /// CDR database need distinct names (crash recovery closes only its own records).
+    pub instance: String,
+    /// On SIGTERM: how long live calls may go on before Warden ends them with BYE.
+    pub shutdown_grace_s: u64,
+    /// Retry-After (seconds) on the 503 that new calls get while Warden shuts down.
+    pub retry_after_s: u64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             pid_file: PathBuf::from("data/warden.pid"),
+            instance: String::new(),
+            shutdown_grace_s: 30,
+            retry_after_s: 60,
         }
+    }
+}
+
+impl ServerConfig {
+    /// `instance`, else the host name (else "warden").
+    pub fn instance_name(&self) -> String {
+        if !self.instance.is_empty() {
+            return self.instance.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "warden".into())
+    }
+}
+
+/// Call detail records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CdrConfig {
+    /// The database: `sqlite://PATH` or `postgres://USER:PASSWORD@HOST/DB`. Empty: the
+    /// SQLite file `cdr.sqlite` beside `database.path` (created on first run).
+    pub url: String,
+    /// The journal every record passes through (and waits in while the database is away);
+    /// default: `cdr.journal` beside `database.path`.
+    pub journal: Option<PathBuf>,
+    /// Records written per database transaction.
+    pub batch: usize,
+}
+
+impl Default for CdrConfig {
+    fn default() -> Self {
+        CdrConfig {
+            url: String::new(),
+            journal: None,
+            batch: 500,
+        }
+    }
+}
+
+impl Config {
+    /// The data directory: where `database.path` lives.
+    fn data_dir(&self) -> PathBuf {
+        self.database
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    /// The CDR database URL, the default filled in.
+    pub fn cdr_url(&self) -> String {
+        if self.cdr.url.is_empty() {
+            format!("sqlite://{}", self.data_dir().join("cdr.sqlite").display())
+        } else {
+            self.cdr.url.clone()
+        }
+    }
+
+    /// The CDR journal's path, the default filled in.
+    pub fn cdr_journal(&self) -> PathBuf {
+        self.cdr
+            .journal
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("cdr.journal"))
     }
 }
 
@@ -458,6 +535,18 @@ impl Config {
             );
         }
         self.admin.address()?;
+        let url = self.cdr_url();
+        anyhow::ensure!(
+            ["sqlite:", "postgres:", "postgresql:"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme)),
+            "cdr.url {url:?}: expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.cdr.batch),
+            "cdr.batch ({}) must be 1 to 10000",
+            self.cdr.batch
+        );
         anyhow::ensure!(
             self.log.format == "human" || self.log.format == "json",
             "log.format {:?}: expected \"human\" or \"json\"",

@@ -22,6 +22,7 @@ use crate::call::digits::{Collected, DigitCollector, DigitSpec};
 use crate::call::{
     AfterPrompt, Branch, BridgeAttempt, Call, Leg, PendingOk, Program, Relay, Side, State, new_tag,
 };
+use crate::cdr::Record;
 use crate::config::Config;
 use crate::dialplan::{Action, BridgeMode, CallFacts, Dialplan, SessionCase};
 use crate::dns::{Found, Lookup, literal_destination};
@@ -53,6 +54,8 @@ pub enum Output {
     ChallengePassed {
         call: u64,
     },
+    /// A call's record, newly begun or updated (journal it: a higher `rev` replaces it).
+    Record(Box<Record>),
 }
 
 const ALLOW: &str =
@@ -65,6 +68,27 @@ pub struct Stats {
     pub malformed_answered: u64,
     pub calls_started: u64,
     pub calls_answered: u64,
+    /// Calls (and INVITEs refused before they became calls) by the final code the caller got.
+    pub final_codes: std::collections::BTreeMap<u16, u64>,
+}
+
+/// A live call as the admin API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveCall {
+    pub id: u64,
+    pub record: String,
+    pub a_call_id: String,
+    pub caller: String,
+    pub callee: String,
+    pub source: String,
+    /// calling, ringing, answered, confirmed (media flows) or ending.
+    pub state: &'static str,
+    pub rule: Option<String>,
+    pub received_ms: i64,
+    pub answered_ms: Option<i64>,
+    /// Seconds since the call came in.
+    pub age_s: i64,
+    pub screening: Option<String>,
 }
 
 /// Where a client transaction's answer belongs.
@@ -114,8 +138,15 @@ pub struct Core {
     /// Wall-clock seconds of the latest input (registrations expire by it; rules with
     /// time windows look at it).
     unix_s: u64,
+    /// The same in milliseconds (call records' times).
+    unix_ms: u64,
     /// The latest input's time (calls ending measure their talk time by it).
     clock: Instant,
+    /// Who writes the call records: this instance and this run of it.
+    instance: String,
+    boot: String,
+    /// Shutting down: new calls get 503 with this Retry-After (seconds).
+    draining: Option<u64>,
     pub stats: Stats,
 }
 
@@ -128,6 +159,7 @@ impl Core {
         media: MediaRelay,
         prompts: Prompts,
     ) -> Core {
+        let instance = config.server.instance_name();
         Core {
             transcodable: config.media.transcodable(),
             trusted_scscf: config.ims.trusted(),
@@ -149,7 +181,11 @@ impl Core {
             prompts,
             dialplan: Arc::new(Dialplan::builtin()),
             unix_s: 0,
+            unix_ms: 0,
             clock: Instant::now(),
+            instance,
+            boot: crate::cdr::record::new_id()[..16].to_owned(),
+            draining: None,
             stats: Stats::default(),
         }
     }
@@ -162,6 +198,91 @@ impl Core {
 
     pub fn active_calls(&self) -> usize {
         self.calls.len()
+    }
+
+    /// Shutting down: new calls get 503 with Retry-After `retry_after_s` from now on.
+    pub fn stop_taking_calls(&mut self, retry_after_s: u64) {
+        self.draining = Some(retry_after_s);
+    }
+
+    /// The live calls, oldest first.
+    pub fn live_calls(&self) -> Vec<LiveCall> {
+        let mut out: Vec<LiveCall> = self
+            .calls
+            .values()
+            .map(|c| LiveCall {
+                id: c.id,
+                record: c.record.id.clone(),
+                a_call_id: c.a.call_id.clone(),
+                caller: c.caller.clone(),
+                callee: c.callee.clone(),
+                source: c.record.source.clone(),
+                state: match c.state {
+                    State::Calling if c.record.ringing_ms.is_some() => "ringing",
+                    State::Calling => "calling",
+                    State::Answered => "answered",
+                    State::Confirmed => "confirmed",
+                    State::Ending | State::Done => "ending",
+                },
+                rule: c.record.rule.clone(),
+                received_ms: c.record.received_ms,
+                answered_ms: c.record.answered_ms,
+                age_s: (self.unix_ms as i64 - c.record.received_ms).max(0) / 1000,
+                screening: c.record.screening.clone(),
+            })
+            .collect();
+        out.sort_by_key(|c| c.id);
+        out
+    }
+
+    /// End call `id` now, for `reason`: BYE to both parties of an answered call; a caller
+    /// still waiting gets `status` and its callees a CANCEL. False when there is no such call.
+    pub fn hang_up(&mut self, id: u64, reason: &'static str, status: u16, now: Instant) -> bool {
+        let Some(mut call) = self.calls.remove(&id) else {
+            return false;
+        };
+        let _span = call.enter();
+        tracing::info!(call = id, caller = %call.caller, callee = %call.callee, reason, "Warden ends the call");
+        call.note_end("warden", reason);
+        match call.state {
+            State::Calling if !call.abandoned => {
+                let announcing = call.announcing.is_some();
+                if announcing {
+                    self.stop_prompt(&mut call);
+                }
+                call.digits = None;
+                self.abandon(&mut call, status, now);
+                // As for a CANCEL: done now unless a branch, a screening decision or a
+                // DNS answer is still to come (each ends an abandoned call itself).
+                if announcing && call.all_branches_final() {
+                    call.state = State::Done;
+                }
+            }
+            State::Answered | State::Confirmed => {
+                call.pending_ok = None;
+                self.send_bye(&mut call, Side::A, now);
+                if call.answered.is_some() {
+                    self.send_bye(&mut call, Side::B, now);
+                }
+                if call.outstanding_byes == 0 {
+                    call.state = State::Done;
+                }
+            }
+            _ => {}
+        }
+        self.schedule(&call);
+        self.finish_or_keep(call);
+        self.drain(now, self.unix_s);
+        true
+    }
+
+    /// End every call (shutdown after its grace time); returns how many there were.
+    pub fn hang_up_all(&mut self, reason: &'static str, now: Instant) -> usize {
+        let ids: Vec<u64> = self.calls.keys().copied().collect();
+        for id in &ids {
+            self.hang_up(*id, reason, 503, now);
+        }
+        ids.len()
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -185,15 +306,16 @@ impl Core {
         tracing::debug!(from = %from.addr, reason = why, "dropped unparseable message");
     }
 
-    /// A parsed message arrived from `from`; `unix_s` is wall-clock time for the registrar.
+    /// A parsed message arrived from `from`; `unix_ms` is wall-clock time (registrations,
+    /// dialplan time windows, call records).
     pub fn handle_message(
         &mut self,
         message: Message,
         from: Destination,
         now: Instant,
-        unix_s: u64,
+        unix_ms: u64,
     ) {
-        self.unix_s = unix_s;
+        let unix_s = self.set_wall_clock(unix_ms);
         self.clock = self.clock.max(now);
         match message {
             Message::Request(mut r) => {
@@ -231,8 +353,8 @@ impl Core {
         self.drain(now, unix_s);
     }
 
-    pub fn handle_timeout(&mut self, now: Instant, unix_s: u64) {
-        self.unix_s = unix_s;
+    pub fn handle_timeout(&mut self, now: Instant, unix_ms: u64) {
+        let unix_s = self.set_wall_clock(unix_ms);
         self.clock = self.clock.max(now);
         self.tx.handle_timeout(now);
         while let Some(&(at, id)) = self.wakes.first() {
@@ -249,6 +371,21 @@ impl Core {
             self.next_expiry_sweep = Some(now + Duration::from_secs(1));
         }
         self.drain(now, unix_s);
+    }
+
+    fn set_wall_clock(&mut self, unix_ms: u64) -> u64 {
+        self.unix_ms = unix_ms;
+        self.unix_s = unix_ms / 1000;
+        self.unix_s
+    }
+
+    /// This run's id in the call records (crash recovery closes other runs' open ones).
+    pub fn boot(&self) -> &str {
+        &self.boot
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     fn drain(&mut self, now: Instant, unix_s: u64) {
@@ -420,7 +557,13 @@ impl Core {
             })
     }
 
-    fn refuse_media(&mut self, key: &TxKey, req: &Request, error: AnchorError, now: Instant) {
+    fn refuse_media(
+        &mut self,
+        key: &TxKey,
+        req: &Request,
+        error: AnchorError,
+        now: Instant,
+    ) -> u16 {
         let status = match &error {
             AnchorError::Sdp(_) => 400,
             AnchorError::Media(_) => 503,
@@ -431,6 +574,7 @@ impl Core {
             tracing::info!(error = %error, method = %req.method(), "refused: malformed SDP");
         }
         self.respond_warning(key, req, status, None, Some(&error.to_string()), now);
+        status
     }
 
     /// The check interval for media timeouts: fine enough that a call ends close to the
@@ -515,17 +659,27 @@ impl Core {
             .uri
             .user()
             .unwrap_or_else(|| from_hdr.uri.to_string());
+        if let Some(retry_after) = self.draining {
+            tracing::info!(%caller, %callee, "shutting down; new call refused with 503");
+            let mut resp = Response::to_request(&req, 503, reason_phrase(503));
+            resp.set_to_tag(&new_tag());
+            let _ = resp.push_header("Retry-After", &retry_after.to_string());
+            self.tx.respond(&key, resp, now);
+            return self.refused_attempt(&req, &from, 503, "shutdown", None);
+        }
         if self.calls.len() >= self.config.calls.max_calls {
             tracing::warn!(
                 limit = self.config.calls.max_calls,
                 "call limit reached; refusing with 503"
             );
-            return self.respond(&key, &req, 503, None, now);
+            self.respond(&key, &req, 503, None, now);
+            return self.refused_attempt(&req, &from, 503, "call limit", None);
         }
         let facts = self.call_facts(&req, &from, unix_s);
         let Some(decision) = self.dialplan.evaluate(&facts) else {
             tracing::info!(%caller, %callee, "no dialplan rule matches the call; 404");
-            return self.respond(&key, &req, 404, None, now);
+            self.respond(&key, &req, 404, None, now);
+            return self.refused_attempt(&req, &from, 404, "no route", None);
         };
         let program = Program {
             rule: decision.rule.name.clone(),
@@ -544,7 +698,11 @@ impl Core {
             Role::Offer,
         ) {
             Ok(body) => body,
-            Err(e) => return self.refuse_media(&key, &req, e, now),
+            Err(e) => {
+                let status = self.refuse_media(&key, &req, e, now);
+                let rule = program.rule.clone();
+                return self.refused_attempt(&req, &from, status, "media refused", Some(rule));
+            }
         };
         let id = self.next_call;
         self.next_call += 1;
@@ -567,8 +725,17 @@ impl Core {
         self.dialogs
             .insert((call_id.clone(), a.local_tag.clone()), (id, Side::A));
         self.server_invites.insert(key.clone(), id);
+        let record = Record {
+            rule: Some(program.rule.clone()),
+            ..self.new_record(&req, &from)
+        };
+        let span = tracing::info_span!("call", id, call_id = %call_id, record = %record.id);
+        let _span = span.clone().entered();
         tracing::info!(call = id, %caller, %callee, call_id = %call_id, rule = %program.rule, "call started");
         let mut call = Call {
+            span,
+            record,
+            ended_by: None,
             id,
             state: State::Calling,
             a,
@@ -588,7 +755,6 @@ impl Core {
             outstanding_byes: 0,
             media,
             media_check: None,
-            end_reason: None,
             announcing: None,
             digits: None,
             collected: None,
@@ -607,9 +773,108 @@ impl Core {
             answered_by_warden: false,
             b_route: Vec::new(),
         };
+        self.emit_record(&mut call);
         self.run_program(&mut call, now);
         self.schedule(&call);
         self.finish_or_keep(call);
+    }
+
+    /// A record for the call `req` starts (the driver journals it on emit).
+    fn new_record(&self, req: &Request, from: &Destination) -> Record {
+        let caller = req
+            .from()
+            .map(|f| f.uri.user().unwrap_or_else(|| f.uri.to_string()))
+            .unwrap_or_default();
+        Record {
+            id: crate::cdr::record::new_id(),
+            instance: self.instance.clone(),
+            boot: self.boot.clone(),
+            a_call_id: req.call_id().unwrap_or_default(),
+            caller,
+            callee: req.uri().user().unwrap_or_default(),
+            source: from.addr.to_string(),
+            received_ms: self.unix_ms as i64,
+            ..Record::default()
+        }
+    }
+
+    /// An INVITE refused before it became a call still leaves its (closed) record.
+    fn refused_attempt(
+        &mut self,
+        req: &Request,
+        from: &Destination,
+        status: u16,
+        why: &str,
+        rule: Option<String>,
+    ) {
+        let record = Record {
+            rev: 1,
+            rule,
+            ended_ms: Some(self.unix_ms as i64),
+            final_code: Some(i64::from(status)),
+            final_reason: Some(reason_phrase(status).to_owned()),
+            hangup_side: Some("warden".into()),
+            end_reason: Some(why.to_owned()),
+            ..self.new_record(req, from)
+        };
+        *self.stats.final_codes.entry(status).or_default() += 1;
+        self.out.push_back(Output::Record(Box::new(record)));
+    }
+
+    /// Hand out the call's record as it stands now.
+    fn emit_record(&mut self, call: &mut Call) {
+        call.record.rev += 1;
+        self.out.push_back(Output::Record(Box::new(call.record.clone())));
+    }
+
+    /// The call is answered (by a callee with `status`, or by Warden itself).
+    fn answered_record(&mut self, call: &mut Call, status: u16, reason: &str) {
+        call.ended_by = None; // what ended earlier attempts does not end the call
+        call.record.answered_ms = Some(self.unix_ms as i64);
+        call.set_final(status, reason);
+        self.emit_record(call);
+    }
+
+    /// The call is over: close its record with how it ended and its media figures.
+    fn ended_record(&mut self, call: &mut Call) {
+        let r = &mut call.record;
+        let ended = self.unix_ms as i64;
+        r.ended_ms = Some(ended);
+        r.duration_ms = r.answered_ms.map(|a| (ended - a).max(0));
+        let (by, why) = call.ended_by.unwrap_or(match r.answered_ms {
+            Some(_) => ("warden", "normal"),
+            None => ("warden", "rejected"),
+        });
+        r.hangup_side = Some(by.to_owned());
+        r.end_reason = Some(why.to_owned());
+        r.tags = call.tags.join(",");
+        if call.media.has_streams() {
+            let m = call.media.summary(&self.media);
+            for (packets, lost, jitter, leg) in [
+                (
+                    &mut r.a_packets,
+                    &mut r.a_lost,
+                    &mut r.a_jitter_us,
+                    m.caller,
+                ),
+                (
+                    &mut r.b_packets,
+                    &mut r.b_lost,
+                    &mut r.b_jitter_us,
+                    m.callee,
+                ),
+            ] {
+                *packets = Some(leg.rtp_packets as i64);
+                *lost = Some(leg.lost as i64);
+                *jitter = Some(leg.jitter_us as i64);
+            }
+            if let Some((a, b, transcoded)) = call.media.codecs() {
+                (r.a_codec, r.b_codec, r.transcoded) = (Some(a), Some(b), transcoded);
+            }
+        }
+        let code = r.final_code.unwrap_or(0).clamp(0, 999) as u16;
+        *self.stats.final_codes.entry(code).or_default() += 1;
+        self.emit_record(call);
     }
 
     /// What the dialplan's conditions look at, from the INVITE and where it came from.
@@ -854,6 +1119,7 @@ impl Core {
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
+        let _span = call.enter();
         if !std::mem::take(&mut call.screening_pending) {
             return self.finish_or_keep(call);
         }
@@ -869,6 +1135,10 @@ impl Core {
         );
         call.tags
             .push(format!("screening:{}", outcome.decision.name()));
+        call.record.screening = Some(outcome.decision.name().to_owned());
+        call.record.screening_reason = Some(reason.to_string());
+        call.record.attestation = outcome.verstat.map(str::to_owned);
+        self.emit_record(&mut call);
         // The screener counts every call it saw (ending one it did not admit is a no-op).
         call.screened = true;
         let jcard = (call.caller_vouched && !outcome.identity_failed) || outcome.identity_verified;
@@ -1011,7 +1281,7 @@ impl Core {
         if call.answered_by_warden {
             if matches!(call.state, State::Answered | State::Confirmed) {
                 tracing::info!(call = call.id, caller = %call.caller, "dialplan done; Warden hangs up");
-                call.end_reason = Some("dialplan done");
+                call.note_end("warden", "dialplan done");
                 self.send_bye(call, Side::A, now);
             }
             return;
@@ -1040,6 +1310,7 @@ impl Core {
         let bytes = ok.to_bytes();
         self.tx.respond(&call.a_invite_tx, ok, now);
         tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, "answered by Warden");
+        self.answered_record(call, 200, "OK");
         call.answered_by_warden = true;
         call.state = State::Answered;
         call.answered_at = Some(now);
@@ -1062,6 +1333,8 @@ impl Core {
     /// 302 with the targets as Contacts (RFC 3261 21.3.3).
     fn redirect(&mut self, call: &mut Call, contacts: &[String], now: Instant) {
         tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, targets = ?contacts, "call redirected");
+        call.note_end("warden", "redirected");
+        call.set_final(302, reason_phrase(302));
         let mut out = self.caller_response(call, 302, reason_phrase(302), None);
         for contact in contacts {
             let _ = out.push_header("Contact", &format!("<{contact}>"));
@@ -1180,6 +1453,7 @@ impl Core {
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
+        let _span = call.enter();
         let current = call.bridge_mut().filter(|a| a.serial == attempt);
         if let Some(a) = current {
             a.pending_lookups = a.pending_lookups.saturating_sub(1);
@@ -1191,6 +1465,8 @@ impl Core {
             }
             self.end_if_every_branch_failed(&mut call, now);
             self.schedule(&call);
+        } else if call.abandoned && call.state == State::Calling && call.all_branches_final() {
+            call.state = State::Done; // cancelled while the lookup ran: nothing else will end it
         }
         self.finish_or_keep(call);
     }
@@ -1335,8 +1611,10 @@ impl Core {
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
+        let _span = call.enter();
         if call.state == State::Calling && !call.abandoned {
             tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "call cancelled by caller");
+            call.note_end("caller", "cancelled");
             self.abandon(&mut call, 487, now);
             if call.announcing.take().is_some() && call.all_branches_final() {
                 call.state = State::Done; // no branch to wait for
@@ -1348,6 +1626,7 @@ impl Core {
     /// Give up the attempt: answer the caller's INVITE with `status`, CANCEL every branch
     /// still pending.
     fn abandon(&mut self, call: &mut Call, status: u16, now: Instant) {
+        call.set_final(status, reason_phrase(status));
         let (tag, invite) = (call.a.local_tag.clone(), call.a_invite.clone());
         self.respond(&call.a_invite_tx.clone(), &invite, status, Some(&tag), now);
         call.abandoned = true;
@@ -1398,6 +1677,7 @@ impl Core {
         let Some(mut call) = self.calls.remove(&id) else {
             return self.respond(&key, &req, 481, None, now);
         };
+        let _span = call.enter();
         // A request from a callee branch that did not win is not part of the bridge.
         let from_answered = side == Side::A
             || call
@@ -1425,10 +1705,12 @@ impl Core {
                         .map(|t| now.duration_since(t).as_secs())
                         .unwrap_or(0);
                     tracing::info!(call = id, caller = %call.caller, callee = %call.callee, by = side.name(), duration_s = secs, "call ended");
+                    call.note_end(side.name(), "normal");
                     call.pending_ok = None;
                     self.send_bye(&mut call, side.other(), now);
                 } else if call.state == State::Calling {
                     // A BYE on the caller's early dialog ends the attempt like a CANCEL.
+                    call.note_end("caller", "cancelled");
                     self.abandon(&mut call, 487, now);
                 }
                 // Crossing BYEs (state Ending) just wait for the answer to ours.
@@ -1544,7 +1826,10 @@ impl Core {
             role,
         ) {
             Ok(body) => body,
-            Err(e) => return self.refuse_media(&key, &req, e, now),
+            Err(e) => {
+                self.refuse_media(&key, &req, e, now);
+                return;
+            }
         };
         out.set_body(body, content_type.as_deref());
         if let Some(client) =
@@ -1617,6 +1902,7 @@ impl Core {
                 if resp.status() >= 200
                     && let Some(mut c) = self.calls.remove(&call)
                 {
+                    let _span = c.enter();
                     c.outstanding_byes = c.outstanding_byes.saturating_sub(1);
                     if c.outstanding_byes == 0 {
                         c.state = State::Done;
@@ -1632,6 +1918,7 @@ impl Core {
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
+        let _span = call.enter();
         let status = resp.status();
         if (200..300).contains(&status) && call.answered == Some(index) {
             // The callee retransmits its answer until our ACK reaches it (RFC 6026): send
@@ -1666,6 +1953,10 @@ impl Core {
                 if status == 180 {
                     tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "ringing");
                 }
+                if call.record.ringing_ms.is_none() {
+                    call.record.ringing_ms = Some(self.unix_ms as i64);
+                    self.emit_record(&mut call);
+                }
                 self.relay_to_a(&mut call, &resp, now);
             }
         } else if status < 300 {
@@ -1691,6 +1982,8 @@ impl Core {
                 }
             }
             tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "answered");
+            call.record.b_call_id = call.branches.get(index).map(|b| b.leg.call_id.clone());
+            self.answered_record(&mut call, status, &resp.reason());
             let a_cseq = call.a_invite.cseq().map(|c| c.seq).unwrap_or(0);
             let bytes = self.relay_to_a(&mut call, &resp, now);
             if let Some(bytes) = bytes {
@@ -1814,6 +2107,13 @@ impl Core {
     /// The caller's final failure response.
     fn decline(&mut self, call: &mut Call, status: u16, reason: &str, now: Instant) {
         tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, status, "call declined");
+        let by_callee = call.branches.iter().any(|b| b.final_status == Some(status));
+        match (by_callee, status) {
+            (true, _) => call.note_end("callee", "declined"),
+            (false, 408) => call.note_end("warden", "no answer"),
+            (false, _) => call.note_end("warden", "rejected"),
+        }
+        call.set_final(status, reason);
         let mut out = self.caller_response(call, status, reason, None);
         for (name, value) in &call.reject_headers {
             let _ = out.push_header(name, value);
@@ -1951,6 +2251,7 @@ impl Core {
         let Some(mut call) = self.calls.remove(&id) else {
             return false;
         };
+        let _span = call.enter();
         self.start_collecting(&mut call, spec, now);
         self.schedule(&call);
         self.finish_or_keep(call);
@@ -2045,6 +2346,7 @@ impl Core {
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
+        let _span = call.enter();
         if from == Side::A && call.digits.is_some() {
             self.on_caller_digit(&mut call, digit.key, now);
         } else if matches!(call.state, State::Confirmed | State::Answered)
@@ -2070,6 +2372,7 @@ impl Core {
             .find(|c| c.announcing.is_some() && c.media.contains(stream))
             .map(|c| c.id);
         if let Some(mut call) = id.and_then(|id| self.calls.remove(&id)) {
+            let _span = call.enter();
             self.end_announcement(&mut call, now);
             self.finish_or_keep(call);
         }
@@ -2079,6 +2382,7 @@ impl Core {
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
+        let _span = call.enter();
         let Some(r) = self.relays.get(&key) else {
             return self.finish_or_keep(call);
         };
@@ -2155,6 +2459,7 @@ impl Core {
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
+        let _span = call.enter();
         let seq = ack.cseq().map(|c| c.seq);
         if call
             .pending_ok
@@ -2239,6 +2544,7 @@ impl Core {
                 let Some(mut c) = self.calls.remove(&call) else {
                     return;
                 };
+                let _span = c.enter();
                 if let Some(b) = c.branches.get_mut(branch)
                     && b.final_status.is_none()
                 {
@@ -2251,6 +2557,7 @@ impl Core {
             }
             ClientPurpose::Bye { call } => {
                 if let Some(mut c) = self.calls.remove(&call) {
+                    let _span = c.enter();
                     c.outstanding_byes = c.outstanding_byes.saturating_sub(1);
                     if c.outstanding_byes == 0 {
                         c.state = State::Done;
@@ -2275,6 +2582,7 @@ impl Core {
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
+        let _span = call.enter();
         if call.announcing.is_some() && call.ring_until.is_some_and(|t| t <= now) {
             self.end_announcement(&mut call, now);
         }
@@ -2296,6 +2604,7 @@ impl Core {
                 }
                 None => {
                     tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "no answer; call timed out");
+                    call.note_end("warden", "no answer");
                     self.abandon(&mut call, 408, now);
                 }
             }
@@ -2307,7 +2616,7 @@ impl Core {
                 && call.media.timed_out(&self.media, now, self.media_timeout())
             {
                 tracing::info!(call = id, caller = %call.caller, callee = %call.callee, timeout_s = self.config.media.rtp_timeout_s, "no RTP from either side; ending the call");
-                call.end_reason = Some("media timeout");
+                call.note_end("warden", "media timeout");
                 call.media_check = None;
                 self.send_bye(&mut call, Side::A, now);
                 self.send_bye(&mut call, Side::B, now);
@@ -2318,6 +2627,7 @@ impl Core {
                 tracing::warn!(call = id, "no ACK for the 2xx; ending the call");
                 let side = p.side;
                 call.pending_ok = None;
+                call.note_end("warden", "no ACK");
                 if let Some((far, far_cseq)) = call.owed_ack.take() {
                     self.send_ack(&mut call, far, far_cseq, Bytes::new(), None);
                 }
@@ -2349,7 +2659,7 @@ impl Core {
                 let m = call.media.summary(&self.media);
                 tracing::info!(
                     call = call.id,
-                    ended_by = call.end_reason.unwrap_or("signalling"),
+                    ended_by = call.ended_by.map_or("signalling", |e| e.1),
                     caller_rtp = m.caller.rtp_packets,
                     caller_lost = m.caller.lost,
                     caller_jitter_us = m.caller.jitter_us,
@@ -2359,6 +2669,7 @@ impl Core {
                     "media summary"
                 );
             }
+            self.ended_record(&mut call);
             call.media.close(&mut self.media);
             if call.screened {
                 let answered_s = call

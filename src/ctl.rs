@@ -8,9 +8,42 @@ use crate::config::Config;
 
 #[derive(Debug, Subcommand)]
 pub enum Ctl {
+    /// The live calls: number, state, caller, callee, age.
+    Calls,
+    /// End a live call (its number from `calls`): BYE to both parties.
+    Hangup { call: u64 },
+    /// Registered contacts.
+    Registrations,
+    /// Call detail records, newest first.
+    Cdr(CdrArgs),
+    /// Reload the dialplan (refused, with file and line, when it has a mistake).
+    Reload,
     /// Screening state: users' counters, and the allow/block lists.
     #[command(subcommand)]
     Screening(Screening),
+}
+
+/// Filters for `warden ctl cdr`.
+#[derive(Debug, clap::Args)]
+pub struct CdrArgs {
+    #[arg(long)]
+    pub caller: Option<String>,
+    #[arg(long)]
+    pub callee: Option<String>,
+    /// Final SIP code, e.g. 486.
+    #[arg(long)]
+    pub code: Option<u16>,
+    /// Only records received in the last this many minutes.
+    #[arg(long)]
+    pub minutes: Option<u64>,
+    /// Only calls still open.
+    #[arg(long)]
+    pub open: bool,
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Print CSV (every column) instead of a table.
+    #[arg(long)]
+    pub csv: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,8 +99,47 @@ fn request(config: &Config, command: Ctl) -> anyhow::Result<String> {
         Some(t) => r.bearer_auth(t),
         None => r,
     };
-    let Ctl::Screening(command) = command;
     let path = |p: &str| format!("{base}{p}");
+    let command = match command {
+        Ctl::Screening(command) => command,
+        Ctl::Cdr(args) => {
+            let mut query: Vec<(&str, String)> = vec![("limit", args.limit.to_string())];
+            for (key, value) in [("caller", &args.caller), ("callee", &args.callee)] {
+                if let Some(v) = value {
+                    query.push((key, v.clone()));
+                }
+            }
+            if let Some(code) = args.code {
+                query.push(("code", code.to_string()));
+            }
+            if let Some(minutes) = args.minutes {
+                let since = crate::server::unix_now_ms().saturating_sub(minutes * 60_000);
+                query.push(("since_ms", since.to_string()));
+            }
+            if args.open {
+                query.push(("open", "true".into()));
+            }
+            if args.csv {
+                query.push(("format", "csv".into()));
+            }
+            let body = send(with_token(client.get(path("/cdrs")).query(&query)), &base)?;
+            return if args.csv {
+                Ok(body)
+            } else {
+                Ok(cdr_table(&serde_json::from_str(&body)?))
+            };
+        }
+        other => {
+            let (builder, table): (_, fn(&Value) -> String) = match other {
+                Ctl::Calls => (client.get(path("/calls")), calls_table),
+                Ctl::Hangup { call } => (client.delete(path(&format!("/calls/{call}"))), done),
+                Ctl::Registrations => (client.get(path("/registrations")), registrations_table),
+                _ => (client.post(path("/reload")), reloaded),
+            };
+            let body = send(with_token(builder), &base)?;
+            return Ok(table(&serde_json::from_str(&body)?));
+        }
+    };
     let (builder, table): (_, fn(&Value) -> String) = match &command {
         Screening::List => (client.get(path("/screening/users")), users_table),
         Screening::Reset { user, domain } => (
@@ -106,14 +178,19 @@ fn request(config: &Config, command: Ctl) -> anyhow::Result<String> {
             done,
         ),
     };
-    let response = with_token(builder)
+    let body = send(with_token(builder), &base)?;
+    Ok(table(&serde_json::from_str(&body)?))
+}
+
+/// Send a request; the body of a success, else the server's refusal as the error.
+fn send(builder: reqwest::blocking::RequestBuilder, base: &str) -> anyhow::Result<String> {
+    let response = builder
         .send()
         .map_err(|e| anyhow::anyhow!("cannot reach the server at {base}: {e}"))?;
     let status = response.status();
     let body = response.text()?;
     anyhow::ensure!(status.is_success(), "{status}: {}", body.trim());
-    let value: Value = serde_json::from_str(&body)?;
-    Ok(table(&value))
+    Ok(body)
 }
 
 /// A path segment with the characters URLs reserve escaped.
@@ -200,6 +277,62 @@ fn users_table(value: &Value) -> String {
             ("countries", "COUNTRIES"),
             ("allowed", "ALLOWED"),
         ],
+    )
+}
+
+fn calls_table(value: &Value) -> String {
+    table(
+        value,
+        &[
+            ("id", "CALL"),
+            ("state", "STATE"),
+            ("caller", "CALLER"),
+            ("callee", "CALLEE"),
+            ("source", "SOURCE"),
+            ("age_s", "AGE (S)"),
+            ("rule", "RULE"),
+            ("screening", "SCREENING"),
+        ],
+    )
+}
+
+fn registrations_table(value: &Value) -> String {
+    table(
+        value,
+        &[
+            ("aor", "AOR"),
+            ("contact", "CONTACT"),
+            ("expires_in", "EXPIRES (S)"),
+            ("transport", "TRANSPORT"),
+            ("source", "SOURCE"),
+            ("user_agent", "USER AGENT"),
+        ],
+    )
+}
+
+fn cdr_table(value: &Value) -> String {
+    table(
+        value,
+        &[
+            ("received", "RECEIVED"),
+            ("caller", "CALLER"),
+            ("callee", "CALLEE"),
+            ("final_code", "CODE"),
+            ("duration_ms", "TALK (MS)"),
+            ("hangup_side", "ENDED BY"),
+            ("end_reason", "REASON"),
+            ("screening", "SCREENING"),
+            ("a_codec", "CODEC A"),
+            ("b_codec", "CODEC B"),
+        ],
+    )
+}
+
+fn reloaded(value: &Value) -> String {
+    format!(
+        "dialplan {} reloaded: {} rules\n",
+        cell(&value["reloaded"]),
+        cell(&value["rules"])
     )
 }
 

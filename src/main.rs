@@ -140,7 +140,8 @@ fn main() -> std::process::ExitCode {
         tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
-            .with_current_span(false)
+            .with_current_span(true)
+            .with_span_list(false)
             .init();
     } else {
         // Colour only on a terminal: logs redirected to a file stay plain text.

@@ -1,14 +1,20 @@
 //! The async driver: binds transports, opens the database, and runs the sans-IO core on one
 //! task, feeding it messages and time and carrying out what it asks (send, store).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 use warden_media::codec::CodecOptions;
 use warden_media::{Relay, RelayConfig};
 
+use crate::api::metrics::Snapshot;
+use crate::cdr::journal::Journal;
+use crate::cdr::store::Store as CdrStore;
+use crate::cdr::writer::{Status as CdrStatus, Writer as CdrWriter};
 use crate::config::Config;
 use crate::core::{Core, Output};
 use crate::dialplan::Dialplan;
@@ -18,9 +24,14 @@ use crate::sip::transport::{self, Inbound, Transport};
 
 /// Wall-clock seconds since the Unix epoch (0 on a clock set before it).
 pub(crate) fn unix_now() -> u64 {
+    unix_now_ms() / 1000
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub(crate) fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
@@ -53,9 +64,14 @@ fn reachable_host(addr: SocketAddr, advertised: &Option<String>) -> String {
     SocketAddr::new(ip, addr.port()).to_string()
 }
 
-/// Run Warden until SIGINT/SIGTERM.
+/// Run Warden until SIGINT/SIGTERM, then shut down gracefully: new calls get 503, live
+/// calls have `server.shutdown_grace_s` to end (a second signal ends them at once), call
+/// records are flushed.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let pool = store::open(&config.database.path).await?;
+    let cdr_store = CdrStore::new(&config.cdr_url())?;
+    let journal = Journal::open(&config.cdr_journal())?;
+    tracing::info!(db = %cdr_store.display, journal = %journal.path().display(), journal_bytes = journal.len(), "call records");
     let loaded = store::load(&pool, unix_now()).await?;
     tracing::info!(count = loaded.len(), db = %config.database.path.display(), "registrations restored");
     let (store_tx, store_rx) = mpsc::unbounded_channel();
@@ -111,6 +127,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     config.admin.token.clone(),
                     std::sync::Arc::new(jcard),
                     ask_tx,
+                    cdr_store.clone(),
                 )
                 .await?,
             )
@@ -129,11 +146,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (resolved_tx, mut resolved) = mpsc::unbounded_channel();
     let plan = load_dialplan(&config)?;
     let pid_file = PidFile::write(&config.server.pid_file)?;
+    let grace = Duration::from_secs(config.server.shutdown_grace_s);
+    let retry_after = config.server.retry_after_s;
+    let batch = config.cdr.batch;
     let mut core = Core::new(config, registrar, advertised, relay, prompts);
     core.set_dialplan(plan);
+
+    // The CDR writer stores what the loop journals.
+    let cdr_status = Arc::new(CdrStatus::default());
+    let cdr_wake = Arc::new(Notify::new());
+    let (cdr_stop, cdr_stop_rx) = watch::channel(false);
+    let cdr_writer = tokio::spawn(
+        CdrWriter {
+            store: cdr_store.clone(),
+            reader: journal.reader(),
+            status: cdr_status.clone(),
+            wake: cdr_wake.clone(),
+            stop: cdr_stop_rx,
+            instance: core.instance().to_owned(),
+            boot: core.boot().to_owned(),
+            batch,
+        }
+        .run(),
+    );
+    let mut records = Vec::new();
+    let mut journalled: u64 = 0;
+
     let mut shutdown = Box::pin(shutdown_signal());
     let mut reload = reload_signal()?;
-    let mut sweep = tokio::time::interval(std::time::Duration::from_secs(60));
+    let mut sweep = tokio::time::interval(Duration::from_secs(60));
+    // Calls started, sampled each second over the last 10 s (the calls-per-second gauge).
+    let mut rate_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut started_samples: VecDeque<(Instant, u64)> = VecDeque::with_capacity(11);
+    // Shutting down: when live calls are ended, and when Warden stops waiting for them.
+    let mut drain_until: Option<Instant> = None;
+    let mut give_up_at: Option<Instant> = None;
 
     loop {
         let deadline = core
@@ -157,13 +204,46 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 core.handle_media_event(event, Instant::now());
             }
             _ = tokio::time::sleep_until(deadline) => {
-                core.handle_timeout(Instant::now(), unix_now());
+                core.handle_timeout(Instant::now(), unix_now_ms());
             }
             _ = sweep.tick() => screening.engine.sweep(unix_now()),
+            _ = rate_tick.tick() => {
+                if started_samples.len() == 11 {
+                    started_samples.pop_front();
+                }
+                started_samples.push_back((Instant::now(), core.stats.calls_started));
+            }
             Some(event) = screening_events.recv() => screening.handle(&mut core, event),
             Some((command, reply)) = asks.recv() => {
-                let answer = crate::screening::admin::run(&mut screening.engine, command, unix_now());
-                screening.flush();
+                use crate::api::Command;
+                let answer = match command {
+                    Command::Screening(c) => {
+                        let answer = crate::screening::admin::run(&mut screening.engine, c, unix_now());
+                        screening.flush();
+                        answer
+                    }
+                    Command::Calls => Ok(serde_json::to_value(core.live_calls()).unwrap_or_default()),
+                    Command::Hangup(id) => {
+                        if core.hang_up(id, "admin hangup", 480, Instant::now()) {
+                            Ok(serde_json::json!({"hung_up": id.to_string()}))
+                        } else {
+                            Err(format!("not found: no live call {id}\n"))
+                        }
+                    }
+                    Command::Registrations => Ok(registrations(&core)),
+                    Command::Reload => match load_dialplan(&reload_config) {
+                        Ok(plan) => {
+                            let answer = serde_json::json!({"reloaded": plan.origin.to_string(), "rules": plan.rules.len()});
+                            core.set_dialplan(plan);
+                            Ok(answer)
+                        }
+                        Err(e) => Err(format!("dialplan {e}; the previous plan stays active\n")),
+                    },
+                    Command::Metrics => {
+                        let snapshot = metrics_snapshot(&core, &screening.engine, &cdr_status, journalled, &started_samples, drain_until.is_some());
+                        Ok(serde_json::to_value(snapshot).unwrap_or_default())
+                    }
+                };
                 let _ = reply.send(answer);
             }
             _ = reload.recv() => {
@@ -174,9 +254,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             }
             _ = &mut shutdown => {
-                tracing::info!(active_calls = core.active_calls(), "shutting down");
-                break;
+                if drain_until.is_none() {
+                    tracing::info!(active_calls = core.active_calls(), grace_s = grace.as_secs(), "shutting down: new calls get 503; live calls may go on until the grace time ends");
+                    core.stop_taking_calls(retry_after);
+                    drain_until = Some(Instant::now() + grace);
+                    // A second signal ends the live calls at once.
+                    shutdown = Box::pin(shutdown_signal());
+                } else {
+                    tracing::info!(active_calls = core.active_calls(), "second signal: ending live calls now");
+                    drain_until = Some(Instant::now());
+                }
             }
+        }
+        if drain_until.is_some_and(|t| Instant::now() >= t) && give_up_at.is_none() {
+            let ended = core.hang_up_all("shutdown", Instant::now());
+            if ended > 0 {
+                tracing::info!(calls = ended, "grace time over: ending live calls");
+            }
+            // The BYEs' answers, or their timeouts, close the calls.
+            give_up_at = Some(Instant::now() + Duration::from_secs(5));
         }
         while let Some(output) = core.poll_output() {
             match output {
@@ -193,6 +289,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     screening.engine.call_ended(call, answered_s, unix_now());
                     screening.flush();
                 }
+                Output::Record(record) => records.push(*record),
                 Output::Resolve {
                     call,
                     attempt,
@@ -207,11 +304,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             }
         }
+        if !records.is_empty() {
+            // Journalled before the loop goes on: from here a crash loses none of them.
+            match journal.append(&records) {
+                Ok(()) => journalled += records.len() as u64,
+                Err(e) => {
+                    tracing::error!(error = %e, records = records.len(), journal = %journal.path().display(), "cannot journal call records")
+                }
+            }
+            records.clear();
+            cdr_wake.notify_one();
+        }
+        if drain_until.is_some()
+            && (core.active_calls() == 0 || give_up_at.is_some_and(|t| Instant::now() >= t))
+        {
+            break;
+        }
     }
+    tracing::info!(
+        active_calls = core.active_calls(),
+        "signalling stopped; storing the last call records"
+    );
     drop(pid_file);
     if let Some(admin) = admin {
         admin.abort();
     }
+    // The writer stores what is left (when the database is there; else it stays in the
+    // journal for the next start).
+    let _ = cdr_stop.send(true);
+    if tokio::time::timeout(Duration::from_secs(10), cdr_writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("call records still being written after 10 s; the journal keeps the rest");
+    }
+    cdr_store.close().await;
     drop(store_tx);
     drop(screening);
     let _ = writer.await; // every queued registration change reaches the database
@@ -276,10 +403,74 @@ fn start_relay(config: &Config, bound: &[(Transport, SocketAddr)]) -> anyhow::Re
 
 fn handle(core: &mut Core, transmitter: &mut transport::Transmitter, event: Inbound, now: Instant) {
     match event {
-        Inbound::Message(m, from) => core.handle_message(*m, from, now, unix_now()),
+        Inbound::Message(m, from) => core.handle_message(*m, from, now, unix_now_ms()),
         Inbound::Garbage(from, why) => core.handle_garbage(&from, &why),
         Inbound::ConnOpened(id, addr, tx) => transmitter.on_opened(id, addr, tx),
         Inbound::ConnClosed(id) => transmitter.on_closed(id),
+    }
+}
+
+/// The registered contacts, for the admin API.
+fn registrations(core: &Core) -> serde_json::Value {
+    let now = unix_now();
+    let rows: Vec<serde_json::Value> = core
+        .registrar
+        .all(now)
+        .into_iter()
+        .map(|b| {
+            serde_json::json!({
+                "aor": b.aor,
+                "contact": b.contact,
+                "expires_in": b.expires_at.saturating_sub(now),
+                "transport": b.transport.as_str(),
+                "source": b.source.to_string(),
+                "user_agent": b.user_agent,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows)
+}
+
+/// What /metrics shows, gathered in one go.
+fn metrics_snapshot(
+    core: &Core,
+    engine: &crate::screening::Engine,
+    cdr: &CdrStatus,
+    journalled: u64,
+    started: &VecDeque<(Instant, u64)>,
+    draining: bool,
+) -> Snapshot {
+    let relay = core.media.totals();
+    let calls_per_second = match (started.front(), started.back()) {
+        (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
+            n1.saturating_sub(*n0) as f64 / t1.duration_since(*t0).as_secs_f64()
+        }
+        _ => 0.0,
+    };
+    Snapshot {
+        calls_active: core.active_calls() as u64,
+        calls_started: core.stats.calls_started,
+        calls_answered: core.stats.calls_answered,
+        calls_per_second,
+        final_codes: core.stats.final_codes.clone(),
+        registrations: core.registrar.binding_count() as u64,
+        relay_streams: relay.streams,
+        transcoding_channels: relay.transcoding,
+        relay_rtp_packets: relay.rtp_packets,
+        relay_rtp_bytes: relay.rtp_bytes,
+        screening: engine
+            .counts
+            .iter()
+            .map(|((decision, check), n)| (decision.to_string(), check.to_string(), *n))
+            .collect(),
+        sip_malformed_answered: core.stats.malformed_answered,
+        sip_malformed_dropped: core.stats.malformed_dropped,
+        cdr_stored: cdr.written.load(Ordering::Relaxed),
+        cdr_write_failures: cdr.failures.load(Ordering::Relaxed),
+        cdr_queue_depth: journalled.saturating_sub(cdr.written_this_run.load(Ordering::Relaxed)),
+        cdr_spool_bytes: cdr.backlog_bytes.load(Ordering::Relaxed),
+        cdr_database_up: cdr.database_up.load(Ordering::Relaxed),
+        draining,
     }
 }
 

@@ -45,8 +45,13 @@ fn parse(text: &str) -> Message {
 struct Harness {
     core: Core,
     now: Instant,
-    unix: u64,
+    start: Instant,
+    /// Call records the core handed out, in order.
+    records: Vec<warden::cdr::Record>,
 }
+
+/// The virtual wall clock's start (Unix milliseconds).
+const UNIX_START_MS: u64 = 1_000_000_000;
 
 impl Harness {
     fn new() -> Harness {
@@ -69,10 +74,12 @@ impl Harness {
             codecs: Default::default(),
         })
         .unwrap();
+        let now = Instant::now();
         let mut h = Harness {
             core: Core::new(config, registrar, advertised, relay, Default::default()),
-            now: Instant::now(),
-            unix: 1_000_000,
+            now,
+            start: now,
+            records: Vec::new(),
         };
         h.input(&format!(
             "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch=z9hG4bKr1;rport\r\n\
@@ -84,14 +91,21 @@ impl Harness {
         h
     }
 
+    /// Wall-clock time moving with virtual time.
+    fn unix_ms(&self) -> u64 {
+        UNIX_START_MS + self.now.duration_since(self.start).as_millis() as u64
+    }
+
     fn input(&mut self, text: &str, from: &str) {
+        let unix_ms = self.unix_ms();
         self.core
-            .handle_message(parse(text), dest(from), self.now, self.unix);
+            .handle_message(parse(text), dest(from), self.now, unix_ms);
     }
 
     fn send(&mut self, m: Message, from: &str) {
         let m = Message::parse_datagram(m.to_bytes(), &Limits::default()).unwrap();
-        self.core.handle_message(m, dest(from), self.now, self.unix);
+        let unix_ms = self.unix_ms();
+        self.core.handle_message(m, dest(from), self.now, unix_ms);
     }
 
     /// Advance virtual time in small steps, firing every timer due.
@@ -99,20 +113,24 @@ impl Harness {
         let end = self.now + by;
         while let Some(t) = self.core.poll_timeout().filter(|t| *t <= end) {
             self.now = t.max(self.now);
-            self.core.handle_timeout(self.now, self.unix);
+            let unix_ms = self.unix_ms();
+            self.core.handle_timeout(self.now, unix_ms);
         }
         self.now = end;
-        self.core.handle_timeout(self.now, self.unix);
+        let unix_ms = self.unix_ms();
+        self.core.handle_timeout(self.now, unix_ms);
     }
 
     fn sent(&mut self) -> Vec<(String, Message)> {
         let mut out = Vec::new();
         while let Some(o) = self.core.poll_output() {
-            if let Output::Send(d, bytes) = o {
-                out.push((
+            match o {
+                Output::Send(d, bytes) => out.push((
                     d.addr.to_string(),
                     Message::parse_datagram(bytes, &Limits::default()).unwrap(),
-                ));
+                )),
+                Output::Record(r) => self.records.push(*r),
+                _ => {}
             }
         }
         out
@@ -510,4 +528,160 @@ fn an_answer_retransmitted_before_the_callers_ack_is_absorbed() {
     // Once ACKed, a late retransmission is ACKed again.
     h.send(Message::Response(ok), BOB);
     assert_eq!(requests_to(&h.sent(), BOB, "ACK").len(), 1);
+}
+
+/// The latest version of each record the core handed out, by record id.
+fn latest_records(h: &Harness) -> Vec<warden::cdr::Record> {
+    let mut latest: HashMap<String, warden::cdr::Record> = HashMap::new();
+    for r in &h.records {
+        let keep = latest.get(&r.id).is_none_or(|old| old.rev < r.rev);
+        if keep {
+            latest.insert(r.id.clone(), r.clone());
+        }
+    }
+    latest.into_values().collect()
+}
+
+#[test]
+fn a_bridged_call_leaves_one_record_from_start_to_the_callees_bye() {
+    let mut h = Harness::new();
+    let (b_invite, _) = bridged_call(&mut h);
+    let started = h
+        .records
+        .first()
+        .cloned()
+        .expect("a record when the call starts");
+    assert_eq!((started.rev, started.end_reason.as_deref()), (1, None));
+    assert_eq!(started.received_ms, UNIX_START_MS as i64);
+    h.advance(Duration::from_secs(42));
+    let bye = format!(
+        "BYE sip:warden@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch=z9hG4bKbb;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@127.0.0.1>;tag=bt\r\nTo: {};tag={}\r\n\
+         Call-ID: {}\r\nCSeq: 9 BYE\r\nContent-Length: 0\r\n\r\n",
+        b_invite
+            .header("From")
+            .unwrap()
+            .split(";tag=")
+            .next()
+            .unwrap(),
+        b_invite.from().unwrap().tag().unwrap(),
+        b_invite.call_id().unwrap()
+    );
+    h.input(&bye, BOB);
+    let bye_to_alice = requests_to(&h.sent(), ALICE, "BYE")[0].clone();
+    let mut ok = Response::to_request(&bye_to_alice, 200, "OK");
+    ok.set_to_tag("al");
+    h.send(Message::Response(ok), ALICE);
+    h.sent();
+    let records = latest_records(&h);
+    assert_eq!(records.len(), 1, "one record per call: {records:?}");
+    let r = &records[0];
+    assert!(
+        h.records.windows(2).all(|w| w[0].rev < w[1].rev),
+        "each update a higher rev"
+    );
+    assert_eq!(r.a_call_id, "call-a");
+    assert_eq!(r.b_call_id.as_deref(), b_invite.call_id().as_deref());
+    assert_eq!((r.caller.as_str(), r.callee.as_str()), ("alice", "bob"));
+    assert_eq!(r.final_code, Some(200));
+    assert_eq!(r.duration_ms, Some(42_000), "talk time in virtual time");
+    assert_eq!(r.hangup_side.as_deref(), Some("callee"));
+    assert_eq!(r.end_reason.as_deref(), Some("normal"));
+    assert_eq!(
+        (r.a_codec.as_deref(), r.b_codec.as_deref(), r.transcoded),
+        (Some("PCMU"), Some("PCMU"), false)
+    );
+    assert_eq!(r.a_packets, Some(0), "media figures once media existed");
+}
+
+#[test]
+fn unanswered_calls_say_why_they_ended() {
+    // Ring timeout: Warden gives up.
+    let mut h = Harness::new();
+    h.invite();
+    let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    let mut ringing = Response::to_request(&b_invite, 180, "Ringing");
+    ringing.set_to_tag("bt");
+    h.send(Message::Response(ringing), BOB);
+    h.sent();
+    h.advance(Duration::from_secs(60));
+    let cancel = requests_to(&h.sent(), BOB, "CANCEL")[0].clone();
+    h.send(
+        Message::Response(Response::to_request(&cancel, 200, "OK")),
+        BOB,
+    );
+    h.send(Message::Response(callee_answer(&b_invite, 487)), BOB);
+    h.sent();
+    let r = &latest_records(&h)[0];
+    assert_eq!(r.ringing_ms, Some(UNIX_START_MS as i64));
+    assert_eq!(r.final_code, Some(408));
+    assert_eq!(r.ended_ms, Some(UNIX_START_MS as i64 + 60_000));
+    assert_eq!(
+        (r.hangup_side.as_deref(), r.end_reason.as_deref()),
+        (Some("warden"), Some("no answer"))
+    );
+    assert_eq!(r.duration_ms, None);
+
+    // A callee's refusal.
+    let mut h = Harness::new();
+    h.invite();
+    let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    h.send(Message::Response(callee_answer(&b_invite, 486)), BOB);
+    h.sent();
+    let r = &latest_records(&h)[0];
+    assert_eq!(r.final_code, Some(486));
+    assert_eq!(
+        (r.hangup_side.as_deref(), r.end_reason.as_deref()),
+        (Some("callee"), Some("declined"))
+    );
+}
+
+#[test]
+fn shutting_down_refuses_new_calls_and_ends_live_ones_with_bye() {
+    let mut h = Harness::new();
+    bridged_call(&mut h);
+    h.core.stop_taking_calls(30);
+    let late = format!(
+        "INVITE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKlate;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=l\r\nTo: <sip:bob@127.0.0.1>\r\n\
+         Call-ID: late\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{ALICE}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    h.input(&late, ALICE);
+    let out = h.sent();
+    let refusal = responses_to(&out, ALICE)
+        .into_iter()
+        .find(|r| r.status() == 503)
+        .expect("503");
+    assert_eq!(refusal.header("Retry-After").as_deref(), Some("30"));
+    assert_eq!(h.core.active_calls(), 1, "the live call goes on");
+    assert_eq!(h.core.hang_up_all("shutdown", h.now), 1);
+    let out = h.sent();
+    assert_eq!(requests_to(&out, ALICE, "BYE").len(), 1);
+    assert_eq!(requests_to(&out, BOB, "BYE").len(), 1);
+    let records = latest_records(&h);
+    assert_eq!(records.len(), 2);
+    let refused = records.iter().find(|r| r.a_call_id == "late").unwrap();
+    assert_eq!(
+        (refused.final_code, refused.end_reason.as_deref()),
+        (Some(503), Some("shutdown"))
+    );
+    // The live call's record closes once the BYEs are answered.
+    for (to, bye) in [
+        (ALICE, requests_to(&out, ALICE, "BYE")[0].clone()),
+        (BOB, requests_to(&out, BOB, "BYE")[0].clone()),
+    ] {
+        let mut ok = Response::to_request(&bye, 200, "OK");
+        ok.set_to_tag("x");
+        h.send(Message::Response(ok), to);
+    }
+    h.sent();
+    assert_eq!(h.core.active_calls(), 0);
+    let call = latest_records(&h)
+        .into_iter()
+        .find(|r| r.a_call_id == "call-a")
+        .unwrap();
+    assert_eq!(
+        (call.hangup_side.as_deref(), call.end_reason.as_deref()),
+        (Some("warden"), Some("shutdown"))
+    );
 }

@@ -15,8 +15,8 @@ mod worker;
 
 pub use ports::{PortPair, PortPool, PortsExhausted};
 pub use relay::{
-    EventFormat, EventSink, Latching, MediaError, MediaEvent, Playback, Relay, RelayConfig, Remote,
-    Side, StreamId, StreamStats,
+    EventFormat, EventSink, Latching, MediaError, MediaEvent, Playback, Relay, RelayConfig,
+    RelayTotals, Remote, Side, StreamId, StreamStats,
 };
 pub use stats::LegStats;
 pub use transcode::{LegCodec, Transcoding};

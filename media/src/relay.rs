@@ -147,6 +147,18 @@ struct StreamInfo {
     worker: usize,
     ports: [PortPair; 2],
     counters: Arc<StreamCounters>,
+    transcoding: bool,
+}
+
+/// The relay's figures over its life (metrics).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayTotals {
+    /// Streams open now, and how many of them Warden transcodes.
+    pub streams: u64,
+    pub transcoding: u64,
+    /// RTP received from the parties, streams open and closed.
+    pub rtp_packets: u64,
+    pub rtp_bytes: u64,
 }
 
 pub struct Relay {
@@ -156,6 +168,9 @@ pub struct Relay {
     streams: HashMap<StreamId, StreamInfo>,
     next_id: u64,
     next_worker: usize,
+    /// RTP packets and bytes of the streams already closed.
+    closed_packets: u64,
+    closed_bytes: u64,
 }
 
 /// Ports tried per open before giving up on binding (something else holds them).
@@ -189,6 +204,8 @@ impl Relay {
             streams: HashMap::new(),
             next_id: 1,
             next_worker: 0,
+            closed_packets: 0,
+            closed_bytes: 0,
         })
     }
 
@@ -231,6 +248,7 @@ impl Relay {
                 worker,
                 ports: [a, b],
                 counters,
+                transcoding: false,
             },
         );
         Ok(id)
@@ -285,6 +303,9 @@ impl Relay {
 
     /// Transcode between the legs (None: relay packets untouched, the default).
     pub fn set_transcoding(&mut self, id: StreamId, transcoding: Option<Transcoding>) {
+        if let Some(info) = self.streams.get_mut(&id) {
+            info.transcoding = transcoding.is_some();
+        }
         if let Some(worker) = self.streams.get(&id).map(|s| s.worker) {
             self.send(
                 worker,
@@ -362,11 +383,35 @@ impl Relay {
     /// Close a stream: its sockets close and its ports return to the pool.
     pub fn close(&mut self, id: StreamId) {
         if let Some(info) = self.streams.remove(&id) {
+            for side in 0..2 {
+                let leg = info.counters.leg(side).snapshot();
+                self.closed_packets += leg.rtp_packets;
+                self.closed_bytes += leg.rtp_bytes;
+            }
             self.send(info.worker, Command::Remove(id.0));
             for pair in info.ports {
                 self.pool.release(pair);
             }
         }
+    }
+
+    /// Streams, transcoding channels and RTP relayed so far (a walk over the open streams).
+    pub fn totals(&self) -> RelayTotals {
+        let mut t = RelayTotals {
+            streams: self.streams.len() as u64,
+            rtp_packets: self.closed_packets,
+            rtp_bytes: self.closed_bytes,
+            ..RelayTotals::default()
+        };
+        for info in self.streams.values() {
+            t.transcoding += u64::from(info.transcoding);
+            for side in 0..2 {
+                let leg = info.counters.leg(side).snapshot();
+                t.rtp_packets += leg.rtp_packets;
+                t.rtp_bytes += leg.rtp_bytes;
+            }
+        }
+        t
     }
 
     pub fn stats(&self, id: StreamId) -> Option<StreamStats> {

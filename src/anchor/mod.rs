@@ -272,6 +272,38 @@ impl MediaSession {
         sum
     }
 
+    /// Each party's audio codec on the first audio stream, and whether Warden transcodes
+    /// between them (for the call record); None until an answer settled them.
+    pub fn codecs(&self) -> Option<(String, String, bool)> {
+        let index = self
+            .described
+            .iter()
+            .filter(|(_, lines)| lines.iter().flatten().any(|m| m.kind == "audio"))
+            .map(|(i, _)| *i)
+            .min()?;
+        let lines = self.described.get(&index)?;
+        let name = |side: usize, pt: Option<u8>| {
+            let line = lines[side].as_ref()?;
+            line.formats
+                .iter()
+                .find(|f| match pt {
+                    Some(pt) => f.payload_type == pt,
+                    None => !matches!(f.name.as_str(), "TELEPHONE-EVENT" | "CN"),
+                })
+                .map(|f| match f.name.as_str() {
+                    "" => f.payload_type.to_string(),
+                    name => name.to_owned(),
+                })
+        };
+        if let Some(&(a, b, _, _)) = self.transcoding.get(&index) {
+            return Some((name(0, Some(a))?, name(1, Some(b))?, true));
+        }
+        // Relayed: the answer's first codec is both parties'.
+        let (offerer, _) = self.offers.get(&index)?;
+        let chosen = name(index_of(offerer.other()), None)?;
+        Some((chosen.clone(), chosen, false))
+    }
+
     pub fn has_streams(&self) -> bool {
         self.streams.iter().any(Option::is_some)
     }

@@ -1,12 +1,15 @@
-//! The admin HTTP API (axum): health, the jCard that 608 responses point at, and the
-//! screening operations. Anything touching live state is a message to the server's loop.
+//! The admin HTTP API (axum): health, metrics, live calls, registrations, call records,
+//! reload, the jCard 608 responses point at, and the screening operations. Anything
+//! touching live state is a message to the server's loop; call records are read from the
+//! database directly.
 
 pub mod jcard;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +18,23 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::screening::admin::Command;
+use crate::cdr::store::{Filter, Store};
+use crate::screening::admin::Command as ScreeningCommand;
+
+/// What the API asks of the server loop.
+#[derive(Debug)]
+pub enum Command {
+    Screening(ScreeningCommand),
+    /// The live calls.
+    Calls,
+    /// End a call (its number in the call list).
+    Hangup(u64),
+    Registrations,
+    /// Reload the dialplan from its file.
+    Reload,
+    /// The figures for /metrics ([`metrics::Snapshot`] as JSON).
+    Metrics,
+}
 
 /// A command for the server loop and where its answer goes.
 pub type Ask = (Command, oneshot::Sender<Result<serde_json::Value, String>>);
@@ -25,6 +44,7 @@ struct Shared {
     jcard: Arc<jcard::Jcard>,
     token: Option<String>,
     ask: mpsc::Sender<Ask>,
+    cdrs: Store,
 }
 
 /// Serve the API on `addr` until the process ends.
@@ -33,9 +53,21 @@ pub async fn serve(
     token: Option<String>,
     jcard: Arc<jcard::Jcard>,
     ask: mpsc::Sender<Ask>,
+    records: Store,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let shared = Shared { jcard, token, ask };
+    let shared = Shared {
+        jcard,
+        token,
+        ask,
+        cdrs: records,
+    };
     let operations = Router::new()
+        .route("/metrics", get(prometheus))
+        .route("/calls", get(calls))
+        .route("/calls/{id}", delete(hangup))
+        .route("/registrations", get(registrations))
+        .route("/cdrs", get(cdrs))
+        .route("/reload", post(reload))
         .route("/screening/stats", get(stats))
         .route("/screening/users", get(users))
         .route("/screening/users/{user}", delete(remove_user))
@@ -48,6 +80,7 @@ pub async fn serve(
         .layer(middleware::from_fn_with_state(shared.clone(), authorize));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
         .route("/jcard", get(signed_jcard))
         .route("/jcard/cert.pem", get(jcard_certificate))
         .merge(operations)
@@ -126,24 +159,141 @@ async fn ask(s: &Shared, command: Command) -> Response {
     }
 }
 
+/// Ask the loop for the metrics snapshot.
+async fn snapshot(s: &Shared) -> Result<metrics::Snapshot, Response> {
+    let (tx, rx) = oneshot::channel();
+    let unavailable = || (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    s.ask
+        .send((Command::Metrics, tx))
+        .await
+        .map_err(|_| unavailable())?;
+    match rx.await {
+        Ok(Ok(value)) => serde_json::from_value(value)
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()),
+        _ => Err(unavailable()),
+    }
+}
+
+async fn prometheus(State(s): State<Shared>) -> Response {
+    let snapshot = match snapshot(&s).await {
+        Ok(x) => x,
+        Err(response) => return response,
+    };
+    match metrics::render(&snapshot) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Ready for traffic: not shutting down (the call records' database being away does not
+/// stop calls: their records wait in the journal).
+async fn ready(State(s): State<Shared>) -> Response {
+    let snapshot = match snapshot(&s).await {
+        Ok(x) => x,
+        Err(response) => return response,
+    };
+    let body = serde_json::json!({
+        "ready": !snapshot.draining,
+        "calls_active": snapshot.calls_active,
+        "cdr_database_up": snapshot.cdr_database_up,
+        "cdr_spool_bytes": snapshot.cdr_spool_bytes,
+    });
+    let status = if snapshot.draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn calls(State(s): State<Shared>) -> Response {
+    ask(&s, Command::Calls).await
+}
+
+async fn hangup(State(s): State<Shared>, Path(id): Path<u64>) -> Response {
+    ask(&s, Command::Hangup(id)).await
+}
+
+async fn registrations(State(s): State<Shared>) -> Response {
+    ask(&s, Command::Registrations).await
+}
+
+async fn reload(State(s): State<Shared>) -> Response {
+    ask(&s, Command::Reload).await
+}
+
+/// The CDR export's format: `format=csv`, else JSON.
+#[derive(Deserialize)]
+struct Format {
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// The CDR query: `Filter`'s fields as query parameters (`since_ms`, `caller`, `code`,
+/// `open`, `limit`...), plus `format`.
+async fn cdrs(
+    State(s): State<Shared>,
+    Query(filter): Query<Filter>,
+    Query(q): Query<Format>,
+) -> Response {
+    let records = match s.cdrs.query(&filter).await {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the call record database is unavailable: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    match q.format.as_deref() {
+        Some("csv") => {
+            let mut text = crate::cdr::record::csv_header();
+            for r in &records {
+                text.push_str(&r.csv_line());
+            }
+            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response()
+        }
+        None | Some("json") => Json(
+            records
+                .iter()
+                .map(crate::cdr::Record::to_json)
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Some(other) => (
+            StatusCode::BAD_REQUEST,
+            format!("format {other:?}: expected json or csv\n"),
+        )
+            .into_response(),
+    }
+}
+
 async fn stats(State(s): State<Shared>) -> Response {
-    ask(&s, Command::Stats).await
+    ask(&s, Command::Screening(ScreeningCommand::Stats)).await
 }
 
 async fn users(State(s): State<Shared>) -> Response {
-    ask(&s, Command::Users).await
+    ask(&s, Command::Screening(ScreeningCommand::Users)).await
 }
 
 async fn reset_user(State(s): State<Shared>, Path(user): Path<String>) -> Response {
-    ask(&s, Command::Reset { user }).await
+    ask(&s, Command::Screening(ScreeningCommand::Reset { user })).await
 }
 
 async fn remove_user(State(s): State<Shared>, Path(user): Path<String>) -> Response {
-    ask(&s, Command::Remove { user }).await
+    ask(&s, Command::Screening(ScreeningCommand::Remove { user })).await
 }
 
 async fn lists(State(s): State<Shared>) -> Response {
-    ask(&s, Command::Lists).await
+    ask(&s, Command::Screening(ScreeningCommand::Lists)).await
 }
 
 #[derive(Deserialize)]
@@ -156,18 +306,19 @@ struct NewEntry {
 }
 
 async fn add_entry(State(s): State<Shared>, Json(e): Json<NewEntry>) -> Response {
-    let command = Command::Add {
+    let command = ScreeningCommand::Add {
         list: e.list,
         kind: e.kind,
         value: e.value,
         note: e.note,
     };
-    ask(&s, command).await
+    ask(&s, Command::Screening(command)).await
 }
 
 async fn remove_entry(
     State(s): State<Shared>,
     Path((list, kind, value)): Path<(String, String, String)>,
 ) -> Response {
-    ask(&s, Command::RemoveEntry { list, kind, value }).await
+    let command = ScreeningCommand::RemoveEntry { list, kind, value };
+    ask(&s, Command::Screening(command)).await
 }

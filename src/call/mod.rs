@@ -139,8 +139,13 @@ pub struct Call {
     pub media: MediaSession,
     /// When to look at media activity next (bridged calls).
     pub media_check: Option<Instant>,
-    /// Why Warden ended the call itself, when it did.
-    pub end_reason: Option<&'static str>,
+    /// Who ended the call and why (caller/callee/warden, "normal", "media timeout"...):
+    /// the first cause noted wins.
+    pub ended_by: Option<(&'static str, &'static str)>,
+    /// The call's record, as far as it goes (see `crate::cdr`).
+    pub record: crate::cdr::Record,
+    /// The tracing span its log lines carry (call number, Call-ID, record id).
+    pub span: tracing::Span,
     /// Playing the caller an announcement; what follows when it ends.
     pub announcing: Option<AfterPrompt>,
     /// The dialplan actions still to run for this call, when a rule matched.
@@ -213,6 +218,24 @@ pub struct BridgeAttempt {
 }
 
 impl Call {
+    /// Enter the call's span: log lines from here on carry its ids.
+    pub fn enter(&self) -> tracing::span::EnteredSpan {
+        self.span.clone().entered()
+    }
+
+    /// Note who ends the call and why, unless an earlier cause was noted.
+    pub fn note_end(&mut self, by: &'static str, reason: &'static str) {
+        self.ended_by.get_or_insert((by, reason));
+    }
+
+    /// The final response the caller got, for the record.
+    pub fn set_final(&mut self, status: u16, reason: &str) {
+        if self.record.final_code.is_none() {
+            self.record.final_code = Some(i64::from(status));
+            self.record.final_reason = Some(reason.to_owned());
+        }
+    }
+
     /// The leg of a side (B: the answered branch).
     pub fn leg_mut(&mut self, side: Side) -> Option<&mut Leg> {
         match side {

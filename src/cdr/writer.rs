@@ -13,8 +13,10 @@ use super::store::Store;
 /// What the writer reports (the admin API's /metrics and /readyz read it).
 #[derive(Debug, Default)]
 pub struct Status {
-    /// Records stored since start.
+    /// Records stored since start (earlier runs' journalled ones among them).
     pub written: AtomicU64,
+    /// Records of this run stored (the queue depth is what it journalled minus these).
+    pub written_this_run: AtomicU64,
     /// Failed database writes since start.
     pub failures: AtomicU64,
     /// Journal bytes not yet stored (the spool's size).
@@ -122,6 +124,10 @@ impl Writer {
                     self.status
                         .written
                         .fetch_add(records.len() as u64, Ordering::Relaxed);
+                    let ours = records.iter().filter(|r| r.boot == self.boot).count();
+                    self.status
+                        .written_this_run
+                        .fetch_add(ours as u64, Ordering::Relaxed);
                     self.status
                         .backlog_bytes
                         .store(self.reader.backlog(), Ordering::Relaxed);
@@ -164,8 +170,5 @@ impl Writer {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::server::unix_now_ms() as i64
 }

@@ -92,6 +92,18 @@ impl Registrar {
     }
 
     /// Whether this user exists, bound or not.
+    /// Every binding still valid at `now_s`, by address of record.
+    pub fn all(&self, now_s: u64) -> Vec<&Binding> {
+        let mut out: Vec<&Binding> = self
+            .bindings
+            .values()
+            .flatten()
+            .filter(|b| b.expires_at > now_s)
+            .collect();
+        out.sort_by(|a, b| (&a.aor, &a.contact).cmp(&(&b.aor, &b.contact)));
+        out
+    }
+
     pub fn knows(&self, aor: &str) -> bool {
         self.known.contains(aor)
     }

@@ -1,0 +1,224 @@
+//! /metrics: the figures the server loop gathers on each scrape ([`Snapshot`]), rendered in
+//! the Prometheus/OpenMetrics text format by the official `prometheus-client` crate.
+
+use std::collections::BTreeMap;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+/// What a scrape reports, gathered by the server loop in one go.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub calls_active: u64,
+    pub calls_started: u64,
+    pub calls_answered: u64,
+    /// New calls per second over the last 10 s.
+    pub calls_per_second: f64,
+    /// Final codes the callers got, calls and refused INVITEs alike.
+    pub final_codes: BTreeMap<u16, u64>,
+    pub registrations: u64,
+    pub relay_streams: u64,
+    pub transcoding_channels: u64,
+    pub relay_rtp_packets: u64,
+    pub relay_rtp_bytes: u64,
+    /// (decision, check, count).
+    pub screening: Vec<(String, String, u64)>,
+    pub sip_malformed_answered: u64,
+    pub sip_malformed_dropped: u64,
+    pub cdr_stored: u64,
+    pub cdr_write_failures: u64,
+    /// Records journalled by this run and not yet in the database.
+    pub cdr_queue_depth: u64,
+    /// Journal bytes not yet in the database (the spool).
+    pub cdr_spool_bytes: u64,
+    pub cdr_database_up: bool,
+    pub draining: bool,
+}
+
+type Labels = Vec<(String, String)>;
+
+/// The snapshot in the text exposition format.
+pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
+    let mut r = Registry::with_prefix("warden");
+    let gauge = |r: &mut Registry, name: &str, help: &str, v: i64| {
+        let g = Gauge::<i64>::default();
+        g.set(v);
+        r.register(name, help, g);
+    };
+    let counter = |r: &mut Registry, name: &str, help: &str, v: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        r.register(name, help, c);
+    };
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    gauge(
+        &mut r,
+        "calls_active",
+        "Calls in progress",
+        n(s.calls_active),
+    );
+    counter(&mut r, "calls", "Calls started", s.calls_started);
+    counter(&mut r, "calls_answered", "Calls answered", s.calls_answered);
+    let cps = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    cps.set(s.calls_per_second);
+    r.register(
+        "calls_per_second",
+        "New calls per second over the last 10 seconds",
+        cps,
+    );
+    let codes = Family::<Labels, Counter>::default();
+    for (code, count) in &s.final_codes {
+        codes
+            .get_or_create(&vec![("code".into(), code.to_string())])
+            .inc_by(*count);
+    }
+    r.register(
+        "call_attempts",
+        "Call attempts by the final SIP code the caller got",
+        codes,
+    );
+    gauge(
+        &mut r,
+        "registrations",
+        "Registered contacts",
+        n(s.registrations),
+    );
+    gauge(
+        &mut r,
+        "relay_streams",
+        "Media streams open in the relay",
+        n(s.relay_streams),
+    );
+    gauge(
+        &mut r,
+        "transcoding_channels",
+        "Media streams Warden transcodes",
+        n(s.transcoding_channels),
+    );
+    counter(
+        &mut r,
+        "relay_rtp_packets",
+        "RTP packets received by the relay",
+        s.relay_rtp_packets,
+    );
+    counter(
+        &mut r,
+        "relay_rtp_bytes",
+        "RTP bytes received by the relay",
+        s.relay_rtp_bytes,
+    );
+    let screening = Family::<Labels, Counter>::default();
+    for (decision, check, count) in &s.screening {
+        screening
+            .get_or_create(&vec![
+                ("decision".into(), decision.clone()),
+                ("check".into(), check.clone()),
+            ])
+            .inc_by(*count);
+    }
+    r.register(
+        "screening_decisions",
+        "Screening decisions by outcome and deciding check",
+        screening,
+    );
+    let malformed = Family::<Labels, Counter>::default();
+    for (handling, count) in [
+        ("answered", s.sip_malformed_answered),
+        ("dropped", s.sip_malformed_dropped),
+    ] {
+        malformed
+            .get_or_create(&vec![("handling".into(), handling.into())])
+            .inc_by(count);
+    }
+    r.register(
+        "sip_malformed",
+        "Malformed SIP messages, answered 400 or dropped",
+        malformed,
+    );
+    counter(
+        &mut r,
+        "cdr_stored",
+        "Call record writes stored in the database",
+        s.cdr_stored,
+    );
+    counter(
+        &mut r,
+        "cdr_write_failures",
+        "Failed call record database writes",
+        s.cdr_write_failures,
+    );
+    gauge(
+        &mut r,
+        "cdr_queue_depth",
+        "Call record writes waiting for the database",
+        n(s.cdr_queue_depth),
+    );
+    gauge(
+        &mut r,
+        "cdr_spool_bytes",
+        "Bytes of the call record journal not yet in the database",
+        n(s.cdr_spool_bytes),
+    );
+    gauge(
+        &mut r,
+        "cdr_database_up",
+        "1 when the last call record write worked",
+        i64::from(s.cdr_database_up),
+    );
+    gauge(
+        &mut r,
+        "draining",
+        "1 while shutting down (new calls refused)",
+        i64::from(s.draining),
+    );
+    let mut text = String::new();
+    encode(&mut text, &r)?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_what_a_prometheus_parser_reads() {
+        let s = Snapshot {
+            calls_active: 2,
+            calls_started: 7,
+            final_codes: BTreeMap::from([(200, 5), (486, 2)]),
+            screening: vec![("block".into(), "quota".into(), 3)],
+            calls_per_second: 0.5,
+            ..Snapshot::default()
+        };
+        let text = render(&s).unwrap();
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+        let value = |name: &str, label: Option<(&str, &str)>| {
+            scrape
+                .samples
+                .iter()
+                .find(|x| x.metric == name && label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
+                .map(|x| match x.value {
+                    prometheus_parse::Value::Counter(v)
+                    | prometheus_parse::Value::Gauge(v)
+                    | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                })
+        };
+        assert_eq!(value("warden_calls_active", None), Some(2.0));
+        assert_eq!(value("warden_calls_total", None), Some(7.0));
+        assert_eq!(
+            value("warden_call_attempts_total", Some(("code", "486"))),
+            Some(2.0)
+        );
+        assert_eq!(
+            value("warden_screening_decisions_total", Some(("check", "quota"))),
+            Some(3.0)
+        );
+        assert_eq!(value("warden_calls_per_second", None), Some(0.5));
+    }
+}
