@@ -824,7 +824,8 @@ impl Core {
     /// Hand out the call's record as it stands now.
     fn emit_record(&mut self, call: &mut Call) {
         call.record.rev += 1;
-        self.out.push_back(Output::Record(Box::new(call.record.clone())));
+        self.out
+            .push_back(Output::Record(Box::new(call.record.clone())));
     }
 
     /// The call is answered (by a callee with `status`, or by Warden itself).

@@ -4,42 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Ua, Warden};
-
-/// Register bob, call him from alice, answer; returns (alice, bob, dialogs).
-fn establish(w: &Warden, alice: &mut Ua, bob: &mut Ua) -> (common::Dialog, common::Dialog) {
-    assert_eq!(bob.register(600).status(), 200);
-    let invite = alice.invite("bob");
-    let incoming = bob.recv_request("INVITE");
-    assert_eq!(incoming.uri().user().as_deref(), Some("bob"));
-    assert_ne!(
-        incoming.call_id(),
-        invite.call_id(),
-        "B-leg has its own Call-ID"
-    );
-    assert!(incoming.body().starts_with(b"v=0"), "SDP passes through");
-    bob.answer(&incoming, 180, false);
-    let ringing = alice.recv_response();
-    assert_eq!(ringing.status(), 180);
-    let bob_dialog = bob.answer(&incoming, 200, true);
-    let ok = alice.recv_response();
-    assert_eq!(ok.status(), 200);
-    assert!(ok.body().starts_with(b"v=0"), "answer SDP relayed");
-    let mut alice_dialog = alice.dialog_from(&invite, &ok);
-    alice.in_dialog(&mut alice_dialog, "ACK", None);
-    let ack = bob.recv_request("ACK");
-    assert_eq!(ack.call_id(), incoming.call_id());
-    let _ = w;
-    (alice_dialog, bob_dialog)
-}
-
-/// `from` hangs up the dialog `d`; `to` answers the relayed BYE; `from` gets 200.
-fn hang_up(from: &mut Ua, d: &mut common::Dialog, to: &mut Ua) {
-    from.in_dialog(d, "BYE", None);
-    let bye = to.recv_request("BYE");
-    to.ok(&bye);
-    assert_eq!(from.recv_response().status(), 200);
-}
+use common::{Ua, Warden, establish, hang_up};
 
 #[test]
 fn udp_call_register_ring_answer_and_caller_hangs_up() {

@@ -330,23 +330,6 @@ fn the_redirect_503_and_603_plus_modes() {
     assert_eq!(verdicts, [Some("302 999"), None, Some("503"), Some("603+")]);
 }
 
-/// `warden ctl` against the running server: (success, stdout + stderr).
-fn ctl(w: &Warden, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
-        .arg("--config")
-        .arg(w.dir.join("warden.toml"))
-        .arg("ctl")
-        .args(args)
-        .output()
-        .expect("run warden ctl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 #[test]
 fn operators_list_reset_and_remove_users_and_edit_lists_with_ctl() {
     let plan = "[[rule]]\nname = \"out\"\ndo = [{ screen = \"tight\" }, { reject = 480 }]\n";
@@ -363,7 +346,7 @@ fn operators_list_reset_and_remove_users_and_edit_lists_with_ctl() {
     };
     assert_eq!(call(&mut alice, "02079460000"), 480);
     assert_eq!(call(&mut alice, "02079460000"), 603, "over quota");
-    let (ok, text) = ctl(&w, &["screening", "list"]);
+    let (ok, text) = w.ctl(&["screening", "list"]);
     assert!(ok, "{text}");
     let row = text
         .lines()
@@ -375,7 +358,7 @@ fn operators_list_reset_and_remove_users_and_edit_lists_with_ctl() {
         Some("1"),
         "one call this hour: {text}"
     );
-    let (ok, text) = ctl(&w, &["screening", "reset", "alice", "127.0.0.1"]);
+    let (ok, text) = w.ctl(&["screening", "reset", "alice", "127.0.0.1"]);
     assert!(ok && text.contains("reset alice@127.0.0.1"), "{text}");
     assert_eq!(
         call(&mut alice, "02079460000"),
@@ -383,33 +366,30 @@ fn operators_list_reset_and_remove_users_and_edit_lists_with_ctl() {
         "the quota starts again"
     );
 
-    let (ok, text) = ctl(
-        &w,
-        &[
-            "screening",
-            "add",
-            "block",
-            "prefix",
-            "+4420794",
-            "--note",
-            "test",
-        ],
-    );
+    let (ok, text) = w.ctl(&[
+        "screening",
+        "add",
+        "block",
+        "prefix",
+        "+4420794",
+        "--note",
+        "test",
+    ]);
     assert!(
         ok && text.contains("block  prefix  4420794  test"),
         "{text}"
     );
     let mut bob = Ua::udp("bob", w.port);
     assert_eq!(call(&mut bob, "02079461111"), 603, "on the block list");
-    let (ok, text) = ctl(&w, &["screening", "del", "block", "prefix", "4420794"]);
+    let (ok, text) = w.ctl(&["screening", "del", "block", "prefix", "4420794"]);
     assert!(ok, "{text}");
-    let (ok, text) = ctl(&w, &["screening", "add", "block", "planet", "Mars"]);
+    let (ok, text) = w.ctl(&["screening", "add", "block", "planet", "Mars"]);
     assert!(!ok && text.contains("kind \"planet\""), "{text}");
-    let (ok, text) = ctl(&w, &["screening", "remove", "nobody", "example.com"]);
+    let (ok, text) = w.ctl(&["screening", "remove", "nobody", "example.com"]);
     assert!(!ok && text.contains("404"), "{text}");
-    let (ok, _) = ctl(&w, &["screening", "remove", "alice", "127.0.0.1"]);
+    let (ok, _) = w.ctl(&["screening", "remove", "alice", "127.0.0.1"]);
     assert!(ok);
-    let (_, text) = ctl(&w, &["screening", "list"]);
+    let (_, text) = w.ctl(&["screening", "list"]);
     assert!(!text.contains("alice@"), "{text}");
 }
 
@@ -745,7 +725,7 @@ fn a_challenged_caller_keys_in_the_code_read_to_it_and_the_value_joins_its_allow
         480,
         "the right code lets the call go on"
     );
-    let (ok, text) = ctl(&w, &["screening", "list"]);
+    let (ok, text) = w.ctl(&["screening", "list"]);
     assert!(
         ok && text.contains("country:DE"),
         "Germany joined alice's allow-list: {text}"

@@ -74,15 +74,22 @@ impl Warden {
         } else {
             String::new()
         };
+        // The pid file goes in [server], which the extra TOML may open itself.
+        let pid = format!(
+            "[server]\npid_file = \"{}\"\n",
+            self.dir.join("warden.pid").display()
+        );
+        let (server, extra) = match self.extra.contains("[server]\n") {
+            true => (String::new(), self.extra.replacen("[server]\n", &pid, 1)),
+            false => (pid, self.extra.clone()),
+        };
         let config = format!(
             "[sip]\nlisten = [\"udp:127.0.0.1:{p}\", \"tcp:127.0.0.1:{p}\"{v6}]\n\
-             [database]\npath = \"{db}\"\n[server]\npid_file = \"{pid}\"\n\
+             [database]\npath = \"{db}\"\n{server}\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\n{extra}\n",
             p = self.port,
             admin = self.admin_port,
             db = self.dir.join("warden.sqlite").display(),
-            pid = self.dir.join("warden.pid").display(),
-            extra = self.extra
         );
         let path = self.dir.join("warden.toml");
         std::fs::write(&path, config).expect("write config");
@@ -156,6 +163,49 @@ impl Warden {
             // SAFETY: kill with a live child's pid and a valid signal number.
             unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
         }
+    }
+
+    /// SIGTERM: the graceful shutdown.
+    pub fn terminate(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill with a live child's pid and a valid signal number.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+
+    /// Wait up to `limit` for the process to exit; its status when it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut()?.try_wait().ok().flatten() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The admin API's URL for `path`.
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    /// `warden ctl ARGS` with this server's config: whether it succeeded, and its output.
+    pub fn ctl(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .arg("--config")
+            .arg(self.dir.join("warden.toml"))
+            .arg("ctl")
+            .args(args)
+            .output()
+            .expect("run warden ctl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -567,4 +617,39 @@ fn frame(pending: &mut Vec<u8>) -> Option<Message> {
     }
     let bytes: Vec<u8> = pending.drain(..end + len).collect();
     Message::parse_datagram(Bytes::from(bytes), &Limits::default()).ok()
+}
+
+/// Register bob, call him from alice, answer; returns (alice, bob, dialogs).
+pub fn establish(w: &Warden, alice: &mut Ua, bob: &mut Ua) -> (Dialog, Dialog) {
+    assert_eq!(bob.register(600).status(), 200);
+    let invite = alice.invite("bob");
+    let incoming = bob.recv_request("INVITE");
+    assert_eq!(incoming.uri().user().as_deref(), Some("bob"));
+    assert_ne!(
+        incoming.call_id(),
+        invite.call_id(),
+        "B-leg has its own Call-ID"
+    );
+    assert!(incoming.body().starts_with(b"v=0"), "SDP passes through");
+    bob.answer(&incoming, 180, false);
+    let ringing = alice.recv_response();
+    assert_eq!(ringing.status(), 180);
+    let bob_dialog = bob.answer(&incoming, 200, true);
+    let ok = alice.recv_response();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.body().starts_with(b"v=0"), "answer SDP relayed");
+    let mut alice_dialog = alice.dialog_from(&invite, &ok);
+    alice.in_dialog(&mut alice_dialog, "ACK", None);
+    let ack = bob.recv_request("ACK");
+    assert_eq!(ack.call_id(), incoming.call_id());
+    let _ = w;
+    (alice_dialog, bob_dialog)
+}
+
+/// `from` hangs up the dialog `d`; `to` answers the relayed BYE; `from` gets 200.
+pub fn hang_up(from: &mut Ua, d: &mut Dialog, to: &mut Ua) {
+    from.in_dialog(d, "BYE", None);
+    let bye = to.recv_request("BYE");
+    to.ok(&bye);
+    assert_eq!(from.recv_response().status(), 200);
 }

@@ -1,0 +1,414 @@
+//! Call records, metrics and operations against a real Warden process: calls over loopback
+//! leave exactly one closed record each, in SQLite and in a real PostgreSQL, through a
+//! kill -9, a graceful shutdown and a database outage; /metrics counts them.
+//!
+//! The PostgreSQL tests need `WARDEN_TEST_POSTGRES_URL` (a role that may create databases)
+//! and, for the outage, `WARDEN_TEST_POSTGRES_STOP` / `_START` (shell commands); without
+//! them they print why and pass, unless `WARDEN_REQUIRE_POSTGRES=1` (what .ci/run sets).
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::{Dialog, Ua, Warden, establish, hang_up};
+use warden::cdr::Record;
+use warden::cdr::store::{Filter, Store};
+
+fn get(url: &str) -> (u16, String) {
+    let response = reqwest::blocking::get(url).expect("admin API reachable");
+    let status = response.status().as_u16();
+    (status, response.text().unwrap_or_default())
+}
+
+/// The records Warden's admin API returns for `query`.
+fn cdrs(w: &Warden, query: &str) -> Vec<serde_json::Value> {
+    let (status, body) = get(&w.admin(&format!("/cdrs?{query}")));
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("JSON records")
+}
+
+/// Poll until `count` closed records are stored (they are written off the signalling path).
+fn closed_records(w: &Warden, count: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = cdrs(w, "open=false&limit=1000");
+        if records.len() >= count || Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// /metrics, parsed by a Prometheus text-format parser: the value of `name` with `label`.
+fn metric(w: &Warden, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    let (status, text) = get(&w.admin("/metrics"));
+    assert_eq!(status, 200, "{text}");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text format");
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+fn by_code(records: &[serde_json::Value], code: i64) -> Vec<&serde_json::Value> {
+    records.iter().filter(|r| r["final_code"] == code).collect()
+}
+
+/// Bob refuses alice's call with `code`.
+fn refused_call(alice: &mut Ua, bob: &mut Ua, code: u16) {
+    alice.invite("bob");
+    let incoming = bob.recv_request("INVITE");
+    bob.answer(&incoming, code, false);
+    bob.recv_request("ACK");
+    assert_eq!(alice.recv_response().status(), code);
+}
+
+/// Alice cancels while bob's phone rings.
+fn cancelled_call(alice: &mut Ua, bob: &mut Ua) {
+    let invite = alice.invite("bob");
+    let incoming = bob.recv_request("INVITE");
+    bob.answer(&incoming, 180, false);
+    assert_eq!(alice.recv_response().status(), 180);
+    alice.cancel(&invite);
+    let mut codes = [
+        alice.recv_response().status(),
+        alice.recv_response().status(),
+    ];
+    codes.sort();
+    assert_eq!(codes, [200, 487]);
+    let cancel = bob.recv_request("CANCEL");
+    bob.ok(&cancel);
+    bob.answer(&incoming, 487, false);
+    bob.recv_request("ACK");
+}
+
+/// Both parties get Warden's BYE and answer it.
+fn both_hear_bye(alice: &mut Ua, bob: &mut Ua) {
+    for ua in [alice, bob] {
+        let bye = ua.recv_request("BYE");
+        ua.ok(&bye);
+    }
+}
+
+#[test]
+fn every_call_leaves_one_record_metrics_count_them_and_ctl_operates_them() {
+    let w = Warden::start();
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let (mut ad, _) = establish(&w, &mut alice, &mut bob);
+    hang_up(&mut alice, &mut ad, &mut bob);
+    refused_call(&mut alice, &mut bob, 486);
+    cancelled_call(&mut alice, &mut bob);
+
+    // A live call, listed, then hung up by the operator.
+    establish(&w, &mut alice, &mut bob);
+    let (ok, text) = w.ctl(&["calls"]);
+    assert!(ok, "{text}");
+    let row = text.lines().nth(1).expect("one live call");
+    assert!(
+        row.contains("confirmed") && row.contains("alice") && row.contains("bob"),
+        "{text}"
+    );
+    let id = row.split_whitespace().next().unwrap().to_owned();
+    let (ok, text) = w.ctl(&["hangup", &id]);
+    assert!(ok, "{text}");
+    both_hear_bye(&mut alice, &mut bob);
+    let (ok, text) = w.ctl(&["hangup", "999"]);
+    assert!(!ok && text.contains("404"), "{text}");
+
+    let records = closed_records(&w, 4);
+    assert_eq!(records.len(), 4, "{records:#?}");
+    let answered = by_code(&records, 200);
+    assert_eq!(answered.len(), 2);
+    let reasons: HashSet<(&str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["hangup_side"].as_str().unwrap(),
+                r["end_reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let expected: HashSet<(&str, &str)> = [
+        ("caller", "normal"),
+        ("callee", "declined"),
+        ("caller", "cancelled"),
+        ("warden", "admin hangup"),
+    ]
+    .into();
+    assert_eq!(reasons, expected);
+    for r in &answered {
+        let (received, answered, ended) = (
+            r["received_ms"].as_i64().unwrap(),
+            r["answered_ms"].as_i64().unwrap(),
+            r["ended_ms"].as_i64().unwrap(),
+        );
+        assert!(received <= answered && answered <= ended, "{r}");
+        assert_eq!(r["duration_ms"].as_i64(), Some(ended - answered));
+        assert_eq!(
+            (r["a_codec"].as_str(), r["b_codec"].as_str()),
+            (Some("PCMU"), Some("PCMU"))
+        );
+        assert_eq!(r["transcoded"], false);
+        assert!(r["b_call_id"].as_str().is_some_and(|b| b != r["a_call_id"]));
+    }
+    let cancelled = by_code(&records, 487);
+    assert!(
+        cancelled[0]["ringing_ms"].is_i64(),
+        "it rang: {}",
+        cancelled[0]
+    );
+
+    // Filters and exports, through the API and ctl.
+    assert_eq!(cdrs(&w, "code=486").len(), 1);
+    assert_eq!(cdrs(&w, "caller=nobody").len(), 0);
+    let (ok, csv) = w.ctl(&["cdr", "--csv"]);
+    assert!(ok, "{csv}");
+    assert_eq!(csv.lines().count(), 5, "header and four records: {csv}");
+    assert!(csv.starts_with("id,rev,instance"), "{csv}");
+    let (ok, table) = w.ctl(&["cdr", "--code", "486"]);
+    assert!(
+        ok && table.lines().count() == 2 && table.contains("declined"),
+        "{table}"
+    );
+
+    // Metrics agree with the calls made.
+    assert_eq!(metric(&w, "warden_calls_total", None), Some(4.0));
+    assert_eq!(metric(&w, "warden_calls_answered_total", None), Some(2.0));
+    assert_eq!(metric(&w, "warden_calls_active", None), Some(0.0));
+    for (code, count) in [("200", 2.0), ("486", 1.0), ("487", 1.0)] {
+        let attempts = metric(&w, "warden_call_attempts_total", Some(("code", code)));
+        assert_eq!(attempts, Some(count), "code {code}");
+    }
+    assert_eq!(metric(&w, "warden_cdr_database_up", None), Some(1.0));
+    assert_eq!(metric(&w, "warden_cdr_queue_depth", None), Some(0.0));
+    assert_eq!(metric(&w, "warden_registrations", None), Some(1.0));
+    assert!(metric(&w, "warden_relay_rtp_packets_total", None).is_some());
+
+    let (ok, text) = w.ctl(&["registrations"]);
+    assert!(ok && text.contains("bob") && text.contains("UDP"), "{text}");
+    let (ok, text) = w.ctl(&["reload"]);
+    assert!(ok && text.contains("reloaded"), "{text}");
+    assert_eq!(get(&w.admin("/readyz")).0, 200);
+}
+
+#[test]
+fn a_crash_during_live_calls_leaves_exactly_one_closed_record_per_call() {
+    let mut w = Warden::start();
+    let mut bob = Ua::udp("bob", w.port);
+    let mut callers: Vec<(Ua, Dialog)> = Vec::new();
+    let mut call_ids = HashSet::new();
+    for n in 0..3 {
+        let mut alice = Ua::udp(&format!("alice{n}"), w.port);
+        let (ad, _) = establish(&w, &mut alice, &mut bob);
+        call_ids.insert(ad.call_id.clone());
+        callers.push((alice, ad));
+    }
+    let mut done = Ua::udp("done", w.port);
+    let (mut dd, _) = establish(&w, &mut done, &mut bob);
+    call_ids.insert(dd.call_id.clone());
+    hang_up(&mut done, &mut dd, &mut bob);
+    // Warden ends that call when bob's answer to its BYE arrives: wait for it.
+    assert_eq!(closed_records(&w, 1).len(), 1);
+
+    w.restart(); // SIGKILL, then start again on the same data
+    let records = closed_records(&w, 4);
+    assert!(cdrs(&w, "open=true").is_empty(), "no record left open");
+    assert_eq!(records.len(), 4, "{records:#?}");
+    let ids: HashSet<String> = records
+        .iter()
+        .map(|r| r["a_call_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, call_ids, "one record per call, none twice");
+    let recovered: Vec<_> = records
+        .iter()
+        .filter(|r| r["end_reason"] == "crash-recovered")
+        .collect();
+    assert_eq!(recovered.len(), 3);
+    assert!(recovered.iter().all(|r| r["answered_ms"].is_i64()));
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["end_reason"] == "normal")
+            .count(),
+        1
+    );
+}
+
+/// The records in the database at `url`, read directly (the server may be gone).
+fn stored(url: &str) -> Vec<Record> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = Store::new(url).unwrap();
+        let filter = Filter {
+            limit: Some(10_000),
+            ..Filter::default()
+        };
+        let records = store.query(&filter).await.expect("query the CDR database");
+        store.close().await;
+        records
+    })
+}
+
+#[test]
+fn sigterm_refuses_new_calls_lets_live_ones_run_then_ends_them_and_flushes() {
+    let mut w = Warden::start_with("[server]\nshutdown_grace_s = 2\nretry_after_s = 120\n");
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    establish(&w, &mut alice, &mut bob);
+    let url = format!("sqlite://{}", w.dir.join("cdr.sqlite").display());
+    let asked = Instant::now();
+    w.terminate();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut carol = Ua::udp("carol", w.port);
+    carol.invite("bob");
+    let refusal = loop {
+        let r = carol.recv_response();
+        if r.status() >= 200 {
+            break r;
+        }
+    };
+    assert_eq!(refusal.status(), 503);
+    assert_eq!(refusal.header("Retry-After").as_deref(), Some("120"));
+    both_hear_bye(&mut alice, &mut bob);
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1500),
+        "the live call had its grace time"
+    );
+    let status = w.wait_exit(Duration::from_secs(15)).expect("Warden exits");
+    assert!(status.success(), "{status:?}");
+    let records = stored(&url);
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let call = records.iter().find(|r| r.final_code == Some(200)).unwrap();
+    assert_eq!(call.end_reason.as_deref(), Some("shutdown"));
+    assert_eq!(call.hangup_side.as_deref(), Some("warden"));
+    let refused = records.iter().find(|r| r.final_code == Some(503)).unwrap();
+    assert_eq!(refused.caller, "carol");
+    assert_eq!(refused.end_reason.as_deref(), Some("shutdown"));
+    let journal = std::fs::metadata(w.dir.join("cdr.journal")).unwrap();
+    assert_eq!(journal.len(), 0, "everything stored, the journal emptied");
+}
+
+/// A fresh PostgreSQL database for one test, or None (with the reason printed) when the
+/// environment offers none.
+fn postgres_database(test: &str) -> Option<String> {
+    let Ok(admin_url) = std::env::var("WARDEN_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("WARDEN_REQUIRE_POSTGRES").is_err(),
+            "WARDEN_REQUIRE_POSTGRES is set but WARDEN_TEST_POSTGRES_URL is not"
+        );
+        println!("skipped {test}: set WARDEN_TEST_POSTGRES_URL to run it against PostgreSQL");
+        return None;
+    };
+    let name = format!("warden_test_{:08x}", rand::random::<u32>());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use sqlx::Executor;
+        let pool = sqlx::PgPool::connect(&admin_url)
+            .await
+            .expect("connect to WARDEN_TEST_POSTGRES_URL");
+        pool.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create a test database");
+        pool.close().await;
+    });
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.as_str(), |(b, _)| b);
+    Some(format!("{base}/{name}"))
+}
+
+fn shell(command_var: &str) {
+    let command = std::env::var(command_var)
+        .unwrap_or_else(|_| panic!("{command_var} must say how to do it"));
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .status()
+        .expect("run the command");
+    assert!(status.success(), "{command_var} ({command}) failed");
+}
+
+/// Calls alice makes to bob and hangs up; their Call-IDs.
+fn calls(w: &Warden, alice: &mut Ua, bob: &mut Ua, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|_| {
+            let (mut ad, _) = establish(w, alice, bob);
+            hang_up(alice, &mut ad, bob);
+            ad.call_id
+        })
+        .collect()
+}
+
+/// One test, so that stopping PostgreSQL cannot hit another test's calls.
+#[test]
+fn records_reach_postgresql_survive_a_crash_and_its_outage_none_lost_none_twice() {
+    let Some(url) = postgres_database("the PostgreSQL tests") else {
+        return;
+    };
+    let outage = std::env::var("WARDEN_TEST_POSTGRES_STOP").is_ok();
+    let mut w = Warden::start_with(&format!("[cdr]\nurl = \"{url}\"\n"));
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    // A crash with a live call: closed as crash-recovered, in PostgreSQL.
+    let (crashed, _) = establish(&w, &mut alice, &mut bob);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cdrs(&w, "open=true").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the open record reaches PostgreSQL"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.restart();
+    let records = closed_records(&w, 1);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["end_reason"], "crash-recovered");
+    assert_eq!(records[0]["a_call_id"], crashed.call_id.as_str());
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let mut made = vec![crashed.call_id];
+    made.extend(calls(&w, &mut alice, &mut bob, 2));
+    assert_eq!(closed_records(&w, 3).len(), 3);
+    if !outage {
+        println!("outage part skipped: WARDEN_TEST_POSTGRES_STOP/START not set");
+        return;
+    }
+    shell("WARDEN_TEST_POSTGRES_STOP");
+    // Calls go on while the database is away; their records wait in the journal.
+    made.extend(calls(&w, &mut alice, &mut bob, 5));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&w, "warden_cdr_database_up", None) != Some(0.0) {
+        assert!(Instant::now() < deadline, "the outage shows in /metrics");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(metric(&w, "warden_cdr_spool_bytes", None).unwrap_or(0.0) > 0.0);
+    assert!(metric(&w, "warden_cdr_queue_depth", None).unwrap_or(0.0) >= 5.0);
+    shell("WARDEN_TEST_POSTGRES_START");
+    let records = closed_records(&w, 8);
+    let ids: Vec<&str> = records
+        .iter()
+        .map(|r| r["a_call_id"].as_str().unwrap())
+        .collect();
+    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), 8, "every call's record arrived: {records:#?}");
+    assert_eq!(unique.len(), 8, "none twice");
+    assert_eq!(unique, made.iter().map(String::as_str).collect());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&w, "warden_cdr_queue_depth", None) != Some(0.0) {
+        assert!(Instant::now() < deadline, "the queue drains");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Straight from PostgreSQL: one row per call.
+    assert_eq!(stored(&url).len(), 8);
+}
