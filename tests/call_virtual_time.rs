@@ -685,3 +685,20 @@ fn shutting_down_refuses_new_calls_and_ends_live_ones_with_bye() {
         (Some("warden"), Some("shutdown"))
     );
 }
+
+#[test]
+fn records_of_calls_whose_byes_go_unanswered_are_closed_when_shutdown_gives_up() {
+    let mut h = Harness::new();
+    bridged_call(&mut h);
+    h.core.hang_up_all("shutdown", h.now);
+    h.sent();
+    assert!(
+        latest_records(&h)[0].end_reason.is_none(),
+        "open until the BYEs are answered"
+    );
+    h.core.close_records("shutdown");
+    h.sent();
+    let r = &latest_records(&h)[0];
+    assert_eq!(r.end_reason.as_deref(), Some("shutdown"));
+    assert_eq!(r.final_code, Some(200));
+}
