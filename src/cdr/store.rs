@@ -19,6 +19,8 @@ pub struct Store {
     pub kind: &'static str,
     /// The URL without its password, for logs.
     pub display: String,
+    /// Set once the migrations have run (by the writer or the first query).
+    migrated: std::sync::Arc<tokio::sync::OnceCell<()>>,
 }
 
 /// What a CDR query selects; every filter is optional.
@@ -105,15 +107,17 @@ impl Store {
             pool,
             kind,
             display: redact(&url),
+            migrated: Default::default(),
         })
     }
 
-    /// Create or update the table (run before the first write).
-    pub async fn migrate(&self) -> anyhow::Result<()> {
-        MIGRATOR
-            .run(&self.pool)
+    /// Create or update the table, once (the writer and the first query both ask).
+    pub async fn migrate(&self) -> sqlx::Result<()> {
+        self.migrated
+            .get_or_try_init(|| async { MIGRATOR.run(&self.pool).await })
             .await
-            .map_err(|e| anyhow::anyhow!("CDR database {}: {e}", self.display))
+            .map(|_| ())
+            .map_err(|e| sqlx::Error::Migrate(Box::new(e)))
     }
 
     /// Write records in one transaction; a version older than the stored one is ignored.
@@ -177,6 +181,7 @@ impl Store {
 
     /// Records matching `filter`, newest first.
     pub async fn query(&self, filter: &Filter) -> sqlx::Result<Vec<Record>> {
+        self.migrate().await?;
         let mut sql = String::from("SELECT * FROM cdrs WHERE 1 = 1");
         let mut n = 0;
         let mut clause = |sql: &mut String, text: &str| {
