@@ -84,6 +84,12 @@ pub struct SipConfig {
     pub tcp_idle_timeout_s: u64,
     /// Value of the Server / User-Agent header.
     pub user_agent: String,
+    /// Reason phrases for the responses Warden generates, by code, e.g.
+    /// `{ 486 = "Obsadené" }` (the standard phrase for codes not listed).
+    pub reason_phrases: std::collections::BTreeMap<String, String>,
+    /// Also put the configured phrase on responses relayed from a callee (default: a
+    /// relayed response keeps the callee's phrase).
+    pub rewrite_relayed_phrases: bool,
 }
 
 impl Default for SipConfig {
@@ -98,7 +104,19 @@ impl Default for SipConfig {
             max_headers: 128,
             tcp_idle_timeout_s: 600,
             user_agent: concat!("Warden/", env!("CARGO_PKG_VERSION")).into(),
+            reason_phrases: Default::default(),
+            rewrite_relayed_phrases: false,
         }
+    }
+}
+
+impl SipConfig {
+    /// The configured reason phrases by code (validation has refused bad entries).
+    pub fn phrases(&self) -> std::collections::HashMap<u16, String> {
+        self.reason_phrases
+            .iter()
+            .filter_map(|(code, text)| Some((code.parse().ok()?, text.clone())))
+            .collect()
     }
 }
 
@@ -523,6 +541,16 @@ impl Config {
             m.coalesce_us
         );
         anyhow::ensure!(self.sip.t1_ms > 0, "sip.t1_ms must be above 0");
+        for (code, text) in &self.sip.reason_phrases {
+            anyhow::ensure!(
+                code.parse::<u16>().is_ok_and(|c| (100..=699).contains(&c)),
+                "sip.reason_phrases: {code:?} is not a SIP status code (100-699)"
+            );
+            anyhow::ensure!(
+                !text.trim().is_empty() && !text.chars().any(char::is_control),
+                "sip.reason_phrases.{code}: the phrase must be non-empty text on one line"
+            );
+        }
         anyhow::ensure!(
             self.sip.t2_ms >= self.sip.t1_ms,
             "sip.t2_ms must be at least sip.t1_ms"
@@ -637,6 +665,10 @@ mod tests {
         assert!(msg.starts_with("w.toml:3:"), "{msg}");
         let err = Config::parse("[sip]\nlisten = [\"sctp:1.2.3.4:5\"]\n", "w.toml").unwrap_err();
         assert!(err.to_string().contains("unknown transport"), "{err}");
+        let err = Config::parse("[sip.reason_phrases]\n86 = \"x\"\n", "w.toml").unwrap_err();
+        assert!(err.to_string().contains("not a SIP status code"), "{err}");
+        let ok = Config::parse("[sip.reason_phrases]\n486 = \"Obsadené\"\n", "w.toml").unwrap();
+        assert_eq!(ok.sip.phrases()[&486], "Obsadené");
         let err = Config::parse("[log]\nformat = \"xml\"\n", "w.toml").unwrap_err();
         assert!(err.to_string().contains("log.format \"xml\""), "{err}");
     }

@@ -147,6 +147,8 @@ pub struct Core {
     boot: String,
     /// Shutting down: new calls get 503 with this Retry-After (seconds).
     draining: Option<u64>,
+    /// The operator's reason phrases by code (`sip.reason_phrases`).
+    phrases: HashMap<u16, String>,
     pub stats: Stats,
 }
 
@@ -161,6 +163,7 @@ impl Core {
     ) -> Core {
         let instance = config.server.instance_name();
         Core {
+            phrases: config.sip.phrases(),
             transcodable: config.media.transcodable(),
             trusted_scscf: config.ims.trusted(),
             next_attempt: 1,
@@ -337,7 +340,7 @@ impl Core {
                     tracing::info!(from = %from.addr, reason = %bad.reason, "refused malformed request");
                     if r.method() != Method::Ack && r.top_via().is_some() {
                         let mut resp =
-                            Response::to_request(&r, bad.status, reason_phrase(bad.status));
+                            Response::to_request(&r, bad.status, self.phrase(bad.status));
                         let _ = resp.push_header("Warning", &warning_value(&bad.reason));
                         let dest = response_destination(&r, &from);
                         self.out.push_back(Output::Send(dest, resp.to_bytes()));
@@ -384,6 +387,23 @@ impl Core {
             self.next_expiry_sweep = Some(now + Duration::from_secs(1));
         }
         self.drain(now, unix_s);
+    }
+
+    /// The reason phrase for `status` in responses Warden generates: the operator's, else
+    /// the standard one.
+    fn phrase(&self, status: u16) -> &str {
+        self.phrases
+            .get(&status)
+            .map_or_else(|| reason_phrase(status), String::as_str)
+    }
+
+    /// A relayed callee response keeps its phrase unless the operator asked for theirs.
+    fn relayed_phrase(&self, out: &mut Response) {
+        if self.config.sip.rewrite_relayed_phrases
+            && let Some(text) = self.phrases.get(&out.status())
+        {
+            out.set_reason(text);
+        }
     }
 
     fn set_wall_clock(&mut self, unix_ms: u64) -> u64 {
@@ -464,7 +484,7 @@ impl Core {
         warning: Option<&str>,
         now: Instant,
     ) {
-        let mut resp = Response::to_request(req, status, reason_phrase(status));
+        let mut resp = Response::to_request(req, status, self.phrase(status));
         if let Some(w) = warning {
             let _ = resp.push_header("Warning", &warning_value(w));
         }
@@ -674,7 +694,7 @@ impl Core {
             .unwrap_or_else(|| from_hdr.uri.to_string());
         if let Some(retry_after) = self.draining {
             tracing::info!(%caller, %callee, "shutting down; new call refused with 503");
-            let mut resp = Response::to_request(&req, 503, reason_phrase(503));
+            let mut resp = Response::to_request(&req, 503, self.phrase(503));
             resp.set_to_tag(&new_tag());
             let _ = resp.push_header("Retry-After", &retry_after.to_string());
             self.tx.respond(&key, resp, now);
@@ -825,7 +845,7 @@ impl Core {
             rule,
             ended_ms: Some(self.unix_ms as i64),
             final_code: Some(i64::from(status)),
-            final_reason: Some(reason_phrase(status).to_owned()),
+            final_reason: Some(self.phrase(status).to_owned()),
             hangup_side: Some("warden".into()),
             end_reason: Some(why.to_owned()),
             ..self.new_record(req, from)
@@ -1000,7 +1020,7 @@ impl Core {
                 Action::Reject { status, reason } => {
                     let reason = reason
                         .map(|r| r.render(&values))
-                        .unwrap_or_else(|| reason_phrase(status).to_owned());
+                        .unwrap_or_else(|| self.phrase(status).to_owned());
                     call.program = None;
                     call.reject_headers.clear(); // the plan's own refusal, not a callee's
                     if call.answered_by_warden {
@@ -1246,8 +1266,10 @@ impl Core {
                 call.state = State::Done;
                 return;
             }
-            _ => reason_phrase(status),
-        };
+            _ => self.phrase(status),
+        }
+        .to_owned();
+        let reason = reason.as_str();
         call.reject_headers.clear();
         if verdict.answer == Answer::NetworkBlocked {
             // ATIS-1000099: who blocked and how to ask for redress.
@@ -1306,7 +1328,7 @@ impl Core {
         let (status, reason) = call
             .best_failure
             .clone()
-            .unwrap_or((404, reason_phrase(404).to_owned()));
+            .unwrap_or((404, self.phrase(404).to_owned()));
         if self.announce(call, status, &reason, now) {
             return;
         }
@@ -1348,8 +1370,8 @@ impl Core {
     fn redirect(&mut self, call: &mut Call, contacts: &[String], now: Instant) {
         tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, targets = ?contacts, "call redirected");
         call.note_end("warden", "redirected");
-        call.set_final(302, reason_phrase(302));
-        let mut out = self.caller_response(call, 302, reason_phrase(302), None);
+        call.set_final(302, self.phrase(302));
+        let mut out = self.caller_response(call, 302, self.phrase(302), None);
         for contact in contacts {
             let _ = out.push_header("Contact", &format!("<{contact}>"));
         }
@@ -1440,7 +1462,7 @@ impl Core {
                     status,
                     "bridge target not reachable"
                 );
-                call.note_failure(status, reason_phrase(status));
+                call.note_failure(status, self.phrase(status));
             }
             return Ok(bindings);
         }
@@ -1472,7 +1494,7 @@ impl Core {
         if let Some(a) = current {
             a.pending_lookups = a.pending_lookups.saturating_sub(1);
             if found.is_empty() {
-                call.note_failure(404, reason_phrase(404));
+                call.note_failure(404, self.phrase(404));
             }
             for (contact, dest) in found {
                 self.add_branch(&mut call, &contact, dest, now);
@@ -1640,7 +1662,7 @@ impl Core {
     /// Give up the attempt: answer the caller's INVITE with `status`, CANCEL every branch
     /// still pending.
     fn abandon(&mut self, call: &mut Call, status: u16, now: Instant) {
-        call.set_final(status, reason_phrase(status));
+        call.set_final(status, self.phrase(status));
         let (tag, invite) = (call.a.local_tag.clone(), call.a_invite.clone());
         self.respond(&call.a_invite_tx.clone(), &invite, status, Some(&tag), now);
         call.abandoned = true;
@@ -2040,7 +2062,11 @@ impl Core {
                         .map(|v| (name.to_string(), v))
                 })
                 .collect();
-            call.note_failure_with(status, &resp.reason(), explains);
+            let reason = match self.phrases.get(&status) {
+                Some(text) if self.config.sip.rewrite_relayed_phrases => text.clone(),
+                _ => resp.reason(),
+            };
+            call.note_failure_with(status, &reason, explains);
             self.end_if_every_branch_failed(&mut call, now);
         }
         self.schedule(&call);
@@ -2050,6 +2076,7 @@ impl Core {
     /// Relay a callee response to the caller's INVITE; returns the bytes for a 2xx.
     fn relay_to_a(&mut self, call: &mut Call, resp: &Response, now: Instant) -> Option<Bytes> {
         let mut out = Response::relay(&call.a_invite, resp);
+        self.relayed_phrase(&mut out);
         out.set_to_tag(&call.a.local_tag);
         // A dialog-creating response echoes the request's Record-Route (RFC 3261 12.1.1).
         for rr in call.a_invite.headers("Record-Route") {
@@ -2109,7 +2136,7 @@ impl Core {
             let (status, reason) = call
                 .best_failure
                 .clone()
-                .unwrap_or((480, reason_phrase(480).to_owned()));
+                .unwrap_or((480, self.phrase(480).to_owned()));
             if self.announce(call, status, &reason, now) {
                 return; // the failure follows when the announcement ends
             }
@@ -2410,6 +2437,7 @@ impl Core {
         }
         if let Some(req) = self.tx.server_request(&server) {
             let mut out = Response::relay(&req, &resp);
+            self.relayed_phrase(&mut out);
             if let Some(leg) = call.leg_mut(from) {
                 let tag = leg.local_tag.clone();
                 out.set_to_tag(&tag);
@@ -2613,7 +2641,7 @@ impl Core {
                     for i in first..call.branches.len() {
                         self.cancel_branch(&mut call, i, now);
                     }
-                    call.note_failure(408, reason_phrase(408));
+                    call.note_failure(408, self.phrase(408));
                     self.bridge_failed(&mut call, now);
                 }
                 None => {

@@ -702,3 +702,23 @@ fn records_of_calls_whose_byes_go_unanswered_are_closed_when_shutdown_gives_up()
     assert_eq!(r.end_reason.as_deref(), Some("shutdown"));
     assert_eq!(r.final_code, Some(200));
 }
+
+#[test]
+fn relayed_responses_take_the_operators_phrase_only_when_asked() {
+    let mut config = Config::default();
+    config
+        .sip
+        .reason_phrases
+        .insert("486".into(), "Obsadené".into());
+    config.sip.rewrite_relayed_phrases = true;
+    let mut h = Harness::with_config(config);
+    h.invite();
+    let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    h.send(Message::Response(callee_answer(&b_invite, 486)), BOB);
+    let out = h.sent();
+    let busy = responses_to(&out, ALICE)
+        .into_iter()
+        .find(|r| r.status() == 486)
+        .unwrap();
+    assert_eq!(busy.reason(), "Obsadené");
+}

@@ -455,3 +455,36 @@ fn enum_routes_a_number_to_the_uri_its_naptr_record_gives() {
     bob.answer(&invite, 200, true);
     assert_eq!(final_response(&mut alice).status(), 200);
 }
+
+#[test]
+fn generated_responses_carry_the_operators_localized_reason_phrases() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("plan.toml");
+    let plan = "[[rule]]\nname = \"busy\"\nwhen = { ruri_user = '^busy$' }\ndo = [{ reject = 486 }]\n\n\
+                [[rule]]\nname = \"bob\"\nwhen = { ruri_user = '^bob$' }\ndo = [{ bridge = \"user:bob\" }]\n";
+    std::fs::write(&path, plan).expect("write plan");
+    let w = Warden::start_with(&format!(
+        "[dialplan]\nfile = \"{}\"\n[sip.reason_phrases]\n486 = \"Obsadené\"\n404 = \"Nenájdené\"\n",
+        path.display()
+    ));
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    alice.invite("busy");
+    let busy = final_response(&mut alice);
+    assert_eq!((busy.status(), busy.reason().as_str()), (486, "Obsadené"));
+    alice.invite("nobody");
+    let missing = final_response(&mut alice);
+    assert_eq!(
+        (missing.status(), missing.reason().as_str()),
+        (404, "Nenájdené")
+    );
+    // A callee's own 486 keeps the callee's phrase (sip.rewrite_relayed_phrases is off).
+    bob.register(600);
+    alice.invite("bob");
+    let incoming = bob.recv_request("INVITE");
+    bob.answer(&incoming, 486, false);
+    let relayed = final_response(&mut alice);
+    assert_eq!(
+        (relayed.status(), relayed.reason().as_str()),
+        (486, "Failure")
+    );
+}

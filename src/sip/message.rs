@@ -731,6 +731,12 @@ impl Response {
         Response(response)
     }
 
+    /// Replace the reason phrase (control characters dropped).
+    pub fn set_reason(&mut self, reason: &str) {
+        let clean: String = reason.chars().filter(|c| !c.is_control()).collect();
+        self.0.reason = Bytes::from(clean);
+    }
+
     /// A response copying the status, reason, body and chosen headers of `other`, addressed
     /// to `request` (how a B2BUA relays the far leg's answer).
     pub fn relay(request: &Request, other: &Response) -> Response {
