@@ -30,3 +30,12 @@ for d in 0:zero 1:one 2:two 3:three 4:four 5:five 6:six 7:seven 8:eight 9:nine; 
     silence 1 0.02 1% reverse silence 1 0.02 1% reverse norm -3 pad 0.1 0.15
   printf '%-20s %5.2f s  %s\n' "$name.wav" "$(soxi -D "$here/$name.wav")" "${d#*:}"
 done
+
+# Music on hold: a calm plucked arpeggio synthesised by sox (no recording, nothing to
+# license), 8 s at -6 dBFS; Warden loops it for as long as the call is on hold.
+notes=(C4 E4 G4 C5 G4 E4 A3 C4 E4 A4 E4 C4 F3 A3 C4 F4)
+for i in "${!notes[@]}"; do
+  sox -n -r 16000 -c 1 -b 16 "$tmp/note$(printf %02d "$i").wav" synth 0.5 pluck "${notes[$i]}" fade 0 0.5 0.1
+done
+sox "$tmp"/note*.wav "$here/hold_music.wav" norm -6
+printf '%-20s %5.2f s  %s\n' "hold_music.wav" "$(soxi -D "$here/hold_music.wav")" "(music: plucked arpeggio, sox synth)"

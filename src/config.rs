@@ -275,6 +275,9 @@ pub struct MediaConfig {
     pub prompts_dir: Option<PathBuf>,
     /// End a bridged call after this long without RTP from either side (not while on hold).
     pub rtp_timeout_s: u64,
+    /// The prompt a party hears, looped, while the other holds the call (a dialplan route's
+    /// `hold_music` overrides it); "" plays nothing.
+    pub hold_music: String,
 }
 
 impl Default for MediaConfig {
@@ -296,6 +299,7 @@ impl Default for MediaConfig {
             opus_complexity: codec::DEFAULT_OPUS_COMPLEXITY,
             prompts_dir: None,
             rtp_timeout_s: 60,
+            hold_music: "hold_music".into(),
         }
     }
 }

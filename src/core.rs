@@ -797,6 +797,7 @@ impl Core {
             reject_headers: Vec::new(),
             challenge: None,
             verstat: None,
+            hold_music: None,
             program: Some(program),
             tags: Vec::new(),
             b_headers: Vec::new(),
@@ -990,6 +991,7 @@ impl Core {
             let values = program.values.clone();
             match action {
                 Action::Tag(tag) => call.tags.push(tag.render(&values)),
+                Action::HoldMusic(name) => call.hold_music = Some(name),
                 Action::Set(name, value) => {
                     let value = value.render(&values);
                     if let Some(p) = call.program.as_mut() {
@@ -1854,6 +1856,7 @@ impl Core {
         } else {
             Role::Answer
         };
+        let was_holding = call.media.holding(from);
         let body = match self.anchor(
             &mut call.media,
             from,
@@ -1867,6 +1870,9 @@ impl Core {
                 return;
             }
         };
+        if role == Role::Offer && call.media.holding(from) != was_holding {
+            self.hold_music(call, from.other(), !was_holding);
+        }
         out.set_body(body, content_type.as_deref());
         if let Some(client) =
             self.send_in_dialog(out, dest, ClientPurpose::Relay { call: call.id }, now)
@@ -2249,6 +2255,42 @@ impl Core {
         // Should the relay never report the end, the call still goes on.
         call.ring_until = Some(now + Duration::from_secs(seconds + 3));
         true
+    }
+
+    /// One party put the call on hold (`on`) or took it off: `listener`, the other party,
+    /// hears the route's music on hold, looped, until then (its own party's packets toward
+    /// it are held back meanwhile by the relay).
+    fn hold_music(&mut self, call: &mut Call, listener: Side, on: bool) {
+        let Some((stream, codec, payload_type)) = call.media.receiving(listener) else {
+            return;
+        };
+        if !on {
+            self.media.stop_playing(stream, media_side(listener));
+            tracing::info!(
+                call = call.id,
+                held = listener.name(),
+                "call resumed; music on hold stops"
+            );
+            return;
+        }
+        let name = call
+            .hold_music
+            .clone()
+            .unwrap_or_else(|| self.config.media.hold_music.clone());
+        if name.is_empty() {
+            return;
+        }
+        let Some(prompt) = self.prompts.sequence(&[&name], codec) else {
+            tracing::warn!(call = call.id, prompt = %name, "no such prompt for music on hold");
+            return;
+        };
+        let how = Playback {
+            payload_type,
+            repeat: u32::MAX,
+            stop_on_dtmf: false,
+        };
+        self.media.play(stream, media_side(listener), prompt, how);
+        tracing::info!(call = call.id, held = listener.name(), prompt = %name, codec = codec.name, "call on hold; playing music on hold");
     }
 
     /// The announcement is over (played out, or its deadline passed): send the failure, or

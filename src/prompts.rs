@@ -6,7 +6,7 @@ use warden_media::prompt::Prompts;
 use crate::config::Config;
 
 /// (name, file) of every prompt in `prompts/`; see prompts/README.md for how each was made.
-const BUILT_IN: [(&str, &[u8]); 17] = [
+const BUILT_IN: [(&str, &[u8]); 18] = [
     (
         "call_blocked",
         include_bytes!("../prompts/call_blocked.wav"),
@@ -39,6 +39,7 @@ const BUILT_IN: [(&str, &[u8]); 17] = [
     ("digit_7", include_bytes!("../prompts/digit_7.wav")),
     ("digit_8", include_bytes!("../prompts/digit_8.wav")),
     ("digit_9", include_bytes!("../prompts/digit_9.wav")),
+    ("hold_music", include_bytes!("../prompts/hold_music.wav")),
 ];
 
 /// The built-in prompts, then `media.prompts_dir`'s; a file that cannot be decoded refuses

@@ -104,6 +104,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = media_tx.send(event);
     }));
     let prompts = crate::prompts::load(&config)?;
+    let hold = &config.media.hold_music;
+    anyhow::ensure!(
+        hold.is_empty() || prompts.contains(hold),
+        "media.hold_music {hold:?}: no such prompt (built in, or in media.prompts_dir)"
+    );
     let (usage, lists) = crate::screening::store::load(&pool, unix_now()).await?;
     let engine = crate::screening::Engine::new(
         &config.screening,

@@ -120,6 +120,12 @@ fn assert_anchored(body: &[u8], range: (u16, u16)) -> Vec<u16> {
         .collect()
 }
 
+/// Mean magnitude of G.711 u-law samples (0 for digital silence, up to 127).
+fn ulaw_level(payload: &[u8]) -> f64 {
+    let sum: u32 = payload.iter().map(|b| u32::from(0x7f - (b & 0x7f))).sum();
+    f64::from(sum) / payload.len().max(1) as f64
+}
+
 fn rtp(seq: u16, pt: u8, ssrc: u32, len: usize) -> Vec<u8> {
     let mut p = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     p[2..4].copy_from_slice(&seq.to_be_bytes());
@@ -264,7 +270,7 @@ fn video_and_audio_in_one_call_and_a_rejected_stream_stays_rejected() {
 }
 
 #[test]
-fn hold_and_resume_by_reinvite_reanchor_without_dropping_the_call() {
+fn hold_plays_music_to_the_held_party_and_resume_reanchors_without_dropping_the_call() {
     let (w, range) = warden(10, "");
     let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
     let (am, bm) = (Media::new(), Media::new());
@@ -295,6 +301,29 @@ fn hold_and_resume_by_reinvite_reanchor_without_dropping_the_call() {
     alice.in_dialog(&mut ad, "ACK", None);
     bob.recv_request("ACK");
 
+    // Bob, held, hears music on hold from Warden's port, in his codec (PCMU), with audio
+    // energy; nothing alice sends reaches him meanwhile.
+    for seq in 0..5 {
+        am.rtp
+            .send_to(&rtp(seq, 0, 7777, 160), warden_at(a_side))
+            .expect("send");
+    }
+    let mut levels = Vec::new();
+    for _ in 0..25 {
+        let (packet, source) = recv(&bm.rtp);
+        assert_ne!(
+            packet[8..12],
+            7777u32.to_be_bytes(),
+            "alice's packets held back"
+        );
+        assert_eq!(source, warden_at(b_side), "music from Warden's port");
+        assert_eq!(packet[1] & 0x7f, 0, "in bob's payload type");
+        levels.push(ulaw_level(&packet[12..]));
+    }
+    let loudest = levels.iter().cloned().fold(0.0, f64::max);
+    assert!(loudest > 20.0, "music, not silence: {levels:?}");
+    let music_ssrc = recv(&bm.rtp).0[8..12].to_vec();
+
     // Resume, with alice's media moved to a new port: Warden follows the new address.
     let moved = Media::new();
     alice.in_dialog(
@@ -308,6 +337,22 @@ fn hold_and_resume_by_reinvite_reanchor_without_dropping_the_call() {
     assert_eq!(alice.recv_response().status(), 200);
     alice.in_dialog(&mut ad, "ACK", None);
     bob.recv_request("ACK");
+    // The music stops: what is still in flight drains, then nothing more comes.
+    bm.rtp
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut buf = [0u8; 2048];
+    while let Ok((n, _)) = bm.rtp.recv_from(&mut buf) {
+        assert_eq!(
+            buf[8..12].to_vec(),
+            music_ssrc,
+            "only the music's last packets"
+        );
+        assert!(n > 12);
+    }
+    bm.rtp
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
     stream(&bm.rtp, b_side, &moved.rtp, a_side, 8, 10);
     stream(&moved.rtp, a_side, &bm.rtp, b_side, 9, 10);
 }

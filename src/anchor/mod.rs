@@ -275,12 +275,7 @@ impl MediaSession {
     /// Each party's audio codec on the first audio stream, and whether Warden transcodes
     /// between them (for the call record); None until an answer settled them.
     pub fn codecs(&self) -> Option<(String, String, bool)> {
-        let index = self
-            .described
-            .iter()
-            .filter(|(_, lines)| lines.iter().flatten().any(|m| m.kind == "audio"))
-            .map(|(i, _)| *i)
-            .min()?;
+        let index = self.first_audio()?;
         let lines = self.described.get(&index)?;
         let name = |side: usize, pt: Option<u8>| {
             let line = lines[side].as_ref()?;
@@ -302,6 +297,54 @@ impl MediaSession {
         let (offerer, _) = self.offers.get(&index)?;
         let chosen = name(index_of(offerer.other()), None)?;
         Some((chosen.clone(), chosen, false))
+    }
+
+    /// The first m= line either side described as audio.
+    fn first_audio(&self) -> Option<usize> {
+        self.described
+            .iter()
+            .filter(|(_, lines)| lines.iter().flatten().any(|m| m.kind == "audio"))
+            .map(|(i, _)| *i)
+            .min()
+    }
+
+    /// Did `side`'s last description put its media on hold?
+    pub fn holding(&self, side: Side) -> bool {
+        self.holding[index_of(side)]
+    }
+
+    /// What `side` receives on the first audio stream, to play it something (music on
+    /// hold): the stream, the codec and the payload type that side knows it by.
+    pub fn receiving(&self, side: Side) -> Option<(StreamId, &'static Codec, u8)> {
+        let index = self.first_audio()?;
+        let stream = self.streams.get(index).copied().flatten()?;
+        let lines = self.described.get(&index)?;
+        let line = lines[index_of(side)].as_ref()?;
+        let payload_type = match self.transcoding.get(&index) {
+            Some(&(a, b, _, _)) => match side {
+                Side::A => a,
+                Side::B => b,
+            },
+            None => {
+                // Relayed: the answer's first codec, as this side numbers it.
+                let (offerer, _) = self.offers.get(&index)?;
+                let answer = lines[index_of(offerer.other())].as_ref()?;
+                let chosen = answer
+                    .formats
+                    .iter()
+                    .find(|f| !matches!(f.name.as_str(), "TELEPHONE-EVENT" | "CN"))?;
+                line.formats
+                    .iter()
+                    .find(|f| f.name == chosen.name && f.clock == chosen.clock)?
+                    .payload_type
+            }
+        };
+        let format = line
+            .formats
+            .iter()
+            .find(|f| f.payload_type == payload_type)?;
+        let codec = warden_media::codec::by_name(&format.name, format.clock)?;
+        Some((stream, codec, payload_type))
     }
 
     pub fn has_streams(&self) -> bool {

@@ -179,6 +179,8 @@ pub struct Call {
     pub challenge: Option<String>,
     /// STIR's verdict on the caller's identity, added to the callee's From and PAI.
     pub verstat: Option<&'static str>,
+    /// The route's music on hold, when it chose one (else `media.hold_music`).
+    pub hold_music: Option<String>,
 }
 
 /// What happens when an announcement to the caller ends.

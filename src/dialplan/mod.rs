@@ -125,6 +125,8 @@ pub enum Action {
     RemoveHeader(String),
     Tag(Template),
     Set(String, Template),
+    /// The prompt the caller or callee hears while the other holds this call ("" none).
+    HoldMusic(String),
 }
 
 /// Parse an address or CIDR (for config lists of trusted peers).

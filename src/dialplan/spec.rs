@@ -101,6 +101,7 @@ struct ActionSpec {
     set: Option<String>,
     codecs: Option<OneOrMany>,
     answer: Option<bool>,
+    hold_music: Option<String>,
 }
 
 /// Line (1-based) of a byte offset.
@@ -348,11 +349,12 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
         ("set", spec.set.is_some()),
         ("codecs", spec.codecs.is_some()),
         ("answer", spec.answer == Some(true)),
+        ("hold_music", spec.hold_music.is_some()),
     ];
     let present: Vec<&str> = kinds.iter().filter(|(_, p)| *p).map(|(k, _)| *k).collect();
     let kind = match present.as_slice() {
         [one] => *one,
-        [] => return Err("an action needs one of: bridge, screen, play, menu, reject, redirect, set_header, remove_header, tag, set, codecs, answer = true".into()),
+        [] => return Err("an action needs one of: bridge, screen, play, menu, reject, redirect, set_header, remove_header, tag, set, codecs, hold_music, answer = true".into()),
         many => return Err(format!("one action per table, found {}", many.join(" and "))),
     };
     let options = [
@@ -444,6 +446,7 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
             Action::RemoveHeader(name)
         }
         "answer" => Action::Answer,
+        "hold_music" => Action::HoldMusic(spec.hold_music.clone().unwrap_or_default()),
         "tag" => Action::Tag(template("tag", spec.tag.as_deref().unwrap_or_default())?),
         "codecs" => {
             let list = spec
