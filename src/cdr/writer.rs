@@ -43,106 +43,108 @@ pub struct Writer {
     pub batch: usize,
 }
 
+/// How one turn of the writer went.
+enum Turn {
+    /// Records were stored: go on at once.
+    Stored,
+    /// Nothing to store: wait for the loop's next append.
+    CaughtUp,
+    /// Something failed (and was said): wait, then try again.
+    Failed,
+}
+
 impl Writer {
     pub async fn run(mut self) {
-        let mut migrated = false;
         let mut delay = Duration::from_millis(200);
         loop {
             let stopping = *self.stop.borrow();
-            if !migrated {
-                match self.store.migrate().await {
-                    Ok(()) => migrated = true,
-                    Err(e) => {
-                        self.failed(&e.to_string(), "cannot prepare the CDR database");
-                        if stopping || self.pause(&mut delay).await {
-                            return;
-                        }
-                        continue;
+            match self.turn().await {
+                Turn::Stored => delay = Duration::from_millis(200),
+                Turn::CaughtUp if stopping => return,
+                Turn::CaughtUp => {
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = self.stop.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
-            }
-            let (records, next) = match self.reader.read(self.batch) {
-                Ok(read) => read,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the CDR journal");
-                    if stopping || self.pause(&mut delay).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if records.is_empty() {
-                // Caught up: everything journalled by earlier runs is stored, so records
-                // they left open can be closed now without a late replay reopening them.
-                if !self.status.recovered.load(Ordering::Relaxed) {
-                    match self
-                        .store
-                        .recover(&self.instance, &self.boot, now_ms())
-                        .await
-                    {
-                        Ok(n) => {
-                            if n > 0 {
-                                tracing::warn!(
-                                    records = n,
-                                    "closed call records a crash left open (end reason crash-recovered)"
-                                );
-                            }
-                            self.status.recovered.store(true, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            self.failed(&e.to_string(), "cannot close records a crash left open");
-                            if stopping || self.pause(&mut delay).await {
-                                return;
-                            }
-                            continue;
-                        }
-                    }
-                }
-                if let Err(e) = self.reader.truncate_if_done() {
-                    tracing::warn!(error = %e, "cannot empty the CDR journal");
-                }
-                self.status
-                    .backlog_bytes
-                    .store(self.reader.backlog(), Ordering::Relaxed);
-                if stopping {
-                    return;
-                }
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = self.stop.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                continue;
-            }
-            match self.store.upsert(&records).await {
-                Ok(()) => {
-                    if !self.status.database_up.swap(true, Ordering::Relaxed) {
-                        tracing::info!(db = %self.store.display, "CDR database reachable; storing records");
-                    }
-                    delay = Duration::from_millis(200);
-                    self.reader.commit(next);
-                    self.status
-                        .written
-                        .fetch_add(records.len() as u64, Ordering::Relaxed);
-                    let ours = records.iter().filter(|r| r.boot == self.boot).count();
-                    self.status
-                        .written_this_run
-                        .fetch_add(ours as u64, Ordering::Relaxed);
-                    self.status
-                        .backlog_bytes
-                        .store(self.reader.backlog(), Ordering::Relaxed);
-                }
-                Err(e) => {
-                    self.failed(
-                        &e.to_string(),
-                        "cannot store call records; they wait in the journal",
-                    );
+                Turn::Failed => {
                     if stopping || self.pause(&mut delay).await {
                         return;
                     }
                 }
             }
         }
+    }
+
+    /// Store the next batch from the journal; once caught up, close what a crash left
+    /// open (once) and empty the journal.
+    async fn turn(&mut self) -> Turn {
+        if let Err(e) = self.store.migrate().await {
+            self.failed(&e.to_string(), "cannot prepare the CDR database");
+            return Turn::Failed;
+        }
+        let (records, next) = match self.reader.read(self.batch) {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the CDR journal");
+                return Turn::Failed;
+            }
+        };
+        if records.is_empty() {
+            // Caught up: everything journalled by earlier runs is stored, so records they
+            // left open can be closed now without a late replay reopening them.
+            if !self.status.recovered.load(Ordering::Relaxed) {
+                match self
+                    .store
+                    .recover(&self.instance, &self.boot, now_ms())
+                    .await
+                {
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::warn!(
+                                records = n,
+                                "closed call records a crash left open (end reason crash-recovered)"
+                            );
+                        }
+                        self.status.recovered.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        self.failed(&e.to_string(), "cannot close records a crash left open");
+                        return Turn::Failed;
+                    }
+                }
+            }
+            if let Err(e) = self.reader.truncate_if_done() {
+                tracing::warn!(error = %e, "cannot empty the CDR journal");
+            }
+            self.status
+                .backlog_bytes
+                .store(self.reader.backlog(), Ordering::Relaxed);
+            return Turn::CaughtUp;
+        }
+        if let Err(e) = self.store.upsert(&records).await {
+            self.failed(
+                &e.to_string(),
+                "cannot store call records; they wait in the journal",
+            );
+            return Turn::Failed;
+        }
+        if !self.status.database_up.swap(true, Ordering::Relaxed) {
+            tracing::info!(db = %self.store.display, "CDR database reachable; storing records");
+        }
+        self.reader.commit(next);
+        self.status
+            .written
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        let ours = records.iter().filter(|r| r.boot == self.boot).count();
+        self.status
+            .written_this_run
+            .fetch_add(ours as u64, Ordering::Relaxed);
+        self.status
+            .backlog_bytes
+            .store(self.reader.backlog(), Ordering::Relaxed);
+        Turn::Stored
     }
 
     fn failed(&self, error: &str, what: &str) {
