@@ -236,14 +236,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         }
                     }
                     Command::Registrations => Ok(registrations(&core)),
-                    Command::Reload => match load_dialplan(&reload_config) {
-                        Ok(plan) => {
-                            let answer = serde_json::json!({"reloaded": plan.origin.to_string(), "rules": plan.rules.len()});
-                            core.set_dialplan(plan);
-                            Ok(answer)
-                        }
-                        Err(e) => Err(format!("dialplan {e}; the previous plan stays active\n")),
-                    },
+                    Command::Reload => reload_dialplan(&mut core, &reload_config)
+                        .map_err(|e| format!("{e}\n")),
                     Command::Metrics => {
                         let snapshot = metrics_snapshot(&core, &screening.engine, &cdr_status, journalled, &started_samples, drain_until.is_some());
                         Ok(serde_json::to_value(snapshot).unwrap_or_default())
@@ -252,10 +246,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 let _ = reply.send(answer);
             }
             _ = reload.recv() => {
-                // A bad file leaves the running plan in place.
-                match load_dialplan(&reload_config) {
-                    Ok(plan) => core.set_dialplan(plan),
-                    Err(e) => tracing::error!(error = %e, "dialplan reload refused; the previous plan stays active"),
+                if let Err(e) = reload_dialplan(&mut core, &reload_config) {
+                    tracing::error!(error = %e, "dialplan reload refused");
                 }
             }
             _ = &mut shutdown => {
@@ -427,6 +419,17 @@ fn handle(core: &mut Core, transmitter: &mut transport::Transmitter, event: Inbo
         Inbound::ConnOpened(id, addr, tx) => transmitter.on_opened(id, addr, tx),
         Inbound::ConnClosed(id) => transmitter.on_closed(id),
     }
+}
+
+/// Reload the dialplan (SIGHUP, the admin API): a bad file leaves the running plan in
+/// place and says why.
+fn reload_dialplan(core: &mut Core, config: &Config) -> Result<serde_json::Value, String> {
+    let plan = load_dialplan(config)
+        .map_err(|e| format!("dialplan {e}; the previous plan stays active"))?;
+    let answer =
+        serde_json::json!({"reloaded": plan.origin.to_string(), "rules": plan.rules.len()});
+    core.set_dialplan(plan);
+    Ok(answer)
 }
 
 /// The registered contacts, for the admin API.
