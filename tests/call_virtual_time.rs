@@ -319,19 +319,7 @@ fn record_route_is_echoed_and_becomes_the_callers_route_set() {
         "<sip:proxy2.example;lr>, <sip:proxy1.example;lr>"
     );
     // Bob hangs up: the BYE toward alice follows her route set, in order.
-    let bye = format!(
-        "BYE sip:warden@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch=z9hG4bKbye;rport\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:bob@127.0.0.1>;tag=bt\r\nTo: {};tag={}\r\n\
-         Call-ID: {}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
-        b_invite
-            .header("From")
-            .unwrap()
-            .split(";tag=")
-            .next()
-            .unwrap(),
-        b_invite.from_tag().unwrap(),
-        b_invite.call_id().unwrap()
-    );
+    let bye = bye_from_bob(&b_invite, "z9hG4bKbye", 2);
     h.input(&bye, BOB);
     let out = h.sent();
     let bye_to_alice = requests_to(&out, ALICE, "BYE")[0];
@@ -362,6 +350,19 @@ fn bye_on_the_callers_early_dialog_ends_the_attempt_like_cancel() {
     codes.sort();
     assert_eq!(codes, vec![200, 487]);
     assert_eq!(requests_to(&out, BOB, "CANCEL").len(), 1);
+}
+
+/// Bob's BYE in the dialog Warden's INVITE `b_invite` opened (To tag `bt`).
+fn bye_from_bob(b_invite: &Request, branch: &str, cseq: u32) -> String {
+    let from = b_invite.header("From").unwrap();
+    format!(
+        "BYE sip:warden@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch={branch};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@127.0.0.1>;tag=bt\r\nTo: {};tag={}\r\n\
+         Call-ID: {}\r\nCSeq: {cseq} BYE\r\nContent-Length: 0\r\n\r\n",
+        from.split(";tag=").next().unwrap(),
+        b_invite.from_tag().unwrap(),
+        b_invite.call_id().unwrap()
+    )
 }
 
 /// Alice ACKs the 2xx Warden relayed to her.
@@ -554,19 +555,7 @@ fn a_bridged_call_leaves_one_record_from_start_to_the_callees_bye() {
     assert_eq!((started.rev, started.end_reason.as_deref()), (1, None));
     assert_eq!(started.received_ms, UNIX_START_MS as i64);
     h.advance(Duration::from_secs(42));
-    let bye = format!(
-        "BYE sip:warden@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch=z9hG4bKbb;rport\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:bob@127.0.0.1>;tag=bt\r\nTo: {};tag={}\r\n\
-         Call-ID: {}\r\nCSeq: 9 BYE\r\nContent-Length: 0\r\n\r\n",
-        b_invite
-            .header("From")
-            .unwrap()
-            .split(";tag=")
-            .next()
-            .unwrap(),
-        b_invite.from().unwrap().tag().unwrap(),
-        b_invite.call_id().unwrap()
-    );
+    let bye = bye_from_bob(&b_invite, "z9hG4bKbb", 9);
     h.input(&bye, BOB);
     let bye_to_alice = requests_to(&h.sent(), ALICE, "BYE")[0].clone();
     let mut ok = Response::to_request(&bye_to_alice, 200, "OK");
