@@ -271,6 +271,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             // The BYEs' answers, or their timeouts, close the calls.
             give_up_at = Some(Instant::now() + Duration::from_secs(5));
         }
+        let giving_up = give_up_at.is_some_and(|t| Instant::now() >= t);
+        if giving_up {
+            tracing::warn!(
+                active_calls = core.active_calls(),
+                "calls not ended 5 s after their BYEs; closing their records and stopping"
+            );
+            core.close_records("shutdown");
+        }
         while let Some(output) = core.poll_output() {
             match output {
                 Output::Send(dest, bytes) => transmitter.send(&dest, bytes),
@@ -312,23 +320,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             records.clear();
             cdr_wake.notify_one();
         }
-        if drain_until.is_some() && core.active_calls() == 0 {
-            break;
-        }
-        if give_up_at.is_some_and(|t| Instant::now() >= t) {
-            tracing::warn!(
-                active_calls = core.active_calls(),
-                "calls not ended 5 s after their BYEs; closing their records and stopping"
-            );
-            core.close_records("shutdown");
-            while let Some(output) = core.poll_output() {
-                if let Output::Record(record) = output {
-                    records.push(*record);
-                }
-            }
-            if let Err(e) = journal.append(&records) {
-                tracing::error!(error = %e, "cannot journal call records");
-            }
+        if giving_up || (drain_until.is_some() && core.active_calls() == 0) {
             break;
         }
     }
