@@ -135,10 +135,8 @@ pub struct Core {
     next_attempt: u64,
     /// S-CSCFs whose requests Warden serves as an IMS application server.
     trusted_scscf: Vec<(std::net::IpAddr, u8)>,
-    /// Wall-clock seconds of the latest input (registrations expire by it; rules with
-    /// time windows look at it).
-    unix_s: u64,
-    /// The same in milliseconds (call records' times).
+    /// Wall-clock milliseconds of the latest input (call records' times; in seconds,
+    /// registrations expire by it and rules with time windows look at it).
     unix_ms: u64,
     /// The latest input's time (calls ending measure their talk time by it).
     clock: Instant,
@@ -183,7 +181,6 @@ impl Core {
             media,
             prompts,
             dialplan: Arc::new(Dialplan::builtin()),
-            unix_s: 0,
             unix_ms: 0,
             clock: Instant::now(),
             instance,
@@ -275,7 +272,7 @@ impl Core {
         }
         self.schedule(&call);
         self.finish_or_keep(call);
-        self.drain(now, self.unix_s);
+        self.drain(now, self.unix_s());
         true
     }
 
@@ -408,8 +405,12 @@ impl Core {
 
     fn set_wall_clock(&mut self, unix_ms: u64) -> u64 {
         self.unix_ms = unix_ms;
-        self.unix_s = unix_ms / 1000;
-        self.unix_s
+        self.unix_s()
+    }
+
+    /// The latest input's wall-clock time in seconds.
+    fn unix_s(&self) -> u64 {
+        self.unix_ms / 1000
     }
 
     /// This run's id in the call records (crash recovery closes other runs' open ones).
@@ -1132,7 +1133,10 @@ impl Core {
             .unwrap_or_else(|| call.caller.clone());
         let source = call.a.dest.addr.ip();
         call.caller_vouched = crate::dialplan::in_networks(source, &self.trusted_scscf)
-            || !self.registrar.lookup(&call.caller, self.unix_s).is_empty();
+            || !self
+                .registrar
+                .lookup(&call.caller, self.unix_s())
+                .is_empty();
         crate::screening::Request {
             call: call.id,
             call_id: call.a.call_id.clone(),
@@ -1145,7 +1149,7 @@ impl Core {
             identity: req.header("Identity"),
             date: req.header("Date"),
             stir: None,
-            now: self.unix_s,
+            now: self.unix_s(),
         }
     }
 
@@ -1452,7 +1456,7 @@ impl Core {
         if let Some(user) = target.strip_prefix("user:") {
             let bindings: Vec<(String, Destination)> = self
                 .registrar
-                .lookup(user, self.unix_s)
+                .lookup(user, self.unix_s())
                 .into_iter()
                 .map(|b| (b.contact.clone(), b.destination(None)))
                 .collect();
