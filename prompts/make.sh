@@ -39,3 +39,14 @@ for i in "${!notes[@]}"; do
 done
 sox "$tmp"/note*.wav "$here/hold_music.wav" norm -6
 printf '%-20s %5.2f s  %s\n' "hold_music.wav" "$(soxi -D "$here/hold_music.wav")" "(music: plucked arpeggio, sox synth)"
+
+# Conference chimes: two sine notes rising as a party joins a room, falling as one leaves
+# (0.15 s each at -10 dBFS, with short fades so they do not click).
+chime() { # name first second
+  sox -n -r 16000 -c 1 -b 16 "$tmp/$1_a.wav" synth 0.15 sine "$2" fade 0.01 0.15 0.02
+  sox -n -r 16000 -c 1 -b 16 "$tmp/$1_b.wav" synth 0.15 sine "$3" fade 0.01 0.15 0.02
+  sox "$tmp/$1_a.wav" "$tmp/$1_b.wav" "$here/$1.wav" norm -10 pad 0.05 0.1
+  printf '%-20s %5.2f s  %s\n' "$1.wav" "$(soxi -D "$here/$1.wav")" "(chime: $2 then $3 Hz, sox synth)"
+}
+chime conference_join 660 880
+chime conference_leave 880 660

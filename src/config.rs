@@ -278,6 +278,10 @@ pub struct MediaConfig {
     /// The prompt a party hears, looped, while the other holds the call (a dialplan route's
     /// `hold_music` overrides it); "" plays nothing.
     pub hold_music: String,
+    /// The chimes every member of a conference room hears as a party joins and as one
+    /// leaves; "" plays nothing.
+    pub conference_join: String,
+    pub conference_leave: String,
 }
 
 impl Default for MediaConfig {
@@ -300,6 +304,8 @@ impl Default for MediaConfig {
             prompts_dir: None,
             rtp_timeout_s: 60,
             hold_music: "hold_music".into(),
+            conference_join: "conference_join".into(),
+            conference_leave: "conference_leave".into(),
         }
     }
 }

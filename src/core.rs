@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use warden_media::Relay as MediaRelay;
-use warden_media::codec::Codec;
+use warden_media::codec::{Codec, FormatParams};
 use warden_media::dtmf::Digit;
 use warden_media::prompt::Prompts;
-use warden_media::{MediaEvent, Playback, Side as MediaSide, StreamId};
+use warden_media::{LegCodec, MediaEvent, Playback, Side as MediaSide, StreamId};
 
 use crate::anchor::negotiate::Role;
 use crate::anchor::{AnchorError, MediaSession, is_sdp, media_side};
+use crate::call::conference::{self, Rooms};
 use crate::call::digits::{Collected, DigitCollector, DigitSpec};
 use crate::call::{
     AfterPrompt, Branch, BridgeAttempt, Call, Leg, PendingOk, Program, Relay, Side, State, new_tag,
@@ -147,6 +148,8 @@ pub struct Core {
     draining: Option<u64>,
     /// The operator's reason phrases by code (`sip.reason_phrases`).
     phrases: HashMap<u16, String>,
+    /// Conference rooms and the calls in them.
+    pub rooms: Rooms,
     pub stats: Stats,
 }
 
@@ -186,6 +189,7 @@ impl Core {
             instance,
             boot: crate::cdr::record::new_id()[..16].to_owned(),
             draining: None,
+            rooms: Rooms::default(),
             stats: Stats::default(),
         }
     }
@@ -1034,6 +1038,10 @@ impl Core {
                     call.state = State::Done;
                     return;
                 }
+                Action::Conference(room) => {
+                    call.program = None;
+                    return self.join_conference(call, &room.render(&values), now);
+                }
                 Action::Answer => {
                     if !call.answered_by_warden && !self.answer_itself(call, now) {
                         tracing::warn!(
@@ -1370,6 +1378,91 @@ impl Core {
             side: Side::A,
         });
         true
+    }
+
+    /// Answer the caller (unless Warden already has) and put it in conference `room`: it
+    /// hears the other members mixed from now on, and every member hears the join chime.
+    fn join_conference(&mut self, call: &mut Call, room: &str, now: Instant) {
+        if !call.answered_by_warden && !self.answer_itself(call, now) {
+            tracing::warn!(
+                call = call.id,
+                room,
+                "conference: the caller offered nothing Warden can mix"
+            );
+            let reason = self.phrase(488).to_owned();
+            self.decline(call, 488, &reason, now);
+            call.state = State::Done;
+            return;
+        }
+        let Some(plan) = call.media.answer_caller(&mut self.media, call.id, true) else {
+            return;
+        };
+        let member = conference::Member {
+            call: call.id,
+            stream: plan.stream,
+            codec: plan.codec,
+            payload_type: plan.payload_type,
+        };
+        let leg = LegCodec {
+            codec: plan.codec,
+            payload_type: plan.payload_type,
+            params: FormatParams::default(),
+            ptime: 20,
+            dtmf_payload_type: None,
+            cn_payload_type: None,
+        };
+        let number = self.rooms.join(room, member);
+        if !self.media.join(plan.stream, MediaSide::A, number, leg) {
+            tracing::error!(
+                call = call.id,
+                room,
+                "conference: the relay could not take the stream"
+            );
+            self.rooms.leave(room, call.id);
+            call.note_end("warden", "media failure");
+            self.send_bye(call, Side::A, now);
+            return;
+        }
+        call.record.conference = Some(room.to_owned());
+        self.emit_record(call);
+        let members = self.rooms.members(room).to_vec();
+        tracing::info!(call = call.id, caller = %call.caller, room, members = members.len(), codec = plan.codec.name, "joined the conference");
+        let chime = self.config.media.conference_join.clone();
+        self.chime(&members, &chime);
+    }
+
+    /// The call is over: out of its conference room, and the members left hear the leave
+    /// chime.
+    fn leave_conference(&mut self, call: &Call) {
+        let Some(room) = call.record.conference.as_deref() else {
+            return;
+        };
+        let members = self.rooms.leave(room, call.id);
+        tracing::info!(
+            call = call.id,
+            room,
+            members = members.len(),
+            "left the conference"
+        );
+        let chime = self.config.media.conference_leave.clone();
+        self.chime(&members, &chime);
+    }
+
+    /// Play prompt `name` once to every one of `members` ("" plays nothing).
+    fn chime(&mut self, members: &[conference::Member], name: &str) {
+        if name.is_empty() {
+            return;
+        }
+        for m in members {
+            if let Some(prompt) = self.prompts.sequence(&[name], m.codec) {
+                let how = Playback {
+                    payload_type: m.payload_type,
+                    repeat: 0,
+                    stop_on_dtmf: false,
+                };
+                self.media.play(m.stream, MediaSide::A, prompt, how);
+            }
+        }
     }
 
     /// 302 with the targets as Contacts (RFC 3261 21.3.3).
@@ -2758,6 +2851,7 @@ impl Core {
                 );
             }
             self.ended_record(&mut call);
+            self.leave_conference(&call);
             call.media.close(&mut self.media);
             if call.screened {
                 let answered_s = call

@@ -6,7 +6,7 @@ use warden_media::prompt::Prompts;
 use crate::config::Config;
 
 /// (name, file) of every prompt in `prompts/`; see prompts/README.md for how each was made.
-const BUILT_IN: [(&str, &[u8]); 18] = [
+const BUILT_IN: [(&str, &[u8]); 20] = [
     (
         "call_blocked",
         include_bytes!("../prompts/call_blocked.wav"),
@@ -40,6 +40,14 @@ const BUILT_IN: [(&str, &[u8]); 18] = [
     ("digit_8", include_bytes!("../prompts/digit_8.wav")),
     ("digit_9", include_bytes!("../prompts/digit_9.wav")),
     ("hold_music", include_bytes!("../prompts/hold_music.wav")),
+    (
+        "conference_join",
+        include_bytes!("../prompts/conference_join.wav"),
+    ),
+    (
+        "conference_leave",
+        include_bytes!("../prompts/conference_leave.wav"),
+    ),
 ];
 
 /// The built-in prompts, then `media.prompts_dir`'s; a file that cannot be decoded refuses
@@ -61,15 +69,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_built_in_prompt_decodes_to_speech_of_its_length() {
+    fn every_built_in_prompt_decodes_to_sound_of_its_length() {
         let mut prompts = load(&Config::default()).expect("built-in prompts decode");
         let pcmu = warden_media::codec::by_name("PCMU", 8000).expect("codec");
         for (name, _) in BUILT_IN {
             let encoded = prompts.encoded(name, pcmu).expect("encodes");
             let seconds = encoded.frames.len() as f64 / 50.0;
-            // Announcements last seconds; the challenge's digits are read back to back.
+            // Announcements last seconds; the challenge's digits are read back to back, and
+            // the conference chimes are short.
             let expected = if name.starts_with("digit_") {
                 0.4..1.0
+            } else if name.starts_with("conference_") {
+                0.3..0.6
             } else {
                 3.0..10.0
             };

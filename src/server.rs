@@ -104,11 +104,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = media_tx.send(event);
     }));
     let prompts = crate::prompts::load(&config)?;
-    let hold = &config.media.hold_music;
-    anyhow::ensure!(
-        hold.is_empty() || prompts.contains(hold),
-        "media.hold_music {hold:?}: no such prompt (built in, or in media.prompts_dir)"
-    );
+    let media = &config.media;
+    for (key, name) in [
+        ("hold_music", &media.hold_music),
+        ("conference_join", &media.conference_join),
+        ("conference_leave", &media.conference_leave),
+    ] {
+        anyhow::ensure!(
+            name.is_empty() || prompts.contains(name),
+            "media.{key} {name:?}: no such prompt (built in, or in media.prompts_dir)"
+        );
+    }
     let (usage, lists) = crate::screening::store::load(&pool, unix_now()).await?;
     let engine = crate::screening::Engine::new(
         &config.screening,

@@ -11,34 +11,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{Dialog, Ua, Warden, establish, hang_up};
+use common::{Dialog, Ua, Warden, cdrs, closed_records, establish, get, hang_up};
 use warden::cdr::Record;
 use warden::cdr::store::{Filter, Store};
-
-fn get(url: &str) -> (u16, String) {
-    let response = reqwest::blocking::get(url).expect("admin API reachable");
-    let status = response.status().as_u16();
-    (status, response.text().unwrap_or_default())
-}
-
-/// The records Warden's admin API returns for `query`.
-fn cdrs(w: &Warden, query: &str) -> Vec<serde_json::Value> {
-    let (status, body) = get(&w.admin(&format!("/cdrs?{query}")));
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).expect("JSON records")
-}
-
-/// Poll until `count` closed records are stored (they are written off the signalling path).
-fn closed_records(w: &Warden, count: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let records = cdrs(w, "open=false&limit=1000");
-        if records.len() >= count || Instant::now() > deadline {
-            return records;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// /metrics, parsed by a Prometheus text-format parser: the value of `name` with `label`.
 fn metric(w: &Warden, name: &str, label: Option<(&str, &str)>) -> Option<f64> {

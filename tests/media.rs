@@ -975,3 +975,145 @@ fn failures_are_announced_as_early_media_before_the_final_response() {
         "{finals:?}"
     );
 }
+
+/// `count` 20 ms RTP packets of a `freq` Hz tone in the codec SDP calls `codec_name`/8000.
+fn tone_at(codec_name: &str, pt: u8, freq: f64, count: u16) -> Vec<Vec<u8>> {
+    let codec = warden_media::codec::by_name(codec_name, 8000).expect("codec");
+    let mut encoder = codec.encoder();
+    let n = codec.frame_samples();
+    let rate = f64::from(codec.sample_rate);
+    (0..count)
+        .map(|i| {
+            let frame: Vec<i16> = (0..n)
+                .map(|k| {
+                    let t = (usize::from(i) * n + k) as f64 / rate;
+                    (6000.0 * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16
+                })
+                .collect();
+            let mut packet = rtp(i, pt, 0x5eed_0000 + u32::from(pt), 0);
+            encoder.encode(&frame, &mut packet);
+            packet
+        })
+        .collect()
+}
+
+/// Power of `samples` at `freq` (Goertzel), per sample squared.
+fn power_at(samples: &[i16], rate: u32, freq: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / f64::from(rate);
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for x in samples {
+        let s = f64::from(*x) + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) / (samples.len() as f64).powi(2)
+}
+
+#[test]
+fn three_parties_on_different_codecs_each_hear_the_other_two_in_a_conference() {
+    let (w, range) = warden(10, "");
+    // The shipped dialplan: 8000-8999 are conference rooms.
+    let parties = [
+        ("alice", "PCMU", 0, 500.0),
+        ("bob", "PCMA", 8, 1100.0),
+        ("carol", "G722", 9, 1700.0),
+    ];
+    let mut joined = Vec::new();
+    for (name, codec, pt, _) in parties {
+        let mut ua = Ua::udp(name, w.port);
+        let media = Media::new();
+        media
+            .rtp
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let offer = sdp(&[
+            format!("m=audio {} RTP/AVP {pt}", media.port()),
+            format!("a=rtpmap:{pt} {codec}/8000"),
+            "a=ptime:20".into(),
+            "a=sendrecv".into(),
+        ]);
+        let invite = ua.invite_sdp("8123", &offer);
+        let ok = loop {
+            let r = ua.recv_response();
+            if r.status() >= 200 {
+                break r;
+            }
+        };
+        assert_eq!(ok.status(), 200, "Warden answers the room");
+        let port = assert_anchored(ok.body(), range)[0];
+        assert!(
+            String::from_utf8_lossy(ok.body()).contains(&format!("RTP/AVP {pt}")),
+            "in the party's own codec"
+        );
+        let mut dialog = ua.dialog_from(&invite, &ok);
+        ua.in_dialog(&mut dialog, "ACK", None);
+        joined.push((ua, dialog, media, port));
+    }
+    // Everyone talks for 2.4 s, paced like a phone; what each hears is kept.
+    let tones: Vec<Vec<Vec<u8>>> = parties
+        .iter()
+        .map(|(_, codec, pt, freq)| tone_at(codec, *pt, *freq, 120))
+        .collect();
+    let mut heard: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 3];
+    let mut buf = [0u8; 2048];
+    let start = std::time::Instant::now();
+    for n in 0..120 {
+        for ((_, _, media, port), tone) in joined.iter().zip(&tones) {
+            media.rtp.send_to(&tone[n], warden_at(*port)).expect("send");
+        }
+        for (i, (_, _, media, _)) in joined.iter().enumerate() {
+            media.rtp.set_nonblocking(true).expect("nonblocking");
+            while let Ok((len, _)) = media.rtp.recv_from(&mut buf) {
+                heard[i].push(buf[..len].to_vec());
+            }
+        }
+        let due = start + Duration::from_millis(20 * (n as u64 + 1));
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+    }
+    for (i, (name, codec, pt, own)) in parties.iter().enumerate() {
+        let packets = &heard[i];
+        assert!(packets.len() >= 90, "{name} got {} packets", packets.len());
+        assert!(
+            packets.iter().all(|p| p[1] & 0x7f == *pt),
+            "{name}: in its payload type"
+        );
+        let c = warden_media::codec::by_name(codec, 8000).expect("codec");
+        let mut decoder = c.decoder();
+        let mut pcm = Vec::new();
+        // The last second: the join chimes are over and everyone is talking.
+        for p in &packets[packets.len() - 50..] {
+            decoder.decode(&p[12..], &mut pcm);
+        }
+        let power = |f: f64| power_at(&pcm, c.sample_rate, f);
+        let others: Vec<f64> = parties
+            .iter()
+            .filter(|p| p.0 != *name)
+            .map(|p| power(p.3))
+            .collect();
+        let mine = power(*own);
+        for p in &others {
+            assert!(*p > 1e5, "{name} hears both others: {others:?}, own {mine}");
+            assert!(
+                mine < p / 100.0,
+                "{name} does not hear itself: {others:?}, own {mine}"
+            );
+        }
+    }
+    // Alice leaves: the others hear the leave chime, and the room goes on.
+    let (mut alice, mut alice_dialog, _, _) = joined.remove(0);
+    alice.in_dialog(&mut alice_dialog, "BYE", None);
+    assert_eq!(alice.recv_response().status(), 200);
+    for (mut ua, mut dialog, _, _) in joined {
+        ua.in_dialog(&mut dialog, "BYE", None);
+        assert_eq!(ua.recv_response().status(), 200);
+    }
+    let records = common::closed_records(&w, 3);
+    let rooms: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["conference"].as_str())
+        .collect();
+    assert_eq!(
+        rooms, ["8123"; 3],
+        "each participant's record names the room"
+    );
+}

@@ -17,7 +17,7 @@ use crate::ports::{PortPair, PortPool, PortsExhausted};
 use crate::prompt::EncodedPrompt;
 use crate::stats::{LegCounters, LegStats};
 use crate::sys::EventFd;
-use crate::transcode::Transcoding;
+use crate::transcode::{LegCodec, Transcoding};
 use crate::worker::{Command, Stream, Worker};
 
 /// How a leg's peer address is learned from its packets.
@@ -148,6 +148,8 @@ struct StreamInfo {
     ports: [PortPair; 2],
     counters: Arc<StreamCounters>,
     transcoding: bool,
+    /// The conference room the stream is in.
+    room: Option<u64>,
 }
 
 /// The relay's figures over its life (metrics).
@@ -166,6 +168,8 @@ pub struct Relay {
     pool: PortPool,
     workers: Vec<WorkerHandle>,
     streams: HashMap<StreamId, StreamInfo>,
+    /// Conference rooms: the worker mixing each, and how many streams are in it.
+    rooms: HashMap<u64, (usize, usize)>,
     next_id: u64,
     next_worker: usize,
     /// RTP packets and bytes of the streams already closed.
@@ -202,6 +206,7 @@ impl Relay {
             pool: PortPool::new(config.first_port, config.last_port),
             workers,
             streams: HashMap::new(),
+            rooms: HashMap::new(),
             next_id: 1,
             next_worker: 0,
             closed_packets: 0,
@@ -249,6 +254,7 @@ impl Relay {
                 ports: [a, b],
                 counters,
                 transcoding: false,
+                room: None,
             },
         );
         Ok(id)
@@ -380,8 +386,68 @@ impl Relay {
         }
     }
 
+    /// Make `side` of stream `id` a member of conference `room` (any number naming it; the
+    /// room begins with its first member): from now on that side's party hears every
+    /// other member mixed, in `leg`'s codec, and is heard by them. False when the stream
+    /// is unknown or could not be moved to the worker mixing the room.
+    pub fn join(&mut self, id: StreamId, side: Side, room: u64, leg: LegCodec) -> bool {
+        self.leave(id);
+        let Some(current) = self.streams.get(&id).map(|s| s.worker) else {
+            return false;
+        };
+        let worker = self.rooms.get(&room).map_or(current, |r| r.0);
+        if worker != current {
+            // A room is mixed on one thread: the stream moves there, sockets and all.
+            let (reply, moved) = channel();
+            self.send(current, Command::Detach { id: id.0, reply });
+            let Ok(stream) = moved.recv() else {
+                return false;
+            };
+            self.send(worker, Command::Add(stream));
+        }
+        if let Some(info) = self.streams.get_mut(&id) {
+            info.worker = worker;
+            info.room = Some(room);
+        }
+        self.rooms.entry(room).or_insert((worker, 0)).1 += 1;
+        self.send(
+            worker,
+            Command::Join {
+                id: id.0,
+                side,
+                room,
+                leg,
+            },
+        );
+        true
+    }
+
+    /// Take stream `id` out of its room (the room ends with its last member).
+    pub fn leave(&mut self, id: StreamId) {
+        let Some(info) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let Some(room) = info.room.take() else {
+            return;
+        };
+        let worker = info.worker;
+        if let Some(entry) = self.rooms.get_mut(&room) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                self.rooms.remove(&room);
+            }
+        }
+        self.send(worker, Command::Leave(id.0));
+    }
+
+    /// Conference rooms with members now.
+    pub fn rooms(&self) -> usize {
+        self.rooms.len()
+    }
+
     /// Close a stream: its sockets close and its ports return to the pool.
     pub fn close(&mut self, id: StreamId) {
+        self.leave(id);
         if let Some(info) = self.streams.remove(&id) {
             for side in 0..2 {
                 let leg = info.counters.leg(side).snapshot();

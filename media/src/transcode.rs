@@ -37,22 +37,13 @@ pub struct Transcoding {
 pub struct Direction {
     from: LegCodec,
     to: LegCodec,
-    /// PCM rates decoded to and encoded from (equal when no resampler is needed).
+    /// PCM rate decoded to (the packetizer's own rate when no resampler is needed).
     in_rate: u32,
-    out_rate: u32,
-    /// Milliseconds per outgoing packet: the `to` leg's ptime as its codec can frame it.
-    out_ptime: u32,
     decoder: Box<dyn Decoder>,
-    encoder: Box<dyn Encoder>,
     resampler: Option<Resampler>,
     decoded: Vec<i16>,
     resampled: Vec<i16>,
-    payload: Vec<u8>,
-    packet: Vec<u8>,
-    ssrc: u32,
-    seq: u16,
-    timestamp: u32,
-    marker: bool,
+    out: Packetizer,
     jitter: JitterBuffer,
     playout: Vec<Playout>,
     noise: ComfortNoise,
@@ -71,19 +62,11 @@ impl Direction {
             from,
             to,
             in_rate,
-            out_rate,
-            out_ptime: to.codec.packet_time(to.ptime),
             decoder: from.codec.decoder_at(in_rate, &from.params),
-            encoder: to.codec.encoder_at(out_rate, options, &to.params),
             resampler,
             decoded: Vec::with_capacity(4096),
             resampled: Vec::with_capacity(4096),
-            payload: Vec::with_capacity(2048),
-            packet: Vec::with_capacity(2048),
-            ssrc: rand_u32(),
-            seq: rand_u32() as u16,
-            timestamp: rand_u32(),
-            marker: true,
+            out: Packetizer::new(to, out_rate, options),
             jitter: JitterBuffer::new(from.codec.rtp_clock, Instant::now()),
             playout: Vec::with_capacity(8),
             noise: ComfortNoise::default(),
@@ -142,8 +125,9 @@ impl Direction {
                     // is still waiting to be encoded.
                     let to_clock = u64::from(self.to.codec.rtp_clock);
                     let pending = self.decoded.len() as u64 * to_clock / u64::from(self.in_rate)
-                        + self.resampled.len() as u64 * to_clock / u64::from(self.out_rate);
-                    self.anchor = Some((timestamp, self.timestamp.wrapping_add(pending as u32)));
+                        + self.out.pending_ticks();
+                    let (_, next) = self.out.event_origin();
+                    self.anchor = Some((timestamp, next.wrapping_add(pending as u32)));
                     self.decoder.decode(&payload, &mut self.decoded);
                 }
                 Playout::Conceal(samples) => {
@@ -155,59 +139,31 @@ impl Direction {
         self.emit(send);
     }
 
-    /// Resample what was decoded and send every whole 20 ms frame.
+    /// Resample what was decoded and send every whole packet.
     fn emit(&mut self, send: &mut dyn FnMut(&[u8])) {
-        let in_frame = frame_samples(self.in_rate);
-        let mut used = 0;
         match &mut self.resampler {
             Some(r) => {
-                while self.decoded.len() - used >= in_frame {
-                    r.process(&self.decoded[used..used + in_frame], &mut self.resampled);
-                    used += in_frame;
-                }
+                let used = resample_frames(r, self.in_rate, &self.decoded, &mut self.resampled);
+                self.decoded.drain(..used);
+                self.out.push(&self.resampled, send);
+                self.resampled.clear();
             }
             None => {
-                self.resampled.extend_from_slice(&self.decoded);
-                used = self.decoded.len();
+                self.out.push(&self.decoded, send);
+                self.decoded.clear();
             }
         }
-        self.decoded.drain(..used);
-        let out_frame = (self.out_rate * self.out_ptime / 1000) as usize;
-        let ts_step = self.to.codec.rtp_clock * self.out_ptime / 1000;
-        let mut taken = 0;
-        while self.resampled.len() - taken >= out_frame {
-            self.payload.clear();
-            self.encoder
-                .encode(&self.resampled[taken..taken + out_frame], &mut self.payload);
-            taken += out_frame;
-            write_header(
-                &mut self.packet,
-                self.marker,
-                self.to.payload_type,
-                self.seq,
-                self.timestamp,
-                self.ssrc,
-            );
-            self.packet.extend_from_slice(&self.payload);
-            send(&self.packet);
-            self.marker = false;
-            self.seq = self.seq.wrapping_add(1);
-            self.timestamp = self.timestamp.wrapping_add(ts_step);
-        }
-        self.resampled.drain(..taken);
     }
 
     /// Where an event of Warden's own starts on this direction's output: its SSRC and the
     /// timestamp of the next frame.
     pub fn event_origin(&self) -> (u32, u32) {
-        (self.ssrc, self.timestamp)
+        self.out.event_origin()
     }
 
     /// Take the next sequence number of the output stream for a packet of Warden's own.
     pub fn take_sequence_number(&mut self) -> u16 {
-        let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        seq
+        self.out.take_sequence_number()
     }
 
     /// An RFC 4733 event: same payload, our SSRC and sequence, timestamp on our timeline.
@@ -222,7 +178,7 @@ impl Direction {
                 let delta = u64::from(rtp.timestamp().wrapping_sub(in_ts)) * to_clock / from_clock;
                 out_ts.wrapping_add(delta as u32)
             }
-            None => self.timestamp,
+            None => self.out.timestamp,
         };
         let mut payload = [0u8; 4];
         let Some(event) = rtp.payload().get(..4) else {
@@ -233,15 +189,125 @@ impl Direction {
         let duration =
             u64::from(u16::from_be_bytes([payload[2], payload[3]])) * to_clock / from_clock;
         payload[2..4].copy_from_slice(&(duration.min(0xffff) as u16).to_be_bytes());
+        self.out
+            .send_event(rtp.marker_bit(), pt, timestamp, &payload, send);
+    }
+}
+
+/// Resample every whole 20 ms frame of `pcm` (at `rate`) onto `out`; how many samples
+/// were used (the rest waits for more).
+pub(crate) fn resample_frames(
+    resampler: &mut Resampler,
+    rate: u32,
+    pcm: &[i16],
+    out: &mut Vec<i16>,
+) -> usize {
+    let frame = frame_samples(rate);
+    let mut used = 0;
+    while pcm.len() - used >= frame {
+        resampler.process(&pcm[used..used + frame], out);
+        used += frame;
+    }
+    used
+}
+
+/// The sending half of a transcoded or mixed stream: PCM at one rate in, one leg's codec
+/// out as RTP with its own SSRC, sequence numbers and timestamps, a packet per ptime.
+pub(crate) struct Packetizer {
+    to: LegCodec,
+    /// The PCM rate taken, and milliseconds per packet (the leg's ptime as its codec can
+    /// frame it).
+    rate: u32,
+    ptime: u32,
+    encoder: Box<dyn Encoder>,
+    pending: Vec<i16>,
+    payload: Vec<u8>,
+    packet: Vec<u8>,
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+    marker: bool,
+}
+
+impl Packetizer {
+    /// `rate` must be one of the codec's PCM rates.
+    pub(crate) fn new(to: LegCodec, rate: u32, options: &CodecOptions) -> Packetizer {
+        Packetizer {
+            to,
+            rate,
+            ptime: to.codec.packet_time(to.ptime),
+            encoder: to.codec.encoder_at(rate, options, &to.params),
+            pending: Vec::with_capacity(4096),
+            payload: Vec::with_capacity(2048),
+            packet: Vec::with_capacity(2048),
+            ssrc: rand_u32(),
+            seq: rand_u32() as u16,
+            timestamp: rand_u32(),
+            marker: true,
+        }
+    }
+
+    /// Take PCM and send every whole packet.
+    pub(crate) fn push(&mut self, pcm: &[i16], send: &mut dyn FnMut(&[u8])) {
+        self.pending.extend_from_slice(pcm);
+        let frame = (self.rate * self.ptime / 1000) as usize;
+        let ts_step = self.to.codec.rtp_clock * self.ptime / 1000;
+        let mut taken = 0;
+        while self.pending.len() - taken >= frame {
+            self.payload.clear();
+            self.encoder
+                .encode(&self.pending[taken..taken + frame], &mut self.payload);
+            taken += frame;
+            write_header(
+                &mut self.packet,
+                self.marker,
+                self.to.payload_type,
+                self.seq,
+                self.timestamp,
+                self.ssrc,
+            );
+            self.packet.extend_from_slice(&self.payload);
+            send(&self.packet);
+            self.marker = false;
+            self.seq = self.seq.wrapping_add(1);
+            self.timestamp = self.timestamp.wrapping_add(ts_step);
+        }
+        self.pending.drain(..taken);
+    }
+
+    /// PCM waiting for a whole packet, in ticks of the leg's RTP clock.
+    fn pending_ticks(&self) -> u64 {
+        self.pending.len() as u64 * u64::from(self.to.codec.rtp_clock) / u64::from(self.rate)
+    }
+
+    fn event_origin(&self) -> (u32, u32) {
+        (self.ssrc, self.timestamp)
+    }
+
+    fn take_sequence_number(&mut self) -> u16 {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        seq
+    }
+
+    /// An RFC 4733 event packet in this stream's numbering.
+    fn send_event(
+        &mut self,
+        marker: bool,
+        payload_type: u8,
+        timestamp: u32,
+        payload: &[u8],
+        send: &mut dyn FnMut(&[u8]),
+    ) {
         write_header(
             &mut self.packet,
-            rtp.marker_bit(),
-            pt,
+            marker,
+            payload_type,
             self.seq,
             timestamp,
             self.ssrc,
         );
-        self.packet.extend_from_slice(&payload);
+        self.packet.extend_from_slice(payload);
         send(&self.packet);
         self.seq = self.seq.wrapping_add(1);
     }
@@ -249,7 +315,7 @@ impl Direction {
 
 /// Comfort noise (RFC 3389): white noise at the level the sender's CN packet gave.
 #[derive(Default)]
-struct ComfortNoise {
+pub(crate) struct ComfortNoise {
     /// Level in -dBov while the sender is silent; None while it speaks.
     level: Option<u8>,
     /// The RTP timestamp of the CN packet that set it.
@@ -281,7 +347,7 @@ impl ComfortNoise {
 }
 
 /// PCM samples in 20 ms at `rate`.
-fn frame_samples(rate: u32) -> usize {
+pub(crate) fn frame_samples(rate: u32) -> usize {
     rate as usize / 50
 }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::codec::CodecOptions;
 use crate::dtmf::{EventReader, EventWriter};
+use crate::mixer::{Member, Room};
 use crate::prompt::EncodedPrompt;
 use crate::relay::{
     EventFormat, EventSink, Latching, MediaEvent, Playback, RelayConfig, Remote, Side,
@@ -28,7 +29,7 @@ use crate::relay::{
 };
 use crate::stats::{LegStats, RtpReceiver, looks_like_rtcp, read_rtcp};
 use crate::sys::{BATCH, Batch, Epoll, EventFd, RawAddr, connect, disconnect, send_one};
-use crate::transcode::{Direction, Transcoding};
+use crate::transcode::{Direction, LegCodec, Transcoding};
 
 /// Socket slots of a stream: `i ^ 2` is where socket `i`'s packets leave.
 const A_RTP: usize = 0;
@@ -76,6 +77,21 @@ pub(crate) enum Command {
         duration: Duration,
     },
     SetEvents(EventSink),
+    /// Make `side` of the stream a member of a conference room on this worker (the room
+    /// begins with its first member).
+    Join {
+        id: u64,
+        side: Side,
+        room: u64,
+        leg: LegCodec,
+    },
+    /// Take the stream out of its room (a room ends with its last member).
+    Leave(u64),
+    /// Hand the stream back (to move it to the worker that holds its room).
+    Detach {
+        id: u64,
+        reply: std::sync::mpsc::Sender<Box<Stream>>,
+    },
     /// Answered once every earlier command is applied and every packet already handled has
     /// its statistics published.
     Sync(std::sync::mpsc::Sender<()>),
@@ -120,6 +136,9 @@ pub(crate) struct Stream {
     /// Added to the sequence numbers of packets relayed to each side: the events Warden
     /// slipped into that stream.
     seq_shift: [u16; 2],
+    /// The conference room a side of the stream is in (room, side index): that side's
+    /// audio goes to the room's mix instead of across the stream.
+    room: Option<(u64, usize)>,
 }
 
 impl Stream {
@@ -139,6 +158,7 @@ impl Stream {
             report: [false; 2],
             last_rtp: [None; 2],
             seq_shift: [0; 2],
+            room: None,
         }
     }
 
@@ -182,6 +202,7 @@ pub(crate) struct Worker {
     next_tick: Option<Instant>,
     players: Vec<Player>,
     events: Option<EventSink>,
+    rooms: HashMap<u64, Room>,
     slots: Vec<Option<Box<Stream>>>,
     free: Vec<usize>,
     by_id: HashMap<u64, usize>,
@@ -207,6 +228,7 @@ impl Worker {
             next_tick: None,
             players: Vec::new(),
             events: None,
+            rooms: HashMap::new(),
             slots: Vec::new(),
             free: Vec::new(),
             by_id: HashMap::new(),
@@ -395,6 +417,18 @@ impl Worker {
                     duration,
                 } => self.start_dtmf(id, side.index(), key, duration),
                 Command::SetEvents(sink) => self.events = Some(sink),
+                Command::Join {
+                    id,
+                    side,
+                    room,
+                    leg,
+                } => self.join(id, side.index(), room, leg),
+                Command::Leave(id) => self.leave(id),
+                Command::Detach { id, reply } => {
+                    if let Some(stream) = self.take(id) {
+                        let _ = reply.send(stream);
+                    }
+                }
                 Command::Sync(done) => {
                     let _ = done.send(());
                 }
@@ -446,13 +480,65 @@ impl Worker {
         });
     }
 
+    /// Put `side` of stream `id` in `room`, to hear the others and be heard by them.
+    fn join(&mut self, id: u64, side: usize, room: u64, leg: LegCodec) {
+        self.leave(id);
+        let codecs = self.codecs;
+        let Some(&slot) = self.by_id.get(&id) else {
+            return;
+        };
+        let Some(stream) = self.slots.get_mut(slot).and_then(|s| s.as_deref_mut()) else {
+            return;
+        };
+        stream.room = Some((room, side));
+        self.rooms
+            .entry(room)
+            .or_default()
+            .members
+            .push(Member::new(id, slot, side, leg, &codecs));
+        if self.next_tick.is_none() {
+            self.next_tick = Some(Instant::now() + FRAME);
+        }
+    }
+
+    /// Take stream `id` out of its room, if it is in one; the room goes with its last member.
+    fn leave(&mut self, id: u64) {
+        let Some(room) = self.stream_mut(id).and_then(|s| s.room.take()).map(|r| r.0) else {
+            return;
+        };
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.members.retain(|m| m.stream != id);
+            if r.members.is_empty() {
+                self.rooms.remove(&room);
+            }
+        }
+    }
+
     /// Every 20 ms: each transcoded stream decodes what its jitter buffers hold for now and
-    /// sends what it encoded.
+    /// sends what it encoded, and each conference room mixes.
     fn tick_transcoders(&mut self, now: Instant) {
         let Some(due) = self.next_tick.filter(|t| *t <= now) else {
             return;
         };
-        let mut any = false;
+        let slots = &self.slots;
+        for room in self.rooms.values_mut() {
+            room.tick(now, &mut |slot, side, bytes| {
+                let Some(stream) = slots.get(slot).and_then(|s| s.as_deref()) else {
+                    return;
+                };
+                let end = &stream.ends[side * 2];
+                if end.target.is_none() || stream.playing[side] {
+                    return; // nowhere to send yet, or a prompt plays to the member
+                }
+                let to = if end.connected {
+                    None
+                } else {
+                    end.target.as_ref()
+                };
+                send_one(stream.sockets[side * 2].as_raw_fd(), bytes, to);
+            });
+        }
+        let mut any = !self.rooms.is_empty();
         for stream in self.slots.iter_mut().flatten() {
             let Some(directions) = stream.transcoders.as_mut() else {
                 continue;
@@ -537,18 +623,23 @@ impl Worker {
     }
 
     fn remove(&mut self, id: u64) {
-        let Some(slot) = self.by_id.remove(&id) else {
-            return;
-        };
-        if let Some(stream) = self.slots.get_mut(slot).and_then(Option::take) {
-            for socket in &stream.sockets {
-                self.epoll.remove(socket.as_raw_fd());
-            }
-            self.players.retain(|p| p.stream != id);
-            self.writers.retain(|w| w.stream != id);
-            self.free.push(slot);
-        }
         // Dropping the stream closes its sockets; the ports are already back in the pool.
+        drop(self.take(id));
+    }
+
+    /// Stop serving stream `id` and hand it over (out of its room, its prompts and key
+    /// presses of ours dropped).
+    fn take(&mut self, id: u64) -> Option<Box<Stream>> {
+        self.leave(id);
+        let slot = self.by_id.remove(&id)?;
+        let stream = self.slots.get_mut(slot).and_then(Option::take)?;
+        for socket in &stream.sockets {
+            self.epoll.remove(socket.as_raw_fd());
+        }
+        self.players.retain(|p| p.stream != id);
+        self.writers.retain(|w| w.stream != id);
+        self.free.push(slot);
+        Some(stream)
     }
 
     /// The hot path: drain a readable socket and forward what it received.
@@ -607,6 +698,20 @@ impl Worker {
                     if !relayed {
                         continue; // reported instead of relayed
                     }
+                }
+                if let Some((room, member_side)) = stream.room
+                    && member_side == side
+                {
+                    // A conference member: its audio goes to the room's mix, not across.
+                    if is_rtp
+                        && let Some(member) = self
+                            .rooms
+                            .get_mut(&room)
+                            .and_then(|r| r.member_mut(stream.id))
+                    {
+                        member.on_packet(packet, self.epoch + Duration::from_micros(now_us));
+                    }
+                    continue;
                 }
                 if stream.playing[out / 2] {
                     continue; // the party hears the prompt, not the other side

@@ -1,6 +1,7 @@
 //! Per-call B2BUA state: the caller's leg (Warden as UAS), the callee branches (Warden as
 //! UAC, one per forked contact) and the dialogs both sides see. Logic lives in `crate::core`.
 
+pub mod conference;
 pub mod digits;
 
 use std::time::{Duration, Instant};

@@ -48,10 +48,14 @@ pub struct Record {
     pub b_packets: Option<i64>,
     pub b_lost: Option<i64>,
     pub b_jitter_us: Option<i64>,
+    /// The conference room the caller joined.
+    pub conference: Option<String>,
+    /// The record this call is linked to: for a transfer's new call, the call it came from.
+    pub linked_id: Option<String>,
 }
 
 /// The record's columns, in the table's (and the CSV export's) order.
-pub const COLUMNS: [&str; 35] = [
+pub const COLUMNS: [&str; 37] = [
     "id",
     "rev",
     "instance",
@@ -84,6 +88,8 @@ pub const COLUMNS: [&str; 35] = [
     "b_packets",
     "b_lost",
     "b_jitter_us",
+    "conference",
+    "linked_id",
     // Derived for readers, not stored.
     "received",
     "answered",
@@ -137,6 +143,8 @@ impl Record {
             opt(&self.b_packets),
             opt(&self.b_lost),
             opt(&self.b_jitter_us),
+            text(&self.conference),
+            text(&self.linked_id),
             rfc3339(Some(self.received_ms)),
             rfc3339(self.answered_ms),
             rfc3339(self.ended_ms),

@@ -44,9 +44,9 @@ pub struct Filter {
 const INSERT: &str = "INSERT INTO cdrs (id, rev, instance, boot, a_call_id, b_call_id, caller, callee, \
      source, received_ms, ringing_ms, answered_ms, ended_ms, duration_ms, final_code, final_reason, \
      hangup_side, end_reason, rule, tags, screening, screening_reason, attestation, a_codec, b_codec, \
-     transcoded, a_packets, a_lost, a_jitter_us, b_packets, b_lost, b_jitter_us) VALUES ($1, $2, $3, \
-     $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
-     $25, $26, $27, $28, $29, $30, $31, $32) \
+     transcoded, a_packets, a_lost, a_jitter_us, b_packets, b_lost, b_jitter_us, conference, linked_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
+     $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34) \
      ON CONFLICT (id) DO UPDATE SET rev = excluded.rev, b_call_id = excluded.b_call_id, \
      ringing_ms = excluded.ringing_ms, answered_ms = excluded.answered_ms, ended_ms = excluded.ended_ms, \
      duration_ms = excluded.duration_ms, final_code = excluded.final_code, final_reason = excluded.final_reason, \
@@ -55,7 +55,7 @@ const INSERT: &str = "INSERT INTO cdrs (id, rev, instance, boot, a_call_id, b_ca
      attestation = excluded.attestation, a_codec = excluded.a_codec, b_codec = excluded.b_codec, \
      transcoded = excluded.transcoded, a_packets = excluded.a_packets, a_lost = excluded.a_lost, \
      a_jitter_us = excluded.a_jitter_us, b_packets = excluded.b_packets, b_lost = excluded.b_lost, \
-     b_jitter_us = excluded.b_jitter_us \
+     b_jitter_us = excluded.b_jitter_us, conference = excluded.conference, linked_id = excluded.linked_id \
      WHERE cdrs.rev < excluded.rev";
 
 impl Store {
@@ -157,6 +157,8 @@ impl Store {
                 .bind(r.b_packets)
                 .bind(r.b_lost)
                 .bind(r.b_jitter_us)
+                .bind(&r.conference)
+                .bind(&r.linked_id)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -278,6 +280,8 @@ fn record_of(row: &AnyRow) -> sqlx::Result<Record> {
         b_packets: row.try_get("b_packets")?,
         b_lost: row.try_get("b_lost")?,
         b_jitter_us: row.try_get("b_jitter_us")?,
+        conference: row.try_get("conference")?,
+        linked_id: row.try_get("linked_id")?,
     })
 }
 

@@ -127,6 +127,9 @@ pub enum Action {
     Set(String, Template),
     /// The prompt the caller or callee hears while the other holds this call ("" none).
     HoldMusic(String),
+    /// Warden answers and puts the caller in this conference room (the room begins with
+    /// its first member and ends with its last); the call's last action.
+    Conference(Template),
 }
 
 /// Parse an address or CIDR (for config lists of trusted peers).

@@ -102,6 +102,7 @@ struct ActionSpec {
     codecs: Option<OneOrMany>,
     answer: Option<bool>,
     hold_music: Option<String>,
+    conference: Option<String>,
 }
 
 /// Line (1-based) of a byte offset.
@@ -350,11 +351,12 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
         ("codecs", spec.codecs.is_some()),
         ("answer", spec.answer == Some(true)),
         ("hold_music", spec.hold_music.is_some()),
+        ("conference", spec.conference.is_some()),
     ];
     let present: Vec<&str> = kinds.iter().filter(|(_, p)| *p).map(|(k, _)| *k).collect();
     let kind = match present.as_slice() {
         [one] => *one,
-        [] => return Err("an action needs one of: bridge, screen, play, menu, reject, redirect, set_header, remove_header, tag, set, codecs, hold_music, answer = true".into()),
+        [] => return Err("an action needs one of: bridge, screen, play, menu, reject, redirect, set_header, remove_header, tag, set, codecs, hold_music, conference, answer = true".into()),
         many => return Err(format!("one action per table, found {}", many.join(" and "))),
     };
     let options = [
@@ -446,6 +448,13 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
             Action::RemoveHeader(name)
         }
         "answer" => Action::Answer,
+        "conference" => {
+            let room = spec.conference.as_deref().unwrap_or_default();
+            if room.trim().is_empty() {
+                return Err("conference needs a room name".into());
+            }
+            Action::Conference(template("conference", room)?)
+        }
         "hold_music" => Action::HoldMusic(spec.hold_music.clone().unwrap_or_default()),
         "tag" => Action::Tag(template("tag", spec.tag.as_deref().unwrap_or_default())?),
         "codecs" => {

@@ -653,3 +653,28 @@ pub fn hang_up(from: &mut Ua, d: &mut Dialog, to: &mut Ua) {
     to.ok(&bye);
     assert_eq!(from.recv_response().status(), 200);
 }
+
+pub fn get(url: &str) -> (u16, String) {
+    let response = reqwest::blocking::get(url).expect("admin API reachable");
+    let status = response.status().as_u16();
+    (status, response.text().unwrap_or_default())
+}
+
+/// The records Warden's admin API returns for `query`.
+pub fn cdrs(w: &Warden, query: &str) -> Vec<serde_json::Value> {
+    let (status, body) = get(&w.admin(&format!("/cdrs?{query}")));
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("JSON records")
+}
+
+/// Poll until `count` closed records are stored (they are written off the signalling path).
+pub fn closed_records(w: &Warden, count: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = cdrs(w, "open=false&limit=1000");
+        if records.len() >= count || Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
