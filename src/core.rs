@@ -33,6 +33,8 @@ use crate::sip::message::{Malformed, Message, Method, NameAddr, Request, Respons
 use crate::sip::transaction::{Transactions, TxEvent, TxKey};
 use crate::sip::transport::{Destination, Transport};
 
+mod transfer;
+
 /// What the driver must do.
 #[derive(Debug)]
 pub enum Output {
@@ -803,6 +805,8 @@ impl Core {
             challenge: None,
             verstat: None,
             hold_music: None,
+            transfer: None,
+            former: Vec::new(),
             program: Some(program),
             tags: Vec::new(),
             b_headers: Vec::new(),
@@ -1169,6 +1173,11 @@ impl Core {
         };
         let _span = call.enter();
         if !std::mem::take(&mut call.screening_pending) {
+            return self.finish_or_keep(call);
+        }
+        if call.transfer.is_some() {
+            self.transfer_screened(&mut call, outcome, now);
+            self.schedule(&call);
             return self.finish_or_keep(call);
         }
         let reason = outcome.reason();
@@ -1655,7 +1664,8 @@ impl Core {
             call_id: format!("{}@warden", new_tag()),
             local_uri: strip_tag(&req.header("From").unwrap_or_default()),
             local_tag: new_tag(),
-            remote_uri: strip_tag(&req.header("To").unwrap_or_default()),
+            remote_uri: transfer::transfer_to(call)
+                .unwrap_or_else(|| strip_tag(&req.header("To").unwrap_or_default())),
             remote_tag: None,
             target: contact.to_owned(),
             route: std::mem::take(&mut call.b_route),
@@ -1813,6 +1823,10 @@ impl Core {
             return self.respond(&key, &req, 481, None, now);
         };
         let _span = call.enter();
+        if Self::from_former_leg(&call, &req) {
+            self.on_former_leg(&key, &req, now);
+            return self.finish_or_keep(call);
+        }
         // A request from a callee branch that did not win is not part of the bridge.
         let from_answered = side == Side::A
             || call
@@ -1831,9 +1845,20 @@ impl Core {
             leg.target = target;
         }
         match method {
+            Method::Bye if call.transfer.as_ref().is_some_and(|t| t.by == side) => {
+                // The transferor hangs up, as a blind transfer lets it: the call waits for
+                // the target.
+                self.respond(&key, &req, 200, req.to_tag().as_deref(), now);
+                if let Some(t) = call.transfer.as_mut() {
+                    t.referrer_gone = true;
+                }
+            }
             Method::Bye => {
                 let tag = req.to_tag();
                 self.respond(&key, &req, 200, tag.as_deref(), now);
+                if let Some(index) = call.transfer.take().and_then(|t| t.branch) {
+                    self.cancel_branch(&mut call, index, now);
+                }
                 if matches!(call.state, State::Confirmed | State::Answered) {
                     let secs = call
                         .answered_at
@@ -1853,12 +1878,12 @@ impl Core {
                     call.state = State::Done;
                 }
             }
+            Method::Refer => self.on_refer(&mut call, key, req, side, now),
             Method::Invite
             | Method::Update
             | Method::Info
             | Method::Message
             | Method::Notify
-            | Method::Refer
             | Method::Options
             | Method::Other(_)
             | Method::Subscribe
@@ -2059,7 +2084,8 @@ impl Core {
         };
         let _span = call.enter();
         let status = resp.status();
-        if (200..300).contains(&status) && call.answered == Some(index) {
+        let acked = call.branches.get(index).is_some_and(|b| b.ack.is_some());
+        if (200..300).contains(&status) && (call.answered == Some(index) || acked) {
             // The callee retransmits its answer until our ACK reaches it (RFC 6026): send
             // the ACK again once the caller's has let us send it; before that, wait.
             if let Some(b) = call.branches.get(index)
@@ -2068,6 +2094,15 @@ impl Core {
                 self.out
                     .push_back(Output::Send(b.leg.dest.clone(), ack.clone()));
             }
+            return self.finish_or_keep(call);
+        }
+        if call
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.branch == Some(index))
+        {
+            self.on_transfer_response(&mut call, index, &resp, now);
+            self.schedule(&call);
             return self.finish_or_keep(call);
         }
         let already_answered = call.answered.is_some() && call.answered != Some(index);
@@ -2770,6 +2805,16 @@ impl Core {
         if let Some(done) = call.digits.as_mut().and_then(|d| d.poll(now)) {
             self.digits_collected(&mut call, done, now);
         }
+        if let Some(t) = call.transfer.as_mut()
+            && t.until.is_some_and(|u| u <= now)
+        {
+            // The target rang out: its 487 reports the failure.
+            t.until = None;
+            if let Some(index) = t.branch {
+                tracing::info!(call = id, "no answer from the transfer target");
+                self.cancel_branch(&mut call, index, now);
+            }
+        }
         if call.ring_until.is_some_and(|t| t <= now) && call.state == State::Calling {
             let attempt = call.bridge().map(|a| a.first_branch);
             match attempt {
@@ -2865,9 +2910,9 @@ impl Core {
             }
             self.dialogs
                 .remove(&(call.a.call_id.clone(), call.a.local_tag.clone()));
-            for b in &call.branches {
+            for leg in call.branches.iter().map(|b| &b.leg).chain(&call.former) {
                 self.dialogs
-                    .remove(&(b.leg.call_id.clone(), b.leg.local_tag.clone()));
+                    .remove(&(leg.call_id.clone(), leg.local_tag.clone()));
             }
             self.server_invites.remove(&call.a_invite_tx);
             self.client.retain(

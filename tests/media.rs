@@ -1117,3 +1117,149 @@ fn three_parties_on_different_codecs_each_hear_the_other_two_in_a_conference() {
         "each participant's record names the room"
     );
 }
+
+/// `ua` sends REFER to `target` in dialog `d` and gets 202, then the first NOTIFY (100
+/// Trying), which it answers.
+fn refer(ua: &mut Ua, d: &mut Dialog, target: &str) {
+    ua.in_dialog_with(
+        d,
+        "REFER",
+        &format!("Refer-To: <{target}>\r\nReferred-By: {}\r\n", d.local_uri),
+        "",
+        None,
+    );
+    assert_eq!(ua.recv_response().status(), 202, "REFER accepted");
+    assert_eq!(next_notify(ua), ("SIP/2.0 100 Trying".to_owned(), false));
+}
+
+/// The next NOTIFY of the refer subscription, answered: its sipfrag status line and
+/// whether it ends the subscription.
+fn next_notify(ua: &mut Ua) -> (String, bool) {
+    let notify = ua.recv_request("NOTIFY");
+    assert_eq!(notify.header("Event").as_deref(), Some("refer"));
+    assert!(
+        notify
+            .header("Content-Type")
+            .is_some_and(|ct| ct.starts_with("message/sipfrag")),
+        "sipfrag body"
+    );
+    ua.ok(&notify);
+    let frag = String::from_utf8_lossy(notify.body()).trim_end().to_owned();
+    let last = notify
+        .header("Subscription-State")
+        .is_some_and(|s| s.starts_with("terminated"));
+    (frag, last)
+}
+
+#[test]
+fn blind_transfer_by_the_callee_bridges_the_caller_to_the_target_and_links_the_records() {
+    let (w, range) = warden(10, "");
+    let (mut alice, mut bob, mut carol) = (
+        Ua::udp("alice", w.port),
+        Ua::udp("bob", w.port),
+        Ua::udp("carol", w.port),
+    );
+    assert_eq!(carol.register(600).status(), 200);
+    let (am, bm, cm) = (Media::new(), Media::new(), Media::new());
+    let (incoming, ok, _, mut bd) = call(
+        &mut alice,
+        &mut bob,
+        &sdp(&audio(am.port(), "sendrecv")),
+        |_| sdp(&audio(bm.port(), "sendrecv")),
+    );
+    let b_side = assert_anchored(incoming.body(), range)[0];
+    let a_side = assert_anchored(ok.body(), range)[0];
+    stream(&am.rtp, a_side, &bm.rtp, b_side, 1, 3);
+
+    // Bob transfers alice to carol, and hangs up at once, as a blind transfer lets him.
+    refer(&mut bob, &mut bd, "sip:carol@127.0.0.1");
+    bob.in_dialog(&mut bd, "BYE", None);
+    assert_eq!(bob.recv_response().status(), 200);
+    let invite = carol.recv_request("INVITE");
+    assert!(
+        invite.header("To").is_some_and(|to| to.contains("carol")),
+        "addressed to the target"
+    );
+    assert_eq!(
+        assert_anchored(invite.body(), range),
+        vec![b_side],
+        "offered on the transferor's relay port"
+    );
+    assert!(
+        String::from_utf8_lossy(invite.body()).contains("RTP/AVP 0"),
+        "alice's codec first"
+    );
+    let mut cd = carol.answer_sdp(&invite, 200, Some(&sdp(&audio(cm.port(), "sendrecv"))));
+    let ack = carol.recv_request("ACK");
+    assert_eq!(ack.call_id(), invite.call_id());
+
+    // Alice, with no re-INVITE, now talks to carol through the same ports.
+    stream(&am.rtp, a_side, &cm.rtp, b_side, 2, 10);
+    stream(&cm.rtp, b_side, &am.rtp, a_side, 3, 10);
+
+    // Carol hangs up: alice gets the BYE.
+    carol.in_dialog(&mut cd, "BYE", None);
+    let bye = alice.recv_request("BYE");
+    alice.ok(&bye);
+    assert_eq!(carol.recv_response().status(), 200);
+
+    let records = common::closed_records(&w, 2);
+    let first = records
+        .iter()
+        .find(|r| r["callee"] == "bob")
+        .expect("the first call's record");
+    let second = records
+        .iter()
+        .find(|r| r["callee"] == "carol")
+        .expect("the transferred call's record");
+    assert_eq!(first["end_reason"], "transferred");
+    assert_eq!(first["hangup_side"], "callee");
+    assert_eq!(second["linked_id"], first["id"], "linked to the first");
+    assert_eq!(second["caller"], "alice");
+    assert_eq!(second["end_reason"], "normal");
+}
+
+#[test]
+fn a_failed_blind_transfer_reports_why_and_leaves_the_call_up() {
+    let (w, range) = warden(10, "");
+    let (mut alice, mut bob, mut carol) = (
+        Ua::udp("alice", w.port),
+        Ua::udp("bob", w.port),
+        Ua::udp("carol", w.port),
+    );
+    assert_eq!(carol.register(600).status(), 200);
+    let (am, bm) = (Media::new(), Media::new());
+    let (incoming, ok, mut ad, _) = call(
+        &mut alice,
+        &mut bob,
+        &sdp(&audio(am.port(), "sendrecv")),
+        |_| sdp(&audio(bm.port(), "sendrecv")),
+    );
+    let b_side = assert_anchored(incoming.body(), range)[0];
+    let a_side = assert_anchored(ok.body(), range)[0];
+
+    // Alice (the caller) transfers bob to nobody anybody knows: 404.
+    refer(&mut alice, &mut ad, "sip:nobody@127.0.0.1");
+    assert_eq!(
+        next_notify(&mut alice),
+        ("SIP/2.0 404 Not Found".to_owned(), true)
+    );
+    // Then to carol, who is busy: 486, after her ringing.
+    refer(&mut alice, &mut ad, "sip:carol@127.0.0.1");
+    let invite = carol.recv_request("INVITE");
+    carol.answer(&invite, 180, false);
+    let (frag, last) = next_notify(&mut alice);
+    assert!(
+        frag.starts_with("SIP/2.0 180 "),
+        "the target's ringing: {frag}"
+    );
+    assert!(!last);
+    carol.answer(&invite, 486, false);
+    carol.recv_request("ACK");
+    let (frag, last) = next_notify(&mut alice);
+    assert!(frag.starts_with("SIP/2.0 486"), "{frag}");
+    assert!(last);
+    // Alice and bob are still together, media and all.
+    stream(&am.rtp, a_side, &bm.rtp, b_side, 4, 5);
+    stream(&bm.rtp, b_side, &am.rtp, a_side, 5, 5);
+}

@@ -50,6 +50,9 @@ pub struct MediaSession {
     events: HashMap<usize, [EventFormat; 2]>,
     /// The caller's last offer as it came, for answering it ourselves (announcements).
     caller_offer: Option<Sdp>,
+    /// Each side's last description as it came (A, B), to offer it again to a new party
+    /// (a transfer).
+    last: [Option<Sdp>; 2],
     /// Each side's last description put its media on hold (sendonly/inactive/0.0.0.0).
     holding: [bool; 2],
     /// RTP packets seen across all streams at the last check, and when that count changed.
@@ -89,6 +92,44 @@ impl MediaSession {
         if from == Side::A && role == Role::Offer {
             self.caller_offer = Some(sdp.clone());
         }
+        self.anchor_sdp(relay, from, sdp, role, transcodable, false)
+    }
+
+    /// Offer `from`'s media again, toward a new party taking the other side's place (a
+    /// transfer's target): `from`'s last description with its audio cut to the codec it
+    /// uses now (it keeps sending that), widened with `transcodable` as any offer; the new
+    /// party's answer is then anchored as the other side's. None without a description.
+    pub fn reoffer(
+        &mut self,
+        relay: &mut Relay,
+        from: Side,
+        transcodable: &[&'static Codec],
+    ) -> Option<Vec<u8>> {
+        let mut sdp = self.last[index_of(from)].clone()?;
+        if let Some((_, _, in_use)) = self.receiving(from)
+            && let Some(index) = self.first_audio()
+            && let Some(line) = sdp.media.get_mut(index)
+        {
+            line.formats.retain(|f| {
+                f.payload_type == in_use || matches!(f.name.as_str(), "TELEPHONE-EVENT" | "CN")
+            });
+        }
+        self.anchor_sdp(relay, from, sdp, Role::Offer, transcodable, true)
+            .ok()
+    }
+
+    /// Anchor a parsed description; `restate` writes every audio line's format list out
+    /// as `sdp` holds it (edited, not as the text came).
+    fn anchor_sdp(
+        &mut self,
+        relay: &mut Relay,
+        from: Side,
+        sdp: Sdp,
+        role: Role,
+        transcodable: &[&'static Codec],
+        restate: bool,
+    ) -> Result<Vec<u8>, AnchorError> {
+        self.last[index_of(from)] = Some(sdp.clone());
         let mut plans: Vec<MediaPlan> = Vec::with_capacity(sdp.media.len());
         let opened_before = self.streams.len();
         for (index, m) in sdp.media.iter().enumerate() {
@@ -136,7 +177,9 @@ impl MediaSession {
                     );
                 }
             }
-            let formats = self.negotiate(relay, id, index, from, m, role, transcodable);
+            let formats = self
+                .negotiate(relay, id, index, from, m, role, transcodable)
+                .or_else(|| (restate && m.kind == "audio").then(|| m.formats.clone()));
             plans.push(MediaPlan {
                 port: relay.port(id, media_side(from.other())),
                 formats,

@@ -182,6 +182,32 @@ pub struct Call {
     pub verstat: Option<&'static str>,
     /// The route's music on hold, when it chose one (else `media.hold_music`).
     pub hold_music: Option<String>,
+    /// A blind transfer in progress (REFER from one party).
+    pub transfer: Option<Transfer>,
+    /// Legs that left the call by a transfer: their late requests get a quiet answer, and
+    /// their dialogs are forgotten with the call.
+    pub former: Vec<Leg>,
+}
+
+/// A blind transfer (RFC 3515): the party on side `by` asked Warden to call `target` in
+/// its place; the other party stays and is bridged to the target once it answers.
+#[derive(Debug)]
+pub struct Transfer {
+    pub by: Side,
+    /// The Refer-To URI, and its user (what the dialplan routes).
+    pub target: String,
+    pub target_user: String,
+    /// The transferor hung up meanwhile: the outcome is reported to nobody, and a failure
+    /// ends the call.
+    pub referrer_gone: bool,
+    /// The INVITE toward the target, as a branch of the call.
+    pub branch: Option<usize>,
+    /// When the target has rung long enough.
+    pub until: Option<Instant>,
+    /// The last progress reported to the transferor (NOTIFY sent once per status).
+    pub reported: u16,
+    /// Where the dialplan routes the target (its first bridge target), once routed.
+    pub route: Option<String>,
 }
 
 /// What happens when an announcement to the caller ends.
@@ -263,7 +289,8 @@ impl Call {
     pub fn next_wake(&self) -> Option<Instant> {
         let ok = self.pending_ok.as_ref().map(|p| p.next.min(p.give_up));
         let digits = self.digits.as_ref().and_then(|d| d.deadline());
-        [self.ring_until, ok, self.media_check, digits]
+        let transfer = self.transfer.as_ref().and_then(|t| t.until);
+        [self.ring_until, ok, self.media_check, digits, transfer]
             .into_iter()
             .flatten()
             .min()

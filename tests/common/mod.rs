@@ -559,6 +559,18 @@ impl Ua {
         content_type: &str,
         body: Option<&str>,
     ) {
+        self.in_dialog_with(d, method, "", content_type, body);
+    }
+
+    /// Send a request within `d` with `extra` header lines (each ending in CRLF).
+    pub fn in_dialog_with(
+        &mut self,
+        d: &mut Dialog,
+        method: &str,
+        extra: &str,
+        content_type: &str,
+        body: Option<&str>,
+    ) {
         if method != "ACK" {
             d.cseq += 1;
         }
@@ -571,7 +583,7 @@ impl Ua {
         let text = format!(
             "{method} {target} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {lu};tag={lt}\r\n\
              To: {ru};tag={rt}\r\nCall-ID: {ci}\r\nCSeq: {seq} {method}\r\nContact: {contact}\r\n\
-             {ct}Content-Length: {len}\r\n\r\n{body}",
+             {extra}{ct}Content-Length: {len}\r\n\r\n{body}",
             target = d.target,
             via = self.via(),
             lu = d.local_uri,

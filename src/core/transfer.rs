@@ -1,0 +1,401 @@
+//! Blind transfer (RFC 3515): a party of a bridged call sends REFER; Warden calls the
+//! Refer-To target in its place, routed and screened like any call, and reports progress.
+//!
+//! The target's leg takes the transferor's side of the call: its answer is anchored on the
+//! transferor's relay ports, so the party that stays keeps its ports and needs no re-INVITE.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{ClientPurpose, Core, Output, strip_tag};
+use crate::anchor::negotiate::Role;
+use crate::call::{Call, Leg, Side, State, Transfer};
+use crate::cdr::Record;
+use crate::dialplan::Action;
+use crate::screening::{Decision, Outcome};
+use crate::sip::message::{Method, Request, Response, Uri};
+use crate::sip::transaction::TxKey;
+
+impl Core {
+    /// A REFER from side `by` of the call.
+    pub(super) fn on_refer(
+        &mut self,
+        call: &mut Call,
+        key: TxKey,
+        req: Request,
+        by: Side,
+        now: Instant,
+    ) {
+        let tag = req.to_tag();
+        let refusal = if call.transfer.is_some() {
+            Some((491, "a transfer is already in progress"))
+        } else if call.state != State::Confirmed || call.answered.is_none() {
+            // Warden-answered calls (prompts, conferences) have no far party to hand over.
+            Some((403, "only a bridged call can be transferred"))
+        } else if req
+            .header("Refer-To")
+            .is_some_and(|r| r.contains("Replaces"))
+        {
+            Some((501, "attended transfer (Replaces) is not supported"))
+        } else {
+            None
+        };
+        if let Some((status, why)) = refusal {
+            return self.respond_warning(&key, &req, status, tag.as_deref(), Some(why), now);
+        }
+        let Some(target) = req
+            .address_list("Refer-To")
+            .ok()
+            .and_then(|list| list.into_iter().next())
+            .map(|a| a.uri)
+        else {
+            return self.respond_warning(
+                &key,
+                &req,
+                400,
+                tag.as_deref(),
+                Some("REFER needs one Refer-To URI"),
+                now,
+            );
+        };
+        self.respond(&key, &req, 202, tag.as_deref(), now);
+        let target_user = target.user().unwrap_or_default();
+        tracing::info!(call = call.id, by = by.name(), target = %target, "transfer requested");
+        call.transfer = Some(Transfer {
+            by,
+            target: target.to_string(),
+            target_user,
+            referrer_gone: false,
+            branch: None,
+            until: None,
+            reported: 0,
+            route: None,
+        });
+        self.report_transfer(call, 100, "Trying");
+        self.route_transfer(call, now);
+    }
+
+    /// Route the target by the dialplan, as a call to it would be: the matching rule's
+    /// tags, its screening, and its first bridge target; a rule that rejects refuses the
+    /// transfer. Other actions (prompts, menus) have no meaning for a transfer.
+    fn route_transfer(&mut self, call: &mut Call, now: Instant) {
+        let Some((target, target_user)) = call
+            .transfer
+            .as_ref()
+            .map(|t| (t.target.clone(), t.target_user.clone()))
+        else {
+            return;
+        };
+        let mut req = call.a_invite.clone();
+        if let Ok(uri) = Uri::parse(&target) {
+            let _ = req.set_uri(uri);
+        }
+        let _ = req.set_header("To", &format!("<{target}>"));
+        let facts = self.call_facts(&req, &call.a.dest, self.unix_s());
+        let Some(decision) = self.dialplan.evaluate(&facts) else {
+            return self.transfer_failed(call, 404, now);
+        };
+        let (values, actions) = (decision.values, decision.rule.actions.clone());
+        let mut screen = None;
+        for action in actions {
+            match action {
+                Action::Tag(tag) => call.tags.push(tag.render(&values)),
+                Action::Screen(profile) => screen = screen.or(Some(profile)),
+                Action::Bridge { targets, .. } => {
+                    if let Some(t) = call.transfer.as_mut() {
+                        t.route = targets.first().map(|target| target.render(&values));
+                    }
+                    break;
+                }
+                Action::Reject { status, .. } => return self.transfer_failed(call, status, now),
+                _ => {}
+            }
+        }
+        match screen {
+            Some(profile) => {
+                let mut request = self.screen_request(call, profile);
+                request.callee = target_user;
+                call.screening_pending = true;
+                self.out.push_back(Output::Screen(request));
+            }
+            None => self.dial_transfer(call, now),
+        }
+    }
+
+    /// Screening's decision on a transfer's target.
+    pub(super) fn transfer_screened(&mut self, call: &mut Call, outcome: Outcome, now: Instant) {
+        tracing::info!(call = call.id, decision = outcome.decision.name(), reason = %outcome.reason(), "transfer target screened");
+        call.tags
+            .push(format!("transfer-screening:{}", outcome.decision.name()));
+        match outcome.decision {
+            Decision::Allow => self.dial_transfer(call, now),
+            Decision::Block(_) | Decision::Challenge { .. } => self.transfer_failed(call, 603, now),
+        }
+    }
+
+    /// Call the routed target with the staying party's media offered again on the
+    /// transferor's ports.
+    fn dial_transfer(&mut self, call: &mut Call, now: Instant) {
+        let Some((by, route)) = call.transfer.as_ref().map(|t| (t.by, t.route.clone())) else {
+            return;
+        };
+        let Some(route) = route else {
+            return self.transfer_failed(call, 404, now);
+        };
+        // A target needing DNS is not dialled for a transfer (the lookup would be async).
+        let Some((contact, dest)) = self
+            .resolve_target(call, &route)
+            .ok()
+            .and_then(|found| found.into_iter().next())
+        else {
+            return self.transfer_failed(call, 404, now);
+        };
+        let Some(offer) = call
+            .media
+            .reoffer(&mut self.media, by.other(), &self.transcodable)
+        else {
+            return self.transfer_failed(call, 488, now);
+        };
+        call.b_offer = Bytes::from(offer);
+        call.b_offer_type = Some("application/sdp".into());
+        let index = call.branches.len();
+        self.add_branch(call, &contact, dest, now);
+        if call.branches.len() == index {
+            return self.transfer_failed(call, 500, now);
+        }
+        let ring = std::time::Duration::from_secs(self.config.calls.no_answer_timeout_s);
+        if let Some(t) = call.transfer.as_mut() {
+            t.branch = Some(index);
+            t.until = Some(now + ring);
+        }
+    }
+
+    /// An answer from the transfer's target.
+    pub(super) fn on_transfer_response(
+        &mut self,
+        call: &mut Call,
+        index: usize,
+        resp: &Response,
+        now: Instant,
+    ) {
+        let status = resp.status();
+        if let Some(b) = call.branches.get_mut(index) {
+            if resp.to_tag().is_some() {
+                b.leg.remote_tag = resp.to_tag();
+            }
+            if status < 200 {
+                b.provisional = true;
+            } else {
+                b.final_status = Some(status);
+            }
+        }
+        match status {
+            100..=199 => {
+                if status > 100 {
+                    self.report_transfer(call, status, &resp.reason());
+                }
+                if call.branches.get(index).is_some_and(|b| b.cancel_pending) {
+                    self.cancel_branch(call, index, now);
+                }
+            }
+            200..=299 => self.complete_transfer(call, index, resp, now),
+            _ => self.transfer_failed(call, status, now),
+        }
+    }
+
+    /// The target answered: ACK it, anchor its media on the transferor's side, put its leg
+    /// in the transferor's place, tell the transferor and hang it up.
+    fn complete_transfer(&mut self, call: &mut Call, index: usize, resp: &Response, now: Instant) {
+        let Some(t) = call.transfer.take() else {
+            return;
+        };
+        let Some(b) = call.branches.get_mut(index) else {
+            return;
+        };
+        if let Some(target) = resp.contact_uri() {
+            b.leg.target = target;
+        }
+        b.leg.route = super::route_set(resp.address_list("Record-Route"), true);
+        let invite_cseq = b.invite.cseq().map(|c| c.seq).unwrap_or(1);
+        b.leg.cseq = invite_cseq;
+        let mut leg = b.leg.clone();
+        if let Some(ack) = self.leg_request(&mut leg, Method::Ack, Some(invite_cseq)) {
+            let bytes = ack.to_bytes();
+            self.out
+                .push_back(Output::Send(leg.dest.clone(), bytes.clone()));
+            if let Some(b) = call.branches.get_mut(index) {
+                b.ack = Some(bytes);
+            }
+        }
+        let content_type = resp.header("Content-Type");
+        let body = Bytes::copy_from_slice(resp.body());
+        self.anchor_or_pass(
+            &mut call.media,
+            t.by,
+            &body,
+            content_type.as_deref(),
+            Role::Answer,
+        );
+        let mut former = match t.by {
+            Side::A => {
+                self.dialogs.insert(
+                    (leg.call_id.clone(), leg.local_tag.clone()),
+                    (call.id, Side::A),
+                );
+                std::mem::replace(&mut call.a, leg.clone())
+            }
+            Side::B => {
+                let old = call
+                    .answered
+                    .and_then(|i| call.branches.get(i))
+                    .map(|b| b.leg.clone());
+                call.answered = Some(index);
+                match old {
+                    Some(old) => old,
+                    None => return,
+                }
+            }
+        };
+        tracing::info!(call = call.id, by = t.by.name(), target = %t.target, "transfer completed");
+        if !t.referrer_gone {
+            self.notify_referrer(&mut former, 200, "OK", true, now);
+            if let Some(bye) = self.leg_request(&mut former, Method::Bye, None) {
+                self.send_in_dialog(bye, former.dest.clone(), ClientPurpose::Untracked, now);
+            }
+        }
+        call.former.push(former);
+        self.continue_record(call, &t, &leg, now);
+    }
+
+    /// The call so far ends as transferred; what follows is a call of its own between the
+    /// party that stayed and the target, its record linked to the first.
+    fn continue_record(&mut self, call: &mut Call, t: &Transfer, leg: &Leg, now: Instant) {
+        call.note_end(t.by.name(), "transferred");
+        self.ended_record(call);
+        let staying = match t.by {
+            Side::A => call.record.callee.clone(),
+            Side::B => call.record.caller.clone(),
+        };
+        let now_ms = self.unix_ms as i64;
+        call.record = Record {
+            id: crate::cdr::record::new_id(),
+            instance: self.instance.clone(),
+            boot: self.boot.clone(),
+            a_call_id: call.a.call_id.clone(),
+            b_call_id: Some(leg.call_id.clone()),
+            caller: staying,
+            callee: t.target_user.clone(),
+            source: call.record.source.clone(),
+            received_ms: now_ms,
+            answered_ms: Some(now_ms),
+            final_code: Some(200),
+            final_reason: Some("OK".into()),
+            rule: call.record.rule.clone(),
+            linked_id: Some(call.record.id.clone()),
+            ..Record::default()
+        };
+        call.ended_by = None;
+        call.answered_at = Some(now);
+        call.callee = t.target_user.clone();
+        self.emit_record(call);
+    }
+
+    /// The transfer did not happen (refused, not found, screened out, no answer): the
+    /// transferor hears why; the call goes on between the original parties, or, when the
+    /// transferor has hung up meanwhile, ends.
+    fn transfer_failed(&mut self, call: &mut Call, status: u16, now: Instant) {
+        let Some(t) = call.transfer.take() else {
+            return;
+        };
+        tracing::info!(call = call.id, target = %t.target, status, "transfer failed");
+        let reason = self.phrase(status).to_owned();
+        if t.referrer_gone {
+            call.note_end("warden", "transfer failed");
+            self.send_bye(call, t.by.other(), now);
+        } else if let Some(leg) = call.leg_mut(t.by) {
+            let mut leg = leg.clone();
+            self.notify_referrer(&mut leg, status, &reason, true, now);
+            if let Some(own) = call.leg_mut(t.by) {
+                own.cseq = leg.cseq;
+            }
+        }
+    }
+
+    /// Tell the transferor how its transfer goes (once per status), while it is still in
+    /// the call.
+    fn report_transfer(&mut self, call: &mut Call, status: u16, reason: &str) {
+        let Some((by, reported)) = call.transfer.as_ref().map(|t| (t.by, t.reported)) else {
+            return;
+        };
+        if reported == status {
+            return;
+        }
+        if let Some(t) = call.transfer.as_mut() {
+            t.reported = status;
+        }
+        let now = self.clock;
+        if let Some(leg) = call.leg_mut(by) {
+            let mut copy = leg.clone();
+            self.notify_referrer(&mut copy, status, reason, false, now);
+            if let Some(own) = call.leg_mut(by) {
+                own.cseq = copy.cseq;
+            }
+        }
+    }
+
+    /// A NOTIFY of the implicit "refer" subscription (RFC 3515 section 2.4.4): the
+    /// target's status line as message/sipfrag; the last one terminates it.
+    fn notify_referrer(
+        &mut self,
+        leg: &mut Leg,
+        status: u16,
+        reason: &str,
+        last: bool,
+        now: Instant,
+    ) {
+        let Some(mut notify) = self.leg_request(leg, Method::Notify, None) else {
+            return;
+        };
+        let state = if last {
+            "terminated;reason=noresource"
+        } else {
+            "active;expires=60"
+        };
+        let _ = notify.set_header("Event", "refer");
+        let _ = notify.set_header("Subscription-State", state);
+        notify.set_body(
+            Bytes::from(format!("SIP/2.0 {status} {reason}\r\n")),
+            Some("message/sipfrag;version=2.0"),
+        );
+        self.send_in_dialog(notify, leg.dest.clone(), ClientPurpose::Untracked, now);
+    }
+
+    /// A request from a leg that left the call by a transfer: a BYE is answered 200 (its
+    /// party hangs up, nothing else follows), anything else 481.
+    pub(super) fn on_former_leg(&mut self, key: &TxKey, req: &Request, now: Instant) {
+        let status = if req.method() == Method::Bye {
+            200
+        } else {
+            481
+        };
+        self.respond(key, req, status, req.to_tag().as_deref(), now);
+    }
+
+    /// Is `req` from a leg that left `call` by a transfer?
+    pub(super) fn from_former_leg(call: &Call, req: &Request) -> bool {
+        let (Some(call_id), Some(tag)) = (req.call_id(), req.to_tag()) else {
+            return false;
+        };
+        call.former
+            .iter()
+            .any(|l| l.call_id == call_id && l.local_tag == tag)
+    }
+}
+
+/// The To of a transfer's INVITE: its target, not the original callee.
+pub(super) fn transfer_to(call: &Call) -> Option<String> {
+    call.transfer
+        .as_ref()
+        .map(|t| strip_tag(&format!("<{}>", t.target)))
+}
