@@ -33,6 +33,7 @@ use crate::sip::message::{Malformed, Message, Method, NameAddr, Request, Respons
 use crate::sip::transaction::{Transactions, TxEvent, TxKey};
 use crate::sip::transport::{Destination, Transport};
 
+mod attended;
 mod transfer;
 
 /// What the driver must do.
@@ -106,6 +107,12 @@ enum ClientPurpose {
     },
     Relay {
         call: u64,
+    },
+    /// Warden's re-INVITE moving a party into another call (attended transfer): the
+    /// side of `call` it now holds.
+    Join {
+        call: u64,
+        side: Side,
     },
     /// CANCELs and the BYE to a losing fork: nobody waits for their answer.
     Untracked,
@@ -2075,6 +2082,7 @@ impl Core {
                 }
             }
             ClientPurpose::Relay { call } => self.on_relay_response(call, key, resp, now),
+            ClientPurpose::Join { call, side } => self.on_join_response(call, side, resp, now),
         }
     }
 
@@ -2765,6 +2773,13 @@ impl Core {
                     && b.final_status.is_none()
                 {
                     b.final_status = Some(408);
+                    if c.transfer
+                        .as_ref()
+                        .is_some_and(|t| t.branch == Some(branch))
+                    {
+                        self.transfer_failed(&mut c, 408, now);
+                        return self.finish_or_keep(c);
+                    }
                     c.note_failure(408, "Request Timeout");
                     tracing::info!(call, branch, "callee did not answer the INVITE (Timer B)");
                     self.end_if_every_branch_failed(&mut c, now);
@@ -2788,6 +2803,7 @@ impl Core {
                     self.respond(&relay.server, &req, 408, None, now);
                 }
             }
+            ClientPurpose::Join { call, side } => self.join_failed(call, side, now),
             ClientPurpose::Untracked => {}
         }
     }
@@ -2908,11 +2924,16 @@ impl Core {
                     answered_s,
                 });
             }
-            self.dialogs
-                .remove(&(call.a.call_id.clone(), call.a.local_tag.clone()));
+            let a_key = (call.a.call_id.clone(), call.a.local_tag.clone());
+            if self.dialogs.get(&a_key).is_some_and(|(c, _)| *c == call.id) {
+                self.dialogs.remove(&a_key);
+            }
             for leg in call.branches.iter().map(|b| &b.leg).chain(&call.former) {
-                self.dialogs
-                    .remove(&(leg.call_id.clone(), leg.local_tag.clone()));
+                let key = (leg.call_id.clone(), leg.local_tag.clone());
+                // A leg moved to another call (attended transfer) is that call's now.
+                if self.dialogs.get(&key).is_some_and(|(c, _)| *c == call.id) {
+                    self.dialogs.remove(&key);
+                }
             }
             self.server_invites.remove(&call.a_invite_tx);
             self.client.retain(

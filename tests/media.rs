@@ -162,7 +162,7 @@ fn stream(from: &UdpSocket, port: u16, to: &UdpSocket, out_port: u16, ssrc: u32,
     }
 }
 
-/// Alice calls bob offering `offer`; bob answers `answer(b_offer)`; alice ACKs.
+/// Alice calls bob (or whoever `bob` is) offering `offer`; bob answers `answer(b_offer)`; alice ACKs.
 /// Returns the SDP bob was offered and the one alice got back, plus both dialogs.
 fn call(
     alice: &mut Ua,
@@ -171,7 +171,8 @@ fn call(
     answer: impl FnOnce(&Request) -> String,
 ) -> (Request, Response, Dialog, Dialog) {
     assert_eq!(bob.register(600).status(), 200);
-    let invite = alice.invite_sdp("bob", offer);
+    let callee = bob.user.clone();
+    let invite = alice.invite_sdp(&callee, offer);
     let incoming = bob.recv_request("INVITE");
     let body = answer(&incoming);
     let bob_dialog = bob.answer_sdp(&incoming, 200, Some(&body));
@@ -997,18 +998,6 @@ fn tone_at(codec_name: &str, pt: u8, freq: f64, count: u16) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Power of `samples` at `freq` (Goertzel), per sample squared.
-fn power_at(samples: &[i16], rate: u32, freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / f64::from(rate);
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for x in samples {
-        let s = f64::from(*x) + 2.0 * w.cos() * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) / (samples.len() as f64).powi(2)
-}
-
 #[test]
 fn three_parties_on_different_codecs_each_hear_the_other_two_in_a_conference() {
     let (w, range) = warden(10, "");
@@ -1084,7 +1073,7 @@ fn three_parties_on_different_codecs_each_hear_the_other_two_in_a_conference() {
         for p in &packets[packets.len() - 50..] {
             decoder.decode(&p[12..], &mut pcm);
         }
-        let power = |f: f64| power_at(&pcm, c.sample_rate, f);
+        let power = |f: f64| warden_media::codec::tone_power(&pcm, c.sample_rate, f);
         let others: Vec<f64> = parties
             .iter()
             .filter(|p| p.0 != *name)
@@ -1151,8 +1140,24 @@ fn next_notify(ua: &mut Ua) -> (String, bool) {
     (frag, last)
 }
 
-#[test]
-fn blind_transfer_by_the_callee_bridges_the_caller_to_the_target_and_links_the_records() {
+/// Alice and bob in a call through Warden, with media; carol registered, to be
+/// transferred to.
+struct Transfer {
+    w: Warden,
+    range: (u16, u16),
+    alice: Ua,
+    bob: Ua,
+    carol: Ua,
+    am: Media,
+    bm: Media,
+    ad: Dialog,
+    bd: Dialog,
+    /// Warden's relay ports toward alice and toward bob.
+    a_side: u16,
+    b_side: u16,
+}
+
+fn alice_and_bob_with_carol_standing_by() -> Transfer {
     let (w, range) = warden(10, "");
     let (mut alice, mut bob, mut carol) = (
         Ua::udp("alice", w.port),
@@ -1160,8 +1165,8 @@ fn blind_transfer_by_the_callee_bridges_the_caller_to_the_target_and_links_the_r
         Ua::udp("carol", w.port),
     );
     assert_eq!(carol.register(600).status(), 200);
-    let (am, bm, cm) = (Media::new(), Media::new(), Media::new());
-    let (incoming, ok, _, mut bd) = call(
+    let (am, bm) = (Media::new(), Media::new());
+    let (incoming, ok, ad, bd) = call(
         &mut alice,
         &mut bob,
         &sdp(&audio(am.port(), "sendrecv")),
@@ -1170,6 +1175,36 @@ fn blind_transfer_by_the_callee_bridges_the_caller_to_the_target_and_links_the_r
     let b_side = assert_anchored(incoming.body(), range)[0];
     let a_side = assert_anchored(ok.body(), range)[0];
     stream(&am.rtp, a_side, &bm.rtp, b_side, 1, 3);
+    Transfer {
+        w,
+        range,
+        alice,
+        bob,
+        carol,
+        am,
+        bm,
+        ad,
+        bd,
+        a_side,
+        b_side,
+    }
+}
+
+#[test]
+fn blind_transfer_by_the_callee_bridges_the_caller_to_the_target_and_links_the_records() {
+    let Transfer {
+        w,
+        range,
+        mut alice,
+        mut bob,
+        mut carol,
+        am,
+        mut bd,
+        a_side,
+        b_side,
+        ..
+    } = alice_and_bob_with_carol_standing_by();
+    let cm = Media::new();
 
     // Bob transfers alice to carol, and hangs up at once, as a blind transfer lets him.
     refer(&mut bob, &mut bd, "sip:carol@127.0.0.1");
@@ -1221,22 +1256,18 @@ fn blind_transfer_by_the_callee_bridges_the_caller_to_the_target_and_links_the_r
 
 #[test]
 fn a_failed_blind_transfer_reports_why_and_leaves_the_call_up() {
-    let (w, range) = warden(10, "");
-    let (mut alice, mut bob, mut carol) = (
-        Ua::udp("alice", w.port),
-        Ua::udp("bob", w.port),
-        Ua::udp("carol", w.port),
-    );
-    assert_eq!(carol.register(600).status(), 200);
-    let (am, bm) = (Media::new(), Media::new());
-    let (incoming, ok, mut ad, _) = call(
-        &mut alice,
-        &mut bob,
-        &sdp(&audio(am.port(), "sendrecv")),
-        |_| sdp(&audio(bm.port(), "sendrecv")),
-    );
-    let b_side = assert_anchored(incoming.body(), range)[0];
-    let a_side = assert_anchored(ok.body(), range)[0];
+    let Transfer {
+        w: _warden,
+        bob: _bob,
+        mut alice,
+        mut carol,
+        am,
+        bm,
+        mut ad,
+        a_side,
+        b_side,
+        ..
+    } = alice_and_bob_with_carol_standing_by();
 
     // Alice (the caller) transfers bob to nobody anybody knows: 404.
     refer(&mut alice, &mut ad, "sip:nobody@127.0.0.1");
@@ -1262,4 +1293,84 @@ fn a_failed_blind_transfer_reports_why_and_leaves_the_call_up() {
     // Alice and bob are still together, media and all.
     stream(&am.rtp, a_side, &bm.rtp, b_side, 4, 5);
     stream(&bm.rtp, b_side, &am.rtp, a_side, 5, 5);
+}
+
+#[test]
+fn attended_transfer_joins_the_callers_of_two_calls_and_hangs_up_the_transferor() {
+    let Transfer {
+        w,
+        range,
+        mut alice,
+        mut bob,
+        mut carol,
+        am,
+        mut ad,
+        mut bd,
+        a_side,
+        b_side,
+        ..
+    } = alice_and_bob_with_carol_standing_by();
+    // Bob consults carol on a second call through Warden.
+    let (bm2, cm) = (Media::new(), Media::new());
+    let (_, _, consult, _) = call(
+        &mut bob,
+        &mut carol,
+        &sdp(&audio(bm2.port(), "sendrecv")),
+        |_| sdp(&audio(cm.port(), "sendrecv")),
+    );
+    // Then joins alice to carol: REFER in the first call, replacing the second.
+    let replaces = format!(
+        "{}%3Bto-tag%3D{}%3Bfrom-tag%3D{}",
+        consult.call_id, consult.remote_tag, consult.local_tag
+    );
+    bob.in_dialog_with(
+        &mut bd,
+        "REFER",
+        &format!("Refer-To: <sip:carol@127.0.0.1?Replaces={replaces}>\r\n"),
+        "",
+        None,
+    );
+    assert_eq!(bob.recv_response().status(), 202);
+    assert_eq!(next_notify(&mut bob), ("SIP/2.0 200 OK".to_owned(), true));
+    let mut byes = Vec::new();
+    for _ in 0..2 {
+        let bye = bob.recv_request("BYE");
+        bob.ok(&bye);
+        byes.push(bye.call_id().expect("call-id"));
+    }
+    byes.sort();
+    let mut expected = vec![bd.call_id.clone(), consult.call_id.clone()];
+    expected.sort();
+    assert_eq!(byes, expected, "bob hung up in both calls");
+
+    // Carol's media moves onto the first call's ports, toward alice.
+    let reinvite = carol.recv_request("INVITE");
+    assert_eq!(assert_anchored(reinvite.body(), range), vec![b_side]);
+    carol.answer_sdp(&reinvite, 200, Some(&sdp(&audio(cm.port(), "sendrecv"))));
+    carol.recv_request("ACK");
+    stream(&am.rtp, a_side, &cm.rtp, b_side, 6, 10);
+    stream(&cm.rtp, b_side, &am.rtp, a_side, 7, 10);
+
+    // Alice hangs up: carol gets the BYE.
+    alice.in_dialog(&mut ad, "BYE", None);
+    let bye = carol.recv_request("BYE");
+    carol.ok(&bye);
+    assert_eq!(alice.recv_response().status(), 200);
+
+    let records = common::closed_records(&w, 3);
+    let find = |caller: &str, callee: &str| {
+        records
+            .iter()
+            .find(|r| r["caller"] == caller && r["callee"] == callee)
+            .unwrap_or_else(|| panic!("a record {caller} -> {callee}: {records:?}"))
+    };
+    let (first, consult, joined) = (
+        find("alice", "bob"),
+        find("bob", "carol"),
+        find("alice", "carol"),
+    );
+    assert_eq!(first["end_reason"], "transferred");
+    assert_eq!(consult["end_reason"], "transferred");
+    assert_eq!(joined["linked_id"], first["id"]);
+    assert_eq!(joined["end_reason"], "normal");
 }

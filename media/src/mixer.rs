@@ -199,18 +199,6 @@ mod tests {
         }
     }
 
-    /// Energy of `samples` at `freq` (Goertzel), normalised by length.
-    fn power_at(samples: &[i16], rate: u32, freq: f64) -> f64 {
-        let w = 2.0 * std::f64::consts::PI * freq / f64::from(rate);
-        let (mut s1, mut s2) = (0.0, 0.0);
-        for x in samples {
-            let s = f64::from(*x) + 2.0 * w.cos() * s1 - s2;
-            s2 = s1;
-            s1 = s;
-        }
-        (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) / (samples.len() as f64).powi(2)
-    }
-
     #[test]
     fn each_member_hears_the_others_and_not_itself_across_codecs() {
         let legs = [leg("PCMU", 0), leg("PCMA", 8), leg("G722", 9)];
@@ -259,7 +247,10 @@ mod tests {
         for (i, heard) in received.iter().enumerate() {
             let rate = legs[i].codec.sample_rate;
             let middle = &heard[heard.len() / 4..heard.len() * 3 / 4];
-            let powers: Vec<f64> = freqs.iter().map(|f| power_at(middle, rate, *f)).collect();
+            let powers: Vec<f64> = freqs
+                .iter()
+                .map(|f| codec::tone_power(middle, rate, *f))
+                .collect();
             for (j, p) in powers.iter().enumerate() {
                 if i == j {
                     assert!(

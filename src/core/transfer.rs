@@ -33,11 +33,6 @@ impl Core {
         } else if call.state != State::Confirmed || call.answered.is_none() {
             // Warden-answered calls (prompts, conferences) have no far party to hand over.
             Some((403, "only a bridged call can be transferred"))
-        } else if req
-            .header("Refer-To")
-            .is_some_and(|r| r.contains("Replaces"))
-        {
-            Some((501, "attended transfer (Replaces) is not supported"))
         } else {
             None
         };
@@ -59,6 +54,9 @@ impl Core {
                 now,
             );
         };
+        if let Some(replaces) = replaces_of(&req) {
+            return self.attended_transfer(call, &key, &req, by, replaces, now);
+        }
         self.respond(&key, &req, 202, tag.as_deref(), now);
         let target_user = target.user().unwrap_or_default();
         tracing::info!(call = call.id, by = by.name(), target = %target, "transfer requested");
@@ -114,6 +112,17 @@ impl Core {
         }
         match screen {
             Some(profile) => {
+                // The screener sees the transfer as a call of its own: the call so far is
+                // over for its counters (quotas, concurrent calls) first.
+                if std::mem::take(&mut call.screened) {
+                    let answered_s = call
+                        .answered_at
+                        .map_or(0, |t| self.clock.saturating_duration_since(t).as_secs());
+                    self.out.push_back(Output::Screened {
+                        call: call.id,
+                        answered_s,
+                    });
+                }
                 let mut request = self.screen_request(call, profile);
                 request.callee = target_user;
                 call.screening_pending = true;
@@ -128,6 +137,8 @@ impl Core {
         tracing::info!(call = call.id, decision = outcome.decision.name(), reason = %outcome.reason(), "transfer target screened");
         call.tags
             .push(format!("transfer-screening:{}", outcome.decision.name()));
+        // The screener counts every call it saw; it hears when this one ends.
+        call.screened = true;
         match outcome.decision {
             Decision::Allow => self.dial_transfer(call, now),
             Decision::Block(_) | Decision::Challenge { .. } => self.transfer_failed(call, 603, now),
@@ -265,15 +276,23 @@ impl Core {
             }
         }
         call.former.push(former);
-        self.continue_record(call, &t, &leg, now);
+        self.continue_record(call, t.by, &t.target_user, &leg.call_id, now);
     }
 
-    /// The call so far ends as transferred; what follows is a call of its own between the
-    /// party that stayed and the target, its record linked to the first.
-    fn continue_record(&mut self, call: &mut Call, t: &Transfer, leg: &Leg, now: Instant) {
-        call.note_end(t.by.name(), "transferred");
+    /// The call so far ends as transferred by side `by`; what follows is a call of its own
+    /// between the party that stayed and `target_user` (on the leg `leg_call_id`), its
+    /// record linked to the first.
+    pub(super) fn continue_record(
+        &mut self,
+        call: &mut Call,
+        by: Side,
+        target_user: &str,
+        leg_call_id: &str,
+        now: Instant,
+    ) {
+        call.note_end(by.name(), "transferred");
         self.ended_record(call);
-        let staying = match t.by {
+        let staying = match by {
             Side::A => call.record.callee.clone(),
             Side::B => call.record.caller.clone(),
         };
@@ -283,9 +302,9 @@ impl Core {
             instance: self.instance.clone(),
             boot: self.boot.clone(),
             a_call_id: call.a.call_id.clone(),
-            b_call_id: Some(leg.call_id.clone()),
+            b_call_id: Some(leg_call_id.to_owned()),
             caller: staying,
-            callee: t.target_user.clone(),
+            callee: target_user.to_owned(),
             source: call.record.source.clone(),
             received_ms: now_ms,
             answered_ms: Some(now_ms),
@@ -297,14 +316,15 @@ impl Core {
         };
         call.ended_by = None;
         call.answered_at = Some(now);
-        call.callee = t.target_user.clone();
+        call.caller = call.record.caller.clone();
+        call.callee = target_user.to_owned();
         self.emit_record(call);
     }
 
     /// The transfer did not happen (refused, not found, screened out, no answer): the
     /// transferor hears why; the call goes on between the original parties, or, when the
     /// transferor has hung up meanwhile, ends.
-    fn transfer_failed(&mut self, call: &mut Call, status: u16, now: Instant) {
+    pub(super) fn transfer_failed(&mut self, call: &mut Call, status: u16, now: Instant) {
         let Some(t) = call.transfer.take() else {
             return;
         };
@@ -346,7 +366,7 @@ impl Core {
 
     /// A NOTIFY of the implicit "refer" subscription (RFC 3515 section 2.4.4): the
     /// target's status line as message/sipfrag; the last one terminates it.
-    fn notify_referrer(
+    pub(super) fn notify_referrer(
         &mut self,
         leg: &mut Leg,
         status: u16,
@@ -391,6 +411,28 @@ impl Core {
             .iter()
             .any(|l| l.call_id == call_id && l.local_tag == tag)
     }
+}
+
+/// The dialog a Refer-To's Replaces names (RFC 3891): Call-ID and the two tags.
+fn replaces_of(req: &Request) -> Option<(String, [String; 2])> {
+    let refer_to = req.header("Refer-To")?;
+    let start = refer_to.find("Replaces=")? + "Replaces=".len();
+    let raw = refer_to[start..].split(['&', '>']).next()?;
+    let value = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .ok()?
+        .into_owned();
+    let mut parts = value.split(';').map(str::trim);
+    let call_id = parts.next()?.to_owned();
+    let mut tags = [String::new(), String::new()];
+    for part in parts {
+        match part.split_once('=') {
+            Some(("to-tag", t)) => tags[0] = t.to_owned(),
+            Some(("from-tag", t)) => tags[1] = t.to_owned(),
+            _ => {}
+        }
+    }
+    Some((call_id, tags))
 }
 
 /// The To of a transfer's INVITE: its target, not the original callee.

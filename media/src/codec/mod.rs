@@ -307,6 +307,19 @@ pub fn by_static_payload_type(pt: u8) -> Option<&'static Codec> {
     CODECS.iter().find(|c| c.static_payload_type == Some(pt))
 }
 
+/// The power of `samples` (at `rate`) at one frequency, per sample squared (Goertzel): to
+/// check which tones a recording holds.
+pub fn tone_power(samples: &[i16], rate: u32, freq: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / f64::from(rate);
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for x in samples {
+        let s = f64::from(*x) + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) / (samples.len().max(1) as f64).powi(2)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
