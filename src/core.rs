@@ -814,6 +814,7 @@ impl Core {
             hold_music: None,
             transfer: None,
             former: Vec::new(),
+            left: None,
             program: Some(program),
             tags: Vec::new(),
             b_headers: Vec::new(),
@@ -1416,35 +1417,44 @@ impl Core {
         let member = conference::Member {
             call: call.id,
             stream: plan.stream,
+            side: MediaSide::A,
             codec: plan.codec,
             payload_type: plan.payload_type,
         };
+        if !self.join_room(call, room, member) {
+            call.note_end("warden", "media failure");
+            self.send_bye(call, Side::A, now);
+        }
+    }
+
+    /// Put the party `member` describes (a side of one of the call's relay streams) in
+    /// `room`; everyone there hears the join chime. False when the relay could not.
+    fn join_room(&mut self, call: &mut Call, room: &str, member: conference::Member) -> bool {
         let leg = LegCodec {
-            codec: plan.codec,
-            payload_type: plan.payload_type,
+            codec: member.codec,
+            payload_type: member.payload_type,
             params: FormatParams::default(),
             ptime: 20,
             dtmf_payload_type: None,
             cn_payload_type: None,
         };
         let number = self.rooms.join(room, member);
-        if !self.media.join(plan.stream, MediaSide::A, number, leg) {
+        if !self.media.join(member.stream, member.side, number, leg) {
             tracing::error!(
                 call = call.id,
                 room,
                 "conference: the relay could not take the stream"
             );
             self.rooms.leave(room, call.id);
-            call.note_end("warden", "media failure");
-            self.send_bye(call, Side::A, now);
-            return;
+            return false;
         }
         call.record.conference = Some(room.to_owned());
         self.emit_record(call);
         let members = self.rooms.members(room).to_vec();
-        tracing::info!(call = call.id, caller = %call.caller, room, members = members.len(), codec = plan.codec.name, "joined the conference");
+        tracing::info!(call = call.id, caller = %call.caller, room, members = members.len(), codec = member.codec.name, "joined the conference");
         let chime = self.config.media.conference_join.clone();
         self.chime(&members, &chime);
+        true
     }
 
     /// The call is over: out of its conference room, and the members left hear the leave
@@ -1476,7 +1486,7 @@ impl Core {
                     repeat: 0,
                     stop_on_dtmf: false,
                 };
-                self.media.play(m.stream, MediaSide::A, prompt, how);
+                self.media.play(m.stream, m.side, prompt, how);
             }
         }
     }

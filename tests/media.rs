@@ -998,6 +998,43 @@ fn tone_at(codec_name: &str, pt: u8, freq: f64, count: u16) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Each talker (its socket, Warden's port for it, its packets) sends a packet every 20 ms
+/// until its packets run out; what each received meanwhile.
+fn converse(talkers: &[(&UdpSocket, u16, Vec<Vec<u8>>)]) -> Vec<Vec<Vec<u8>>> {
+    let mut heard: Vec<Vec<Vec<u8>>> = vec![Vec::new(); talkers.len()];
+    let mut buf = [0u8; 2048];
+    let start = std::time::Instant::now();
+    let rounds = talkers.iter().map(|t| t.2.len()).max().unwrap_or(0);
+    for n in 0..rounds {
+        for (socket, port, packets) in talkers {
+            if let Some(p) = packets.get(n) {
+                socket.send_to(p, warden_at(*port)).expect("send");
+            }
+        }
+        for ((socket, _, _), heard) in talkers.iter().zip(&mut heard) {
+            socket.set_nonblocking(true).expect("nonblocking");
+            while let Ok((len, _)) = socket.recv_from(&mut buf) {
+                heard.push(buf[..len].to_vec());
+            }
+            socket.set_nonblocking(false).expect("blocking");
+        }
+        let due = start + Duration::from_millis(20 * (n as u64 + 1));
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+    }
+    heard
+}
+
+/// What `packets` (RTP in the codec SDP calls `codec`/8000) hold at `freq`, decoded.
+fn heard_power(codec: &str, packets: &[Vec<u8>], freq: f64) -> f64 {
+    let c = warden_media::codec::by_name(codec, 8000).expect("codec");
+    let mut decoder = c.decoder();
+    let mut pcm = Vec::new();
+    for p in packets {
+        decoder.decode(&p[12..], &mut pcm);
+    }
+    warden_media::codec::tone_power(&pcm, c.sample_rate, freq)
+}
+
 #[test]
 fn three_parties_on_different_codecs_each_hear_the_other_two_in_a_conference() {
     let (w, range) = warden(10, "");
@@ -1039,26 +1076,14 @@ fn three_parties_on_different_codecs_each_hear_the_other_two_in_a_conference() {
         joined.push((ua, dialog, media, port));
     }
     // Everyone talks for 2.4 s, paced like a phone; what each hears is kept.
-    let tones: Vec<Vec<Vec<u8>>> = parties
+    let talkers: Vec<(&UdpSocket, u16, Vec<Vec<u8>>)> = joined
         .iter()
-        .map(|(_, codec, pt, freq)| tone_at(codec, *pt, *freq, 120))
+        .zip(parties)
+        .map(|((_, _, media, port), (_, codec, pt, freq))| {
+            (&media.rtp, *port, tone_at(codec, pt, freq, 120))
+        })
         .collect();
-    let mut heard: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 3];
-    let mut buf = [0u8; 2048];
-    let start = std::time::Instant::now();
-    for n in 0..120 {
-        for ((_, _, media, port), tone) in joined.iter().zip(&tones) {
-            media.rtp.send_to(&tone[n], warden_at(*port)).expect("send");
-        }
-        for (i, (_, _, media, _)) in joined.iter().enumerate() {
-            media.rtp.set_nonblocking(true).expect("nonblocking");
-            while let Ok((len, _)) = media.rtp.recv_from(&mut buf) {
-                heard[i].push(buf[..len].to_vec());
-            }
-        }
-        let due = start + Duration::from_millis(20 * (n as u64 + 1));
-        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
-    }
+    let heard = converse(&talkers);
     for (i, (name, codec, pt, own)) in parties.iter().enumerate() {
         let packets = &heard[i];
         assert!(packets.len() >= 90, "{name} got {} packets", packets.len());
@@ -1066,14 +1091,8 @@ fn three_parties_on_different_codecs_each_hear_the_other_two_in_a_conference() {
             packets.iter().all(|p| p[1] & 0x7f == *pt),
             "{name}: in its payload type"
         );
-        let c = warden_media::codec::by_name(codec, 8000).expect("codec");
-        let mut decoder = c.decoder();
-        let mut pcm = Vec::new();
         // The last second: the join chimes are over and everyone is talking.
-        for p in &packets[packets.len() - 50..] {
-            decoder.decode(&p[12..], &mut pcm);
-        }
-        let power = |f: f64| warden_media::codec::tone_power(&pcm, c.sample_rate, f);
+        let power = |f: f64| heard_power(codec, &packets[packets.len() - 50..], f);
         let others: Vec<f64> = parties
             .iter()
             .filter(|p| p.0 != *name)
@@ -1373,4 +1392,65 @@ fn attended_transfer_joins_the_callers_of_two_calls_and_hangs_up_the_transferor(
     assert_eq!(consult["end_reason"], "transferred");
     assert_eq!(joined["linked_id"], first["id"]);
     assert_eq!(joined["end_reason"], "normal");
+}
+
+#[test]
+fn a_phone_makes_its_own_three_way_call_by_referring_the_other_party_to_a_room() {
+    let Transfer {
+        w: _warden,
+        range,
+        alice,
+        mut bob,
+        mut carol,
+        am,
+        mut bd,
+        a_side,
+        ..
+    } = alice_and_bob_with_carol_standing_by();
+    let _ = alice;
+    // Carol is in room 8123 already (PCMA).
+    let cm = Media::new();
+    let invite = carol.invite_sdp(
+        "8123",
+        &sdp(&[
+            format!("m=audio {} RTP/AVP 8", cm.port()),
+            "a=rtpmap:8 PCMA/8000".into(),
+            "a=sendrecv".into(),
+        ]),
+    );
+    let ok = loop {
+        let r = carol.recv_response();
+        if r.status() >= 200 {
+            break r;
+        }
+    };
+    assert_eq!(ok.status(), 200);
+    let c_port = assert_anchored(ok.body(), range)[0];
+    let mut cd = carol.dialog_from(&invite, &ok);
+    carol.in_dialog(&mut cd, "ACK", None);
+
+    // Bob sends alice there (RFC 4579's way of starting a conference from a call).
+    refer(&mut bob, &mut bd, "sip:8123@127.0.0.1");
+    assert_eq!(next_notify(&mut bob), ("SIP/2.0 200 OK".to_owned(), true));
+    let bye = bob.recv_request("BYE");
+    bob.ok(&bye);
+
+    // Alice (PCMU, 500 Hz) and carol (PCMA, 1100 Hz) now hear each other through the room.
+    let heard = converse(&[
+        (&am.rtp, a_side, tone_at("PCMU", 0, 500.0, 75)),
+        (&cm.rtp, c_port, tone_at("PCMA", 8, 1100.0, 75)),
+    ]);
+    let tail = |packets: &[Vec<u8>]| packets[packets.len().saturating_sub(40)..].to_vec();
+    assert!(
+        heard_power("PCMU", &tail(&heard[0]), 1100.0) > 1e5,
+        "alice hears carol"
+    );
+    assert!(
+        heard_power("PCMA", &tail(&heard[1]), 500.0) > 1e5,
+        "carol hears alice"
+    );
+    assert!(
+        heard_power("PCMU", &tail(&heard[0]), 500.0) < 1e3,
+        "alice does not hear herself"
+    );
 }

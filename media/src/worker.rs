@@ -699,11 +699,11 @@ impl Worker {
                         continue; // reported instead of relayed
                     }
                 }
-                if let Some((room, member_side)) = stream.room
-                    && member_side == side
-                {
-                    // A conference member: its audio goes to the room's mix, not across.
+                if let Some((room, member_side)) = stream.room {
+                    // A conference member: its audio goes to the room's mix, and nothing
+                    // crosses the stream (its other side has left).
                     if is_rtp
+                        && member_side == side
                         && let Some(member) = self
                             .rooms
                             .get_mut(&room)

@@ -3,14 +3,16 @@
 
 use std::collections::HashMap;
 
-use warden_media::StreamId;
 use warden_media::codec::Codec;
+use warden_media::{Side as MediaSide, StreamId};
 
-/// A call in a room: its relay stream (caller side) and the codec its party hears.
+/// A call in a room: the side of its relay stream facing the party in the room (the
+/// caller's, unless a transfer put the callee there) and the codec the party hears.
 #[derive(Debug, Clone, Copy)]
 pub struct Member {
     pub call: u64,
     pub stream: StreamId,
+    pub side: MediaSide,
     pub codec: &'static Codec,
     pub payload_type: u8,
 }
@@ -77,6 +79,7 @@ mod tests {
         Member {
             call,
             stream: StreamId(call),
+            side: MediaSide::A,
             codec: warden_media::codec::by_name("PCMA", 8000).expect("pcma"),
             payload_type: 8,
         }

@@ -187,6 +187,9 @@ pub struct Call {
     /// Legs that left the call by a transfer: their late requests get a quiet answer, and
     /// their dialogs are forgotten with the call.
     pub former: Vec<Leg>,
+    /// The party on this side left without anyone in its place (it transferred the other
+    /// into a conference room): nothing more is sent toward that side.
+    pub left: Option<Side>,
 }
 
 /// A blind transfer (RFC 3515): the party on side `by` asked Warden to call `target` in
@@ -267,6 +270,9 @@ impl Call {
 
     /// The leg of a side (B: the answered branch).
     pub fn leg_mut(&mut self, side: Side) -> Option<&mut Leg> {
+        if self.left == Some(side) {
+            return None;
+        }
         match side {
             Side::A => Some(&mut self.a),
             Side::B => {

@@ -30,7 +30,10 @@ impl Core {
         let tag = req.to_tag();
         let refusal = if call.transfer.is_some() {
             Some((491, "a transfer is already in progress"))
-        } else if call.state != State::Confirmed || call.answered.is_none() {
+        } else if call.state != State::Confirmed
+            || call.answered.is_none()
+            || call.answered_by_warden
+        {
             // Warden-answered calls (prompts, conferences) have no far party to hand over.
             Some((403, "only a bridged call can be transferred"))
         } else {
@@ -107,6 +110,9 @@ impl Core {
                     break;
                 }
                 Action::Reject { status, .. } => return self.transfer_failed(call, status, now),
+                Action::Conference(room) => {
+                    return self.transfer_into_room(call, &room.render(&values), now);
+                }
                 _ => {}
             }
         }
@@ -130,6 +136,47 @@ impl Core {
             }
             None => self.dial_transfer(call, now),
         }
+    }
+
+    /// The target is a conference room (a phone's own three-way call: it REFERs the other
+    /// party to the room it joined): the staying party joins it, in the codec it uses, and
+    /// the transferor leaves the call.
+    fn transfer_into_room(&mut self, call: &mut Call, room: &str, now: Instant) {
+        let Some(by) = call.transfer.as_ref().map(|t| t.by) else {
+            return;
+        };
+        let staying = by.other();
+        let Some((stream, codec, payload_type)) = call.media.receiving(staying) else {
+            return self.transfer_failed(call, 488, now);
+        };
+        let member = crate::call::conference::Member {
+            call: call.id,
+            stream,
+            side: crate::anchor::media_side(staying),
+            codec,
+            payload_type,
+        };
+        if !self.join_room(call, room, member) {
+            return self.transfer_failed(call, 500, now);
+        }
+        call.transfer = None;
+        // The stream's other side mixes nothing and hears nothing: the transferor goes.
+        let Some(mut former) = call.leg_mut(by).cloned() else {
+            return;
+        };
+        self.notify_referrer(&mut former, 200, "OK", true, now);
+        if let Some(bye) = self.leg_request(&mut former, Method::Bye, None) {
+            self.send_in_dialog(bye, former.dest.clone(), ClientPurpose::Untracked, now);
+        }
+        call.former.push(former);
+        call.left = Some(by);
+        call.answered_by_warden = true;
+        tracing::info!(
+            call = call.id,
+            room,
+            by = by.name(),
+            "transferred into the conference"
+        );
     }
 
     /// Screening's decision on a transfer's target.
