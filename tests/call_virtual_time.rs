@@ -354,11 +354,17 @@ fn bye_on_the_callers_early_dialog_ends_the_attempt_like_cancel() {
 
 /// Bob's BYE in the dialog Warden's INVITE `b_invite` opened (To tag `bt`).
 fn bye_from_bob(b_invite: &Request, branch: &str, cseq: u32) -> String {
+    from_bob(b_invite, "BYE", branch, cseq, "")
+}
+
+/// A request from bob in the dialog Warden's INVITE `b_invite` made, with `extra` header
+/// lines.
+fn from_bob(b_invite: &Request, method: &str, branch: &str, cseq: u32, extra: &str) -> String {
     let from = b_invite.header("From").unwrap();
     format!(
-        "BYE sip:warden@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch={branch};rport\r\n\
+        "{method} sip:warden@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch={branch};rport\r\n\
          Max-Forwards: 70\r\nFrom: <sip:bob@127.0.0.1>;tag=bt\r\nTo: {};tag={}\r\n\
-         Call-ID: {}\r\nCSeq: {cseq} BYE\r\nContent-Length: 0\r\n\r\n",
+         Call-ID: {}\r\nCSeq: {cseq} {method}\r\n{extra}Content-Length: 0\r\n\r\n",
         from.split(";tag=").next().unwrap(),
         b_invite.from_tag().unwrap(),
         b_invite.call_id().unwrap()
@@ -710,4 +716,62 @@ fn relayed_responses_take_the_operators_phrase_only_when_asked() {
         .find(|r| r.status() == 486)
         .unwrap();
     assert_eq!(busy.reason(), "Obsadené");
+}
+
+#[test]
+fn a_transfer_target_that_rings_out_is_cancelled_and_the_call_stays() {
+    let mut config = Config::default();
+    config.calls.no_answer_timeout_s = 10;
+    let mut h = Harness::with_config(config);
+    const CAROL: &str = "127.0.0.1:7003";
+    h.input(&format!(
+        "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CAROL};branch=z9hG4bKr2;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:carol@127.0.0.1>;tag=r\r\nTo: <sip:carol@127.0.0.1>\r\n\
+         Call-ID: reg-carol\r\nCSeq: 1 REGISTER\r\nContact: <sip:carol@{CAROL}>\r\nContent-Length: 0\r\n\r\n"
+    ), CAROL);
+    h.sent();
+    let (b_invite, _) = bridged_call(&mut h);
+    let refer = "Refer-To: <sip:carol@127.0.0.1>\r\n";
+    h.input(&from_bob(&b_invite, "REFER", "z9hG4bKref", 2, refer), BOB);
+    let out = h.sent();
+    assert_eq!(statuses_to(&out, BOB), [202]);
+    let notifies = requests_to(&out, BOB, "NOTIFY");
+    assert_eq!(notifies.len(), 1);
+    assert_eq!(&notifies[0].body()[..], b"SIP/2.0 100 Trying\r\n");
+    let c_invite = requests_to(&out, CAROL, "INVITE")[0].clone();
+    let mut ringing = Response::to_request(&c_invite, 180, "Ringing");
+    ringing.set_to_tag("ct");
+    h.send(Message::Response(ringing), CAROL);
+    let out = h.sent();
+    assert_eq!(
+        &requests_to(&out, BOB, "NOTIFY")[0].body()[..],
+        b"SIP/2.0 180 Ringing\r\n"
+    );
+
+    // Ten seconds of ringing: Warden gives up on carol.
+    h.advance(Duration::from_secs(9));
+    assert!(requests_to(&h.sent(), CAROL, "CANCEL").is_empty());
+    h.advance(Duration::from_secs(2));
+    let out = h.sent();
+    let cancel = requests_to(&out, CAROL, "CANCEL")[0].clone();
+    h.send(
+        Message::Response(Response::to_request(&cancel, 200, "OK")),
+        CAROL,
+    );
+    let mut terminated = Response::to_request(&c_invite, 487, "Request Terminated");
+    terminated.set_to_tag("ct");
+    h.send(Message::Response(terminated), CAROL);
+    let out = h.sent();
+    assert_eq!(requests_to(&out, CAROL, "ACK").len(), 1, "the 487 is ACKed");
+    let last = requests_to(&out, BOB, "NOTIFY")[0].clone();
+    assert_eq!(&last.body()[..], b"SIP/2.0 487 Request Terminated\r\n");
+    assert!(
+        last.header("Subscription-State")
+            .is_some_and(|s| s.starts_with("terminated")),
+        "the last NOTIFY ends the subscription"
+    );
+    // Alice and bob are still in their call.
+    assert!(requests_to(&out, ALICE, "BYE").is_empty());
+    assert!(requests_to(&out, BOB, "BYE").is_empty());
+    assert_eq!(h.core.active_calls(), 1);
 }
