@@ -1,6 +1,7 @@
 //! Transcoding capacity per core: for each codec pair, how many calls (both directions)
 //! one core can transcode in real time, against the codec-bound limit measured in the same
 //! run (bare decode + encode of the same frames, no resampling, framing or RTP around it).
+//! Then the same for conference rooms: members mixed per core against their codecs' floor.
 //!
 //! Both sides work at the PCM rates the transcoder picks (`codec::pcm_rates_between`): Opus
 //! talks to G.711 at 8 kHz, so neither side resamples. With Opus built in, a second table
@@ -68,6 +69,7 @@ fn main() {
             calls(path) / calls(bare)
         );
     }
+    conference_table(frames, &options);
     if codec::all().iter().any(|c| c.name == "opus") {
         opus_complexity_sweep(frames);
     }
@@ -220,30 +222,7 @@ fn transcode_path(
     frames: usize,
     options: &CodecOptions,
 ) -> Duration {
-    let leg = |codec: &'static Codec| LegCodec {
-        codec,
-        payload_type: codec.static_payload_type.unwrap_or(96),
-        params: NATIVE,
-        ptime: 20,
-        dtmf_payload_type: None,
-        cn_payload_type: None,
-    };
-    let rtp = |codec: &Codec| -> Vec<Vec<u8>> {
-        let pt = codec.static_payload_type.unwrap_or(96);
-        payloads(codec, frames)
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let mut packet = vec![0x80, pt];
-                packet.extend_from_slice(&(i as u16).to_be_bytes());
-                packet.extend_from_slice(&((i as u32) * codec.rtp_clock / 50).to_be_bytes());
-                packet.extend_from_slice(&7u32.to_be_bytes());
-                packet.extend_from_slice(&p);
-                packet
-            })
-            .collect()
-    };
-    let (ra, rb) = (rtp(a), rtp(b));
+    let (ra, rb) = (rtp(a, frames), rtp(b, frames));
     let (mut ab, mut ba) = (
         Direction::new(leg(a), leg(b), options),
         Direction::new(leg(b), leg(a), options),
@@ -259,6 +238,130 @@ fn transcode_path(
         ba.on_packet(&rb[i], at(i, 0), &mut |p| sent += p.len());
         ab.tick(at(i, 10), &mut |p| sent += p.len());
         ba.tick(at(i, 10), &mut |p| sent += p.len());
+    }
+    std::hint::black_box(sent);
+    start.elapsed()
+}
+
+/// A leg of `codec` in its default format, 20 ms packets.
+fn leg(codec: &'static Codec) -> LegCodec {
+    LegCodec {
+        codec,
+        payload_type: codec.static_payload_type.unwrap_or(96),
+        params: NATIVE,
+        ptime: 20,
+        dtmf_payload_type: None,
+        cn_payload_type: None,
+    }
+}
+
+/// `frames` RTP packets of `codec`, 20 ms each.
+fn rtp(codec: &Codec, frames: usize) -> Vec<Vec<u8>> {
+    let pt = codec.static_payload_type.unwrap_or(96);
+    payloads(codec, frames)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut packet = vec![0x80, pt];
+            packet.extend_from_slice(&(i as u16).to_be_bytes());
+            packet.extend_from_slice(&((i as u32) * codec.rtp_clock / 50).to_be_bytes());
+            packet.extend_from_slice(&7u32.to_be_bytes());
+            packet.extend_from_slice(&p);
+            packet
+        })
+        .collect()
+}
+
+/// Conference mixing per core: rooms of members on PCMU, PCMA and G.722 in turn, the cost
+/// per member and 20 ms against the codec-bound floor measured in the same run (each
+/// member's frame decoded and one encoded, at the member's own rate).
+fn conference_table(frames: usize, options: &CodecOptions) {
+    println!("\nconference rooms (members on PCMU, PCMA, G722 in turn; mixed at 16 kHz)");
+    println!(
+        "{:<8} {:>15} {:>17} {:>13} {:>17} {:>7}",
+        "members", "codec us/member", "codec-bound", "mix us/member", "mixed", "ratio"
+    );
+    for size in [3usize, 10] {
+        let codecs: Vec<&'static Codec> = (0..size)
+            .map(|i| find(["PCMU", "PCMA", "G722"][i % 3]))
+            .collect();
+        let (mut bare, mut path) = (Duration::MAX, Duration::MAX);
+        for _ in 0..5 {
+            bare = bare.min(members_bound(&codecs, frames, options));
+            path = path.min(mix_path(&codecs, frames, options));
+        }
+        let per_member = |d: Duration| d.as_secs_f64() * 1e6 / (frames * size) as f64;
+        let members = |d: Duration| 20_000.0 / per_member(d);
+        println!(
+            "{:<8} {:>15.1} {:>9.0} members {:>13.1} {:>9.0} members {:>7.2}",
+            size,
+            per_member(bare),
+            members(bare),
+            per_member(path),
+            members(path),
+            members(path) / members(bare)
+        );
+    }
+}
+
+/// The mixer's PCM rate for a member of `codec` (as `mixer::Member` picks it).
+fn member_rate(codec: &Codec) -> u32 {
+    if codec.pcm_rates.contains(&warden_media::mixer::MIX_RATE) {
+        warden_media::mixer::MIX_RATE
+    } else {
+        codec.sample_rate
+    }
+}
+
+/// The floor: every member's frame decoded and one frame encoded for it, nothing else.
+fn members_bound(codecs: &[&'static Codec], frames: usize, options: &CodecOptions) -> Duration {
+    let inputs: Vec<Vec<Vec<u8>>> = codecs.iter().map(|c| payloads(c, frames)).collect();
+    let mut coders: Vec<_> = codecs
+        .iter()
+        .map(|c| {
+            let rate = member_rate(c);
+            let frame = frames_of(rate, 1).remove(0);
+            (
+                c.decoder_at(rate, &NATIVE),
+                c.encoder_at(rate, options, &NATIVE),
+                frame,
+            )
+        })
+        .collect();
+    let (mut pcm, mut out) = (Vec::with_capacity(1024), Vec::with_capacity(1024));
+    let start = Instant::now();
+    for i in 0..frames {
+        for ((decoder, encoder, frame), input) in coders.iter_mut().zip(&inputs) {
+            pcm.clear();
+            out.clear();
+            decoder.decode(&input[i], &mut pcm);
+            encoder.encode(frame, &mut out);
+        }
+    }
+    std::hint::black_box(&out);
+    start.elapsed()
+}
+
+/// Warden's path: each member's RTP through its jitter buffer and decoder, resampled to
+/// the mix, summed, each member's share (minus itself) resampled back, encoded, RTP out.
+fn mix_path(codecs: &[&'static Codec], frames: usize, options: &CodecOptions) -> Duration {
+    use warden_media::mixer::{Member, Room};
+    let inputs: Vec<Vec<Vec<u8>>> = codecs.iter().map(|c| rtp(c, frames)).collect();
+    let mut room = Room::default();
+    for (i, c) in codecs.iter().enumerate() {
+        room.add(Member::new(i as u64, i, 0, leg(c), options));
+    }
+    let mut sent = 0usize;
+    let t0 = Instant::now();
+    let at = |i: usize, offset_ms: u64| t0 + Duration::from_millis(20 * i as u64 + offset_ms);
+    let start = Instant::now();
+    for i in 0..frames {
+        for (member, input) in (0..codecs.len()).zip(&inputs) {
+            if let Some(m) = room.member_mut(member as u64) {
+                m.on_packet(&input[i], at(i, 0));
+            }
+        }
+        room.tick(at(i, 10), &mut |_, _, p| sent += p.len());
     }
     std::hint::black_box(sent);
     start.elapsed()

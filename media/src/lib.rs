@@ -4,7 +4,7 @@
 pub mod codec;
 pub mod dtmf;
 pub mod jitter;
-mod mixer;
+pub mod mixer;
 pub mod ports;
 pub mod prompt;
 pub mod relay;

@@ -18,7 +18,7 @@ pub const MIX_RATE: u32 = 16000;
 const MAX_WAITING_FRAMES: usize = 3;
 
 /// One party in a room: the side of a relay stream facing it, and its codec both ways.
-pub(crate) struct Member {
+pub struct Member {
     pub stream: u64,
     /// The worker slot and the side index of the stream (where its packets come and go).
     pub slot: usize,
@@ -44,7 +44,7 @@ pub(crate) struct Member {
 }
 
 impl Member {
-    pub(crate) fn new(
+    pub fn new(
         stream: u64,
         slot: usize,
         side: usize,
@@ -83,7 +83,7 @@ impl Member {
 
     /// Take one RTP packet from the member: its audio waits in the jitter buffer (other
     /// payloads, events and comfort noise, are not mixed).
-    pub(crate) fn on_packet(&mut self, packet: &[u8], now: Instant) {
+    pub fn on_packet(&mut self, packet: &[u8], now: Instant) {
         let Ok(rtp) = rtp_types::RtpPacket::parse(packet) else {
             return;
         };
@@ -152,19 +152,24 @@ impl Member {
 
 /// A room's members and the running sum of their voices.
 #[derive(Default)]
-pub(crate) struct Room {
-    pub members: Vec<Member>,
+pub struct Room {
+    pub(crate) members: Vec<Member>,
     total: Vec<i32>,
 }
 
 impl Room {
-    pub(crate) fn member_mut(&mut self, stream: u64) -> Option<&mut Member> {
+    /// Add a member (the worker's slot and side in it come with the member).
+    pub fn add(&mut self, member: Member) {
+        self.members.push(member);
+    }
+
+    pub fn member_mut(&mut self, stream: u64) -> Option<&mut Member> {
         self.members.iter_mut().find(|m| m.stream == stream)
     }
 
     /// One 20 ms step: hear every member, then send each the others' sum; `send` gets the
     /// member's slot and side and its packet.
-    pub(crate) fn tick(&mut self, now: Instant, send: &mut dyn FnMut(usize, usize, &[u8])) {
+    pub fn tick(&mut self, now: Instant, send: &mut dyn FnMut(usize, usize, &[u8])) {
         let frame = frame_samples(MIX_RATE);
         self.total.clear();
         self.total.resize(frame, 0);
