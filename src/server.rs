@@ -467,8 +467,11 @@ fn metrics_snapshot(
         }
         _ => 0.0,
     };
+    let (rooms, members) = core.rooms.counts();
     Snapshot {
         calls_active: core.active_calls() as u64,
+        conference_rooms: rooms as u64,
+        conference_members: members as u64,
         calls_started: core.stats.calls_started,
         calls_answered: core.stats.calls_answered,
         calls_per_second,

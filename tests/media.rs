@@ -1107,6 +1107,12 @@ fn three_parties_on_different_codecs_each_hear_the_other_two_in_a_conference() {
             );
         }
     }
+    let (_, metrics) = common::get(&w.admin("/metrics"));
+    assert!(
+        metrics.contains("warden_conference_rooms 1")
+            && metrics.contains("warden_conference_members 3"),
+        "{metrics}"
+    );
     // Alice leaves: the others hear the leave chime, and the room goes on.
     let (mut alice, mut alice_dialog, _, _) = joined.remove(0);
     alice.in_dialog(&mut alice_dialog, "BYE", None);

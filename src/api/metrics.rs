@@ -23,6 +23,9 @@ pub struct Snapshot {
     pub registrations: u64,
     pub relay_streams: u64,
     pub transcoding_channels: u64,
+    /// Conference rooms with members, and their members.
+    pub conference_rooms: u64,
+    pub conference_members: u64,
     pub relay_rtp_packets: u64,
     pub relay_rtp_bytes: u64,
     /// (decision, check, count).
@@ -98,6 +101,18 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         "transcoding_channels",
         "Media streams Warden transcodes",
         n(s.transcoding_channels),
+    );
+    gauge(
+        &mut r,
+        "conference_rooms",
+        "Conference rooms with members",
+        n(s.conference_rooms),
+    );
+    gauge(
+        &mut r,
+        "conference_members",
+        "Calls in conference rooms",
+        n(s.conference_members),
     );
     counter(
         &mut r,
