@@ -244,7 +244,20 @@ fn digest_auth_challenges_and_accepts_md5_and_sha256() {
             expected,
             "{alg:?} {password}"
         );
+        if expected == 200 {
+            // The same credentials once more (a captured REGISTER replayed): refused with
+            // a fresh challenge, not a stale one.
+            let replayed = bob.register_with(600, Some(&auth));
+            assert_eq!(replayed.status(), 401, "{alg:?} replay");
+            assert!(
+                replayed
+                    .headers("WWW-Authenticate")
+                    .iter()
+                    .all(|h| !h.contains("stale=true"))
+            );
+        }
     }
+    assert!(w.log().contains("replayed nonce count"), "the log says why");
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Digest authentication (RFC 3261 22.4, RFC 8760 SHA-256): stateless, expiring nonces and
-//! response checking. Passwords and HA1 values never reach a log line.
+//! Digest authentication (RFC 3261 22.4, RFC 8760 SHA-256): expiring nonces that prove
+//! themselves (no state until used), response checking, and replay protection: each nonce
+//! count is taken once (RFC 7616 3.3). Passwords and HA1 values never reach a log line.
 
 use hmac::{Hmac, Mac};
 use md5::Md5;
@@ -54,7 +55,14 @@ pub struct DigestAuth {
     realm: String,
     secret: [u8; 32],
     nonce_lifetime_s: u64,
+    /// Nonces that authenticated a request: when issued, and the highest nonce count used
+    /// (0: used without qop, which allows one use). Only verified credentials enter, and
+    /// expired nonces leave, so it stays as small as the live clients.
+    used: std::sync::Mutex<std::collections::HashMap<String, (u64, u32)>>,
 }
+
+/// Nonces remembered before the expired ones are swept out.
+const SWEEP_AT: usize = 4096;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -64,6 +72,7 @@ impl DigestAuth {
             realm: realm.to_owned(),
             secret: rand::random(),
             nonce_lifetime_s,
+            used: Default::default(),
         }
     }
 
@@ -71,17 +80,41 @@ impl DigestAuth {
         &self.realm
     }
 
-    fn mac(&self, issued: u64) -> String {
-        // HMAC over the issue time: a nonce proves we made it and when, without any state.
+    fn mac(&self, issued: u64, salt: u64) -> String {
+        // HMAC over the issue time and a random salt: a nonce proves we made it and when,
+        // without any state, and no two challenges share one.
         let Ok(mut mac) = HmacSha256::new_from_slice(&self.secret) else {
             return String::new();
         };
         mac.update(&issued.to_be_bytes());
+        mac.update(&salt.to_be_bytes());
         hex(&mac.finalize().into_bytes())
     }
 
     pub fn nonce(&self, now_s: u64) -> String {
-        format!("{now_s:x}.{}", self.mac(now_s))
+        let salt: u64 = rand::random();
+        format!("{now_s:x}.{salt:x}.{}", self.mac(now_s, salt))
+    }
+
+    /// Take nonce count `count` of `nonce` (issued at `issued`; 0 without qop): false when
+    /// it was taken before (a replay).
+    fn take_count(&self, nonce: &str, issued: u64, count: u32, now_s: u64) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        if used.len() >= SWEEP_AT {
+            let lifetime = self.nonce_lifetime_s;
+            used.retain(|_, (at, _)| now_s.saturating_sub(*at) <= lifetime);
+        }
+        match used.get_mut(nonce) {
+            Some((_, last)) if count > *last => {
+                *last = count;
+                true
+            }
+            Some(_) => false,
+            None => {
+                used.insert(nonce.to_owned(), (issued, count));
+                true
+            }
+        }
     }
 
     /// WWW-Authenticate values to send (SHA-256 first, as RFC 8760 recommends).
@@ -128,14 +161,18 @@ impl DigestAuth {
             return (Verdict::Denied("unknown user"), user_owned);
         };
         let ha2 = alg.hash(&format!("{method}:{uri}"));
-        let expected = match get("qop") {
+        let (expected, count) = match get("qop") {
             Some("auth") => {
                 let (Some(nc), Some(cnonce)) = (get("nc"), get("cnonce")) else {
                     return (Verdict::Denied("qop without nc/cnonce"), user_owned);
                 };
-                alg.hash(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
+                let Some(count) = u32::from_str_radix(nc, 16).ok().filter(|c| *c > 0) else {
+                    return (Verdict::Denied("malformed nonce count"), user_owned);
+                };
+                let expected = alg.hash(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+                (expected, count)
             }
-            None => alg.hash(&format!("{ha1}:{nonce}:{ha2}")),
+            None => (alg.hash(&format!("{ha1}:{nonce}:{ha2}")), 0),
             Some(_) => return (Verdict::Denied("unsupported qop"), user_owned),
         };
         if !constant_time_eq(
@@ -144,17 +181,26 @@ impl DigestAuth {
         ) {
             return (Verdict::Denied("wrong password"), user_owned);
         }
-        let Some((issued_hex, mac)) = nonce.split_once('.') else {
+        let mut parts = nonce.split('.');
+        let (Some(issued_hex), Some(salt_hex), Some(mac), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return (Verdict::Denied("foreign nonce"), user_owned);
         };
-        let Ok(issued) = u64::from_str_radix(issued_hex, 16) else {
+        let (Ok(issued), Ok(salt)) = (
+            u64::from_str_radix(issued_hex, 16),
+            u64::from_str_radix(salt_hex, 16),
+        ) else {
             return (Verdict::Denied("foreign nonce"), user_owned);
         };
-        if !constant_time_eq(mac.as_bytes(), self.mac(issued).as_bytes()) {
+        if !constant_time_eq(mac.as_bytes(), self.mac(issued, salt).as_bytes()) {
             return (Verdict::Denied("foreign nonce"), user_owned);
         }
         if now_s.saturating_sub(issued) > self.nonce_lifetime_s {
             return (Verdict::Stale, user_owned);
+        }
+        if !self.take_count(nonce, issued, count, now_s) {
+            return (Verdict::Denied("replayed nonce count"), user_owned);
         }
         (Verdict::Ok, user_owned)
     }
@@ -244,6 +290,54 @@ mod tests {
     }
 
     #[test]
+    fn a_nonce_count_is_taken_once_and_counts_must_grow() {
+        let auth = DigestAuth::new("warden", 300);
+        let nonce = auth.nonce(1000);
+        let first = answer(
+            &nonce,
+            "warden",
+            Algorithm::Sha256,
+            "alice",
+            "secret",
+            "REGISTER",
+            "sip:w",
+        );
+        let check = |h: &str| auth.verify(h, "REGISTER", 1001, ha1(Algorithm::Sha256)).0;
+        assert_eq!(check(&first), Verdict::Ok);
+        assert_eq!(
+            check(&first),
+            Verdict::Denied("replayed nonce count"),
+            "the same request again"
+        );
+        // The client's next request on the same nonce counts on: accepted.
+        let second = first.replace("nc=00000001", "nc=00000002").replace(
+            &response_of(&first),
+            &Algorithm::Sha256.hash(&format!(
+                "{}:{nonce}:00000002:0a4f113b:auth:{}",
+                Algorithm::Sha256.hash("alice:warden:secret"),
+                Algorithm::Sha256.hash("REGISTER:sip:w")
+            )),
+        );
+        assert_eq!(check(&second), Verdict::Ok);
+        assert_eq!(
+            check(&first),
+            Verdict::Denied("replayed nonce count"),
+            "going back"
+        );
+        // Every challenge's nonce is its own, even within one second.
+        assert_ne!(auth.nonce(1000), auth.nonce(1000));
+    }
+
+    fn response_of(header: &str) -> String {
+        header
+            .split("response=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
     fn wrong_password_stale_and_forged_nonces_are_refused() {
         let auth = DigestAuth::new("warden", 300);
         let nonce = auth.nonce(1000);
@@ -274,7 +368,7 @@ mod tests {
             Verdict::Stale
         );
         let forged = answer(
-            "3e8.00ff",
+            "3e8.1.00ff",
             "warden",
             Algorithm::Md5,
             "alice",
