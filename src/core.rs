@@ -27,7 +27,8 @@ use crate::cdr::Record;
 use crate::config::Config;
 use crate::dialplan::{Action, BridgeMode, CallFacts, Dialplan, SessionCase};
 use crate::dns::{Found, Lookup, literal_destination};
-use crate::registrar::{Change, Registrar};
+use crate::guard::Guard;
+use crate::registrar::{AuthKind, Change, Registrar};
 use crate::sip::dtmf_relay;
 use crate::sip::message::{Malformed, Message, Method, NameAddr, Request, Response, Uri, Via};
 use crate::sip::transaction::{Transactions, TxEvent, TxKey};
@@ -160,6 +161,10 @@ pub struct Core {
     /// Conference rooms and the calls in them.
     pub rooms: Rooms,
     pub stats: Stats,
+    /// Flood and abuse protection: rates, bans, calls per source.
+    pub guard: Guard,
+    /// Sources whose INVITEs need no credentials (`calls.trusted`, the S-CSCFs).
+    calls_trusted: Vec<(std::net::IpAddr, u8)>,
 }
 
 impl Core {
@@ -176,6 +181,8 @@ impl Core {
             phrases: config.sip.phrases(),
             transcodable: config.media.transcodable(),
             trusted_scscf: config.ims.trusted(),
+            guard: Guard::new(&config.guard, &config.ims.trusted()),
+            calls_trusted: [config.calls.trusted(), config.ims.trusted()].concat(),
             next_attempt: 1,
             tx: Transactions::new(config.timers()),
             config,
@@ -343,6 +350,17 @@ impl Core {
     ) {
         let unix_s = self.set_wall_clock(unix_ms);
         self.clock = self.clock.max(now);
+        let (is_request, agent) = match &message {
+            Message::Request(r) => (true, r.header("User-Agent")),
+            Message::Response(_) => (false, None),
+        };
+        if let Err(why) = self
+            .guard
+            .admit(from.addr.ip(), is_request, agent.as_deref(), now)
+        {
+            tracing::trace!(from = %from.addr, reason = why.as_str(), "dropped by the guard");
+            return;
+        }
         match message {
             Message::Request(mut r) => {
                 if let Err(bad) = r.check() {
@@ -674,8 +692,15 @@ impl Core {
         now: Instant,
     ) {
         let user = req.to().and_then(|t| t.uri.user()).unwrap_or_default();
-        if let Some(challenge) = self.registrar.authenticate(&req, &user, unix_s) {
-            self.tx.respond(&key, challenge, now);
+        if self.registrar.register_needs_auth()
+            && let Err(refusal) =
+                self.registrar
+                    .authenticate(&req, &user, AuthKind::Register, unix_s)
+        {
+            if refusal.failed {
+                self.guard.auth_failed(from.addr.ip(), now);
+            }
+            self.tx.respond(&key, *refusal.response, now);
             return;
         }
         let outcome = self.registrar.register(&req, &from, unix_s);
@@ -695,6 +720,21 @@ impl Core {
     ) {
         if req.max_forwards() == Some(0) {
             return self.respond(&key, &req, 483, None, now);
+        }
+        if self.config.calls.auth
+            && !crate::dialplan::in_networks(from.addr.ip(), &self.calls_trusted)
+        {
+            // An untrusted source calls as one of our users, and must prove it.
+            let caller = req.from().and_then(|f| f.uri.user()).unwrap_or_default();
+            if let Err(refusal) =
+                self.registrar
+                    .authenticate(&req, &caller, AuthKind::Invite, unix_s)
+            {
+                if refusal.failed {
+                    self.guard.auth_failed(from.addr.ip(), now);
+                }
+                return self.tx.respond(&key, *refusal.response, now);
+            }
         }
         // 100 Trying at once: the caller stops retransmitting while we look the callee up.
         self.respond(&key, &req, 100, None, now);
@@ -721,6 +761,11 @@ impl Core {
             );
             self.respond(&key, &req, 503, None, now);
             return self.refused_attempt(&req, &from, 503, "call limit", None);
+        }
+        if !self.guard.admit_call(from.addr.ip()) {
+            tracing::warn!(source = %from.addr.ip(), limit = self.config.guard.max_calls_per_source, "calls per source limit reached; refusing with 503");
+            self.respond(&key, &req, 503, None, now);
+            return self.refused_attempt(&req, &from, 503, "source call limit", None);
         }
         let facts = self.call_facts(&req, &from, unix_s);
         let Some(decision) = self.dialplan.evaluate(&facts) else {
@@ -754,6 +799,7 @@ impl Core {
         let id = self.next_call;
         self.next_call += 1;
         self.stats.calls_started += 1;
+        self.guard.call_started(from.addr.ip(), now);
         let a_target = req
             .contact_uri()
             .unwrap_or_else(|| from_hdr.uri.to_string());
@@ -815,6 +861,7 @@ impl Core {
             transfer: None,
             former: Vec::new(),
             left: None,
+            guarded_source: Some(from.addr.ip()),
             program: Some(program),
             tags: Vec::new(),
             b_headers: Vec::new(),
@@ -2922,6 +2969,9 @@ impl Core {
                 );
             }
             self.ended_record(&mut call);
+            if let Some(source) = call.guarded_source {
+                self.guard.call_ended(source);
+            }
             self.leave_conference(&call);
             call.media.close(&mut self.media);
             if call.screened {

@@ -14,6 +14,10 @@ pub enum Ctl {
     Hangup { call: u64 },
     /// Registered contacts.
     Registrations,
+    /// Sources the guard has banned (flooding, failed authentication, scanners).
+    Bans,
+    /// Lift a source's ban.
+    Unban { source: std::net::IpAddr },
     /// Call detail records, newest first.
     Cdr(CdrArgs),
     /// Reload the dialplan (refused, with file and line, when it has a mistake).
@@ -134,6 +138,14 @@ fn request(config: &Config, command: Ctl) -> anyhow::Result<String> {
                 Ctl::Calls => (client.get(path("/calls")), calls_table),
                 Ctl::Hangup { call } => (client.delete(path(&format!("/calls/{call}"))), done),
                 Ctl::Registrations => (client.get(path("/registrations")), registrations_table),
+                Ctl::Bans => (client.get(path("/guard/bans")), bans_table),
+                Ctl::Unban { source } => (
+                    client.delete(path(&format!(
+                        "/guard/bans/{}",
+                        segment(&source.to_string())
+                    ))),
+                    done,
+                ),
                 _ => (client.post(path("/reload")), reloaded),
             };
             let body = send(with_token(builder), &base)?;
@@ -306,6 +318,17 @@ fn registrations_table(value: &Value) -> String {
             ("transport", "TRANSPORT"),
             ("source", "SOURCE"),
             ("user_agent", "USER AGENT"),
+        ],
+    )
+}
+
+fn bans_table(value: &Value) -> String {
+    table(
+        value,
+        &[
+            ("source", "SOURCE"),
+            ("reason", "REASON"),
+            ("remaining_s", "REMAINING (S)"),
         ],
     )
 }

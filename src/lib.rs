@@ -11,6 +11,7 @@ pub mod ctl;
 pub mod dialplan;
 pub mod dns;
 pub mod e164;
+pub mod guard;
 pub mod prompts;
 pub mod registrar;
 pub mod screening;

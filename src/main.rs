@@ -35,6 +35,9 @@ enum Command {
     /// Operate the running server through its admin API (`admin.listen`, `admin.token`).
     #[command(subcommand)]
     Ctl(warden::ctl::Ctl),
+    /// Users who may authenticate, kept in the database (`database.path`) as HA1 values.
+    #[command(subcommand)]
+    User(warden::registrar::users::UserCommand),
 }
 
 fn load(path: &Option<PathBuf>) -> anyhow::Result<Config> {
@@ -99,6 +102,25 @@ fn reload(config: &Config) -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
+/// `warden user`: one command against the database, no server needed.
+fn user(config: &Config, command: warden::registrar::users::UserCommand) -> std::process::ExitCode {
+    let outcome = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(warden::registrar::users::run(config, command)));
+    match outcome {
+        Ok(text) => {
+            print!("{text}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("warden: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Some(Command::Codecs)) {
@@ -115,10 +137,12 @@ fn main() -> std::process::ExitCode {
     if matches!(cli.command, Some(Command::Reload)) {
         return reload(&config);
     }
-    if let Some(Command::Ctl(command)) = cli.command {
-        return warden::ctl::run(&config, command);
-    }
-    if matches!(cli.command, Some(Command::Check)) {
+    let command = match cli.command {
+        Some(Command::Ctl(command)) => return warden::ctl::run(&config, command),
+        Some(Command::User(command)) => return user(&config, command),
+        other => other,
+    };
+    if matches!(command, Some(Command::Check)) {
         return match warden::server::load_dialplan(&config) {
             Ok(plan) => {
                 println!(

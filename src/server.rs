@@ -149,7 +149,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let screen_writer = tokio::spawn(crate::screening::store::writer(pool.clone(), screen_rx));
     let (mut screening, mut screening_events) =
         crate::screening::driver::Driver::new(&config.screening, engine, screen_tx)?;
-    let registrar = Registrar::new(config.registrar.clone(), loaded);
+    let mut registrar = Registrar::new(config.registrar.clone(), loaded);
+    registrar.set_stored_users(crate::registrar::users::load(&pool).await?);
+    tracing::info!(users = registrar.user_count(), "users who may authenticate");
+    if registrar.user_count() == 0 && (config.registrar.auth || config.calls.auth) {
+        tracing::warn!(
+            "authentication is on (registrar.auth or calls.auth) but there are no users: add them under [[registrar.users]] or with `warden user add`"
+        );
+    }
     // What a reload reads (the dialplan file, and the profiles it may name).
     let reload_config = config.clone();
     let resolver = crate::dns::resolver(&config.dns)?;
@@ -217,7 +224,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = tokio::time::sleep_until(deadline) => {
                 core.handle_timeout(Instant::now(), unix_now_ms());
             }
-            _ = sweep.tick() => screening.engine.sweep(unix_now()),
+            _ = sweep.tick() => {
+                screening.engine.sweep(unix_now());
+                core.guard.sweep(Instant::now());
+            }
             _ = rate_tick.tick() => {
                 if started_samples.len() == 11 {
                     started_samples.pop_front();
@@ -242,8 +252,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         }
                     }
                     Command::Registrations => Ok(registrations(&core)),
-                    Command::Reload => reload_dialplan(&mut core, &reload_config)
-                        .map_err(|e| format!("{e}\n")),
+                    Command::Bans => Ok(serde_json::to_value(core.guard.bans(Instant::now())).unwrap_or_default()),
+                    Command::Unban(source) => {
+                        if core.guard.unban(source) {
+                            tracing::info!(%source, "ban lifted by the admin API");
+                            Ok(serde_json::json!({"unbanned": source.to_string()}))
+                        } else {
+                            Err(format!("not found: {source} is not banned\n"))
+                        }
+                    }
+                    Command::Reload => {
+                        reload_users(&mut core, &pool).await;
+                        reload_dialplan(&mut core, &reload_config).map_err(|e| format!("{e}\n"))
+                    }
                     Command::Metrics => {
                         let snapshot = metrics_snapshot(&core, &screening.engine, &cdr_status, journalled, &started_samples, drain_until.is_some());
                         Ok(serde_json::to_value(snapshot).unwrap_or_default())
@@ -252,6 +273,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 let _ = reply.send(answer);
             }
             _ = reload.recv() => {
+                reload_users(&mut core, &pool).await;
                 if let Err(e) = reload_dialplan(&mut core, &reload_config) {
                     tracing::error!(error = %e, "dialplan reload refused");
                 }
@@ -419,6 +441,18 @@ fn handle(core: &mut Core, transmitter: &mut transport::Transmitter, event: Inbo
     }
 }
 
+/// Read the stored users again (SIGHUP, the admin API); on a database error the known
+/// users stay.
+async fn reload_users(core: &mut Core, pool: &sqlx::SqlitePool) {
+    match crate::registrar::users::load(pool).await {
+        Ok(users) => {
+            core.registrar.set_stored_users(users);
+            tracing::info!(users = core.registrar.user_count(), "users reloaded");
+        }
+        Err(e) => tracing::error!(error = %e, "cannot reload users; the known ones stay"),
+    }
+}
+
 /// Reload the dialplan (SIGHUP, the admin API): a bad file leaves the running plan in
 /// place and says why.
 fn reload_dialplan(core: &mut Core, config: &Config) -> Result<serde_json::Value, String> {
@@ -468,6 +502,7 @@ fn metrics_snapshot(
         _ => 0.0,
     };
     let (rooms, members) = core.rooms.counts();
+    let guard = &core.guard.counters;
     Snapshot {
         calls_active: core.active_calls() as u64,
         conference_rooms: rooms as u64,
@@ -494,6 +529,21 @@ fn metrics_snapshot(
         cdr_spool_bytes: cdr.backlog_bytes.load(Ordering::Relaxed),
         cdr_database_up: cdr.database_up.load(Ordering::Relaxed),
         draining,
+        guard_dropped: guard
+            .dropped
+            .iter()
+            .map(|(why, n)| (why.as_str().to_owned(), *n))
+            .collect(),
+        guard_bans: guard
+            .bans
+            .iter()
+            .map(|(why, n)| (why.as_str().to_owned(), *n))
+            .collect(),
+        guard_banned_sources: core.guard.bans(Instant::now()).len() as u64,
+        guard_sources: core.guard.tracked() as u64,
+        guard_untracked: guard.untracked,
+        auth_failures: guard.auth_failures,
+        guard_call_limit_refused: guard.call_limit_refused,
     }
 }
 

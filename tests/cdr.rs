@@ -11,27 +11,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{Dialog, Ua, Warden, cdrs, closed_records, establish, get, hang_up};
+use common::{Dialog, Ua, Warden, cdrs, closed_records, establish, get, hang_up, metric};
 use warden::cdr::Record;
 use warden::cdr::store::{Filter, Store};
-
-/// /metrics, parsed by a Prometheus text-format parser: the value of `name` with `label`.
-fn metric(w: &Warden, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
-    let (status, text) = get(&w.admin("/metrics"));
-    assert_eq!(status, 200, "{text}");
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .expect("Prometheus text format");
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => f64::NAN,
-        })
-}
 
 fn by_code(records: &[serde_json::Value], code: i64) -> Vec<&serde_json::Value> {
     records.iter().filter(|r| r["final_code"] == code).collect()

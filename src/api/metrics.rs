@@ -40,6 +40,18 @@ pub struct Snapshot {
     pub cdr_spool_bytes: u64,
     pub cdr_database_up: bool,
     pub draining: bool,
+    /// Messages the guard dropped unread, by reason (banned, rate, scanner).
+    pub guard_dropped: Vec<(String, u64)>,
+    /// Bans imposed, by reason (flood, auth, scanner), and sources banned now.
+    pub guard_bans: Vec<(String, u64)>,
+    pub guard_banned_sources: u64,
+    /// Sources the guard remembers, and those it saw while full (not metered).
+    pub guard_sources: u64,
+    pub guard_untracked: u64,
+    /// Credentials that failed (wrong password, unknown user, replayed nonce).
+    pub auth_failures: u64,
+    /// INVITEs refused because their source had `guard.max_calls_per_source` calls.
+    pub guard_call_limit_refused: u64,
 }
 
 type Labels = Vec<(String, String)>;
@@ -58,6 +70,16 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         r.register(name, help, c);
     };
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let labelled =
+        |r: &mut Registry, name: &str, help: &str, label: &str, values: &[(String, u64)]| {
+            let family = Family::<Labels, Counter>::default();
+            for (value, count) in values {
+                family
+                    .get_or_create(&vec![(label.to_owned(), value.clone())])
+                    .inc_by(*count);
+            }
+            r.register(name, help, family);
+        };
     gauge(
         &mut r,
         "calls_active",
@@ -140,19 +162,59 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         "Screening decisions by outcome and deciding check",
         screening,
     );
-    let malformed = Family::<Labels, Counter>::default();
-    for (handling, count) in [
-        ("answered", s.sip_malformed_answered),
-        ("dropped", s.sip_malformed_dropped),
-    ] {
-        malformed
-            .get_or_create(&vec![("handling".into(), handling.into())])
-            .inc_by(count);
-    }
-    r.register(
+    labelled(
+        &mut r,
         "sip_malformed",
         "Malformed SIP messages, answered 400 or dropped",
-        malformed,
+        "handling",
+        &[
+            ("answered".into(), s.sip_malformed_answered),
+            ("dropped".into(), s.sip_malformed_dropped),
+        ],
+    );
+    labelled(
+        &mut r,
+        "guard_dropped",
+        "SIP messages dropped unread by the guard, by reason",
+        "reason",
+        &s.guard_dropped,
+    );
+    labelled(
+        &mut r,
+        "guard_bans",
+        "Sources banned, by reason",
+        "reason",
+        &s.guard_bans,
+    );
+    gauge(
+        &mut r,
+        "guard_banned_sources",
+        "Sources banned now",
+        n(s.guard_banned_sources),
+    );
+    gauge(
+        &mut r,
+        "guard_sources",
+        "Sources the guard keeps state for",
+        n(s.guard_sources),
+    );
+    counter(
+        &mut r,
+        "guard_untracked",
+        "Requests from sources seen while the guard's table was full (not metered)",
+        s.guard_untracked,
+    );
+    counter(
+        &mut r,
+        "auth_failures",
+        "Digest credentials that failed (wrong password, unknown user, replay)",
+        s.auth_failures,
+    );
+    counter(
+        &mut r,
+        "guard_call_limit_refused",
+        "INVITEs refused because their source had its most concurrent calls",
+        s.guard_call_limit_refused,
     );
     counter(
         &mut r,
@@ -207,6 +269,8 @@ mod tests {
             final_codes: BTreeMap::from([(200, 5), (486, 2)]),
             screening: vec![("block".into(), "quota".into(), 3)],
             calls_per_second: 0.5,
+            guard_dropped: vec![("rate".into(), 40)],
+            auth_failures: 3,
             ..Snapshot::default()
         };
         let text = render(&s).unwrap();
@@ -235,5 +299,10 @@ mod tests {
             Some(3.0)
         );
         assert_eq!(value("warden_calls_per_second", None), Some(0.5));
+        assert_eq!(
+            value("warden_guard_dropped_total", Some(("reason", "rate"))),
+            Some(40.0)
+        );
+        assert_eq!(value("warden_auth_failures_total", None), Some(3.0));
     }
 }

@@ -34,6 +34,10 @@ pub enum Command {
     Reload,
     /// The figures for /metrics ([`metrics::Snapshot`] as JSON).
     Metrics,
+    /// Sources the guard has banned.
+    Bans,
+    /// Lift a source's ban.
+    Unban(std::net::IpAddr),
 }
 
 /// A command for the server loop and where its answer goes.
@@ -66,6 +70,8 @@ pub async fn serve(
         .route("/calls", get(calls))
         .route("/calls/{id}", delete(hangup))
         .route("/registrations", get(registrations))
+        .route("/guard/bans", get(bans))
+        .route("/guard/bans/{source}", delete(unban))
         .route("/cdrs", get(cdrs))
         .route("/reload", post(reload))
         .route("/screening/stats", get(stats))
@@ -223,6 +229,14 @@ async fn hangup(State(s): State<Shared>, Path(id): Path<u64>) -> Response {
 
 async fn registrations(State(s): State<Shared>) -> Response {
     ask(&s, Command::Registrations).await
+}
+
+async fn bans(State(s): State<Shared>) -> Response {
+    ask(&s, Command::Bans).await
+}
+
+async fn unban(State(s): State<Shared>, Path(source): Path<std::net::IpAddr>) -> Response {
+    ask(&s, Command::Unban(source)).await
 }
 
 async fn reload(State(s): State<Shared>) -> Response {

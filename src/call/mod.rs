@@ -190,6 +190,8 @@ pub struct Call {
     /// The party on this side left without anyone in its place (it transferred the other
     /// into a conference room): nothing more is sent toward that side.
     pub left: Option<Side>,
+    /// The source the guard counts this call against (`guard.max_calls_per_source`).
+    pub guarded_source: Option<std::net::IpAddr>,
 }
 
 /// A blind transfer (RFC 3515): the party on side `by` asked Warden to call `target` in

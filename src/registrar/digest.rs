@@ -182,19 +182,22 @@ impl DigestAuth {
             return (Verdict::Denied("wrong password"), user_owned);
         }
         let mut parts = nonce.split('.');
+        // The password is right but the nonce is not ours (another instance's, or from
+        // before a restart): challenge again with stale=true, as for an old nonce, so a
+        // phone re-registers without asking its user and is not counted as failing.
         let (Some(issued_hex), Some(salt_hex), Some(mac), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return (Verdict::Denied("foreign nonce"), user_owned);
+            return (Verdict::Stale, user_owned);
         };
         let (Ok(issued), Ok(salt)) = (
             u64::from_str_radix(issued_hex, 16),
             u64::from_str_radix(salt_hex, 16),
         ) else {
-            return (Verdict::Denied("foreign nonce"), user_owned);
+            return (Verdict::Stale, user_owned);
         };
         if !constant_time_eq(mac.as_bytes(), self.mac(issued, salt).as_bytes()) {
-            return (Verdict::Denied("foreign nonce"), user_owned);
+            return (Verdict::Stale, user_owned);
         }
         if now_s.saturating_sub(issued) > self.nonce_lifetime_s {
             return (Verdict::Stale, user_owned);
@@ -338,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn wrong_password_stale_and_forged_nonces_are_refused() {
+    fn wrong_passwords_are_refused_and_old_or_foreign_nonces_are_stale() {
         let auth = DigestAuth::new("warden", 300);
         let nonce = auth.nonce(1000);
         let bad = answer(
@@ -376,10 +379,18 @@ mod tests {
             "REGISTER",
             "sip:w",
         );
+        // A nonce not ours with the right password (another instance's, or from before a
+        // restart): stale, so the phone answers a fresh challenge without failing.
         assert_eq!(
             auth.verify(&forged, "REGISTER", 1000, ha1(Algorithm::Md5))
                 .0,
-            Verdict::Denied("foreign nonce")
+            Verdict::Stale
+        );
+        let forged_bad = forged.replace(&response_of(&forged), &"0".repeat(32));
+        assert_eq!(
+            auth.verify(&forged_bad, "REGISTER", 1000, ha1(Algorithm::Md5))
+                .0,
+            Verdict::Denied("wrong password")
         );
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod digest;
 pub mod store;
+pub mod users;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -60,10 +61,62 @@ pub enum Change {
 /// The registrar's state.
 pub struct Registrar {
     config: RegistrarConfig,
-    auth: Option<DigestAuth>,
+    auth: DigestAuth,
+    /// Who may authenticate: configured users, then those from the database.
+    users: HashMap<String, Credentials>,
     bindings: HashMap<String, Vec<Binding>>,
     /// Users that exist (configured, or seen registering): 480 rather than 404 when unbound.
     known: HashSet<String>,
+}
+
+/// What proves a user: the password's HA1 per algorithm (a plain password from the config
+/// is hashed at load and not kept).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub ha1_md5: Option<String>,
+    pub ha1_sha256: Option<String>,
+}
+
+impl Credentials {
+    /// Both HA1 values of `password` in `realm`.
+    pub fn from_password(user: &str, realm: &str, password: &str) -> Credentials {
+        let secret = format!("{user}:{realm}:{password}");
+        Credentials {
+            ha1_md5: Some(Algorithm::Md5.hash(&secret)),
+            ha1_sha256: Some(Algorithm::Sha256.hash(&secret)),
+        }
+    }
+
+    fn ha1(&self, alg: Algorithm) -> Option<String> {
+        match alg {
+            Algorithm::Md5 => self.ha1_md5.clone(),
+            Algorithm::Sha256 => self.ha1_sha256.clone(),
+        }
+    }
+}
+
+/// Which challenge a request gets: REGISTER the registrar's (401, WWW-Authenticate), an
+/// INVITE the proxy's (407, Proxy-Authenticate), as RFC 3261 22.3 has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthKind {
+    Register,
+    Invite,
+}
+
+impl AuthKind {
+    fn credentials_header(self) -> &'static str {
+        match self {
+            AuthKind::Register => "Authorization",
+            AuthKind::Invite => "Proxy-Authorization",
+        }
+    }
+}
+
+/// A request that did not authenticate: the answer to send, and whether it carried
+/// credentials that failed (not merely none yet, or an old nonce), which count toward a ban.
+pub struct Refusal {
+    pub response: Box<Response>,
+    pub failed: bool,
 }
 
 /// What handling a REGISTER produced.
@@ -74,21 +127,46 @@ pub struct Outcome {
 
 impl Registrar {
     pub fn new(config: RegistrarConfig, loaded: Vec<Binding>) -> Self {
-        let auth = config
-            .auth
-            .then(|| DigestAuth::new(&config.realm, config.nonce_lifetime_s));
+        let auth = DigestAuth::new(&config.realm, config.nonce_lifetime_s);
         let mut bindings: HashMap<String, Vec<Binding>> = HashMap::new();
         let mut known: HashSet<String> = config.users.iter().map(|u| u.username.clone()).collect();
         for b in loaded {
             known.insert(b.aor.clone());
             bindings.entry(b.aor.clone()).or_default().push(b);
         }
-        Registrar {
+        let mut registrar = Registrar {
             config,
             auth,
+            users: HashMap::new(),
             bindings,
             known,
+        };
+        registrar.set_stored_users(Vec::new());
+        registrar
+    }
+
+    /// The users kept in the database (`warden user add`), beside the configured ones; a
+    /// configured user of the same name wins.
+    pub fn set_stored_users(&mut self, stored: Vec<(String, Credentials)>) {
+        let realm = &self.config.realm;
+        let mut users: HashMap<String, Credentials> = stored.into_iter().collect();
+        for u in &self.config.users {
+            let credentials = match &u.password {
+                Some(p) => Credentials::from_password(&u.username, realm, p),
+                None => Credentials {
+                    ha1_md5: u.ha1.clone(),
+                    ha1_sha256: u.ha1_sha256.clone(),
+                },
+            };
+            users.insert(u.username.clone(), credentials);
         }
+        self.known.extend(users.keys().cloned());
+        self.users = users;
+    }
+
+    /// How many users may authenticate.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
     }
 
     /// Whether this user exists, bound or not.
@@ -143,28 +221,36 @@ impl Registrar {
         changes
     }
 
-    /// Challenge `request` if authentication is on and it carries no valid credentials.
-    /// Returns the response to send instead of processing, if any.
-    pub fn authenticate(&self, request: &Request, user: &str, now_s: u64) -> Option<Response> {
-        let auth = self.auth.as_ref()?;
-        let header = request.header("Authorization");
+    /// Whether REGISTER must authenticate (`registrar.auth`).
+    pub fn register_needs_auth(&self) -> bool {
+        self.config.auth
+    }
+
+    /// Check `request`'s credentials for `user` (who must be the one authenticating):
+    /// `Err` carries the challenge or refusal to send instead of going on.
+    pub fn authenticate(
+        &self,
+        request: &Request,
+        user: &str,
+        kind: AuthKind,
+        now_s: u64,
+    ) -> Result<(), Refusal> {
+        let auth = &self.auth;
+        let header = request.header(kind.credentials_header());
         let (verdict, claimed) = match &header {
             Some(h) => auth.verify(h, request.method().as_str(), now_s, |u, alg| {
-                self.config.users.iter().find(|x| x.username == u).map(|x| {
-                    match (&x.password, alg) {
-                        (Some(p), alg) => alg.hash(&format!("{u}:{}:{p}", auth.realm())),
-                        (None, Algorithm::Md5) => x.ha1.clone().unwrap_or_default(),
-                        (None, Algorithm::Sha256) => x.ha1_sha256.clone().unwrap_or_default(),
-                    }
-                })
+                self.users.get(u).and_then(|c| c.ha1(alg))
             }),
             None => (Verdict::Denied("no credentials"), None),
         };
         let stale = match verdict {
-            Verdict::Ok if claimed.as_deref() == Some(user) => return None,
+            Verdict::Ok if claimed.as_deref() == Some(user) => return Ok(()),
             Verdict::Ok => {
                 tracing::warn!(user, "credentials of another user refused");
-                return Some(Response::to_request(request, 403, "Forbidden"));
+                return Err(Refusal {
+                    response: Box::new(Response::to_request(request, 403, "Forbidden")),
+                    failed: true,
+                });
             }
             Verdict::Stale => true,
             Verdict::Denied(why) => {
@@ -174,12 +260,19 @@ impl Registrar {
                 false
             }
         };
-        let mut r = Response::to_request(request, 401, "Unauthorized");
+        let (status, phrase, challenge_header) = match kind {
+            AuthKind::Register => (401, "Unauthorized", "WWW-Authenticate"),
+            AuthKind::Invite => (407, "Proxy Authentication Required", "Proxy-Authenticate"),
+        };
+        let mut r = Response::to_request(request, status, phrase);
         r.set_to_tag(&crate::call::new_tag());
         for c in auth.challenges(now_s, stale) {
-            let _ = r.push_header("WWW-Authenticate", &c);
+            let _ = r.push_header(challenge_header, &c);
         }
-        Some(r)
+        Err(Refusal {
+            response: Box::new(r),
+            failed: header.is_some() && !stale,
+        })
     }
 
     /// Handle an authenticated REGISTER (RFC 3261 10.3 steps 5-8).

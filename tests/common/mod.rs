@@ -258,6 +258,13 @@ impl Ua {
         Self::new(user, port, Sock::Udp(sock), local)
     }
 
+    /// A UA on another loopback address (127.0.0.2...): a source of its own to Warden.
+    pub fn udp_from(user: &str, port: u16, ip: &str) -> Ua {
+        let sock = UdpSocket::bind((ip, 0)).expect("bind");
+        let local = sock.local_addr().expect("addr");
+        Self::new(user, port, Sock::Udp(sock), local)
+    }
+
     /// A UA on [::1] talking to Warden's IPv6 socket.
     pub fn udp6(user: &str, port: u16) -> Ua {
         let sock = UdpSocket::bind("[::1]:0").expect("bind ::1");
@@ -476,6 +483,25 @@ impl Ua {
         }
     }
 
+    /// ACK a final failure `resp` to `invite` (same branch, RFC 3261 17.1.1.3).
+    pub fn ack_failure(&mut self, invite: &Request, resp: &Response) {
+        let to = format!(
+            "{};tag={}",
+            invite.header("To").unwrap(),
+            resp.to_tag().unwrap_or_default()
+        );
+        let text = format!(
+            "ACK {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
+             Call-ID: {ci}\r\nCSeq: {seq} ACK\r\nContent-Length: 0\r\n\r\n",
+            uri = invite.uri(),
+            via = invite.header("Via").unwrap(),
+            from = invite.header("From").unwrap(),
+            ci = invite.call_id().unwrap(),
+            seq = invite.cseq().unwrap().seq
+        );
+        self.send_raw(&text);
+    }
+
     /// CANCEL the INVITE `invite` (same branch, RFC 3261 9.1).
     pub fn cancel(&mut self, invite: &Request) {
         let text = format!(
@@ -689,4 +715,22 @@ pub fn closed_records(w: &Warden, count: usize) -> Vec<serde_json::Value> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// /metrics, parsed by a Prometheus text-format parser: the value of `name` with `label`.
+pub fn metric(w: &Warden, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    let (status, text) = get(&w.admin("/metrics"));
+    assert_eq!(status, 200, "{text}");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text format");
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
 }
