@@ -91,6 +91,8 @@ pub struct SipConfig {
     /// Also put the configured phrase on responses relayed from a callee (default: a
     /// relayed response keeps the callee's phrase).
     pub rewrite_relayed_phrases: bool,
+    /// Certificates for `tls:` listeners and for verifying TLS next hops.
+    pub tls: crate::sip::tls::TlsConfig,
 }
 
 impl Default for SipConfig {
@@ -107,6 +109,7 @@ impl Default for SipConfig {
             user_agent: concat!("Warden/", env!("CARGO_PKG_VERSION")).into(),
             reason_phrases: Default::default(),
             rewrite_relayed_phrases: false,
+            tls: Default::default(),
         }
     }
 }
@@ -506,7 +509,15 @@ impl Config {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.listen()?;
+        let listen = self.listen()?;
+        if listen.iter().any(|(t, _)| *t == Transport::Tls) {
+            anyhow::ensure!(
+                self.sip.tls.cert_file.is_some() && self.sip.tls.key_file.is_some(),
+                "sip.listen has a tls: listener: set sip.tls.cert_file and sip.tls.key_file"
+            );
+        }
+        // Unreadable or mismatched files are refused here, naming the file.
+        crate::sip::tls::TlsContext::load(&self.sip.tls)?;
         let r = &self.registrar;
         anyhow::ensure!(
             r.min_expires <= r.max_expires,

@@ -483,6 +483,8 @@ impl Core {
         match transport {
             Transport::Udp => format!("<sip:warden@{}>", self.local_host(transport)),
             Transport::Tcp => format!("<sip:warden@{};transport=tcp>", self.local_host(transport)),
+            // RFC 5630: a SIPS URI asks for TLS on every hop to it.
+            Transport::Tls => format!("<sips:warden@{}>", self.local_host(transport)),
         }
     }
 

@@ -34,16 +34,21 @@ pub fn literal_destination(uri: &str) -> Option<Destination> {
     destination(&parsed, ip)
 }
 
-/// Where `uri` goes once its host is `ip`: its port (5060 unless given) over its
-/// transport (UDP unless `transport=` says TCP; None for transports Warden lacks).
+/// Where `uri` goes once its host is `ip`: its port (5060, or 5061 for TLS, unless given)
+/// over its transport (TLS for a SIPS URI, else UDP unless `transport=` says otherwise;
+/// None for transports Warden lacks, or a SIPS URI asking for another).
 fn destination(uri: &Uri, ip: IpAddr) -> Option<Destination> {
-    let transport = match uri.transport() {
-        None => Transport::Udp,
-        Some(name) => Transport::parse(&name)?,
+    let transport = match (uri.is_sips(), uri.transport()) {
+        (true, None) => Transport::Tls,
+        (true, Some(name)) => Some(Transport::parse(&name)?)
+            .filter(|t| matches!(t, Transport::Tls | Transport::Tcp))
+            .map(|_| Transport::Tls)?,
+        (false, None) => Transport::Udp,
+        (false, Some(name)) => Transport::parse(&name)?,
     };
     Some(Destination {
         transport,
-        addr: SocketAddr::new(ip, uri.port().unwrap_or(5060)),
+        addr: SocketAddr::new(ip, uri.port().unwrap_or(transport.default_port())),
         conn: None,
     })
 }

@@ -83,8 +83,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let (inbound_tx, mut inbound) = mpsc::channel(8192);
     let idle = std::time::Duration::from_secs(config.sip.tcp_idle_timeout_s);
+    let tls = crate::sip::tls::TlsContext::load(&config.sip.tls)?;
     let (mut transmitter, bound) =
-        transport::start(&config.listen()?, limits, idle, inbound_tx).await?;
+        transport::start(&config.listen()?, limits, idle, tls.clone(), inbound_tx).await?;
     let mut advertised = HashMap::new();
     for (t, addr) in &bound {
         tracing::info!(transport = t.as_str(), %addr, "listening");
@@ -274,6 +275,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             _ = reload.recv() => {
                 reload_users(&mut core, &pool).await;
+                match tls.reload() {
+                    Ok(()) => tracing::info!("TLS certificates reloaded"),
+                    Err(e) => tracing::error!(error = %e, "TLS reload refused; the loaded certificate stays"),
+                }
                 if let Err(e) = reload_dialplan(&mut core, &reload_config) {
                     tracing::error!(error = %e, "dialplan reload refused");
                 }

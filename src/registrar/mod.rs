@@ -44,7 +44,7 @@ impl Binding {
             transport: self.transport,
             addr: match self.transport {
                 Transport::Udp => direct.unwrap_or(self.source),
-                Transport::Tcp => self.source,
+                Transport::Tcp | Transport::Tls => self.source,
             },
             conn,
         }

@@ -152,6 +152,11 @@ impl Uri {
         self.0.scheme().is_sip()
     }
 
+    /// A SIPS URI: TLS on every hop (RFC 5630).
+    pub fn is_sips(&self) -> bool {
+        matches!(self.0.scheme(), sipx_sip::Scheme::Sips)
+    }
+
     /// The user part, %-escapes decoded (RFC 3261 19.1.4 compares users unescaped).
     pub fn user(&self) -> Option<String> {
         self.0

@@ -3,5 +3,6 @@
 
 pub mod dtmf_relay;
 pub mod message;
+pub mod tls;
 pub mod transaction;
 pub mod transport;

@@ -1,4 +1,5 @@
-//! SIP transports: UDP sockets and TCP connections (Content-Length framing, reuse, idle close).
+//! SIP transports: UDP sockets, and TCP and TLS connections (Content-Length framing, reuse,
+//! idle close).
 //! Tasks here only move bytes and frame messages; every decision is made by the core.
 
 use std::collections::HashMap;
@@ -8,28 +9,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use super::message::{Limits, Message};
+use super::tls::{TlsContext, server_name};
 
 /// Which transport a message travels on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl Transport {
     pub fn is_reliable(self) -> bool {
-        matches!(self, Transport::Tcp)
+        matches!(self, Transport::Tcp | Transport::Tls)
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
     }
 
@@ -37,12 +41,21 @@ impl Transport {
         match name.to_ascii_lowercase().as_str() {
             "udp" => Some(Transport::Udp),
             "tcp" => Some(Transport::Tcp),
+            "tls" => Some(Transport::Tls),
             _ => None,
+        }
+    }
+
+    /// The port a URI without one means (RFC 3261 19.1.2).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Transport::Tls => 5061,
+            _ => 5060,
         }
     }
 }
 
-/// Identifies one TCP connection for reuse (responses, in-dialog requests).
+/// Identifies one TCP or TLS connection for reuse (responses, in-dialog requests).
 pub type ConnId = u64;
 
 /// Where a message goes, or where it came from.
@@ -50,7 +63,7 @@ pub type ConnId = u64;
 pub struct Destination {
     pub transport: Transport,
     pub addr: SocketAddr,
-    /// The TCP connection to prefer, when one exists.
+    /// The TCP or TLS connection to prefer, when one exists.
     pub conn: Option<ConnId>,
 }
 
@@ -68,11 +81,13 @@ pub enum Inbound {
 pub struct Transmitter {
     /// Each UDP socket with whether it is IPv4, learned once at bind (not per packet).
     udp: Vec<(bool, Arc<UdpSocket>)>,
+    /// Open stream connections (TCP and TLS), and which one reaches an address.
     tcp: HashMap<ConnId, (SocketAddr, mpsc::Sender<Bytes>)>,
     tcp_by_addr: HashMap<SocketAddr, ConnId>,
     inbound: mpsc::Sender<Inbound>,
     limits: Limits,
     idle: Duration,
+    tls: TlsContext,
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -91,8 +106,9 @@ impl Transmitter {
         }
     }
 
-    /// Send without waiting: UDP straight to the socket, TCP through its connection's queue
-    /// (opening one when none exists). A full queue drops, as a lossy network would.
+    /// Send without waiting: UDP straight to the socket, TCP and TLS through their
+    /// connection's queue (opening one when none exists: TLS verifies the peer's certificate
+    /// for its IP address). A full queue drops, as a lossy network would.
     pub fn send(&mut self, dest: &Destination, bytes: Bytes) {
         match dest.transport {
             Transport::Udp => {
@@ -108,7 +124,7 @@ impl Transmitter {
                     tracing::debug!(to = %dest.addr, error = %e, "UDP send failed");
                 }
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 let id = dest
                     .conn
                     .filter(|c| self.tcp.contains_key(c))
@@ -125,16 +141,39 @@ impl Transmitter {
                 self.on_opened(id, dest.addr, tx.clone());
                 let addr = dest.addr;
                 let inbound = self.inbound.clone();
-                let (limits, idle) = (self.limits, self.idle);
+                let (limits, idle, transport) = (self.limits, self.idle, dest.transport);
+                let connector = (transport == Transport::Tls).then(|| self.tls.connector());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
-                        .await
-                    {
-                        Ok(Ok(stream)) => {
-                            run_connection(id, stream, addr, rx, inbound, limits, idle).await
+                    let link = Link {
+                        id,
+                        addr,
+                        transport,
+                        outgoing: rx,
+                        inbound: inbound.clone(),
+                        limits,
+                        idle,
+                    };
+                    let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                        let stream = TcpStream::connect(addr).await?;
+                        let _ = stream.set_nodelay(true);
+                        match connector {
+                            None => Ok::<_, std::io::Error>(Connected::Tcp(stream)),
+                            Some(c) => c
+                                .connect(server_name(None, addr.ip()), stream)
+                                .await
+                                .map(|s| Connected::Tls(Box::new(s))),
                         }
-                        _ => {
-                            tracing::warn!(to = %addr, "TCP connect failed");
+                    })
+                    .await;
+                    match connected {
+                        Ok(Ok(Connected::Tcp(stream))) => run_connection(link, stream).await,
+                        Ok(Ok(Connected::Tls(stream))) => run_connection(link, *stream).await,
+                        Ok(Err(e)) => {
+                            tracing::warn!(to = %addr, transport = transport.as_str(), error = %e, "connect failed");
+                            let _ = inbound.send(Inbound::ConnClosed(id)).await;
+                        }
+                        Err(_) => {
+                            tracing::warn!(to = %addr, transport = transport.as_str(), "connect timed out");
                             let _ = inbound.send(Inbound::ConnClosed(id)).await;
                         }
                     }
@@ -144,11 +183,33 @@ impl Transmitter {
     }
 }
 
-/// Bind every listening address and start the receive tasks.
+/// How long a TCP connect plus a TLS handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An outbound stream once connected.
+enum Connected {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// One stream connection's identity and plumbing.
+struct Link {
+    id: ConnId,
+    addr: SocketAddr,
+    transport: Transport,
+    outgoing: mpsc::Receiver<Bytes>,
+    inbound: mpsc::Sender<Inbound>,
+    limits: Limits,
+    idle: Duration,
+}
+
+/// Bind every listening address and start the receive tasks; `tls:` listeners present the
+/// certificate `tls` holds.
 pub async fn start(
     listen: &[(Transport, SocketAddr)],
     limits: Limits,
     idle: Duration,
+    tls: TlsContext,
     inbound: mpsc::Sender<Inbound>,
 ) -> std::io::Result<(Transmitter, Vec<(Transport, SocketAddr)>)> {
     let mut udp = Vec::new();
@@ -164,12 +225,16 @@ pub async fn start(
                 udp.push((local.is_ipv4(), socket.clone()));
                 tokio::spawn(udp_receive(socket, limits, inbound.clone()));
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 let listener = TcpListener::bind(addr).await.map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("cannot bind TCP {addr}: {e}"))
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot bind {} {addr}: {e}", transport.as_str()),
+                    )
                 })?;
-                bound.push((Transport::Tcp, listener.local_addr()?));
-                tokio::spawn(tcp_accept(listener, limits, idle, inbound.clone()));
+                bound.push((transport, listener.local_addr()?));
+                let tls = (transport == Transport::Tls).then(|| tls.clone());
+                tokio::spawn(stream_accept(listener, tls, limits, idle, inbound.clone()));
             }
         }
     }
@@ -181,6 +246,7 @@ pub async fn start(
             inbound,
             limits,
             idle,
+            tls,
         },
         bound,
     ))
@@ -216,57 +282,95 @@ async fn udp_receive(socket: Arc<UdpSocket>, limits: Limits, inbound: mpsc::Send
     }
 }
 
-async fn tcp_accept(
+/// Accept TCP connections (and do the TLS handshake on a `tls:` listener, each on its own
+/// task so a slow client holds up no other).
+async fn stream_accept(
     listener: TcpListener,
+    tls: Option<TlsContext>,
     limits: Limits,
     idle: Duration,
     inbound: mpsc::Sender<Inbound>,
 ) {
     loop {
-        match listener.accept().await {
-            Ok((stream, addr)) => {
-                let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-                let (tx, rx) = mpsc::channel(256);
-                if inbound
-                    .send(Inbound::ConnOpened(id, addr, tx))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                tokio::spawn(run_connection(
-                    id,
-                    stream,
-                    addr,
-                    rx,
-                    inbound.clone(),
-                    limits,
-                    idle,
-                ));
-            }
+        let (stream, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!(error = %e, "TCP accept failed");
+                tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        }
+        };
+        let _ = stream.set_nodelay(true);
+        let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(256);
+        let transport = if tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        };
+        let link = Link {
+            id,
+            addr,
+            transport,
+            outgoing: rx,
+            inbound: inbound.clone(),
+            limits,
+            idle,
+        };
+        let Some(tls) = &tls else {
+            if inbound
+                .send(Inbound::ConnOpened(id, addr, tx))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::spawn(run_connection(link, stream));
+            continue;
+        };
+        let Some(acceptor) = tls.acceptor() else {
+            tracing::warn!(peer = %addr, "TLS connection refused: no certificate loaded");
+            continue;
+        };
+        let inbound = inbound.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    if inbound
+                        .send(Inbound::ConnOpened(id, addr, tx))
+                        .await
+                        .is_ok()
+                    {
+                        run_connection(link, stream).await;
+                    }
+                }
+                Ok(Err(e)) => tracing::info!(peer = %addr, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::info!(peer = %addr, "TLS handshake timed out"),
+            }
+        });
     }
 }
 
-async fn run_connection(
-    id: ConnId,
-    stream: TcpStream,
-    addr: SocketAddr,
-    mut outgoing: mpsc::Receiver<Bytes>,
-    inbound: mpsc::Sender<Inbound>,
-    limits: Limits,
-    idle: Duration,
-) {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+/// Frame messages off a stream connection and write what the core sends on it, until
+/// either side closes or it stays idle `link.idle`.
+async fn run_connection<S>(link: Link, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let Link {
+        id,
+        addr,
+        transport,
+        mut outgoing,
+        inbound,
+        limits,
+        idle,
+    } = link;
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut parser = sipx_sip::StreamParser::new(limits.to_sipx());
     let mut buf = vec![0u8; 16 * 1024];
     let source = Destination {
-        transport: Transport::Tcp,
+        transport,
         addr,
         conn: Some(id),
     };
@@ -274,7 +378,7 @@ async fn run_connection(
         tokio::select! {
             read = tokio::time::timeout(idle, reader.read(&mut buf)) => {
                 let n = match read {
-                    Err(_) => { tracing::debug!(peer = %addr, "closing idle TCP connection"); break; }
+                    Err(_) => { tracing::debug!(peer = %addr, transport = transport.as_str(), "closing idle connection"); break; }
                     Ok(Ok(0)) | Ok(Err(_)) => break,
                     Ok(Ok(n)) => n,
                 };
@@ -301,7 +405,7 @@ async fn run_connection(
             }
             out = outgoing.recv() => {
                 match out {
-                    Some(bytes) => if writer.write_all(&bytes).await.is_err() { break; },
+                    Some(bytes) => if writer.write_all(&bytes).await.is_err() || writer.flush().await.is_err() { break; },
                     None => break,
                 }
             }

@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +22,10 @@ pub struct Warden {
     _tmp: Option<tempfile::TempDir>,
     extra: String,
     ipv6: bool,
+    /// The `tls:` listener's port, when started with `start_tls`.
+    pub tls_port: Option<u16>,
+    /// Lines added to the `[sip]` table.
+    sip_extra: String,
 }
 
 fn free_port() -> u16 {
@@ -63,17 +68,58 @@ impl Warden {
             _tmp: Some(tmp),
             extra: extra.to_owned(),
             ipv6,
+            tls_port: None,
+            sip_extra: String::new(),
+        };
+        w.spawn();
+        w
+    }
+
+    /// Also listen for TLS (on `tls_port`) with `ca`'s certificate for 127.0.0.1, and trust
+    /// `ca` for TLS next hops.
+    pub fn start_tls(ca: &TestCa, extra: &str) -> Warden {
+        Self::start_tls_with(ca, "", extra)
+    }
+
+    /// `start_tls` with `sip_lines` added to the `[sip]` table (timers, limits).
+    pub fn start_tls_with(ca: &TestCa, sip_lines: &str, extra: &str) -> Warden {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_owned();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write PEM");
+            path.display().to_string()
+        };
+        let tls = format!(
+            "[sip.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n{extra}",
+            write("cert.pem", &ca.cert_pem),
+            write("key.pem", &ca.key_pem),
+            write("ca.pem", &ca.ca_pem)
+        );
+        let mut w = Warden {
+            port: free_port(),
+            admin_port: free_port(),
+            child: None,
+            dir,
+            _tmp: Some(tmp),
+            extra: tls,
+            ipv6: false,
+            tls_port: Some(free_port()),
+            sip_extra: sip_lines.to_owned(),
         };
         w.spawn();
         w
     }
 
     fn spawn(&mut self) {
-        let v6 = if self.ipv6 {
+        let mut v6 = if self.ipv6 {
             format!(", \"udp:[::1]:{p}\", \"tcp:[::1]:{p}\"", p = self.port)
         } else {
             String::new()
         };
+        if let Some(port) = self.tls_port {
+            v6.push_str(&format!(", \"tls:127.0.0.1:{port}\""));
+        }
         // The pid file goes in [server], which the extra TOML may open itself.
         let pid = format!(
             "[server]\npid_file = \"{}\"\n",
@@ -84,12 +130,13 @@ impl Warden {
             false => (pid, self.extra.clone()),
         };
         let config = format!(
-            "[sip]\nlisten = [\"udp:127.0.0.1:{p}\", \"tcp:127.0.0.1:{p}\"{v6}]\n\
+            "[sip]\nlisten = [\"udp:127.0.0.1:{p}\", \"tcp:127.0.0.1:{p}\"{v6}]\n{sip}\
              [database]\npath = \"{db}\"\n{server}\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\n{extra}\n",
             p = self.port,
             admin = self.admin_port,
             db = self.dir.join("warden.sqlite").display(),
+            sip = self.sip_extra,
         );
         let path = self.dir.join("warden.toml");
         std::fs::write(&path, config).expect("write config");
@@ -221,7 +268,102 @@ impl Drop for Warden {
 
 enum Sock {
     Udp(UdpSocket),
-    Tcp(TcpStream, Vec<u8>),
+    Tcp(Box<dyn Stream>, Vec<u8>),
+    Tls(Box<dyn Stream>, Vec<u8>),
+}
+
+/// A byte stream a test UA reads SIP from: TCP, or TLS over TCP.
+pub trait Stream: Read + Write + Send {
+    fn set_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl Stream for TcpStream {
+    fn set_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(timeout)
+    }
+}
+
+impl Stream for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn set_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.sock.set_read_timeout(timeout)
+    }
+}
+
+impl Stream for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+    fn set_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.sock.set_read_timeout(timeout)
+    }
+}
+
+/// A test CA and a certificate it issued for 127.0.0.1 and localhost (PEM).
+pub struct TestCa {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Warden test CA");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &issuer).expect("certificate");
+        TestCa {
+            ca_pem: ca_cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// A server configuration presenting this CA's certificate.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate PEM");
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("key PEM");
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config"),
+        )
+    }
+
+    /// A client configuration trusting only this CA.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert.expect("CA PEM")).expect("CA");
+        }
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        )
+    }
 }
 
 /// A minimal SIP user agent for tests.
@@ -277,7 +419,62 @@ impl Ua {
     pub fn tcp(user: &str, port: u16) -> Ua {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         let local = stream.local_addr().expect("addr");
-        Self::new(user, port, Sock::Tcp(stream, Vec::new()), local)
+        Self::new(user, port, Sock::Tcp(Box::new(stream), Vec::new()), local)
+    }
+
+    /// A UA taking the next TLS connection on `listener` (Warden dialling out to it), with
+    /// `server`'s certificate; None when no connection or handshake comes within 5 s.
+    pub fn accept_tls(
+        user: &str,
+        listener: &TcpListener,
+        server: Arc<rustls::ServerConfig>,
+    ) -> Option<Ua> {
+        listener.set_nonblocking(true).ok()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (tcp, peer) = loop {
+            match listener.accept() {
+                Ok(accepted) => break accepted,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(_) => return None,
+            }
+        };
+        tcp.set_nonblocking(false).ok()?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let local = tcp.local_addr().ok()?;
+        let conn = rustls::ServerConnection::new(server).ok()?;
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock).ok()?;
+        }
+        let mut ua = Self::new(
+            user,
+            peer.port(),
+            Sock::Tls(Box::new(stream), Vec::new()),
+            local,
+        );
+        ua.server = peer;
+        Some(ua)
+    }
+
+    /// A UA on a TLS connection to `port`, verifying Warden's certificate (for 127.0.0.1)
+    /// with `client` (the handshake completes here).
+    pub fn tls(user: &str, port: u16, client: Arc<rustls::ClientConfig>) -> Result<Ua, String> {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        let local = tcp.local_addr().map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let conn = rustls::ClientConnection::new(client, name).map_err(|e| e.to_string())?;
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        while stream.conn.is_handshaking() {
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .map_err(|e| e.to_string())?;
+        }
+        let mut ua = Self::new(user, port, Sock::Tls(Box::new(stream), Vec::new()), local);
+        ua.server = SocketAddr::from(([127, 0, 0, 1], port));
+        Ok(ua)
     }
 
     fn new(user: &str, port: u16, sock: Sock, local: SocketAddr) -> Ua {
@@ -296,6 +493,7 @@ impl Ua {
         match self.sock {
             Sock::Udp(_) => "UDP",
             Sock::Tcp(..) => "TCP",
+            Sock::Tls(..) => "TLS",
         }
     }
 
@@ -303,6 +501,7 @@ impl Ua {
         match self.sock {
             Sock::Udp(_) => format!("<sip:{}@{}>", self.user, self.local),
             Sock::Tcp(..) => format!("<sip:{}@{};transport=tcp>", self.user, self.local),
+            Sock::Tls(..) => format!("<sips:{}@{}>", self.user, self.local),
         }
     }
 
@@ -320,7 +519,10 @@ impl Ua {
             Sock::Udp(s) => {
                 s.send_to(text.as_bytes(), self.server).expect("send");
             }
-            Sock::Tcp(s, _) => s.write_all(text.as_bytes()).expect("send"),
+            Sock::Tcp(s, _) | Sock::Tls(s, _) => {
+                s.write_all(text.as_bytes()).expect("send");
+                s.flush().expect("flush");
+            }
         }
     }
 
@@ -330,7 +532,10 @@ impl Ua {
             Sock::Udp(s) => {
                 s.send_to(&bytes, self.server).expect("send");
             }
-            Sock::Tcp(s, _) => s.write_all(&bytes).expect("send"),
+            Sock::Tcp(s, _) | Sock::Tls(s, _) => {
+                s.write_all(&bytes).expect("send");
+                s.flush().expect("flush");
+            }
         }
     }
 
@@ -353,12 +558,12 @@ impl Ua {
                     }
                 }
             }
-            Sock::Tcp(s, pending) => loop {
+            Sock::Tcp(s, pending) | Sock::Tls(s, pending) => loop {
                 if let Some(m) = frame(pending) {
                     return Some(m);
                 }
                 let left = deadline.checked_duration_since(Instant::now())?;
-                s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                s.set_timeout(Some(left.max(Duration::from_millis(1))))
                     .ok()?;
                 let mut buf = [0u8; 16384];
                 let n = s.read(&mut buf).ok()?;
