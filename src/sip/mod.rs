@@ -1,4 +1,4 @@
-//! SIP: messages (a facade over sipx-sip), transports (UDP, TCP) and the transaction layer.
+//! SIP: messages (a facade over sipx-sip), transports (UDP, TCP, TLS) and the transaction layer.
 //! Outside this module nothing names the parser crate's types.
 
 pub mod dtmf_relay;
