@@ -164,6 +164,8 @@ pub struct Ban {
 
 pub struct Guard {
     config: GuardConfig,
+    /// `config`'s numbers in the units the checks use, derived once.
+    limits: Limits,
     exempt: Vec<(IpAddr, u8)>,
     scanner_agents: Vec<String>,
     sources: HashMap<IpAddr, Source>,
@@ -185,6 +187,7 @@ impl Guard {
                 .iter()
                 .map(|a| a.to_ascii_lowercase())
                 .collect(),
+            limits: Limits::of(config),
             config: config.clone(),
             exempt,
             sources: HashMap::new(),
@@ -210,38 +213,31 @@ impl Guard {
         }
         let scanner = is_request && self.config.scanners != "allow" && self.is_scanner(user_agent);
         let ban_scanners = self.config.scanners == "ban";
-        let verdict = match self.source(ip, now) {
-            None => Ok(()),
-            Some(_) if !is_request => match self.sources.get(&ip) {
-                Some(s) if s.banned.is_some() => Err(Dropped::Banned),
-                _ => Ok(()),
-            },
-            Some(limits) => {
-                let Some(source) = self.sources.get_mut(&ip) else {
-                    return Ok(());
-                };
-                if source.banned.is_some() {
-                    Err(Dropped::Banned)
-                } else if scanner {
-                    if ban_scanners {
-                        source.banned = Some((now + limits.ban, BanReason::Scanner));
-                        *self.counters.bans.entry(BanReason::Scanner).or_default() += 1;
-                        tracing::warn!(source = %ip, agent = user_agent.unwrap_or_default(), ban_s = limits.ban.as_secs(), "scanner banned");
-                    }
-                    Err(Dropped::Scanner)
-                } else if !source.spend(limits.rate, limits.burst, now) {
-                    source.rate_drops += 1;
-                    if limits.flood_drops > 0 && source.rate_drops >= limits.flood_drops {
-                        source.banned = Some((now + limits.ban, BanReason::Flood));
-                        *self.counters.bans.entry(BanReason::Flood).or_default() += 1;
-                        tracing::warn!(source = %ip, ban_s = limits.ban.as_secs(), "flooding source banned");
-                    }
-                    Err(Dropped::Rate)
-                } else {
-                    Ok(())
-                }
-            }
+        let limits = self.limits;
+        let Some(source) = self.source(ip, now) else {
+            return Ok(());
         };
+        let (verdict, ban) = if source.banned.is_some() {
+            (Err(Dropped::Banned), None)
+        } else if !is_request {
+            (Ok(()), None)
+        } else if scanner {
+            (
+                Err(Dropped::Scanner),
+                ban_scanners.then_some(BanReason::Scanner),
+            )
+        } else if !source.spend(limits.rate, limits.burst, now) {
+            source.rate_drops += 1;
+            let flooding = limits.flood_drops > 0 && source.rate_drops >= limits.flood_drops;
+            (Err(Dropped::Rate), flooding.then_some(BanReason::Flood))
+        } else {
+            (Ok(()), None)
+        };
+        if let Some(reason) = ban {
+            source.banned = Some((now + limits.ban, reason));
+            *self.counters.bans.entry(reason).or_default() += 1;
+            tracing::warn!(source = %ip, agent = user_agent.unwrap_or_default(), reason = reason.as_str(), ban_s = limits.ban.as_secs(), "source banned");
+        }
         if let Err(why) = verdict {
             *self.counters.dropped.entry(why).or_default() += 1;
         }
@@ -258,8 +254,7 @@ impl Guard {
 
     /// The source's entry, brought up to date (window rolled, expired ban lifted), made if
     /// new; `None` when the table is full even after dropping the idle.
-    fn source(&mut self, ip: IpAddr, now: Instant) -> Option<Limits> {
-        let limits = Limits::of(&self.config);
+    fn source(&mut self, ip: IpAddr, now: Instant) -> Option<&mut Source> {
         if !self.sources.contains_key(&ip) {
             if self.sources.len() >= self.config.max_sources {
                 self.sweep(now);
@@ -268,21 +263,18 @@ impl Guard {
                 self.counters.untracked += 1;
                 return None;
             }
-            self.sources.insert(
-                ip,
-                Source {
-                    tokens: f64::from(self.config.burst),
-                    refilled: now,
-                    window_start: now,
-                    rate_drops: 0,
-                    auth_failures: 0,
-                    banned: None,
-                    calls: 0,
-                },
-            );
         }
-        let source = self.sources.get_mut(&ip)?;
-        if now.saturating_duration_since(source.window_start) >= limits.window {
+        let window = self.limits.window;
+        let source = self.sources.entry(ip).or_insert_with(|| Source {
+            tokens: f64::from(self.config.burst),
+            refilled: now,
+            window_start: now,
+            rate_drops: 0,
+            auth_failures: 0,
+            banned: None,
+            calls: 0,
+        });
+        if now.saturating_duration_since(source.window_start) >= window {
             source.window_start = now;
             source.rate_drops = 0;
             source.auth_failures = 0;
@@ -291,26 +283,25 @@ impl Guard {
             tracing::info!(source = %ip, "ban over");
             source.banned = None;
         }
-        Some(limits)
+        Some(source)
     }
 
     /// A request from `ip` carried credentials that failed; enough of them ban the source.
     pub fn auth_failed(&mut self, ip: IpAddr, now: Instant) {
         self.counters.auth_failures += 1;
-        if self.is_exempt(ip) || self.config.auth_failures == 0 {
+        let (most, ban) = (self.config.auth_failures, self.limits.ban);
+        if self.is_exempt(ip) || most == 0 {
             return;
         }
-        let Some(limits) = self.source(ip, now) else {
-            return;
-        };
-        let Some(source) = self.sources.get_mut(&ip) else {
+        let Some(source) = self.source(ip, now) else {
             return;
         };
         source.auth_failures += 1;
-        if source.auth_failures >= self.config.auth_failures && source.banned.is_none() {
-            source.banned = Some((now + limits.ban, BanReason::Auth));
+        if source.auth_failures >= most && source.banned.is_none() {
+            source.banned = Some((now + ban, BanReason::Auth));
+            let failures = source.auth_failures;
             *self.counters.bans.entry(BanReason::Auth).or_default() += 1;
-            tracing::warn!(source = %ip, failures = source.auth_failures, ban_s = limits.ban.as_secs(), "source banned after failed authentication");
+            tracing::warn!(source = %ip, failures, ban_s = ban.as_secs(), "source banned after failed authentication");
         }
     }
 
@@ -334,9 +325,7 @@ impl Guard {
         if self.config.max_calls_per_source == 0 || self.is_exempt(ip) {
             return;
         }
-        if self.source(ip, now).is_some()
-            && let Some(source) = self.sources.get_mut(&ip)
-        {
+        if let Some(source) = self.source(ip, now) {
             source.calls += 1;
         }
     }
@@ -350,10 +339,10 @@ impl Guard {
 
     /// Forget sources with nothing to remember: no ban, no call, a full bucket.
     pub fn sweep(&mut self, now: Instant) {
-        let limits = Limits::of(&self.config);
+        let window = self.limits.window;
         self.sources.retain(|_, s| {
-            let idle = now.saturating_duration_since(s.refilled) >= limits.window
-                && now.saturating_duration_since(s.window_start) >= limits.window;
+            let idle = now.saturating_duration_since(s.refilled) >= window
+                && now.saturating_duration_since(s.window_start) >= window;
             s.calls > 0 || s.banned.is_some_and(|(until, _)| until > now) || !idle
         });
     }
