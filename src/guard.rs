@@ -9,6 +9,31 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+/// User-Agent substrings (lower case) of well-known SIP scanners: the default of both
+/// `guard.scanner_agents` (dropped before reading) and `screening.scanner_user_agents`
+/// (the screening check of that name).
+pub const SCANNER_USER_AGENTS: [&str; 10] = [
+    "friendly-scanner",
+    "sipvicious",
+    "sipcli",
+    "sip-scan",
+    "sipsak",
+    "iwar",
+    "sundayddr",
+    "vaxsipuseragent",
+    "pplsip",
+    "smap",
+];
+
+/// The entry of `agents` (lower case) that `user_agent` contains, ignoring case.
+pub fn scanner_in<'a>(agents: &'a [String], user_agent: &str) -> Option<&'a str> {
+    let agent = user_agent.to_ascii_lowercase();
+    agents
+        .iter()
+        .map(String::as_str)
+        .find(|s| agent.contains(s))
+}
+
 /// `[guard]` in the configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -52,20 +77,7 @@ impl Default for GuardConfig {
             ban_s: 600,
             max_calls_per_source: 200,
             scanners: "drop".into(),
-            scanner_agents: [
-                "friendly-scanner",
-                "sipvicious",
-                "sipcli",
-                "sip-scan",
-                "sipsak",
-                "iwar",
-                "sundayddr",
-                "vaxsipuseragent",
-                "pplsip",
-                "smap",
-            ]
-            .map(String::from)
-            .to_vec(),
+            scanner_agents: SCANNER_USER_AGENTS.map(String::from).to_vec(),
             // Local processes (a proxy in front of Warden, monitoring) are trusted.
             exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
             max_sources: 100_000,
@@ -245,11 +257,7 @@ impl Guard {
     }
 
     fn is_scanner(&self, user_agent: Option<&str>) -> bool {
-        let Some(agent) = user_agent else {
-            return false;
-        };
-        let agent = agent.to_ascii_lowercase();
-        self.scanner_agents.iter().any(|s| agent.contains(s))
+        user_agent.is_some_and(|agent| scanner_in(&self.scanner_agents, agent).is_some())
     }
 
     /// The source's entry, brought up to date (window rolled, expired ban lifted), made if

@@ -480,8 +480,7 @@ impl Engine {
                     found(&mut out, "premium_burst", Act::Block, reason);
                 }
                 "scanner" => {
-                    let ua = req.user_agent.to_ascii_lowercase();
-                    if let Some(s) = self.scanners.iter().find(|s| ua.contains(s.as_str())) {
+                    if let Some(s) = crate::guard::scanner_in(&self.scanners, &req.user_agent) {
                         found(
                             &mut out,
                             "scanner",

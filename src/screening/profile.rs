@@ -75,20 +75,7 @@ impl Default for ScreeningConfig {
             trusted_sources: Vec::new(),
             blocked_sources: Vec::new(),
             calls_per_source_per_second: 50,
-            scanner_user_agents: [
-                "friendly-scanner",
-                "sipvicious",
-                "sipcli",
-                "sip-scan",
-                "sipsak",
-                "iwar",
-                "sundayddr",
-                "vaxsipuseragent",
-                "pplsip",
-                "smap",
-            ]
-            .map(String::from)
-            .to_vec(),
+            scanner_user_agents: crate::guard::SCANNER_USER_AGENTS.map(String::from).to_vec(),
             redress: Redress::default(),
             jcard: JcardConfig::default(),
             profiles: HashMap::new(),
