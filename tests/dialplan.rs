@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{Ua, Warden};
-use warden::sip::message::Response;
 
 /// Warden routing by `plan` (kept in a file so the test can rewrite it and reload).
 fn warden_with_plan(plan: &str) -> (Warden, PathBuf, tempfile::TempDir) {
@@ -18,16 +17,6 @@ fn warden_with_plan(plan: &str) -> (Warden, PathBuf, tempfile::TempDir) {
     std::fs::write(&path, plan).expect("write plan");
     let w = Warden::start_with(&format!("[dialplan]\nfile = \"{}\"\n", path.display()));
     (w, path, dir)
-}
-
-/// The first final response.
-fn final_response(ua: &mut Ua) -> Response {
-    loop {
-        let r = ua.recv_response();
-        if r.status() >= 200 {
-            return r;
-        }
-    }
 }
 
 fn uri_of(ua: &Ua, user: &str) -> String {
@@ -56,7 +45,7 @@ fn sequential_bridge_fails_over_from_a_503_to_the_next_target() {
     gw1.answer(&first, 503, false);
     let second = gw2.recv_request("INVITE");
     gw2.answer(&second, 200, true);
-    let ok = final_response(&mut alice);
+    let ok = alice.final_response();
     assert_eq!(ok.status(), 200, "the second target answered");
 }
 
@@ -77,7 +66,7 @@ fn parallel_bridge_first_answer_wins_and_the_other_is_cancelled() {
     let at_mobile = mobile.recv_request("INVITE");
     desk.answer(&at_desk, 180, false);
     mobile.answer(&at_mobile, 200, true);
-    assert_eq!(final_response(&mut alice).status(), 200);
+    assert_eq!(alice.final_response().status(), 200);
     let cancel = desk.recv_request("CANCEL");
     assert_eq!(
         cancel.call_id(),
@@ -102,7 +91,7 @@ do = [{ tag = \"premium\" }, { reject = 403, reason = \"Premium numbers are bloc
     let (w, _plan, _dir) = warden_with_plan(plan);
     let mut alice = Ua::udp("alice", w.port);
     alice.invite("old-bob");
-    let moved = final_response(&mut alice);
+    let moved = alice.final_response();
     assert_eq!(moved.status(), 302);
     let contacts = moved.headers("Contact");
     assert_eq!(
@@ -110,14 +99,14 @@ do = [{ tag = \"premium\" }, { reject = 403, reason = \"Premium numbers are bloc
         vec!["<sip:bob@new.example.net>", "<sip:bob@backup.example.net>"]
     );
     alice.invite("0900123456");
-    let refused = final_response(&mut alice);
+    let refused = alice.final_response();
     assert_eq!(
         (refused.status(), refused.reason().as_str()),
         (403, "Premium numbers are blocked")
     );
     // Nothing matches: 404.
     alice.invite("someone");
-    assert_eq!(final_response(&mut alice).status(), 404);
+    assert_eq!(alice.final_response().status(), 404);
 }
 
 #[test]
@@ -142,7 +131,7 @@ fn header_edits_reach_the_callee() {
     assert_eq!(invite.header("X-Account").as_deref(), Some("42"));
     assert_eq!(invite.header("X-Internal"), None, "removed");
     bob.answer(&invite, 486, false);
-    assert_eq!(final_response(&mut alice).status(), 486);
+    assert_eq!(alice.final_response().status(), 486);
 }
 
 #[test]
@@ -152,7 +141,7 @@ fn a_broken_file_on_reload_leaves_the_running_plan() {
     let mut alice = Ua::udp("alice", w.port);
     let reason = |alice: &mut Ua| {
         alice.invite("x");
-        final_response(alice).reason()
+        alice.final_response().reason()
     };
     assert_eq!(reason(&mut alice), "plan A");
     // Line 3 has an unclosed regex group.
@@ -227,7 +216,7 @@ fn a_route_can_force_the_callee_side_codec() {
         200,
         Some("v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 50000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n"),
     );
-    let ok = final_response(&mut alice);
+    let ok = alice.final_response();
     assert_eq!(ok.status(), 200);
     let answered = String::from_utf8_lossy(ok.body()).to_string();
     assert!(
@@ -256,7 +245,7 @@ do = [{ tag = \"sales\" }]
     let (w, _plan, _dir) = warden_with_plan(plan);
     let mut alice = Ua::udp("alice", w.port);
     let invite = alice.invite("hotline");
-    let ok = final_response(&mut alice);
+    let ok = alice.final_response();
     assert_eq!(ok.status(), 200, "Warden answers the call itself");
     let answer = String::from_utf8_lossy(ok.body()).to_string();
     assert!(
@@ -348,7 +337,7 @@ do = [{ reject = 403, reason = \"Not an IMS session\" }]
         "a B2BUA's own dialog"
     );
     scscf.answer(&b_leg, 200, true);
-    let ok = final_response(&mut scscf);
+    let ok = scscf.final_response();
     assert_eq!(ok.status(), 200, "the answer comes back on the A-leg");
 
     // The same request from an address that is not a trusted S-CSCF: no session case.
@@ -358,7 +347,7 @@ do = [{ reject = 403, reason = \"Not an IMS session\" }]
     ));
     let mut stranger = Ua::udp("stranger", w2.port);
     stranger.invite_with("+41449999999", "", &routes);
-    let refused = final_response(&mut stranger);
+    let refused = stranger.final_response();
     assert_eq!(
         (refused.status(), refused.reason().as_str()),
         (403, "Not an IMS session")
@@ -453,7 +442,7 @@ fn enum_routes_a_number_to_the_uri_its_naptr_record_gives() {
         asked.lock().expect("lock")
     );
     bob.answer(&invite, 200, true);
-    assert_eq!(final_response(&mut alice).status(), 200);
+    assert_eq!(alice.final_response().status(), 200);
 }
 
 #[test]
@@ -469,10 +458,10 @@ fn generated_responses_carry_the_operators_localized_reason_phrases() {
     ));
     let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
     alice.invite("busy");
-    let busy = final_response(&mut alice);
+    let busy = alice.final_response();
     assert_eq!((busy.status(), busy.reason().as_str()), (486, "Obsadené"));
     alice.invite("nobody");
-    let missing = final_response(&mut alice);
+    let missing = alice.final_response();
     assert_eq!(
         (missing.status(), missing.reason().as_str()),
         (404, "Nenájdené")
@@ -482,7 +471,7 @@ fn generated_responses_carry_the_operators_localized_reason_phrases() {
     alice.invite("bob");
     let incoming = bob.recv_request("INVITE");
     bob.answer(&incoming, 486, false);
-    let relayed = final_response(&mut alice);
+    let relayed = alice.final_response();
     assert_eq!(
         (relayed.status(), relayed.reason().as_str()),
         (486, "Failure")

@@ -32,16 +32,6 @@ fn first_answer(ua: &mut Ua) -> u16 {
     }
 }
 
-/// The next final response `ua` gets (provisional ones skipped).
-fn final_response(ua: &mut Ua) -> Response {
-    loop {
-        let response = ua.recv_response();
-        if response.status() >= 200 {
-            return response;
-        }
-    }
-}
-
 /// Whether an OPTIONS from `ua` (with `extra` header lines) is answered.
 fn answered(ua: &mut Ua, extra: &str) -> bool {
     let options = ua
@@ -255,7 +245,7 @@ fn a_source_at_its_call_limit_gets_503_until_a_call_ends() {
     assert_eq!(first_answer(&mut alice), 100);
     let first = bob.recv_request("INVITE");
     let second = alice.invite_sdp("bob", SDP);
-    let busy = final_response(&mut alice);
+    let busy = alice.final_response();
     assert_eq!(busy.status(), 503, "the source's second call");
     alice.ack_failure(&second, &busy);
     bob.answer(&first, 486, false);

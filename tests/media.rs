@@ -423,12 +423,7 @@ fn exhausted_port_pool_refuses_with_503_and_recovers() {
         |_| sdp(&audio(bm.port(), "sendrecv")),
     );
     carol.invite_sdp("bob", &sdp(&audio(Media::new().port(), "sendrecv")));
-    let refused = loop {
-        let r = carol.recv_response();
-        if r.status() >= 200 {
-            break r;
-        }
-    };
+    let refused = carol.final_response();
     assert_eq!(refused.status(), 503);
     let warning = refused.header("Warning").unwrap_or_default();
     assert!(warning.contains("no media ports"), "{warning}");
@@ -1059,12 +1054,7 @@ fn three_parties_on_different_codecs_each_hear_the_other_two_in_a_conference() {
             "a=sendrecv".into(),
         ]);
         let invite = ua.invite_sdp("8123", &offer);
-        let ok = loop {
-            let r = ua.recv_response();
-            if r.status() >= 200 {
-                break r;
-            }
-        };
+        let ok = ua.final_response();
         assert_eq!(ok.status(), 200, "Warden answers the room");
         let port = assert_anchored(ok.body(), range)[0];
         assert!(
@@ -1424,12 +1414,7 @@ fn a_phone_makes_its_own_three_way_call_by_referring_the_other_party_to_a_room()
             "a=sendrecv".into(),
         ]),
     );
-    let ok = loop {
-        let r = carol.recv_response();
-        if r.status() >= 200 {
-            break r;
-        }
-    };
+    let ok = carol.final_response();
     assert_eq!(ok.status(), 200);
     let c_port = assert_anchored(ok.body(), range)[0];
     let mut cd = carol.dialog_from(&invite, &ok);

@@ -7,7 +7,6 @@ mod common;
 use std::net::TcpListener;
 
 use common::{TestCa, Ua, Warden, establish, hang_up};
-use warden::sip::message::Message;
 
 #[test]
 fn a_call_between_two_tls_phones_stays_on_tls() {
@@ -84,12 +83,7 @@ fn warden_dials_a_sips_next_hop_over_verified_tls() {
     let via = invite.header("Via").unwrap_or_default();
     assert!(via.starts_with("SIP/2.0/TLS"), "{via}");
     carol.answer(&invite, 486, false);
-    let busy = loop {
-        match alice.recv() {
-            Message::Response(r) if r.status() >= 200 => break r,
-            _ => {}
-        }
-    };
+    let busy = alice.final_response();
     assert_eq!(busy.status(), 486, "carol's answer came back over TLS");
 }
 
@@ -104,12 +98,7 @@ fn a_next_hop_with_a_certificate_warden_does_not_trust_gets_no_call() {
     alice.invite("carol");
     // Warden refuses the impostor's certificate: the handshake fails on its side.
     assert!(Ua::accept_tls("carol", &gateway, impostor.server_config()).is_none());
-    let failed = loop {
-        match alice.recv() {
-            Message::Response(r) if r.status() >= 200 => break r,
-            _ => {}
-        }
-    };
+    let failed = alice.final_response();
     assert!(
         failed.status() >= 400,
         "the call fails: {}",

@@ -610,6 +610,17 @@ impl Ua {
         }
     }
 
+    /// The next final response, provisional ones skipped (a request is a failure, as in
+    /// `recv_response`).
+    pub fn final_response(&mut self) -> Response {
+        loop {
+            let r = self.recv_response();
+            if r.status() >= 200 {
+                return r;
+            }
+        }
+    }
+
     pub fn options(&self) -> String {
         format!(
             "OPTIONS sip:warden@{srv} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
@@ -695,27 +706,23 @@ impl Ua {
             invite.header("To").unwrap(),
             resp.to_tag().unwrap_or_default()
         );
-        let text = format!(
-            "ACK {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
-             Call-ID: {ci}\r\nCSeq: {seq} ACK\r\nContent-Length: 0\r\n\r\n",
-            uri = invite.uri(),
-            via = invite.header("Via").unwrap(),
-            from = invite.header("From").unwrap(),
-            ci = invite.call_id().unwrap(),
-            seq = invite.cseq().unwrap().seq
-        );
-        self.send_raw(&text);
+        self.send_on_branch(invite, "ACK", &to);
     }
 
     /// CANCEL the INVITE `invite` (same branch, RFC 3261 9.1).
     pub fn cancel(&mut self, invite: &Request) {
+        let to = invite.header("To").unwrap();
+        self.send_on_branch(invite, "CANCEL", &to);
+    }
+
+    /// `method` on `invite`'s branch: its URI, Via, From, Call-ID and CSeq number.
+    fn send_on_branch(&mut self, invite: &Request, method: &str, to: &str) {
         let text = format!(
-            "CANCEL {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
-             Call-ID: {ci}\r\nCSeq: {seq} CANCEL\r\nContent-Length: 0\r\n\r\n",
+            "{method} {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
+             Call-ID: {ci}\r\nCSeq: {seq} {method}\r\nContent-Length: 0\r\n\r\n",
             uri = invite.uri(),
             via = invite.header("Via").unwrap(),
             from = invite.header("From").unwrap(),
-            to = invite.header("To").unwrap(),
             ci = invite.call_id().unwrap(),
             seq = invite.cseq().unwrap().seq
         );
