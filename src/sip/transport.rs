@@ -135,24 +135,14 @@ impl Transmitter {
                     }
                     return;
                 }
-                let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-                let (tx, rx) = mpsc::channel(256);
+                let (addr, transport) = (dest.addr, dest.transport);
+                let (link, tx) = Link::open(addr, transport, &self.inbound, self.limits, self.idle);
+                let id = link.id;
                 let _ = tx.try_send(bytes);
-                self.on_opened(id, dest.addr, tx.clone());
-                let addr = dest.addr;
+                self.on_opened(id, addr, tx);
                 let inbound = self.inbound.clone();
-                let (limits, idle, transport) = (self.limits, self.idle, dest.transport);
                 let connector = (transport == Transport::Tls).then(|| self.tls.connector());
                 tokio::spawn(async move {
-                    let link = Link {
-                        id,
-                        addr,
-                        transport,
-                        outgoing: rx,
-                        inbound: inbound.clone(),
-                        limits,
-                        idle,
-                    };
                     let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
                         let stream = TcpStream::connect(addr).await?;
                         let _ = stream.set_nodelay(true);
@@ -201,6 +191,29 @@ struct Link {
     inbound: mpsc::Sender<Inbound>,
     limits: Limits,
     idle: Duration,
+}
+
+impl Link {
+    /// A new connection's link, numbered, and the sender the core queues its messages on.
+    fn open(
+        addr: SocketAddr,
+        transport: Transport,
+        inbound: &mpsc::Sender<Inbound>,
+        limits: Limits,
+        idle: Duration,
+    ) -> (Link, mpsc::Sender<Bytes>) {
+        let (tx, outgoing) = mpsc::channel(256);
+        let link = Link {
+            id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+            addr,
+            transport,
+            outgoing,
+            inbound: inbound.clone(),
+            limits,
+            idle,
+        };
+        (link, tx)
+    }
 }
 
 /// Bind every listening address and start the receive tasks; `tls:` listeners present the
@@ -301,22 +314,13 @@ async fn stream_accept(
             }
         };
         let _ = stream.set_nodelay(true);
-        let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(256);
         let transport = if tls.is_some() {
             Transport::Tls
         } else {
             Transport::Tcp
         };
-        let link = Link {
-            id,
-            addr,
-            transport,
-            outgoing: rx,
-            inbound: inbound.clone(),
-            limits,
-            idle,
-        };
+        let (link, tx) = Link::open(addr, transport, &inbound, limits, idle);
+        let id = link.id;
         let Some(tls) = &tls else {
             if inbound
                 .send(Inbound::ConnOpened(id, addr, tx))
