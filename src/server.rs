@@ -262,10 +262,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                             Err(format!("not found: {source} is not banned\n"))
                         }
                     }
-                    Command::Reload => {
-                        reload_users(&mut core, &pool).await;
-                        reload_dialplan(&mut core, &reload_config).map_err(|e| format!("{e}\n"))
-                    }
+                    Command::Reload => reload_all(&mut core, &pool, &tls, &reload_config)
+                        .await
+                        .map_err(|e| format!("{e}\n")),
                     Command::Metrics => {
                         let snapshot = metrics_snapshot(&core, &screening.engine, &cdr_status, journalled, &started_samples, drain_until.is_some());
                         Ok(serde_json::to_value(snapshot).unwrap_or_default())
@@ -274,12 +273,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 let _ = reply.send(answer);
             }
             _ = reload.recv() => {
-                reload_users(&mut core, &pool).await;
-                match tls.reload() {
-                    Ok(()) => tracing::info!("TLS certificates reloaded"),
-                    Err(e) => tracing::error!(error = %e, "TLS reload refused; the loaded certificate stays"),
-                }
-                if let Err(e) = reload_dialplan(&mut core, &reload_config) {
+                if let Err(e) = reload_all(&mut core, &pool, &tls, &reload_config).await {
                     tracing::error!(error = %e, "dialplan reload refused");
                 }
             }
@@ -446,9 +440,15 @@ fn handle(core: &mut Core, transmitter: &mut transport::Transmitter, event: Inbo
     }
 }
 
-/// Read the stored users again (SIGHUP, the admin API); on a database error the known
-/// users stay.
-async fn reload_users(core: &mut Core, pool: &sqlx::SqlitePool) {
+/// What SIGHUP and the admin API's reload do alike: read the stored users and the TLS
+/// files again (on an error the loaded ones stay, and the log says why), then the dialplan,
+/// whose refusal is the answer.
+async fn reload_all(
+    core: &mut Core,
+    pool: &sqlx::SqlitePool,
+    tls: &crate::sip::tls::TlsContext,
+    config: &Config,
+) -> Result<serde_json::Value, String> {
     match crate::registrar::users::load(pool).await {
         Ok(users) => {
             core.registrar.set_stored_users(users);
@@ -456,6 +456,13 @@ async fn reload_users(core: &mut Core, pool: &sqlx::SqlitePool) {
         }
         Err(e) => tracing::error!(error = %e, "cannot reload users; the known ones stay"),
     }
+    match tls.reload() {
+        Ok(()) => tracing::info!("TLS certificates reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, "TLS reload refused; the loaded certificate stays")
+        }
+    }
+    reload_dialplan(core, config)
 }
 
 /// Reload the dialplan (SIGHUP, the admin API): a bad file leaves the running plan in
