@@ -304,6 +304,10 @@ pub struct MediaConfig {
     /// leaves; "" plays nothing.
     pub conference_join: String,
     pub conference_leave: String,
+    /// SRTP (SDES keys) in the offers Warden makes to callees: "mirror" (as the caller's
+    /// offer), "mandatory" (RTP/SAVP), "optional" (RTP/AVP with keys) or "off". A dialplan
+    /// route's `srtp` overrides it. Warden terminates SRTP on each leg either way.
+    pub srtp: crate::anchor::sdes::SrtpPolicy,
 }
 
 impl Default for MediaConfig {
@@ -328,6 +332,7 @@ impl Default for MediaConfig {
             hold_music: "hold_music".into(),
             conference_join: "conference_join".into(),
             conference_leave: "conference_leave".into(),
+            srtp: Default::default(),
         }
     }
 }

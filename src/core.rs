@@ -783,6 +783,7 @@ impl Core {
             bridge: None,
         };
         let mut media = MediaSession::default();
+        media.set_srtp_policy(Side::B, self.config.media.srtp);
         let content_type = req.header("Content-Type");
         let offer = match self.anchor(
             &mut media,
@@ -1077,6 +1078,13 @@ impl Core {
                             ?codecs,
                             "codecs: the offer has none of them (nothing to transcode from?); left as it is"
                         ),
+                    }
+                }
+                Action::Srtp(policy) => {
+                    call.media.set_srtp_policy(Side::B, policy);
+                    let address = self.media.address();
+                    if let Some(body) = call.media.resecure_offer(&call.b_offer, Side::B, address) {
+                        call.b_offer = Bytes::from(body);
                     }
                 }
                 Action::Screen(profile) => {

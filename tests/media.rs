@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{Dialog, Ua, Warden};
 use warden::sip::message::{Request, Response};
+use warden_media::srtp::{KEY_AND_SALT, SrtpKeys, SrtpSide, Suite};
 
 const MEDIA_IP: &str = "127.0.0.2";
 
@@ -1444,4 +1445,199 @@ fn a_phone_makes_its_own_three_way_call_by_referring_the_other_party_to_a_room()
         heard_power("PCMU", &tail(&heard[0]), 500.0) < 1e3,
         "alice does not hear herself"
     );
+}
+
+/// A party's SRTP keys as its SDP declares them: tag, suite, key and salt (SDES).
+fn crypto_line(tag: u32, suite: Suite, key: &[u8; KEY_AND_SALT]) -> String {
+    use base64::Engine;
+    let inline = base64::engine::general_purpose::STANDARD.encode(key);
+    format!("a=crypto:{tag} {} inline:{inline}", suite.name())
+}
+
+/// The one `a=crypto` line of an SDP answer: (tag, suite name, key and salt).
+fn answered_crypto(body: &[u8]) -> (u32, String, [u8; KEY_AND_SALT]) {
+    use base64::Engine;
+    let text = String::from_utf8_lossy(body).to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=crypto:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one key in the answer: {text}");
+    let f: Vec<&str> = lines[0].split_whitespace().collect();
+    let inline = f[2].strip_prefix("inline:").expect("inline key");
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(inline.split('|').next().expect("key"))
+        .expect("base64")
+        .try_into()
+        .expect("30 bytes");
+    (f[0].parse().expect("tag"), f[1].to_owned(), key)
+}
+
+/// Keys for one party: what it sends with, what it hears Warden with.
+fn party_srtp(suite: Suite, own: [u8; KEY_AND_SALT], wardens: [u8; KEY_AND_SALT]) -> SrtpSide {
+    SrtpSide::new(SrtpKeys {
+        suite,
+        inbound: wardens,
+        outbound: own,
+    })
+    .expect("keys")
+}
+
+#[test]
+fn an_srtp_caller_and_a_plain_rtp_callee_hear_each_other_with_either_suite() {
+    for (tag, suite) in [
+        (3, Suite::AesCm128HmacSha1_80),
+        (7, Suite::AesCm128HmacSha1_32),
+    ] {
+        // The route toward bob is plain RTP: Warden decrypts and encrypts on alice's leg.
+        let (w, range) = warden(10, "srtp = \"off\"\n");
+        let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+        let (am, bm) = (Media::new(), Media::new());
+        let alice_key: [u8; KEY_AND_SALT] = std::array::from_fn(|i| i as u8 * 7 + tag as u8);
+        let offer = sdp(&[
+            format!("m=audio {} RTP/SAVP 0 101", am.port()),
+            "a=rtpmap:0 PCMU/8000".into(),
+            "a=rtpmap:101 telephone-event/8000".into(),
+            crypto_line(tag, suite, &alice_key),
+        ]);
+        let (incoming, ok, _, _) = call(&mut alice, &mut bob, &offer, |offered| {
+            let text = String::from_utf8_lossy(offered.body()).to_string();
+            assert!(text.contains(" RTP/AVP 0 101"), "bob: plain RTP: {text}");
+            assert!(
+                !text.contains("a=crypto"),
+                "alice's key stays on her leg: {text}"
+            );
+            sdp(&[
+                format!("m=audio {} RTP/AVP 0", bm.port()),
+                "a=rtpmap:0 PCMU/8000".into(),
+            ])
+        });
+        let b_side = assert_anchored(incoming.body(), range)[0];
+        let a_side = assert_anchored(ok.body(), range)[0];
+        let answer = String::from_utf8_lossy(ok.body()).to_string();
+        assert!(answer.contains(" RTP/SAVP 0"), "{answer}");
+        let (answered_tag, answered_suite, wardens_key) = answered_crypto(ok.body());
+        assert_eq!((answered_tag, answered_suite.as_str()), (tag, suite.name()));
+        assert_ne!(wardens_key, alice_key, "Warden sends with a key of its own");
+        let mut srtp = party_srtp(suite, alice_key, wardens_key);
+
+        // Alice -> bob: bob gets alice's RTP packets exactly as she made them.
+        let tone = tone_packets("PCMU", 8000, 0, 0xa11ce, 50);
+        let mut sealed = Vec::new();
+        for packet in &tone {
+            srtp.protect(packet, true, &mut sealed).expect("protect");
+            am.rtp.send_to(&sealed, warden_at(a_side)).expect("send");
+            let (got, from) = recv(&bm.rtp);
+            assert_eq!(from, warden_at(b_side));
+            assert_eq!(&got, packet, "decrypted byte for byte");
+        }
+        let f = heard_frequency("PCMU", 8000, &tone);
+        assert!((f - 1000.0).abs() <= 20.0, "bob hears {f} Hz");
+
+        // Bob -> alice: encrypted by Warden, the tone intact once alice decrypts it.
+        let mut heard = Vec::new();
+        let mut opened = Vec::new();
+        for packet in tone_packets("PCMU", 8000, 0, 0xb0b, 50) {
+            bm.rtp.send_to(&packet, warden_at(b_side)).expect("send");
+            let (got, _) = recv(&am.rtp);
+            assert_eq!(got.len(), packet.len() + suite.rtp_overhead(), "{suite:?}");
+            assert_ne!(
+                got[12..packet.len()],
+                packet[12..],
+                "encrypted on alice's leg"
+            );
+            srtp.unprotect(&got, true, &mut opened)
+                .expect("authentic SRTP");
+            assert_eq!(opened, packet);
+            heard.push(opened.clone());
+        }
+        let f = heard_frequency("PCMU", 8000, &heard);
+        assert!((f - 1000.0).abs() <= 20.0, "alice hears {f} Hz");
+
+        // SRTCP from alice arrives at bob as RTCP.
+        let rr = [0x80, 201, 0, 1, 0, 0x0a, 0x11, 0xce];
+        srtp.protect(&rr, false, &mut sealed).expect("protect rtcp");
+        am.rtcp
+            .send_to(&sealed, warden_at(a_side + 1))
+            .expect("send");
+        assert_eq!(recv(&bm.rtcp).0, rr);
+
+        // What does not authenticate (plain RTP, a replay) never reaches bob.
+        bm.rtp
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        am.rtp.send_to(&tone[5], warden_at(a_side)).expect("send");
+        am.rtp.send_to(&sealed, warden_at(a_side)).expect("send");
+        assert!(
+            bm.rtp.recv_from(&mut [0u8; 2048]).is_err(),
+            "forged packets dropped"
+        );
+    }
+}
+
+#[test]
+fn a_plain_caller_reaches_a_callee_the_dialplan_wants_in_srtp() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "[[rule]]\nname = \"secure\"\ndo = [{ srtp = \"mandatory\" }, { bridge = \"user:${callee}\" }]\n",
+    )
+    .expect("plan");
+    let (w, range) = warden(10, &format!("[dialplan]\nfile = \"{}\"\n", plan.display()));
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let (am, bm) = (Media::new(), Media::new());
+    let bob_key = [0x5a; KEY_AND_SALT];
+    let mut offered_keys = Vec::new();
+    let (incoming, ok, _, _) = call(
+        &mut alice,
+        &mut bob,
+        &sdp(&audio(am.port(), "sendrecv")),
+        |offered| {
+            let text = String::from_utf8_lossy(offered.body()).to_string();
+            assert!(
+                text.contains(" RTP/SAVP 0 101"),
+                "bob is offered SRTP: {text}"
+            );
+            offered_keys = text
+                .lines()
+                .filter(|l| l.starts_with("a=crypto:"))
+                .map(str::to_owned)
+                .collect();
+            // Bob picks the 32-bit tag suite Warden offered second.
+            let mut lines = audio(bm.port(), "sendrecv");
+            lines[0] = format!("m=audio {} RTP/SAVP 0 101", bm.port());
+            lines.push(crypto_line(2, Suite::AesCm128HmacSha1_32, &bob_key));
+            sdp(&lines)
+        },
+    );
+    assert_eq!(offered_keys.len(), 2, "one key per suite: {offered_keys:?}");
+    assert!(offered_keys[0].starts_with("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"));
+    assert!(offered_keys[1].starts_with("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:"));
+    let b_side = assert_anchored(incoming.body(), range)[0];
+    let a_side = assert_anchored(ok.body(), range)[0];
+    let answer = String::from_utf8_lossy(ok.body()).to_string();
+    assert!(
+        answer.contains(" RTP/AVP 0 101") && !answer.contains("a=crypto"),
+        "{answer}"
+    );
+    let (_, _, wardens_key) = answered_crypto(sdp(&[offered_keys[1].clone()]).as_bytes());
+    let mut srtp = party_srtp(Suite::AesCm128HmacSha1_32, bob_key, wardens_key);
+
+    let (mut sealed, mut opened, mut heard) = (Vec::new(), Vec::new(), Vec::new());
+    for packet in tone_packets("PCMU", 8000, 0, 0xa, 50) {
+        am.rtp.send_to(&packet, warden_at(a_side)).expect("send");
+        let (got, _) = recv(&bm.rtp);
+        srtp.unprotect(&got, true, &mut opened)
+            .expect("authentic SRTP to bob");
+        assert_eq!(opened, packet);
+        heard.push(opened.clone());
+    }
+    let f = heard_frequency("PCMU", 8000, &heard);
+    assert!((f - 1000.0).abs() <= 20.0, "bob hears {f} Hz");
+    for packet in tone_packets("PCMU", 8000, 0, 0xb, 20) {
+        srtp.protect(&packet, true, &mut sealed).expect("protect");
+        bm.rtp.send_to(&sealed, warden_at(b_side)).expect("send");
+        assert_eq!(recv(&am.rtp).0, packet, "alice hears bob in the clear");
+    }
 }

@@ -8,6 +8,7 @@ pub mod mixer;
 pub mod ports;
 pub mod prompt;
 pub mod relay;
+pub mod srtp;
 pub mod stats;
 #[doc(hidden)]
 pub mod sys; // public for the relay benchmark's baseline forwarder, which must use the same calls
@@ -19,5 +20,6 @@ pub use relay::{
     EventFormat, EventSink, Latching, MediaError, MediaEvent, Playback, Relay, RelayConfig,
     RelayTotals, Remote, Side, StreamId, StreamStats,
 };
+pub use srtp::{SrtpKeys, Suite};
 pub use stats::LegStats;
 pub use transcode::{LegCodec, Transcoding};

@@ -178,6 +178,18 @@ impl Batch {
         &mut self.bufs[i][..len]
     }
 
+    /// Put `bytes` in place of datagram `i` (SRTP made it shorter or longer); false when
+    /// they do not fit its buffer.
+    pub fn replace(&mut self, i: usize, bytes: &[u8]) -> bool {
+        if bytes.len() > PACKET_ROOM {
+            return false;
+        }
+        self.bufs[i][..bytes.len()].copy_from_slice(bytes);
+        self.hdrs[i].msg_len = bytes.len() as libc::c_uint;
+        self.hdrs[i].msg_hdr.msg_flags &= !libc::MSG_TRUNC;
+        true
+    }
+
     pub fn source(&self, i: usize) -> Option<SocketAddr> {
         socket_addr(&self.names[i])
     }

@@ -27,8 +27,11 @@ use crate::relay::{
     EventFormat, EventSink, Latching, MediaEvent, Playback, RelayConfig, Remote, Side,
     StreamCounters, StreamId,
 };
+use crate::srtp::{SrtpKeys, SrtpSide};
 use crate::stats::{LegStats, RtpReceiver, looks_like_rtcp, read_rtcp};
-use crate::sys::{BATCH, Batch, Epoll, EventFd, RawAddr, connect, disconnect, send_one};
+use crate::sys::{
+    BATCH, Batch, Epoll, EventFd, PACKET_ROOM, RawAddr, connect, disconnect, send_one,
+};
 use crate::transcode::{Direction, LegCodec, Transcoding};
 
 /// Socket slots of a stream: `i ^ 2` is where socket `i`'s packets leave.
@@ -50,6 +53,11 @@ pub(crate) enum Command {
     SetTranscoding {
         id: u64,
         transcoding: Option<Transcoding>,
+    },
+    SetSrtp {
+        id: u64,
+        side: Side,
+        keys: Option<SrtpKeys>,
     },
     Play {
         id: u64,
@@ -139,6 +147,8 @@ pub(crate) struct Stream {
     /// The conference room a side of the stream is in (room, side index): that side's
     /// audio goes to the room's mix instead of across the stream.
     room: Option<(u64, usize)>,
+    /// SRTP toward and from each side's party (None: plain RTP).
+    srtp: [Option<Box<SrtpSide>>; 2],
 }
 
 impl Stream {
@@ -159,7 +169,23 @@ impl Stream {
             last_rtp: [None; 2],
             seq_shift: [0; 2],
             room: None,
+            srtp: [None, None],
         }
+    }
+
+    /// Key (or stop keying) one side; the same keys again change nothing.
+    fn set_srtp(&mut self, side: Side, keys: Option<SrtpKeys>) {
+        let slot = &mut self.srtp[side.index()];
+        if slot.as_ref().map(|s| s.keys()) == keys.as_ref() {
+            return;
+        }
+        *slot = keys.and_then(|k| match SrtpSide::new(k) {
+            Ok(side) => Some(Box::new(side)),
+            Err(e) => {
+                tracing::error!(stream = self.id, error = %e, "SRTP keys refused");
+                None
+            }
+        });
     }
 
     fn set_remote(&mut self, side: Side, remote: Option<Remote>) {
@@ -207,6 +233,8 @@ pub(crate) struct Worker {
     free: Vec<usize>,
     by_id: HashMap<u64, usize>,
     epoch: Instant,
+    /// Where SRTP work writes a packet before it goes back into the batch or out.
+    scratch: Vec<u8>,
 }
 
 impl Worker {
@@ -233,6 +261,7 @@ impl Worker {
             free: Vec::new(),
             by_id: HashMap::new(),
             epoch: Instant::now(),
+            scratch: Vec::with_capacity(PACKET_ROOM),
         })
     }
 
@@ -300,7 +329,11 @@ impl Worker {
     fn play_due(&mut self, now: Instant) {
         let mut finished = Vec::new();
         for (index, player) in self.players.iter_mut().enumerate() {
-            let Some(stream) = self.slots.get(player.slot).and_then(|s| s.as_deref()) else {
+            let Some(stream) = self
+                .slots
+                .get_mut(player.slot)
+                .and_then(|s| s.as_deref_mut())
+            else {
                 finished.push(index);
                 continue;
             };
@@ -318,7 +351,8 @@ impl Worker {
                 match player.frame() {
                     Some(packet) => {
                         if end.target.is_some() {
-                            send_one(fd, packet, to);
+                            let srtp = &mut stream.srtp[socket / 2];
+                            deliver(srtp, &mut self.scratch, fd, packet, to);
                         }
                     }
                     None => {
@@ -356,6 +390,11 @@ impl Worker {
         while let Ok(command) = self.commands.try_recv() {
             match command {
                 Command::Add(stream) => self.add(stream),
+                Command::SetSrtp { id, side, keys } => {
+                    if let Some(s) = self.stream_mut(id) {
+                        s.set_srtp(side, keys);
+                    }
+                }
                 Command::SetRemote { id, side, remote } => {
                     if let Some(s) = self.stream_mut(id) {
                         s.set_remote(side, remote);
@@ -520,10 +559,10 @@ impl Worker {
         let Some(due) = self.next_tick.filter(|t| *t <= now) else {
             return;
         };
-        let slots = &self.slots;
+        let (slots, scratch) = (&mut self.slots, &mut self.scratch);
         for room in self.rooms.values_mut() {
             room.tick(now, &mut |slot, side, bytes| {
-                let Some(stream) = slots.get(slot).and_then(|s| s.as_deref()) else {
+                let Some(stream) = slots.get_mut(slot).and_then(|s| s.as_deref_mut()) else {
                     return;
                 };
                 let end = &stream.ends[side * 2];
@@ -535,11 +574,13 @@ impl Worker {
                 } else {
                     end.target.as_ref()
                 };
-                send_one(stream.sockets[side * 2].as_raw_fd(), bytes, to);
+                let fd = stream.sockets[side * 2].as_raw_fd();
+                deliver(&mut stream.srtp[side], scratch, fd, bytes, to);
             });
         }
         let mut any = !self.rooms.is_empty();
         for stream in self.slots.iter_mut().flatten() {
+            let stream = &mut **stream;
             let Some(directions) = stream.transcoders.as_mut() else {
                 continue;
             };
@@ -554,9 +595,10 @@ impl Worker {
                 };
                 let fd = stream.sockets[out].as_raw_fd();
                 let (has_target, held) = (end.target.is_some(), stream.playing[from ^ 1]);
+                let srtp = &mut stream.srtp[from ^ 1];
                 direction.tick(now, &mut |bytes| {
                     if has_target && !held {
-                        send_one(fd, bytes, to);
+                        deliver(srtp, scratch, fd, bytes, to);
                     }
                 });
             }
@@ -591,7 +633,8 @@ impl Worker {
                     } else {
                         end.target.as_ref()
                     };
-                    send_one(stream.sockets[socket].as_raw_fd(), &packet, to);
+                    let fd = stream.sockets[socket].as_raw_fd();
+                    deliver(&mut stream.srtp[w.to], &mut self.scratch, fd, &packet, to);
                 }
             }
             if w.event.finished() {
@@ -666,11 +709,25 @@ impl Worker {
             let mut kept = 0u64;
             let rtp_socket = socket == A_RTP || socket == B_RTP;
             for k in 0..n {
-                let packet = batch.packet(k);
-                if packet.is_empty() {
+                if batch.packet(k).is_empty() {
                     stream.stats[side].dropped += 1;
                     continue;
                 }
+                // RTCP can share the RTP port (RFC 5761): told apart once per packet (SRTCP
+                // keeps its header in the clear).
+                let is_rtp = rtp_socket && !looks_like_rtcp(batch.packet(k));
+                // SRTP before anything else: only an authenticated packet may teach the
+                // latch where the party is, or be counted.
+                if let Some(srtp) = stream.srtp[side].as_mut()
+                    && (srtp
+                        .unprotect(batch.packet(k), is_rtp, &mut self.scratch)
+                        .is_err()
+                        || !batch.replace(k, &self.scratch))
+                {
+                    stream.stats[side].dropped += 1;
+                    continue;
+                }
+                let packet = batch.packet(k);
                 if !accept(
                     &mut stream.ends[socket],
                     batch.source(k),
@@ -680,8 +737,6 @@ impl Worker {
                     stream.stats[side].dropped += 1;
                     continue;
                 }
-                // RTCP can share the RTP port (RFC 5761): told apart once per packet.
-                let is_rtp = rtp_socket && !looks_like_rtcp(packet);
                 account(stream, side, is_rtp, packet, now_us);
                 if is_rtp
                     && let Some((event_pt, clock)) = stream.events[side]
@@ -725,14 +780,24 @@ impl Worker {
                     };
                     if end.target.is_some() {
                         let arrival = self.epoch + Duration::from_micros(now_us);
+                        let (srtp, scratch) = (&mut stream.srtp[out / 2], &mut self.scratch);
                         directions[side].on_packet(packet, arrival, &mut |bytes| {
-                            send_one(out_fd, bytes, to);
+                            deliver(srtp, scratch, out_fd, bytes, to);
                         });
                     }
                     continue;
                 }
                 if is_rtp && stream.seq_shift[out / 2] != 0 {
                     shift_sequence(batch.packet_mut(k), stream.seq_shift[out / 2]);
+                }
+                if let Some(srtp) = stream.srtp[out / 2].as_mut()
+                    && (srtp
+                        .protect(batch.packet(k), is_rtp, &mut self.scratch)
+                        .is_err()
+                        || !batch.replace(k, &self.scratch))
+                {
+                    stream.stats[side].dropped += 1;
+                    continue;
                 }
                 keep |= 1 << k;
                 kept += 1;
@@ -971,6 +1036,27 @@ fn report_events(
 
 fn side_of(index: usize) -> Side {
     if index == 0 { Side::A } else { Side::B }
+}
+
+/// Send a packet Warden made (a prompt frame, an event, transcoded or mixed audio) to a
+/// party: through its SRTP context first when it has one.
+fn deliver(
+    srtp: &mut Option<Box<SrtpSide>>,
+    scratch: &mut Vec<u8>,
+    fd: i32,
+    bytes: &[u8],
+    to: Option<&RawAddr>,
+) {
+    match srtp {
+        None => {
+            send_one(fd, bytes, to);
+        }
+        Some(srtp) => {
+            if srtp.protect(bytes, true, scratch).is_ok() {
+                send_one(fd, scratch, to);
+            }
+        }
+    }
 }
 
 /// Renumber a relayed RTP packet by `shift` (events of ours took sequence numbers).

@@ -4,8 +4,10 @@
 //! The same rule serves offers and answers, initial or re-INVITE: for each m= line, the
 //! sender's address goes to the relay as that side's remote, and the description goes on
 //! with the relay's port on the other side. Streams stay open until the call ends.
+//! SRTP is terminated on each leg: a leg's keys stay on that leg (see `sdes`).
 
 pub mod negotiate;
+pub mod sdes;
 pub mod sdp;
 
 use std::collections::HashMap;
@@ -16,9 +18,10 @@ use warden_media::{LegStats, MediaError, Relay, Remote, Side as MediaSide, Strea
 
 use crate::call::Side;
 use negotiate::Role;
-use sdp::{Direction, MediaLine, MediaPlan, Sdp, SdpError};
+use sdes::{Crypto, Mode, SrtpPolicy};
+use sdp::{Direction, MediaLine, MediaPlan, Sdp, SdpError, Security};
 use warden_media::codec::{Codec, FormatParams};
-use warden_media::{EventFormat, LegCodec, Transcoding};
+use warden_media::{EventFormat, LegCodec, SrtpKeys, Suite, Transcoding};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnchorError {
@@ -58,6 +61,24 @@ pub struct MediaSession {
     /// RTP packets seen across all streams at the last check, and when that count changed.
     last_count: u64,
     last_change: Option<Instant>,
+    /// Per m= line index, the SRTP keys and modes of both legs.
+    srtp: HashMap<usize, LineSrtp>,
+    /// What Warden offers each side (A, B) until that side has settled a mode.
+    srtp_policy: [SrtpPolicy; 2],
+}
+
+/// SDES state of one m= line.
+#[derive(Debug, Default)]
+struct LineSrtp {
+    /// The keys each side (A, B) declared in its last description: what it sends with.
+    theirs: [Vec<Crypto>; 2],
+    /// The keys Warden declared to each side: what Warden sends to it with. Kept across
+    /// offers, so a re-INVITE does not rekey.
+    ours: [Vec<Crypto>; 2],
+    /// Who made the last offer, and its mode.
+    offered: Option<(Side, Mode)>,
+    /// The mode each side settled in its last offer/answer exchange.
+    settled: [Option<Mode>; 2],
 }
 
 /// A call's media figures per party, summed over its streams.
@@ -106,6 +127,13 @@ impl MediaSession {
         transcodable: &[&'static Codec],
     ) -> Option<Vec<u8>> {
         let mut sdp = self.last[index_of(from)].clone()?;
+        // A new party takes the other side: it settles its own SRTP, with keys of its own.
+        for line in self.srtp.values_mut() {
+            let other = index_of(from.other());
+            line.ours[other].clear();
+            line.theirs[other].clear();
+            line.settled[other] = None;
+        }
         if let Some((_, _, in_use)) = self.receiving(from)
             && let Some(index) = self.first_audio()
             && let Some(line) = sdp.media.get_mut(index)
@@ -180,9 +208,15 @@ impl MediaSession {
             let formats = self
                 .negotiate(relay, id, index, from, m, role, transcodable)
                 .or_else(|| (restate && m.kind == "audio").then(|| m.formats.clone()));
+            let (security, refused) = self.secure(relay, id, index, from, m, role);
             plans.push(MediaPlan {
-                port: relay.port(id, media_side(from.other())),
+                port: if refused {
+                    Some(0)
+                } else {
+                    relay.port(id, media_side(from.other()))
+                },
                 formats,
+                security,
             });
         }
         self.holding[index_of(from)] = !sdp.media.is_empty()
@@ -255,6 +289,133 @@ impl MediaSession {
                 settled.formats_for_offerer
             }
         }
+    }
+
+    /// SDES for one m= line crossing Warden: the transport and keys to write for the other
+    /// side, and true when the line must be refused (an SRTP offer with no key Warden can
+    /// use). Keys settle when an answer comes: each side's own, and Warden's toward it.
+    fn secure(
+        &mut self,
+        relay: &mut Relay,
+        id: StreamId,
+        index: usize,
+        from: Side,
+        m: &MediaLine,
+        role: Role,
+    ) -> (Option<Security>, bool) {
+        let Some(mode) = Mode::of(&m.proto, m.has_crypto) else {
+            return (None, false); // DTLS-SRTP and the like pass untouched
+        };
+        let to = from.other();
+        let policy = self.srtp_policy[index_of(to)];
+        let line = self.srtp.entry(index).or_default();
+        line.theirs[index_of(from)] = m.crypto.clone();
+        if role == Role::Offer {
+            line.offered = Some((from, mode));
+            let mode_to = line.settled[index_of(to)].unwrap_or_else(|| policy.mode(mode));
+            return (Some(line.offer_to(to, mode_to, &m.proto)), false);
+        }
+        // The answerer: SRTP when it took one of the keys Warden offered it.
+        let answered = mode
+            .keyed()
+            .then(|| m.crypto.first())
+            .flatten()
+            .and_then(|theirs| {
+                let ours = line.ours[index_of(from)]
+                    .iter()
+                    .find(|o| o.tag == theirs.tag && o.suite == theirs.suite)?;
+                Some(SrtpKeys {
+                    suite: ours.suite,
+                    inbound: theirs.key,
+                    outbound: ours.key,
+                })
+            });
+        if mode == Mode::Secure && answered.is_none() {
+            tracing::warn!(side = ?from, "SRTP answer with no key of Warden's offer; media in the clear");
+        }
+        line.settled[index_of(from)] = Some(if answered.is_some() {
+            mode
+        } else {
+            Mode::Plain
+        });
+        relay.set_srtp(id, media_side(from), answered);
+        // The offerer: answered in the mode it offered, with Warden's key for the first of
+        // its keys Warden can use.
+        let Some((offerer, offered)) = line.offered.filter(|(side, _)| *side == to) else {
+            return (None, false);
+        };
+        let offer_proto = self
+            .described
+            .get(&index)
+            .and_then(|d| d[index_of(offerer)].as_ref())
+            .map_or_else(|| m.proto.clone(), |l| l.proto.clone());
+        let chosen = offered
+            .keyed()
+            .then(|| line.theirs[index_of(to)].first().cloned())
+            .flatten();
+        let Some(theirs) = chosen else {
+            relay.set_srtp(id, media_side(to), None);
+            line.settled[index_of(to)] = Some(Mode::Plain);
+            line.ours[index_of(to)].clear();
+            let plain = Security {
+                proto: offer_proto,
+                crypto: Vec::new(),
+            };
+            if offered == Mode::Secure {
+                tracing::warn!(side = ?to, "SRTP offer with no crypto suite Warden supports; stream refused");
+                return (Some(plain), true);
+            }
+            return (Some(plain), false);
+        };
+        let ours = line.key_for(to, theirs.tag, theirs.suite);
+        relay.set_srtp(
+            id,
+            media_side(to),
+            Some(SrtpKeys {
+                suite: theirs.suite,
+                inbound: theirs.key,
+                outbound: ours.key,
+            }),
+        );
+        tracing::info!(side = ?to, suite = theirs.suite.name(), "SRTP (SDES) on the leg");
+        line.settled[index_of(to)] = Some(offered);
+        line.ours[index_of(to)] = vec![ours.clone()];
+        (
+            Some(Security {
+                proto: offer_proto,
+                crypto: vec![ours.attribute()],
+            }),
+            false,
+        )
+    }
+
+    /// Offer SRTP to `side` by `policy` from now on, until that side settles a mode.
+    pub fn set_srtp_policy(&mut self, side: Side, policy: SrtpPolicy) {
+        self.srtp_policy[index_of(side)] = policy;
+    }
+
+    /// Warden's pending offer `body` toward `to`, its transport and keys rewritten for the
+    /// policy now in force for `to` (a dialplan's `srtp` after the offer was made).
+    pub fn resecure_offer(&mut self, body: &[u8], to: Side, address: IpAddr) -> Option<Vec<u8>> {
+        let sdp = Sdp::parse(body).ok()?;
+        let policy = self.srtp_policy[index_of(to)];
+        let plans: Vec<MediaPlan> = sdp
+            .media
+            .iter()
+            .enumerate()
+            .map(|(index, m)| {
+                let security = self.srtp.get_mut(&index).and_then(|line| {
+                    let (_, relayed) = line.offered.filter(|(from, _)| *from != to)?;
+                    let mode = line.settled[index_of(to)].unwrap_or_else(|| policy.mode(relayed));
+                    Some(line.offer_to(to, mode, &m.proto))
+                });
+                MediaPlan {
+                    security: security.filter(|_| m.port != 0),
+                    ..MediaPlan::default()
+                }
+            })
+            .collect();
+        Some(sdp.rewrite_with(address, &plans).into_bytes())
     }
 
     /// Close every stream (the call is over); their ports return to the pool.
@@ -407,7 +568,9 @@ impl MediaSession {
     ) -> Option<Announcement> {
         let offer = self.caller_offer.as_ref()?;
         let (index, format, codec) = offer.media.iter().enumerate().find_map(|(i, m)| {
-            (m.kind == "audio" && m.port != 0)
+            let mode = Mode::of(&m.proto, m.has_crypto);
+            let keys_usable = mode != Some(Mode::Secure) || !m.crypto.is_empty();
+            (m.kind == "audio" && m.port != 0 && mode.is_some() && keys_usable)
                 .then(|| {
                     // Prompts are encoded once per codec in its default payload format, so
                     // a format whose fmtp asks otherwise (AMR octet-aligned or with a
@@ -427,6 +590,7 @@ impl MediaSession {
         let port = relay.port(stream, MediaSide::A)?;
         let address = relay.address();
         let family = if address.is_ipv4() { "IP4" } else { "IP6" };
+        let mut srtp = None;
         let mut sdp = format!(
             "v=0\r\no=warden {session_id} 1 IN {family} {address}\r\ns=warden\r\n\
              c=IN {family} {address}\r\nt=0 0\r\n"
@@ -442,7 +606,20 @@ impl MediaSession {
                 if let Some(e) = events {
                     pts.push_str(&format!(" {}", e.payload_type));
                 }
-                sdp.push_str(&format!("m=audio {port} RTP/AVP {pts}\r\n"));
+                // SRTP when the caller asked for it (in the transport it offered).
+                let line = &offer.media[index];
+                let crypto = line.crypto.first().filter(|_| line.has_crypto);
+                sdp.push_str(&format!("m=audio {port} {} {pts}\r\n", line.proto));
+                if let Some(theirs) = crypto {
+                    let ours = Crypto::fresh(theirs.tag, theirs.suite);
+                    sdp.push_str(&ours.attribute());
+                    sdp.push_str("\r\n");
+                    srtp = Some(SrtpKeys {
+                        suite: theirs.suite,
+                        inbound: theirs.key,
+                        outbound: ours.key,
+                    });
+                }
                 for line in [&format.rtpmap, &format.fmtp]
                     .into_iter()
                     .chain(events.map(|e| [&e.rtpmap, &e.fmtp]).into_iter().flatten())
@@ -467,6 +644,7 @@ impl MediaSession {
         let formats = [events, None];
         self.events.insert(index, formats);
         relay.set_dtmf(stream, formats);
+        relay.set_srtp(stream, MediaSide::A, srtp);
         Some(Announcement {
             stream,
             codec,
@@ -499,8 +677,8 @@ impl MediaSession {
                     .flatten();
                 any |= formats.is_some();
                 MediaPlan {
-                    port: None,
                     formats,
+                    ..MediaPlan::default()
                 }
             })
             .collect();
@@ -514,6 +692,39 @@ impl MediaSession {
 
     pub fn contains(&self, stream: StreamId) -> bool {
         self.streams.contains(&Some(stream))
+    }
+}
+
+impl LineSrtp {
+    /// The transport and keys of an offer to `side` in `mode`: Warden's keys, one per suite
+    /// it supports (the same ones as last time, so a re-INVITE does not rekey).
+    fn offer_to(&mut self, side: Side, mode: Mode, proto: &str) -> Security {
+        let ours: Vec<Crypto> = if mode.keyed() {
+            Suite::ALL
+                .into_iter()
+                .zip(1..)
+                .map(|(suite, tag)| self.key_for(side, tag, suite))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let crypto = ours.iter().map(Crypto::attribute).collect();
+        self.ours[index_of(side)] = ours;
+        Security {
+            proto: mode.proto(proto),
+            crypto,
+        }
+    }
+
+    /// Warden's key toward `side` for `suite` under `tag`: the one it already has, or new.
+    fn key_for(&self, side: Side, tag: u32, suite: Suite) -> Crypto {
+        match self.ours[index_of(side)].iter().find(|o| o.suite == suite) {
+            Some(known) => Crypto {
+                tag,
+                ..known.clone()
+            },
+            None => Crypto::fresh(tag, suite),
+        }
     }
 }
 

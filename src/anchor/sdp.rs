@@ -6,6 +6,8 @@
 
 use std::net::IpAddr;
 
+use super::sdes::Crypto;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("SDP line {line}: {cause}")]
 pub struct SdpError {
@@ -58,6 +60,12 @@ pub struct MediaLine {
     pub clock_rate: u32,
     /// The payload formats in the m= line's order.
     pub formats: Vec<Format>,
+    /// The transport (RTP/AVP, RTP/SAVP...).
+    pub proto: String,
+    /// The SRTP keys it declares that Warden can use, in its order (SDES).
+    pub crypto: Vec<Crypto>,
+    /// It has `a=crypto` lines at all (usable or not).
+    pub has_crypto: bool,
 }
 
 /// One payload format of an m= line, with the attribute lines that describe it.
@@ -95,11 +103,20 @@ impl Format {
 }
 
 /// How one m= line leaves Warden: its port (None keeps it), and optionally a new format
-/// list (None keeps the offered one).
+/// list (None keeps the offered one), transport and keys (None keeps them).
 #[derive(Debug, Clone, Default)]
 pub struct MediaPlan {
     pub port: Option<u16>,
     pub formats: Option<Vec<Format>>,
+    pub security: Option<Security>,
+}
+
+/// A line's transport and keys as Warden writes them: this proto, and these `a=crypto`
+/// lines in place of the ones it had.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub proto: String,
+    pub crypto: Vec<String>,
 }
 
 /// A parsed description: its lines, split into the session part and one part per m=.
@@ -199,6 +216,9 @@ impl Sdp {
                     direction: session_direction,
                     clock_rate,
                     formats,
+                    proto: fields[2].to_owned(),
+                    crypto: Vec::new(),
+                    has_crypto: false,
                 });
                 sections.push(vec![raw.to_owned()]);
                 continue;
@@ -225,6 +245,10 @@ impl Sdp {
                             m.rtcp = Some((port, addr));
                         }
                         ("rtcp-mux", Some(m)) => m.rtcp_mux = true,
+                        ("crypto", Some(m)) => {
+                            m.has_crypto = true;
+                            m.crypto.extend(Crypto::parse(arg));
+                        }
                         ("ptime", Some(m)) => m.ptime = arg.trim().parse().ok(),
                         ("fmtp", Some(m)) => {
                             let pt = arg
@@ -319,7 +343,7 @@ impl Sdp {
             .iter()
             .map(|p| MediaPlan {
                 port: *p,
-                formats: None,
+                ..MediaPlan::default()
             })
             .collect();
         self.rewrite_with(address, &plans)
@@ -387,6 +411,9 @@ impl Sdp {
                     if let (Some(p), Some(slot)) = (port, fields.get_mut(1)) {
                         *slot = p.to_string();
                     }
+                    if let (Some(security), Some(slot)) = (&plan.security, fields.get_mut(2)) {
+                        slot.clone_from(&security.proto);
+                    }
                     if let Some(formats) = &plan.formats {
                         fields.truncate(3);
                         fields.extend(formats.iter().map(|f| f.payload_type.to_string()));
@@ -407,7 +434,8 @@ impl Sdp {
                         )),
                         None => out.push_str(line),
                     }
-                } else if is_ice(line) {
+                } else if is_ice(line) || (plan.security.is_some() && line.starts_with("a=crypto:"))
+                {
                     continue;
                 } else {
                     out.push_str(line);
@@ -415,6 +443,10 @@ impl Sdp {
                 out.push_str("\r\n");
             }
             emit_formats(&mut out);
+            for line in plan.security.iter().flat_map(|s| &s.crypto) {
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
         }
         out
     }
@@ -532,6 +564,7 @@ m=text 0 RTP/AVP 98\r\n";
         let plans = [MediaPlan {
             port: Some(20000),
             formats: Some(keep),
+            security: None,
         }];
         let out = sdp.rewrite_with("203.0.113.5".parse().unwrap(), &plans);
         assert!(out.contains("m=audio 20000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n"), "{out}");
@@ -539,6 +572,44 @@ m=text 0 RTP/AVP 98\r\n";
         assert!(
             out.contains("a=ptime:20\r\n"),
             "other attributes stay: {out}"
+        );
+    }
+
+    #[test]
+    fn a_plan_replaces_transport_and_keys() {
+        let body = "v=0\r\no=- 1 2 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+                    m=audio 4000 RTP/SAVP 0\r\n\
+                    a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n\
+                    a=crypto:2 F8_128_HMAC_SHA1_80 inline:MTIzNDU2Nzg5QUJDREUwMTIzNDU2Nzg5QUJjZGVm\r\n\
+                    a=sendrecv\r\n";
+        let sdp = Sdp::parse(body.as_bytes()).unwrap();
+        let line = &sdp.media[0];
+        assert_eq!(line.proto, "RTP/SAVP");
+        assert!(line.has_crypto);
+        assert_eq!(line.crypto.len(), 1, "the F8 key is not usable");
+        let plain = [MediaPlan {
+            security: Some(Security {
+                proto: "RTP/AVP".into(),
+                crypto: Vec::new(),
+            }),
+            ..MediaPlan::default()
+        }];
+        let out = sdp.rewrite_with("203.0.113.5".parse().unwrap(), &plain);
+        assert!(out.contains("m=audio 4000 RTP/AVP 0\r\n"), "{out}");
+        assert!(!out.contains("crypto"), "{out}");
+        assert!(out.contains("a=sendrecv\r\n"), "{out}");
+        let keyed = [MediaPlan {
+            security: Some(Security {
+                proto: "RTP/SAVP".into(),
+                crypto: vec!["a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:x".into()],
+            }),
+            ..MediaPlan::default()
+        }];
+        let out = sdp.rewrite_with("203.0.113.5".parse().unwrap(), &keyed);
+        assert_eq!(out.matches("a=crypto:").count(), 1, "{out}");
+        assert!(
+            out.ends_with("a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:x\r\n"),
+            "{out}"
         );
     }
 

@@ -125,6 +125,8 @@ pub enum Action {
     RemoveHeader(String),
     Tag(Template),
     Set(String, Template),
+    /// SRTP toward the callee (the offer made to it is rewritten): see `SrtpPolicy`.
+    Srtp(crate::anchor::sdes::SrtpPolicy),
     /// The prompt the caller or callee hears while the other holds this call ("" none).
     HoldMusic(String),
     /// Warden answers and puts the caller in this conference room (the room begins with

@@ -11,6 +11,7 @@ use toml::Spanned;
 
 use super::template::Template;
 use super::{Action, BridgeMode, Condition, Field, Rule, SessionCase, TimeWindow};
+use crate::anchor::sdes::SrtpPolicy;
 
 type Failure = (usize, String);
 
@@ -103,6 +104,7 @@ struct ActionSpec {
     answer: Option<bool>,
     hold_music: Option<String>,
     conference: Option<String>,
+    srtp: Option<String>,
 }
 
 /// Line (1-based) of a byte offset.
@@ -352,11 +354,12 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
         ("answer", spec.answer == Some(true)),
         ("hold_music", spec.hold_music.is_some()),
         ("conference", spec.conference.is_some()),
+        ("srtp", spec.srtp.is_some()),
     ];
     let present: Vec<&str> = kinds.iter().filter(|(_, p)| *p).map(|(k, _)| *k).collect();
     let kind = match present.as_slice() {
         [one] => *one,
-        [] => return Err("an action needs one of: bridge, screen, play, menu, reject, redirect, set_header, remove_header, tag, set, codecs, hold_music, conference, answer = true".into()),
+        [] => return Err("an action needs one of: bridge, screen, play, menu, reject, redirect, set_header, remove_header, tag, set, codecs, srtp, hold_music, conference, answer = true".into()),
         many => return Err(format!("one action per table, found {}", many.join(" and "))),
     };
     let options = [
@@ -456,6 +459,12 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
             Action::Conference(template("conference", room)?)
         }
         "hold_music" => Action::HoldMusic(spec.hold_music.clone().unwrap_or_default()),
+        "srtp" => {
+            let policy = spec.srtp.as_deref().unwrap_or_default();
+            Action::Srtp(SrtpPolicy::parse(policy).ok_or_else(|| {
+                format!("srtp {policy:?}: one of mirror, mandatory, optional, off")
+            })?)
+        }
         "tag" => Action::Tag(template("tag", spec.tag.as_deref().unwrap_or_default())?),
         "codecs" => {
             let list = spec
