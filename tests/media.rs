@@ -1641,3 +1641,51 @@ fn a_plain_caller_reaches_a_callee_the_dialplan_wants_in_srtp() {
         assert_eq!(recv(&am.rtp).0, packet, "alice hears bob in the clear");
     }
 }
+
+#[test]
+fn an_srtp_caller_hears_warden_s_own_announcement_encrypted() {
+    let prompts = tempfile::tempdir().expect("tempdir");
+    tone_wav(&prompts.path().join("user_unavailable.wav"), 8000, 0.5);
+    let (w, range) = warden(
+        10,
+        &format!(
+            "prompts_dir = \"{}\"\n[calls]\nannounce_failures = true\n",
+            prompts.path().display()
+        ),
+    );
+    let mut alice = Ua::udp("alice", w.port);
+    let am = Media::new();
+    let alice_key = [0x11; KEY_AND_SALT];
+    let offer = sdp(&[
+        format!("m=audio {} RTP/SAVP 0", am.port()),
+        "a=rtpmap:0 PCMU/8000".into(),
+        crypto_line(9, Suite::AesCm128HmacSha1_32, &alice_key),
+    ]);
+    let invite = alice.invite_sdp("nobody", &offer);
+    let progress = loop {
+        let r = alice.recv_response();
+        assert!(r.status() < 200, "{}", r.status());
+        if r.status() == 183 {
+            break r;
+        }
+    };
+    let port = assert_anchored(progress.body(), range)[0];
+    let answer = String::from_utf8_lossy(progress.body()).to_string();
+    assert!(answer.contains("RTP/SAVP 0\r\n"), "{answer}");
+    let (tag, suite, wardens_key) = answered_crypto(progress.body());
+    assert_eq!((tag, suite.as_str()), (9, "AES_CM_128_HMAC_SHA1_32"));
+    let mut srtp = party_srtp(Suite::AesCm128HmacSha1_32, alice_key, wardens_key);
+    let (mut opened, mut heard) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let (p, from) = recv(&am.rtp);
+        assert_eq!(from, warden_at(port));
+        srtp.unprotect(&p, true, &mut opened)
+            .expect("the prompt is SRTP");
+        heard.push(opened.clone());
+    }
+    let f = heard_frequency("PCMU", 8000, &heard);
+    assert!((f - 1000.0).abs() <= 20.0, "the prompt's tone: {f} Hz");
+    let last = alice.final_response();
+    assert_eq!(last.status(), 404);
+    alice.ack_failure(&invite, &last);
+}

@@ -399,7 +399,10 @@ do = [{ play = "closed" }]
             ("{ }", "needs one of"),
             ("{ codecs = [\"G729X\"] }", "not a codec of this build"),
             ("{ codecs = [] }", "at least one codec"),
-            ("{ srtp = \"yes\" }", "one of mirror, mandatory, optional, off"),
+            (
+                "{ srtp = \"yes\" }",
+                "one of mirror, mandatory, optional, off",
+            ),
         ];
         for (action, expected) in bad {
             let text = format!("[[rule]]\nname = \"r\"\ndo = [{action}]\n");

@@ -5,7 +5,8 @@
 # both recordings hold the tone (sox: RMS above a floor, dominant frequency 1 kHz +/- 2%),
 # and a loopback capture (tshark) shows every RTP packet went to or came from Warden's
 # media ports, none phone to phone. CALLER_CODEC / CALLEE_CODEC (default PCMU for both) pick the one codec each
-# phone may use; when they differ, Warden must transcode.
+# phone may use; when they differ, Warden must transcode. CALLER_MEDIAENC / CALLEE_MEDIAENC
+# (e.g. srtp-mand) make a phone encrypt its media, and WARDEN_SRTP sets Warden's media.srtp.
 # Usage: tests/interop/baresip_call.sh [WARDEN_BINARY]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -13,20 +14,22 @@ bin=${1:-$here/../../target/release/warden}
 port=${WARDEN_PORT:-5094}
 media_min=36000 media_max=36099
 caller_codec=${CALLER_CODEC:-PCMU} callee_codec=${CALLEE_CODEC:-PCMU}
-echo "     caller codec $caller_codec, callee codec $callee_codec"
+caller_enc=${CALLER_MEDIAENC:-} callee_enc=${CALLEE_MEDIAENC:-}
+echo "     caller codec $caller_codec${caller_enc:+ ($caller_enc)}, callee codec $callee_codec${callee_enc:+ ($callee_enc)}"
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
 source "$here/../lib/warden.sh"
 WARDEN_EXTRA_TOML="[media]
 port_min = $media_min
-port_max = $media_max" start_warden "$bin" "$port" "$work" info
+port_max = $media_max
+srtp = \"${WARDEN_SRTP:-mirror}\"" start_warden "$bin" "$port" "$work" info
 
 source "$here/../lib/baresip.sh"
 make_tones "$work"
 
-bob=$(phone bob 5095 10000-10049 "$callee_codec")  # baresip also takes port+1 (TLS)
-alice=$(phone alice 5098 10050-10099 "$caller_codec")
+bob=$(phone bob 5095 10000-10049 "$callee_codec" "$callee_enc")  # baresip also takes port+1 (TLS)
+alice=$(phone alice 5098 10050-10099 "$caller_codec" "$caller_enc")
 tshark -q -i lo -f "udp portrange 10000-10099" -w "$work/rtp.pcap" > "$work/tshark.log" 2>&1 &
 tshark_pid=$!
 sleep 2 # tshark needs a moment before it captures
@@ -85,6 +88,21 @@ via_warden=$(fields | awk -v lo=$media_min -v hi=$media_max '($1>=lo && $1<=hi) 
 direct=$(fields | awk '$1>=10000 && $1<=10099 && $2>=10000 && $2<=10099' | wc -l)
 echo "     capture: $total packets at the phones' RTP ports, $via_warden via Warden's ports $media_min-$media_max, $direct phone to phone"
 expect "$([ "$total" -gt 200 ] && [ "$via_warden" -eq "$total" ] && [ "$direct" -eq 0 ] && echo yes || echo no)" "all RTP went through Warden's media ports"
+
+# SRTP: Warden keyed the encrypting phones' legs, and their packets carry SRTP's tag
+# (PCMU: 172-byte RTP, 8 more of UDP; AES_CM_128_HMAC_SHA1_80 adds 10 bytes, _32 adds 4).
+srtp_leg() { # ports-low ports-high side name
+  local plain sealed
+  check "$work/warden.log" "SRTP \(SDES\) on the leg.*side=$3" "warden: SRTP on the $4's leg"
+  plain=$(tshark -r "$work/rtp.pcap" -T fields -e udp.srcport -e udp.dstport -e udp.length 2>/dev/null |
+    awk -v lo="$1" -v hi="$2" '(($1>=lo && $1<=hi) || ($2>=lo && $2<=hi)) && $3 == 180' | wc -l)
+  sealed=$(tshark -r "$work/rtp.pcap" -T fields -e udp.srcport -e udp.dstport -e udp.length 2>/dev/null |
+    awk -v lo="$1" -v hi="$2" '(($1>=lo && $1<=hi) || ($2>=lo && $2<=hi)) && ($3 == 190 || $3 == 184)' | wc -l)
+  echo "     $4's leg: $sealed SRTP-sized packets, $plain plain-sized"
+  expect "$([ "$sealed" -gt 100 ] && [ "$plain" -eq 0 ] && echo yes || echo no)" "$4's media is SRTP, both ways"
+}
+[ -z "$caller_enc" ] || srtp_leg 10050 10099 A caller
+[ -z "$callee_enc" ] || srtp_leg 10000 10049 B callee
 
 if [ $fail -ne 0 ]; then
   for f in warden alice bob tshark; do echo "--- $f"; tail -n 25 "$work/$f.log"; done

@@ -1,9 +1,10 @@
 # Shared by the baresip interop scripts (source it after setting $work and $port).
 # make_tones DIR: 10 s 1 kHz tones at 8 and 16 kHz mono, and 48 kHz stereo for Opus (aufile
 # insists on the codec's rate and channel count, and baresip's Opus is opus/48000/2).
-# phone NAME SIP-PORT RTP-PORTS CODEC: a baresip config folder in $work/NAME for one phone
-# registered to Warden at 127.0.0.1:$port, answering automatically, playing the tone,
-# recording what it decodes (sndfile, into its folder), allowed only CODEC.
+# phone NAME SIP-PORT RTP-PORTS CODEC [MEDIAENC]: a baresip config folder in $work/NAME for
+# one phone registered to Warden at 127.0.0.1:$port, answering automatically, playing the
+# tone, recording what it decodes (sndfile, into its folder), allowed only CODEC; MEDIAENC
+# (e.g. srtp-mand: SDES keys, RTP/SAVP) encrypts its media.
 tone_of() { case $1 in */16000*) echo 16000 ;; opus*) echo 48000-stereo ;; *) echo 8000 ;; esac; }
 
 make_tones() {
@@ -27,12 +28,13 @@ module g722.so
 module opus.so
 module aufile.so
 module sndfile.so
+module srtp.so
 snd_path $dir
 audio_source aufile,$work/tone-$(tone_of "$4").wav
 audio_alert aufile,/dev/null
 module_app account.so
 module_app menu.so
 CFG
-  echo "<sip:$1@127.0.0.1:$port;transport=udp>;regint=600;answermode=auto;audio_codecs=$4" > "$dir/accounts"
+  echo "<sip:$1@127.0.0.1:$port;transport=udp>;regint=600;answermode=auto;audio_codecs=$4${5:+;mediaenc=$5}" > "$dir/accounts"
   echo "$dir"
 }
