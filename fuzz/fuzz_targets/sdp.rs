@@ -1,9 +1,10 @@
-//! Any body through the SDP parser; what it accepts is rewritten as Warden anchors it and
-//! parsed again.
+//! Any body through the SDP parser (a=crypto keys too); what it accepts is rewritten as
+//! Warden anchors it and parsed again.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use warden::anchor::sdp::{MediaPlan, Sdp};
+use warden::anchor::sdes::{Crypto, Mode};
+use warden::anchor::sdp::{MediaPlan, Sdp, Security};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(sdp) = Sdp::parse(data) else {
@@ -15,6 +16,16 @@ fuzz_target!(|data: &[u8]| {
         .map(|m| MediaPlan {
             port: Some(40000),
             formats: Some(m.formats.clone()),
+            // SDES as Warden answers: the transport flipped, one key of its own.
+            security: Mode::of(&m.proto, m.has_crypto).map(|mode| Security {
+                proto: mode.proto(&m.proto),
+                crypto: m
+                    .crypto
+                    .first()
+                    .map(|c| Crypto::fresh(c.tag, c.suite).attribute())
+                    .into_iter()
+                    .collect(),
+            }),
         })
         .collect();
     let rewritten = sdp.rewrite_with("127.0.0.2".parse().expect("address"), &plans);

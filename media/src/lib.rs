@@ -20,6 +20,6 @@ pub use relay::{
     EventFormat, EventSink, Latching, MediaError, MediaEvent, Playback, Relay, RelayConfig,
     RelayTotals, Remote, Side, StreamId, StreamStats,
 };
-pub use srtp::{SrtpKeys, Suite};
+pub use srtp::{SrtpKeys, SrtpSetting, Suite};
 pub use stats::LegStats;
 pub use transcode::{LegCodec, Transcoding};

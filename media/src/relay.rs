@@ -15,7 +15,7 @@ use crate::codec::CodecOptions;
 use crate::dtmf::Digit;
 use crate::ports::{PortPair, PortPool, PortsExhausted};
 use crate::prompt::EncodedPrompt;
-use crate::srtp::SrtpKeys;
+use crate::srtp::SrtpSetting;
 use crate::stats::{LegCounters, LegStats};
 use crate::sys::EventFd;
 use crate::transcode::{LegCodec, Transcoding};
@@ -325,16 +325,16 @@ impl Relay {
     }
 
     /// Encrypt what goes to `side`'s party and decrypt what it sends (SRTP with these keys),
-    /// or relay it in the clear (None, the default). Unchanged keys keep the contexts (and
-    /// their rollover counters) as they are.
-    pub fn set_srtp(&mut self, id: StreamId, side: Side, keys: Option<SrtpKeys>) {
+    /// hold its packets until keys come, or relay them in the clear (the default).
+    /// Unchanged keys keep the contexts (and their rollover counters) as they are.
+    pub fn set_srtp(&mut self, id: StreamId, side: Side, setting: SrtpSetting) {
         if let Some(worker) = self.streams.get(&id).map(|s| s.worker) {
             self.send(
                 worker,
                 Command::SetSrtp {
                     id: id.0,
                     side,
-                    keys,
+                    setting,
                 },
             );
         }

@@ -76,6 +76,18 @@ impl std::fmt::Debug for SrtpKeys {
     }
 }
 
+/// What the relay does about SRTP on one side of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SrtpSetting {
+    /// Plain RTP both ways (the default).
+    #[default]
+    Clear,
+    /// SRTP is being negotiated: nothing is sent to the party or taken from it until the
+    /// keys come, so no packet crosses in the clear.
+    Awaiting,
+    Keys(SrtpKeys),
+}
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SrtpError {
     #[error("packet too short for SRTP")]

@@ -27,7 +27,7 @@ use crate::relay::{
     EventFormat, EventSink, Latching, MediaEvent, Playback, RelayConfig, Remote, Side,
     StreamCounters, StreamId,
 };
-use crate::srtp::{SrtpKeys, SrtpSide};
+use crate::srtp::{SrtpSetting, SrtpSide};
 use crate::stats::{LegStats, RtpReceiver, looks_like_rtcp, read_rtcp};
 use crate::sys::{
     BATCH, Batch, Epoll, EventFd, PACKET_ROOM, RawAddr, connect, disconnect, send_one,
@@ -57,7 +57,7 @@ pub(crate) enum Command {
     SetSrtp {
         id: u64,
         side: Side,
-        keys: Option<SrtpKeys>,
+        setting: SrtpSetting,
     },
     Play {
         id: u64,
@@ -147,8 +147,8 @@ pub(crate) struct Stream {
     /// The conference room a side of the stream is in (room, side index): that side's
     /// audio goes to the room's mix instead of across the stream.
     room: Option<(u64, usize)>,
-    /// SRTP toward and from each side's party (None: plain RTP).
-    srtp: [Option<Box<SrtpSide>>; 2],
+    /// SRTP toward and from each side's party.
+    srtp: [Sealing; 2],
 }
 
 impl Stream {
@@ -169,23 +169,31 @@ impl Stream {
             last_rtp: [None; 2],
             seq_shift: [0; 2],
             room: None,
-            srtp: [None, None],
+            srtp: Default::default(),
         }
     }
 
-    /// Key (or stop keying) one side; the same keys again change nothing.
-    fn set_srtp(&mut self, side: Side, keys: Option<SrtpKeys>) {
+    /// Key, hold or clear one side; the same keys again change nothing.
+    fn set_srtp(&mut self, side: Side, setting: SrtpSetting) {
         let slot = &mut self.srtp[side.index()];
-        if slot.as_ref().map(|s| s.keys()) == keys.as_ref() {
-            return;
-        }
-        *slot = keys.and_then(|k| match SrtpSide::new(k) {
-            Ok(side) => Some(Box::new(side)),
-            Err(e) => {
-                tracing::error!(stream = self.id, error = %e, "SRTP keys refused");
-                None
+        *slot = match setting {
+            SrtpSetting::Clear => Sealing::Clear,
+            SrtpSetting::Awaiting => Sealing::Awaiting,
+            SrtpSetting::Keys(keys) => {
+                if let Sealing::Keyed(known) = slot
+                    && *known.keys() == keys
+                {
+                    return;
+                }
+                match SrtpSide::new(keys) {
+                    Ok(side) => Sealing::Keyed(Box::new(side)),
+                    Err(e) => {
+                        tracing::error!(stream = self.id, error = %e, "SRTP keys refused");
+                        Sealing::Awaiting
+                    }
+                }
             }
-        });
+        };
     }
 
     fn set_remote(&mut self, side: Side, remote: Option<Remote>) {
@@ -390,9 +398,9 @@ impl Worker {
         while let Ok(command) = self.commands.try_recv() {
             match command {
                 Command::Add(stream) => self.add(stream),
-                Command::SetSrtp { id, side, keys } => {
+                Command::SetSrtp { id, side, setting } => {
                     if let Some(s) = self.stream_mut(id) {
-                        s.set_srtp(side, keys);
+                        s.set_srtp(side, setting);
                     }
                 }
                 Command::SetRemote { id, side, remote } => {
@@ -718,12 +726,7 @@ impl Worker {
                 let is_rtp = rtp_socket && !looks_like_rtcp(batch.packet(k));
                 // SRTP before anything else: only an authenticated packet may teach the
                 // latch where the party is, or be counted.
-                if let Some(srtp) = stream.srtp[side].as_mut()
-                    && (srtp
-                        .unprotect(batch.packet(k), is_rtp, &mut self.scratch)
-                        .is_err()
-                        || !batch.replace(k, &self.scratch))
-                {
+                if !stream.srtp[side].open(batch, k, is_rtp, &mut self.scratch) {
                     stream.stats[side].dropped += 1;
                     continue;
                 }
@@ -790,12 +793,7 @@ impl Worker {
                 if is_rtp && stream.seq_shift[out / 2] != 0 {
                     shift_sequence(batch.packet_mut(k), stream.seq_shift[out / 2]);
                 }
-                if let Some(srtp) = stream.srtp[out / 2].as_mut()
-                    && (srtp
-                        .protect(batch.packet(k), is_rtp, &mut self.scratch)
-                        .is_err()
-                        || !batch.replace(k, &self.scratch))
-                {
+                if !stream.srtp[out / 2].seal(batch, k, is_rtp, &mut self.scratch) {
                     stream.stats[side].dropped += 1;
                     continue;
                 }
@@ -1040,20 +1038,49 @@ fn side_of(index: usize) -> Side {
 
 /// Send a packet Warden made (a prompt frame, an event, transcoded or mixed audio) to a
 /// party: through its SRTP context first when it has one.
-fn deliver(
-    srtp: &mut Option<Box<SrtpSide>>,
-    scratch: &mut Vec<u8>,
-    fd: i32,
-    bytes: &[u8],
-    to: Option<&RawAddr>,
-) {
+fn deliver(srtp: &mut Sealing, scratch: &mut Vec<u8>, fd: i32, bytes: &[u8], to: Option<&RawAddr>) {
     match srtp {
-        None => {
+        Sealing::Clear => {
             send_one(fd, bytes, to);
         }
-        Some(srtp) => {
+        Sealing::Awaiting => {}
+        Sealing::Keyed(srtp) => {
             if srtp.protect(bytes, true, scratch).is_ok() {
                 send_one(fd, scratch, to);
+            }
+        }
+    }
+}
+
+/// One side's SRTP on the packet path: clear, holding packets until keys come, or keyed.
+#[derive(Default)]
+enum Sealing {
+    #[default]
+    Clear,
+    Awaiting,
+    Keyed(Box<SrtpSide>),
+}
+
+impl Sealing {
+    /// Authenticate and decrypt received datagram `k` in place; false: drop it.
+    fn open(&mut self, batch: &mut Batch, k: usize, is_rtp: bool, scratch: &mut Vec<u8>) -> bool {
+        match self {
+            Sealing::Clear => true,
+            Sealing::Awaiting => false,
+            Sealing::Keyed(srtp) => {
+                srtp.unprotect(batch.packet(k), is_rtp, scratch).is_ok()
+                    && batch.replace(k, scratch)
+            }
+        }
+    }
+
+    /// Encrypt datagram `k` in place for this side's party; false: drop it.
+    fn seal(&mut self, batch: &mut Batch, k: usize, is_rtp: bool, scratch: &mut Vec<u8>) -> bool {
+        match self {
+            Sealing::Clear => true,
+            Sealing::Awaiting => false,
+            Sealing::Keyed(srtp) => {
+                srtp.protect(batch.packet(k), is_rtp, scratch).is_ok() && batch.replace(k, scratch)
             }
         }
     }

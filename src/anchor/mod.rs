@@ -21,7 +21,7 @@ use negotiate::Role;
 use sdes::{Crypto, Mode, SrtpPolicy};
 use sdp::{Direction, MediaLine, MediaPlan, Sdp, SdpError, Security};
 use warden_media::codec::{Codec, FormatParams};
-use warden_media::{EventFormat, LegCodec, SrtpKeys, Suite, Transcoding};
+use warden_media::{EventFormat, LegCodec, SrtpKeys, SrtpSetting, Suite, Transcoding};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnchorError {
@@ -312,7 +312,26 @@ impl MediaSession {
         line.theirs[index_of(from)] = m.crypto.clone();
         if role == Role::Offer {
             line.offered = Some((from, mode));
-            let mode_to = line.settled[index_of(to)].unwrap_or_else(|| policy.mode(mode));
+            // The offerer is keyed at once (its first usable key, and the key Warden will
+            // answer with), and a party newly offered SRTP is held until its answer: no
+            // packet of the call crosses in the clear meanwhile.
+            if mode.keyed()
+                && let Some(theirs) = m.crypto.first()
+            {
+                let ours = line.key_for(from, theirs.tag, theirs.suite);
+                let keys = SrtpKeys {
+                    suite: theirs.suite,
+                    inbound: theirs.key,
+                    outbound: ours.key,
+                };
+                relay.set_srtp(id, media_side(from), SrtpSetting::Keys(keys));
+                line.ours[index_of(from)] = vec![ours];
+            }
+            let settled = line.settled[index_of(to)];
+            let mode_to = settled.unwrap_or_else(|| policy.mode(mode));
+            if mode_to.keyed() && settled.is_none() {
+                relay.set_srtp(id, media_side(to), SrtpSetting::Awaiting);
+            }
             return (Some(line.offer_to(to, mode_to, &m.proto)), false);
         }
         // The answerer: SRTP when it took one of the keys Warden offered it.
@@ -331,14 +350,23 @@ impl MediaSession {
                 })
             });
         if mode == Mode::Secure && answered.is_none() {
-            tracing::warn!(side = ?from, "SRTP answer with no key of Warden's offer; media in the clear");
+            tracing::warn!(side = ?from, "SRTP answer with no key of Warden's offer; its media is dropped");
         }
         line.settled[index_of(from)] = Some(if answered.is_some() {
             mode
         } else {
             Mode::Plain
         });
-        relay.set_srtp(id, media_side(from), answered);
+        let setting = match answered {
+            Some(keys) => {
+                tracing::info!(side = ?from, suite = keys.suite.name(), "SRTP (SDES) on the leg");
+                SrtpSetting::Keys(keys)
+            }
+            // It asked for SRTP but named none of Warden's keys: silence, never clear text.
+            None if mode == Mode::Secure => SrtpSetting::Awaiting,
+            None => SrtpSetting::Clear,
+        };
+        relay.set_srtp(id, media_side(from), setting);
         // The offerer: answered in the mode it offered, with Warden's key for the first of
         // its keys Warden can use.
         let Some((offerer, offered)) = line.offered.filter(|(side, _)| *side == to) else {
@@ -354,7 +382,7 @@ impl MediaSession {
             .then(|| line.theirs[index_of(to)].first().cloned())
             .flatten();
         let Some(theirs) = chosen else {
-            relay.set_srtp(id, media_side(to), None);
+            relay.set_srtp(id, media_side(to), SrtpSetting::Clear);
             line.settled[index_of(to)] = Some(Mode::Plain);
             line.ours[index_of(to)].clear();
             let plain = Security {
@@ -368,15 +396,12 @@ impl MediaSession {
             return (Some(plain), false);
         };
         let ours = line.key_for(to, theirs.tag, theirs.suite);
-        relay.set_srtp(
-            id,
-            media_side(to),
-            Some(SrtpKeys {
-                suite: theirs.suite,
-                inbound: theirs.key,
-                outbound: ours.key,
-            }),
-        );
+        let keys = SrtpKeys {
+            suite: theirs.suite,
+            inbound: theirs.key,
+            outbound: ours.key,
+        };
+        relay.set_srtp(id, media_side(to), SrtpSetting::Keys(keys));
         tracing::info!(side = ?to, suite = theirs.suite.name(), "SRTP (SDES) on the leg");
         line.settled[index_of(to)] = Some(offered);
         line.ours[index_of(to)] = vec![ours.clone()];
@@ -644,7 +669,11 @@ impl MediaSession {
         let formats = [events, None];
         self.events.insert(index, formats);
         relay.set_dtmf(stream, formats);
-        relay.set_srtp(stream, MediaSide::A, srtp);
+        relay.set_srtp(
+            stream,
+            MediaSide::A,
+            srtp.map_or(SrtpSetting::Clear, SrtpSetting::Keys),
+        );
         Some(Announcement {
             stream,
             codec,
