@@ -3,12 +3,14 @@
 //!
 //! The keys come from signalling (SDES, RFC 4568): the party's own master key for what it
 //! sends, Warden's for what Warden sends. The cipher work is webrtc-rs's `webrtc-srtp`
-//! (pure Rust, the `rtp` crate's sibling); this module checks every length before handing
-//! it a packet, so hostile input gets an error, never a panic.
+//! (pure Rust, the `rtp` crate's sibling); this module checks every length and header
+//! before handing it a packet, so hostile input gets an error, never a panic.
 
+use rtp::header::Header;
 use webrtc_srtp::context::Context;
 use webrtc_srtp::option::{srtcp_replay_protection, srtp_replay_protection};
 use webrtc_srtp::protection_profile::ProtectionProfile;
+use webrtc_util::marshal::{MarshalSize, Unmarshal};
 
 /// Master key plus master salt, as SDES carries them (16 + 14 bytes for AES-CM-128).
 pub const KEY_AND_SALT: usize = 30;
@@ -96,8 +98,68 @@ pub enum SrtpError {
     Unencrypted,
     #[error("packet does not fit the buffer once protected")]
     TooLong,
+    #[error("not an RTP header the cipher can rely on")]
+    BadHeader,
     #[error("{0}")]
     Rejected(String),
+}
+
+/// The RTP header of `packet`, which must be followed by at least `trailer` bytes.
+///
+/// Two things found by fuzzing are checked first. The `rtp` crate's parser panics on
+/// header extension elements that run past the packet, so Warden walks them itself
+/// (`wire_header_len`) before the parser sees them. The cipher finds the payload at the
+/// header's re-encoded size, and a header whose encoding differs from the bytes it was
+/// read from made it slice out of bounds, so such a header is refused.
+fn rtp_header(packet: &[u8], trailer: usize) -> Result<Header, SrtpError> {
+    if packet.len() < 12 + trailer || packet[0] >> 6 != 2 {
+        return Err(SrtpError::TooShort);
+    }
+    let wire = wire_header_len(packet).ok_or(SrtpError::BadHeader)?;
+    let mut reader = packet;
+    let header = Header::unmarshal(&mut reader).map_err(|_| SrtpError::BadHeader)?;
+    if header.marshal_size() != wire || wire + trailer > packet.len() {
+        return Err(SrtpError::BadHeader);
+    }
+    Ok(header)
+}
+
+/// Bytes of the RTP header at the start of `packet` (fixed part, CSRCs, extension), when
+/// it fits the packet and its RFC 8285 extension elements stay inside the extension.
+fn wire_header_len(packet: &[u8]) -> Option<usize> {
+    let first = *packet.first()?;
+    let fixed = 12 + 4 * usize::from(first & 0x0f);
+    if first & 0x10 == 0 {
+        return (fixed <= packet.len()).then_some(fixed);
+    }
+    let word = |at: usize| Some(u16::from_be_bytes([*packet.get(at)?, *packet.get(at + 1)?]));
+    let (profile, words) = (word(fixed)?, usize::from(word(fixed + 2)?));
+    let elements = packet.get(fixed + 4..fixed + 4 + 4 * words)?;
+    let mut i = 0;
+    match profile {
+        // One-byte elements: ID and length-1 in a byte; ID 15 ends the list.
+        0xbede => {
+            while let Some(&b) = elements.get(i) {
+                i += 1;
+                match b {
+                    0 => continue,
+                    _ if b >> 4 == 15 => break,
+                    _ => i += usize::from(b & 0x0f) + 1,
+                }
+            }
+        }
+        // Two-byte elements: ID, then length.
+        0x1000 => {
+            while let Some(&b) = elements.get(i) {
+                i += 1;
+                if b != 0 {
+                    i += 1 + usize::from(*elements.get(i)?);
+                }
+            }
+        }
+        _ => {}
+    }
+    (i <= elements.len()).then_some(fixed + 4 + elements.len())
 }
 
 /// One side's SRTP contexts (one per direction: RFC 3711 state is per sender).
@@ -140,10 +202,8 @@ impl SrtpSide {
         out: &mut Vec<u8>,
     ) -> Result<(), SrtpError> {
         let plain = if is_rtp {
-            if packet.len() < 12 + self.keys.suite.rtp_overhead() {
-                return Err(SrtpError::TooShort);
-            }
-            self.inbound.decrypt_rtp(packet)
+            let header = rtp_header(packet, self.keys.suite.rtp_overhead())?;
+            self.inbound.decrypt_rtp_with_header(packet, &header)
         } else {
             // Checked here: the library indexes the trailer before it checks the length, and
             // returns a packet whose E flag is clear without authenticating it.
@@ -169,10 +229,8 @@ impl SrtpSide {
         out: &mut Vec<u8>,
     ) -> Result<(), SrtpError> {
         let sealed = if is_rtp {
-            if packet.len() < 12 {
-                return Err(SrtpError::TooShort);
-            }
-            self.outbound.encrypt_rtp(packet)
+            let header = rtp_header(packet, 0)?;
+            self.outbound.encrypt_rtp_with_header(packet, &header)
         } else {
             if packet.len() < 8 {
                 return Err(SrtpError::TooShort);
@@ -283,6 +341,53 @@ mod tests {
             warden.unprotect(&rtcp, false, &mut opened),
             Err(SrtpError::Unencrypted)
         );
+    }
+
+    #[test]
+    fn headers_the_cipher_would_misread_are_refused() {
+        let (ours, _) = keys(Suite::AesCm128HmacSha1_80);
+        let mut side = SrtpSide::new(ours).expect("keys");
+        let mut out = Vec::new();
+        // The fuzzer's find: padding and extension bits, version 0, a CSRC, an extension
+        // whose length points past the end.
+        let found = [
+            0x31, 0, 0, 0, 0x80, 0, 0, 0x9d, 0, 0, 0, 0, 0, 0x10, 0, 0xff, 0x10, 0, 0, 1, 0, 0, 0,
+            0x1b, 0, 0x21,
+        ];
+        assert!(side.protect(&found, true, &mut out).is_err());
+        assert!(side.unprotect(&found, true, &mut out).is_err());
+        // The same with version 2, and with an extension longer than the packet.
+        let mut v2 = found;
+        v2[0] = 0xb1;
+        let _ = side.protect(&v2, true, &mut out);
+        let _ = side.unprotect(&v2, true, &mut out);
+        // The parser's own panic: a one-byte element running past the packet.
+        let past_the_end = [
+            0x90, 0, 0, 0, 0x3b, 2, 0x13, 0, 0, 0x2c, 0, 0xff, 0xbe, 0xde, 0, 1, 0x2f, 0, 0x21,
+            0x21,
+        ];
+        assert_eq!(
+            side.protect(&past_the_end, true, &mut out),
+            Err(SrtpError::BadHeader)
+        );
+        assert!(side.unprotect(&past_the_end, true, &mut out).is_err());
+        // The fuzzer's input: two-byte elements whose lengths leave the extension.
+        let two_byte = [
+            0x90, 0, 0, 0, 0x3b, 2, 0x13, 0, 0, 0x2c, 0, 0xff, 0x10, 0, 0, 5, 0x2f, 0, 0x21, 0x21,
+            0x21, 0x21, 0x40, 0, 0, 0, 0, 0, 0, 0, 0x21, 0x21, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        assert!(side.protect(&two_byte, true, &mut out).is_err());
+        assert!(side.unprotect(&two_byte, true, &mut out).is_err());
+        let mut long_extension = rtp(1);
+        long_extension[0] = 0x90;
+        long_extension[12..16].copy_from_slice(&[0xbe, 0xde, 0xff, 0xff]);
+        assert!(side.protect(&long_extension, true, &mut out).is_err());
+        // A well-formed one-byte extension (an audio level, RFC 6464) is fine.
+        let mut level = rtp(2);
+        level[0] = 0x90;
+        level.splice(12..12, [0xbe, 0xde, 0, 1, 0x10, 0x2a, 0, 0]);
+        side.protect(&level, true, &mut out)
+            .expect("extension header");
     }
 
     #[test]
