@@ -633,10 +633,19 @@ impl MediaSession {
                 }
                 // SRTP when the caller asked for it (in the transport it offered).
                 let line = &offer.media[index];
-                let crypto = line.crypto.first().filter(|_| line.has_crypto);
                 sdp.push_str(&format!("m=audio {port} {} {pts}\r\n", line.proto));
-                if let Some(theirs) = crypto {
-                    let ours = Crypto::fresh(theirs.tag, theirs.suite);
+                if let Some(theirs) = line.crypto.first() {
+                    // The key the caller was keyed with when its offer came (same as a
+                    // bridge's answer would carry), settled for later offers.
+                    let ours = match self.srtp.get_mut(&index) {
+                        Some(state) => {
+                            let ours = state.key_for(Side::A, theirs.tag, theirs.suite);
+                            state.ours[0] = vec![ours.clone()];
+                            state.settled[0] = Mode::of(&line.proto, true);
+                            ours
+                        }
+                        None => Crypto::fresh(theirs.tag, theirs.suite),
+                    };
                     sdp.push_str(&ours.attribute());
                     sdp.push_str("\r\n");
                     srtp = Some(SrtpKeys {
