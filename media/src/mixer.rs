@@ -189,19 +189,11 @@ impl Room {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::tests::tone;
-    use crate::codec::{self, FormatParams};
+    use crate::codec::{self, tests::tone};
     use std::time::Duration;
 
     fn leg(name: &str, pt: u8) -> LegCodec {
-        LegCodec {
-            codec: codec::by_name(name, 8000).expect("codec"),
-            payload_type: pt,
-            params: FormatParams::default(),
-            ptime: 20,
-            dtmf_payload_type: None,
-            cn_payload_type: None,
-        }
+        crate::transcode::tests::leg(name, pt, None)
     }
 
     #[test]

@@ -374,11 +374,12 @@ fn rand_u32() -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::codec::{self, tests::frequency, tests::tone};
 
-    fn leg(name: &str, pt: u8, dtmf: Option<u8>) -> LegCodec {
+    /// A leg of `name` at 8 kHz RTP clock, 20 ms packets, default payload format.
+    pub(crate) fn leg(name: &str, pt: u8, dtmf: Option<u8>) -> LegCodec {
         LegCodec {
             codec: codec::by_name(name, 8000).expect("codec"),
             payload_type: pt,
