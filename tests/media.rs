@@ -222,10 +222,7 @@ fn audio_rtcp_and_dtmf_flow_through_warden_ports() {
     assert_eq!(recv(&bm.rtcp), (rr.to_vec(), warden_at(b_side + 1)));
     bm.rtcp.send_to(&rr, warden_at(b_side + 1)).expect("send");
     assert_eq!(recv(&am.rtcp), (rr.to_vec(), warden_at(a_side + 1)));
-    alice.in_dialog(&mut ad, "BYE", None);
-    let bye = bob.recv_request("BYE");
-    bob.ok(&bye);
-    assert_eq!(alice.recv_response().status(), 200);
+    common::hang_up(&mut alice, &mut ad, &mut bob);
 }
 
 #[test]
@@ -428,10 +425,7 @@ fn exhausted_port_pool_refuses_with_503_and_recovers() {
     assert_eq!(refused.status(), 503);
     let warning = refused.header("Warning").unwrap_or_default();
     assert!(warning.contains("no media ports"), "{warning}");
-    alice.in_dialog(&mut ad, "BYE", None);
-    let bye = bob.recv_request("BYE");
-    bob.ok(&bye);
-    assert_eq!(alice.recv_response().status(), 200);
+    common::hang_up(&mut alice, &mut ad, &mut bob);
     // The ports are back: the next call goes through.
     let (cm, bm2) = (Media::new(), Media::new());
     let (incoming, _, _, _) = call(
@@ -823,10 +817,7 @@ fn dtmf_crosses_between_rfc4733_and_sip_info() {
         Some("Signal=\r\n"),
     );
     assert_eq!(bob.recv_response().status(), 400);
-    alice.in_dialog(&mut alice_dialog, "BYE", None);
-    let bye = bob.recv_request("BYE");
-    bob.ok(&bye);
-    assert_eq!(alice.recv_response().status(), 200);
+    common::hang_up(&mut alice, &mut alice_dialog, &mut bob);
 }
 
 /// A 16-bit mono WAV file of a 1 kHz tone.
@@ -1249,10 +1240,7 @@ fn blind_transfer_by_the_callee_bridges_the_caller_to_the_target_and_links_the_r
     stream(&cm.rtp, b_side, &am.rtp, a_side, 3, 10);
 
     // Carol hangs up: alice gets the BYE.
-    carol.in_dialog(&mut cd, "BYE", None);
-    let bye = alice.recv_request("BYE");
-    alice.ok(&bye);
-    assert_eq!(carol.recv_response().status(), 200);
+    common::hang_up(&mut carol, &mut cd, &mut alice);
 
     let records = common::closed_records(&w, 2);
     let first = records
@@ -1368,10 +1356,7 @@ fn attended_transfer_joins_the_callers_of_two_calls_and_hangs_up_the_transferor(
     stream(&cm.rtp, b_side, &am.rtp, a_side, 7, 10);
 
     // Alice hangs up: carol gets the BYE.
-    alice.in_dialog(&mut ad, "BYE", None);
-    let bye = carol.recv_request("BYE");
-    carol.ok(&bye);
-    assert_eq!(alice.recv_response().status(), 200);
+    common::hang_up(&mut alice, &mut ad, &mut carol);
 
     let records = common::closed_records(&w, 3);
     let find = |caller: &str, callee: &str| {
