@@ -355,6 +355,14 @@ impl Guard {
         });
     }
 
+    /// How many sources are banned now (a gauge: no list built).
+    pub fn banned(&self, now: Instant) -> usize {
+        self.sources
+            .values()
+            .filter(|s| s.banned.is_some_and(|(until, _)| until > now))
+            .count()
+    }
+
     /// Sources banned now.
     pub fn bans(&self, now: Instant) -> Vec<Ban> {
         let mut bans: Vec<Ban> = self
@@ -490,11 +498,13 @@ mod tests {
             (bans.len(), bans[0].reason, bans[0].remaining_s),
             (1, "flood", 600)
         );
+        assert_eq!(g.banned(t0), 1);
         let later = t0 + Duration::from_secs(599);
         assert_eq!(g.admit(FLOODER, true, None, later), Err(Dropped::Banned));
         let over = t0 + Duration::from_secs(600);
         assert_eq!(g.admit(FLOODER, true, None, over), Ok(()));
         assert!(g.bans(over).is_empty());
+        assert_eq!(g.banned(over), 0);
     }
 
     #[test]

@@ -551,7 +551,7 @@ fn metrics_snapshot(
             .iter()
             .map(|(why, n)| (why.as_str().to_owned(), *n))
             .collect(),
-        guard_banned_sources: core.guard.bans(Instant::now()).len() as u64,
+        guard_banned_sources: core.guard.banned(Instant::now()) as u64,
         guard_sources: core.guard.tracked() as u64,
         guard_untracked: guard.untracked,
         auth_failures: guard.auth_failures,
