@@ -695,14 +695,8 @@ impl Core {
     ) {
         let user = req.to().and_then(|t| t.uri.user()).unwrap_or_default();
         if self.registrar.register_needs_auth()
-            && let Err(refusal) =
-                self.registrar
-                    .authenticate(&req, &user, AuthKind::Register, unix_s)
+            && self.refused_credentials(&key, &req, &user, AuthKind::Register, &from, now)
         {
-            if refusal.failed {
-                self.guard.auth_failed(from.addr.ip(), now);
-            }
-            self.tx.respond(&key, *refusal.response, now);
             return;
         }
         let outcome = self.registrar.register(&req, &from, unix_s);
@@ -710,6 +704,27 @@ impl Core {
             self.out.push_back(Output::Store(change));
         }
         self.tx.respond(&key, outcome.response, now);
+    }
+
+    /// Check `req`'s credentials for `user`; when they do not do, answer the challenge or
+    /// refusal, count a failure toward the source's ban, and return true.
+    fn refused_credentials(
+        &mut self,
+        key: &TxKey,
+        req: &Request,
+        user: &str,
+        kind: AuthKind,
+        from: &Destination,
+        now: Instant,
+    ) -> bool {
+        let Err(refusal) = self.registrar.authenticate(req, user, kind, self.unix_s()) else {
+            return false;
+        };
+        if refusal.failed {
+            self.guard.auth_failed(from.addr.ip(), now);
+        }
+        self.tx.respond(key, *refusal.response, now);
+        true
     }
 
     fn on_invite(
@@ -728,14 +743,8 @@ impl Core {
         {
             // An untrusted source calls as one of our users, and must prove it.
             let caller = req.from().and_then(|f| f.uri.user()).unwrap_or_default();
-            if let Err(refusal) =
-                self.registrar
-                    .authenticate(&req, &caller, AuthKind::Invite, unix_s)
-            {
-                if refusal.failed {
-                    self.guard.auth_failed(from.addr.ip(), now);
-                }
-                return self.tx.respond(&key, *refusal.response, now);
+            if self.refused_credentials(&key, &req, &caller, AuthKind::Invite, &from, now) {
+                return;
             }
         }
         // 100 Trying at once: the caller stops retransmitting while we look the callee up.
