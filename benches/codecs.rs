@@ -69,6 +69,7 @@ fn main() {
             calls(path) / calls(bare)
         );
     }
+    resampler_table(frames);
     conference_table(frames, &options);
     if codec::all().iter().any(|c| c.name == "opus") {
         opus_complexity_sweep(frames);
@@ -270,6 +271,43 @@ fn rtp(codec: &Codec, frames: usize) -> Vec<Vec<u8>> {
             packet
         })
         .collect()
+}
+
+/// Resampling one 20 ms frame, Warden's polyphase filter against rubato's FFT resampler
+/// (what the path used before) in the same run.
+fn resampler_table(frames: usize) {
+    use warden_media::codec::Resampler;
+    println!("\nresampling a 20 ms frame");
+    println!(
+        "{:<14} {:>12} {:>12} {:>7}",
+        "rates", "polyphase ns", "rubato FFT ns", "ratio"
+    );
+    for (from, to) in [(8000, 16000), (16000, 8000), (8000, 48000), (48000, 8000)] {
+        let input = frames_of(from, 1).remove(0);
+        let mut out = Vec::with_capacity(4096);
+        let mut time = |mut r: Resampler| {
+            out.clear();
+            let start = Instant::now();
+            for _ in 0..frames {
+                r.process(&input, &mut out);
+                out.clear();
+            }
+            start.elapsed()
+        };
+        let (mut ours, mut fft) = (Duration::MAX, Duration::MAX);
+        for _ in 0..5 {
+            ours = ours.min(time(Resampler::new(from, to).expect("whole ratio")));
+            fft = fft.min(time(Resampler::fft(from, to).expect("20 ms frames")));
+        }
+        let ns = |d: Duration| d.as_secs_f64() * 1e9 / frames as f64;
+        println!(
+            "{:<14} {:>12.0} {:>12.0} {:>7.2}",
+            format!("{}k->{}k", from / 1000, to / 1000),
+            ns(ours),
+            ns(fft),
+            ns(ours) / ns(fft)
+        );
+    }
 }
 
 /// Conference mixing per core: rooms of members on PCMU, PCMA and G.722 in turn, the cost

@@ -12,6 +12,7 @@ mod g711;
 mod g722;
 #[cfg(feature = "opus")]
 mod opus;
+mod polyphase;
 pub mod resample;
 
 pub use g711::{alaw_to_linear, linear_to_alaw, linear_to_ulaw, ulaw_to_linear};

@@ -1,10 +1,22 @@
-//! Sample-rate conversion between 8, 16 and 48 kHz with `rubato`'s FFT resampler, one 20 ms
-//! frame in, one 20 ms frame out. Its fixed delay (`delay_samples`) is part of the path's
-//! latency; the transcoder accounts for it once, at start.
+//! Sample-rate conversion of 20 ms frames for the live path: the polyphase filter of ours
+//! for whole ratios (every pair among 8, 16 and 48 kHz), `rubato`'s FFT resampler otherwise;
+//! and `whole`, which converts a prompt at load time. The fixed delay (`delay_samples`) is
+//! the converter's share of the path's latency.
 
 use rubato::{FftFixedInOut, Resampler as _};
 
+use super::polyphase::Polyphase;
+
 pub struct Resampler {
+    inner: Inner,
+}
+
+enum Inner {
+    Polyphase(Polyphase),
+    Fft(Box<Fft>),
+}
+
+struct Fft {
     inner: FftFixedInOut<f32>,
     input: Vec<f32>,
     output: Vec<f32>,
@@ -22,6 +34,39 @@ impl Resampler {
     /// A converter for 20 ms frames from `from` Hz to `to` Hz.
     pub fn new(from: u32, to: u32) -> Result<Resampler, ResampleError> {
         let frame = (from / 50) as usize;
+        let inner = match Polyphase::new(from, to, frame) {
+            Some(polyphase) => Inner::Polyphase(polyphase),
+            None => Inner::Fft(Box::new(Fft::new(from, to, frame)?)),
+        };
+        Ok(Resampler { inner })
+    }
+
+    /// The FFT converter whatever the ratio (what `new` falls back to for ratios that are
+    /// not whole; benchmarks compare the two).
+    pub fn fft(from: u32, to: u32) -> Result<Resampler, ResampleError> {
+        let inner = Inner::Fft(Box::new(Fft::new(from, to, (from / 50) as usize)?));
+        Ok(Resampler { inner })
+    }
+
+    /// Samples of delay the converter adds, at the output rate.
+    pub fn delay_samples(&self) -> usize {
+        match &self.inner {
+            Inner::Polyphase(p) => p.delay_samples(),
+            Inner::Fft(f) => f.inner.output_delay(),
+        }
+    }
+
+    /// Convert one 20 ms frame (exactly `from / 50` samples), appending to `out`.
+    pub fn process(&mut self, frame: &[i16], out: &mut Vec<i16>) {
+        match &mut self.inner {
+            Inner::Polyphase(p) => p.process(frame, out),
+            Inner::Fft(f) => f.process(frame, out),
+        }
+    }
+}
+
+impl Fft {
+    fn new(from: u32, to: u32, frame: usize) -> Result<Fft, ResampleError> {
         let inner =
             FftFixedInOut::<f32>::new(from as usize, to as usize, frame, 1).map_err(|e| {
                 ResampleError {
@@ -38,20 +83,14 @@ impl Resampler {
             });
         }
         let output = vec![0.0; inner.output_frames_max()];
-        Ok(Resampler {
+        Ok(Fft {
             inner,
             input: vec![0.0; frame],
             output,
         })
     }
 
-    /// Samples of delay the converter adds, at the output rate.
-    pub fn delay_samples(&self) -> usize {
-        self.inner.output_delay()
-    }
-
-    /// Convert one 20 ms frame (exactly `from / 50` samples), appending to `out`.
-    pub fn process(&mut self, frame: &[i16], out: &mut Vec<i16>) {
+    fn process(&mut self, frame: &[i16], out: &mut Vec<i16>) {
         for (dst, src) in self.input.iter_mut().zip(frame) {
             *dst = f32::from(*src) / 32768.0;
         }
