@@ -6,6 +6,8 @@
 //! Each call makes 4 record updates (start, ringing, answer, end), as a bridged call does.
 //! `cargo bench --bench cdr`; WARDEN_BENCH_CALLS (default 20000).
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -62,13 +64,10 @@ fn call_records(n: u64) -> Vec<Record> {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
+    if common::only_listing_or_testing() {
         return;
     }
-    let calls: u64 = std::env::var("WARDEN_BENCH_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+    let calls: u64 = common::setting("WARDEN_BENCH_CALLS", 20_000);
     let records: Vec<Vec<Record>> = (0..calls).map(call_records).collect();
     let dir = tempfile::tempdir().expect("tempdir");
 

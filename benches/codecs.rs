@@ -10,6 +10,8 @@
 //! `cargo bench --bench codecs [--features opus]`; WARDEN_BENCH_FRAMES (default 3000 frames = 60 s of audio
 //! per direction) sets the amount of work per measurement.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use warden_media::codec::{self, Codec, CodecOptions, FormatParams};
@@ -22,13 +24,10 @@ const NATIVE: FormatParams = FormatParams {
 use warden_media::transcode::{Direction, LegCodec};
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
+    if common::only_listing_or_testing() {
         return;
     }
-    let frames: usize = std::env::var("WARDEN_BENCH_FRAMES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
+    let frames: usize = common::setting("WARDEN_BENCH_FRAMES", 3000);
     println!("{frames} frames of 20 ms per direction and measurement (one core)");
     println!(
         "{:<14} {:>13} {:>15} {:>13} {:>15} {:>7}",

@@ -8,6 +8,8 @@
 //! `cargo bench --bench prompts`; WARDEN_BENCH_STREAMS (default "250,500,1000,2000") and
 //! WARDEN_BENCH_SECONDS (default 5).
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -20,18 +22,11 @@ use warden_media::{Latching, Playback, Relay, RelayConfig, Remote, Side, codec};
 const FRAME: Duration = Duration::from_millis(20);
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
+    if common::only_listing_or_testing() {
         return;
     }
-    let steps: Vec<usize> = std::env::var("WARDEN_BENCH_STREAMS")
-        .unwrap_or_else(|_| "250,500,1000,2000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    let seconds: u64 = std::env::var("WARDEN_BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let steps: Vec<usize> = common::steps("WARDEN_BENCH_STREAMS", "250,500,1000,2000");
+    let seconds: u64 = common::setting("WARDEN_BENCH_SECONDS", 5);
     let pcma = codec::by_name("PCMA", 8000).expect("pcma");
     let audio = Audio {
         rate: 8000,

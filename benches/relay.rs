@@ -11,6 +11,8 @@
 //! `cargo bench --bench relay`; WARDEN_BENCH_STEPS="25000,50000,100000" and
 //! WARDEN_BENCH_SECONDS=5 change the load steps and measuring window.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -32,8 +34,8 @@ fn main() {
         Ok("generator") => return generate(),
         _ => {}
     }
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        return; // `cargo test --benches` asks; there is nothing to test here
+    if common::only_listing_or_testing() {
+        return;
     }
     orchestrate();
 }
@@ -67,12 +69,10 @@ fn serve(role: Role) {
                 last_port: 59_999,
                 workers: 1,
                 latching: Latching::Strict,
-                coalesce: std::time::Duration::from_micros(
-                    std::env::var("WARDEN_BENCH_COALESCE_US")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(200),
-                ),
+                coalesce: std::time::Duration::from_micros(common::setting(
+                    "WARDEN_BENCH_COALESCE_US",
+                    200,
+                )),
                 codecs: Default::default(),
             })
             .expect("relay");
@@ -380,15 +380,8 @@ enum Subject {
 }
 
 fn orchestrate() {
-    let steps: Vec<u32> = std::env::var("WARDEN_BENCH_STEPS")
-        .unwrap_or_else(|_| "25000,50000,100000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    let seconds: f64 = std::env::var("WARDEN_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
+    let steps: Vec<u32> = common::steps("WARDEN_BENCH_STEPS", "25000,50000,100000");
+    let seconds: f64 = common::setting("WARDEN_BENCH_SECONDS", 5.0);
     let exe = std::env::current_exe().expect("own path");
     let exe = exe.to_str().expect("utf-8 path");
     let have_rtpengine = Command::new("rtpengine").arg("--version").output().is_ok();

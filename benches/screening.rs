@@ -10,6 +10,8 @@
 //!
 //! `cargo bench --bench screening`; WARDEN_BENCH_CALLS (default 120000).
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -26,13 +28,10 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
+    if common::only_listing_or_testing() {
         return;
     }
-    let calls: u64 = std::env::var("WARDEN_BENCH_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(120_000);
+    let calls: u64 = common::setting("WARDEN_BENCH_CALLS", 120_000);
     let plan_text = include_str!("../dialplans/screening.toml");
     let plan = Dialplan::parse(plan_text, "screening.toml").expect("the shipped plan");
     // Generous quotas, so most calls pass and take the admit path, as in production.

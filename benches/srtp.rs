@@ -6,6 +6,8 @@
 //!
 //! `cargo bench --bench srtp`; WARDEN_BENCH_PACKETS (default 200000) sets the work.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -16,13 +18,10 @@ use warden_media::srtp::{KEY_AND_SALT, SrtpKeys, SrtpSide, Suite};
 type Aes128Ctr = ctr::Ctr128BE<aes::Aes128>;
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
+    if common::only_listing_or_testing() {
         return;
     }
-    let packets: u32 = std::env::var("WARDEN_BENCH_PACKETS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+    let packets: u32 = common::setting("WARDEN_BENCH_PACKETS", 200_000);
     println!("{packets} PCMU packets (172 bytes) per measurement, one core");
     println!(
         "{:<26} {:>9} {:>9} {:>9} {:>7}",
