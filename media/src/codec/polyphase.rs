@@ -228,15 +228,9 @@ fn to_i16(s: f32) -> i16 {
 
 /// A branch from its coefficients scaled to unit gain, with zero taps at the ends dropped.
 fn branch(coefficients: &[f64], scale: f64) -> Branch {
-    let significant = |c: &&f64| c.abs() > 1e-12;
-    let first = coefficients
-        .iter()
-        .position(|c| significant(&c))
-        .unwrap_or(0);
-    let last = coefficients
-        .iter()
-        .rposition(|c| significant(&c))
-        .unwrap_or(0);
+    let significant = |c: &f64| c.abs() > 1e-12;
+    let first = coefficients.iter().position(significant).unwrap_or(0);
+    let last = coefficients.iter().rposition(significant).unwrap_or(0);
     Branch {
         first,
         taps: coefficients[first..=last]
