@@ -12,6 +12,7 @@ pub mod dialplan;
 pub mod dns;
 pub mod e164;
 pub mod guard;
+pub mod media;
 pub mod prompts;
 pub mod registrar;
 pub mod screening;

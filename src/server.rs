@@ -168,7 +168,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let grace = Duration::from_secs(config.server.shutdown_grace_s);
     let retry_after = config.server.retry_after_s;
     let batch = config.cdr.batch;
-    let mut core = Core::new(config, registrar, advertised, relay, prompts);
+    let mut core = Core::new(config, registrar, advertised, Box::new(relay), prompts);
     core.set_dialplan(plan);
 
     // The CDR writer stores what the loop journals.

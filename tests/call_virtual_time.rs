@@ -10,15 +10,6 @@ use warden::core::{Core, Output};
 use warden::registrar::Registrar;
 use warden::sip::message::{Limits, Message, Request, Response};
 use warden::sip::transport::{Destination, Transport};
-use warden_media::{Latching, Relay, RelayConfig};
-
-fn rand_u16() -> u16 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    (nanos ^ std::process::id()) as u16
-}
 
 fn sdp(port: u16, direction: &str) -> String {
     format!(
@@ -62,21 +53,15 @@ impl Harness {
         let mut advertised = HashMap::new();
         advertised.insert(Transport::Udp, "127.0.0.1:5060".to_owned());
         let registrar = Registrar::new(config.registrar.clone(), Vec::new());
-        // A real relay (its sockets stay silent here); a random range keeps parallel tests apart.
-        let first = 42_000 + 2 * (rand_u16() % 4000);
-        let relay = Relay::start(&RelayConfig {
-            address: "127.0.0.1".parse().unwrap(),
-            first_port: first,
-            last_port: first + 99,
-            workers: 1,
-            latching: Latching::Strict,
-            coalesce: Duration::ZERO,
-            codecs: Default::default(),
-        })
-        .unwrap();
         let now = Instant::now();
         let mut h = Harness {
-            core: Core::new(config, registrar, advertised, relay, Default::default()),
+            core: Core::new(
+                config,
+                registrar,
+                advertised,
+                Box::new(warden::media::fake::FakeMedia::new()),
+                Default::default(),
+            ),
             now,
             start: now,
             records: Vec::new(),

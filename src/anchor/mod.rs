@@ -14,9 +14,10 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use warden_media::{LegStats, MediaError, Relay, Remote, Side as MediaSide, StreamId, StreamStats};
+use warden_media::{LegStats, MediaError, Remote, Side as MediaSide, StreamId, StreamStats};
 
 use crate::call::Side;
+use crate::media::Media;
 use negotiate::Role;
 use sdes::{Crypto, Mode, SrtpPolicy};
 use sdp::{Direction, MediaLine, MediaPlan, Sdp, SdpError, Security};
@@ -103,7 +104,7 @@ impl MediaSession {
     /// picks one of those switches the stream to transcoding.
     pub fn anchor(
         &mut self,
-        relay: &mut Relay,
+        relay: &mut dyn Media,
         from: Side,
         body: &[u8],
         role: Role,
@@ -122,7 +123,7 @@ impl MediaSession {
     /// party's answer is then anchored as the other side's. None without a description.
     pub fn reoffer(
         &mut self,
-        relay: &mut Relay,
+        relay: &mut dyn Media,
         from: Side,
         transcodable: &[&'static Codec],
     ) -> Option<Vec<u8>> {
@@ -150,7 +151,7 @@ impl MediaSession {
     /// as `sdp` holds it (edited, not as the text came).
     fn anchor_sdp(
         &mut self,
-        relay: &mut Relay,
+        relay: &mut dyn Media,
         from: Side,
         sdp: Sdp,
         role: Role,
@@ -232,7 +233,7 @@ impl MediaSession {
     #[allow(clippy::too_many_arguments)]
     fn negotiate(
         &mut self,
-        relay: &mut Relay,
+        relay: &mut dyn Media,
         id: StreamId,
         index: usize,
         from: Side,
@@ -296,7 +297,7 @@ impl MediaSession {
     /// use). Keys settle when an answer comes: each side's own, and Warden's toward it.
     fn secure(
         &mut self,
-        relay: &mut Relay,
+        relay: &mut dyn Media,
         id: StreamId,
         index: usize,
         from: Side,
@@ -444,7 +445,7 @@ impl MediaSession {
     }
 
     /// Close every stream (the call is over); their ports return to the pool.
-    pub fn close(&mut self, relay: &mut Relay) {
+    pub fn close(&mut self, relay: &mut dyn Media) {
         for id in self.streams.drain(..).flatten() {
             relay.close(id);
         }
@@ -459,7 +460,7 @@ impl MediaSession {
         self.holding.iter().any(|h| *h)
     }
 
-    pub fn stats(&self, relay: &Relay) -> Vec<StreamStats> {
+    pub fn stats(&self, relay: &dyn Media) -> Vec<StreamStats> {
         self.streams
             .iter()
             .flatten()
@@ -469,7 +470,7 @@ impl MediaSession {
 
     /// Has the call gone `timeout` without RTP from either side? Call this periodically;
     /// time on hold never counts.
-    pub fn timed_out(&mut self, relay: &Relay, now: Instant, timeout: Duration) -> bool {
+    pub fn timed_out(&mut self, relay: &dyn Media, now: Instant, timeout: Duration) -> bool {
         let count: u64 = self
             .stats(relay)
             .iter()
@@ -486,7 +487,7 @@ impl MediaSession {
 
     /// Both legs' figures over all streams, for the call record: what Warden received
     /// from each party (packets, bytes, loss) and the worst jitter seen.
-    pub fn summary(&self, relay: &Relay) -> MediaSummary {
+    pub fn summary(&self, relay: &dyn Media) -> MediaSummary {
         let mut sum = MediaSummary::default();
         for s in self.stats(relay) {
             for (leg, stats) in [(&mut sum.caller, s.a), (&mut sum.callee, s.b)] {
@@ -587,7 +588,7 @@ impl MediaSession {
     /// and payload type, and the SDP.
     pub fn answer_caller(
         &mut self,
-        relay: &mut Relay,
+        relay: &mut dyn Media,
         session_id: u64,
         listen: bool,
     ) -> Option<Announcement> {

@@ -42,7 +42,7 @@ impl Core {
         let target_leg = other.leg_mut(transferor.other()).cloned();
         let offer = call
             .media
-            .reoffer(&mut self.media, by.other(), &self.transcodable);
+            .reoffer(&mut *self.media, by.other(), &self.transcodable);
         let (Some(target_leg), Some(offer), State::Confirmed) = (target_leg, offer, other.state)
         else {
             self.finish_or_keep(other);

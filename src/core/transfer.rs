@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{ClientPurpose, Core, Output, strip_tag};
+use super::{ClientPurpose, Core, Output, route_set, strip_tag};
 use crate::anchor::negotiate::Role;
 use crate::call::{Call, Leg, Side, State, Transfer};
 use crate::cdr::Record;
@@ -211,7 +211,7 @@ impl Core {
         };
         let Some(offer) = call
             .media
-            .reoffer(&mut self.media, by.other(), &self.transcodable)
+            .reoffer(&mut *self.media, by.other(), &self.transcodable)
         else {
             return self.transfer_failed(call, 488, now);
         };
@@ -274,7 +274,7 @@ impl Core {
         if let Some(target) = resp.contact_uri() {
             b.leg.target = target;
         }
-        b.leg.route = super::route_set(resp.address_list("Record-Route"), true);
+        b.leg.route = route_set(resp.address_list("Record-Route"), true);
         let invite_cseq = b.invite.cseq().map(|c| c.seq).unwrap_or(1);
         b.leg.cseq = invite_cseq;
         let mut leg = b.leg.clone();

@@ -1,0 +1,284 @@
+//! Bridge actions: targets resolved (registrar, literal, DNS, ENUM, the IMS way on),
+//! one callee branch per contact, sequential failover and parallel forking.
+
+use std::time::Instant;
+
+use crate::call::{Branch, Call, Leg, Side, State, new_tag};
+use crate::dialplan::BridgeMode;
+use crate::dns::{Found, Lookup, literal_destination};
+use crate::sip::message::{Method, NameAddr, Uri};
+use crate::sip::transport::Destination;
+
+use super::messages::{route_set, strip_tag, with_uri_param};
+use super::{ALLOW, ClientPurpose, Core, Output, transfer};
+
+impl Core {
+    /// Start the next attempt of the call's bridge action: every target at once
+    /// (parallel) or the next one that can be reached (sequential). False when nothing
+    /// could be started (the failures are noted).
+    pub(super) fn try_bridge(&mut self, call: &mut Call, now: Instant) -> bool {
+        loop {
+            let first_branch = call.branches.len();
+            let Some(attempt) = call.bridge_mut() else {
+                return false;
+            };
+            let batch: Vec<String> = match attempt.mode {
+                BridgeMode::Parallel => attempt.targets.drain(..).collect(),
+                BridgeMode::Sequential => match attempt.targets.get(attempt.next_target) {
+                    Some(t) => vec![t.clone()],
+                    None => Vec::new(),
+                },
+            };
+            attempt.next_target += 1;
+            attempt.first_branch = first_branch;
+            attempt.serial = self.next_attempt;
+            attempt.pending_lookups = 0;
+            self.next_attempt += 1;
+            let (timeout, sequential) = (attempt.timeout, attempt.mode == BridgeMode::Sequential);
+            if batch.is_empty() {
+                return false;
+            }
+            for target in &batch {
+                match self.resolve_target(call, target) {
+                    Ok(found) => {
+                        for (contact, dest) in found {
+                            self.add_branch(call, &contact, dest, now);
+                        }
+                    }
+                    Err(lookup) => {
+                        let id = call.id;
+                        if let Some(a) = call.bridge_mut() {
+                            a.pending_lookups += 1;
+                            self.out.push_back(Output::Resolve {
+                                call: id,
+                                attempt: a.serial,
+                                lookup,
+                            });
+                        }
+                    }
+                }
+            }
+            let started = call
+                .bridge()
+                .is_some_and(|a| call.branches.len() > a.first_branch || a.pending_lookups > 0);
+            if started {
+                call.ring_until = Some(now + timeout);
+                return true;
+            }
+            if !sequential {
+                return false;
+            }
+        }
+    }
+
+    /// Where a bridge target rings: `user:NAME` is every contact NAME has registered; a
+    /// SIP URI with an IP address goes there directly. Failures are noted on the call.
+    pub(super) fn resolve_target(
+        &mut self,
+        call: &mut Call,
+        target: &str,
+    ) -> Result<Vec<Found>, Lookup> {
+        if target == "ims" {
+            return Ok(self.ims_target(call).into_iter().collect());
+        }
+        if let Some(number) = target.strip_prefix("enum:") {
+            return Err(Lookup::Enum {
+                number: number.to_owned(),
+            });
+        }
+        if let Some(user) = target.strip_prefix("user:") {
+            let bindings: Vec<(String, Destination)> = self
+                .registrar
+                .lookup(user, self.unix_s())
+                .into_iter()
+                .map(|b| (b.contact.clone(), b.destination(None)))
+                .collect();
+            if bindings.is_empty() {
+                let status = if self.registrar.knows(user) { 480 } else { 404 };
+                tracing::info!(
+                    call = call.id,
+                    target,
+                    status,
+                    "bridge target not reachable"
+                );
+                call.note_failure(status, self.phrase(status));
+            }
+            return Ok(bindings);
+        }
+        if let Some(dest) = literal_destination(target) {
+            return Ok(vec![(target.to_owned(), dest)]);
+        }
+        if Uri::parse(target).is_ok_and(|u| u.is_sip()) {
+            return Err(Lookup::Host {
+                uri: target.to_owned(),
+            });
+        }
+        tracing::warn!(
+            call = call.id,
+            target,
+            "bridge target is not user:, enum:, ims or a SIP URI; skipped"
+        );
+        call.note_failure(502, "Bad Gateway");
+        Ok(Vec::new())
+    }
+
+    /// The driver's answer to an `Output::Resolve`: ring what it found, if the bridge
+    /// attempt that asked is still the current one.
+    pub fn handle_resolved(&mut self, id: u64, attempt: u64, found: Vec<Found>, now: Instant) {
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
+        let _span = call.enter();
+        let current = call.bridge_mut().filter(|a| a.serial == attempt);
+        if let Some(a) = current {
+            a.pending_lookups = a.pending_lookups.saturating_sub(1);
+            if found.is_empty() {
+                call.note_failure(404, self.phrase(404));
+            }
+            for (contact, dest) in found {
+                self.add_branch(&mut call, &contact, dest, now);
+            }
+            self.end_if_every_branch_failed(&mut call, now);
+            self.schedule(&call);
+        } else if call.abandoned && call.state == State::Calling && call.all_branches_final() {
+            call.state = State::Done; // cancelled while the lookup ran: nothing else will end it
+        }
+        self.finish_or_keep(call);
+    }
+
+    /// The IMS way on (3GPP TS 24.229 5.7.5, AS as B2BUA): the initial request goes back to
+    /// the S-CSCF along the Route set it came with, minus Warden's own entry on top (the
+    /// S-CSCF's entry keeps its original dialog identifier), to the same Request-URI, with
+    /// P-Charging-Vector (its ICID) and P-Asserted-Identity carried across.
+    pub(super) fn ims_target(&mut self, call: &mut Call) -> Option<(String, Destination)> {
+        let req = &call.a_invite;
+        let trusted = crate::dialplan::in_networks(call.a.dest.addr.ip(), &self.trusted_scscf);
+        // Every Route entry after Warden's own, parsed like any Route set.
+        let next_hops: Vec<NameAddr> = req
+            .address_list("Route")
+            .unwrap_or_default()
+            .into_iter()
+            .skip(1)
+            .collect();
+        let first = next_hops
+            .first()
+            .and_then(|hop| literal_destination(&hop.uri.to_string()));
+        let Some(dest) = first.filter(|_| trusted) else {
+            tracing::warn!(
+                call = call.id,
+                trusted,
+                routes = next_hops.len(),
+                "bridge to ims: not from a trusted S-CSCF, or no Route to go on along (an IP address is needed)"
+            );
+            call.note_failure(403, "Forbidden");
+            return None;
+        };
+        for name in ["P-Charging-Vector", "P-Asserted-Identity"] {
+            if let Some(value) = req.header(name)
+                && !call
+                    .b_headers
+                    .iter()
+                    .any(|(n, _)| n.eq_ignore_ascii_case(name))
+            {
+                call.b_headers.push((name.to_owned(), Some(value)));
+            }
+        }
+        let uri = req.uri().to_string();
+        call.b_route = route_set(Ok(next_hops), false);
+        Some((uri, dest))
+    }
+
+    /// Send the callee-side INVITE of a new branch toward `contact` at `dest`.
+    pub(super) fn add_branch(
+        &mut self,
+        call: &mut Call,
+        contact: &str,
+        dest: Destination,
+        now: Instant,
+    ) {
+        let req = &call.a_invite;
+        let mut leg = Leg {
+            call_id: format!("{}@warden", new_tag()),
+            local_uri: strip_tag(&req.header("From").unwrap_or_default()),
+            local_tag: new_tag(),
+            remote_uri: transfer::transfer_to(call)
+                .unwrap_or_else(|| strip_tag(&req.header("To").unwrap_or_default())),
+            remote_tag: None,
+            target: contact.to_owned(),
+            route: std::mem::take(&mut call.b_route),
+            cseq: 0,
+            dest: dest.clone(),
+        };
+        if let Some(verstat) = call.verstat {
+            leg.local_uri = with_uri_param(&leg.local_uri, &format!("verstat={verstat}"));
+        }
+        let Some(mut invite) = self.leg_request(&mut leg, Method::Invite, None) else {
+            return;
+        };
+        if let (Some(verstat), Some(pai)) = (call.verstat, req.header("P-Asserted-Identity")) {
+            let _ = invite.set_header(
+                "P-Asserted-Identity",
+                &with_uri_param(&pai, &format!("verstat={verstat}")),
+            );
+        }
+        let hops = req.max_forwards().unwrap_or(70).saturating_sub(1);
+        let _ = invite.set_header("Max-Forwards", &hops.to_string());
+        let _ = invite.push_header("Allow", ALLOW);
+        for (name, value) in &call.b_headers {
+            match value {
+                Some(v) => {
+                    let _ = invite.set_header(name, v);
+                }
+                None => {
+                    invite.remove_header(name);
+                }
+            }
+        }
+        invite.set_body(call.b_offer.clone(), call.b_offer_type.as_deref());
+        let index = call.branches.len();
+        self.dialogs.insert(
+            (leg.call_id.clone(), leg.local_tag.clone()),
+            (call.id, Side::B),
+        );
+        let tx = self.tx.send_request(invite.clone(), dest, now);
+        if let Some(tx) = &tx {
+            self.client.insert(
+                tx.clone(),
+                ClientPurpose::Invite {
+                    call: call.id,
+                    branch: index,
+                },
+            );
+        }
+        call.branches.push(Branch {
+            leg,
+            invite,
+            tx,
+            provisional: false,
+            final_status: None,
+            cancel_pending: false,
+            ack: None,
+        });
+    }
+
+    /// The current bridge attempt failed (every branch final without an answer, or it
+    /// rang out): a sequential bridge fails over to its next target on a timeout, an
+    /// unreachable target or a 5xx; otherwise the dialplan goes on with its next action.
+    pub(super) fn bridge_failed(&mut self, call: &mut Call, now: Instant) {
+        let first = call.bridge().map_or(0, |a| a.first_branch);
+        let fail_over = call.branches[first.min(call.branches.len())..]
+            .iter()
+            .all(|b| matches!(b.final_status, None | Some(408 | 480 | 500..=599)));
+        let sequential = call
+            .bridge()
+            .is_some_and(|a| a.mode == BridgeMode::Sequential);
+        if sequential && fail_over && self.try_bridge(call, now) {
+            return;
+        }
+        if let Some(p) = call.program.as_mut() {
+            p.bridge = None;
+        }
+        call.ring_until = None;
+        self.run_program(call, now);
+    }
+}

@@ -1,0 +1,274 @@
+//! Warden's own messages: responses to requests, requests inside a leg's dialog, the
+//! Via and Contact it advertises, and the reason phrases it uses.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::call::{Call, Leg, Side, new_tag};
+use crate::sip::message::{Malformed, Method, NameAddr, Request, Response, Uri, Via};
+use crate::sip::transaction::TxKey;
+use crate::sip::transport::{Destination, Transport};
+
+use super::{ALLOW, ClientPurpose, Core};
+
+impl Core {
+    /// The reason phrase for `status` in responses Warden generates: the operator's, else
+    /// the standard one.
+    pub(super) fn phrase(&self, status: u16) -> &str {
+        self.phrases
+            .get(&status)
+            .map_or_else(|| reason_phrase(status), String::as_str)
+    }
+
+    /// A relayed callee response keeps its phrase unless the operator asked for theirs.
+    pub(super) fn relayed_phrase(&self, out: &mut Response) {
+        if self.config.sip.rewrite_relayed_phrases
+            && let Some(text) = self.phrases.get(&out.status())
+        {
+            out.set_reason(text);
+        }
+    }
+
+    pub(super) fn local_host(&self, transport: Transport) -> String {
+        self.advertised
+            .get(&transport)
+            .or_else(|| self.advertised.values().next())
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:5060".into())
+    }
+
+    pub(super) fn contact(&self, transport: Transport) -> String {
+        match transport {
+            Transport::Udp => format!("<sip:warden@{}>", self.local_host(transport)),
+            Transport::Tcp => format!("<sip:warden@{};transport=tcp>", self.local_host(transport)),
+            // RFC 5630: a SIPS URI asks for TLS on every hop to it.
+            Transport::Tls => format!("<sips:warden@{}>", self.local_host(transport)),
+        }
+    }
+
+    pub(super) fn via(&self, transport: Transport, branch: &str) -> String {
+        format!(
+            "SIP/2.0/{} {};branch=z9hG4bK{branch};rport",
+            transport.as_str(),
+            self.local_host(transport)
+        )
+    }
+
+    pub(super) fn respond(
+        &mut self,
+        key: &TxKey,
+        req: &Request,
+        status: u16,
+        tag: Option<&str>,
+        now: Instant,
+    ) {
+        self.respond_warning(key, req, status, tag, None, now);
+    }
+
+    /// A response with a `Warning: 399` saying why (RFC 3261 20.43), for refusals a person
+    /// reading a trace should understand.
+    pub(super) fn respond_warning(
+        &mut self,
+        key: &TxKey,
+        req: &Request,
+        status: u16,
+        tag: Option<&str>,
+        warning: Option<&str>,
+        now: Instant,
+    ) {
+        let mut resp = Response::to_request(req, status, self.phrase(status));
+        if let Some(w) = warning {
+            let _ = resp.push_header("Warning", &warning_value(w));
+        }
+        if status > 100 {
+            resp.set_to_tag(tag.map(str::to_owned).unwrap_or_else(new_tag).as_str());
+        }
+        let _ = resp.push_header("Server", &self.config.sip.user_agent);
+        if matches!(status, 405 | 501) || (req.method() == Method::Options && status == 200) {
+            let _ = resp.push_header("Allow", ALLOW);
+        }
+        self.tx.respond(key, resp, now);
+    }
+
+    /// A request inside `leg` (increments its CSeq unless `cseq` is given, as for ACK/CANCEL).
+    pub(super) fn leg_request(
+        &self,
+        leg: &mut Leg,
+        method: Method,
+        cseq: Option<u32>,
+    ) -> Option<Request> {
+        let seq = match cseq {
+            Some(s) => s,
+            None => {
+                leg.cseq += 1;
+                leg.cseq
+            }
+        };
+        let uri = Uri::parse(&leg.target).ok()?;
+        let to = match &leg.remote_tag {
+            Some(t) => format!("{};tag={t}", leg.remote_uri),
+            None => leg.remote_uri.clone(),
+        };
+        let mut builder = Request::builder(method, &uri)
+            .header("Via", &self.via(leg.dest.transport, &new_tag()))
+            .max_forwards(70);
+        for route in &leg.route {
+            builder = builder.header("Route", route);
+        }
+        builder
+            .header("From", &format!("{};tag={}", leg.local_uri, leg.local_tag))
+            .header("To", &to)
+            .header("Call-ID", &leg.call_id)
+            .cseq(seq)
+            .header("Contact", &self.contact(leg.dest.transport))
+            .header("User-Agent", &self.config.sip.user_agent)
+            .build()
+            .ok()
+    }
+
+    /// The next request into a side's dialog, with where it goes.
+    pub(super) fn side_request(
+        &self,
+        call: &mut Call,
+        side: Side,
+        method: Method,
+        cseq: Option<u32>,
+    ) -> Option<(Request, Destination)> {
+        let leg = call.leg_mut(side)?;
+        let request = self.leg_request(leg, method, cseq)?;
+        Some((request, leg.dest.clone()))
+    }
+
+    pub(super) fn send_in_dialog(
+        &mut self,
+        req: Request,
+        dest: Destination,
+        purpose: ClientPurpose,
+        now: Instant,
+    ) -> Option<TxKey> {
+        let key = self.tx.send_request(req, dest, now)?;
+        self.client.insert(key.clone(), purpose);
+        Some(key)
+    }
+
+    /// Warden's own response to the caller's INVITE (not a callee's relayed): the caller
+    /// leg's To tag and Server; with `sdp`, Warden's Contact and that body.
+    pub(super) fn caller_response(
+        &self,
+        call: &Call,
+        status: u16,
+        reason: &str,
+        sdp: Option<String>,
+    ) -> Response {
+        let mut out = Response::to_request(&call.a_invite, status, reason);
+        out.set_to_tag(&call.a.local_tag);
+        if let Some(sdp) = sdp {
+            let _ = out.push_header("Contact", &self.contact(call.a.dest.transport));
+            out.set_body(Bytes::from(sdp), Some("application/sdp"));
+        }
+        let _ = out.push_header("Server", &self.config.sip.user_agent);
+        out
+    }
+}
+
+/// `param` added to the URI of a name-addr (`"A" <sip:a@b>` -> `"A" <sip:a@b;param>`) or a
+/// bare URI.
+pub(super) fn with_uri_param(name_addr: &str, param: &str) -> String {
+    match name_addr.rfind('>') {
+        Some(end) => format!("{};{param}{}", &name_addr[..end], &name_addr[end..]),
+        None => format!("{name_addr};{param}"),
+    }
+}
+
+pub(super) fn warning_value(text: &str) -> String {
+    format!("399 warden \"{}\"", text.replace(['"', '\\'], "'"))
+}
+
+/// RFC 3261 18.2.2: reliable -> the connection; rport -> source address and port;
+/// otherwise the source address with the Via sent-by port.
+pub(super) fn response_destination(req: &Request, from: &Destination) -> Destination {
+    if from.transport.is_reliable() {
+        return from.clone();
+    }
+    let via: Option<Via> = req.top_via();
+    let port = match via {
+        Some(v) if v.rport.is_some() => from.addr.port(),
+        Some(v) => v.port.unwrap_or(5060),
+        None => from.addr.port(),
+    };
+    Destination {
+        transport: from.transport,
+        addr: std::net::SocketAddr::new(from.addr.ip(), port),
+        conn: from.conn,
+    }
+}
+
+/// Record-Route values as Route header values; a UAS keeps their order (RFC 3261 12.1.1),
+/// a UAC reverses them (12.1.2).
+pub(super) fn route_set(values: Result<Vec<NameAddr>, Malformed>, reverse: bool) -> Vec<String> {
+    let mut route: Vec<String> = values
+        .map(|list| list.iter().map(|a| format!("<{}>", a.uri)).collect())
+        .unwrap_or_default();
+    if reverse {
+        route.reverse();
+    }
+    route
+}
+
+pub(super) fn strip_tag(header: &str) -> String {
+    // Remove a ;tag=... header parameter (outside <>), keeping the rest of the value.
+    let close = header.rfind('>').map(|i| i + 1).unwrap_or(0);
+    let (addr, params) = header.split_at(close);
+    let kept: Vec<&str> = params
+        .split(';')
+        .filter(|p| !p.trim().to_ascii_lowercase().starts_with("tag="))
+        .collect();
+    format!("{addr}{}", kept.join(";")).trim().to_owned()
+}
+
+/// Reason phrases for responses Warden generates (RFC 3261 21).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Trying",
+        180 => "Ringing",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        423 => "Interval Too Brief",
+        // RFC 8224: a caller's identity could not be verified.
+        436 => "Bad Identity Info",
+        437 => "Unsupported Credential",
+        438 => "Invalid Identity Header",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        491 => "Request Pending",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "Version Not Supported",
+        603 => "Decline",
+        608 => "Rejected",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_tag_keeps_other_params() {
+        assert_eq!(strip_tag("<sip:a@b;lr>;tag=x;foo=1"), "<sip:a@b;lr>;foo=1");
+        assert_eq!(strip_tag("\"A\" <sip:a@b>"), "\"A\" <sip:a@b>");
+    }
+}

@@ -1,0 +1,458 @@
+//! The signalling endpoint, sans-IO: messages and time in, bytes to send and records to
+//! store out. It owns the transaction layer, the registrar and every call.
+//!
+//! Like quinn-proto's `Endpoint`, this module only demultiplexes: which call a message or
+//! a timer belongs to, the transaction layer, and the output queue. What happens to a call
+//! lives in one module per call flow (below). One core owns its calls outright (no locks):
+//! `handle_message` / `handle_timeout` / `handle_media_event` / `handle_screened` /
+//! `handle_resolved` mutate, `poll_output` drains what the driver must do, `poll_timeout`
+//! says when to call back. Media is asked for through [`crate::media::Media`].
+//!
+//! | module | call flow |
+//! | --- | --- |
+//! | `invite` | a new call: admission, the caller's offer, the call handed to its program |
+//! | `program` | the dialplan's actions one after the other; Warden answering, redirects |
+//! | `bridge` | bridge targets resolved, callee branches, failover and forking |
+//! | `responses` | callee answers: provisionals, the winning 2xx, failures |
+//! | `in_dialog` | BYE, re-INVITE, INFO and the rest inside a call; ACKs |
+//! | `cancel` | CANCEL, and giving up an attempt |
+//! | `screen` | screening's request and verdict: allow, block, challenge |
+//! | `announce`, `digits` | prompts, music on hold, menus, the caller's keys |
+//! | `rooms` | conference rooms: join, chimes, leave |
+//! | `transfer`, `attended` | blind (REFER) and attended (Replaces) transfer |
+//! | `timers` | transaction timeouts and each call's deadlines |
+//! | `ending` | BYE, Warden hanging up, a finished call forgotten |
+//! | `records` | call detail records |
+//! | `register`, `messages`, `anchoring` | REGISTER and digest; building messages; SDP |
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use warden_media::codec::Codec;
+use warden_media::prompt::Prompts;
+
+use crate::call::conference::Rooms;
+use crate::call::{Call, Relay, Side, State, new_tag};
+use crate::cdr::Record;
+use crate::config::Config;
+use crate::dialplan::Dialplan;
+use crate::dns::Lookup;
+use crate::guard::Guard;
+use crate::media::Media;
+use crate::registrar::{Change, Registrar};
+use crate::sip::message::{Message, Method, Request, Response};
+use crate::sip::transaction::{Transactions, TxEvent, TxKey};
+use crate::sip::transport::{Destination, Transport};
+
+mod anchoring;
+mod announce;
+mod attended;
+mod bridge;
+mod cancel;
+mod digits;
+mod ending;
+mod in_dialog;
+mod invite;
+mod messages;
+mod program;
+mod records;
+mod register;
+mod responses;
+mod rooms;
+mod screen;
+mod timers;
+mod transfer;
+
+pub use messages::reason_phrase;
+use messages::{response_destination, route_set, strip_tag, warning_value};
+
+/// What the driver must do.
+#[derive(Debug)]
+pub enum Output {
+    Send(Destination, Bytes),
+    Store(Change),
+    /// Look a bridge target up in DNS; answer with `Core::handle_resolved(call, attempt, ..)`.
+    Resolve {
+        call: u64,
+        attempt: u64,
+        lookup: Lookup,
+    },
+    /// Screen a call; answer with `Core::handle_screened(call, outcome)`.
+    Screen(crate::screening::Request),
+    /// A screened call is over after `answered_s` seconds of talk (its quotas free up).
+    Screened {
+        call: u64,
+        answered_s: u64,
+    },
+    /// The caller keyed in the challenge's code: the screener admits the call.
+    ChallengePassed {
+        call: u64,
+    },
+    /// A call's record, newly begun or updated (journal it: a higher `rev` replaces it).
+    Record(Box<Record>),
+}
+
+const ALLOW: &str =
+    "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO, MESSAGE, NOTIFY, REFER, PRACK";
+
+/// Counters an operator (and the tests) can read.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub malformed_dropped: u64,
+    pub malformed_answered: u64,
+    pub calls_started: u64,
+    pub calls_answered: u64,
+    /// Calls (and INVITEs refused before they became calls) by the final code the caller got.
+    pub final_codes: std::collections::BTreeMap<u16, u64>,
+}
+
+/// A live call as the admin API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveCall {
+    pub id: u64,
+    pub record: String,
+    pub a_call_id: String,
+    pub caller: String,
+    pub callee: String,
+    pub source: String,
+    /// calling, ringing, answered, confirmed (media flows) or ending.
+    pub state: &'static str,
+    pub rule: Option<String>,
+    pub received_ms: i64,
+    pub answered_ms: Option<i64>,
+    /// Seconds since the call came in.
+    pub age_s: i64,
+    pub screening: Option<String>,
+}
+
+/// Where a client transaction's answer belongs.
+#[derive(Debug, Clone)]
+enum ClientPurpose {
+    Invite {
+        call: u64,
+        branch: usize,
+    },
+    Bye {
+        call: u64,
+    },
+    Relay {
+        call: u64,
+    },
+    /// Warden's re-INVITE moving a party into another call (attended transfer): the
+    /// side of `call` it now holds.
+    Join {
+        call: u64,
+        side: Side,
+    },
+    /// CANCELs and the BYE to a losing fork: nobody waits for their answer.
+    Untracked,
+}
+
+pub struct Core {
+    config: Config,
+    tx: Transactions,
+    pub registrar: Registrar,
+    calls: HashMap<u64, Call>,
+    next_call: u64,
+    /// (Call-ID, our tag) -> (call, side or branch index for unanswered branches).
+    dialogs: HashMap<(String, String), (u64, Side)>,
+    server_invites: HashMap<TxKey, u64>,
+    client: HashMap<TxKey, ClientPurpose>,
+    relays: HashMap<TxKey, Relay>,
+    wakes: BTreeSet<(Instant, u64)>,
+    advertised: HashMap<Transport, String>,
+    out: VecDeque<Output>,
+    next_expiry_sweep: Option<Instant>,
+    /// The media every call's SDP is anchored to (the relay, or a test's fake).
+    pub media: Box<dyn Media>,
+    /// Codecs offered to the far leg for transcoding, in preference order.
+    transcodable: Vec<&'static Codec>,
+    /// Announcements, encoded per codec on first use.
+    prompts: Prompts,
+    /// How calls are routed.
+    dialplan: Arc<Dialplan>,
+    /// Bridge attempts are numbered so a late DNS answer finds (or misses) its own.
+    next_attempt: u64,
+    /// S-CSCFs whose requests Warden serves as an IMS application server.
+    trusted_scscf: Vec<(std::net::IpAddr, u8)>,
+    /// Wall-clock milliseconds of the latest input (call records' times; in seconds,
+    /// registrations expire by it and rules with time windows look at it).
+    unix_ms: u64,
+    /// The latest input's time (calls ending measure their talk time by it).
+    clock: Instant,
+    /// Who writes the call records: this instance and this run of it.
+    instance: String,
+    boot: String,
+    /// Shutting down: new calls get 503 with this Retry-After (seconds).
+    draining: Option<u64>,
+    /// The operator's reason phrases by code (`sip.reason_phrases`).
+    phrases: HashMap<u16, String>,
+    /// Conference rooms and the calls in them.
+    pub rooms: Rooms,
+    pub stats: Stats,
+    /// Flood and abuse protection: rates, bans, calls per source.
+    pub guard: Guard,
+    /// Sources whose INVITEs need no credentials (`calls.trusted`, the S-CSCFs).
+    calls_trusted: Vec<(std::net::IpAddr, u8)>,
+}
+
+impl Core {
+    /// `advertised`: host:port per transport for Via and Contact.
+    pub fn new(
+        config: Config,
+        registrar: Registrar,
+        advertised: HashMap<Transport, String>,
+        media: Box<dyn Media>,
+        prompts: Prompts,
+    ) -> Core {
+        let instance = config.server.instance_name();
+        Core {
+            phrases: config.sip.phrases(),
+            transcodable: config.media.transcodable(),
+            trusted_scscf: config.ims.trusted(),
+            guard: Guard::new(&config.guard, &config.ims.trusted()),
+            calls_trusted: [config.calls.trusted(), config.ims.trusted()].concat(),
+            next_attempt: 1,
+            tx: Transactions::new(config.timers()),
+            config,
+            registrar,
+            calls: HashMap::new(),
+            next_call: 1,
+            dialogs: HashMap::new(),
+            server_invites: HashMap::new(),
+            client: HashMap::new(),
+            relays: HashMap::new(),
+            wakes: BTreeSet::new(),
+            advertised,
+            out: VecDeque::new(),
+            next_expiry_sweep: None,
+            media,
+            prompts,
+            dialplan: Arc::new(Dialplan::builtin()),
+            unix_ms: 0,
+            clock: Instant::now(),
+            instance,
+            boot: crate::cdr::record::new_id()[..16].to_owned(),
+            draining: None,
+            rooms: Rooms::default(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Route new calls by `plan` from now on (calls in progress keep their actions).
+    pub fn set_dialplan(&mut self, plan: Dialplan) {
+        tracing::info!(origin = %plan.origin, rules = plan.rules.len(), "dialplan active");
+        self.dialplan = Arc::new(plan);
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Shutting down: new calls get 503 with Retry-After `retry_after_s` from now on.
+    pub fn stop_taking_calls(&mut self, retry_after_s: u64) {
+        self.draining = Some(retry_after_s);
+    }
+
+    /// The live calls, oldest first.
+    pub fn live_calls(&self) -> Vec<LiveCall> {
+        let mut out: Vec<LiveCall> = self
+            .calls
+            .values()
+            .map(|c| LiveCall {
+                id: c.id,
+                record: c.record.id.clone(),
+                a_call_id: c.a.call_id.clone(),
+                caller: c.caller.clone(),
+                callee: c.callee.clone(),
+                source: c.record.source.clone(),
+                state: match c.state {
+                    State::Calling if c.record.ringing_ms.is_some() => "ringing",
+                    State::Calling => "calling",
+                    State::Answered => "answered",
+                    State::Confirmed => "confirmed",
+                    State::Ending | State::Done => "ending",
+                },
+                rule: c.record.rule.clone(),
+                received_ms: c.record.received_ms,
+                answered_ms: c.record.answered_ms,
+                age_s: (self.unix_ms as i64 - c.record.received_ms).max(0) / 1000,
+                screening: c.record.screening.clone(),
+            })
+            .collect();
+        out.sort_by_key(|c| c.id);
+        out
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.tx.poll_timeout(),
+            self.wakes.first().map(|(t, _)| *t),
+            self.next_expiry_sweep,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Bytes that were not SIP: counted and dropped (nothing could be answered).
+    pub fn handle_garbage(&mut self, from: &Destination, why: &str) {
+        self.stats.malformed_dropped += 1;
+        tracing::debug!(from = %from.addr, reason = why, "dropped unparseable message");
+    }
+
+    /// A parsed message arrived from `from`; `unix_ms` is wall-clock time (registrations,
+    /// dialplan time windows, call records).
+    pub fn handle_message(
+        &mut self,
+        message: Message,
+        from: Destination,
+        now: Instant,
+        unix_ms: u64,
+    ) {
+        let unix_s = self.set_wall_clock(unix_ms);
+        self.clock = self.clock.max(now);
+        let (is_request, agent) = match &message {
+            Message::Request(r) => (true, r.header("User-Agent")),
+            Message::Response(_) => (false, None),
+        };
+        if let Err(why) = self
+            .guard
+            .admit(from.addr.ip(), is_request, agent.as_deref(), now)
+        {
+            tracing::trace!(from = %from.addr, reason = why.as_str(), "dropped by the guard");
+            return;
+        }
+        match message {
+            Message::Request(mut r) => {
+                if let Err(bad) = r.check() {
+                    self.stats.malformed_answered += 1;
+                    tracing::info!(from = %from.addr, reason = %bad.reason, "refused malformed request");
+                    if r.method() != Method::Ack && r.top_via().is_some() {
+                        let mut resp =
+                            Response::to_request(&r, bad.status, self.phrase(bad.status));
+                        let _ = resp.push_header("Warning", &warning_value(&bad.reason));
+                        let dest = response_destination(&r, &from);
+                        self.out.push_back(Output::Send(dest, resp.to_bytes()));
+                    }
+                    return;
+                }
+                let dest = Destination {
+                    conn: from.conn,
+                    ..response_destination(&r, &from)
+                };
+                r.stamp_via(from.addr);
+                self.tx.receive(Message::Request(r), dest, now);
+            }
+            Message::Response(r) => {
+                if let Err(bad) = r.check() {
+                    self.stats.malformed_dropped += 1;
+                    tracing::debug!(from = %from.addr, reason = %bad.reason, "dropped malformed response");
+                    return;
+                }
+                self.tx.receive(Message::Response(r), from, now);
+            }
+        }
+        if self.next_expiry_sweep.is_none() {
+            self.next_expiry_sweep = Some(now + Duration::from_secs(1));
+        }
+        self.drain(now, unix_s);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant, unix_ms: u64) {
+        let unix_s = self.set_wall_clock(unix_ms);
+        self.clock = self.clock.max(now);
+        self.tx.handle_timeout(now);
+        while let Some(&(at, id)) = self.wakes.first() {
+            if at > now {
+                break;
+            }
+            self.wakes.remove(&(at, id));
+            self.on_call_tick(id, now);
+        }
+        if self.next_expiry_sweep.is_some_and(|t| t <= now) {
+            for change in self.registrar.expire(unix_s) {
+                self.out.push_back(Output::Store(change));
+            }
+            self.next_expiry_sweep = Some(now + Duration::from_secs(1));
+        }
+        self.drain(now, unix_s);
+    }
+
+    pub(super) fn set_wall_clock(&mut self, unix_ms: u64) -> u64 {
+        self.unix_ms = unix_ms;
+        self.unix_s()
+    }
+
+    /// The latest input's wall-clock time in seconds.
+    pub(super) fn unix_s(&self) -> u64 {
+        self.unix_ms / 1000
+    }
+
+    /// This run's id in the call records (crash recovery closes other runs' open ones).
+    pub fn boot(&self) -> &str {
+        &self.boot
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub(super) fn drain(&mut self, now: Instant, unix_s: u64) {
+        while let Some(event) = self.tx.poll_event() {
+            match event {
+                TxEvent::Send(dest, m) => self.out.push_back(Output::Send(dest, m.to_bytes())),
+                TxEvent::Request(key, req, from) => self.on_request(key, req, from, now, unix_s),
+                TxEvent::Response(key, resp) => self.on_response(key, resp, now),
+                TxEvent::Stray(Message::Request(r), _) if r.method() == Method::Ack => {
+                    self.on_ack(r)
+                }
+                TxEvent::Stray(Message::Response(r), _) => self.on_stray_response(r),
+                TxEvent::Stray(_, _) => {}
+                TxEvent::Timeout(key) => self.on_tx_timeout(key, now),
+            }
+        }
+    }
+
+    pub(super) fn on_request(
+        &mut self,
+        key: TxKey,
+        req: Request,
+        from: Destination,
+        now: Instant,
+        unix_s: u64,
+    ) {
+        let method = req.method();
+        if req.to_tag().is_some() {
+            return self.on_in_dialog(key, req, now);
+        }
+        if let Some(required) = req.header("Require").filter(|_| method != Method::Cancel) {
+            let mut resp = Response::to_request(&req, 420, "Bad Extension");
+            resp.set_to_tag(&new_tag());
+            let _ = resp.push_header("Unsupported", &required);
+            self.tx.respond(&key, resp, now);
+            return;
+        }
+        match method {
+            Method::Register => self.on_register(key, req, from, unix_s, now),
+            Method::Invite => self.on_invite(key, req, from, now, unix_s),
+            Method::Cancel => self.on_cancel(key, req, now),
+            Method::Options => self.respond(&key, &req, 200, None, now),
+            Method::Other(_) => self.respond(&key, &req, 501, None, now),
+            _ => self.respond(&key, &req, 405, None, now),
+        }
+    }
+
+    pub(super) fn schedule(&mut self, call: &Call) {
+        if let Some(t) = call.next_wake() {
+            self.wakes.insert((t, call.id));
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! REGISTER, and the digest check every request from an untrusted source may face:
+//! the registrar answers, the core stores its changes and counts failures toward bans.
+
+use std::time::Instant;
+
+use crate::registrar::AuthKind;
+use crate::sip::message::Request;
+use crate::sip::transaction::TxKey;
+use crate::sip::transport::Destination;
+
+use super::{Core, Output};
+
+impl Core {
+    pub(super) fn on_register(
+        &mut self,
+        key: TxKey,
+        req: Request,
+        from: Destination,
+        unix_s: u64,
+        now: Instant,
+    ) {
+        let user = req.to().and_then(|t| t.uri.user()).unwrap_or_default();
+        if self.registrar.register_needs_auth()
+            && self.refused_credentials(&key, &req, &user, AuthKind::Register, &from, now)
+        {
+            return;
+        }
+        let outcome = self.registrar.register(&req, &from, unix_s);
+        for change in outcome.changes {
+            self.out.push_back(Output::Store(change));
+        }
+        self.tx.respond(&key, outcome.response, now);
+    }
+
+    /// Check `req`'s credentials for `user`; when they do not do, answer the challenge or
+    /// refusal, count a failure toward the source's ban, and return true.
+    pub(super) fn refused_credentials(
+        &mut self,
+        key: &TxKey,
+        req: &Request,
+        user: &str,
+        kind: AuthKind,
+        from: &Destination,
+        now: Instant,
+    ) -> bool {
+        let Err(refusal) = self.registrar.authenticate(req, user, kind, self.unix_s()) else {
+            return false;
+        };
+        if refusal.failed {
+            self.guard.auth_failed(from.addr.ip(), now);
+        }
+        self.tx.respond(key, *refusal.response, now);
+        true
+    }
+}
