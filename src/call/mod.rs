@@ -13,6 +13,8 @@ use crate::sip::message::{Method, Request};
 use crate::sip::transaction::TxKey;
 use crate::sip::transport::Destination;
 
+pub use crate::sip::dialog::Leg;
+
 /// A fresh random tag, Call-ID part or branch suffix (64 bits, hex).
 pub fn new_tag() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -41,24 +43,6 @@ impl Side {
             Side::B => "callee",
         }
     }
-}
-
-/// One dialog as Warden sees it: enough to send requests into it.
-#[derive(Debug, Clone)]
-pub struct Leg {
-    pub call_id: String,
-    /// Our address as it appears in From (UAC) or To (UAS), without tag.
-    pub local_uri: String,
-    pub local_tag: String,
-    pub remote_uri: String,
-    pub remote_tag: Option<String>,
-    /// The peer's Contact: Request-URI of in-dialog requests.
-    pub target: String,
-    /// Route set (RFC 3261 12.1): Record-Route values in the order our requests carry them.
-    pub route: Vec<String>,
-    pub cseq: u32,
-    /// Where in-dialog requests go.
-    pub dest: Destination,
 }
 
 /// Where a call is.
@@ -104,6 +88,35 @@ pub struct PendingOk {
     pub side: Side,
 }
 
+impl PendingOk {
+    /// Retransmit `bytes` to `dest` at T1, doubling up to T2 (never over a reliable
+    /// transport), until `side` ACKs CSeq `cseq` or 64*T1 passes.
+    pub fn new(
+        bytes: Bytes,
+        dest: Destination,
+        cseq: u32,
+        side: Side,
+        now: Instant,
+        t1: Duration,
+    ) -> PendingOk {
+        let give_up = now + t1 * 64;
+        let next = if dest.transport.is_reliable() {
+            give_up
+        } else {
+            now + t1
+        };
+        PendingOk {
+            bytes,
+            dest,
+            next,
+            interval: t1,
+            give_up,
+            cseq,
+            side,
+        }
+    }
+}
+
 /// A request relayed from one side, waiting for the other side's answer.
 #[derive(Debug)]
 pub struct Relay {
@@ -134,19 +147,20 @@ pub struct Call {
     pub owed_ack: Option<(Side, u32)>,
     /// The caller cancelled (or timed out): late 2xx answers get ACK + BYE.
     pub abandoned: bool,
-    pub best_failure: Option<(u16, String)>,
-    pub outstanding_byes: usize,
+    best_failure: Option<(u16, String)>,
+    /// BYEs sent and not yet answered (see `bye_sent`, `bye_answered`).
+    outstanding_byes: usize,
     /// The call's relay streams.
     pub media: MediaSession,
     /// When to look at media activity next (bridged calls).
     pub media_check: Option<Instant>,
     /// Who ended the call and why (caller/callee/warden, "normal", "media timeout"...):
     /// the first cause noted wins.
-    pub ended_by: Option<(&'static str, &'static str)>,
+    ended_by: Option<(&'static str, &'static str)>,
     /// The call's record, as far as it goes (see `crate::cdr`).
     pub record: crate::cdr::Record,
     /// The tracing span its log lines carry (call number, Call-ID, record id).
-    pub span: tracing::Span,
+    span: tracing::Span,
     /// Playing the caller an announcement; what follows when it ends.
     pub announcing: Option<AfterPrompt>,
     /// The dialplan actions still to run for this call, when a rule matched.
@@ -251,7 +265,94 @@ pub struct BridgeAttempt {
     pub pending_lookups: usize,
 }
 
+/// What a new call starts from: the caller's INVITE as admitted, its leg, its record so
+/// far, its media (the offer anchored) and its dialplan program.
+pub struct Invited {
+    pub id: u64,
+    pub a: Leg,
+    pub invite: Request,
+    pub tx: TxKey,
+    pub caller: String,
+    pub callee: String,
+    pub record: crate::cdr::Record,
+    pub media: MediaSession,
+    pub program: Program,
+    /// Warden's offer toward callees and its content type.
+    pub b_offer: Bytes,
+    pub b_offer_type: Option<String>,
+    /// The source the guard counts the call against.
+    pub source: std::net::IpAddr,
+    pub now: Instant,
+}
+
 impl Call {
+    /// A call in its first state (calling), nothing tried yet.
+    pub fn new(new: Invited) -> Call {
+        let span = tracing::info_span!("call", id = new.id, call_id = %new.a.call_id, record = %new.record.id);
+        Call {
+            span,
+            record: new.record,
+            ended_by: None,
+            id: new.id,
+            state: State::Calling,
+            a: new.a,
+            a_invite: new.invite,
+            a_invite_tx: new.tx,
+            branches: Vec::new(),
+            answered: None,
+            caller: new.caller,
+            callee: new.callee,
+            started: new.now,
+            answered_at: None,
+            ring_until: None,
+            pending_ok: None,
+            owed_ack: None,
+            abandoned: false,
+            best_failure: None,
+            outstanding_byes: 0,
+            media: new.media,
+            media_check: None,
+            announcing: None,
+            digits: None,
+            collected: None,
+            screening_pending: false,
+            screened: false,
+            caller_vouched: false,
+            reject_headers: Vec::new(),
+            challenge: None,
+            verstat: None,
+            hold_music: None,
+            transfer: None,
+            former: Vec::new(),
+            left: None,
+            guarded_source: Some(new.source),
+            program: Some(new.program),
+            tags: Vec::new(),
+            b_headers: Vec::new(),
+            b_offer: new.b_offer,
+            b_offer_type: new.b_offer_type,
+            menu: None,
+            answered_by_warden: false,
+            b_route: Vec::new(),
+        }
+    }
+
+    /// Who ended the call and why, when noted.
+    pub fn ended_by(&self) -> Option<(&'static str, &'static str)> {
+        self.ended_by
+    }
+
+    /// The call goes on after what was noted as its end (an answer after failed
+    /// attempts, a transfer continuing it): forget that cause.
+    pub fn forget_end(&mut self) {
+        self.ended_by = None;
+    }
+
+    /// The most meaningful failure so far (status, reason).
+    pub fn best_failure(&self) -> Option<(u16, String)> {
+        self.best_failure.clone()
+    }
+
     /// Enter the call's span: log lines from here on carry its ids.
     pub fn enter(&self) -> tracing::span::EnteredSpan {
         self.span.clone().entered()
@@ -319,6 +420,61 @@ impl Call {
         if better {
             self.best_failure = Some((status, reason.to_owned()));
             self.reject_headers = headers;
+        }
+    }
+
+    /// Warden sent a BYE into one of the call's dialogs: the call is ending.
+    pub fn bye_sent(&mut self) {
+        self.outstanding_byes += 1;
+        self.state = State::Ending;
+    }
+
+    /// One of Warden's BYEs was answered (or timed out): the call is done once none is
+    /// left.
+    pub fn bye_answered(&mut self) {
+        self.outstanding_byes = self.outstanding_byes.saturating_sub(1);
+        self.end_unless_byes_pending();
+    }
+
+    /// Done now, unless a BYE of Warden's still waits for its answer.
+    pub fn end_unless_byes_pending(&mut self) {
+        if self.outstanding_byes == 0 {
+            self.state = State::Done;
+        }
+    }
+
+    /// Over, settled and with nothing outstanding: the core may forget it.
+    pub fn finished(&self) -> bool {
+        let settled = self.all_branches_final() || self.answered.is_some();
+        self.state == State::Done && settled && self.outstanding_byes == 0
+    }
+
+    /// Callee branch `index` answered at `now`: it is the call's B side from now on.
+    pub fn answered_by(&mut self, index: usize, now: Instant) {
+        self.answered = Some(index);
+        self.ring_until = None;
+        self.state = State::Answered;
+        self.answered_at = Some(now);
+    }
+
+    /// Does an in-dialog request from `side` with Call-ID `call_id` belong to the bridge?
+    /// (A request from a callee branch that did not win does not.)
+    pub fn is_bridged_leg(&self, side: Side, call_id: Option<&str>) -> bool {
+        side == Side::A
+            || self
+                .answered
+                .and_then(|i| self.branches.get(i))
+                .is_some_and(|b| Some(b.leg.call_id.as_str()) == call_id)
+    }
+
+    /// How the admin API names where the call is.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            State::Calling if self.record.ringing_ms.is_some() => "ringing",
+            State::Calling => "calling",
+            State::Answered => "answered",
+            State::Confirmed => "confirmed",
+            State::Ending | State::Done => "ending",
         }
     }
 

@@ -9,8 +9,9 @@ use crate::dns::{Found, Lookup, literal_destination};
 use crate::sip::message::{Method, NameAddr, Uri};
 use crate::sip::transport::Destination;
 
-use super::messages::{route_set, strip_tag, with_uri_param};
+use super::messages::with_uri_param;
 use super::{ALLOW, ClientPurpose, Core, Output, transfer};
+use crate::sip::dialog::{route_set, strip_tag};
 
 impl Core {
     /// Start the next attempt of the call's bridge action: every target at once

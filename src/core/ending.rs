@@ -38,9 +38,7 @@ impl Core {
                 if call.answered.is_some() {
                     self.send_bye(&mut call, Side::B, now);
                 }
-                if call.outstanding_byes == 0 {
-                    call.state = State::Done;
-                }
+                call.end_unless_byes_pending();
             }
             _ => {}
         }
@@ -78,21 +76,19 @@ impl Core {
                 .send_in_dialog(bye, dest, ClientPurpose::Bye { call: call.id }, now)
                 .is_some()
         {
-            call.outstanding_byes += 1;
-            call.state = State::Ending;
+            call.bye_sent();
         }
     }
 
     /// Put a call back, or forget it when it is over (and every branch has settled).
     pub(super) fn finish_or_keep(&mut self, call: Call) {
-        let settled = call.all_branches_final() || call.answered.is_some();
-        if call.state == State::Done && settled && call.outstanding_byes == 0 {
+        if call.finished() {
             let mut call = call;
             if call.media.has_streams() {
                 let m = call.media.summary(&*self.media);
                 tracing::info!(
                     call = call.id,
-                    ended_by = call.ended_by.map_or("signalling", |e| e.1),
+                    ended_by = call.ended_by().map_or("signalling", |e| e.1),
                     caller_rtp = m.caller.rtp_packets,
                     caller_lost = m.caller.lost,
                     caller_jitter_us = m.caller.jitter_us,

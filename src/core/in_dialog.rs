@@ -33,12 +33,7 @@ impl Core {
             return self.finish_or_keep(call);
         }
         // A request from a callee branch that did not win is not part of the bridge.
-        let from_answered = side == Side::A
-            || call
-                .answered
-                .and_then(|i| call.branches.get(i))
-                .is_some_and(|b| Some(&b.leg.call_id) == req.call_id().as_ref());
-        if !from_answered {
+        if !call.is_bridged_leg(side, req.call_id().as_deref()) {
             self.respond(&key, &req, 481, None, now);
             return self.finish_or_keep(call);
         }
@@ -79,9 +74,7 @@ impl Core {
                     self.abandon(&mut call, 487, now);
                 }
                 // Crossing BYEs (state Ending) just wait for the answer to ours.
-                if call.outstanding_byes == 0 {
-                    call.state = State::Done;
-                }
+                call.end_unless_byes_pending();
             }
             Method::Refer => self.on_refer(&mut call, key, req, side, now),
             Method::Invite
@@ -269,16 +262,9 @@ impl Core {
                 let t1 = self.config.timers().t1;
                 let dest = call.leg_mut(from).map(|l| l.dest.clone());
                 if let Some(dest) = dest {
-                    let reliable = dest.transport.is_reliable();
-                    call.pending_ok = Some(PendingOk {
-                        bytes: out.to_bytes(),
-                        dest,
-                        next: if reliable { now + t1 * 64 } else { now + t1 },
-                        interval: t1,
-                        give_up: now + t1 * 64,
-                        cseq: req.cseq().map(|c| c.seq).unwrap_or(0),
-                        side: from,
-                    });
+                    let cseq = req.cseq().map_or(0, |c| c.seq);
+                    let bytes = out.to_bytes();
+                    call.pending_ok = Some(PendingOk::new(bytes, dest, cseq, from, now, t1));
                 }
                 call.owed_ack = Some((from.other(), far_cseq));
             }
@@ -329,7 +315,6 @@ impl Core {
         body: Bytes,
         content_type: Option<String>,
     ) {
-        let index = call.answered;
         let body = self.anchor_or_pass(
             &mut call.media,
             side.other(),
@@ -337,16 +322,40 @@ impl Core {
             content_type.as_deref(),
             Role::Answer,
         );
+        if side == Side::B {
+            if let Some(index) = call.answered {
+                self.ack_branch(call, index, cseq, body, content_type.as_deref());
+            }
+            return;
+        }
         let Some((mut ack, dest)) = self.side_request(call, side, Method::Ack, Some(cseq)) else {
             return;
         };
         ack.set_body(body, content_type.as_deref());
+        self.out.push_back(Output::Send(dest, ack.to_bytes()));
+    }
+
+    /// ACK the 2xx of callee branch `index` (CSeq `cseq`, carrying `body`) and keep the
+    /// ACK: the callee retransmits its 2xx until the ACK reaches it (RFC 3261 13.2.2.4),
+    /// and each retransmission gets the same ACK again.
+    pub(super) fn ack_branch(
+        &mut self,
+        call: &mut Call,
+        index: usize,
+        cseq: u32,
+        body: Bytes,
+        content_type: Option<&str>,
+    ) {
+        let Some(b) = call.branches.get_mut(index) else {
+            return;
+        };
+        let Some(mut ack) = self.leg_request(&mut b.leg, Method::Ack, Some(cseq)) else {
+            return;
+        };
+        ack.set_body(body, content_type);
         let bytes = ack.to_bytes();
-        self.out.push_back(Output::Send(dest, bytes.clone()));
-        if side == Side::B
-            && let Some(b) = index.and_then(|i| call.branches.get_mut(i))
-        {
-            b.ack = Some(bytes);
-        }
+        self.out
+            .push_back(Output::Send(b.leg.dest.clone(), bytes.clone()));
+        b.ack = Some(bytes);
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::anchor::MediaSession;
 use crate::anchor::negotiate::Role;
-use crate::call::{Call, Leg, Program, Side, State, new_tag};
+use crate::call::{Call, Invited, Leg, Program, Side, new_tag};
 use crate::cdr::Record;
 use crate::dialplan::{CallFacts, SessionCase};
 use crate::registrar::AuthKind;
@@ -14,7 +14,7 @@ use crate::sip::transaction::TxKey;
 use crate::sip::transport::Destination;
 
 use super::Core;
-use super::messages::{route_set, strip_tag};
+use crate::sip::dialog::{route_set, strip_tag};
 
 impl Core {
     pub(super) fn on_invite(
@@ -124,55 +124,24 @@ impl Core {
             rule: Some(program.rule.clone()),
             ..self.new_record(&req, &from)
         };
-        let span = tracing::info_span!("call", id, call_id = %call_id, record = %record.id);
-        let _span = span.clone().entered();
-        tracing::info!(call = id, %caller, %callee, call_id = %call_id, rule = %program.rule, "call started");
-        let mut call = Call {
-            span,
-            record,
-            ended_by: None,
+        let rule = program.rule.clone();
+        let mut call = Call::new(Invited {
             id,
-            state: State::Calling,
             a,
-            a_invite: req.clone(),
-            a_invite_tx: key,
-            branches: Vec::new(),
-            answered: None,
-            caller: caller.clone(),
-            callee: callee.clone(),
-            started: now,
-            answered_at: None,
-            ring_until: None,
-            pending_ok: None,
-            owed_ack: None,
-            abandoned: false,
-            best_failure: None,
-            outstanding_byes: 0,
+            invite: req,
+            tx: key,
+            caller,
+            callee,
+            record,
             media,
-            media_check: None,
-            announcing: None,
-            digits: None,
-            collected: None,
-            screening_pending: false,
-            screened: false,
-            caller_vouched: false,
-            reject_headers: Vec::new(),
-            challenge: None,
-            verstat: None,
-            hold_music: None,
-            transfer: None,
-            former: Vec::new(),
-            left: None,
-            guarded_source: Some(from.addr.ip()),
-            program: Some(program),
-            tags: Vec::new(),
-            b_headers: Vec::new(),
+            program,
             b_offer: offer,
             b_offer_type: content_type,
-            menu: None,
-            answered_by_warden: false,
-            b_route: Vec::new(),
-        };
+            source: from.addr.ip(),
+            now,
+        });
+        let _span = call.enter();
+        tracing::info!(call = id, caller = %call.caller, callee = %call.callee, call_id = %call.a.call_id, %rule, "call started");
         self.emit_record(&mut call);
         self.run_program(&mut call, now);
         self.schedule(&call);

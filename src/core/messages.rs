@@ -6,7 +6,8 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::call::{Call, Leg, Side, new_tag};
-use crate::sip::message::{Malformed, Method, NameAddr, Request, Response, Uri, Via};
+use crate::sip::dialog::Stamp;
+use crate::sip::message::{Method, Request, Response, Via};
 use crate::sip::transaction::TxKey;
 use crate::sip::transport::{Destination, Transport};
 
@@ -98,33 +99,12 @@ impl Core {
         method: Method,
         cseq: Option<u32>,
     ) -> Option<Request> {
-        let seq = match cseq {
-            Some(s) => s,
-            None => {
-                leg.cseq += 1;
-                leg.cseq
-            }
+        let stamp = Stamp {
+            via: self.via(leg.dest.transport, &new_tag()),
+            contact: self.contact(leg.dest.transport),
+            user_agent: &self.config.sip.user_agent,
         };
-        let uri = Uri::parse(&leg.target).ok()?;
-        let to = match &leg.remote_tag {
-            Some(t) => format!("{};tag={t}", leg.remote_uri),
-            None => leg.remote_uri.clone(),
-        };
-        let mut builder = Request::builder(method, &uri)
-            .header("Via", &self.via(leg.dest.transport, &new_tag()))
-            .max_forwards(70);
-        for route in &leg.route {
-            builder = builder.header("Route", route);
-        }
-        builder
-            .header("From", &format!("{};tag={}", leg.local_uri, leg.local_tag))
-            .header("To", &to)
-            .header("Call-ID", &leg.call_id)
-            .cseq(seq)
-            .header("Contact", &self.contact(leg.dest.transport))
-            .header("User-Agent", &self.config.sip.user_agent)
-            .build()
-            .ok()
+        leg.request(method, cseq, stamp)
     }
 
     /// The next request into a side's dialog, with where it goes.
@@ -204,29 +184,6 @@ pub(super) fn response_destination(req: &Request, from: &Destination) -> Destina
     }
 }
 
-/// Record-Route values as Route header values; a UAS keeps their order (RFC 3261 12.1.1),
-/// a UAC reverses them (12.1.2).
-pub(super) fn route_set(values: Result<Vec<NameAddr>, Malformed>, reverse: bool) -> Vec<String> {
-    let mut route: Vec<String> = values
-        .map(|list| list.iter().map(|a| format!("<{}>", a.uri)).collect())
-        .unwrap_or_default();
-    if reverse {
-        route.reverse();
-    }
-    route
-}
-
-pub(super) fn strip_tag(header: &str) -> String {
-    // Remove a ;tag=... header parameter (outside <>), keeping the rest of the value.
-    let close = header.rfind('>').map(|i| i + 1).unwrap_or(0);
-    let (addr, params) = header.split_at(close);
-    let kept: Vec<&str> = params
-        .split(';')
-        .filter(|p| !p.trim().to_ascii_lowercase().starts_with("tag="))
-        .collect();
-    format!("{addr}{}", kept.join(";")).trim().to_owned()
-}
-
 /// Reason phrases for responses Warden generates (RFC 3261 21).
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
@@ -259,16 +216,5 @@ pub fn reason_phrase(status: u16) -> &'static str {
         603 => "Decline",
         608 => "Rejected",
         _ => "Unknown",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strip_tag_keeps_other_params() {
-        assert_eq!(strip_tag("<sip:a@b;lr>;tag=x;foo=1"), "<sip:a@b;lr>;foo=1");
-        assert_eq!(strip_tag("\"A\" <sip:a@b>"), "\"A\" <sip:a@b>");
     }
 }

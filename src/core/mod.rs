@@ -35,7 +35,7 @@ use warden_media::codec::Codec;
 use warden_media::prompt::Prompts;
 
 use crate::call::conference::Rooms;
-use crate::call::{Call, Relay, Side, State, new_tag};
+use crate::call::{Call, Relay, Side, new_tag};
 use crate::cdr::Record;
 use crate::config::Config;
 use crate::dialplan::Dialplan;
@@ -66,8 +66,9 @@ mod screen;
 mod timers;
 mod transfer;
 
+use crate::sip::dialog::strip_tag;
 pub use messages::reason_phrase;
-use messages::{response_destination, route_set, strip_tag, warning_value};
+use messages::{response_destination, warning_value};
 
 /// What the driver must do.
 #[derive(Debug)]
@@ -269,13 +270,7 @@ impl Core {
                 caller: c.caller.clone(),
                 callee: c.callee.clone(),
                 source: c.record.source.clone(),
-                state: match c.state {
-                    State::Calling if c.record.ringing_ms.is_some() => "ringing",
-                    State::Calling => "calling",
-                    State::Answered => "answered",
-                    State::Confirmed => "confirmed",
-                    State::Ending | State::Done => "ending",
-                },
+                state: c.state_name(),
                 rule: c.record.rule.clone(),
                 received_ms: c.record.received_ms,
                 answered_ms: c.record.answered_ms,

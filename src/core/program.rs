@@ -178,8 +178,7 @@ impl Core {
             return;
         }
         let (status, reason) = call
-            .best_failure
-            .clone()
+            .best_failure()
             .unwrap_or((404, self.phrase(404).to_owned()));
         if self.announce(call, status, &reason, now) {
             return;
@@ -204,17 +203,10 @@ impl Core {
         call.answered_at = Some(now);
         call.ring_until = None;
         self.stats.calls_answered += 1;
+        let cseq = call.a_invite.cseq().map_or(0, |c| c.seq);
         let t1 = self.config.timers().t1;
-        let reliable = call.a.dest.transport.is_reliable();
-        call.pending_ok = Some(PendingOk {
-            bytes,
-            dest: call.a.dest.clone(),
-            next: if reliable { now + t1 * 64 } else { now + t1 },
-            interval: t1,
-            give_up: now + t1 * 64,
-            cseq: call.a_invite.cseq().map(|c| c.seq).unwrap_or(0),
-            side: Side::A,
-        });
+        let dest = call.a.dest.clone();
+        call.pending_ok = Some(PendingOk::new(bytes, dest, cseq, Side::A, now, t1));
         true
     }
 

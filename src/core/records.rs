@@ -60,7 +60,7 @@ impl Core {
 
     /// The call is answered (by a callee with `status`, or by Warden itself).
     pub(super) fn answered_record(&mut self, call: &mut Call, status: u16, reason: &str) {
-        call.ended_by = None; // what ended earlier attempts does not end the call
+        call.forget_end(); // what ended earlier attempts does not end the call
         call.record.answered_ms = Some(self.unix_ms as i64);
         call.set_final(status, reason);
         self.emit_record(call);
@@ -68,11 +68,12 @@ impl Core {
 
     /// The call is over: close its record with how it ended and its media figures.
     pub(super) fn ended_record(&mut self, call: &mut Call) {
+        let ended_by = call.ended_by();
         let r = &mut call.record;
         let ended = self.unix_ms as i64;
         r.ended_ms = Some(ended);
         r.duration_ms = r.answered_ms.map(|a| (ended - a).max(0));
-        let (by, why) = call.ended_by.unwrap_or(match r.answered_ms {
+        let (by, why) = ended_by.unwrap_or(match r.answered_ms {
             Some(_) => ("warden", "normal"),
             None => ("warden", "rejected"),
         });

@@ -10,7 +10,6 @@ use crate::call::{Call, PendingOk, Side, State};
 use crate::sip::message::{Method, Response};
 use crate::sip::transaction::TxKey;
 
-use super::messages::route_set;
 use super::{ALLOW, ClientPurpose, Core, Output};
 
 impl Core {
@@ -31,10 +30,7 @@ impl Core {
                     && let Some(mut c) = self.calls.remove(&call)
                 {
                     let _span = c.enter();
-                    c.outstanding_byes = c.outstanding_byes.saturating_sub(1);
-                    if c.outstanding_byes == 0 {
-                        c.state = State::Done;
-                    }
+                    c.bye_answered();
                     self.finish_or_keep(c);
                 }
             }
@@ -105,21 +101,13 @@ impl Core {
                 self.relay_to_a(&mut call, &resp, now);
             }
         } else if status < 300 {
-            call.answered = Some(index);
-            call.ring_until = None;
-            call.state = State::Answered;
-            call.answered_at = Some(now);
+            call.answered_by(index, now);
             call.media_check = Some(now + self.media_check_interval());
             self.stats.calls_answered += 1;
             if let Some(b) = call.branches.get_mut(index) {
                 b.final_status = Some(status);
-                b.leg.remote_tag = resp.to_tag();
-                if let Some(target) = resp.contact_uri() {
-                    b.leg.target = target;
-                }
-                // As UAC: the 2xx's Record-Route values, reversed (RFC 3261 12.1.2).
-                b.leg.route = route_set(resp.address_list("Record-Route"), true);
-                b.leg.cseq = b.invite.cseq().map(|c| c.seq).unwrap_or(1);
+                let invite_cseq = b.invite.cseq().map_or(1, |c| c.seq);
+                b.leg.confirm(&resp, invite_cseq);
             }
             for i in 0..call.branches.len() {
                 if i != index {
@@ -130,24 +118,10 @@ impl Core {
             call.record.b_call_id = call.branches.get(index).map(|b| b.leg.call_id.clone());
             self.answered_record(&mut call, status, &resp.reason());
             let a_cseq = call.a_invite.cseq().map(|c| c.seq).unwrap_or(0);
-            let bytes = self.relay_to_a(&mut call, &resp, now);
-            if let Some(bytes) = bytes {
+            if let Some(bytes) = self.relay_to_a(&mut call, &resp, now) {
                 let t1 = self.config.timers().t1;
-                call.pending_ok = Some(PendingOk {
-                    bytes,
-                    dest: call.a.dest.clone(),
-                    next: now + t1,
-                    interval: t1,
-                    give_up: now + t1 * 64,
-                    cseq: a_cseq,
-                    side: Side::A,
-                });
-                if call.a.dest.transport.is_reliable() {
-                    // No retransmission over TCP; only the ACK deadline remains.
-                    if let Some(p) = call.pending_ok.as_mut() {
-                        p.next = p.give_up;
-                    }
-                }
+                let dest = call.a.dest.clone();
+                call.pending_ok = Some(PendingOk::new(bytes, dest, a_cseq, Side::A, now, t1));
             }
             call.owed_ack = Some((
                 Side::B,
@@ -248,8 +222,7 @@ impl Core {
         }
         if !call.abandoned {
             let (status, reason) = call
-                .best_failure
-                .clone()
+                .best_failure()
                 .unwrap_or((480, self.phrase(480).to_owned()));
             if self.announce(call, status, &reason, now) {
                 return; // the failure follows when the announcement ends
@@ -287,20 +260,10 @@ impl Core {
         let Some(branch) = call.branches.get_mut(index) else {
             return;
         };
-        branch.leg.remote_tag = resp.to_tag();
-        if let Some(target) = resp.contact_uri() {
-            branch.leg.target = target;
-        }
-        let seq = branch.invite.cseq().map(|c| c.seq).unwrap_or(1);
+        let seq = branch.invite.cseq().map_or(1, |c| c.seq);
+        branch.leg.confirm(resp, seq);
         let mut leg = branch.leg.clone();
-        if let Some(ack) = self.leg_request(&mut leg, Method::Ack, Some(seq)) {
-            let bytes = ack.to_bytes();
-            self.out
-                .push_back(Output::Send(leg.dest.clone(), bytes.clone()));
-            if let Some(b) = call.branches.get_mut(index) {
-                b.ack = Some(bytes);
-            }
-        }
+        self.ack_branch(call, index, seq, Bytes::new(), None);
         if let Some(bye) = self.leg_request(&mut leg, Method::Bye, None) {
             self.send_in_dialog(bye, leg.dest.clone(), ClientPurpose::Untracked, now);
         }

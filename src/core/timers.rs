@@ -41,10 +41,7 @@ impl Core {
             ClientPurpose::Bye { call } => {
                 if let Some(mut c) = self.calls.remove(&call) {
                     let _span = c.enter();
-                    c.outstanding_byes = c.outstanding_byes.saturating_sub(1);
-                    if c.outstanding_byes == 0 {
-                        c.state = State::Done;
-                    }
+                    c.bye_answered();
                     self.finish_or_keep(c);
                 }
             }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{ClientPurpose, Core, Output, route_set, strip_tag};
+use super::{ClientPurpose, Core, Output, strip_tag};
 use crate::anchor::negotiate::Role;
 use crate::call::{Call, Leg, Side, State, Transfer};
 use crate::cdr::Record;
@@ -271,21 +271,10 @@ impl Core {
         let Some(b) = call.branches.get_mut(index) else {
             return;
         };
-        if let Some(target) = resp.contact_uri() {
-            b.leg.target = target;
-        }
-        b.leg.route = route_set(resp.address_list("Record-Route"), true);
-        let invite_cseq = b.invite.cseq().map(|c| c.seq).unwrap_or(1);
-        b.leg.cseq = invite_cseq;
-        let mut leg = b.leg.clone();
-        if let Some(ack) = self.leg_request(&mut leg, Method::Ack, Some(invite_cseq)) {
-            let bytes = ack.to_bytes();
-            self.out
-                .push_back(Output::Send(leg.dest.clone(), bytes.clone()));
-            if let Some(b) = call.branches.get_mut(index) {
-                b.ack = Some(bytes);
-            }
-        }
+        let invite_cseq = b.invite.cseq().map_or(1, |c| c.seq);
+        b.leg.confirm(resp, invite_cseq);
+        let leg = b.leg.clone();
+        self.ack_branch(call, index, invite_cseq, Bytes::new(), None);
         let content_type = resp.header("Content-Type");
         let body = Bytes::copy_from_slice(resp.body());
         self.anchor_or_pass(
@@ -361,7 +350,7 @@ impl Core {
             linked_id: Some(call.record.id.clone()),
             ..Record::default()
         };
-        call.ended_by = None;
+        call.forget_end();
         call.answered_at = Some(now);
         call.caller = call.record.caller.clone();
         call.callee = target_user.to_owned();

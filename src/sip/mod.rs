@@ -1,6 +1,8 @@
-//! SIP: messages (a facade over sipx-sip), transports (UDP, TCP, TLS) and the transaction layer.
+//! SIP: messages (a facade over sipx-sip), transports (UDP, TCP, TLS), the transaction layer
+//! and dialogs.
 //! Outside this module nothing names the parser crate's types.
 
+pub mod dialog;
 pub mod dtmf_relay;
 pub mod message;
 pub mod tls;
