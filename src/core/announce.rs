@@ -146,7 +146,7 @@ impl Core {
     }
 
     /// Something the media relay reported.
-    pub fn handle_media_event(&mut self, event: MediaEvent, now: Instant) {
+    pub(super) fn on_media_event(&mut self, event: MediaEvent, now: Instant) {
         match event {
             MediaEvent::PlaybackDone { stream, .. } => self.on_playback_done(stream, now),
             MediaEvent::Dtmf {

@@ -125,7 +125,7 @@ impl Core {
 
     /// The driver's answer to an `Output::Resolve`: ring what it found, if the bridge
     /// attempt that asked is still the current one.
-    pub fn handle_resolved(&mut self, id: u64, attempt: u64, found: Vec<Found>, now: Instant) {
+    pub(super) fn on_resolved(&mut self, id: u64, attempt: u64, found: Vec<Found>, now: Instant) {
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };

@@ -19,7 +19,7 @@ impl Core {
     /// Start collecting the caller's key presses (RFC 4733 events or SIP INFO alike) for
     /// call `id`: the call state machine's input for menus. False when there is no such
     /// call. The result lands in `Call::collected` (see `collected_digits`).
-    pub fn collect_digits(&mut self, id: u64, spec: DigitSpec, now: Instant) -> bool {
+    pub(super) fn start_digits(&mut self, id: u64, spec: DigitSpec, now: Instant) -> bool {
         let Some(mut call) = self.calls.remove(&id) else {
             return false;
         };

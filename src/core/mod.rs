@@ -31,15 +31,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use warden_media::MediaEvent;
 use warden_media::codec::Codec;
 use warden_media::prompt::Prompts;
 
 use crate::call::conference::Rooms;
+use crate::call::digits::DigitSpec;
 use crate::call::{Call, Relay, Side, new_tag};
 use crate::cdr::Record;
 use crate::config::Config;
 use crate::dialplan::Dialplan;
-use crate::dns::Lookup;
+use crate::dns::{Found, Lookup};
 use crate::guard::Guard;
 use crate::media::Media;
 use crate::registrar::{Change, Registrar};
@@ -69,6 +71,7 @@ mod transfer;
 use crate::sip::dialog::strip_tag;
 pub use messages::reason_phrase;
 use messages::{response_destination, warning_value};
+pub use screen::challenge_code;
 
 /// What the driver must do.
 #[derive(Debug)]
@@ -196,6 +199,8 @@ pub struct Core {
     pub stats: Stats,
     /// Flood and abuse protection: rates, bans, calls per source.
     pub guard: Guard,
+    /// What the core draws itself (the challenge's code): from the OS, or a test's seed.
+    rng: rand::rngs::StdRng,
     /// Sources whose INVITEs need no credentials (`calls.trusted`, the S-CSCFs).
     calls_trusted: Vec<(std::net::IpAddr, u8)>,
 }
@@ -217,6 +222,7 @@ impl Core {
             guard: Guard::new(&config.guard, &config.ims.trusted()),
             calls_trusted: [config.calls.trusted(), config.ims.trusted()].concat(),
             next_attempt: 1,
+            rng: rand::SeedableRng::from_os_rng(),
             tx: Transactions::new(config.timers()),
             config,
             registrar,
@@ -247,6 +253,12 @@ impl Core {
     pub fn set_dialplan(&mut self, plan: Dialplan) {
         tracing::info!(origin = %plan.origin, rules = plan.rules.len(), "dialplan active");
         self.dialplan = Arc::new(plan);
+    }
+
+    /// Draw the core's own random choices (the challenge's code) from `seed`: tests that
+    /// must know them reproduce them with the same seed.
+    pub fn seed_random(&mut self, seed: u64) {
+        self.rng = rand::SeedableRng::seed_from_u64(seed);
     }
 
     pub fn active_calls(&self) -> usize {
@@ -359,6 +371,36 @@ impl Core {
             self.next_expiry_sweep = Some(now + Duration::from_secs(1));
         }
         self.drain(now, unix_s);
+    }
+
+    /// The screener's decision on call `id`, waiting at its `screen` action.
+    pub fn handle_screened(&mut self, id: u64, outcome: crate::screening::Outcome, now: Instant) {
+        self.clock = self.clock.max(now);
+        self.on_screened(id, outcome, now);
+        self.drain(now, self.unix_s());
+    }
+
+    /// The driver's answer to an `Output::Resolve`.
+    pub fn handle_resolved(&mut self, id: u64, attempt: u64, found: Vec<Found>, now: Instant) {
+        self.clock = self.clock.max(now);
+        self.on_resolved(id, attempt, found, now);
+        self.drain(now, self.unix_s());
+    }
+
+    /// Something the media reported (a prompt ended, a key pressed).
+    pub fn handle_media_event(&mut self, event: MediaEvent, now: Instant) {
+        self.clock = self.clock.max(now);
+        self.on_media_event(event, now);
+        self.drain(now, self.unix_s());
+    }
+
+    /// Start collecting the caller's key presses on call `id` (RFC 4733 events or SIP
+    /// INFO alike); the result lands in `collected_digits`. False when there is no such
+    /// call.
+    pub fn collect_digits(&mut self, id: u64, spec: DigitSpec, now: Instant) -> bool {
+        let found = self.start_digits(id, spec, now);
+        self.drain(now, self.unix_s());
+        found
     }
 
     pub fn handle_timeout(&mut self, now: Instant, unix_ms: u64) {

@@ -55,7 +55,12 @@ impl Core {
     }
 
     /// The screener's decision on a call waiting at its `screen` action.
-    pub fn handle_screened(&mut self, id: u64, outcome: crate::screening::Outcome, now: Instant) {
+    pub(super) fn on_screened(
+        &mut self,
+        id: u64,
+        outcome: crate::screening::Outcome,
+        now: Instant,
+    ) {
         use crate::screening::Decision;
         let Some(mut call) = self.calls.remove(&id) else {
             return;
@@ -125,9 +130,7 @@ impl Core {
     /// early media and wait for it to be keyed in (RFC 4733 or SIP INFO), within the time
     /// the prompt takes plus 10 s for the first key and 5 s between keys.
     pub(super) fn challenge(&mut self, call: &mut Call, value: &str, now: Instant) -> bool {
-        let code: String = (0..4)
-            .map(|_| char::from(b'0' + rand::random_range(0..10u8)))
-            .collect();
+        let code = challenge_code(&mut self.rng);
         let digits: Vec<String> = code.chars().map(|d| format!("digit_{d}")).collect();
         let mut names = vec!["challenge_intro"];
         names.extend(digits.iter().map(String::as_str));
@@ -222,4 +225,12 @@ impl Core {
         self.decline(call, status, reason, now);
         call.state = State::Done;
     }
+}
+
+/// The four digits screening's challenge reads to a caller, drawn from the core's own
+/// random source (seeded by tests through `Core::seed_random`).
+pub fn challenge_code(rng: &mut impl rand::Rng) -> String {
+    (0..4)
+        .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
+        .collect()
 }

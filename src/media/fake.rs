@@ -140,6 +140,11 @@ impl FakeMedia {
         ids
     }
 
+    /// The RTP ports of stream `id` (A side, B side).
+    pub fn ports(&self, id: StreamId) -> Option<[u16; 2]> {
+        self.state().open.get(&id).map(|(ports, _)| *ports)
+    }
+
     /// `side`'s party sent `packets` more RTP packets on stream `id`.
     pub fn add_packets(&self, id: StreamId, side: Side, packets: u64) {
         if let Some((_, stats)) = self.state().open.get_mut(&id) {
