@@ -1,15 +1,15 @@
 //! The B2BUA core driven without sockets or sleeps: messages and a virtual clock in, bytes out.
 //! Covers the timers of a call: no-answer timeout, 2xx retransmission, missing ACK, Timer B.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use warden::config::Config;
-use warden::core::{Core, Output};
-use warden::registrar::Registrar;
-use warden::sip::message::{Limits, Message, Request, Response};
-use warden::sip::transport::{Destination, Transport};
+use warden::sip::message::{Message, Request, Response};
+
+use common::core::{Net, Phone, UNIX_START_MS};
 
 fn sdp(port: u16, direction: &str) -> String {
     format!(
@@ -21,28 +21,26 @@ fn sdp(port: u16, direction: &str) -> String {
 const ALICE: &str = "127.0.0.1:7001";
 const BOB: &str = "127.0.0.1:7002";
 
-fn dest(addr: &str) -> Destination {
-    Destination {
-        transport: Transport::Udp,
-        addr: addr.parse().unwrap(),
-        conn: None,
+fn parse(text: &str) -> Message {
+    common::core::parse(Bytes::copy_from_slice(text.as_bytes()))
+}
+
+/// The shared virtual-time net with bob registered, fed hand-written messages: these
+/// tests check the exact bytes of the timer-driven exchanges.
+struct Harness(Net);
+
+impl std::ops::Deref for Harness {
+    type Target = Net;
+    fn deref(&self) -> &Net {
+        &self.0
     }
 }
 
-fn parse(text: &str) -> Message {
-    Message::parse_datagram(Bytes::copy_from_slice(text.as_bytes()), &Limits::default()).unwrap()
+impl std::ops::DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut Net {
+        &mut self.0
+    }
 }
-
-struct Harness {
-    core: Core,
-    now: Instant,
-    start: Instant,
-    /// Call records the core handed out, in order.
-    records: Vec<warden::cdr::Record>,
-}
-
-/// The virtual wall clock's start (Unix milliseconds).
-const UNIX_START_MS: u64 = 1_000_000_000;
 
 impl Harness {
     fn new() -> Harness {
@@ -50,75 +48,23 @@ impl Harness {
     }
 
     fn with_config(config: Config) -> Harness {
-        let mut advertised = HashMap::new();
-        advertised.insert(Transport::Udp, "127.0.0.1:5060".to_owned());
-        let registrar = Registrar::new(config.registrar.clone(), Vec::new());
-        let now = Instant::now();
-        let mut h = Harness {
-            core: Core::new(
-                config,
-                registrar,
-                advertised,
-                Box::new(warden::media::fake::FakeMedia::new()),
-                Default::default(),
-            ),
-            now,
-            start: now,
-            records: Vec::new(),
-        };
-        h.input(&format!(
-            "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch=z9hG4bKr1;rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:bob@127.0.0.1>;tag=r\r\nTo: <sip:bob@127.0.0.1>\r\n\
-             Call-ID: reg\r\nCSeq: 1 REGISTER\r\nContact: <sip:bob@{BOB}>\r\nContent-Length: 0\r\n\r\n"
-        ), BOB);
-        let out = h.sent();
-        assert!(matches!(&out[..], [(_, Message::Response(r))] if r.status() == 200));
-        h
-    }
-
-    /// Wall-clock time moving with virtual time.
-    fn unix_ms(&self) -> u64 {
-        UNIX_START_MS + self.now.duration_since(self.start).as_millis() as u64
+        let mut net = Net::with_config(config);
+        Phone::new("bob", BOB).register(&mut net);
+        Harness(net)
     }
 
     fn input(&mut self, text: &str, from: &str) {
-        let unix_ms = self.unix_ms();
-        self.core
-            .handle_message(parse(text), dest(from), self.now, unix_ms);
+        self.0.deliver(from, &parse(text));
     }
 
     fn send(&mut self, m: Message, from: &str) {
-        let m = Message::parse_datagram(m.to_bytes(), &Limits::default()).unwrap();
-        let unix_ms = self.unix_ms();
-        self.core.handle_message(m, dest(from), self.now, unix_ms);
+        self.0.deliver(from, &m);
     }
 
-    /// Advance virtual time in small steps, firing every timer due.
-    fn advance(&mut self, by: Duration) {
-        let end = self.now + by;
-        while let Some(t) = self.core.poll_timeout().filter(|t| *t <= end) {
-            self.now = t.max(self.now);
-            let unix_ms = self.unix_ms();
-            self.core.handle_timeout(self.now, unix_ms);
-        }
-        self.now = end;
-        let unix_ms = self.unix_ms();
-        self.core.handle_timeout(self.now, unix_ms);
-    }
-
+    /// Everything sent since the last look, with its addressee.
     fn sent(&mut self) -> Vec<(String, Message)> {
-        let mut out = Vec::new();
-        while let Some(o) = self.core.poll_output() {
-            match o {
-                Output::Send(d, bytes) => out.push((
-                    d.addr.to_string(),
-                    Message::parse_datagram(bytes, &Limits::default()).unwrap(),
-                )),
-                Output::Record(r) => self.records.push(*r),
-                _ => {}
-            }
-        }
-        out
+        self.0.collect(); // after a test called the core directly
+        self.0.take_all()
     }
 
     fn invite(&mut self) -> Request {
@@ -458,7 +404,8 @@ fn a_menu_collects_the_callers_digits_until_the_terminator_or_a_timeout() {
         inter_digit_timeout: Duration::from_secs(3),
         overall_timeout: Duration::from_secs(20),
     };
-    assert!(h.core.collect_digits(call, spec.clone(), h.now));
+    let now = h.now;
+    assert!(h.core.collect_digits(call, spec.clone(), now));
     for (cseq, key) in [(2, '4'), (3, '2'), (4, '#')] {
         h.advance(Duration::from_millis(700));
         info_from_alice(&mut h, &a_ok, cseq, key);
@@ -473,7 +420,8 @@ fn a_menu_collects_the_callers_digits_until_the_terminator_or_a_timeout() {
     assert_eq!((got.digits.as_str(), got.ended), ("42", Ended::Terminator));
 
     // Again: one key, then the caller hesitates past the inter-digit timeout.
-    assert!(h.core.collect_digits(call, spec, h.now));
+    let now = h.now;
+    assert!(h.core.collect_digits(call, spec, now));
     assert!(h.core.collected_digits(call).is_none(), "a new input");
     h.advance(Duration::from_secs(1));
     info_from_alice(&mut h, &a_ok, 5, '7');
@@ -488,8 +436,9 @@ fn a_menu_collects_the_callers_digits_until_the_terminator_or_a_timeout() {
     // No menu listening: a key goes to bob as before.
     info_from_alice(&mut h, &a_ok, 6, '9');
     assert_eq!(requests_to(&h.sent(), BOB, "INFO").len(), 1);
+    let now = h.now;
     assert!(
-        !h.core.collect_digits(99, DigitSpec::default(), h.now),
+        !h.core.collect_digits(99, DigitSpec::default(), now),
         "no such call"
     );
 }
@@ -522,18 +471,6 @@ fn an_answer_retransmitted_before_the_callers_ack_is_absorbed() {
     assert_eq!(requests_to(&h.sent(), BOB, "ACK").len(), 1);
 }
 
-/// The latest version of each record the core handed out, by record id.
-fn latest_records(h: &Harness) -> Vec<warden::cdr::Record> {
-    let mut latest: HashMap<String, warden::cdr::Record> = HashMap::new();
-    for r in &h.records {
-        let keep = latest.get(&r.id).is_none_or(|old| old.rev < r.rev);
-        if keep {
-            latest.insert(r.id.clone(), r.clone());
-        }
-    }
-    latest.into_values().collect()
-}
-
 #[test]
 fn a_bridged_call_leaves_one_record_from_start_to_the_callees_bye() {
     let mut h = Harness::new();
@@ -553,7 +490,7 @@ fn a_bridged_call_leaves_one_record_from_start_to_the_callees_bye() {
     ok.set_to_tag("al");
     h.send(Message::Response(ok), ALICE);
     h.sent();
-    let records = latest_records(&h);
+    let records = h.latest_records();
     assert_eq!(records.len(), 1, "one record per call: {records:?}");
     let r = &records[0];
     assert!(
@@ -592,7 +529,7 @@ fn unanswered_calls_say_why_they_ended() {
     );
     h.send(Message::Response(callee_answer(&b_invite, 487)), BOB);
     h.sent();
-    let r = &latest_records(&h)[0];
+    let r = &h.latest_records()[0];
     assert_eq!(r.ringing_ms, Some(UNIX_START_MS as i64));
     assert_eq!(r.final_code, Some(408));
     assert_eq!(r.ended_ms, Some(UNIX_START_MS as i64 + 60_000));
@@ -608,7 +545,7 @@ fn unanswered_calls_say_why_they_ended() {
     let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
     h.send(Message::Response(callee_answer(&b_invite, 486)), BOB);
     h.sent();
-    let r = &latest_records(&h)[0];
+    let r = &h.latest_records()[0];
     assert_eq!(r.final_code, Some(486));
     assert_eq!(
         (r.hangup_side.as_deref(), r.end_reason.as_deref()),
@@ -634,11 +571,12 @@ fn shutting_down_refuses_new_calls_and_ends_live_ones_with_bye() {
         .expect("503");
     assert_eq!(refusal.header("Retry-After").as_deref(), Some("30"));
     assert_eq!(h.core.active_calls(), 1, "the live call goes on");
-    assert_eq!(h.core.hang_up_all("shutdown", h.now), 1);
+    let now = h.now;
+    assert_eq!(h.core.hang_up_all("shutdown", now), 1);
     let out = h.sent();
     assert_eq!(requests_to(&out, ALICE, "BYE").len(), 1);
     assert_eq!(requests_to(&out, BOB, "BYE").len(), 1);
-    let records = latest_records(&h);
+    let records = h.latest_records();
     assert_eq!(records.len(), 2);
     let refused = records.iter().find(|r| r.a_call_id == "late").unwrap();
     assert_eq!(
@@ -656,7 +594,8 @@ fn shutting_down_refuses_new_calls_and_ends_live_ones_with_bye() {
     }
     h.sent();
     assert_eq!(h.core.active_calls(), 0);
-    let call = latest_records(&h)
+    let call = h
+        .latest_records()
         .into_iter()
         .find(|r| r.a_call_id == "call-a")
         .unwrap();
@@ -670,15 +609,16 @@ fn shutting_down_refuses_new_calls_and_ends_live_ones_with_bye() {
 fn records_of_calls_whose_byes_go_unanswered_are_closed_when_shutdown_gives_up() {
     let mut h = Harness::new();
     bridged_call(&mut h);
-    h.core.hang_up_all("shutdown", h.now);
+    let now = h.now;
+    h.core.hang_up_all("shutdown", now);
     h.sent();
     assert!(
-        latest_records(&h)[0].end_reason.is_none(),
+        h.latest_records()[0].end_reason.is_none(),
         "open until the BYEs are answered"
     );
     h.core.close_records("shutdown");
     h.sent();
-    let r = &latest_records(&h)[0];
+    let r = &h.latest_records()[0];
     assert_eq!(r.end_reason.as_deref(), Some("shutdown"));
     assert_eq!(r.final_code, Some(200));
 }
