@@ -117,7 +117,7 @@ fn request(config: &Config, command: Ctl) -> anyhow::Result<String> {
                 query.push(("code", code.to_string()));
             }
             if let Some(minutes) = args.minutes {
-                let since = crate::server::unix_now_ms().saturating_sub(minutes * 60_000);
+                let since = crate::clock::unix_now_ms().saturating_sub(minutes * 60_000);
                 query.push(("since_ms", since.to_string()));
             }
             if args.open {

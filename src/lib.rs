@@ -5,6 +5,7 @@ pub mod anchor;
 pub mod api;
 pub mod call;
 pub mod cdr;
+pub mod clock;
 pub mod config;
 pub mod core;
 pub mod ctl;

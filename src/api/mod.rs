@@ -130,7 +130,7 @@ async fn authorize(State(s): State<Shared>, request: Request, next: Next) -> Res
 }
 
 async fn signed_jcard(State(s): State<Shared>) -> Response {
-    match s.jcard.signed(crate::server::unix_now()) {
+    match s.jcard.signed(crate::clock::unix_now()) {
         Ok(jws) => ([(header::CONTENT_TYPE, "application/jose")], jws).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }

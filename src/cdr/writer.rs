@@ -172,5 +172,5 @@ impl Writer {
 }
 
 fn now_ms() -> i64 {
-    crate::server::unix_now_ms() as i64
+    crate::clock::unix_now_ms() as i64
 }

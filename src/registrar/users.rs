@@ -63,7 +63,7 @@ pub async fn run(config: &Config, command: UserCommand) -> anyhow::Result<String
             .bind(&username)
             .bind(c.ha1_md5.unwrap_or_default())
             .bind(c.ha1_sha256.unwrap_or_default())
-            .bind(crate::server::unix_now() as i64)
+            .bind(crate::clock::unix_now() as i64)
             .execute(&pool)
             .await?;
             format!(
