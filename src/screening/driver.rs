@@ -13,7 +13,13 @@ use super::profile::ScreeningConfig;
 use super::stir::{self, Policy};
 use super::store::{DecisionRecord, Write};
 use super::{Decision, Engine, Outcome, Request};
-use crate::core::Core;
+
+/// A decision on a call, for the core (`Core::handle_screened`).
+#[derive(Debug)]
+pub struct Decided {
+    pub call: u64,
+    pub outcome: Outcome,
+}
 
 /// What a task reports back.
 pub enum Event {
@@ -108,31 +114,32 @@ impl Driver {
     }
 
     /// Screen a call the core asked about: STIR first (fetching its certificate unless
-    /// cached), then the engine's rules, then the profile's analytics engine.
-    pub fn start(&mut self, core: &mut Core, mut request: Request) {
+    /// cached), then the engine's rules, then the profile's analytics engine. The decision
+    /// when it is known at once; else it comes from `handle` once a task reports back.
+    pub fn start(&mut self, mut request: Request) -> Option<Decided> {
         let identity = request
             .identity
             .clone()
             .filter(|_| self.engine.verifies_stir(&request.profile));
         let Some(identity) = identity else {
-            return self.rules(core, request);
+            return self.rules(request);
         };
         let Some(url) = stir::x5u(&identity) else {
             // Unparseable: verification says why, without fetching anything.
             request.stir = Some(self.verify(&request, &identity, Err("no x5u".into())));
-            return self.rules(core, request);
+            return self.rules(request);
         };
         let now = Instant::now();
         if let Some(cached) = self.certificates.get(&url).filter(|c| c.until > now) {
             let pem = cached.pem.clone();
             let pem = pem.as_ref().map(|p| p.as_slice()).map_err(String::clone);
             request.stir = Some(self.verify(&request, &identity, pem));
-            return self.rules(core, request);
+            return self.rules(request);
         }
         if stir::x5u_allowed(&url, &self.policy).is_err() {
             // Never fetched: verification refuses the URL itself.
             request.stir = Some(self.verify(&request, &identity, Err("not fetched".into())));
-            return self.rules(core, request);
+            return self.rules(request);
         }
         let (client, events, default_cache) = (
             self.fetcher.clone(),
@@ -147,10 +154,11 @@ impl Driver {
                 result,
             });
         });
+        None
     }
 
-    /// A task reported back.
-    pub fn handle(&mut self, core: &mut Core, event: Event) {
+    /// A task reported back: the decision, unless another task now works on the call.
+    pub fn handle(&mut self, event: Event) -> Option<Decided> {
         match event {
             Event::Fetched {
                 mut request,
@@ -179,7 +187,7 @@ impl Driver {
                     .map_err(String::clone);
                 request.stir = Some(self.verify(&request, &identity, pem));
                 self.certificates.insert(url, cached);
-                self.rules(core, request);
+                self.rules(request)
             }
             Event::Judged {
                 request,
@@ -197,7 +205,7 @@ impl Driver {
                     judgement,
                     fail_closed,
                 );
-                self.decide(core, &request, outcome);
+                Some(self.decide(&request, outcome))
             }
         }
     }
@@ -223,7 +231,7 @@ impl Driver {
     }
 
     /// The engine's rules, then the analytics engine when the profile asks one.
-    fn rules(&mut self, core: &mut Core, request: Request) {
+    fn rules(&mut self, request: Request) -> Option<Decided> {
         let outcome = self.engine.screen(&request);
         self.flush();
         let engine = self
@@ -231,7 +239,7 @@ impl Driver {
             .analytics_for(&request.profile)
             .filter(|_| outcome.decision == Decision::Allow && !outcome.trusted);
         let Some(name) = engine else {
-            return self.decide(core, &request, outcome);
+            return Some(self.decide(&request, outcome));
         };
         match self.analytics.admit(&name, Instant::now()) {
             Some(Ok(config)) => {
@@ -248,6 +256,7 @@ impl Driver {
                         fail_closed,
                     });
                 });
+                None
             }
             Some(Err(config)) => {
                 let mut outcome = outcome;
@@ -260,14 +269,14 @@ impl Driver {
                     judgement,
                     fail_closed,
                 );
-                self.decide(core, &request, outcome);
+                Some(self.decide(&request, outcome))
             }
-            None => self.decide(core, &request, outcome),
+            None => Some(self.decide(&request, outcome)),
         }
     }
 
-    /// Count and log the decision and hand it to the call.
-    fn decide(&mut self, core: &mut Core, request: &Request, outcome: Outcome) {
+    /// Count and log the decision, for the call.
+    fn decide(&mut self, request: &Request, outcome: Outcome) -> Decided {
         self.engine.count(&outcome);
         let _ = self.writes.send(Write::Decision(DecisionRecord {
             call_id: request.call_id.clone(),
@@ -284,7 +293,10 @@ impl Driver {
             score: outcome.score,
             reason: outcome.reason(),
         }));
-        core.handle_screened(request.call, outcome, Instant::now());
+        Decided {
+            call: request.call,
+            outcome,
+        }
     }
 
     /// Pass the engine's state changes to the database writer.
