@@ -1,39 +1,28 @@
-//! The async driver: binds transports, opens the database, and runs the sans-IO core on one
-//! task, feeding it messages and time and carrying out what it asks (send, store).
+//! The async driver: binds transports, opens the database, starts the relay and the
+//! writers (`setup`), then runs the sans-IO core on one task (`event_loop::Loop`) and
+//! closes what outlives it (`Stores`).
 
-use std::collections::{HashMap, VecDeque};
+mod event_loop;
+
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
 use warden_media::codec::CodecOptions;
 use warden_media::{Relay, RelayConfig};
 
-use crate::api::metrics::Snapshot;
 use crate::cdr::journal::Journal;
 use crate::cdr::store::Store as CdrStore;
 use crate::cdr::writer::{Status as CdrStatus, Writer as CdrWriter};
+use crate::clock::unix_now;
 use crate::config::Config;
-use crate::core::{Core, Output};
+use crate::core::Core;
 use crate::dialplan::Dialplan;
 use crate::registrar::{Registrar, store};
 use crate::sip::message::Limits;
-use crate::sip::transport::{self, Inbound, Transport};
-
-/// Wall-clock seconds since the Unix epoch (0 on a clock set before it).
-pub(crate) fn unix_now() -> u64 {
-    unix_now_ms() / 1000
-}
-
-/// Wall-clock milliseconds since the Unix epoch.
-pub(crate) fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::sip::transport::{self, Transport};
 
 /// The address peers can reach for a socket bound to `addr` (an unspecified bind asks the
 /// routing table which local address it would use).
@@ -68,6 +57,54 @@ fn reachable_host(addr: SocketAddr, advertised: &Option<String>) -> String {
 /// calls have `server.shutdown_grace_s` to end (a second signal ends them at once), call
 /// records are flushed.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let (server, stores) = setup(config).await?;
+    let served = server.run().await;
+    stores.close().await;
+    served
+}
+
+/// What outlives the signalling loop and is closed after it, in this order: the admin
+/// API, the CDR writer (it stores what the journal still holds), the registration and
+/// screening writers (they finish their queues), the database.
+struct Stores {
+    pid_file: PidFile,
+    admin: Option<tokio::task::JoinHandle<()>>,
+    cdr_stop: watch::Sender<bool>,
+    cdr_writer: tokio::task::JoinHandle<()>,
+    cdr_store: CdrStore,
+    writer: tokio::task::JoinHandle<()>,
+    screen_writer: tokio::task::JoinHandle<()>,
+    pool: sqlx::SqlitePool,
+}
+
+impl Stores {
+    async fn close(self) {
+        drop(self.pid_file);
+        if let Some(admin) = self.admin {
+            admin.abort();
+        }
+        // The writer stores what is left (when the database is there; else it stays in the
+        // journal for the next start).
+        let _ = self.cdr_stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(10), self.cdr_writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "call records still being written after 10 s; the journal keeps the rest"
+            );
+        }
+        self.cdr_store.close().await;
+        let _ = self.writer.await; // every queued registration change reaches the database
+        let _ = self.screen_writer.await;
+        self.pool.close().await;
+    }
+}
+
+/// Open the database and the journal, bind the transports, start the relay, the admin
+/// API and the writers, and build the core: everything the loop needs, nothing running
+/// on it yet.
+async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
     let pool = store::open(&config.database.path).await?;
     let cdr_store = CdrStore::new(&config.cdr_url())?;
     let journal = Journal::open(&config.cdr_journal())?;
@@ -81,10 +118,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_message_bytes: config.sip.max_message_bytes,
         max_headers: config.sip.max_headers,
     };
-    let (inbound_tx, mut inbound) = mpsc::channel(8192);
+    let (inbound_tx, inbound) = mpsc::channel(8192);
     let idle = std::time::Duration::from_secs(config.sip.tcp_idle_timeout_s);
     let tls = crate::sip::tls::TlsContext::load(&config.sip.tls)?;
-    let (mut transmitter, bound) =
+    let (transmitter, bound) =
         transport::start(&config.listen()?, limits, idle, tls.clone(), inbound_tx).await?;
     let mut advertised = HashMap::new();
     for (t, addr) in &bound {
@@ -99,8 +136,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         advertised.insert(Transport::Udp, h);
     }
     let mut relay = start_relay(&config, &bound)?;
-    // Media events arrive from the relay's threads; the loop below hands them to the core.
-    let (media_tx, mut media_events) = mpsc::unbounded_channel();
+    // Media events arrive from the relay's threads; the loop hands them to the core.
+    let (media_tx, media_events) = mpsc::unbounded_channel();
     relay.set_event_sink(std::sync::Arc::new(move |event| {
         let _ = media_tx.send(event);
     }));
@@ -124,7 +161,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         lists,
     )
     .map_err(anyhow::Error::msg)?;
-    let (ask_tx, mut asks) = mpsc::channel::<crate::api::Ask>(64);
+    let (ask_tx, asks) = mpsc::channel::<crate::api::Ask>(64);
     let admin = match config.admin.address()? {
         Some(addr) => {
             // The certificate is served beside the jCard.
@@ -148,7 +185,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let (screen_tx, screen_rx) = mpsc::unbounded_channel();
     let screen_writer = tokio::spawn(crate::screening::store::writer(pool.clone(), screen_rx));
-    let (mut screening, mut screening_events) =
+    let (screening, screening_events) =
         crate::screening::driver::Driver::new(&config.screening, engine, screen_tx)?;
     let mut registrar = Registrar::new(config.registrar.clone(), loaded);
     registrar.set_stored_users(crate::registrar::users::load(&pool).await?);
@@ -158,15 +195,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "authentication is on (registrar.auth or calls.auth) but there are no users: add them under [[registrar.users]] or with `warden user add`"
         );
     }
-    // What a reload reads (the dialplan file, and the profiles it may name).
-    let reload_config = config.clone();
     let resolver = crate::dns::resolver(&config.dns)?;
-    let enum_suffix = config.dns.enum_suffix.clone();
-    let (resolved_tx, mut resolved) = mpsc::unbounded_channel();
     let plan = load_dialplan(&config)?;
     let pid_file = PidFile::write(&config.server.pid_file)?;
-    let grace = Duration::from_secs(config.server.shutdown_grace_s);
-    let retry_after = config.server.retry_after_s;
+    let stopping = event_loop::Stopping::new(&config.server);
+    let reloads = event_loop::Reloads {
+        pool: pool.clone(),
+        tls,
+        config: config.clone(),
+    };
+    let dns = event_loop::Dns {
+        resolver,
+        enum_suffix: config.dns.enum_suffix.clone(),
+    };
     let batch = config.cdr.batch;
     let mut core = Core::new(config, registrar, advertised, Box::new(relay), prompts);
     core.set_dialplan(plan);
@@ -188,193 +229,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         .run(),
     );
-    let mut records = Vec::new();
-    let mut journalled: u64 = 0;
-
-    let mut shutdown = Box::pin(shutdown_signal());
-    let mut reload = reload_signal()?;
-    let mut sweep = tokio::time::interval(Duration::from_secs(60));
-    // Calls started, sampled each second over the last 10 s (the calls-per-second gauge).
-    let mut rate_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut started_samples: VecDeque<(Instant, u64)> = VecDeque::with_capacity(11);
-    // Shutting down: when live calls are ended, and when Warden stops waiting for them.
-    let mut drain_until: Option<Instant> = None;
-    let mut give_up_at: Option<Instant> = None;
-
-    loop {
-        let deadline = core
-            .poll_timeout()
-            .map(tokio::time::Instant::from_std)
-            .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(1));
-        tokio::select! {
-            event = inbound.recv() => {
-                let Some(event) = event else { break };
-                let now = Instant::now();
-                handle(&mut core, &mut transmitter, event, now);
-                // Drain what else is queued before sleeping again: one wake-up, many messages.
-                while let Ok(event) = inbound.try_recv() {
-                    handle(&mut core, &mut transmitter, event, now);
-                }
-            }
-            Some((call, attempt, found)) = resolved.recv() => {
-                core.handle_resolved(call, attempt, found, Instant::now());
-            }
-            Some(event) = media_events.recv() => {
-                core.handle_media_event(event, Instant::now());
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                core.handle_timeout(Instant::now(), unix_now_ms());
-            }
-            _ = sweep.tick() => {
-                screening.engine.sweep(unix_now());
-                core.guard.sweep(Instant::now());
-            }
-            _ = rate_tick.tick() => {
-                if started_samples.len() == 11 {
-                    started_samples.pop_front();
-                }
-                started_samples.push_back((Instant::now(), core.stats.calls_started));
-            }
-            Some(event) = screening_events.recv() => screening.handle(&mut core, event),
-            Some((command, reply)) = asks.recv() => {
-                use crate::api::Command;
-                let answer = match command {
-                    Command::Screening(c) => {
-                        let answer = crate::screening::admin::run(&mut screening.engine, c, unix_now());
-                        screening.flush();
-                        answer
-                    }
-                    Command::Calls => Ok(serde_json::to_value(core.live_calls()).unwrap_or_default()),
-                    Command::Hangup(id) => {
-                        if core.hang_up(id, "admin hangup", 480, Instant::now()) {
-                            Ok(serde_json::json!({"hung_up": id.to_string()}))
-                        } else {
-                            Err(format!("not found: no live call {id}\n"))
-                        }
-                    }
-                    Command::Registrations => Ok(registrations(&core)),
-                    Command::Bans => Ok(serde_json::to_value(core.guard.bans(Instant::now())).unwrap_or_default()),
-                    Command::Unban(source) => {
-                        if core.guard.unban(source) {
-                            tracing::info!(%source, "ban lifted by the admin API");
-                            Ok(serde_json::json!({"unbanned": source.to_string()}))
-                        } else {
-                            Err(format!("not found: {source} is not banned\n"))
-                        }
-                    }
-                    Command::Reload => reload_all(&mut core, &pool, &tls, &reload_config)
-                        .await
-                        .map_err(|e| format!("{e}\n")),
-                    Command::Metrics => {
-                        let snapshot = metrics_snapshot(&core, &screening.engine, &cdr_status, journalled, &started_samples, drain_until.is_some());
-                        Ok(serde_json::to_value(snapshot).unwrap_or_default())
-                    }
-                };
-                let _ = reply.send(answer);
-            }
-            _ = reload.recv() => {
-                if let Err(e) = reload_all(&mut core, &pool, &tls, &reload_config).await {
-                    tracing::error!(error = %e, "dialplan reload refused");
-                }
-            }
-            _ = &mut shutdown => {
-                if drain_until.is_none() {
-                    tracing::info!(active_calls = core.active_calls(), grace_s = grace.as_secs(), "shutting down: new calls get 503; live calls may go on until the grace time ends");
-                    core.stop_taking_calls(retry_after);
-                    drain_until = Some(Instant::now() + grace);
-                    // A second signal ends the live calls at once.
-                    shutdown = Box::pin(shutdown_signal());
-                } else {
-                    tracing::info!(active_calls = core.active_calls(), "second signal: ending live calls now");
-                    drain_until = Some(Instant::now());
-                }
-            }
-        }
-        if drain_until.is_some_and(|t| Instant::now() >= t) && give_up_at.is_none() {
-            let ended = core.hang_up_all("shutdown", Instant::now());
-            if ended > 0 {
-                tracing::info!(calls = ended, "grace time over: ending live calls");
-            }
-            // The BYEs' answers, or their timeouts, close the calls.
-            give_up_at = Some(Instant::now() + Duration::from_secs(5));
-        }
-        let giving_up = give_up_at.is_some_and(|t| Instant::now() >= t);
-        if giving_up {
-            tracing::warn!(
-                active_calls = core.active_calls(),
-                "calls not ended 5 s after their BYEs; closing their records and stopping"
-            );
-            core.close_records("shutdown");
-        }
-        while let Some(output) = core.poll_output() {
-            match output {
-                Output::Send(dest, bytes) => transmitter.send(&dest, bytes),
-                Output::Store(change) => {
-                    let _ = store_tx.send(change);
-                }
-                Output::Screen(request) => screening.start(&mut core, request),
-                Output::ChallengePassed { call } => {
-                    screening.engine.challenge_passed(call, unix_now());
-                    screening.flush();
-                }
-                Output::Screened { call, answered_s } => {
-                    screening.engine.call_ended(call, answered_s, unix_now());
-                    screening.flush();
-                }
-                Output::Record(record) => records.push(*record),
-                Output::Resolve {
-                    call,
-                    attempt,
-                    lookup,
-                } => {
-                    let (resolver, suffix, tx) =
-                        (resolver.clone(), enum_suffix.clone(), resolved_tx.clone());
-                    tokio::spawn(async move {
-                        let found = crate::dns::resolve(&resolver, &lookup, &suffix).await;
-                        let _ = tx.send((call, attempt, found));
-                    });
-                }
-            }
-        }
-        if !records.is_empty() {
-            // Journalled before the loop goes on: from here a crash loses none of them.
-            match journal.append(&records) {
-                Ok(()) => journalled += records.len() as u64,
-                Err(e) => {
-                    tracing::error!(error = %e, records = records.len(), journal = %journal.path().display(), "cannot journal call records")
-                }
-            }
-            records.clear();
-            cdr_wake.notify_one();
-        }
-        if giving_up || (drain_until.is_some() && core.active_calls() == 0) {
-            break;
-        }
-    }
-    tracing::info!(
-        active_calls = core.active_calls(),
-        "signalling stopped; storing the last call records"
-    );
-    drop(pid_file);
-    if let Some(admin) = admin {
-        admin.abort();
-    }
-    // The writer stores what is left (when the database is there; else it stays in the
-    // journal for the next start).
-    let _ = cdr_stop.send(true);
-    if tokio::time::timeout(Duration::from_secs(10), cdr_writer)
-        .await
-        .is_err()
-    {
-        tracing::warn!("call records still being written after 10 s; the journal keeps the rest");
-    }
-    cdr_store.close().await;
-    drop(store_tx);
-    drop(screening);
-    let _ = writer.await; // every queued registration change reaches the database
-    let _ = screen_writer.await;
-    pool.close().await;
-    Ok(())
+    let records = event_loop::Records::new(journal, cdr_wake, cdr_status);
+    let server = event_loop::Loop::new(event_loop::Parts {
+        core,
+        transmitter,
+        inbound,
+        media_events,
+        screening,
+        screening_events,
+        asks,
+        store_tx,
+        records,
+        dns,
+        reloads,
+        stopping,
+    });
+    let stores = Stores {
+        pid_file,
+        admin,
+        cdr_stop,
+        cdr_writer,
+        cdr_store,
+        writer,
+        screen_writer,
+        pool,
+    };
+    Ok((server, stores))
 }
 
 /// The configured dialplan, checked: a `screen` action naming a profile the configuration
@@ -431,134 +311,6 @@ fn start_relay(config: &Config, bound: &[(Transport, SocketAddr)]) -> anyhow::Re
     Ok(relay)
 }
 
-fn handle(core: &mut Core, transmitter: &mut transport::Transmitter, event: Inbound, now: Instant) {
-    match event {
-        Inbound::Message(m, from) => core.handle_message(*m, from, now, unix_now_ms()),
-        Inbound::Garbage(from, why) => core.handle_garbage(&from, &why),
-        Inbound::ConnOpened(id, addr, tx) => transmitter.on_opened(id, addr, tx),
-        Inbound::ConnClosed(id) => transmitter.on_closed(id),
-    }
-}
-
-/// What SIGHUP and the admin API's reload do alike: read the stored users and the TLS
-/// files again (on an error the loaded ones stay, and the log says why), then the dialplan,
-/// whose refusal is the answer.
-async fn reload_all(
-    core: &mut Core,
-    pool: &sqlx::SqlitePool,
-    tls: &crate::sip::tls::TlsContext,
-    config: &Config,
-) -> Result<serde_json::Value, String> {
-    match crate::registrar::users::load(pool).await {
-        Ok(users) => {
-            core.registrar.set_stored_users(users);
-            tracing::info!(users = core.registrar.user_count(), "users reloaded");
-        }
-        Err(e) => tracing::error!(error = %e, "cannot reload users; the known ones stay"),
-    }
-    match tls.reload() {
-        Ok(()) => tracing::info!("TLS certificates reloaded"),
-        Err(e) => {
-            tracing::error!(error = %e, "TLS reload refused; the loaded certificate stays")
-        }
-    }
-    reload_dialplan(core, config)
-}
-
-/// Reload the dialplan (SIGHUP, the admin API): a bad file leaves the running plan in
-/// place and says why.
-fn reload_dialplan(core: &mut Core, config: &Config) -> Result<serde_json::Value, String> {
-    let plan = load_dialplan(config)
-        .map_err(|e| format!("dialplan {e}; the previous plan stays active"))?;
-    let answer =
-        serde_json::json!({"reloaded": plan.origin.to_string(), "rules": plan.rules.len()});
-    core.set_dialplan(plan);
-    Ok(answer)
-}
-
-/// The registered contacts, for the admin API.
-fn registrations(core: &Core) -> serde_json::Value {
-    let now = unix_now();
-    let rows: Vec<serde_json::Value> = core
-        .registrar
-        .all(now)
-        .into_iter()
-        .map(|b| {
-            serde_json::json!({
-                "aor": b.aor,
-                "contact": b.contact,
-                "expires_in": b.expires_at.saturating_sub(now),
-                "transport": b.transport.as_str(),
-                "source": b.source.to_string(),
-                "user_agent": b.user_agent,
-            })
-        })
-        .collect();
-    serde_json::Value::Array(rows)
-}
-
-/// What /metrics shows, gathered in one go.
-fn metrics_snapshot(
-    core: &Core,
-    engine: &crate::screening::Engine,
-    cdr: &CdrStatus,
-    journalled: u64,
-    started: &VecDeque<(Instant, u64)>,
-    draining: bool,
-) -> Snapshot {
-    let relay = core.media.totals();
-    let calls_per_second = match (started.front(), started.back()) {
-        (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
-            n1.saturating_sub(*n0) as f64 / t1.duration_since(*t0).as_secs_f64()
-        }
-        _ => 0.0,
-    };
-    let (rooms, members) = core.rooms.counts();
-    let guard = &core.guard.counters;
-    Snapshot {
-        calls_active: core.active_calls() as u64,
-        conference_rooms: rooms as u64,
-        conference_members: members as u64,
-        calls_started: core.stats.calls_started,
-        calls_answered: core.stats.calls_answered,
-        calls_per_second,
-        final_codes: core.stats.final_codes.clone(),
-        registrations: core.registrar.binding_count() as u64,
-        relay_streams: relay.streams,
-        transcoding_channels: relay.transcoding,
-        relay_rtp_packets: relay.rtp_packets,
-        relay_rtp_bytes: relay.rtp_bytes,
-        screening: engine
-            .counts
-            .iter()
-            .map(|((decision, check), n)| (decision.to_string(), check.to_string(), *n))
-            .collect(),
-        sip_malformed_answered: core.stats.malformed_answered,
-        sip_malformed_dropped: core.stats.malformed_dropped,
-        cdr_stored: cdr.written.load(Ordering::Relaxed),
-        cdr_write_failures: cdr.failures.load(Ordering::Relaxed),
-        cdr_queue_depth: journalled.saturating_sub(cdr.written_this_run.load(Ordering::Relaxed)),
-        cdr_spool_bytes: cdr.backlog_bytes.load(Ordering::Relaxed),
-        cdr_database_up: cdr.database_up.load(Ordering::Relaxed),
-        draining,
-        guard_dropped: guard
-            .dropped
-            .iter()
-            .map(|(why, n)| (why.as_str().to_owned(), *n))
-            .collect(),
-        guard_bans: guard
-            .bans
-            .iter()
-            .map(|(why, n)| (why.as_str().to_owned(), *n))
-            .collect(),
-        guard_banned_sources: core.guard.banned(Instant::now()) as u64,
-        guard_sources: core.guard.tracked() as u64,
-        guard_untracked: guard.untracked,
-        auth_failures: guard.auth_failures,
-        guard_call_limit_refused: guard.call_limit_refused,
-    }
-}
-
 /// The pid file of the running server, removed when it stops.
 struct PidFile(std::path::PathBuf);
 
@@ -578,28 +330,4 @@ impl Drop for PidFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-/// SIGHUP: reload the dialplan.
-fn reload_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| anyhow::anyhow!("cannot watch SIGHUP: {e}"))
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

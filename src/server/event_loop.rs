@@ -1,0 +1,534 @@
+//! The signalling loop: one task that owns the core and feeds it messages, time, media
+//! events and the answers of the tasks it starts (DNS, screening, reloads), then carries
+//! out what the core asks (send, store, screen, journal the call records).
+//!
+//! Nothing slow runs on it: DNS, STIR fetches, analytics, database reads for a reload and
+//! every database write happen on other tasks that report back through channels.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc, oneshot};
+use warden_media::MediaEvent;
+
+use super::load_dialplan;
+use crate::api::metrics::Snapshot;
+use crate::cdr::Record;
+use crate::cdr::journal::Journal;
+use crate::cdr::writer::Status as CdrStatus;
+use crate::clock::{unix_now, unix_now_ms};
+use crate::config::{Config, ServerConfig};
+use crate::core::{Core, Output};
+use crate::dialplan::Dialplan;
+use crate::dns::Found;
+use crate::registrar::{Change, Credentials};
+use crate::screening::driver::{Driver, Event as ScreeningEvent};
+use crate::sip::transport::{Inbound, Transmitter};
+
+type Answer = Result<serde_json::Value, String>;
+
+/// What `super::setup` hands the loop.
+pub(super) struct Parts {
+    pub core: Core,
+    pub transmitter: Transmitter,
+    pub inbound: mpsc::Receiver<Inbound>,
+    pub media_events: mpsc::UnboundedReceiver<MediaEvent>,
+    pub screening: Driver,
+    pub screening_events: mpsc::UnboundedReceiver<ScreeningEvent>,
+    pub asks: mpsc::Receiver<crate::api::Ask>,
+    pub store_tx: mpsc::UnboundedSender<Change>,
+    pub records: Records,
+    pub dns: Dns,
+    pub reloads: Reloads,
+    pub stopping: Stopping,
+}
+
+/// Where DNS lookups for bridge targets go.
+pub(super) struct Dns {
+    pub resolver: hickory_resolver::TokioResolver,
+    pub enum_suffix: String,
+}
+
+/// What a reload reads again (off the loop): the stored users, the TLS files, the
+/// dialplan named by the configuration.
+pub(super) struct Reloads {
+    pub pool: sqlx::SqlitePool,
+    pub tls: crate::sip::tls::TlsContext,
+    pub config: Config,
+}
+
+/// What a reload read, for the loop to apply, and who asked (the admin API, or SIGHUP).
+struct Reloaded {
+    users: anyhow::Result<Vec<(String, Credentials)>>,
+    plan: anyhow::Result<Dialplan>,
+    reply: Option<oneshot::Sender<Answer>>,
+}
+
+/// Call records on their way to the journal: from the core to disk before the loop goes
+/// on, then the CDR writer is woken to store them.
+pub(super) struct Records {
+    journal: Journal,
+    pending: Vec<Record>,
+    /// Journalled this run (the metrics' queue depth is this less what was stored).
+    journalled: u64,
+    wake: Arc<Notify>,
+    status: Arc<CdrStatus>,
+}
+
+impl Records {
+    pub fn new(journal: Journal, wake: Arc<Notify>, status: Arc<CdrStatus>) -> Records {
+        Records {
+            journal,
+            pending: Vec::new(),
+            journalled: 0,
+            wake,
+            status,
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        // Journalled before the loop goes on: from here a crash loses none of them.
+        match self.journal.append(&self.pending) {
+            Ok(()) => self.journalled += self.pending.len() as u64,
+            Err(e) => {
+                tracing::error!(error = %e, records = self.pending.len(), journal = %self.journal.path().display(), "cannot journal call records")
+            }
+        }
+        self.pending.clear();
+        self.wake.notify_one();
+    }
+}
+
+/// Graceful shutdown: when live calls are ended, and when Warden stops waiting for them.
+pub(super) struct Stopping {
+    grace: Duration,
+    retry_after_s: u64,
+    drain_until: Option<Instant>,
+    give_up_at: Option<Instant>,
+}
+
+impl Stopping {
+    pub fn new(config: &ServerConfig) -> Stopping {
+        Stopping {
+            grace: Duration::from_secs(config.shutdown_grace_s),
+            retry_after_s: config.retry_after_s,
+            drain_until: None,
+            give_up_at: None,
+        }
+    }
+}
+
+/// The loop and everything it drives.
+pub(super) struct Loop {
+    core: Core,
+    transmitter: Transmitter,
+    inbound: mpsc::Receiver<Inbound>,
+    media_events: mpsc::UnboundedReceiver<MediaEvent>,
+    screening: Driver,
+    screening_events: mpsc::UnboundedReceiver<ScreeningEvent>,
+    asks: mpsc::Receiver<crate::api::Ask>,
+    store_tx: mpsc::UnboundedSender<Change>,
+    records: Records,
+    dns: Arc<Dns>,
+    resolved_tx: mpsc::UnboundedSender<(u64, u64, Vec<Found>)>,
+    resolved: mpsc::UnboundedReceiver<(u64, u64, Vec<Found>)>,
+    reloads: Arc<Reloads>,
+    reloaded_tx: mpsc::UnboundedSender<Reloaded>,
+    reloaded: mpsc::UnboundedReceiver<Reloaded>,
+    /// Calls started, sampled each second over the last 10 s (the calls-per-second gauge).
+    started_samples: VecDeque<(Instant, u64)>,
+    stopping: Stopping,
+}
+
+impl Loop {
+    pub fn new(parts: Parts) -> Loop {
+        let (resolved_tx, resolved) = mpsc::unbounded_channel();
+        let (reloaded_tx, reloaded) = mpsc::unbounded_channel();
+        Loop {
+            core: parts.core,
+            transmitter: parts.transmitter,
+            inbound: parts.inbound,
+            media_events: parts.media_events,
+            screening: parts.screening,
+            screening_events: parts.screening_events,
+            asks: parts.asks,
+            store_tx: parts.store_tx,
+            records: parts.records,
+            dns: Arc::new(parts.dns),
+            resolved_tx,
+            resolved,
+            reloads: Arc::new(parts.reloads),
+            reloaded_tx,
+            reloaded,
+            started_samples: VecDeque::with_capacity(11),
+            stopping: parts.stopping,
+        }
+    }
+
+    /// Serve until a shutdown signal and the end of the live calls (or the grace time).
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut shutdown = Box::pin(shutdown_signal());
+        let mut reload = reload_signal()?;
+        let mut sweep = tokio::time::interval(Duration::from_secs(60));
+        let mut rate_tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let deadline = self
+                .core
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                event = self.inbound.recv() => {
+                    let Some(event) = event else { break };
+                    let now = Instant::now();
+                    self.on_inbound(event, now);
+                    // Drain what else is queued before sleeping again: one wake-up, many messages.
+                    while let Ok(event) = self.inbound.try_recv() {
+                        self.on_inbound(event, now);
+                    }
+                }
+                Some((call, attempt, found)) = self.resolved.recv() => {
+                    self.core.handle_resolved(call, attempt, found, Instant::now());
+                }
+                Some(event) = self.media_events.recv() => {
+                    self.core.handle_media_event(event, Instant::now());
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.core.handle_timeout(Instant::now(), unix_now_ms());
+                }
+                _ = sweep.tick() => {
+                    self.screening.engine.sweep(unix_now());
+                    self.core.guard.sweep(Instant::now());
+                }
+                _ = rate_tick.tick() => {
+                    if self.started_samples.len() == 11 {
+                        self.started_samples.pop_front();
+                    }
+                    self.started_samples.push_back((Instant::now(), self.core.stats.calls_started));
+                }
+                Some(event) = self.screening_events.recv() => {
+                    if let Some(d) = self.screening.handle(event) {
+                        self.core.handle_screened(d.call, d.outcome, Instant::now());
+                    }
+                }
+                Some((command, reply)) = self.asks.recv() => self.on_ask(command, reply),
+                Some(done) = self.reloaded.recv() => self.apply_reload(done),
+                _ = reload.recv() => self.start_reload(None),
+                _ = &mut shutdown => {
+                    self.on_shutdown_signal();
+                    shutdown = Box::pin(shutdown_signal());
+                }
+            }
+            let giving_up = self.shutdown_progress();
+            self.carry_out();
+            self.records.flush();
+            let drained = self.stopping.drain_until.is_some() && self.core.active_calls() == 0;
+            if giving_up || drained {
+                break;
+            }
+        }
+        tracing::info!(
+            active_calls = self.core.active_calls(),
+            "signalling stopped; storing the last call records"
+        );
+        Ok(())
+    }
+
+    fn on_inbound(&mut self, event: Inbound, now: Instant) {
+        match event {
+            Inbound::Message(m, from) => self.core.handle_message(*m, from, now, unix_now_ms()),
+            Inbound::Garbage(from, why) => self.core.handle_garbage(&from, &why),
+            Inbound::ConnOpened(id, addr, tx) => self.transmitter.on_opened(id, addr, tx),
+            Inbound::ConnClosed(id) => self.transmitter.on_closed(id),
+        }
+    }
+
+    /// Do what the core asked.
+    fn carry_out(&mut self) {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Send(dest, bytes) => self.transmitter.send(&dest, bytes),
+                Output::Store(change) => {
+                    let _ = self.store_tx.send(change);
+                }
+                Output::Screen(request) => {
+                    if let Some(d) = self.screening.start(request) {
+                        self.core.handle_screened(d.call, d.outcome, Instant::now());
+                    }
+                }
+                Output::ChallengePassed { call } => {
+                    self.screening.engine.challenge_passed(call, unix_now());
+                    self.screening.flush();
+                }
+                Output::Screened { call, answered_s } => {
+                    self.screening
+                        .engine
+                        .call_ended(call, answered_s, unix_now());
+                    self.screening.flush();
+                }
+                Output::Record(record) => self.records.pending.push(*record),
+                Output::Resolve {
+                    call,
+                    attempt,
+                    lookup,
+                } => {
+                    let (dns, tx) = (self.dns.clone(), self.resolved_tx.clone());
+                    tokio::spawn(async move {
+                        let found =
+                            crate::dns::resolve(&dns.resolver, &lookup, &dns.enum_suffix).await;
+                        let _ = tx.send((call, attempt, found));
+                    });
+                }
+            }
+        }
+    }
+
+    /// A command from the admin API.
+    fn on_ask(&mut self, command: crate::api::Command, reply: oneshot::Sender<Answer>) {
+        use crate::api::Command;
+        let core = &mut self.core;
+        let answer = match command {
+            Command::Screening(c) => {
+                let answer =
+                    crate::screening::admin::run(&mut self.screening.engine, c, unix_now());
+                self.screening.flush();
+                answer
+            }
+            Command::Calls => Ok(serde_json::to_value(core.live_calls()).unwrap_or_default()),
+            Command::Hangup(id) => {
+                if core.hang_up(id, "admin hangup", 480, Instant::now()) {
+                    Ok(serde_json::json!({"hung_up": id.to_string()}))
+                } else {
+                    Err(format!("not found: no live call {id}\n"))
+                }
+            }
+            Command::Registrations => Ok(registrations(core)),
+            Command::Bans => {
+                Ok(serde_json::to_value(core.guard.bans(Instant::now())).unwrap_or_default())
+            }
+            Command::Unban(source) => {
+                if core.guard.unban(source) {
+                    tracing::info!(%source, "ban lifted by the admin API");
+                    Ok(serde_json::json!({"unbanned": source.to_string()}))
+                } else {
+                    Err(format!("not found: {source} is not banned\n"))
+                }
+            }
+            // Answered when the reload has read what it needs.
+            Command::Reload => return self.start_reload(Some(reply)),
+            Command::Metrics => {
+                let snapshot = self.metrics_snapshot();
+                Ok(serde_json::to_value(snapshot).unwrap_or_default())
+            }
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// What SIGHUP and the admin API's reload do alike: read the stored users, the TLS
+    /// files and the dialplan again on another task; the loop applies what it read.
+    fn start_reload(&self, reply: Option<oneshot::Sender<Answer>>) {
+        let (reloads, done) = (self.reloads.clone(), self.reloaded_tx.clone());
+        tokio::spawn(async move {
+            let users = crate::registrar::users::load(&reloads.pool).await;
+            let files = reloads.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                (files.tls.reload(), load_dialplan(&files.config))
+            })
+            .await;
+            let (tls, plan) = match read {
+                Ok(read) => read,
+                Err(e) => (Err(anyhow::anyhow!("{e}")), Err(anyhow::anyhow!("{e}"))),
+            };
+            match tls {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload refused; the loaded certificate stays")
+                }
+            }
+            let _ = done.send(Reloaded { users, plan, reply });
+        });
+    }
+
+    /// Apply a reload: the users (on an error the loaded ones stay, and the log says why),
+    /// then the dialplan, whose refusal is the answer.
+    fn apply_reload(&mut self, done: Reloaded) {
+        let core = &mut self.core;
+        match done.users {
+            Ok(users) => {
+                core.registrar.set_stored_users(users);
+                tracing::info!(users = core.registrar.user_count(), "users reloaded");
+            }
+            Err(e) => tracing::error!(error = %e, "cannot reload users; the known ones stay"),
+        }
+        let answer = match done.plan {
+            Ok(plan) => {
+                let answer = serde_json::json!({"reloaded": plan.origin.to_string(), "rules": plan.rules.len()});
+                core.set_dialplan(plan);
+                Ok(answer)
+            }
+            Err(e) => Err(format!("dialplan {e}; the previous plan stays active")),
+        };
+        if let Err(e) = &answer {
+            tracing::error!(error = %e, "dialplan reload refused");
+        }
+        if let Some(reply) = done.reply {
+            let _ = reply.send(answer.map_err(|e| format!("{e}\n")));
+        }
+    }
+
+    /// SIGINT/SIGTERM: the first starts the grace time, a second ends the live calls now.
+    fn on_shutdown_signal(&mut self) {
+        let s = &mut self.stopping;
+        if s.drain_until.is_none() {
+            tracing::info!(
+                active_calls = self.core.active_calls(),
+                grace_s = s.grace.as_secs(),
+                "shutting down: new calls get 503; live calls may go on until the grace time ends"
+            );
+            self.core.stop_taking_calls(s.retry_after_s);
+            s.drain_until = Some(Instant::now() + s.grace);
+        } else {
+            tracing::info!(
+                active_calls = self.core.active_calls(),
+                "second signal: ending live calls now"
+            );
+            s.drain_until = Some(Instant::now());
+        }
+    }
+
+    /// End the live calls once the grace time is over; true when Warden stops waiting
+    /// for their BYEs (their records are closed then).
+    fn shutdown_progress(&mut self) -> bool {
+        let s = &mut self.stopping;
+        if s.drain_until.is_some_and(|t| Instant::now() >= t) && s.give_up_at.is_none() {
+            let ended = self.core.hang_up_all("shutdown", Instant::now());
+            if ended > 0 {
+                tracing::info!(calls = ended, "grace time over: ending live calls");
+            }
+            // The BYEs' answers, or their timeouts, close the calls.
+            s.give_up_at = Some(Instant::now() + Duration::from_secs(5));
+        }
+        let giving_up = s.give_up_at.is_some_and(|t| Instant::now() >= t);
+        if giving_up {
+            tracing::warn!(
+                active_calls = self.core.active_calls(),
+                "calls not ended 5 s after their BYEs; closing their records and stopping"
+            );
+            self.core.close_records("shutdown");
+        }
+        giving_up
+    }
+
+    /// What /metrics shows, gathered in one go.
+    fn metrics_snapshot(&self) -> Snapshot {
+        let core = &self.core;
+        let cdr = &self.records.status;
+        let started = &self.started_samples;
+        let relay = core.media.totals();
+        let calls_per_second = match (started.front(), started.back()) {
+            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
+                n1.saturating_sub(*n0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        let (rooms, members) = core.rooms.counts();
+        let guard = &core.guard.counters;
+        Snapshot {
+            calls_active: core.active_calls() as u64,
+            conference_rooms: rooms as u64,
+            conference_members: members as u64,
+            calls_started: core.stats.calls_started,
+            calls_answered: core.stats.calls_answered,
+            calls_per_second,
+            final_codes: core.stats.final_codes.clone(),
+            registrations: core.registrar.binding_count() as u64,
+            relay_streams: relay.streams,
+            transcoding_channels: relay.transcoding,
+            relay_rtp_packets: relay.rtp_packets,
+            relay_rtp_bytes: relay.rtp_bytes,
+            screening: self
+                .screening
+                .engine
+                .counts
+                .iter()
+                .map(|((decision, check), n)| (decision.to_string(), check.to_string(), *n))
+                .collect(),
+            sip_malformed_answered: core.stats.malformed_answered,
+            sip_malformed_dropped: core.stats.malformed_dropped,
+            cdr_stored: cdr.written.load(Ordering::Relaxed),
+            cdr_write_failures: cdr.failures.load(Ordering::Relaxed),
+            cdr_queue_depth: self
+                .records
+                .journalled
+                .saturating_sub(cdr.written_this_run.load(Ordering::Relaxed)),
+            cdr_spool_bytes: cdr.backlog_bytes.load(Ordering::Relaxed),
+            cdr_database_up: cdr.database_up.load(Ordering::Relaxed),
+            draining: self.stopping.drain_until.is_some(),
+            guard_dropped: guard
+                .dropped
+                .iter()
+                .map(|(why, n)| (why.as_str().to_owned(), *n))
+                .collect(),
+            guard_bans: guard
+                .bans
+                .iter()
+                .map(|(why, n)| (why.as_str().to_owned(), *n))
+                .collect(),
+            guard_banned_sources: core.guard.banned(Instant::now()) as u64,
+            guard_sources: core.guard.tracked() as u64,
+            guard_untracked: guard.untracked,
+            auth_failures: guard.auth_failures,
+            guard_call_limit_refused: guard.call_limit_refused,
+        }
+    }
+}
+
+/// The registered contacts, for the admin API.
+fn registrations(core: &Core) -> serde_json::Value {
+    let now = unix_now();
+    let rows: Vec<serde_json::Value> = core
+        .registrar
+        .all(now)
+        .into_iter()
+        .map(|b| {
+            serde_json::json!({
+                "aor": b.aor,
+                "contact": b.contact,
+                "expires_in": b.expires_at.saturating_sub(now),
+                "transport": b.transport.as_str(),
+                "source": b.source.to_string(),
+                "user_agent": b.user_agent,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows)
+}
+
+/// SIGHUP: reload the users, the TLS files and the dialplan.
+fn reload_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot watch SIGHUP: {e}"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
