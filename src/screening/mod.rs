@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod analytics;
+mod checks;
 pub mod driver;
 pub mod lists;
 pub mod numbers;
@@ -265,7 +266,8 @@ impl Engine {
             .or_default() += 1;
     }
 
-    /// Run the source checks and the profile's rules on a new call.
+    /// Run the source checks and the profile's rules on a new call (one function per
+    /// check, in `checks`), and combine what they found into the decision.
     pub fn screen(&mut self, req: &Request) -> Outcome {
         let profile = match self.profiles.get(&req.profile) {
             Some(p) => p.clone(),
@@ -304,300 +306,91 @@ impl Engine {
             out.trusted = true;
             return out;
         }
-        let block = |out: &mut Outcome, check: &'static str, reason: String, verdict: Verdict| {
-            out.findings.push(Finding {
-                check,
-                act: Act::Block,
-                reason,
-            });
+        // Source checks, for every profile: a block at once.
+        let source = self.blocked_source(req, &profile);
+        if let Some((found, verdict)) = source.or_else(|| self.source_rate(req, &profile)) {
+            out.findings.push(found.finding);
             out.decision = Decision::Block(verdict);
-        };
-        // Source checks, for every profile.
-        let listed_source = self.lists.blocked_source(req.source);
-        if crate::dialplan::in_networks(req.source, &self.blocked) || listed_source.is_some() {
-            let why = listed_source.map_or("in screening.blocked_sources".into(), |n| {
-                format!("on the block list ({n})")
-            });
-            let verdict = profile.verdict_for("blocked_source", None);
-            block(
-                &mut out,
-                "blocked_source",
-                format!("source {} {why}", req.source),
-                verdict,
-            );
             return out;
         }
-        if self.source_rate > 0 {
-            let slot = self.rate.entry(req.source).or_insert((req.now, 0));
-            if slot.0 != req.now {
-                *slot = (req.now, 0);
+        let mut vouches = None;
+        let mut note = |out: &mut Outcome, found: Option<checks::Found>| {
+            if let Some(f) = found {
+                if let Some(v) = f.vouches {
+                    vouches.get_or_insert(v);
+                }
+                out.findings.push(f.finding);
             }
-            slot.1 += 1;
-            if slot.1 > self.source_rate {
-                let verdict = match profile.verdict_by_check.get("source_rate") {
-                    Some(v) => v.clone(),
-                    None => Verdict {
-                        answer: Answer::Unavailable,
-                        prompt: None,
-                    },
-                };
-                let reason = format!("source {} above {} calls/s", req.source, self.source_rate);
-                block(&mut out, "source_rate", reason, verdict);
-                return out;
-            }
-        }
-        let mut challenge_value = None;
+        };
         if c.stir {
-            let result = req.stir.clone().unwrap_or(stir::Stir::Unsigned);
-            out.verstat = Some(result.verstat());
-            out.attestation = result.attestation().map(str::to_owned);
-            match &result {
-                stir::Stir::Verified { .. } => out.identity_verified = true,
-                stir::Stir::Failed { code, reason } => {
-                    out.identity_failed = true;
-                    challenge_value = Some("stir".to_owned());
-                    let reason = format!("{code}: {reason}");
-                    out.findings.push(Finding {
-                        check: "stir",
-                        act: c.on_stir_failure,
-                        reason,
-                    });
-                }
-                stir::Stir::Unsigned => {
-                    let act = match c.on_unsigned.as_str() {
-                        "flag" => Some(Act::Flag),
-                        "challenge" => Some(Act::Challenge),
-                        "block" => Some(Act::Block),
-                        _ => None,
-                    };
-                    if let Some(act) = act {
-                        out.findings.push(Finding {
-                            check: "stir",
-                            act,
-                            reason: "no Identity header".into(),
-                        });
-                    }
-                }
-            }
+            let found = checks::stir(req, c, &mut out);
+            note(&mut out, found);
         }
-        let international = country.as_deref().is_some_and(|iso| iso != c.home_country);
         let risk = destination
             .as_deref()
             .and_then(|d| self.high_risk.longest_match(d))
             .map(|(p, r)| (p.to_owned(), r.clone()));
-        let premium = risk.as_ref().is_some_and(|(_, r)| r.risk == Risk::Premium);
-        let figures = self
-            .usage
-            .figures(&req.user, req.now, c.premium_burst_window_s);
-        let iso = country.as_deref();
-        let network = usage::network_of(req.source);
-        let mut allowed_destination = false;
-        let found = |out: &mut Outcome, check: &'static str, act: Act, reason: String| {
-            out.findings.push(Finding { check, act, reason });
+        let subject = checks::Subject {
+            req,
+            profile: &profile,
+            international: country.as_deref().is_some_and(|iso| iso != c.home_country),
+            premium: risk.as_ref().is_some_and(|(_, r)| r.risk == Risk::Premium),
+            risk,
+            figures: self
+                .usage
+                .figures(&req.user, req.now, c.premium_burst_window_s),
+            network: checks::network_of(req),
+            destination,
+            iso: country.clone(),
         };
+        let mut allowed_destination = false;
         for check in &profile.checks {
-            match *check {
-                "lists" => {
-                    let Some(d) = destination.as_deref() else {
-                        continue;
-                    };
-                    let user_allowed = [format!("number:{d}")]
-                        .into_iter()
-                        .chain(iso.map(|i| format!("country:{i}")))
-                        .find(|v| self.lists.user_allows(&req.user, v));
-                    let static_allow = c
-                        .allow_numbers
-                        .iter()
-                        .any(|n| n.trim_start_matches('+') == d)
-                        || c.allow_prefixes
-                            .iter()
-                            .any(|p| d.starts_with(p.trim_start_matches('+')))
-                        || iso.is_some_and(|i| {
-                            c.allow_countries.iter().any(|a| a.eq_ignore_ascii_case(i))
-                        });
-                    if static_allow
-                        || user_allowed.is_some()
-                        || self.lists.destination(ListName::Allow, d, iso).is_some()
-                    {
+            let found = match *check {
+                "lists" => match self.listed(&subject) {
+                    checks::Listed::Allowed => {
                         allowed_destination = true;
-                        continue;
+                        None
                     }
-                    let static_block = if c
-                        .block_numbers
-                        .iter()
-                        .any(|n| n.trim_start_matches('+') == d)
-                    {
-                        Some(format!("number {d}"))
-                    } else if let Some(p) = c
-                        .block_prefixes
-                        .iter()
-                        .find(|p| d.starts_with(p.trim_start_matches('+')))
-                    {
-                        Some(format!("prefix {}", p.trim_start_matches('+')))
-                    } else {
-                        iso.filter(|i| c.block_countries.iter().any(|b| b.eq_ignore_ascii_case(i)))
-                            .map(|i| format!("country {i}"))
-                    };
-                    let hit = static_block.or_else(|| {
-                        self.lists
-                            .destination(ListName::Block, d, iso)
-                            .map(|l| l.entry)
-                    });
-                    if let Some(entry) = hit {
-                        found(
-                            &mut out,
-                            "lists",
-                            Act::Block,
-                            format!("{d} is on the block list ({entry})"),
-                        );
-                    }
+                    checks::Listed::Blocked(found) => Some(found),
+                    checks::Listed::Neither => None,
+                },
+                "high_risk" if !allowed_destination => checks::high_risk(&subject),
+                "premium_burst" if !allowed_destination => checks::premium_burst(&subject),
+                "scanner" => self.scanner(&subject),
+                "repeats" => self.repeats(&subject),
+                "quotas" => checks::quotas(&subject),
+                "concurrency" => checks::concurrency(&subject),
+                "new_country" if subject.international && !allowed_destination => {
+                    self.new_country(&subject)
                 }
-                "high_risk" if !allowed_destination => {
-                    if let Some((prefix, range)) = &risk {
-                        let act = match range.risk {
-                            Risk::Irsf => c.on_high_risk,
-                            Risk::Premium => c.on_premium,
-                        };
-                        let reason = format!(
-                            "{} in the {} range +{prefix} ({})",
-                            destination.as_deref().unwrap_or_default(),
-                            range.risk.as_str(),
-                            range.note
-                        );
-                        found(&mut out, "high_risk", act, reason);
-                    }
-                }
-                "premium_burst"
-                    if premium
-                        && !allowed_destination
-                        && c.premium_burst_calls > 0
-                        && figures.premium_short_recent >= c.premium_burst_calls =>
-                {
-                    let reason = format!(
-                        "{} short premium calls in {} s",
-                        figures.premium_short_recent, c.premium_burst_window_s
-                    );
-                    found(&mut out, "premium_burst", Act::Block, reason);
-                }
-                "scanner" => {
-                    if let Some(s) = crate::guard::scanner_in(&self.scanners, &req.user_agent) {
-                        found(
-                            &mut out,
-                            "scanner",
-                            Act::Block,
-                            format!("User-Agent {:?} is a scanner ({s})", req.user_agent),
-                        );
-                    }
-                }
-                "repeats" => {
-                    let n =
-                        self.usage
-                            .note_attempt(&req.user, &req.callee, req.now, c.repeat_window_s);
-                    if c.repeat_limit > 0 && n > c.repeat_limit {
-                        let reason =
-                            format!("{n} calls to {} in {} s", req.callee, c.repeat_window_s);
-                        found(&mut out, "repeats", Act::Block, reason);
-                    }
-                }
-                "quotas" => {
-                    let over = [
-                        (c.calls_per_hour, figures.calls_last_hour, "calls per hour"),
-                        (c.calls_per_day, figures.calls_last_day, "calls per day"),
-                        (
-                            c.minutes_per_day,
-                            figures.seconds_last_day / 60,
-                            "minutes per day",
-                        ),
-                        (
-                            if international {
-                                c.international_per_day
-                            } else {
-                                0
-                            },
-                            figures.international_last_day,
-                            "international calls per day",
-                        ),
-                    ]
-                    .into_iter()
-                    .find(|(limit, used, _)| *limit > 0 && used >= limit);
-                    if let Some((limit, used, what)) = over {
-                        found(
-                            &mut out,
-                            "quotas",
-                            c.on_quota,
-                            format!("{what}: {used} of {limit} used"),
-                        );
-                        challenge_value.get_or_insert_with(|| "quota".to_owned());
-                    }
-                }
-                "concurrency" => {
-                    let ts = jiff::Timestamp::from_second(req.now as i64)
-                        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-                    let (limit, when) = if profile.business_hours.contains(ts) {
-                        (c.max_concurrent, "business hours")
-                    } else {
-                        (c.max_concurrent_off_hours, "off hours")
-                    };
-                    if limit > 0 && figures.live_calls >= limit {
-                        found(
-                            &mut out,
-                            "concurrency",
-                            Act::Block,
-                            format!(
-                                "{} live calls, the limit in {when} is {limit}",
-                                figures.live_calls
-                            ),
-                        );
-                    }
-                }
-                "new_country" if international && !allowed_destination => {
-                    if let Some(i) = iso
-                        && !self.usage.has_called(&req.user, i)
-                    {
-                        found(
-                            &mut out,
-                            "new_country",
-                            c.on_new_country,
-                            format!("first call to {i}"),
-                        );
-                        challenge_value.get_or_insert_with(|| format!("country:{i}"));
-                    }
-                }
-                "new_source" => {
-                    let known = self.usage.user(&req.user).map(|u| &u.sources);
-                    // Only a user with a history can come from somewhere new.
-                    if let Some(known) = known.filter(|k| !k.is_empty())
-                        && !known.contains(&network)
-                        && !self
-                            .lists
-                            .user_allows(&req.user, &format!("source:{network}"))
-                    {
-                        found(
-                            &mut out,
-                            "new_source",
-                            c.on_new_source,
-                            format!("first call from {network}"),
-                        );
-                        challenge_value.get_or_insert_with(|| format!("source:{network}"));
-                    }
-                }
-                "volume_jump" => {
-                    let this_hour = figures.calls_last_hour + 1;
-                    if figures.baseline_hours >= c.volume_jump_min_history_h
-                        && this_hour >= c.volume_jump_min_calls
-                        && this_hour as f64 > c.volume_jump_factor * figures.baseline_per_hour
-                    {
-                        let reason = format!(
-                            "{this_hour} calls this hour against a baseline of {:.1}/h",
-                            figures.baseline_per_hour
-                        );
-                        found(&mut out, "volume_jump", c.on_volume_jump, reason);
-                    }
-                }
-                _ => {}
-            }
+                "new_source" => self.new_source(&subject),
+                "volume_jump" => checks::volume_jump(&subject),
+                _ => None,
+            };
+            note(&mut out, found);
         }
-        // Combine: a block wins, then a challenge; flags add up to a score.
+        let admission = Admission {
+            country,
+            international: subject.international,
+            premium_short_s: subject.premium.then_some(c.premium_short_s),
+            network: Some(subject.network),
+        };
+        self.combine(req, &profile, out, vouches, admission)
+    }
+
+    /// Combine the findings: a block wins, then a challenge; flags add up to a score that
+    /// may block or challenge too. An admitted call counts toward the caller's usage; a
+    /// challenged one is held until the caller passes.
+    fn combine(
+        &mut self,
+        req: &Request,
+        profile: &Profile,
+        mut out: Outcome,
+        vouches: Option<String>,
+        admission: Admission,
+    ) -> Outcome {
+        let c = &profile.config;
+        let iso = out.country.clone();
         out.score =
             c.flag_score * out.findings.iter().filter(|f| f.act == Act::Flag).count() as u32;
         if let Some(f) = out.findings.iter().find(|f| f.act == Act::Block) {
@@ -610,27 +403,21 @@ impl Engine {
                         prompt: None,
                     }
                 }
-                _ => profile.verdict_for(f.check, iso),
+                _ => profile.verdict_for(f.check, iso.as_deref()),
             };
             out.decision = Decision::Block(verdict);
             return out;
         }
         if out.score >= c.block_score {
-            out.decision = Decision::Block(profile.verdict_for("score", iso));
+            out.decision = Decision::Block(profile.verdict_for("score", iso.as_deref()));
             return out;
         }
-        let admission = Admission {
-            country: country.clone(),
-            international,
-            premium_short_s: premium.then_some(c.premium_short_s),
-            network: Some(network),
-        };
         if out.findings.iter().any(|f| f.act == Act::Challenge)
             || out.score >= c.challenge_score.max(1) && out.score > 0
         {
             // What a passed challenge vouches for: a new country or network is remembered;
             // a quota overrun, a STIR failure or a score is not.
-            let value = challenge_value.unwrap_or_else(|| "score".to_owned());
+            let value = vouches.unwrap_or_else(|| "score".to_owned());
             self.held.insert(
                 req.call,
                 Held {
