@@ -6,6 +6,7 @@
 //! Each call makes 4 record updates (start, ringing, answer, end), as a bridged call does.
 //! `cargo bench --bench cdr`; WARDEN_BENCH_CALLS (default 20000).
 
+#[path = "../media/benches/common/mod.rs"]
 mod common;
 
 use std::hint::black_box;

@@ -10,6 +10,7 @@
 //!
 //! `cargo bench --bench screening`; WARDEN_BENCH_CALLS (default 120000).
 
+#[path = "../media/benches/common/mod.rs"]
 mod common;
 
 use std::hint::black_box;
