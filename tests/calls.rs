@@ -83,32 +83,6 @@ fn unknown_user_404_and_registered_but_gone_480() {
 }
 
 #[test]
-fn forking_first_answer_wins_and_the_other_contact_is_cancelled() {
-    let w = Warden::start();
-    let mut alice = Ua::udp("alice", w.port);
-    let (mut desk, mut mobile) = (Ua::udp("bob", w.port), Ua::udp("bob", w.port));
-    desk.register(600);
-    let reg = mobile.register(600);
-    assert_eq!(reg.headers("Contact").len(), 2, "both contacts bound");
-    let invite = alice.invite("bob");
-    let at_desk = desk.recv_request("INVITE");
-    let at_mobile = mobile.recv_request("INVITE");
-    desk.answer(&at_desk, 180, false);
-    mobile.answer(&at_mobile, 180, false);
-    mobile.answer(&at_mobile, 200, true);
-    let cancel = desk.recv_request("CANCEL");
-    desk.ok(&cancel);
-    desk.answer(&at_desk, 487, false);
-    // Alice gets ringing then the mobile's answer.
-    let mut status = alice.recv_response().status();
-    while status == 180 {
-        status = alice.recv_response().status();
-    }
-    assert_eq!(status, 200);
-    let _ = invite;
-}
-
-#[test]
 fn reinvite_and_info_are_relayed_inside_the_dialog() {
     let w = Warden::start();
     let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));

@@ -383,28 +383,6 @@ fn nat_latching_answers_the_port_packets_really_come_from() {
 }
 
 #[test]
-fn silent_media_ends_the_call_with_bye_to_both_sides() {
-    let (w, _) = warden(10, "rtp_timeout_s = 1\n");
-    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
-    let (am, bm) = (Media::new(), Media::new());
-    let (_, ok, _, _) = call(
-        &mut alice,
-        &mut bob,
-        &sdp(&audio(am.port(), "sendrecv")),
-        |_| sdp(&audio(bm.port(), "sendrecv")),
-    );
-    let a_side = described(ok.body()).0[0].1;
-    am.rtp
-        .send_to(&rtp(1, 0, 1, 160), warden_at(a_side))
-        .expect("send");
-    // Then silence: both parties are told the call is over.
-    let bye = alice.recv_request("BYE");
-    alice.ok(&bye);
-    let bye = bob.recv_request("BYE");
-    bob.ok(&bye);
-}
-
-#[test]
 fn exhausted_port_pool_refuses_with_503_and_recovers() {
     // Two pairs: exactly one call's worth (one pair per leg).
     let (w, range) = warden(2, "");
