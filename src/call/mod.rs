@@ -1,5 +1,6 @@
-//! Per-call B2BUA state: the caller's leg (Warden as UAS), the callee branches (Warden as
-//! UAC, one per forked contact) and the dialogs both sides see. Logic lives in `crate::core`.
+//! One call's B2BUA state and its own transitions (`impl Call`): the caller's leg (Warden as
+//! UAS), the callee branches (Warden as UAC, one per forked contact). The flows driving it
+//! are in `crate::core`.
 
 pub mod conference;
 pub mod digits;
