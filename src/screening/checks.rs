@@ -5,7 +5,7 @@
 use super::lists::ListName;
 use super::numbers::{Risk, RiskRange};
 use super::profile::{Act, Answer, Profile, ProfileConfig, Verdict};
-use super::usage::{self, Figures};
+use super::usage::Figures;
 use super::{Engine, Finding, Request, stir};
 
 /// One call as the checks see it.
@@ -337,9 +337,4 @@ pub(super) fn volume_jump(s: &Subject) -> Option<Found> {
         f.baseline_per_hour
     );
     Some(finding("volume_jump", c.on_volume_jump, reason))
-}
-
-/// The source's network, for `Subject::network`.
-pub(super) fn network_of(req: &Request) -> String {
-    usage::network_of(req.source)
 }

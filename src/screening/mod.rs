@@ -339,7 +339,7 @@ impl Engine {
             figures: self
                 .usage
                 .figures(&req.user, req.now, c.premium_burst_window_s),
-            network: checks::network_of(req),
+            network: usage::network_of(req.source),
             destination,
             iso: country.clone(),
         };
