@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use warden_media::prompt::EncodedPrompt;
 use warden_media::{
-    EventFormat, LegCodec, MediaError, Playback, PortsExhausted, RelayTotals, Remote, Side,
-    SrtpSetting, StreamId, StreamStats, Transcoding,
+    EventFormat, LegCodec, LegStats, MediaError, Playback, PortsExhausted, RelayTotals, Remote,
+    Side, SrtpSetting, StreamId, StreamStats, Transcoding,
 };
 
 use super::Media;
@@ -80,8 +80,8 @@ struct State {
     /// Open streams: each side's RTP port, and the figures a test set.
     open: HashMap<StreamId, ([u16; 2], StreamStats)>,
     commands: Vec<Command>,
-    /// Streams open and closed, and their packets, over the fake's life.
-    closed_packets: u64,
+    /// What the streams closed so far carried, both sides together.
+    closed: LegStats,
 }
 
 /// Media that binds nothing. See the module doc.
@@ -107,7 +107,7 @@ impl FakeMedia {
                 next_port: 40_000,
                 open: HashMap::new(),
                 commands: Vec::new(),
-                closed_packets: 0,
+                closed: LegStats::default(),
             })),
         }
     }
@@ -145,7 +145,8 @@ impl FakeMedia {
         self.state().open.get(&id).map(|(ports, _)| *ports)
     }
 
-    /// `side`'s party sent `packets` more RTP packets on stream `id`.
+    /// `side`'s party sent `packets` more RTP packets (of a 20 ms PCMU frame's size, 172
+    /// bytes) on stream `id`.
     pub fn add_packets(&self, id: StreamId, side: Side, packets: u64) {
         if let Some((_, stats)) = self.state().open.get_mut(&id) {
             let leg = match side {
@@ -196,7 +197,10 @@ impl Media for FakeMedia {
         {
             let mut s = self.state();
             if let Some((_, stats)) = s.open.remove(&id) {
-                s.closed_packets += stats.a.rtp_packets + stats.b.rtp_packets;
+                for leg in [stats.a, stats.b] {
+                    s.closed.rtp_packets += leg.rtp_packets;
+                    s.closed.rtp_bytes += leg.rtp_bytes;
+                }
                 if let Some(free) = s.free.as_mut() {
                     *free += 2;
                 }
@@ -269,16 +273,15 @@ impl Media for FakeMedia {
 
     fn totals(&self) -> RelayTotals {
         let s = self.state();
-        let open: u64 = s
-            .open
-            .values()
-            .map(|(_, st)| st.a.rtp_packets + st.b.rtp_packets)
-            .sum();
+        let legs = s.open.values().flat_map(|(_, st)| [st.a, st.b]);
+        let (packets, bytes) = legs.chain([s.closed]).fold((0, 0), |(p, b), leg| {
+            (p + leg.rtp_packets, b + leg.rtp_bytes)
+        });
         RelayTotals {
             streams: s.open.len() as u64,
             transcoding: 0,
-            rtp_packets: s.closed_packets + open,
-            rtp_bytes: (s.closed_packets + open) * 172,
+            rtp_packets: packets,
+            rtp_bytes: bytes,
         }
     }
 }
