@@ -320,20 +320,49 @@ fn a_prompt_plays_as_early_media_and_then_the_call_is_bridged() {
 const SCREENED: &str =
     "[[rule]]\nname = \"screened\"\ndo = [{ screen = \"default\" }, { bridge = \"user:bob\" }]\n";
 
-#[test]
-fn an_allowed_call_goes_on_to_its_bridge_and_the_screener_hears_it_end() {
+/// A call from alice to bob waiting at its `screen` action: alice has her 100, bob has
+/// nothing yet, and the screener was asked.
+struct Held {
+    net: Net,
+    alice: Phone,
+    bob: Phone,
+    /// Alice's INVITE, and what the screener was asked about it.
+    invite: Request,
+    asked: warden::screening::Request,
+}
+
+/// Alice calls bob (with `extra` header lines) through the screening dialplan.
+fn held_for_screening(extra: &[&str]) -> Held {
     let mut net = Net::with_plan(Config::default(), SCREENED);
     let (mut alice, mut bob, _) = parties(&mut net);
-    let invite = alice.invite(&mut net, "bob", &sdp(7010, "sendrecv"), &[]);
+    let invite = alice.invite(&mut net, "bob", &sdp(7010, "sendrecv"), extra);
     assert_eq!(statuses(&alice.receive(&mut net)), vec![100]);
     let asked = net.screens.pop().expect("screening asked");
-    assert_eq!(
-        (asked.callee.as_str(), asked.profile.as_str()),
-        ("bob", "default")
-    );
     assert!(
         bob.receive(&mut net).is_empty(),
         "nobody rings before the verdict"
+    );
+    Held {
+        net,
+        alice,
+        bob,
+        invite,
+        asked,
+    }
+}
+
+#[test]
+fn an_allowed_call_goes_on_to_its_bridge_and_the_screener_hears_it_end() {
+    let Held {
+        mut net,
+        mut alice,
+        mut bob,
+        invite,
+        asked,
+    } = held_for_screening(&[]);
+    assert_eq!(
+        (asked.callee.as_str(), asked.profile.as_str()),
+        ("bob", "default")
     );
 
     net.screened(asked.call, outcome(Decision::Allow));
@@ -377,11 +406,13 @@ fn each_kind_of_block_gets_its_own_answer_and_the_callee_never_rings() {
         (Answer::Rejected, &["Feature-Caps: *;+sip.608"], 608, ""),
     ];
     for (answer, extra, status, header) in cases {
-        let mut net = Net::with_plan(Config::default(), SCREENED);
-        let (mut alice, mut bob, _) = parties(&mut net);
-        alice.invite(&mut net, "bob", &sdp(7010, "sendrecv"), extra);
-        alice.receive(&mut net);
-        let asked = net.screens.pop().expect("screening asked");
+        let Held {
+            mut net,
+            mut alice,
+            mut bob,
+            asked,
+            ..
+        } = held_for_screening(extra);
         net.screened(asked.call, block(answer.clone()));
         let got = alice.responses(&mut net);
         let last = only(got, status);
@@ -409,11 +440,13 @@ fn each_kind_of_block_gets_its_own_answer_and_the_callee_never_rings() {
 
 #[test]
 fn a_608_to_a_caller_that_does_not_know_it_is_announced_first() {
-    let mut net = Net::with_plan(Config::default(), SCREENED);
-    let (mut alice, mut bob, _) = parties(&mut net);
-    alice.invite(&mut net, "bob", &sdp(7010, "sendrecv"), &[]);
-    alice.receive(&mut net);
-    let asked = net.screens.pop().expect("screening asked");
+    let Held {
+        mut net,
+        mut alice,
+        mut bob,
+        asked,
+        ..
+    } = held_for_screening(&[]);
     net.media_commands();
     net.screened(asked.call, block(Answer::Rejected));
     only(alice.responses(&mut net), 183);
@@ -426,14 +459,14 @@ fn a_608_to_a_caller_that_does_not_know_it_is_announced_first() {
     assert_eq!(net.record().final_code, Some(608));
 }
 
-/// A screened call held for the challenge: the code the core will read, the stream it
-/// plays on, the call's number and the caller's INVITE.
-fn challenged(net: &mut Net, alice: &mut Phone) -> (String, StreamId, u64, Request) {
+/// The screener challenges the held call: the code the core reads to the caller, and the
+/// stream it plays on.
+fn challenged(held: &mut Held) -> (String, StreamId) {
+    let Held {
+        net, alice, asked, ..
+    } = held;
     net.core.seed_random(7);
     let code = warden::core::challenge_code(&mut rand::rngs::StdRng::seed_from_u64(7));
-    let invite = alice.invite(net, "bob", &sdp(7010, "sendrecv"), &[]);
-    alice.receive(net);
-    let asked = net.screens.pop().expect("screening asked");
     net.media_commands();
     let challenge = Decision::Challenge {
         value: "bob".into(),
@@ -452,14 +485,7 @@ fn challenged(net: &mut Net, alice: &mut Phone) -> (String, StreamId, u64, Reque
             .iter()
             .any(|c| matches!(c, Command::ReportDtmf { on: true, .. }))
     );
-    (code, prompt[0].0, asked.call, invite)
-}
-
-/// Bob's view of the dialog Warden's INVITE made once he answered it.
-fn bob_dialog(b_invite: &Request, bob: &Phone) -> Dialog {
-    let mut ok = Response::to_request(b_invite, 200, "OK");
-    ok.set_to_tag(&format!("t{}", bob.user));
-    bob.dialog_as_callee(b_invite, &ok)
+    (code, prompt[0].0)
 }
 
 fn key(net: &mut Net, stream: StreamId, key: char) {
@@ -475,9 +501,16 @@ fn key(net: &mut Net, stream: StreamId, key: char) {
 
 #[test]
 fn the_right_code_passes_the_challenge_and_the_call_rings() {
-    let mut net = Net::with_plan(Config::default(), SCREENED);
-    let (mut alice, mut bob, _) = parties(&mut net);
-    let (code, stream, call, invite) = challenged(&mut net, &mut alice);
+    let mut held = held_for_screening(&[]);
+    let (code, stream) = challenged(&mut held);
+    let Held {
+        mut net,
+        mut alice,
+        mut bob,
+        invite,
+        asked,
+    } = held;
+    let call = asked.call;
     for k in code.chars() {
         key(&mut net, stream, k);
     }
@@ -497,12 +530,12 @@ fn the_right_code_passes_the_challenge_and_the_call_rings() {
         "the challenge's prompt stops"
     );
     let b_invite = bob.expect(&mut net, "INVITE");
-    bob.answer(&mut net, &b_invite, 200, &sdp(7020, "sendrecv"));
+    let b_ok = bob.answer(&mut net, &b_invite, 200, &sdp(7020, "sendrecv"));
     let ok = only(alice.responses(&mut net), 200);
     let a = alice.dialog_as_caller(&invite, &ok);
     alice.ack(&mut net, &a, "");
     bob.expect(&mut net, "ACK");
-    let mut b = bob_dialog(&b_invite, &bob);
+    let mut b = bob.dialog_as_callee(&b_invite, &b_ok);
     hang_up(&mut net, &mut bob, &mut b, &mut alice);
     let r = net.record();
     assert_eq!(r.screening.as_deref(), Some("challenge"));
@@ -514,9 +547,14 @@ fn the_right_code_passes_the_challenge_and_the_call_rings() {
 
 #[test]
 fn a_wrong_code_is_declined() {
-    let mut net = Net::with_plan(Config::default(), SCREENED);
-    let (mut alice, mut bob, _) = parties(&mut net);
-    let (code, stream, _, _) = challenged(&mut net, &mut alice);
+    let mut held = held_for_screening(&[]);
+    let (code, stream) = challenged(&mut held);
+    let Held {
+        mut net,
+        mut alice,
+        mut bob,
+        ..
+    } = held;
     let wrong: String = code
         .chars()
         .map(|d| if d == '9' { '0' } else { '9' })
@@ -540,9 +578,15 @@ fn a_wrong_code_is_declined() {
 
 #[test]
 fn no_code_at_all_is_declined_when_the_wait_ends() {
-    let mut net = Net::with_plan(Config::default(), SCREENED);
-    let (mut alice, mut bob, _) = parties(&mut net);
-    let (_, stream, _, invite) = challenged(&mut net, &mut alice);
+    let mut held = held_for_screening(&[]);
+    let (_, stream) = challenged(&mut held);
+    let Held {
+        mut net,
+        mut alice,
+        mut bob,
+        invite,
+        ..
+    } = held;
     net.advance(Duration::from_secs(5));
     net.prompt_ended(stream);
     assert!(alice.receive(&mut net).is_empty(), "still waiting for keys");

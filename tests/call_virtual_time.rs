@@ -9,7 +9,7 @@ use bytes::Bytes;
 use warden::config::Config;
 use warden::sip::message::{Message, Request, Response};
 
-use common::core::{Net, Phone, UNIX_START_MS};
+use common::core::{Net, Phone, UNIX_START_MS, requests, responses, statuses};
 
 fn sdp(port: u16, direction: &str) -> String {
     format!(
@@ -100,28 +100,24 @@ fn callee_answer(b_invite: &Request, status: u16) -> Response {
     resp
 }
 
+/// What went to `to`, oldest first (the harness's helpers then pick from it).
+fn sent_to(out: &[(String, Message)], to: &str) -> Vec<Message> {
+    out.iter()
+        .filter(|(d, _)| d == to)
+        .map(|(_, m)| m.clone())
+        .collect()
+}
+
 fn statuses_to(out: &[(String, Message)], to: &str) -> Vec<u16> {
-    responses_to(out, to).iter().map(|r| r.status()).collect()
+    statuses(&sent_to(out, to))
 }
 
-fn requests_to<'a>(out: &'a [(String, Message)], to: &str, method: &str) -> Vec<&'a Request> {
-    out.iter()
-        .filter(|(d, _)| d == to)
-        .filter_map(|(_, m)| match m {
-            Message::Request(r) if r.method().as_str() == method => Some(r),
-            _ => None,
-        })
-        .collect()
+fn requests_to(out: &[(String, Message)], to: &str, method: &str) -> Vec<Request> {
+    requests(&sent_to(out, to), method)
 }
 
-fn responses_to<'a>(out: &'a [(String, Message)], to: &str) -> Vec<&'a Response> {
-    out.iter()
-        .filter(|(d, _)| d == to)
-        .filter_map(|(_, m)| match m {
-            Message::Response(r) => Some(r),
-            _ => None,
-        })
-        .collect()
+fn responses_to(out: &[(String, Message)], to: &str) -> Vec<Response> {
+    responses(&sent_to(out, to))
 }
 
 #[test]
@@ -134,7 +130,7 @@ fn no_answer_timeout_sends_408_to_caller_and_cancel_to_callee() {
         100,
         "100 Trying at once"
     );
-    let b_invite = requests_to(&out, BOB, "INVITE")[0].clone();
+    let b_invite = requests_to(&out, BOB, "INVITE").remove(0);
     let mut ringing = Response::to_request(&b_invite, 180, "Ringing");
     ringing.set_to_tag("bt");
     h.send(Message::Response(ringing), BOB);
@@ -154,7 +150,7 @@ fn no_answer_timeout_sends_408_to_caller_and_cancel_to_callee() {
 fn answer_is_retransmitted_until_ack_and_a_missing_ack_ends_the_call() {
     let mut h = Harness::new();
     h.invite();
-    let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    let b_invite = requests_to(&h.sent(), BOB, "INVITE").remove(0);
     let ok = callee_answer(&b_invite, 200);
     h.send(Message::Response(ok), BOB);
     assert_eq!(responses_to(&h.sent(), ALICE)[0].status(), 200);
@@ -193,10 +189,10 @@ fn answer_is_retransmitted_until_ack_and_a_missing_ack_ends_the_call() {
 fn ack_from_caller_confirms_and_is_forwarded_once() {
     let mut h = Harness::new();
     let a_invite = h.invite();
-    let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    let b_invite = requests_to(&h.sent(), BOB, "INVITE").remove(0);
     let ok = callee_answer(&b_invite, 200);
     h.send(Message::Response(ok.clone()), BOB);
-    let a_ok = responses_to(&h.sent(), ALICE)[0].clone();
+    let a_ok = responses_to(&h.sent(), ALICE).remove(0);
     ack_from_alice(&mut h, &a_ok);
     assert_eq!(requests_to(&h.sent(), BOB, "ACK").len(), 1);
     h.advance(Duration::from_secs(40));
@@ -236,7 +232,7 @@ fn record_route_is_echoed_and_becomes_the_callers_route_set() {
          Call-ID: call-rr\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{ALICE}>\r\nContent-Length: 0\r\n\r\n"
     );
     h.input(&text, ALICE);
-    let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    let b_invite = requests_to(&h.sent(), BOB, "INVITE").remove(0);
     assert!(
         !b_invite.has_header("Record-Route"),
         "the B-leg is a new dialog"
@@ -244,7 +240,7 @@ fn record_route_is_echoed_and_becomes_the_callers_route_set() {
     let ok = callee_answer(&b_invite, 200);
     h.send(Message::Response(ok), BOB);
     let out = h.sent();
-    let a_ok = responses_to(&out, ALICE)[0].clone();
+    let a_ok = responses_to(&out, ALICE).remove(0);
     assert_eq!(
         a_ok.headers("Record-Route").join(", "),
         "<sip:proxy2.example;lr>, <sip:proxy1.example;lr>"
@@ -253,7 +249,7 @@ fn record_route_is_echoed_and_becomes_the_callers_route_set() {
     let bye = bye_from_bob(&b_invite, "z9hG4bKbye", 2);
     h.input(&bye, BOB);
     let out = h.sent();
-    let bye_to_alice = requests_to(&out, ALICE, "BYE")[0];
+    let bye_to_alice = requests_to(&out, ALICE, "BYE").remove(0);
     assert_eq!(
         bye_to_alice.headers("Route"),
         vec!["<sip:proxy2.example;lr>", "<sip:proxy1.example;lr>"]
@@ -265,7 +261,7 @@ fn record_route_is_echoed_and_becomes_the_callers_route_set() {
 fn bye_on_the_callers_early_dialog_ends_the_attempt_like_cancel() {
     let mut h = Harness::new();
     h.invite();
-    let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    let b_invite = requests_to(&h.sent(), BOB, "INVITE").remove(0);
     let mut ringing = Response::to_request(&b_invite, 180, "Ringing");
     ringing.set_to_tag("bt");
     h.send(Message::Response(ringing), BOB);
@@ -316,11 +312,11 @@ fn ack_from_alice(h: &mut Harness, a_ok: &Response) {
 /// Alice calls with an offer, Bob answers with one, Alice ACKs: a bridged call in virtual time.
 fn bridged_call(h: &mut Harness) -> (Request, Response) {
     h.invite_with(&sdp(7010, "sendrecv"));
-    let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    let b_invite = requests_to(&h.sent(), BOB, "INVITE").remove(0);
     let mut ok = callee_answer(&b_invite, 200);
     ok.set_body(sdp(7020, "sendrecv").into(), Some("application/sdp"));
     h.send(Message::Response(ok), BOB);
-    let a_ok = responses_to(&h.sent(), ALICE)[0].clone();
+    let a_ok = responses_to(&h.sent(), ALICE).remove(0);
     ack_from_alice(h, &a_ok);
     assert_eq!(requests_to(&h.sent(), BOB, "ACK").len(), 1);
     (b_invite, a_ok)
@@ -363,7 +359,7 @@ fn a_call_on_hold_is_never_timed_out() {
         hold.len()
     );
     h.input(&reinvite, ALICE);
-    let relayed = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    let relayed = requests_to(&h.sent(), BOB, "INVITE").remove(0);
     let body = String::from_utf8(relayed.body().to_vec()).unwrap();
     assert!(body.contains("a=sendonly"), "direction kept: {body}");
     assert!(
@@ -447,10 +443,10 @@ fn a_menu_collects_the_callers_digits_until_the_terminator_or_a_timeout() {
 fn an_answer_retransmitted_before_the_callers_ack_is_absorbed() {
     let mut h = Harness::new();
     h.invite();
-    let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    let b_invite = requests_to(&h.sent(), BOB, "INVITE").remove(0);
     let ok = callee_answer(&b_invite, 200);
     h.send(Message::Response(ok.clone()), BOB);
-    let a_ok = responses_to(&h.sent(), ALICE)[0].clone();
+    let a_ok = responses_to(&h.sent(), ALICE).remove(0);
     assert_eq!(a_ok.status(), 200);
     // Bob did not get an ACK yet (the caller's is slow) and sends his 200 again.
     h.advance(Duration::from_millis(400));
@@ -485,7 +481,7 @@ fn a_bridged_call_leaves_one_record_from_start_to_the_callees_bye() {
     h.advance(Duration::from_secs(42));
     let bye = bye_from_bob(&b_invite, "z9hG4bKbb", 9);
     h.input(&bye, BOB);
-    let bye_to_alice = requests_to(&h.sent(), ALICE, "BYE")[0].clone();
+    let bye_to_alice = requests_to(&h.sent(), ALICE, "BYE").remove(0);
     let mut ok = Response::to_request(&bye_to_alice, 200, "OK");
     ok.set_to_tag("al");
     h.send(Message::Response(ok), ALICE);
@@ -516,13 +512,13 @@ fn unanswered_calls_say_why_they_ended() {
     // Ring timeout: Warden gives up.
     let mut h = Harness::new();
     h.invite();
-    let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    let b_invite = requests_to(&h.sent(), BOB, "INVITE").remove(0);
     let mut ringing = Response::to_request(&b_invite, 180, "Ringing");
     ringing.set_to_tag("bt");
     h.send(Message::Response(ringing), BOB);
     h.sent();
     h.advance(Duration::from_secs(60));
-    let cancel = requests_to(&h.sent(), BOB, "CANCEL")[0].clone();
+    let cancel = requests_to(&h.sent(), BOB, "CANCEL").remove(0);
     h.send(
         Message::Response(Response::to_request(&cancel, 200, "OK")),
         BOB,
@@ -542,7 +538,7 @@ fn unanswered_calls_say_why_they_ended() {
     // A callee's refusal.
     let mut h = Harness::new();
     h.invite();
-    let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    let b_invite = requests_to(&h.sent(), BOB, "INVITE").remove(0);
     h.send(Message::Response(callee_answer(&b_invite, 486)), BOB);
     h.sent();
     let r = &h.latest_records()[0];
@@ -585,8 +581,8 @@ fn shutting_down_refuses_new_calls_and_ends_live_ones_with_bye() {
     );
     // The live call's record closes once the BYEs are answered.
     for (to, bye) in [
-        (ALICE, requests_to(&out, ALICE, "BYE")[0].clone()),
-        (BOB, requests_to(&out, BOB, "BYE")[0].clone()),
+        (ALICE, requests_to(&out, ALICE, "BYE").remove(0)),
+        (BOB, requests_to(&out, BOB, "BYE").remove(0)),
     ] {
         let mut ok = Response::to_request(&bye, 200, "OK");
         ok.set_to_tag("x");
@@ -633,7 +629,7 @@ fn relayed_responses_take_the_operators_phrase_only_when_asked() {
     config.sip.rewrite_relayed_phrases = true;
     let mut h = Harness::with_config(config);
     h.invite();
-    let b_invite = requests_to(&h.sent(), BOB, "INVITE")[0].clone();
+    let b_invite = requests_to(&h.sent(), BOB, "INVITE").remove(0);
     h.send(Message::Response(callee_answer(&b_invite, 486)), BOB);
     let out = h.sent();
     let busy = responses_to(&out, ALICE)
@@ -663,7 +659,7 @@ fn a_transfer_target_that_rings_out_is_cancelled_and_the_call_stays() {
     let notifies = requests_to(&out, BOB, "NOTIFY");
     assert_eq!(notifies.len(), 1);
     assert_eq!(&notifies[0].body()[..], b"SIP/2.0 100 Trying\r\n");
-    let c_invite = requests_to(&out, CAROL, "INVITE")[0].clone();
+    let c_invite = requests_to(&out, CAROL, "INVITE").remove(0);
     let mut ringing = Response::to_request(&c_invite, 180, "Ringing");
     ringing.set_to_tag("ct");
     h.send(Message::Response(ringing), CAROL);
@@ -678,7 +674,7 @@ fn a_transfer_target_that_rings_out_is_cancelled_and_the_call_stays() {
     assert!(requests_to(&h.sent(), CAROL, "CANCEL").is_empty());
     h.advance(Duration::from_secs(2));
     let out = h.sent();
-    let cancel = requests_to(&out, CAROL, "CANCEL")[0].clone();
+    let cancel = requests_to(&out, CAROL, "CANCEL").remove(0);
     h.send(
         Message::Response(Response::to_request(&cancel, 200, "OK")),
         CAROL,
@@ -688,7 +684,7 @@ fn a_transfer_target_that_rings_out_is_cancelled_and_the_call_stays() {
     h.send(Message::Response(terminated), CAROL);
     let out = h.sent();
     assert_eq!(requests_to(&out, CAROL, "ACK").len(), 1, "the 487 is ACKed");
-    let last = requests_to(&out, BOB, "NOTIFY")[0].clone();
+    let last = requests_to(&out, BOB, "NOTIFY").remove(0);
     assert_eq!(&last.body()[..], b"SIP/2.0 487 Request Terminated\r\n");
     assert!(
         last.header("Subscription-State")

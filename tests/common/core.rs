@@ -180,11 +180,6 @@ impl Net {
         std::mem::take(&mut self.wire)
     }
 
-    /// Nothing is left on the wire for anybody.
-    pub fn quiet(&self) -> bool {
-        self.wire.is_empty()
-    }
-
     /// The latest revision of every call's record, in the order the calls began.
     pub fn latest_records(&self) -> Vec<Record> {
         let mut order: Vec<String> = Vec::new();
@@ -263,12 +258,10 @@ impl Phone {
     }
 
     fn build(&mut self, head: &str, headers: &[String], body: &str) -> Message {
-        let ct = if body.is_empty() {
-            String::new()
-        } else if body.starts_with("v=0") {
-            "Content-Type: application/sdp\r\n".into()
+        let ct = if body.starts_with("v=0") {
+            "Content-Type: application/sdp\r\n"
         } else {
-            String::new()
+            ""
         };
         let branch = self.branch();
         let text = format!(
@@ -296,7 +289,7 @@ impl Phone {
             ],
             "",
         );
-        net.deliver(&self.addr.clone(), &m);
+        net.deliver(&self.addr, &m);
         let answer = self.responses(net);
         assert!(
             answer.iter().any(|r| r.status() == 200),
@@ -325,7 +318,7 @@ impl Phone {
             &headers,
             body,
         );
-        net.deliver(&self.addr.clone(), &m);
+        net.deliver(&self.addr, &m);
         match m {
             Message::Request(r) => r,
             Message::Response(_) => unreachable!("an INVITE was built"),
@@ -349,7 +342,7 @@ impl Phone {
                 .map(|h| format!("{h}\r\n"))
                 .collect::<String>()
         );
-        net.deliver(&self.addr.clone(), &parse(Bytes::from(text)));
+        net.deliver(&self.addr, &parse(Bytes::from(text)));
     }
 
     /// Everything Warden sent us since we last looked.
@@ -387,7 +380,7 @@ impl Phone {
         if !body.is_empty() {
             resp.set_body(Bytes::from(body.to_owned()), Some("application/sdp"));
         }
-        net.deliver(&self.addr.clone(), &Message::Response(resp.clone()));
+        net.deliver(&self.addr, &Message::Response(resp.clone()));
         resp
     }
 
@@ -419,7 +412,7 @@ impl Phone {
     pub fn ack(&mut self, net: &mut Net, dialog: &Dialog, body: &str) {
         let seq = dialog.cseq;
         let m = self.in_dialog_with(dialog, "ACK", seq, &[], body);
-        net.deliver(&self.addr.clone(), &m);
+        net.deliver(&self.addr, &m);
     }
 
     /// ACK Warden's failure `resp` to our `invite` (in its transaction: the INVITE's
@@ -434,7 +427,7 @@ impl Phone {
             invite.call_id().unwrap_or_default(),
             invite.cseq().map_or(1, |c| c.seq),
         );
-        net.deliver(&self.addr.clone(), &parse(Bytes::from(text)));
+        net.deliver(&self.addr, &parse(Bytes::from(text)));
     }
 
     /// Send `method` in `dialog` with `extra` header lines and `body`; returns the request.
@@ -448,7 +441,7 @@ impl Phone {
     ) -> Request {
         dialog.cseq += 1;
         let m = self.in_dialog_with(dialog, method, dialog.cseq, extra, body);
-        net.deliver(&self.addr.clone(), &m);
+        net.deliver(&self.addr, &m);
         match m {
             Message::Request(r) => r,
             Message::Response(_) => unreachable!("a request was built"),
