@@ -83,6 +83,7 @@ fn main() {
             transport: "udp".into(),
             session_case: None,
             caller_registered: true,
+            emergency: false,
             now: jiff::Timestamp::from_second(now as i64).expect("time"),
         };
         black_box(plan.evaluate(black_box(&facts)));

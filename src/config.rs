@@ -180,7 +180,25 @@ pub struct CallConfig {
     /// Sources whose INVITEs need no credentials (trunks, gateways); the IMS S-CSCFs are
     /// always trusted.
     pub trusted: Vec<String>,
+    /// Send provisionals reliably (RFC 3262) to callers that support 100rel, and offer
+    /// 100rel to callees.
+    pub reliable_provisionals: bool,
+    /// The session interval Warden asks for on each leg (RFC 4028); 0: no session timers.
+    /// A dialplan rule may set its own with `session_expires`.
+    pub session_expires_s: u32,
+    /// The shortest session interval Warden accepts (Min-SE; RFC 4028 says at least 90).
+    pub min_se_s: u32,
+    /// Longest a call may last once answered (0: no limit); the rule's `max_duration`
+    /// overrides it. The call is ended with BYE on both legs, end reason `max-duration`.
+    pub max_duration_s: u64,
+    /// Emergency numbers (the dialplan's `emergency = true`; `urn:service:sos` always is).
+    /// Such calls are never refused by screening, quotas, call limits or shutdown.
+    pub emergency: Vec<String>,
 }
+
+/// Emergency numbers of the home countries Warden is run in (112 EU/GSM, 911 NANP, 999 UK,
+/// 000 AU, 110/119 JP/CN/DE police and fire, 118/119 JP, 08 GSM legacy).
+pub const DEFAULT_EMERGENCY: &[&str] = &["112", "911", "999", "000", "110", "118", "119", "08"];
 
 impl Default for CallConfig {
     fn default() -> Self {
@@ -190,11 +208,24 @@ impl Default for CallConfig {
             announce_failures: false,
             auth: true,
             trusted: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            reliable_provisionals: true,
+            session_expires_s: 1800,
+            min_se_s: 90,
+            max_duration_s: 0,
+            emergency: DEFAULT_EMERGENCY.iter().map(|n| n.to_string()).collect(),
         }
     }
 }
 
 impl CallConfig {
+    /// Warden's session timer settings (RFC 4028).
+    pub fn session_policy(&self) -> crate::sip::session_timer::Policy {
+        crate::sip::session_timer::Policy {
+            session_expires: self.session_expires_s,
+            min_se: self.min_se_s,
+        }
+    }
+
     /// The trusted networks (validation has refused bad entries).
     pub fn trusted(&self) -> Vec<(IpAddr, u8)> {
         self.trusted
@@ -559,6 +590,24 @@ impl Config {
         }
         for t in &self.calls.trusted {
             crate::dialplan::parse_network(t).map_err(|e| anyhow::anyhow!("calls.trusted: {e}"))?;
+        }
+        let c = &self.calls;
+        anyhow::ensure!(
+            c.min_se_s >= 90,
+            "calls.min_se_s ({}) must be at least 90 (RFC 4028 4)",
+            c.min_se_s
+        );
+        anyhow::ensure!(
+            c.session_expires_s == 0 || c.session_expires_s >= c.min_se_s,
+            "calls.session_expires_s ({}) must be 0 (off) or at least calls.min_se_s ({})",
+            c.session_expires_s,
+            c.min_se_s
+        );
+        for number in &c.emergency {
+            anyhow::ensure!(
+                !number.is_empty() && number.chars().all(|ch| ch.is_ascii_digit()),
+                "calls.emergency: {number:?} is not a number (digits only)"
+            );
         }
         self.guard.validate()?;
         for name in &m.transcode {

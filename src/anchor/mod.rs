@@ -66,6 +66,9 @@ pub struct MediaSession {
     srtp: HashMap<usize, LineSrtp>,
     /// What Warden offers each side (A, B) until that side has settled a mode.
     srtp_policy: [SrtpPolicy; 2],
+    /// The description Warden last sent each side (A, B): a session refresh by re-INVITE
+    /// offers it again unchanged (RFC 3264 8: same version, no change).
+    sent: [Option<Vec<u8>>; 2],
 }
 
 /// SDES state of one m= line.
@@ -225,7 +228,20 @@ impl MediaSession {
                 matches!(m.direction, Direction::SendOnly | Direction::Inactive)
                     || m.address.is_some_and(|a| a.is_unspecified())
             });
-        Ok(sdp.rewrite_with(relay.address(), &plans).into_bytes())
+        let out = sdp.rewrite_with(relay.address(), &plans).into_bytes();
+        self.sent[index_of(from.other())] = Some(out.clone());
+        Ok(out)
+    }
+
+    /// The description Warden last sent `to`.
+    pub fn sent(&self, to: Side) -> Option<&[u8]> {
+        self.sent[index_of(to)].as_deref()
+    }
+
+    /// Warden sent `to` this description (one it built without anchoring: the callee's
+    /// first offer after its edits).
+    pub fn note_sent(&mut self, to: Side, body: &[u8]) {
+        self.sent[index_of(to)] = Some(body.to_vec());
     }
 
     /// The offer/answer step for one m= line: returns the format list to send on, if it
@@ -684,6 +700,7 @@ impl MediaSession {
             MediaSide::A,
             srtp.map_or(SrtpSetting::Clear, SrtpSetting::Keys),
         );
+        self.sent[0] = Some(sdp.clone().into_bytes());
         Some(Announcement {
             stream,
             codec,

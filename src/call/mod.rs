@@ -11,6 +11,8 @@ use bytes::Bytes;
 
 use crate::anchor::MediaSession;
 use crate::sip::message::{Method, Request};
+use crate::sip::reliable::ReliableProvisionals;
+use crate::sip::session_timer::SessionTimer;
 use crate::sip::transaction::TxKey;
 use crate::sip::transport::Destination;
 
@@ -74,6 +76,14 @@ pub struct Branch {
     pub cancel_pending: bool,
     /// The ACK we sent for this branch's 2xx, resent when the 2xx is retransmitted.
     pub ack: Option<Bytes>,
+    /// The RSeq of the last reliable provisional PRACKed (RFC 3262 4: a retransmission,
+    /// or one out of order, is dropped).
+    pub last_rseq: Option<u32>,
+    /// A reliable provisional carrying an offer (the caller's INVITE had none): its PRACK
+    /// waits for the caller's, which brings the answer. (RSeq, INVITE CSeq).
+    pub prack_owed: Option<(u32, u32)>,
+    /// The INVITE was sent again with a longer Session-Expires after a 422.
+    pub retried_422: bool,
 }
 
 /// A 2xx Warden retransmits toward a UAS-side peer until its ACK (RFC 3261 13.3.1.4).
@@ -207,6 +217,21 @@ pub struct Call {
     pub left: Option<Side>,
     /// The source the guard counts this call against (`guard.max_calls_per_source`).
     pub guarded_source: Option<std::net::IpAddr>,
+    /// Provisionals to the caller sent reliably (it supports 100rel).
+    pub a_reliable: Option<ReliableProvisionals>,
+    /// Each leg's session timer (RFC 4028), once its INVITE was answered.
+    pub timer_a: Option<SessionTimer>,
+    pub timer_b: Option<SessionTimer>,
+    /// The session interval this call's route asks for (0: none).
+    pub session_expires: u32,
+    /// The route's longest call, and when the answered call is ended for it.
+    pub max_duration: Option<Duration>,
+    pub hangup_at: Option<Instant>,
+    /// What a callee's 3xx does, and how many redirect targets were followed.
+    pub on_redirect: crate::dialplan::RedirectPolicy,
+    pub redirects_followed: usize,
+    /// A call to an emergency number: never refused by screening or limits.
+    pub emergency: bool,
 }
 
 /// A blind transfer (RFC 3515): the party on side `by` asked Warden to call `target` in
@@ -284,6 +309,9 @@ pub struct Invited {
     /// The source the guard counts the call against.
     pub source: std::net::IpAddr,
     pub now: Instant,
+    /// The session interval Warden asks for (the config's, until the route sets its own).
+    pub session_expires: u32,
+    pub emergency: bool,
 }
 
 impl Call {
@@ -335,6 +363,15 @@ impl Call {
             menu: None,
             answered_by_warden: false,
             b_route: Vec::new(),
+            a_reliable: None,
+            timer_a: None,
+            timer_b: None,
+            session_expires: new.session_expires,
+            max_duration: None,
+            hangup_at: None,
+            on_redirect: crate::dialplan::RedirectPolicy::Follow,
+            redirects_followed: 0,
+            emergency: new.emergency,
         }
     }
 
@@ -386,6 +423,26 @@ impl Call {
         }
     }
 
+    /// A leg's session timer.
+    pub fn timer_mut(&mut self, side: Side) -> Option<&mut SessionTimer> {
+        match side {
+            Side::A => self.timer_a.as_mut(),
+            Side::B => self.timer_b.as_mut(),
+        }
+    }
+
+    /// The callee branch in an early dialog with Warden (a provisional with a tag, no final
+    /// answer yet), the latest if several: where early UPDATEs and INFOs go.
+    pub fn early_branch(&self) -> Option<usize> {
+        (self.state == State::Calling)
+            .then(|| {
+                self.branches.iter().rposition(|b| {
+                    b.provisional && b.leg.remote_tag.is_some() && b.final_status.is_none()
+                })
+            })
+            .flatten()
+    }
+
     /// The dialplan bridge attempt in progress, if any.
     pub fn bridge(&self) -> Option<&BridgeAttempt> {
         self.program.as_ref()?.bridge.as_ref()
@@ -400,10 +457,21 @@ impl Call {
         let ok = self.pending_ok.as_ref().map(|p| p.next.min(p.give_up));
         let digits = self.digits.as_ref().and_then(|d| d.deadline());
         let transfer = self.transfer.as_ref().and_then(|t| t.until);
-        [self.ring_until, ok, self.media_check, digits, transfer]
-            .into_iter()
-            .flatten()
-            .min()
+        let prack = self.a_reliable.as_ref().and_then(|r| r.next_wake());
+        let timers = [&self.timer_a, &self.timer_b].map(|t| t.as_ref().and_then(|t| t.next_wake()));
+        [
+            self.ring_until,
+            ok,
+            self.media_check,
+            digits,
+            transfer,
+            prack,
+            self.hangup_at,
+        ]
+        .into_iter()
+        .chain(timers)
+        .flatten()
+        .min()
     }
 
     /// Keep the "most meaningful" failure to report (RFC 3261 16.7 step 6: 6xx wins).

@@ -69,7 +69,7 @@ impl Core {
         let seconds = prompt.frames.len() as u64 * u64::from(repeat + 1) / 50;
         if call.state == State::Calling {
             let progress = self.caller_response(call, 183, "Session Progress", Some(plan.sdp));
-            self.tx.respond(&call.a_invite_tx, progress, now);
+            self.provisional_to_a(call, progress, now);
         }
         self.media.play(
             plan.stream,

@@ -152,6 +152,9 @@ fn put_in_place(call: &mut Call, side: Side, leg: Leg) -> Leg {
                 final_status: Some(200),
                 cancel_pending: false,
                 ack: None,
+                last_rseq: None,
+                prack_owed: None,
+                retried_422: false,
             });
             former
         }

@@ -225,6 +225,12 @@ impl Core {
         let hops = req.max_forwards().unwrap_or(70).saturating_sub(1);
         let _ = invite.set_header("Max-Forwards", &hops.to_string());
         let _ = invite.push_header("Allow", ALLOW);
+        let _ = invite.push_header("Supported", &self.supported_toward_callee(req));
+        if req.lists("Require", "precondition") {
+            // The caller's QoS preconditions bind the callee too (RFC 3312 14).
+            let _ = invite.push_header("Require", "precondition");
+        }
+        self.session_headers(call, &mut invite);
         for (name, value) in &call.b_headers {
             match value {
                 Some(v) => {
@@ -236,6 +242,9 @@ impl Core {
             }
         }
         invite.set_body(call.b_offer.clone(), call.b_offer_type.as_deref());
+        if !call.b_offer.is_empty() {
+            call.media.note_sent(Side::B, &call.b_offer);
+        }
         let index = call.branches.len();
         self.dialogs.insert(
             (leg.call_id.clone(), leg.local_tag.clone()),
@@ -259,7 +268,29 @@ impl Core {
             final_status: None,
             cancel_pending: false,
             ack: None,
+            last_rseq: None,
+            prack_owed: None,
+            retried_422: false,
         });
+    }
+
+    /// The extensions Warden's INVITE to a callee offers: 100rel and timer (as configured),
+    /// and precondition when the caller's offer uses them.
+    fn supported_toward_callee(&self, caller_invite: &crate::sip::message::Request) -> String {
+        let mut tags = Vec::new();
+        if self.config.calls.reliable_provisionals {
+            tags.push("100rel");
+        }
+        if self.config.calls.session_expires_s > 0 {
+            tags.push("timer");
+        }
+        if caller_invite.lists("Supported", "precondition")
+            && !caller_invite.lists("Require", "precondition")
+        {
+            tags.push("precondition");
+        }
+        tags.push("replaces");
+        tags.join(", ")
     }
 
     /// The current bridge attempt failed (every branch final without an answer, or it

@@ -37,6 +37,9 @@ impl Core {
     /// still pending.
     pub(super) fn abandon(&mut self, call: &mut Call, status: u16, now: Instant) {
         call.set_final(status, self.phrase(status));
+        if let Some(reliable) = call.a_reliable.as_mut() {
+            reliable.finish();
+        }
         let (tag, invite) = (call.a.local_tag.clone(), call.a_invite.clone());
         self.respond(&call.a_invite_tx.clone(), &invite, status, Some(&tag), now);
         call.abandoned = true;

@@ -32,8 +32,14 @@ impl Core {
             self.on_former_leg(&key, &req, now);
             return self.finish_or_keep(call);
         }
-        // A request from a callee branch that did not win is not part of the bridge.
-        if !call.is_bridged_leg(side, req.call_id().as_deref()) {
+        // A request from a callee branch that did not win is not part of the bridge (one
+        // in an early dialog with Warden is, while the call rings).
+        let early = side == Side::B
+            && call
+                .early_branch()
+                .and_then(|i| call.branches.get(i))
+                .is_some_and(|b| Some(&b.leg.call_id) == req.call_id().as_ref());
+        if !early && !call.is_bridged_leg(side, req.call_id().as_deref()) {
             self.respond(&key, &req, 481, None, now);
             return self.finish_or_keep(call);
         }
@@ -77,6 +83,18 @@ impl Core {
                 call.end_unless_byes_pending();
             }
             Method::Refer => self.on_refer(&mut call, key, req, side, now),
+            Method::Prack if side == Side::A => self.on_caller_prack(&mut call, key, req, now),
+            Method::Update | Method::Info if call.early_branch().is_some() => {
+                // RFC 3311: an UPDATE may change the session before the answer; it crosses
+                // to the other early dialog like any in-dialog request.
+                self.relay_request(&mut call, key, req, side, now);
+            }
+            Method::Update
+                if req.body().is_empty()
+                    && matches!(call.state, State::Confirmed | State::Answered) =>
+            {
+                self.on_refresh_update(&mut call, &key, &req, side, now);
+            }
             Method::Invite
             | Method::Update
             | Method::Info
@@ -150,8 +168,14 @@ impl Core {
         now: Instant,
     ) {
         let method = req.method();
-        let Some((mut out, dest)) = self.side_request(call, from.other(), method.clone(), None)
-        else {
+        if matches!(method, Method::Invite | Method::Update) && self.offer_toward(call.id, from) {
+            // Glare (RFC 3311 5.2, RFC 3261 14.2): Warden's own offer to this party is
+            // unanswered; the party retries after its random wait.
+            let tag = req.to_tag();
+            let why = Some("an offer toward you is still unanswered");
+            return self.respond_warning(&key, &req, 491, tag.as_deref(), why, now);
+        }
+        let Some((mut out, dest)) = self.dialog_request(call, from.other(), method.clone()) else {
             return self.respond(&key, &req, 481, None, now);
         };
         let far_cseq = out.cseq().map(|c| c.seq).unwrap_or(0);
@@ -161,13 +185,15 @@ impl Core {
             "Subscription-State",
             "Refer-To",
             "Referred-By",
-            "Session-Expires",
             "Supported",
             "Allow",
         ] {
             for v in req.headers(name) {
                 let _ = out.push_header(name, &v);
             }
+        }
+        if matches!(method, Method::Invite | Method::Update) {
+            self.relayed_session_expires(call, from.other(), &mut out);
         }
         let content_type = req.header("Content-Type");
         // INVITE and UPDATE carry offers; PRACK (and the rest) answers.
@@ -251,6 +277,13 @@ impl Core {
                 role,
             );
             out.set_body(body, content_type.as_deref());
+            if matches!(method, Method::Invite | Method::Update)
+                && (200..300).contains(&resp.status())
+            {
+                // A refresh on both legs: the requester's (Warden's 2xx) and the far one's.
+                self.peer_refreshed(&mut call, from, &req, &mut out, now);
+                self.far_refreshed(&mut call, from.other(), &resp, now);
+            }
             if method == Method::Invite && (200..300).contains(&resp.status()) {
                 // The far side's 2xx is ACKed when the requester ACKs ours (the answer may be
                 // in that ACK); until then we retransmit our 2xx to the requester.
@@ -272,6 +305,37 @@ impl Core {
         }
         self.schedule(&call);
         self.finish_or_keep(call);
+    }
+
+    /// Is an INVITE or UPDATE of Warden's (relayed, or its own refresh) on its way to the
+    /// party on `side` of call `id`, unanswered?
+    fn offer_toward(&self, id: u64, side: Side) -> bool {
+        self.client.iter().any(|(key, purpose)| match purpose {
+            ClientPurpose::Relay { call } if *call == id => self.relays.get(key).is_some_and(|r| {
+                r.from == side.other() && matches!(r.method, Method::Invite | Method::Update)
+            }),
+            ClientPurpose::Refresh { call, side: s } => *call == id && *s == side,
+            _ => false,
+        })
+    }
+
+    /// The next request into `side`'s dialog: the bridged leg, or while the call rings the
+    /// early dialog of the callee branch that answered provisionally.
+    fn dialog_request(
+        &self,
+        call: &mut Call,
+        side: Side,
+        method: Method,
+    ) -> Option<(Request, crate::sip::transport::Destination)> {
+        if side == Side::B
+            && call.answered.is_none()
+            && let Some(index) = call.early_branch()
+        {
+            let leg = &mut call.branches.get_mut(index)?.leg;
+            let request = self.leg_request(leg, method, None)?;
+            return Some((request, leg.dest.clone()));
+        }
+        self.side_request(call, side, method, None)
     }
 
     /// An ACK outside any transaction: the ACK for a 2xx Warden sent.

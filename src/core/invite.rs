@@ -28,7 +28,9 @@ impl Core {
         if req.max_forwards() == Some(0) {
             return self.respond(&key, &req, 483, None, now);
         }
+        let emergency = self.is_emergency(&req);
         if self.config.calls.auth
+            && !emergency
             && !crate::dialplan::in_networks(from.addr.ip(), &self.calls_trusted)
         {
             // An untrusted source calls as one of our users, and must prove it.
@@ -47,7 +49,13 @@ impl Core {
             .uri
             .user()
             .unwrap_or_else(|| from_hdr.uri.to_string());
-        if let Some(retry_after) = self.draining {
+        if self.refused_short_session(&key, &req, now) {
+            return self.refused_attempt(&req, &from, 422, "session interval too small", None);
+        }
+        if emergency {
+            tracing::warn!(%caller, %callee, "emergency call: limits, screening and shutdown do not apply");
+        }
+        if let Some(retry_after) = self.draining.filter(|_| !emergency) {
             tracing::info!(%caller, %callee, "shutting down; new call refused with 503");
             let mut resp = Response::to_request(&req, 503, self.phrase(503));
             resp.set_to_tag(&new_tag());
@@ -55,7 +63,7 @@ impl Core {
             self.tx.respond(&key, resp, now);
             return self.refused_attempt(&req, &from, 503, "shutdown", None);
         }
-        if self.calls.len() >= self.config.calls.max_calls {
+        if self.calls.len() >= self.config.calls.max_calls && !emergency {
             tracing::warn!(
                 limit = self.config.calls.max_calls,
                 "call limit reached; refusing with 503"
@@ -63,7 +71,7 @@ impl Core {
             self.respond(&key, &req, 503, None, now);
             return self.refused_attempt(&req, &from, 503, "call limit", None);
         }
-        if !self.guard.admit_call(from.addr.ip()) {
+        if !emergency && !self.guard.admit_call(from.addr.ip()) {
             tracing::warn!(source = %from.addr.ip(), limit = self.config.guard.max_calls_per_source, "calls per source limit reached; refusing with 503");
             self.respond(&key, &req, 503, None, now);
             return self.refused_attempt(&req, &from, 503, "source call limit", None);
@@ -139,13 +147,31 @@ impl Core {
             b_offer_type: content_type,
             source: from.addr.ip(),
             now,
+            session_expires: self.config.calls.session_expires_s,
+            emergency,
         });
+        self.reliable_toward_caller(&mut call);
         let _span = call.enter();
         tracing::info!(call = id, caller = %call.caller, callee = %call.callee, call_id = %call.a.call_id, %rule, "call started");
         self.emit_record(&mut call);
         self.run_program(&mut call, now);
         self.schedule(&call);
         self.finish_or_keep(call);
+    }
+
+    /// A call to an emergency service: `urn:service:sos` (RFC 5031), or a number in
+    /// `calls.emergency` as the Request-URI's or To's user (a `+` or the `tel:` form too).
+    pub(super) fn is_emergency(&self, req: &Request) -> bool {
+        let uri = req.uri().to_string().to_ascii_lowercase();
+        if uri.starts_with("urn:service:sos") {
+            return true;
+        }
+        let numbers = [req.uri().user(), req.to().and_then(|t| t.uri.user())];
+        numbers.into_iter().flatten().any(|user| {
+            let number = user.split(';').next().unwrap_or_default();
+            let number = number.trim_start_matches('+');
+            self.config.calls.emergency.iter().any(|e| e == number)
+        })
     }
 
     /// What the dialplan's conditions look at, from the INVITE and where it came from.
@@ -202,6 +228,7 @@ impl Core {
             transport: from.transport.as_str().to_ascii_lowercase(),
             session_case,
             caller_registered: !self.registrar.lookup(&caller, unix_s).is_empty(),
+            emergency: self.is_emergency(req),
             now: jiff::Timestamp::from_second(unix_s as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
         }
     }

@@ -23,6 +23,7 @@
 //! | `timers` | transaction timeouts and each call's deadlines |
 //! | `ending` | BYE, Warden hanging up, a finished call forgotten |
 //! | `records` | call detail records |
+//! | `prack`, `session` | reliable provisionals and PRACK; session timers, longest call |
 //! | `register`, `messages`, `anchoring` | REGISTER and digest; building messages; SDP |
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -59,12 +60,14 @@ mod ending;
 mod in_dialog;
 mod invite;
 mod messages;
+mod prack;
 mod program;
 mod records;
 mod register;
 mod responses;
 mod rooms;
 mod screen;
+mod session;
 mod timers;
 mod transfer;
 
@@ -148,6 +151,11 @@ enum ClientPurpose {
     /// Warden's re-INVITE moving a party into another call (attended transfer): the
     /// side of `call` it now holds.
     Join {
+        call: u64,
+        side: Side,
+    },
+    /// Warden's own session refresh on one leg (RFC 4028).
+    Refresh {
         call: u64,
         side: Side,
     },
@@ -470,10 +478,11 @@ impl Core {
         if req.to_tag().is_some() {
             return self.on_in_dialog(key, req, now);
         }
-        if let Some(required) = req.header("Require").filter(|_| method != Method::Cancel) {
+        let unsupported = prack::unsupported(&req, self.config.calls.reliable_provisionals);
+        if !unsupported.is_empty() && method != Method::Cancel {
             let mut resp = Response::to_request(&req, 420, "Bad Extension");
             resp.set_to_tag(&new_tag());
-            let _ = resp.push_header("Unsupported", &required);
+            let _ = resp.push_header("Unsupported", &unsupported.join(", "));
             self.tx.respond(&key, resp, now);
             return;
         }

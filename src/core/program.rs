@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use crate::anchor::MediaSession;
 use crate::call::digits::DigitSpec;
-use crate::call::{AfterPrompt, BridgeAttempt, Call, PendingOk, Side, State};
+use crate::call::{AfterPrompt, BridgeAttempt, Call, Side, State};
 use crate::dialplan::Action;
 
 use super::{Core, Output};
@@ -33,6 +33,9 @@ impl Core {
             match action {
                 Action::Tag(tag) => call.tags.push(tag.render(&values)),
                 Action::HoldMusic(name) => call.hold_music = Some(name),
+                Action::SessionExpires(seconds) => call.session_expires = seconds,
+                Action::MaxDuration(limit) => call.max_duration = Some(limit),
+                Action::OnRedirect(policy) => call.on_redirect = policy,
                 Action::Set(name, value) => {
                     let value = value.render(&values);
                     if let Some(p) = call.program.as_mut() {
@@ -60,6 +63,9 @@ impl Core {
                     if let Some(body) = call.media.resecure_offer(&call.b_offer, Side::B, address) {
                         call.b_offer = Bytes::from(body);
                     }
+                }
+                Action::Screen(_) if call.emergency => {
+                    tracing::info!(call = call.id, "emergency call: not screened");
                 }
                 Action::Screen(profile) => {
                     let request = self.screen_request(call, profile);
@@ -194,8 +200,7 @@ impl Core {
             return false;
         };
         let ok = self.caller_response(call, 200, "OK", Some(plan.sdp));
-        let bytes = ok.to_bytes();
-        self.tx.respond(&call.a_invite_tx, ok, now);
+        self.ok_to_a(call, ok, now);
         tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, "answered by Warden");
         self.answered_record(call, 200, "OK");
         call.answered_by_warden = true;
@@ -203,10 +208,7 @@ impl Core {
         call.answered_at = Some(now);
         call.ring_until = None;
         self.stats.calls_answered += 1;
-        let cseq = call.a_invite.cseq().map_or(0, |c| c.seq);
-        let t1 = self.config.timers().t1;
-        let dest = call.a.dest.clone();
-        call.pending_ok = Some(PendingOk::new(bytes, dest, cseq, Side::A, now, t1));
+        self.start_max_duration(call, now);
         true
     }
 
@@ -215,6 +217,9 @@ impl Core {
         tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, targets = ?contacts, "call redirected");
         call.note_end("warden", "redirected");
         call.set_final(302, self.phrase(302));
+        if let Some(reliable) = call.a_reliable.as_mut() {
+            reliable.finish();
+        }
         let mut out = self.caller_response(call, 302, self.phrase(302), None);
         for contact in contacts {
             let _ = out.push_header("Contact", &format!("<{contact}>"));

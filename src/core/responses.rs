@@ -6,7 +6,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::anchor::negotiate::Role;
-use crate::call::{Call, PendingOk, Side, State};
+use crate::call::{Call, Side, State};
 use crate::sip::message::{Method, Response};
 use crate::sip::transaction::TxKey;
 
@@ -36,6 +36,9 @@ impl Core {
             }
             ClientPurpose::Relay { call } => self.on_relay_response(call, key, resp, now),
             ClientPurpose::Join { call, side } => self.on_join_response(call, side, resp, now),
+            ClientPurpose::Refresh { call, side } => {
+                self.on_refresh_response(call, side, resp, now)
+            }
         }
     }
 
@@ -80,7 +83,16 @@ impl Core {
             self.reject_late_answer(&mut call, index, &resp, now);
             return self.finish_or_keep(call);
         }
+        if status == 422 && self.retry_with_longer_session(&mut call, index, &resp, now) {
+            return self.finish_or_keep(call);
+        }
         if status < 200 {
+            if status > 100
+                && resp.lists("Require", "100rel")
+                && !self.on_reliable_provisional(&mut call, index, &resp, now)
+            {
+                return self.finish_or_keep(call); // a retransmission: PRACKed already
+            }
             if let Some(b) = call.branches.get_mut(index) {
                 b.provisional = true;
                 if resp.to_tag().is_some() {
@@ -117,12 +129,9 @@ impl Core {
             tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "answered");
             call.record.b_call_id = call.branches.get(index).map(|b| b.leg.call_id.clone());
             self.answered_record(&mut call, status, &resp.reason());
-            let a_cseq = call.a_invite.cseq().map(|c| c.seq).unwrap_or(0);
-            if let Some(bytes) = self.relay_to_a(&mut call, &resp, now) {
-                let t1 = self.config.timers().t1;
-                let dest = call.a.dest.clone();
-                call.pending_ok = Some(PendingOk::new(bytes, dest, a_cseq, Side::A, now, t1));
-            }
+            self.callee_session_timer(&mut call, &resp, now);
+            self.start_max_duration(&mut call, now);
+            self.relay_to_a(&mut call, &resp, now);
             call.owed_ack = Some((
                 Side::B,
                 call.branches
@@ -156,13 +165,9 @@ impl Core {
         self.finish_or_keep(call);
     }
 
-    /// Relay a callee response to the caller's INVITE; returns the bytes for a 2xx.
-    pub(super) fn relay_to_a(
-        &mut self,
-        call: &mut Call,
-        resp: &Response,
-        now: Instant,
-    ) -> Option<Bytes> {
+    /// Relay a callee response to the caller's INVITE (a 2xx is retransmitted until the
+    /// caller's ACK).
+    pub(super) fn relay_to_a(&mut self, call: &mut Call, resp: &Response, now: Instant) {
         let mut out = Response::relay(&call.a_invite, resp);
         self.relayed_phrase(&mut out);
         out.set_to_tag(&call.a.local_tag);
@@ -190,9 +195,11 @@ impl Core {
             role,
         );
         out.set_body(body, content_type.as_deref());
-        let bytes = out.to_bytes();
-        self.tx.respond(&call.a_invite_tx, out, now);
-        Some(bytes)
+        match out.status() {
+            101..=199 => self.provisional_to_a(call, out, now),
+            200..=299 => self.ok_to_a(call, out, now),
+            _ => self.tx.respond(&call.a_invite_tx, out, now),
+        }
     }
 
     /// When every branch has failed and none answered, tell the caller the most meaningful
@@ -242,6 +249,9 @@ impl Core {
             (false, _) => call.note_end("warden", "rejected"),
         }
         call.set_final(status, reason);
+        if let Some(reliable) = call.a_reliable.as_mut() {
+            reliable.finish();
+        }
         let mut out = self.caller_response(call, status, reason, None);
         for (name, value) in &call.reject_headers {
             let _ = out.push_header(name, value);

@@ -53,6 +53,7 @@ impl Core {
                 }
             }
             ClientPurpose::Join { call, side } => self.join_failed(call, side, now),
+            ClientPurpose::Refresh { call, side } => self.refresh_timed_out(call, side, now),
             ClientPurpose::Untracked => {}
         }
     }
@@ -113,6 +114,8 @@ impl Core {
                 self.send_bye(&mut call, Side::B, now);
             }
         }
+        self.poll_reliable(&mut call, now);
+        self.poll_session(&mut call, now);
         if let Some(p) = call.pending_ok.as_mut() {
             if p.give_up <= now {
                 tracing::warn!(call = id, "no ACK for the 2xx; ending the call");

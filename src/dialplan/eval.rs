@@ -32,6 +32,8 @@ pub struct CallFacts {
     pub transport: String,
     pub session_case: Option<SessionCase>,
     pub caller_registered: bool,
+    /// The call is to an emergency number (see `calls.emergency`).
+    pub emergency: bool,
     pub now: jiff::Timestamp,
 }
 
@@ -138,6 +140,7 @@ fn holds(condition: &Condition, facts: &CallFacts) -> bool {
         Condition::Time(window) => window.contains(facts.now),
         Condition::SessionCase(case) => facts.session_case == Some(*case),
         Condition::CallerRegistered(wanted) => facts.caller_registered == *wanted,
+        Condition::Emergency(wanted) => facts.emergency == *wanted,
         Condition::Matches(..) | Condition::Header(..) => true, // evaluated with captures
     }
 }
@@ -200,6 +203,7 @@ mod tests {
             transport: "udp".into(),
             session_case: None,
             caller_registered: true,
+            emergency: false,
             now: "2026-11-23T10:00:00Z".parse().expect("time"), // a Monday
         }
     }

@@ -70,6 +70,8 @@ pub enum Condition {
     Time(TimeWindow),
     SessionCase(SessionCase),
     CallerRegistered(bool),
+    /// The call is to an emergency number (`calls.emergency`, or `urn:service:sos`).
+    Emergency(bool),
 }
 
 /// Days of the week (bit 0 = Monday) and a span of the day, in a time zone. A span whose
@@ -132,6 +134,22 @@ pub enum Action {
     /// Warden answers and puts the caller in this conference room (the room begins with
     /// its first member and ends with its last); the call's last action.
     Conference(Template),
+    /// This route's session interval (RFC 4028) on both legs; 0: no session timers.
+    SessionExpires(u32),
+    /// The call is ended this long after it was answered (end reason `max-duration`).
+    MaxDuration(Duration),
+    /// What a callee's 3xx does: followed by Warden, or relayed to the caller.
+    OnRedirect(RedirectPolicy),
+}
+
+/// What happens to a callee's redirection (3xx) on a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedirectPolicy {
+    /// Warden calls the Contacts itself (at most 5 per call), as the route's targets.
+    #[default]
+    Follow,
+    /// The caller gets the 3xx with its Contacts.
+    Relay,
 }
 
 /// Parse an address or CIDR (for config lists of trusted peers).

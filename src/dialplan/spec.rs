@@ -10,7 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::template::Template;
-use super::{Action, BridgeMode, Condition, Field, Rule, SessionCase, TimeWindow};
+use super::{Action, BridgeMode, Condition, Field, RedirectPolicy, Rule, SessionCase, TimeWindow};
 use crate::anchor::sdes::SrtpPolicy;
 
 type Failure = (usize, String);
@@ -65,6 +65,7 @@ struct WhenSpec {
     time: Option<Spanned<TimeSpec>>,
     session_case: Option<Spanned<String>>,
     caller_registered: Option<bool>,
+    emergency: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -105,6 +106,9 @@ struct ActionSpec {
     hold_music: Option<String>,
     conference: Option<String>,
     srtp: Option<String>,
+    session_expires: Option<u32>,
+    max_duration: Option<u64>,
+    on_redirect: Option<String>,
 }
 
 /// Line (1-based) of a byte offset.
@@ -240,6 +244,9 @@ fn conditions(
     if let Some(registered) = when.caller_registered {
         out.push(Condition::CallerRegistered(registered));
     }
+    if let Some(emergency) = when.emergency {
+        out.push(Condition::Emergency(emergency));
+    }
     Ok(out)
 }
 
@@ -355,11 +362,14 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
         ("hold_music", spec.hold_music.is_some()),
         ("conference", spec.conference.is_some()),
         ("srtp", spec.srtp.is_some()),
+        ("session_expires", spec.session_expires.is_some()),
+        ("max_duration", spec.max_duration.is_some()),
+        ("on_redirect", spec.on_redirect.is_some()),
     ];
     let present: Vec<&str> = kinds.iter().filter(|(_, p)| *p).map(|(k, _)| *k).collect();
     let kind = match present.as_slice() {
         [one] => *one,
-        [] => return Err("an action needs one of: bridge, screen, play, menu, reject, redirect, set_header, remove_header, tag, set, codecs, srtp, hold_music, conference, answer = true".into()),
+        [] => return Err("an action needs one of: bridge, screen, play, menu, reject, redirect, set_header, remove_header, tag, set, codecs, srtp, hold_music, conference, session_expires, max_duration, on_redirect, answer = true".into()),
         many => return Err(format!("one action per table, found {}", many.join(" and "))),
     };
     let options = [
@@ -465,6 +475,24 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
                 format!("srtp {policy:?}: one of mirror, mandatory, optional, off")
             })?)
         }
+        "session_expires" => {
+            let seconds = spec.session_expires.unwrap_or_default();
+            if seconds != 0 && seconds < 90 {
+                return Err(format!(
+                    "session_expires {seconds}: 0 (no session timer) or at least 90 seconds (RFC 4028)"
+                ));
+            }
+            Action::SessionExpires(seconds)
+        }
+        "max_duration" => match spec.max_duration.unwrap_or_default() {
+            0 => return Err("max_duration 0: give the longest call in seconds".into()),
+            s => Action::MaxDuration(Duration::from_secs(s)),
+        },
+        "on_redirect" => match spec.on_redirect.as_deref().unwrap_or_default() {
+            "follow" => Action::OnRedirect(RedirectPolicy::Follow),
+            "relay" => Action::OnRedirect(RedirectPolicy::Relay),
+            other => return Err(format!("on_redirect {other:?}: expected follow or relay")),
+        },
         "tag" => Action::Tag(template("tag", spec.tag.as_deref().unwrap_or_default())?),
         "codecs" => {
             let list = spec

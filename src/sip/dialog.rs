@@ -78,7 +78,23 @@ impl Leg {
             self.target = target;
         }
         self.route = route_set(ok.address_list("Record-Route"), true);
-        self.cseq = invite_cseq;
+        // A PRACK or an early UPDATE may have counted past the INVITE's CSeq already.
+        self.cseq = self.cseq.max(invite_cseq);
+    }
+
+    /// A provisional with a tag made an early dialog (RFC 3261 12.1.2): requests into it
+    /// (PRACK, UPDATE) go to its Contact along its Record-Route, reversed.
+    pub fn early(&mut self, provisional: &Response) {
+        let Some(tag) = provisional.to_tag() else {
+            return;
+        };
+        self.remote_tag = Some(tag);
+        if let Some(target) = provisional.contact_uri() {
+            self.target = target;
+        }
+        if provisional.has_header("Record-Route") {
+            self.route = route_set(provisional.address_list("Record-Route"), true);
+        }
     }
 }
 

@@ -349,6 +349,24 @@ macro_rules! header_access {
                     .collect()
             }
 
+            /// The comma-separated tokens of every `name` header (option tags in Require,
+            /// Supported, Unsupported; methods in Allow), lowercased.
+            pub fn tokens(&self, name: &str) -> Vec<String> {
+                self.headers(name)
+                    .iter()
+                    .flat_map(|v| v.split(','))
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            }
+
+            /// Does a `name` header list `token` (case-insensitive)?
+            pub fn lists(&self, name: &str, token: &str) -> bool {
+                self.tokens(name)
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(token))
+            }
+
             pub fn has_header(&self, name: &str) -> bool {
                 self.0.headers.get(&sx_name(name)).is_some()
             }

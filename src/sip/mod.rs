@@ -5,6 +5,8 @@
 pub mod dialog;
 pub mod dtmf_relay;
 pub mod message;
+pub mod reliable;
+pub mod session_timer;
 pub mod tls;
 pub mod transaction;
 pub mod transport;
