@@ -660,3 +660,59 @@ do = [{ screen = "default" }, { reject = 403 }]
         Some("emergency")
     );
 }
+
+#[test]
+fn a_callees_3xx_is_followed_to_its_contact_or_relayed_when_the_route_says_so() {
+    let carol = "127.0.0.1:7103";
+    let plan = r#"
+[[rule]]
+name = "relay"
+when = { ruri_user = '^relay$' }
+do = [{ on_redirect = "relay" }, { bridge = "user:bob" }]
+
+[[rule]]
+name = "follow"
+do = [{ bridge = "user:bob" }]
+"#;
+    let mut net = Net::with_plan(quiet_media(), plan);
+    let (mut alice, mut bob) = parties(&mut net);
+    let mut carol_phone = Phone::new("carol", carol);
+    let moved = format!("Contact: <sip:carol@{carol}>");
+
+    // Followed: carol is called in bob's place, the caller sees only her answer.
+    alice.invite(&mut net, "bob", &sdp(7110, "sendrecv"), &[]);
+    alice.receive(&mut net);
+    let b_invite = bob.expect(&mut net, "INVITE");
+    let mut resp = Response::to_request(&b_invite, 302, "Moved Temporarily");
+    resp.set_to_tag("tbob");
+    resp.push_header("Contact", &moved["Contact: ".len()..])
+        .expect("Contact");
+    net.deliver(&bob.addr, &Message::Response(resp));
+    assert_eq!(summary(&bob.receive(&mut net)), vec!["ACK"]);
+    let c_invite = carol_phone.expect(&mut net, "INVITE");
+    assert_eq!(c_invite.uri().to_string(), format!("sip:carol@{carol}"));
+    assert!(
+        alice.receive(&mut net).is_empty(),
+        "the 302 is Warden's to follow"
+    );
+    carol_phone.answer(&mut net, &c_invite, 200, &sdp(7130, "sendrecv"));
+    assert_eq!(statuses(&alice.receive(&mut net)), vec![200]);
+
+    // Relayed: the caller gets the 302 with its Contact.
+    let mut dave = Phone::new("dave", "127.0.0.1:7104");
+    dave.invite(&mut net, "relay", &sdp(7140, "sendrecv"), &[]);
+    dave.receive(&mut net);
+    let b_invite = bob.expect(&mut net, "INVITE");
+    let mut resp = Response::to_request(&b_invite, 302, "Moved Temporarily");
+    resp.set_to_tag("tbob2");
+    resp.push_header("Contact", &moved["Contact: ".len()..])
+        .expect("Contact");
+    net.deliver(&bob.addr, &Message::Response(resp));
+    let got = responses_of(&dave.receive(&mut net));
+    assert_eq!(
+        got.iter().map(|r| r.status()).collect::<Vec<_>>(),
+        vec![302]
+    );
+    assert_eq!(got[0].contact_uri(), Some(format!("sip:carol@{carol}")));
+    assert!(carol_phone.receive(&mut net).is_empty());
+}

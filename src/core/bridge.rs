@@ -274,6 +274,61 @@ impl Core {
         });
     }
 
+    /// A callee's 3xx on a route that follows redirections: its Contacts (at most 5 over
+    /// the call, RFC 3261 8.1.3.4) become branches of the bridge attempt in progress,
+    /// reached like any bridge target. False when none was followed (the 3xx is then a
+    /// failure like any other, relayed with its Contacts if it is the one reported).
+    pub(super) fn follow_redirect(
+        &mut self,
+        call: &mut Call,
+        resp: &crate::sip::message::Response,
+        now: Instant,
+    ) -> bool {
+        const MOST_FOLLOWED: usize = 5;
+        if call.on_redirect != crate::dialplan::RedirectPolicy::Follow || call.bridge().is_none() {
+            return false;
+        }
+        let contacts: Vec<String> = resp
+            .contacts()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| match c {
+                crate::sip::message::Contact::Address(a) if a.uri.is_sip() => {
+                    Some(a.uri.to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        let room = MOST_FOLLOWED.saturating_sub(call.redirects_followed);
+        let mut followed = false;
+        for target in contacts.into_iter().take(room) {
+            call.redirects_followed += 1;
+            tracing::info!(call = call.id, status = resp.status(), %target, "following the callee's redirection");
+            match self.resolve_target(call, &target) {
+                Ok(found) => {
+                    for (contact, dest) in found {
+                        self.add_branch(call, &contact, dest, now);
+                        followed = true;
+                    }
+                }
+                Err(lookup) => {
+                    let id = call.id;
+                    if let Some(a) = call.bridge_mut() {
+                        a.pending_lookups += 1;
+                        let attempt = a.serial;
+                        self.out.push_back(Output::Resolve {
+                            call: id,
+                            attempt,
+                            lookup,
+                        });
+                        followed = true;
+                    }
+                }
+            }
+        }
+        followed
+    }
+
     /// The extensions Warden's INVITE to a callee offers: 100rel and timer (as configured),
     /// and precondition when the caller's offer uses them.
     fn supported_toward_callee(&self, caller_invite: &crate::sip::message::Request) -> String {

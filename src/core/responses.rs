@@ -144,10 +144,16 @@ impl Core {
             if let Some(b) = call.branches.get_mut(index) {
                 b.final_status = Some(status);
             }
+            if (300..400).contains(&status) && self.follow_redirect(&mut call, &resp, now) {
+                self.schedule(&call);
+                return self.finish_or_keep(call);
+            }
             // What explains a refusal travels back with it (ATIS-1000099 asks that a 603+'s
             // Reason reach the caller unchanged; RFC 8688 a 608's Call-Info).
-            let explains = ["Reason", "Call-Info"]
+            // A redirection relayed keeps the Contacts it redirects to.
+            let explains = ["Reason", "Call-Info", "Contact"]
                 .iter()
+                .filter(|name| **name != "Contact" || (300..400).contains(&status))
                 .flat_map(|name| {
                     resp.headers(name)
                         .into_iter()

@@ -214,10 +214,7 @@ impl Core {
         let Some(timer) = call.timer_mut(side).map(|t| t.clone()) else {
             return;
         };
-        let sdp = call
-            .media
-            .sent(side)
-            .map(bytes::Bytes::copy_from_slice);
+        let sdp = call.media.sent(side).map(bytes::Bytes::copy_from_slice);
         let method = match (&sdp, timer.peer_allows_update) {
             (_, true) | (None, _) => Method::Update,
             (Some(_), false) => Method::Invite,
