@@ -716,3 +716,58 @@ do = [{ bridge = "user:bob" }]
     assert_eq!(got[0].contact_uri(), Some(format!("sip:carol@{carol}")));
     assert!(carol_phone.receive(&mut net).is_empty());
 }
+
+#[test]
+fn a_message_reaches_a_registered_users_contacts_and_the_first_2xx_answers() {
+    let mut net = Net::new();
+    let (mut alice, mut bob) = parties(&mut net);
+    let mut desk = Phone::new("bob", "127.0.0.1:7105");
+    desk.register(&mut net);
+    let message = |to: &str| {
+        format!(
+            "MESSAGE sip:{to}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKm{to}\r\nMax-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=m1\r\nTo: <sip:{to}@127.0.0.1>\r\nCall-ID: msg-{to}\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+        )
+    };
+    let deliver = |net: &mut Net, text: String| {
+        net.deliver(ALICE, &common::core::parse(Bytes::from(text)));
+    };
+    deliver(&mut net, message("bob"));
+    let to_mobile = bob.expect(&mut net, "MESSAGE");
+    let to_desk = desk.expect(&mut net, "MESSAGE");
+    assert_eq!(to_mobile.body().as_ref(), b"hello");
+    assert_eq!(
+        to_mobile.header("Content-Type").as_deref(),
+        Some("text/plain")
+    );
+    assert_ne!(
+        to_mobile.call_id().as_deref(),
+        Some("msg-bob"),
+        "a transaction of Warden's"
+    );
+    desk.answer(&mut net, &to_desk, 480, "");
+    assert!(alice.receive(&mut net).is_empty(), "one copy still out");
+    bob.answer(&mut net, &to_mobile, 200, "");
+    assert_eq!(statuses(&alice.receive(&mut net)), vec![200]);
+
+    deliver(&mut net, message("nobody"));
+    assert_eq!(statuses(&alice.receive(&mut net)), vec![404]);
+
+    let records = net.latest_records();
+    let kinds: Vec<(&str, Option<i64>)> = records
+        .iter()
+        .map(|r| (r.tags.as_str(), r.final_code))
+        .collect();
+    assert_eq!(kinds, vec![("message", Some(200)), ("message", Some(404))]);
+    assert_eq!(net.core.active_calls(), 0, "no call made");
+}
+
+#[test]
+fn the_shipped_plans_route_emergency_calls_first() {
+    for file in ["default.toml", "screening.toml", "ims-as.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("dialplans")
+            .join(file);
+        let plan = warden::dialplan::Dialplan::load(&path).expect("the shipped plan loads");
+        assert_eq!(plan.rules[0].name, "emergency", "{file}");
+    }
+}

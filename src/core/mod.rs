@@ -23,6 +23,7 @@
 //! | `timers` | transaction timeouts and each call's deadlines |
 //! | `ending` | BYE, Warden hanging up, a finished call forgotten |
 //! | `records` | call detail records |
+//! | `pager` | MESSAGE outside a dialog, routed by the dialplan |
 //! | `prack`, `session` | reliable provisionals and PRACK; session timers, longest call |
 //! | `register`, `messages`, `anchoring` | REGISTER and digest; building messages; SDP |
 
@@ -60,6 +61,7 @@ mod ending;
 mod in_dialog;
 mod invite;
 mod messages;
+mod pager;
 mod prack;
 mod program;
 mod records;
@@ -159,6 +161,10 @@ enum ClientPurpose {
         call: u64,
         side: Side,
     },
+    /// A MESSAGE forwarded outside any dialog (RFC 3428).
+    Message {
+        id: u64,
+    },
     /// CANCELs and the BYE to a losing fork: nobody waits for their answer.
     Untracked,
 }
@@ -211,6 +217,8 @@ pub struct Core {
     rng: rand::rngs::StdRng,
     /// Sources whose INVITEs need no credentials (`calls.trusted`, the S-CSCFs).
     calls_trusted: Vec<(std::net::IpAddr, u8)>,
+    /// Instant messages forwarded and waiting for their answers.
+    pager: pager::Pager,
 }
 
 impl Core {
@@ -254,6 +262,7 @@ impl Core {
             draining: None,
             rooms: Rooms::default(),
             stats: Stats::default(),
+            pager: pager::Pager::default(),
         }
     }
 
@@ -490,6 +499,7 @@ impl Core {
             Method::Register => self.on_register(key, req, from, unix_s, now),
             Method::Invite => self.on_invite(key, req, from, now, unix_s),
             Method::Cancel => self.on_cancel(key, req, now),
+            Method::Message => self.on_message(key, req, from, now, unix_s),
             Method::Options => self.respond(&key, &req, 200, None, now),
             Method::Other(_) => self.respond(&key, &req, 501, None, now),
             _ => self.respond(&key, &req, 405, None, now),

@@ -36,6 +36,9 @@ impl Core {
             }
             ClientPurpose::Relay { call } => self.on_relay_response(call, key, resp, now),
             ClientPurpose::Join { call, side } => self.on_join_response(call, side, resp, now),
+            ClientPurpose::Message { id } => {
+                self.message_answered(id, resp.status(), &resp.reason(), now)
+            }
             ClientPurpose::Refresh { call, side } => {
                 self.on_refresh_response(call, side, resp, now)
             }
