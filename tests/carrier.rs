@@ -28,6 +28,16 @@ fn parties(net: &mut Net) -> (Phone, Phone) {
     (alice, bob)
 }
 
+/// Alice calls bob (registered) with an offer and `headers`, and gets Warden's 100: both
+/// phones, her INVITE and the one Warden sent bob.
+fn call_bob(net: &mut Net, headers: &[&str]) -> (Phone, Phone, Request, Request) {
+    let (mut alice, mut bob) = parties(net);
+    let invite = alice.invite(net, "bob", &sdp(7110, "sendrecv"), headers);
+    assert_eq!(statuses(&alice.receive(net)), vec![100]);
+    let b_invite = bob.expect(net, "INVITE");
+    (alice, bob, invite, b_invite)
+}
+
 /// The callee's provisional or final answer with extra headers (RSeq, Require, Allow...).
 fn answer_with(
     net: &mut Net,
@@ -41,8 +51,10 @@ fn answer_with(
     if req.to_tag().is_none() {
         resp.set_to_tag("tbob");
     }
-    resp.push_header("Contact", &format!("<sip:bob@{}>", phone.addr))
-        .expect("a Contact");
+    if !headers.iter().any(|h| h.starts_with("Contact:")) {
+        resp.push_header("Contact", &format!("<sip:bob@{}>", phone.addr))
+            .expect("a Contact");
+    }
     for h in headers {
         let (name, value) = h.split_once(": ").expect("Name: value");
         resp.push_header(name, value).expect("a header");
@@ -79,15 +91,7 @@ fn prack(
 #[test]
 fn a_caller_that_requires_100rel_gets_reliable_provisionals_until_it_pracks() {
     let mut net = Net::with_config(quiet_media());
-    let (mut alice, mut bob) = parties(&mut net);
-    let invite = alice.invite(
-        &mut net,
-        "bob",
-        &sdp(7110, "sendrecv"),
-        &["Require: 100rel"],
-    );
-    assert_eq!(statuses(&alice.receive(&mut net)), vec![100]);
-    let b_invite = bob.expect(&mut net, "INVITE");
+    let (mut alice, bob, invite, b_invite) = call_bob(&mut net, &["Require: 100rel"]);
     assert!(
         b_invite.lists("Supported", "100rel"),
         "100rel offered to the callee"
@@ -146,15 +150,7 @@ fn a_caller_that_requires_100rel_gets_reliable_provisionals_until_it_pracks() {
 #[test]
 fn no_prack_within_64_t1_gives_the_call_up() {
     let mut net = Net::with_config(quiet_media());
-    let (mut alice, mut bob) = parties(&mut net);
-    alice.invite(
-        &mut net,
-        "bob",
-        &sdp(7110, "sendrecv"),
-        &["Supported: 100rel"],
-    );
-    alice.receive(&mut net);
-    let b_invite = bob.expect(&mut net, "INVITE");
+    let (mut alice, mut bob, _, b_invite) = call_bob(&mut net, &["Supported: 100rel"]);
     answer_with(&mut net, &bob, &b_invite, 180, &[], "");
     let mut sent = statuses(&alice.receive(&mut net));
     net.advance(Duration::from_millis(31_999));
@@ -177,10 +173,7 @@ fn no_prack_within_64_t1_gives_the_call_up() {
 #[test]
 fn a_callee_that_requires_100rel_is_pracked_while_the_caller_gets_plain_provisionals() {
     let mut net = Net::with_config(quiet_media());
-    let (mut alice, mut bob) = parties(&mut net);
-    alice.invite(&mut net, "bob", &sdp(7110, "sendrecv"), &[]);
-    alice.receive(&mut net);
-    let b_invite = bob.expect(&mut net, "INVITE");
+    let (mut alice, mut bob, _, b_invite) = call_bob(&mut net, &[]);
     let reliable = ["Require: 100rel", "RSeq: 41"];
     answer_with(
         &mut net,
@@ -289,15 +282,7 @@ fn an_offer_in_a_reliable_183_is_answered_in_the_callers_prack() {
 #[test]
 fn the_2xx_waits_for_the_prack_of_a_provisional_with_sdp() {
     let mut net = Net::with_config(quiet_media());
-    let (mut alice, mut bob) = parties(&mut net);
-    let invite = alice.invite(
-        &mut net,
-        "bob",
-        &sdp(7110, "sendrecv"),
-        &["Supported: 100rel"],
-    );
-    alice.receive(&mut net);
-    let b_invite = bob.expect(&mut net, "INVITE");
+    let (mut alice, bob, invite, b_invite) = call_bob(&mut net, &["Supported: 100rel"]);
     answer_with(&mut net, &bob, &b_invite, 183, &[], &sdp(7120, "sendrecv"));
     let progress = responses_of(&alice.receive(&mut net));
     answer_with(&mut net, &bob, &b_invite, 200, &[], &sdp(7120, "sendrecv"));
@@ -314,15 +299,7 @@ fn the_2xx_waits_for_the_prack_of_a_provisional_with_sdp() {
 #[test]
 fn an_early_update_crosses_to_the_other_early_dialog() {
     let mut net = Net::with_config(quiet_media());
-    let (mut alice, mut bob) = parties(&mut net);
-    let invite = alice.invite(
-        &mut net,
-        "bob",
-        &sdp(7110, "sendrecv"),
-        &["Supported: 100rel"],
-    );
-    alice.receive(&mut net);
-    let b_invite = bob.expect(&mut net, "INVITE");
+    let (mut alice, mut bob, invite, b_invite) = call_bob(&mut net, &["Supported: 100rel"]);
     answer_with(
         &mut net,
         &bob,
@@ -373,10 +350,7 @@ fn an_early_update_crosses_to_the_other_early_dialog() {
 #[test]
 fn crossing_offers_get_491() {
     let mut net = Net::with_config(quiet_media());
-    let (mut alice, mut bob) = parties(&mut net);
-    let invite = alice.invite(&mut net, "bob", &sdp(7110, "sendrecv"), &[]);
-    alice.receive(&mut net);
-    let b_invite = bob.expect(&mut net, "INVITE");
+    let (mut alice, mut bob, invite, b_invite) = call_bob(&mut net, &[]);
     let b_ok = answer_with(
         &mut net,
         &bob,
@@ -683,11 +657,7 @@ do = [{ bridge = "user:bob" }]
     alice.invite(&mut net, "bob", &sdp(7110, "sendrecv"), &[]);
     alice.receive(&mut net);
     let b_invite = bob.expect(&mut net, "INVITE");
-    let mut resp = Response::to_request(&b_invite, 302, "Moved Temporarily");
-    resp.set_to_tag("tbob");
-    resp.push_header("Contact", &moved["Contact: ".len()..])
-        .expect("Contact");
-    net.deliver(&bob.addr, &Message::Response(resp));
+    answer_with(&mut net, &bob, &b_invite, 302, &[&moved], "");
     assert_eq!(summary(&bob.receive(&mut net)), vec!["ACK"]);
     let c_invite = carol_phone.expect(&mut net, "INVITE");
     assert_eq!(c_invite.uri().to_string(), format!("sip:carol@{carol}"));
@@ -703,11 +673,7 @@ do = [{ bridge = "user:bob" }]
     dave.invite(&mut net, "relay", &sdp(7140, "sendrecv"), &[]);
     dave.receive(&mut net);
     let b_invite = bob.expect(&mut net, "INVITE");
-    let mut resp = Response::to_request(&b_invite, 302, "Moved Temporarily");
-    resp.set_to_tag("tbob2");
-    resp.push_header("Contact", &moved["Contact: ".len()..])
-        .expect("Contact");
-    net.deliver(&bob.addr, &Message::Response(resp));
+    answer_with(&mut net, &bob, &b_invite, 302, &[&moved], "");
     let got = responses_of(&dave.receive(&mut net));
     assert_eq!(
         got.iter().map(|r| r.status()).collect::<Vec<_>>(),
