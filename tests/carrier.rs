@@ -737,3 +737,76 @@ fn the_shipped_plans_route_emergency_calls_first() {
         assert_eq!(plan.rules[0].name, "emergency", "{file}");
     }
 }
+
+#[test]
+fn a_bridge_after_warden_answered_connects_the_callee_without_a_second_200() {
+    let plan = r#"
+[[rule]]
+name = "ivr"
+do = [{ answer = true }, { bridge = "user:bob", timeout = 20 }, { play = "user_unavailable" }]
+"#;
+    let mut net = Net::with_plan(quiet_media(), plan);
+    let (mut alice, mut bob) = parties(&mut net);
+    let invite = alice.invite(&mut net, "bob", &sdp(7110, "sendrecv"), &[]);
+    let got = responses_of(&alice.receive(&mut net));
+    assert_eq!(
+        got.iter().map(|r| r.status()).collect::<Vec<_>>(),
+        vec![100, 200],
+        "Warden answers first"
+    );
+    let a = alice.dialog_as_caller(&invite, &got[1]);
+    alice.ack(&mut net, &a, "");
+    let stream = net.media.open_streams()[0];
+    let [a_port, b_port] = net.media.ports(stream).expect("the call's stream");
+    assert_eq!(media_port(got[1].body()), Some(a_port));
+
+    let b_invite = bob.expect(&mut net, "INVITE");
+    assert_eq!(
+        media_port(b_invite.body()),
+        Some(b_port),
+        "the same stream's other side"
+    );
+    answer_with(&mut net, &bob, &b_invite, 183, &[], &sdp(7120, "sendrecv"));
+    assert!(
+        alice.receive(&mut net).is_empty(),
+        "no early media to an answered caller"
+    );
+    answer_with(&mut net, &bob, &b_invite, 200, &[], &sdp(7120, "sendrecv"));
+    assert_eq!(summary(&bob.receive(&mut net)), vec!["ACK"]);
+    assert!(alice.receive(&mut net).is_empty(), "no second 200");
+    assert_eq!(net.media.open_streams(), vec![stream], "no new stream");
+
+    let mut a = a;
+    alice.request(&mut net, &mut a, "BYE", &[], "");
+    let bye = bob.expect(&mut net, "BYE");
+    bob.answer(&mut net, &bye, 200, "");
+    assert_eq!(statuses(&alice.receive(&mut net)), vec![200]);
+    let r = net.record();
+    assert_eq!(r.b_call_id, b_invite.call_id());
+    assert_eq!(net.core.active_calls(), 0);
+}
+
+#[test]
+fn a_bridge_after_answer_that_rings_out_goes_on_with_the_plan() {
+    let plan = r#"
+[[rule]]
+name = "ivr"
+do = [{ answer = true }, { bridge = "user:bob", timeout = 5 }]
+"#;
+    let mut net = Net::with_plan(quiet_media(), plan);
+    let (mut alice, mut bob) = parties(&mut net);
+    let invite = alice.invite(&mut net, "bob", &sdp(7110, "sendrecv"), &[]);
+    let got = responses_of(&alice.receive(&mut net));
+    let a = alice.dialog_as_caller(&invite, &got[1]);
+    alice.ack(&mut net, &a, "");
+    let b_invite = bob.expect(&mut net, "INVITE");
+    answer_with(&mut net, &bob, &b_invite, 180, &[], "");
+    net.advance(Duration::from_secs(5));
+    let cancel = bob.expect(&mut net, "CANCEL");
+    bob.answer(&mut net, &cancel, 200, "");
+    answer_with(&mut net, &bob, &b_invite, 487, &[], "");
+    // The plan ran out: Warden hangs up the caller it answered.
+    let bye = alice.expect(&mut net, "BYE");
+    alice.answer(&mut net, &bye, 200, "");
+    assert_eq!(net.core.active_calls(), 0);
+}

@@ -38,6 +38,9 @@ impl Core {
                 if call.answered.is_some() {
                     self.send_bye(&mut call, Side::B, now);
                 }
+                for i in 0..call.branches.len() {
+                    self.cancel_branch(&mut call, i, now); // a bridge after answer ringing
+                }
                 call.end_unless_byes_pending();
             }
             _ => {}

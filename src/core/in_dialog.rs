@@ -74,6 +74,10 @@ impl Core {
                     call.note_end(side.name(), "normal");
                     call.pending_ok = None;
                     self.send_bye(&mut call, side.other(), now);
+                    // A bridge after Warden's answer may still be ringing its callee.
+                    for i in 0..call.branches.len() {
+                        self.cancel_branch(&mut call, i, now);
+                    }
                 } else if call.state == State::Calling {
                     // A BYE on the caller's early dialog ends the attempt like a CANCEL.
                     call.note_end("caller", "cancelled");

@@ -13,6 +13,7 @@
 //! | `invite` | a new call: admission, the caller's offer, the call handed to its program |
 //! | `program` | the dialplan's actions one after the other; Warden answering, redirects |
 //! | `bridge` | bridge targets resolved, callee branches, failover and forking |
+//! | `after_answer` | a bridge after Warden answered the caller itself |
 //! | `responses` | callee answers: provisionals, the winning 2xx, failures |
 //! | `in_dialog` | BYE, re-INVITE, INFO and the rest inside a call; ACKs |
 //! | `cancel` | CANCEL, and giving up an attempt |
@@ -51,6 +52,7 @@ use crate::sip::message::{Message, Method, Request, Response};
 use crate::sip::transaction::{Transactions, TxEvent, TxKey};
 use crate::sip::transport::{Destination, Transport};
 
+mod after_answer;
 mod anchoring;
 mod announce;
 mod attended;

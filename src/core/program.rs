@@ -17,7 +17,8 @@ impl Core {
     /// ringing, a prompt playing, a menu listening) or ends the call.
     pub(super) fn run_program(&mut self, call: &mut Call, now: Instant) {
         loop {
-            if call.abandoned || call.answered.is_some() || call.state == State::Ending {
+            let over = matches!(call.state, State::Ending | State::Done);
+            if call.abandoned || call.answered.is_some() || over {
                 call.program = None;
                 return;
             }
@@ -111,10 +112,10 @@ impl Core {
                     mode,
                     timeout,
                 } => {
-                    if call.answered_by_warden {
+                    if call.answered_by_warden && !self.reoffer_answered_caller(call) {
                         tracing::warn!(
                             call = call.id,
-                            "bridge after answer: not supported yet (needs a re-INVITE toward the caller); skipped"
+                            "bridge after answer: no media of the caller's to offer the callee; skipped"
                         );
                         continue;
                     }

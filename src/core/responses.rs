@@ -115,6 +115,8 @@ impl Core {
                 }
                 self.relay_to_a(&mut call, &resp, now);
             }
+        } else if status < 300 && call.answered_by_warden {
+            self.connect_after_answer(&mut call, index, &resp, now);
         } else if status < 300 {
             call.answered_by(index, now);
             call.media_check = Some(now + self.media_check_interval());

@@ -80,7 +80,10 @@ impl Core {
                 self.cancel_branch(&mut call, index, now);
             }
         }
-        if call.ring_until.is_some_and(|t| t <= now) && call.state == State::Calling {
+        // A bridge after Warden's answer rings an answered call.
+        let ringing =
+            call.state == State::Calling || (call.answered_by_warden && call.bridge().is_some());
+        if call.ring_until.is_some_and(|t| t <= now) && ringing {
             let attempt = call.bridge().map(|a| a.first_branch);
             match attempt {
                 Some(first) => {
