@@ -194,6 +194,10 @@ pub struct CallConfig {
     /// Emergency numbers (the dialplan's `emergency = true`; `urn:service:sos` always is).
     /// Such calls are never refused by screening, quotas, call limits or shutdown.
     pub emergency: Vec<String>,
+    /// Bridges with `probe = true`: OPTIONS to each target this often...
+    pub probe_s: u64,
+    /// ...and a target that failed this many probes in a row is skipped until it answers.
+    pub probe_failures: u32,
 }
 
 /// Emergency numbers of the home countries Warden is run in (112 EU/GSM, 911 NANP, 999 UK,
@@ -213,6 +217,8 @@ impl Default for CallConfig {
             min_se_s: 90,
             max_duration_s: 0,
             emergency: DEFAULT_EMERGENCY.iter().map(|n| n.to_string()).collect(),
+            probe_s: 30,
+            probe_failures: 3,
         }
     }
 }
@@ -603,6 +609,8 @@ impl Config {
             c.session_expires_s,
             c.min_se_s
         );
+        anyhow::ensure!(c.probe_s > 0, "calls.probe_s must be above 0");
+        anyhow::ensure!(c.probe_failures > 0, "calls.probe_failures must be above 0");
         for number in &c.emergency {
             anyhow::ensure!(
                 !number.is_empty() && number.chars().all(|ch| ch.is_ascii_digit()),

@@ -14,6 +14,8 @@ pub enum Ctl {
     Hangup { call: u64 },
     /// Registered contacts.
     Registrations,
+    /// Gateways probed with OPTIONS (`probe = true` bridges): up or down, failures.
+    Gateways,
     /// Sources the guard has banned (flooding, failed authentication, scanners).
     Bans,
     /// Lift a source's ban.
@@ -138,6 +140,7 @@ fn request(config: &Config, command: Ctl) -> anyhow::Result<String> {
                 Ctl::Calls => (client.get(path("/calls")), calls_table),
                 Ctl::Hangup { call } => (client.delete(path(&format!("/calls/{call}"))), done),
                 Ctl::Registrations => (client.get(path("/registrations")), registrations_table),
+                Ctl::Gateways => (client.get(path("/gateways")), gateways_table),
                 Ctl::Bans => (client.get(path("/guard/bans")), bans_table),
                 Ctl::Unban { source } => (
                     client.delete(path(&format!(
@@ -318,6 +321,18 @@ fn registrations_table(value: &Value) -> String {
             ("transport", "TRANSPORT"),
             ("source", "SOURCE"),
             ("user_agent", "USER AGENT"),
+        ],
+    )
+}
+
+fn gateways_table(value: &Value) -> String {
+    table(
+        value,
+        &[
+            ("gateway", "GATEWAY"),
+            ("up", "UP"),
+            ("failures", "FAILURES"),
+            ("last_status", "LAST ANSWER"),
         ],
     )
 }

@@ -1,6 +1,7 @@
 //! Carrier and IMS signalling on virtual time: reliable provisionals and PRACK on both legs,
 //! UPDATE before the answer and glare, session timers (negotiation, 422, refreshes, expiry),
-//! the longest call, and emergency calls. A real `Core`, fake media, no socket, no sleep.
+//! the longest call, emergency calls, 3xx, MESSAGE, a bridge after Warden's answer and
+//! gateway probing. A real `Core`, fake media, no socket, no sleep.
 
 mod common;
 
@@ -809,4 +810,68 @@ do = [{ answer = true }, { bridge = "user:bob", timeout = 5 }]
     let bye = alice.expect(&mut net, "BYE");
     alice.answer(&mut net, &bye, 200, "");
     assert_eq!(net.core.active_calls(), 0);
+}
+
+#[test]
+fn a_gateway_that_stops_answering_probes_is_skipped_until_it_answers() {
+    let (gw1, gw2) = ("127.0.0.1:7201", "127.0.0.1:7202");
+    let plan = format!(
+        r#"
+[[rule]]
+name = "trunk"
+do = [{{ bridge = ["sip:${{callee}}@{gw1}", "sip:${{callee}}@{gw2}"], probe = true, timeout = 20 }}]
+"#
+    );
+    let mut config = quiet_media();
+    config.calls.probe_s = 10;
+    config.calls.probe_failures = 2;
+    let mut net = Net::with_plan(config, &plan);
+    let mut first = Phone::new("gw", gw1);
+    let mut second = Phone::new("gw", gw2);
+    // Both are probed at once; the second answers each probe, the first stays silent:
+    // each of its probes fails at Timer F (32 s), the next goes out at once.
+    let answer_probes = |net: &mut Net, phone: &mut Phone| {
+        let probes = requests(&phone.receive(net), "OPTIONS");
+        for probe in &probes {
+            phone.answer(net, probe, 200, "");
+        }
+        probes
+    };
+    net.advance(Duration::from_secs(1));
+    let probes = answer_probes(&mut net, &mut second);
+    assert_eq!(probes[0].uri().to_string(), format!("sip:{gw2}"));
+    for _ in 0..6 {
+        net.advance(Duration::from_secs(10));
+        answer_probes(&mut net, &mut second);
+        first.receive(&mut net);
+        assert!(net.core.gateways()[0].up, "up until its second failure");
+    }
+    net.advance(Duration::from_secs(5)); // 66 s: two probes failed
+    answer_probes(&mut net, &mut second);
+    first.receive(&mut net);
+    let states = net.core.gateways();
+    let expected = [(format!("sip:{gw1}"), false), (format!("sip:{gw2}"), true)];
+    assert_eq!(
+        states
+            .iter()
+            .map(|g| (g.gateway.clone(), g.up))
+            .collect::<Vec<_>>(),
+        expected
+    );
+    assert_eq!(states[0].last_status, Some(408));
+
+    // A call skips the first gateway at once and rings the second.
+    let mut alice = Phone::new("alice", ALICE);
+    alice.invite(&mut net, "0441234567", &sdp(7110, "sendrecv"), &[]);
+    assert!(
+        requests(&first.receive(&mut net), "INVITE").is_empty(),
+        "not waited for"
+    );
+    let invite = second.expect(&mut net, "INVITE");
+    assert_eq!(invite.uri().to_string(), format!("sip:0441234567@{gw2}"));
+
+    // The first answers a probe again: up.
+    net.advance(Duration::from_secs(40));
+    answer_probes(&mut net, &mut first);
+    assert!(net.core.gateways()[0].up);
 }

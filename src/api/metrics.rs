@@ -52,6 +52,9 @@ pub struct Snapshot {
     pub auth_failures: u64,
     /// INVITEs refused because their source had `guard.max_calls_per_source` calls.
     pub guard_call_limit_refused: u64,
+    /// Probed gateways: (gateway URI, up, failed probes in a row).
+    #[serde(default)]
+    pub gateways: Vec<(String, bool, u32)>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -215,6 +218,23 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         "guard_call_limit_refused",
         "INVITEs refused because their source had its most concurrent calls",
         s.guard_call_limit_refused,
+    );
+    let up = Family::<Labels, Gauge>::default();
+    let failures = Family::<Labels, Gauge>::default();
+    for (gateway, is_up, failed) in &s.gateways {
+        let label = vec![("gateway".to_owned(), gateway.clone())];
+        up.get_or_create(&label).set(i64::from(*is_up));
+        failures.get_or_create(&label).set(i64::from(*failed));
+    }
+    r.register(
+        "gateway_up",
+        "Probed gateways: 1 while they answer OPTIONS, 0 once down",
+        up,
+    );
+    r.register(
+        "gateway_probe_failures",
+        "Probed gateways: failed probes in a row",
+        failures,
     );
     counter(
         &mut r,

@@ -30,6 +30,8 @@ pub enum Command {
     /// End a call (its number in the call list).
     Hangup(u64),
     Registrations,
+    /// Probed gateways and their state.
+    Gateways,
     /// Reload the dialplan from its file.
     Reload,
     /// The figures for /metrics ([`metrics::Snapshot`] as JSON).
@@ -70,6 +72,7 @@ pub async fn serve(
         .route("/calls", get(calls))
         .route("/calls/{id}", delete(hangup))
         .route("/registrations", get(registrations))
+        .route("/gateways", get(gateways))
         .route("/guard/bans", get(bans))
         .route("/guard/bans/{source}", delete(unban))
         .route("/cdrs", get(cdrs))
@@ -229,6 +232,10 @@ async fn hangup(State(s): State<Shared>, Path(id): Path<u64>) -> Response {
 
 async fn registrations(State(s): State<Shared>) -> Response {
     ask(&s, Command::Registrations).await
+}
+
+async fn gateways(State(s): State<Shared>) -> Response {
+    ask(&s, Command::Gateways).await
 }
 
 async fn bans(State(s): State<Shared>) -> Response {

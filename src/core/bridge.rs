@@ -107,6 +107,11 @@ impl Core {
             return Ok(bindings);
         }
         if let Some(dest) = literal_destination(target) {
+            if self.gateways.is_down(dest.addr) {
+                tracing::info!(call = call.id, target, "gateway down (probing): skipped");
+                call.note_failure(503, self.phrase(503));
+                return Ok(Vec::new());
+            }
             return Ok(vec![(target.to_owned(), dest)]);
         }
         if Uri::parse(target).is_ok_and(|u| u.is_sip()) {

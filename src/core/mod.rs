@@ -25,6 +25,7 @@
 //! | `ending` | BYE, Warden hanging up, a finished call forgotten |
 //! | `records` | call detail records |
 //! | `pager` | MESSAGE outside a dialog, routed by the dialplan |
+//! | `probing` | OPTIONS to probed gateways, down ones skipped |
 //! | `prack`, `session` | reliable provisionals and PRACK; session timers, longest call |
 //! | `register`, `messages`, `anchoring` | REGISTER and digest; building messages; SDP |
 
@@ -65,6 +66,7 @@ mod invite;
 mod messages;
 mod pager;
 mod prack;
+mod probing;
 mod program;
 mod records;
 mod register;
@@ -163,6 +165,10 @@ enum ClientPurpose {
         call: u64,
         side: Side,
     },
+    /// An OPTIONS probing a gateway.
+    Probe {
+        addr: std::net::SocketAddr,
+    },
     /// A MESSAGE forwarded outside any dialog (RFC 3428).
     Message {
         id: u64,
@@ -221,6 +227,8 @@ pub struct Core {
     calls_trusted: Vec<(std::net::IpAddr, u8)>,
     /// Instant messages forwarded and waiting for their answers.
     pager: pager::Pager,
+    /// The gateways probed with OPTIONS (`probe = true` bridges).
+    gateways: crate::sip::probe::Gateways,
 }
 
 impl Core {
@@ -233,6 +241,10 @@ impl Core {
         prompts: Prompts,
     ) -> Core {
         let instance = config.server.instance_name();
+        let gateways = crate::sip::probe::Gateways::new(
+            Duration::from_secs(config.calls.probe_s),
+            config.calls.probe_failures,
+        );
         Core {
             phrases: config.sip.phrases(),
             transcodable: config.media.transcodable(),
@@ -265,6 +277,7 @@ impl Core {
             rooms: Rooms::default(),
             stats: Stats::default(),
             pager: pager::Pager::default(),
+            gateways,
         }
     }
 
@@ -272,6 +285,7 @@ impl Core {
     pub fn set_dialplan(&mut self, plan: Dialplan) {
         tracing::info!(origin = %plan.origin, rules = plan.rules.len(), "dialplan active");
         self.dialplan = Arc::new(plan);
+        self.set_probed_gateways(self.clock);
     }
 
     /// Draw the core's own random choices (the challenge's code) from `seed`: tests that
@@ -322,6 +336,7 @@ impl Core {
             self.tx.poll_timeout(),
             self.wakes.first().map(|(t, _)| *t),
             self.next_expiry_sweep,
+            self.gateways.next_wake(),
         ]
         .into_iter()
         .flatten()
@@ -426,6 +441,7 @@ impl Core {
         let unix_s = self.set_wall_clock(unix_ms);
         self.clock = self.clock.max(now);
         self.tx.handle_timeout(now);
+        self.send_probes(now);
         while let Some(&(at, id)) = self.wakes.first() {
             if at > now {
                 break;

@@ -111,6 +111,7 @@ impl Core {
                     targets,
                     mode,
                     timeout,
+                    ..
                 } => {
                     if call.answered_by_warden && !self.reoffer_answered_caller(call) {
                         tracing::warn!(

@@ -36,6 +36,11 @@ impl Core {
             }
             ClientPurpose::Relay { call } => self.on_relay_response(call, key, resp, now),
             ClientPurpose::Join { call, side } => self.on_join_response(call, side, resp, now),
+            ClientPurpose::Probe { addr } => {
+                if resp.status() >= 200 {
+                    self.probe_outcome(addr, resp.status())
+                }
+            }
             ClientPurpose::Message { id } => {
                 self.message_answered(id, resp.status(), &resp.reason(), now)
             }

@@ -54,6 +54,7 @@ impl Core {
             }
             ClientPurpose::Join { call, side } => self.join_failed(call, side, now),
             ClientPurpose::Refresh { call, side } => self.refresh_timed_out(call, side, now),
+            ClientPurpose::Probe { addr } => self.probe_outcome(addr, 408),
             ClientPurpose::Message { id } => self.message_answered(id, 408, "Request Timeout", now),
             ClientPurpose::Untracked => {}
         }

@@ -100,6 +100,9 @@ pub enum Action {
         /// Per target (sequential) or overall (parallel) ring time; None: the config's
         /// `calls.no_answer_timeout_s`.
         timeout: Option<Duration>,
+        /// Probe the targets with OPTIONS (`calls.probe_s`); one that stopped answering is
+        /// skipped at once.
+        probe: bool,
     },
     /// Warden answers the caller itself (200 OK with its own SDP): prompts and menus after
     /// this are heard on an answered call; when the actions run out Warden hangs up.
@@ -167,6 +170,28 @@ pub fn in_networks(addr: IpAddr, nets: &[(IpAddr, u8)]) -> bool {
 pub const DEFAULT: &str = include_str!("../../dialplans/default.toml");
 
 impl Dialplan {
+    /// The bridge targets of `probe = true` bridges, whatever the call (substitutions
+    /// filled in: a target's address does not depend on the number it dials).
+    pub fn probed_targets(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .rules
+            .iter()
+            .flat_map(|r| &r.actions)
+            .filter_map(|a| match a {
+                Action::Bridge {
+                    targets,
+                    probe: true,
+                    ..
+                } => Some(targets.iter().map(|t| t.render_filled("probe"))),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Read and check a dialplan file.
     pub fn load(path: &Path) -> Result<Dialplan, DialplanError> {
         let text = std::fs::read_to_string(path).map_err(|e| DialplanError {

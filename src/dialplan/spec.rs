@@ -109,6 +109,7 @@ struct ActionSpec {
     session_expires: Option<u32>,
     max_duration: Option<u64>,
     on_redirect: Option<String>,
+    probe: Option<bool>,
 }
 
 /// Line (1-based) of a byte offset.
@@ -375,6 +376,7 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
     let options = [
         ("mode", spec.mode.is_some(), &["bridge"][..]),
         ("timeout", spec.timeout.is_some(), &["bridge", "menu"][..]),
+        ("probe", spec.probe.is_some(), &["bridge"][..]),
         ("repeat", spec.repeat.is_some(), &["play"][..]),
         ("choices", spec.choices.is_some(), &["menu"][..]),
         ("reason", spec.reason.is_some(), &["reject"][..]),
@@ -407,6 +409,7 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
                 }
             },
             timeout: spec.timeout.map(|s| Duration::from_secs(s.clamp(1, 600))),
+            probe: spec.probe.unwrap_or(false),
         },
         "screen" => Action::Screen(spec.screen.clone().unwrap_or_default()),
         "play" => Action::Play {

@@ -76,6 +76,18 @@ impl Template {
         out
     }
 
+    /// The template with every substitution replaced by `filler` (where a bridge target
+    /// goes does not depend on the number dialled in its user part).
+    pub fn render_filled(&self, filler: &str) -> String {
+        self.0
+            .iter()
+            .map(|piece| match piece {
+                Piece::Text(t) => t.as_str(),
+                Piece::Group(_) | Piece::Var(_) => filler,
+            })
+            .collect()
+    }
+
     /// The text of a template without substitutions.
     pub fn literal(&self) -> Option<&str> {
         match self.0.as_slice() {

@@ -308,6 +308,7 @@ impl Loop {
                 }
             }
             Command::Registrations => Ok(registrations(core)),
+            Command::Gateways => Ok(serde_json::to_value(core.gateways()).unwrap_or_default()),
             Command::Bans => {
                 Ok(serde_json::to_value(core.guard.bans(Instant::now())).unwrap_or_default())
             }
@@ -484,6 +485,11 @@ impl Loop {
             guard_untracked: guard.untracked,
             auth_failures: guard.auth_failures,
             guard_call_limit_refused: guard.call_limit_refused,
+            gateways: core
+                .gateways()
+                .into_iter()
+                .map(|g| (g.gateway, g.up, g.failures))
+                .collect(),
         }
     }
 }

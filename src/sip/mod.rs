@@ -5,6 +5,7 @@
 pub mod dialog;
 pub mod dtmf_relay;
 pub mod message;
+pub mod probe;
 pub mod reliable;
 pub mod session_timer;
 pub mod tls;

@@ -1,0 +1,85 @@
+//! Gateway probing in the endpoint: the `probe = true` bridge targets of the active plan,
+//! their OPTIONS sent when due, and what their answers (or silence) say of them.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::call::new_tag;
+use crate::dns::literal_destination;
+use crate::sip::message::{Method, Request, Uri};
+use crate::sip::probe::GatewayState;
+use crate::sip::transport::Transport;
+
+use super::{ClientPurpose, Core};
+
+impl Core {
+    /// Probe what the active plan asks to be probed (targets with an IP address; a host
+    /// name is resolved per call and not probed).
+    pub(super) fn set_probed_gateways(&mut self, now: Instant) {
+        let targets = self
+            .dialplan
+            .probed_targets()
+            .into_iter()
+            .filter_map(|target| {
+                let dest = literal_destination(&target)?;
+                let host = Uri::parse(&target).ok()?.host()?;
+                let transport = match dest.transport {
+                    Transport::Udp => String::new(),
+                    other => format!(";transport={}", other.as_str().to_ascii_lowercase()),
+                };
+                let port = dest.addr.port();
+                Some((format!("sip:{host}:{port}{transport}"), dest))
+            })
+            .collect();
+        self.gateways.set(targets, now);
+    }
+
+    /// Send the probes that are due.
+    pub(super) fn send_probes(&mut self, now: Instant) {
+        for (uri, dest) in self.gateways.due(now) {
+            let probe = Uri::parse(&uri).ok().and_then(|target| {
+                Request::builder(Method::Options, &target)
+                    .header("Via", &self.via(dest.transport, &new_tag()))
+                    .max_forwards(70)
+                    .header(
+                        "From",
+                        &format!(
+                            "<sip:warden@{}>;tag={}",
+                            self.local_host(dest.transport),
+                            new_tag()
+                        ),
+                    )
+                    .header("To", &format!("<{uri}>"))
+                    .header("Call-ID", &format!("{}@warden", new_tag()))
+                    .cseq(1)
+                    .header("User-Agent", &self.config.sip.user_agent)
+                    .build()
+                    .ok()
+            });
+            let addr = dest.addr;
+            let sent = probe.and_then(|p| self.tx.send_request(p, dest, now));
+            match sent {
+                Some(key) => {
+                    self.client.insert(key, ClientPurpose::Probe { addr });
+                }
+                None => self.probe_outcome(addr, 503),
+            }
+        }
+    }
+
+    /// A probe's answer, or 408 for none.
+    pub(super) fn probe_outcome(&mut self, addr: SocketAddr, status: u16) {
+        match self.gateways.outcome(addr, status) {
+            Some(false) => {
+                tracing::warn!(gateway = %addr, status, "gateway down: bridges skip it until it answers a probe")
+            }
+            Some(true) => tracing::info!(gateway = %addr, "gateway answers probes again"),
+            None => {}
+        }
+    }
+
+    /// The probed gateways and their state (admin API, metrics).
+    pub fn gateways(&self) -> Vec<GatewayState> {
+        self.gateways.states()
+    }
+}
