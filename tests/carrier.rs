@@ -875,3 +875,57 @@ do = [{{ bridge = ["sip:${{callee}}@{gw1}", "sip:${{callee}}@{gw2}"], probe = tr
     answer_probes(&mut net, &mut first);
     assert!(net.core.gateways()[0].up);
 }
+
+/// The core asked for a DNS lookup: (call, attempt, what).
+fn resolve_asked(net: &mut Net) -> (u64, u64, warden::dns::Lookup) {
+    let asked = std::mem::take(&mut net.asks);
+    asked
+        .into_iter()
+        .find_map(|o| match o {
+            warden::core::Output::Resolve {
+                call,
+                attempt,
+                lookup,
+            } => Some((call, attempt, lookup)),
+            _ => None,
+        })
+        .expect("a DNS lookup asked for")
+}
+
+#[test]
+fn a_uri_located_at_two_srv_targets_fails_over_on_timeout_and_on_503() {
+    let (first, second, third) = ("127.0.0.1:7301", "127.0.0.1:7302", "127.0.0.1:7303");
+    let plan = r#"
+[[rule]]
+name = "carrier"
+do = [{ bridge = "sip:${callee}@carrier.example" }]
+"#;
+    let mut net = Net::with_plan(quiet_media(), plan);
+    let mut alice = Phone::new("alice", ALICE);
+    alice.invite(&mut net, "0441234567", &sdp(7110, "sendrecv"), &[]);
+    alice.receive(&mut net);
+    let (call, attempt, lookup) = resolve_asked(&mut net);
+    let uri = "sip:0441234567@carrier.example".to_owned();
+    assert_eq!(lookup, warden::dns::Lookup::Host { uri: uri.clone() });
+    // What locating the URI gave (RFC 3263): three destinations in SRV order.
+    let found = [first, second, third]
+        .iter()
+        .map(|a| (uri.clone(), common::core::udp(a)))
+        .collect();
+    net.core.handle_resolved(call, attempt, found, net.now);
+    net.collect();
+    let mut gw = [first, second, third].map(|a| Phone::new("gw", a));
+    let invite = gw[0].expect(&mut net, "INVITE");
+    assert_eq!(invite.uri().to_string(), uri);
+    assert!(gw[1].receive(&mut net).is_empty(), "one at a time");
+
+    // Silence: Timer B (32 s), then the next target, same Request-URI.
+    net.advance(Duration::from_secs(32));
+    gw[0].receive(&mut net);
+    let invite = gw[1].expect(&mut net, "INVITE");
+    assert_eq!(invite.uri().to_string(), uri);
+    answer_with(&mut net, &gw[1], &invite, 503, &[], "");
+    let invite = gw[2].expect(&mut net, "INVITE");
+    answer_with(&mut net, &gw[2], &invite, 200, &[], &sdp(7120, "sendrecv"));
+    assert_eq!(statuses(&alice.receive(&mut net)), vec![200]);
+}

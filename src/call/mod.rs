@@ -84,6 +84,9 @@ pub struct Branch {
     pub prack_owed: Option<(u32, u32)>,
     /// The INVITE was sent again with a longer Session-Expires after a 422.
     pub retried_422: bool,
+    /// Where else this branch's URI may be sent, in order (further SRV targets or
+    /// addresses, RFC 3263): tried on a timeout or a 503.
+    pub fallbacks: Vec<Destination>,
 }
 
 /// A 2xx Warden retransmits toward a UAS-side peer until its ACK (RFC 3261 13.3.1.4).

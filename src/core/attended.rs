@@ -155,6 +155,7 @@ fn put_in_place(call: &mut Call, side: Side, leg: Leg) -> Leg {
                 last_rseq: None,
                 prack_owed: None,
                 retried_422: false,
+                fallbacks: Vec::new(),
             });
             former
         }

@@ -141,8 +141,21 @@ impl Core {
             if found.is_empty() {
                 call.note_failure(404, self.phrase(404));
             }
+            // One branch per URI; its further destinations wait as its fallbacks.
+            let mut by_uri: Vec<(String, Vec<Destination>)> = Vec::new();
             for (contact, dest) in found {
-                self.add_branch(&mut call, &contact, dest, now);
+                match by_uri.iter_mut().find(|(uri, _)| *uri == contact) {
+                    Some((_, dests)) => dests.push(dest),
+                    None => by_uri.push((contact, vec![dest])),
+                }
+            }
+            for (contact, mut dests) in by_uri {
+                let first = dests.remove(0);
+                let index = call.branches.len();
+                self.add_branch(&mut call, &contact, first, now);
+                if let Some(b) = call.branches.get_mut(index) {
+                    b.fallbacks = dests;
+                }
             }
             self.end_if_every_branch_failed(&mut call, now);
             self.schedule(&call);
@@ -276,7 +289,29 @@ impl Core {
             last_rseq: None,
             prack_owed: None,
             retried_422: false,
+            fallbacks: Vec::new(),
         });
+    }
+
+    /// Branch `index` timed out or got 503 from a destination its URI was located at
+    /// (RFC 3263 4.3): the same URI goes to the next one. False when none is left.
+    pub(super) fn fail_over_branch(&mut self, call: &mut Call, index: usize, now: Instant) -> bool {
+        let Some(b) = call.branches.get_mut(index) else {
+            return false;
+        };
+        if b.fallbacks.is_empty() || call.abandoned {
+            return false;
+        }
+        let next = b.fallbacks.remove(0);
+        let rest = std::mem::take(&mut b.fallbacks);
+        let uri = b.invite.uri().to_string();
+        tracing::info!(call = call.id, %uri, next = %next.addr, "no answer there; trying the next destination");
+        let new_index = call.branches.len();
+        self.add_branch(call, &uri, next, now);
+        if let Some(b) = call.branches.get_mut(new_index) {
+            b.fallbacks = rest;
+        }
+        true
     }
 
     /// A callee's 3xx on a route that follows redirections: its Contacts (at most 5 over

@@ -154,7 +154,10 @@ impl Core {
             if let Some(b) = call.branches.get_mut(index) {
                 b.final_status = Some(status);
             }
-            if (300..400).contains(&status) && self.follow_redirect(&mut call, &resp, now) {
+            let fell_over = status == 503 && self.fail_over_branch(&mut call, index, now);
+            let followed =
+                (300..400).contains(&status) && self.follow_redirect(&mut call, &resp, now);
+            if fell_over || followed {
                 self.schedule(&call);
                 return self.finish_or_keep(call);
             }

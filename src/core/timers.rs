@@ -34,6 +34,10 @@ impl Core {
                     }
                     c.note_failure(408, "Request Timeout");
                     tracing::info!(call, branch, "callee did not answer the INVITE (Timer B)");
+                    if self.fail_over_branch(&mut c, branch, now) {
+                        self.schedule(&c);
+                        return self.finish_or_keep(c);
+                    }
                     self.end_if_every_branch_failed(&mut c, now);
                 }
                 self.finish_or_keep(c);
