@@ -285,17 +285,34 @@ pub struct ImsConfig {
     /// Addresses or networks of the S-CSCFs whose initial requests Warden serves as an AS:
     /// only theirs may set the session case (`orig` Route, P-Served-User), and only their
     /// calls may go on along their Route set (the dialplan target `ims`). Empty: no IMS.
+    /// A host name stands for every address it resolves to when the config is loaded
+    /// (the system's resolver; a reload resolves it again).
     pub trusted_scscf: Vec<String>,
 }
 
 impl ImsConfig {
-    /// The trusted networks (validation has refused bad entries).
+    /// The trusted networks (validation has refused bad entries), names resolved.
     pub fn trusted(&self) -> Vec<(IpAddr, u8)> {
         self.trusted_scscf
             .iter()
-            .filter_map(|t| crate::dialplan::parse_network(t).ok())
+            .flat_map(|t| match crate::dialplan::parse_network(t) {
+                Ok(net) => vec![net],
+                Err(_) => host_addresses(t)
+                    .into_iter()
+                    .map(|ip| (ip, if ip.is_ipv4() { 32 } else { 128 }))
+                    .collect(),
+            })
             .collect()
     }
+}
+
+/// The addresses a host name resolves to (empty when it does not).
+fn host_addresses(name: &str) -> Vec<IpAddr> {
+    use std::net::ToSocketAddrs;
+    (name, 0)
+        .to_socket_addrs()
+        .map(|addrs| addrs.map(|a| a.ip()).collect())
+        .unwrap_or_default()
 }
 
 /// Which dialplan routes calls.
@@ -591,8 +608,16 @@ impl Config {
             "dns.enum_suffix must name a domain"
         );
         for t in &self.ims.trusted_scscf {
-            crate::dialplan::parse_network(t)
-                .map_err(|e| anyhow::anyhow!("ims.trusted_scscf: {e}"))?;
+            let is_name = t.contains(|c: char| c.is_ascii_alphabetic()) && !t.contains([':', '/']);
+            if is_name {
+                anyhow::ensure!(
+                    !host_addresses(t).is_empty(),
+                    "ims.trusted_scscf: {t:?} does not resolve to any address"
+                );
+            } else {
+                crate::dialplan::parse_network(t)
+                    .map_err(|e| anyhow::anyhow!("ims.trusted_scscf: {e}"))?;
+            }
         }
         for t in &self.calls.trusted {
             crate::dialplan::parse_network(t).map_err(|e| anyhow::anyhow!("calls.trusted: {e}"))?;

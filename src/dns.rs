@@ -21,6 +21,12 @@ pub enum Lookup {
     Enum { number: String },
     /// Where a SIP URI with a host name goes.
     Host { uri: String },
+    /// Where the next hop of a Route set (a URI with a host name) is, for a request to
+    /// `request_uri` (the IMS way on to an S-CSCF given by name).
+    Route {
+        next_hop: String,
+        request_uri: String,
+    },
 }
 
 /// A target ready to ring: its Request-URI and where to send it.
@@ -78,6 +84,16 @@ pub fn resolver(config: &DnsConfig) -> anyhow::Result<TokioResolver> {
 pub async fn resolve(resolver: &TokioResolver, lookup: &Lookup, enum_suffix: &str) -> Vec<Found> {
     let uris = match lookup {
         Lookup::Host { uri } => return locate(resolver, uri).await,
+        Lookup::Route {
+            next_hop,
+            request_uri,
+        } => {
+            let found = locate(resolver, next_hop).await;
+            return found
+                .into_iter()
+                .map(|(_, dest)| (request_uri.clone(), dest))
+                .collect();
+        }
         Lookup::Enum { number } => enum_uris(resolver, number, enum_suffix).await,
     };
     let mut found = Vec::new();

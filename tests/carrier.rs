@@ -929,3 +929,40 @@ do = [{ bridge = "sip:${callee}@carrier.example" }]
     answer_with(&mut net, &gw[2], &invite, 200, &[], &sdp(7120, "sendrecv"));
     assert_eq!(statuses(&alice.receive(&mut net)), vec![200]);
 }
+
+#[test]
+fn an_s_cscf_named_in_the_route_is_located_by_dns_and_trusted_by_name() {
+    let scscf = "127.0.0.1:7401";
+    let plan = r#"
+[[rule]]
+name = "ims"
+do = [{ bridge = "ims" }]
+"#;
+    let mut config = quiet_media();
+    config.ims.trusted_scscf = vec!["localhost".into()];
+    config.validate().expect("a name that resolves is accepted");
+    let mut net = Net::with_plan(config, plan);
+    let mut core_side = Phone::new("scscf", scscf);
+    let route = "Route: <sip:127.0.0.1:5060;lr>, <sip:scscf.ims.test;lr;odi=abc>";
+    core_side.invite(&mut net, "+41441234567", &sdp(7110, "sendrecv"), &[route]);
+    core_side.receive(&mut net);
+    let (call, attempt, lookup) = resolve_asked(&mut net);
+    let request_uri = "sip:+41441234567@127.0.0.1".to_owned();
+    assert_eq!(
+        lookup,
+        warden::dns::Lookup::Route {
+            next_hop: "sip:scscf.ims.test;lr;odi=abc".into(),
+            request_uri: request_uri.clone(),
+        }
+    );
+    let found = vec![(request_uri.clone(), common::core::udp(scscf))];
+    net.core.handle_resolved(call, attempt, found, net.now);
+    net.collect();
+    let invite = core_side.expect(&mut net, "INVITE");
+    assert_eq!(invite.uri().to_string(), request_uri);
+    assert_eq!(
+        invite.header("Route").as_deref(),
+        Some("<sip:scscf.ims.test;lr;odi=abc>"),
+        "the S-CSCF's own entry, back along the Route set"
+    );
+}

@@ -80,7 +80,7 @@ impl Core {
         target: &str,
     ) -> Result<Vec<Found>, Lookup> {
         if target == "ims" {
-            return Ok(self.ims_target(call).into_iter().collect());
+            return self.ims_target(call);
         }
         if let Some(number) = target.strip_prefix("enum:") {
             return Err(Lookup::Enum {
@@ -169,7 +169,7 @@ impl Core {
     /// the S-CSCF along the Route set it came with, minus Warden's own entry on top (the
     /// S-CSCF's entry keeps its original dialog identifier), to the same Request-URI, with
     /// P-Charging-Vector (its ICID) and P-Asserted-Identity carried across.
-    pub(super) fn ims_target(&mut self, call: &mut Call) -> Option<(String, Destination)> {
+    pub(super) fn ims_target(&mut self, call: &mut Call) -> Result<Vec<Found>, Lookup> {
         let req = &call.a_invite;
         let trusted = crate::dialplan::in_networks(call.a.dest.addr.ip(), &self.trusted_scscf);
         // Every Route entry after Warden's own, parsed like any Route set.
@@ -179,18 +179,19 @@ impl Core {
             .into_iter()
             .skip(1)
             .collect();
-        let first = next_hops
+        let Some(hop) = next_hops
             .first()
-            .and_then(|hop| literal_destination(&hop.uri.to_string()));
-        let Some(dest) = first.filter(|_| trusted) else {
+            .map(|h| h.uri.to_string())
+            .filter(|_| trusted)
+        else {
             tracing::warn!(
                 call = call.id,
                 trusted,
                 routes = next_hops.len(),
-                "bridge to ims: not from a trusted S-CSCF, or no Route to go on along (an IP address is needed)"
+                "bridge to ims: not from a trusted S-CSCF, or no Route to go on along"
             );
             call.note_failure(403, "Forbidden");
-            return None;
+            return Ok(Vec::new());
         };
         for name in ["P-Charging-Vector", "P-Asserted-Identity"] {
             if let Some(value) = req.header(name)
@@ -204,7 +205,14 @@ impl Core {
         }
         let uri = req.uri().to_string();
         call.b_route = route_set(Ok(next_hops), false);
-        Some((uri, dest))
+        match literal_destination(&hop) {
+            Some(dest) => Ok(vec![(uri, dest)]),
+            // An S-CSCF named in the Route: located by RFC 3263, the Request-URI kept.
+            None => Err(Lookup::Route {
+                next_hop: hop,
+                request_uri: uri,
+            }),
+        }
     }
 
     /// Send the callee-side INVITE of a new branch toward `contact` at `dest`.
