@@ -955,9 +955,17 @@ do = [{ bridge = "ims" }]
             request_uri: request_uri.clone(),
         }
     );
-    let found = vec![(request_uri.clone(), common::core::udp(scscf))];
+    // Two SRV targets: the first refuses with 503, the second keeps the Route set.
+    let busy = "127.0.0.1:7402";
+    let found = vec![
+        (request_uri.clone(), common::core::udp(busy)),
+        (request_uri.clone(), common::core::udp(scscf)),
+    ];
     net.core.handle_resolved(call, attempt, found, net.now);
     net.collect();
+    let busy_side = Phone::new("scscf", busy);
+    let first = requests(&net.take(busy), "INVITE");
+    answer_with(&mut net, &busy_side, &first[0], 503, &[], "");
     let invite = core_side.expect(&mut net, "INVITE");
     assert_eq!(invite.uri().to_string(), request_uri);
     assert_eq!(

@@ -313,6 +313,9 @@ impl Core {
         let next = b.fallbacks.remove(0);
         let rest = std::mem::take(&mut b.fallbacks);
         let uri = b.invite.uri().to_string();
+        // The same Route set as the first attempt (the IMS way on goes along it).
+        let route = b.invite.headers("Route");
+        call.b_route = route;
         tracing::info!(call = call.id, %uri, next = %next.addr, "no answer there; trying the next destination");
         let new_index = call.branches.len();
         self.add_branch(call, &uri, next, now);
