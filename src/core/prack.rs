@@ -151,7 +151,11 @@ impl Core {
         else {
             return true; // no RSeq: an ordinary provisional after all
         };
-        let caller_answers = call.a_reliable.is_some() && call.a_invite.body().is_empty();
+        // Only the caller's own ringing callee's offer is the caller's to answer.
+        let caller_answers = call.a_reliable.is_some()
+            && call.a_invite.body().is_empty()
+            && call.state == crate::call::State::Calling
+            && call.transfer.is_none();
         let Some(b) = call.branches.get_mut(index) else {
             return false;
         };
@@ -163,6 +167,12 @@ impl Core {
         let invite_cseq = b.invite.cseq().map_or(1, |c| c.seq);
         b.prack_owed = Some((rseq, invite_cseq));
         if !caller_answers || resp.body().is_empty() {
+            if call.a_invite.body().is_empty() && !resp.body().is_empty() && !caller_answers {
+                tracing::warn!(
+                    call = call.id,
+                    "a callee offered in a reliable provisional to a caller without 100rel: PRACKed without an answer"
+                );
+            }
             self.prack_branch(call, index, None, now);
         }
         true

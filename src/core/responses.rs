@@ -74,6 +74,13 @@ impl Core {
             }
             return self.finish_or_keep(call);
         }
+        // Every branch's reliable provisionals are PRACKed (a transfer target's too).
+        if (101..200).contains(&status)
+            && resp.lists("Require", "100rel")
+            && !self.on_reliable_provisional(&mut call, index, &resp, now)
+        {
+            return self.finish_or_keep(call); // a retransmission: PRACKed already
+        }
         if call
             .transfer
             .as_ref()
@@ -95,12 +102,6 @@ impl Core {
             return self.finish_or_keep(call);
         }
         if status < 200 {
-            if status > 100
-                && resp.lists("Require", "100rel")
-                && !self.on_reliable_provisional(&mut call, index, &resp, now)
-            {
-                return self.finish_or_keep(call); // a retransmission: PRACKed already
-            }
             if let Some(b) = call.branches.get_mut(index) {
                 b.provisional = true;
                 if resp.to_tag().is_some() {
