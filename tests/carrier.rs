@@ -974,3 +974,58 @@ do = [{ bridge = "ims" }]
         "the S-CSCF's own entry, back along the Route set"
     );
 }
+
+#[test]
+fn a_prompt_to_a_caller_with_preconditions_follows_the_precondition_flow() {
+    let plan = r#"
+[[rule]]
+name = "announce"
+do = [{ play = "user_unavailable" }, { reject = 480 }]
+"#;
+    let mut net = Net::with_plan(quiet_media(), plan);
+    let mut alice = Phone::new("alice", ALICE);
+    let offer = |local: &str| {
+        sdp(7110, "sendrecv")
+            + &format!(
+                "a=curr:qos local {local}\r\na=curr:qos remote none\r\n\
+                 a=des:qos mandatory local sendrecv\r\na=des:qos mandatory remote sendrecv\r\n"
+            )
+    };
+    let headers = ["Require: precondition", "Supported: 100rel"];
+    let invite = alice.invite(&mut net, "5555", &offer("none"), &headers);
+    let got = responses_of(&alice.receive(&mut net));
+    assert_eq!(
+        got.iter().map(|r| r.status()).collect::<Vec<_>>(),
+        vec![100, 183],
+        "precondition is no Bad Extension"
+    );
+    let text = String::from_utf8_lossy(got[1].body()).into_owned();
+    for line in [
+        "a=curr:qos local sendrecv",
+        "a=curr:qos remote none",
+        "a=des:qos mandatory remote sendrecv",
+        "a=des:qos mandatory local sendrecv",
+        "a=conf:qos remote sendrecv",
+    ] {
+        assert!(text.contains(line), "{line} in Warden's answer:\n{text}");
+    }
+    assert!(
+        got[1].lists("Require", "100rel"),
+        "reliable: its SDP must be PRACKed"
+    );
+    let mut early = alice.dialog_as_caller(&invite, &got[1]);
+    prack(&mut net, &mut alice, &mut early, &got[1], "");
+    assert_eq!(statuses(&alice.receive(&mut net)), vec![200]);
+
+    // The caller's resources are ready: its UPDATE says so, Warden's 200 agrees.
+    alice.request(&mut net, &mut early, "UPDATE", &[], &offer("sendrecv"));
+    let ok = responses_of(&alice.receive(&mut net));
+    assert_eq!(ok.iter().map(|r| r.status()).collect::<Vec<_>>(), vec![200]);
+    let text = String::from_utf8_lossy(ok[0].body()).into_owned();
+    assert!(text.contains("a=curr:qos remote sendrecv"), "{text}");
+    assert!(!text.contains("a=conf:"), "nothing left to confirm");
+    assert!(
+        text.contains("o=warden") && text.contains(" 2 IN IP4"),
+        "a new version: {text}"
+    );
+}

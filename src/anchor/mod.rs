@@ -7,6 +7,7 @@
 //! SRTP is terminated on each leg: a leg's keys stay on that leg (see `sdes`).
 
 pub mod negotiate;
+pub mod precondition;
 pub mod sdes;
 pub mod sdp;
 
@@ -685,6 +686,12 @@ impl MediaSession {
                 } else {
                     "a=sendonly\r\n"
                 });
+                let curr = offer.attribute_values(index, "curr");
+                let des = offer.attribute_values(index, "des");
+                for line in precondition::answer_lines(&curr, &des) {
+                    sdp.push_str(&line);
+                    sdp.push_str("\r\n");
+                }
             } else {
                 sdp.push_str(&offer.rejected_media_line(i));
                 sdp.push_str("\r\n");

@@ -322,6 +322,18 @@ impl Sdp {
         })
     }
 
+    /// The values of m= line `index`'s `a=NAME:value` attributes, in order.
+    pub fn attribute_values(&self, index: usize, name: &str) -> Vec<String> {
+        let prefix = format!("a={name}:");
+        self.sections
+            .get(index)
+            .into_iter()
+            .flatten()
+            .filter_map(|line| line.strip_prefix(prefix.as_str()))
+            .map(|v| v.trim().to_owned())
+            .collect()
+    }
+
     /// m= line `index` with port 0: how an answer rejects that stream (RFC 3264 6).
     pub fn rejected_media_line(&self, index: usize) -> String {
         let line = self

@@ -235,6 +235,8 @@ pub struct Call {
     pub redirects_followed: usize,
     /// A call to an emergency number: never refused by screening or limits.
     pub emergency: bool,
+    /// Warden's own early answers to the caller's UPDATEs (their `o=` versions count on).
+    pub early_updates: u64,
 }
 
 /// A blind transfer (RFC 3515): the party on side `by` asked Warden to call `target` in
@@ -375,6 +377,7 @@ impl Call {
             on_redirect: crate::dialplan::RedirectPolicy::Follow,
             redirects_followed: 0,
             emergency: new.emergency,
+            early_updates: 0,
         }
     }
 

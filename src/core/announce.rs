@@ -5,12 +5,53 @@ use std::time::{Duration, Instant};
 
 use warden_media::{MediaEvent, Playback, Side as MediaSide, StreamId};
 
-use crate::anchor::media_side;
+use bytes::Bytes;
+
+use crate::anchor::negotiate::Role;
+use crate::anchor::{media_side, precondition};
 use crate::call::{AfterPrompt, Call, Side, State};
+use crate::sip::message::{Request, Response};
+use crate::sip::transaction::TxKey;
 
 use super::Core;
 
 impl Core {
+    /// The caller's UPDATE while Warden plays it early media (no callee in an early
+    /// dialog): answered by Warden with its own description, on the caller's new offer
+    /// (preconditions: the caller saying its resources are ready, RFC 3312).
+    pub(super) fn on_caller_early_update(
+        &mut self,
+        call: &mut Call,
+        key: TxKey,
+        req: Request,
+        now: Instant,
+    ) {
+        let content_type = req.header("Content-Type");
+        let offered = self.anchor(
+            &mut call.media,
+            Side::A,
+            req.body(),
+            content_type.as_deref(),
+            Role::Offer,
+        );
+        if let Err(e) = offered {
+            self.refuse_media(&key, &req, e, now);
+            return;
+        }
+        let listen = call.digits.is_some();
+        let Some(plan) = call.media.answer_caller(&mut *self.media, call.id, listen) else {
+            let why = Some("nothing in the offer Warden can play");
+            let tag = call.a.local_tag.clone();
+            return self.respond_warning(&key, &req, 488, Some(&tag), why, now);
+        };
+        call.early_updates += 1;
+        let sdp = precondition::with_version(&plan.sdp, 1 + call.early_updates);
+        let mut ok = Response::to_request(&req, 200, "OK");
+        let _ = ok.push_header("Contact", &self.contact(call.a.dest.transport));
+        ok.set_body(Bytes::from(sdp), Some("application/sdp"));
+        self.tx.respond(&key, ok, now);
+    }
+
     /// Play the caller the announcement for `status` as early media (183 with Warden's own
     /// SDP answer), when configured and possible; the failure is sent when it ends.
     pub(super) fn announce(

@@ -88,6 +88,14 @@ impl Core {
             }
             Method::Refer => self.on_refer(&mut call, key, req, side, now),
             Method::Prack if side == Side::A => self.on_caller_prack(&mut call, key, req, now),
+            Method::Update
+                if call.state == State::Calling
+                    && call.early_branch().is_none()
+                    && call.announcing.is_some()
+                    && !req.body().is_empty() =>
+            {
+                self.on_caller_early_update(&mut call, key, req, now);
+            }
             Method::Update | Method::Info if call.early_branch().is_some() => {
                 // RFC 3311: an UPDATE may change the session before the answer; it crosses
                 // to the other early dialog like any in-dialog request.
