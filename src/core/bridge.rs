@@ -88,14 +88,7 @@ impl Core {
             });
         }
         if let Some(user) = target.strip_prefix("user:") {
-            let bindings: Vec<(String, Destination)> = self
-                .registrar
-                .lookup(user, self.unix_s())
-                .into_iter()
-                .map(|b| (b.contact.clone(), b.destination(None)))
-                .collect();
-            if bindings.is_empty() {
-                let status = if self.registrar.knows(user) { 480 } else { 404 };
+            return Ok(self.user_contacts(user).unwrap_or_else(|status| {
                 tracing::info!(
                     call = call.id,
                     target,
@@ -103,8 +96,8 @@ impl Core {
                     "bridge target not reachable"
                 );
                 call.note_failure(status, self.phrase(status));
-            }
-            return Ok(bindings);
+                Vec::new()
+            }));
         }
         if let Some(dest) = literal_destination(target) {
             if self.gateways.is_down(dest.addr) {
@@ -126,6 +119,22 @@ impl Core {
         );
         call.note_failure(502, "Bad Gateway");
         Ok(Vec::new())
+    }
+
+    /// Every contact `user` has registered, or why there is none: 480 for a known user,
+    /// 404 for an unknown one.
+    pub(super) fn user_contacts(&self, user: &str) -> Result<Vec<Found>, u16> {
+        let bindings: Vec<Found> = self
+            .registrar
+            .lookup(user, self.unix_s())
+            .into_iter()
+            .map(|b| (b.contact.clone(), b.destination(None)))
+            .collect();
+        match (bindings.is_empty(), self.registrar.knows(user)) {
+            (false, _) => Ok(bindings),
+            (true, true) => Err(480),
+            (true, false) => Err(404),
+        }
     }
 
     /// The driver's answer to an `Output::Resolve`: ring what it found, if the bridge

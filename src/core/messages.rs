@@ -132,6 +132,27 @@ impl Core {
         Some(key)
     }
 
+    /// A request of Warden's own outside any dialog (a forwarded MESSAGE, a gateway
+    /// probe): a fresh Via branch, From tag and Call-ID, CSeq 1. `stamp` is the From
+    /// (without tag), the To, the transport and Max-Forwards.
+    pub(super) fn own_request(
+        &self,
+        method: Method,
+        uri: &crate::sip::message::Uri,
+        (from, to, transport, hops): (&str, &str, Transport, u8),
+    ) -> Option<Request> {
+        Request::builder(method, uri)
+            .header("Via", &self.via(transport, &new_tag()))
+            .max_forwards(hops)
+            .header("From", &format!("{from};tag={}", new_tag()))
+            .header("To", to)
+            .header("Call-ID", &format!("{}@warden", new_tag()))
+            .cseq(1)
+            .header("User-Agent", &self.config.sip.user_agent)
+            .build()
+            .ok()
+    }
+
     /// Warden's own response to the caller's INVITE (not a callee's relayed): the caller
     /// leg's To tag and Server; with `sdp`, Warden's Contact and that body.
     pub(super) fn caller_response(

@@ -241,6 +241,8 @@ impl Core {
         prompts: Prompts,
     ) -> Core {
         let instance = config.server.instance_name();
+        // Resolved once: S-CSCFs may be given by name.
+        let scscf = config.ims.trusted();
         let gateways = crate::sip::probe::Gateways::new(
             Duration::from_secs(config.calls.probe_s),
             config.calls.probe_failures,
@@ -248,9 +250,9 @@ impl Core {
         Core {
             phrases: config.sip.phrases(),
             transcodable: config.media.transcodable(),
-            trusted_scscf: config.ims.trusted(),
-            guard: Guard::new(&config.guard, &config.ims.trusted()),
-            calls_trusted: [config.calls.trusted(), config.ims.trusted()].concat(),
+            guard: Guard::new(&config.guard, &scscf),
+            calls_trusted: [config.calls.trusted(), scscf.clone()].concat(),
+            trusted_scscf: scscf,
             next_attempt: 1,
             rng: rand::SeedableRng::from_os_rng(),
             tx: Transactions::new(config.timers()),

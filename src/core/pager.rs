@@ -89,18 +89,12 @@ impl Core {
         let destinations: Vec<(String, Destination)> = targets
             .iter()
             .flat_map(|target| match target.strip_prefix("user:") {
-                Some(user) => {
-                    let found: Vec<_> = self
-                        .registrar
-                        .lookup(user, unix_s)
-                        .into_iter()
-                        .map(|b| (b.contact.clone(), b.destination(None)))
-                        .collect();
-                    if found.is_empty() && self.registrar.knows(user) {
+                Some(user) => self.user_contacts(user).unwrap_or_else(|status| {
+                    if status == 480 {
                         unreachable = 480;
                     }
-                    found
-                }
+                    Vec::new()
+                }),
                 None => literal_destination(target)
                     .map(|d| (target.clone(), d))
                     .into_iter()
@@ -144,16 +138,9 @@ impl Core {
         let uri = Uri::parse(contact).ok()?;
         let from = crate::sip::dialog::strip_tag(&req.header("From")?);
         let hops = req.max_forwards().unwrap_or(70).saturating_sub(1);
-        let mut copy = Request::builder(Method::Message, &uri)
-            .header("Via", &self.via(dest.transport, &new_tag()))
-            .max_forwards(hops)
-            .header("From", &format!("{from};tag={}", new_tag()))
-            .header("To", &req.header("To")?)
-            .header("Call-ID", &format!("{}@warden", new_tag()))
-            .cseq(1)
-            .header("User-Agent", &self.config.sip.user_agent)
-            .build()
-            .ok()?;
+        let to = req.header("To")?;
+        let stamp = (from.as_str(), to.as_str(), dest.transport, hops);
+        let mut copy = self.own_request(Method::Message, &uri, stamp)?;
         let content_type = req.header("Content-Type");
         copy.set_body(req.body().clone(), content_type.as_deref());
         Some(copy)
@@ -205,18 +192,14 @@ impl Core {
         &mut self,
         key: &TxKey,
         req: &Request,
-        mut record: Record,
+        record: Record,
         status: u16,
         why: &str,
         now: Instant,
     ) {
         tracing::info!(from = %record.caller, to = %record.callee, status, why, "message refused");
         self.respond(key, req, status, None, now);
-        record.final_code = Some(i64::from(status));
-        record.final_reason = Some(self.phrase(status).to_owned());
-        record.ended_ms = Some(self.unix_ms as i64);
-        record.hangup_side = Some("warden".into());
-        record.end_reason = Some(why.to_owned());
+        let record = self.refused_record(record, status, why);
         self.out.push_back(Output::Record(Box::new(record)));
     }
 }

@@ -4,9 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::call::new_tag;
 use crate::dns::literal_destination;
-use crate::sip::message::{Method, Request, Uri};
+use crate::sip::message::{Method, Uri};
 use crate::sip::probe::GatewayState;
 use crate::sip::transport::Transport;
 
@@ -37,24 +36,10 @@ impl Core {
     /// Send the probes that are due.
     pub(super) fn send_probes(&mut self, now: Instant) {
         for (uri, dest) in self.gateways.due(now) {
+            let from = format!("<sip:warden@{}>", self.local_host(dest.transport));
+            let to = format!("<{uri}>");
             let probe = Uri::parse(&uri).ok().and_then(|target| {
-                Request::builder(Method::Options, &target)
-                    .header("Via", &self.via(dest.transport, &new_tag()))
-                    .max_forwards(70)
-                    .header(
-                        "From",
-                        &format!(
-                            "<sip:warden@{}>;tag={}",
-                            self.local_host(dest.transport),
-                            new_tag()
-                        ),
-                    )
-                    .header("To", &format!("<{uri}>"))
-                    .header("Call-ID", &format!("{}@warden", new_tag()))
-                    .cseq(1)
-                    .header("User-Agent", &self.config.sip.user_agent)
-                    .build()
-                    .ok()
+                self.own_request(Method::Options, &target, (&from, &to, dest.transport, 70))
             });
             let addr = dest.addr;
             let sent = probe.and_then(|p| self.tx.send_request(p, dest, now));

@@ -37,18 +37,27 @@ impl Core {
         why: &str,
         rule: Option<String>,
     ) {
-        let record = Record {
-            rev: 1,
+        let base = Record {
             rule,
+            ..self.new_record(req, from)
+        };
+        let record = self.refused_record(base, status, why);
+        *self.stats.final_codes.entry(status).or_default() += 1;
+        self.out.push_back(Output::Record(Box::new(record)));
+    }
+
+    /// `base` closed as refused by Warden with `status` for `why` (a refused INVITE, a
+    /// refused MESSAGE).
+    pub(super) fn refused_record(&self, base: Record, status: u16, why: &str) -> Record {
+        Record {
+            rev: 1,
             ended_ms: Some(self.unix_ms as i64),
             final_code: Some(i64::from(status)),
             final_reason: Some(self.phrase(status).to_owned()),
             hangup_side: Some("warden".into()),
             end_reason: Some(why.to_owned()),
-            ..self.new_record(req, from)
-        };
-        *self.stats.final_codes.entry(status).or_default() += 1;
-        self.out.push_back(Output::Record(Box::new(record)));
+            ..base
+        }
     }
 
     /// Hand out the call's record as it stands now.

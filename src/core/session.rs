@@ -342,7 +342,11 @@ impl Core {
         now: Instant,
     ) {
         let mut ok = Response::to_request(req, 200, "OK");
-        let _ = ok.push_header("Contact", &self.contact(req_transport(call, side)));
+        let caller_transport = call.a.dest.transport;
+        let transport = call
+            .leg_mut(side)
+            .map_or(caller_transport, |leg| leg.dest.transport);
+        let _ = ok.push_header("Contact", &self.contact(transport));
         self.peer_refreshed(call, side, req, &mut ok, now);
         self.tx.respond(key, ok, now);
     }
@@ -382,8 +386,6 @@ impl Core {
     /// Warden's Session-Expires for a request it relays to `side` (not the requester's:
     /// each leg has its own timer).
     pub(super) fn relayed_session_expires(&self, call: &mut Call, side: Side, req: &mut Request) {
-        req.remove_header("Session-Expires");
-        req.remove_header("Min-SE");
         if let Some(timer) = call.timer_mut(side) {
             let _ = req.set_header("Session-Expires", &as_uac(timer));
         }
@@ -404,15 +406,5 @@ impl Core {
         if let Some(timer) = call.timer_mut(side) {
             timer.refreshed(now, Some(negotiated_uac(ok, asked)));
         }
-    }
-}
-
-fn req_transport(call: &Call, side: Side) -> crate::sip::transport::Transport {
-    match side {
-        Side::A => call.a.dest.transport,
-        Side::B => call
-            .answered
-            .and_then(|i| call.branches.get(i))
-            .map_or(call.a.dest.transport, |b| b.leg.dest.transport),
     }
 }
