@@ -364,3 +364,66 @@ fn records_reach_postgresql_survive_a_crash_and_its_outage_none_lost_none_twice(
     // Straight from PostgreSQL: one row per call.
     assert_eq!(stored(&url).len(), 8);
 }
+
+/// Two answered calls, then `first`, a pause, and `second`: both legs of both calls hear
+/// BYE, both records close as `shutdown`, Warden exits 0 without a panic.
+fn two_signals_end_live_calls(
+    config: &str,
+    first: libc::c_int,
+    pause: Duration,
+    second: libc::c_int,
+) {
+    let mut w = Warden::start_with(config);
+    let url = format!("sqlite://{}", w.dir.join("cdr.sqlite").display());
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    establish(&w, &mut alice, &mut bob);
+    establish(&w, &mut alice, &mut bob);
+    w.signal(first);
+    std::thread::sleep(pause);
+    w.signal(second);
+    std::thread::sleep(Duration::from_millis(100));
+    w.signal(second); // any further signal changes nothing
+    both_hear_bye(&mut alice, &mut bob);
+    both_hear_bye(&mut alice, &mut bob);
+    let status = w.wait_exit(Duration::from_secs(15)).expect("Warden exits");
+    let log = w.log();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    let records = stored(&url);
+    assert_eq!(records.len(), 2, "{records:#?}");
+    for r in &records {
+        assert_eq!(r.final_code, Some(200), "{r:#?}");
+        assert_eq!(r.end_reason.as_deref(), Some("shutdown"), "{r:#?}");
+        assert!(r.ended_ms.is_some(), "{r:#?}");
+    }
+}
+
+#[test]
+fn a_second_sigterm_ends_live_calls_at_once_and_exits_cleanly() {
+    two_signals_end_live_calls(
+        "[server]\nshutdown_grace_s = 60\n",
+        libc::SIGTERM,
+        Duration::from_secs(1),
+        libc::SIGTERM,
+    );
+}
+
+#[test]
+fn a_second_sigint_ends_live_calls_at_once_and_exits_cleanly() {
+    two_signals_end_live_calls(
+        "[server]\nshutdown_grace_s = 60\n",
+        libc::SIGINT,
+        Duration::from_secs(1),
+        libc::SIGINT,
+    );
+}
+
+#[test]
+fn a_second_signal_as_the_grace_time_ends_exits_cleanly() {
+    two_signals_end_live_calls(
+        "[server]\nshutdown_grace_s = 1\n",
+        libc::SIGTERM,
+        Duration::from_secs(1),
+        libc::SIGTERM,
+    );
+}

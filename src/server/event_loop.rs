@@ -172,7 +172,7 @@ impl Loop {
 
     /// Serve until a shutdown signal and the end of the live calls (or the grace time).
     pub async fn run(mut self) -> anyhow::Result<()> {
-        let mut shutdown = Box::pin(shutdown_signal());
+        let mut stop_signals = StopSignals::watch()?;
         let mut reload = reload_signal()?;
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         let mut rate_tick = tokio::time::interval(Duration::from_secs(1));
@@ -219,10 +219,7 @@ impl Loop {
                 Some((command, reply)) = self.asks.recv() => self.on_ask(command, reply),
                 Some(done) = self.reloaded.recv() => self.apply_reload(done),
                 _ = reload.recv() => self.start_reload(None),
-                _ = &mut shutdown => {
-                    self.on_shutdown_signal();
-                    shutdown = Box::pin(shutdown_signal());
-                }
+                _ = stop_signals.recv() => self.on_shutdown_signal(),
             }
             let giving_up = self.shutdown_progress();
             self.carry_out();
@@ -382,10 +379,16 @@ impl Loop {
         }
     }
 
-    /// SIGINT/SIGTERM: the first starts the grace time, a second ends the live calls now.
+    /// SIGINT/SIGTERM: the first starts the grace time, a second ends the live calls now,
+    /// any later one changes nothing (the calls are being ended already).
     fn on_shutdown_signal(&mut self) {
         let s = &mut self.stopping;
-        if s.drain_until.is_none() {
+        if s.give_up_at.is_some() {
+            tracing::info!(
+                active_calls = self.core.active_calls(),
+                "stop signal: live calls are being ended already"
+            );
+        } else if s.drain_until.is_none() {
             tracing::info!(
                 active_calls = self.core.active_calls(),
                 grace_s = s.grace.as_secs(),
@@ -521,20 +524,31 @@ fn reload_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
         .map_err(|e| anyhow::anyhow!("cannot watch SIGHUP: {e}"))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
+/// SIGINT and SIGTERM as one stream: every signal is one `recv`, however many arrive, so
+/// the loop can take a second (and a third) without polling a finished future.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn watch() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let watch = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| anyhow::anyhow!("cannot watch {name}: {e}"))
+        };
+        Ok(StopSignals {
+            interrupt: watch(SignalKind::interrupt(), "SIGINT")?,
+            terminate: watch(SignalKind::terminate(), "SIGTERM")?,
+        })
+    }
+
+    /// The next stop signal. Cancel-safe: a signal that arrives while another branch of
+    /// the loop's `select!` wins is kept for the next call.
+    async fn recv(&mut self) {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

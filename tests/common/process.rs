@@ -203,17 +203,19 @@ impl Warden {
 
     /// SIGHUP: reload the dialplan.
     pub fn reload(&self) {
-        if let Some(child) = &self.child {
-            // SAFETY: kill with a live child's pid and a valid signal number.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
-        }
+        self.signal(libc::SIGHUP);
     }
 
     /// SIGTERM: the graceful shutdown.
     pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Send the process `signal` (SIGTERM, SIGINT, SIGHUP).
+    pub fn signal(&self, signal: libc::c_int) {
         if let Some(child) = &self.child {
             // SAFETY: kill with a live child's pid and a valid signal number.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
         }
     }
 
