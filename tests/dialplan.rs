@@ -477,3 +477,124 @@ fn generated_responses_carry_the_operators_localized_reason_phrases() {
         (486, "Failure")
     );
 }
+
+/// The IANA "Response Codes" registry (sip-parameters), as published: code and phrase.
+const IANA_RESPONSE_CODES: &str = "\
+100 Trying
+180 Ringing
+181 Call Is Being Forwarded
+182 Queued
+183 Session Progress
+199 Early Dialog Terminated
+200 OK
+202 Accepted
+204 No Notification
+300 Multiple Choices
+301 Moved Permanently
+302 Moved Temporarily
+305 Use Proxy
+380 Alternative Service
+400 Bad Request
+401 Unauthorized
+402 Payment Required
+403 Forbidden
+404 Not Found
+405 Method Not Allowed
+406 Not Acceptable
+407 Proxy Authentication Required
+408 Request Timeout
+410 Gone
+412 Conditional Request Failed
+413 Request Entity Too Large
+414 Request-URI Too Long
+415 Unsupported Media Type
+416 Unsupported URI Scheme
+417 Unknown Resource-Priority
+420 Bad Extension
+421 Extension Required
+422 Session Interval Too Small
+423 Interval Too Brief
+424 Bad Location Information
+425 Bad Alert Message
+428 Use Identity Header
+429 Provide Referrer Identity
+430 Flow Failed
+433 Anonymity Disallowed
+436 Bad Identity Info
+437 Unsupported Credential
+438 Invalid Identity Header
+439 First Hop Lacks Outbound Support
+440 Max-Breadth Exceeded
+469 Bad Info Package
+470 Consent Needed
+480 Temporarily Unavailable
+481 Call/Transaction Does Not Exist
+482 Loop Detected
+483 Too Many Hops
+484 Address Incomplete
+485 Ambiguous
+486 Busy Here
+487 Request Terminated
+488 Not Acceptable Here
+489 Bad Event
+491 Request Pending
+493 Undecipherable
+494 Security Agreement Required
+500 Server Internal Error
+501 Not Implemented
+502 Bad Gateway
+503 Service Unavailable
+504 Server Time-out
+505 Version Not Supported
+513 Message Too Large
+555 Push Notification Service Not Supported
+580 Precondition Failure
+600 Busy Everywhere
+603 Decline
+604 Does Not Exist Anywhere
+606 Not Acceptable
+607 Unwanted
+608 Rejected
+";
+
+#[test]
+fn every_code_in_the_iana_registry_has_its_rfc_phrase_and_no_other_code_does() {
+    use warden::sip::status::{reason_phrase, standard_phrase};
+    let registry: Vec<(u16, &str)> = IANA_RESPONSE_CODES
+        .lines()
+        .map(|line| {
+            let (code, phrase) = line.split_once(' ').expect("code and phrase");
+            (code.parse().expect("a code"), phrase)
+        })
+        .collect();
+    for &(code, phrase) in &registry {
+        assert_eq!(standard_phrase(code), Some(phrase), "{code}");
+        assert_eq!(reason_phrase(code), phrase, "{code}");
+    }
+    for code in 100..700 {
+        if !registry.iter().any(|&(c, _)| c == code) {
+            assert_eq!(standard_phrase(code), None, "{code} is not in the registry");
+            assert_ne!(reason_phrase(code), "Unknown", "{code}");
+        }
+    }
+}
+
+#[test]
+fn a_redirect_and_a_reject_carry_their_standard_phrases() {
+    let plan = "[[rule]]\nname = \"moved\"\nwhen = { ruri_user = '^moved$' }\ndo = [{ redirect = \"sip:x@example.net\" }]\n\n\
+                [[rule]]\nname = \"codec\"\nwhen = { ruri_user = '^codec$' }\ndo = [{ reject = 488 }]\n";
+    let (w, _plan, _dir) = warden_with_plan(plan);
+    let mut alice = Ua::udp("alice", w.port);
+    alice.invite("moved");
+    let moved = alice.final_response();
+    assert_eq!(
+        (moved.status(), moved.reason().as_str()),
+        (302, "Moved Temporarily")
+    );
+    alice.invite("codec");
+    let refused = alice.final_response();
+    assert_eq!(
+        (refused.status(), refused.reason().as_str()),
+        (488, "Not Acceptable Here")
+    );
+}

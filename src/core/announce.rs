@@ -46,7 +46,7 @@ impl Core {
         };
         call.early_updates += 1;
         let sdp = precondition::with_version(&plan.sdp, 1 + call.early_updates);
-        let mut ok = Response::to_request(&req, 200, "OK");
+        let mut ok = Response::to_request(&req, 200, self.phrase(200));
         let _ = ok.push_header("Contact", &self.contact(call.a.dest.transport));
         ok.set_body(Bytes::from(sdp), Some("application/sdp"));
         self.tx.respond(&key, ok, now);
@@ -109,7 +109,7 @@ impl Core {
         };
         let seconds = prompt.frames.len() as u64 * u64::from(repeat + 1) / 50;
         if call.state == State::Calling {
-            let progress = self.caller_response(call, 183, "Session Progress", Some(plan.sdp));
+            let progress = self.caller_response(call, 183, self.phrase(183), Some(plan.sdp));
             self.provisional_to_a(call, progress, now);
         }
         self.media.play(

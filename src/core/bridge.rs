@@ -117,7 +117,7 @@ impl Core {
             target,
             "bridge target is not user:, enum:, ims or a SIP URI; skipped"
         );
-        call.note_failure(502, "Bad Gateway");
+        call.note_failure(502, self.phrase(502));
         Ok(Vec::new())
     }
 
@@ -199,7 +199,7 @@ impl Core {
                 routes = next_hops.len(),
                 "bridge to ims: not from a trusted S-CSCF, or no Route to go on along"
             );
-            call.note_failure(403, "Forbidden");
+            call.note_failure(403, self.phrase(403));
             return Ok(Vec::new());
         };
         for name in ["P-Charging-Vector", "P-Asserted-Identity"] {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::call::{Call, Leg, Side, new_tag};
 use crate::sip::dialog::Stamp;
 use crate::sip::message::{Method, Request, Response, Via};
+use crate::sip::status::reason_phrase;
 use crate::sip::transaction::TxKey;
 use crate::sip::transport::{Destination, Transport};
 
@@ -22,12 +23,22 @@ impl Core {
             .map_or_else(|| reason_phrase(status), String::as_str)
     }
 
+    /// `specific` (a phrase that names the fault), unless the operator set one for `status`.
+    pub(super) fn phrase_or<'a>(&'a self, status: u16, specific: &'a str) -> &'a str {
+        self.phrases.get(&status).map_or(specific, String::as_str)
+    }
+
+    /// A response Warden generated elsewhere (the registrar's) takes the operator's phrase.
+    pub(super) fn localize(&self, out: &mut Response) {
+        if let Some(text) = self.phrases.get(&out.status()) {
+            out.set_reason(text);
+        }
+    }
+
     /// A relayed callee response keeps its phrase unless the operator asked for theirs.
     pub(super) fn relayed_phrase(&self, out: &mut Response) {
-        if self.config.sip.rewrite_relayed_phrases
-            && let Some(text) = self.phrases.get(&out.status())
-        {
-            out.set_reason(text);
+        if self.config.sip.rewrite_relayed_phrases {
+            self.localize(out);
         }
     }
 
@@ -202,40 +213,5 @@ pub(super) fn response_destination(req: &Request, from: &Destination) -> Destina
         transport: from.transport,
         addr: std::net::SocketAddr::new(from.addr.ip(), port),
         conn: from.conn,
-    }
-}
-
-/// Reason phrases for responses Warden generates (RFC 3261 21).
-pub fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        100 => "Trying",
-        180 => "Ringing",
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        416 => "Unsupported URI Scheme",
-        420 => "Bad Extension",
-        423 => "Interval Too Brief",
-        // RFC 8224: a caller's identity could not be verified.
-        436 => "Bad Identity Info",
-        437 => "Unsupported Credential",
-        438 => "Invalid Identity Header",
-        480 => "Temporarily Unavailable",
-        481 => "Call/Transaction Does Not Exist",
-        483 => "Too Many Hops",
-        486 => "Busy Here",
-        487 => "Request Terminated",
-        491 => "Request Pending",
-        500 => "Server Internal Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        505 => "Version Not Supported",
-        603 => "Decline",
-        608 => "Rejected",
-        _ => "Unknown",
     }
 }

@@ -78,7 +78,6 @@ mod timers;
 mod transfer;
 
 use crate::sip::dialog::strip_tag;
-pub use messages::reason_phrase;
 use messages::{response_destination, warning_value};
 pub use screen::challenge_code;
 
@@ -509,7 +508,7 @@ impl Core {
         }
         let unsupported = prack::unsupported(&req, self.config.calls.reliable_provisionals);
         if !unsupported.is_empty() && method != Method::Cancel {
-            let mut resp = Response::to_request(&req, 420, "Bad Extension");
+            let mut resp = Response::to_request(&req, 420, self.phrase(420));
             resp.set_to_tag(&new_tag());
             let _ = resp.push_header("Unsupported", &unsupported.join(", "));
             self.tx.respond(&key, resp, now);

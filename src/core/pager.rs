@@ -128,7 +128,8 @@ impl Core {
             },
         );
         if outstanding == 0 {
-            self.message_answered(id, 500, "Could not forward", now);
+            let reason = self.phrase_or(500, "Could not forward").to_owned();
+            self.message_answered(id, 500, &reason, now);
         }
     }
 

@@ -128,7 +128,7 @@ impl Core {
             Some(Due::GaveUp) => {
                 tracing::warn!(call = call.id, caller = %call.caller, "no PRACK for a reliable provisional; giving the call up");
                 call.note_end("warden", "no PRACK");
-                call.note_failure(504, "No PRACK");
+                call.note_failure(504, self.phrase_or(504, "No PRACK"));
                 self.abandon(call, 504, now);
             }
             None => {}

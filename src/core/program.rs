@@ -201,7 +201,7 @@ impl Core {
         let Some(plan) = call.media.answer_caller(&mut *self.media, call.id, true) else {
             return false;
         };
-        let ok = self.caller_response(call, 200, "OK", Some(plan.sdp));
+        let ok = self.caller_response(call, 200, self.phrase(200), Some(plan.sdp));
         self.ok_to_a(call, ok, now);
         tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, "answered by Warden");
         self.answered_record(call, 200, "OK");

@@ -25,10 +25,11 @@ impl Core {
         {
             return;
         }
-        let outcome = self.registrar.register(&req, &from, unix_s);
+        let mut outcome = self.registrar.register(&req, &from, unix_s);
         for change in outcome.changes {
             self.out.push_back(Output::Store(change));
         }
+        self.localize(&mut outcome.response);
         self.tx.respond(&key, outcome.response, now);
     }
 
@@ -43,12 +44,13 @@ impl Core {
         from: &Destination,
         now: Instant,
     ) -> bool {
-        let Err(refusal) = self.registrar.authenticate(req, user, kind, self.unix_s()) else {
+        let Err(mut refusal) = self.registrar.authenticate(req, user, kind, self.unix_s()) else {
             return false;
         };
         if refusal.failed {
             self.guard.auth_failed(from.addr.ip(), now);
         }
+        self.localize(&mut refusal.response);
         self.tx.respond(key, *refusal.response, now);
         true
     }

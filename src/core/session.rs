@@ -50,7 +50,7 @@ impl Core {
             return false;
         };
         tracing::info!(min_se, asked = ?req.header("Session-Expires"), "session interval too small; 422");
-        let mut resp = Response::to_request(req, 422, "Session Interval Too Small");
+        let mut resp = Response::to_request(req, 422, self.phrase(422));
         resp.set_to_tag(&crate::call::new_tag());
         let _ = resp.push_header("Min-SE", &min_se.to_string());
         self.tx.respond(key, resp, now);
@@ -341,7 +341,7 @@ impl Core {
         side: Side,
         now: Instant,
     ) {
-        let mut ok = Response::to_request(req, 200, "OK");
+        let mut ok = Response::to_request(req, 200, self.phrase(200));
         let caller_transport = call.a.dest.transport;
         let transport = call
             .leg_mut(side)

@@ -32,7 +32,7 @@ impl Core {
                         self.transfer_failed(&mut c, 408, now);
                         return self.finish_or_keep(c);
                     }
-                    c.note_failure(408, "Request Timeout");
+                    c.note_failure(408, self.phrase(408));
                     tracing::info!(call, branch, "callee did not answer the INVITE (Timer B)");
                     if self.fail_over_branch(&mut c, branch, now) {
                         self.schedule(&c);
@@ -59,7 +59,10 @@ impl Core {
             ClientPurpose::Join { call, side } => self.join_failed(call, side, now),
             ClientPurpose::Refresh { call, side } => self.refresh_timed_out(call, side, now),
             ClientPurpose::Probe { addr } => self.probe_outcome(addr, 408),
-            ClientPurpose::Message { id } => self.message_answered(id, 408, "Request Timeout", now),
+            ClientPurpose::Message { id } => {
+                let reason = self.phrase(408).to_owned();
+                self.message_answered(id, 408, &reason, now)
+            }
             ClientPurpose::Untracked => {}
         }
     }

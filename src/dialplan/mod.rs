@@ -266,6 +266,11 @@ mod tests {
         assert_eq!(e.line, 4);
         assert!(e.cause.contains("400-699"), "{}", e.cause);
 
+        let unassigned = "[[rule]]\nname = \"x\"\n\ndo = [{ reject = 499 }]\n";
+        let e = Dialplan::parse(unassigned, "plan.toml").expect_err("refused");
+        assert_eq!(e.line, 4);
+        assert!(e.cause.contains("IANA"), "{}", e.cause);
+
         let unknown_key =
             "[[rule]]\nname = \"x\"\nwhen = { ruri_usr = 'a' }\ndo = [{ reject = 403 }]\n";
         let e = Dialplan::parse(unknown_key, "plan.toml").expect_err("refused");

@@ -440,6 +440,11 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
             if !(400..=699).contains(&status) {
                 return Err(format!("reject {status}: the status must be 400-699"));
             }
+            if crate::sip::status::standard_phrase(status).is_none() {
+                return Err(format!(
+                    "reject {status}: not a status code in the IANA SIP registry (phones would not know what it means)"
+                ));
+            }
             Action::Reject {
                 status,
                 reason: spec

@@ -8,6 +8,7 @@ pub mod message;
 pub mod probe;
 pub mod reliable;
 pub mod session_timer;
+pub mod status;
 pub mod tls;
 pub mod transaction;
 pub mod transport;
