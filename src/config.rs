@@ -10,6 +10,7 @@ use warden_media::codec::{self, Codec};
 
 use serde::Deserialize;
 
+use crate::registrar::digest::Algorithm;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::Transport;
 
@@ -136,6 +137,10 @@ pub struct RegistrarConfig {
     pub auth: bool,
     pub realm: String,
     pub nonce_lifetime_s: u64,
+    /// The digest algorithms challenged (REGISTER and INVITE), in the order offered. MD5
+    /// alone by default: libre before SHA-256 support (baresip 1.0) fails on any
+    /// challenge naming another algorithm, wherever it is in the list.
+    pub digest_algorithms: Vec<Algorithm>,
     pub users: Vec<UserConfig>,
 }
 
@@ -149,6 +154,7 @@ impl Default for RegistrarConfig {
             auth: false,
             realm: "warden".into(),
             nonce_lifetime_s: 300,
+            digest_algorithms: vec![Algorithm::Md5],
             users: Vec::new(),
         }
     }
@@ -686,6 +692,17 @@ impl Config {
             self.sip.t2_ms >= self.sip.t1_ms,
             "sip.t2_ms must be at least sip.t1_ms"
         );
+        anyhow::ensure!(
+            !r.digest_algorithms.is_empty(),
+            "registrar.digest_algorithms is empty: list \"MD5\", \"SHA-256\" or both"
+        );
+        for (i, alg) in r.digest_algorithms.iter().enumerate() {
+            anyhow::ensure!(
+                !r.digest_algorithms[..i].contains(alg),
+                "registrar.digest_algorithms names {} twice",
+                alg.name()
+            );
+        }
         for u in &r.users {
             anyhow::ensure!(
                 u.password.is_some() || u.ha1.is_some() || u.ha1_sha256.is_some(),

@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Ua, Warden, establish, hang_up};
+use warden::sip::message::{Message, Response};
 
 #[test]
 fn udp_call_register_ring_answer_and_caller_hangs_up() {
@@ -181,7 +182,7 @@ fn malformed_request_gets_400_with_warning_and_server_keeps_serving() {
 fn digest_auth_challenges_and_accepts_md5_and_sha256() {
     use warden::registrar::digest::{Algorithm, answer};
     let w = Warden::start_with(
-        "[registrar]\nauth = true\n[[registrar.users]]\nusername = \"bob\"\npassword = \"s3cret\"\n",
+        "[registrar]\nauth = true\ndigest_algorithms = [\"MD5\", \"SHA-256\"]\n[[registrar.users]]\nusername = \"bob\"\npassword = \"s3cret\"\n",
     );
     for (alg, password, expected) in [
         (Algorithm::Md5, "s3cret", 200),
@@ -191,19 +192,7 @@ fn digest_auth_challenges_and_accepts_md5_and_sha256() {
         let mut bob = Ua::udp("bob", w.port);
         let challenge = bob.register(600);
         assert_eq!(challenge.status(), 401);
-        let www = challenge
-            .headers("WWW-Authenticate")
-            .into_iter()
-            .find(|h| h.contains(alg.name()))
-            .expect("challenge for the algorithm");
-        let nonce = www
-            .split("nonce=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .to_owned();
+        let nonce = nonce_for(&challenge, alg);
         let auth = answer(
             &nonce,
             "warden",
@@ -232,6 +221,116 @@ fn digest_auth_challenges_and_accepts_md5_and_sha256() {
         }
     }
     assert!(w.log().contains("replayed nonce count"), "the log says why");
+}
+
+/// The nonce of `challenge`'s `WWW-Authenticate` for `alg`.
+fn nonce_for(challenge: &Response, alg: warden::registrar::digest::Algorithm) -> String {
+    let www = challenge
+        .headers("WWW-Authenticate")
+        .into_iter()
+        .find(|h| h.contains(alg.name()))
+        .expect("challenge for the algorithm");
+    let nonce = www.split("nonce=\"").nth(1).expect("nonce");
+    nonce.split('"').next().expect("nonce").to_owned()
+}
+
+/// `user`'s REGISTER answering `challenge` with `alg` and `password`.
+fn digest_register(
+    ua: &mut Ua,
+    challenge: &Response,
+    alg: warden::registrar::digest::Algorithm,
+    password: &str,
+) -> Response {
+    let nonce = nonce_for(challenge, alg);
+    let user = ua.user.clone();
+    let auth = warden::registrar::digest::answer(
+        &nonce,
+        "warden",
+        alg,
+        &user,
+        password,
+        "REGISTER",
+        "sip:127.0.0.1",
+    );
+    ua.register_with(600, Some(&auth))
+}
+
+#[test]
+fn md5_alone_is_challenged_by_default_and_the_order_is_the_operators() {
+    use warden::registrar::digest::Algorithm;
+    let users = "[[registrar.users]]\nusername = \"bob\"\npassword = \"s3cret\"\n";
+    let offered = |algorithms: &str| {
+        let w = Warden::start_with(&format!("[registrar]\nauth = true\n{algorithms}{users}"));
+        let challenge = Ua::udp("bob", w.port).register(600);
+        challenge
+            .headers("WWW-Authenticate")
+            .iter()
+            .map(|h| {
+                h.split("algorithm=")
+                    .nth(1)
+                    .unwrap_or_default()
+                    .split(',')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(offered(""), ["MD5"], "the default baresip 1.0 can answer");
+    assert_eq!(
+        offered("digest_algorithms = [\"SHA-256\", \"MD5\"]\n"),
+        ["SHA-256", "MD5"]
+    );
+
+    // An operator whose phones all do SHA-256 offers only it: MD5 answers are refused.
+    let w = Warden::start_with(&format!(
+        "[registrar]\nauth = true\ndigest_algorithms = [\"SHA-256\"]\n{users}"
+    ));
+    let mut bob = Ua::udp("bob", w.port);
+    let challenge = bob.register(600);
+    let offered = challenge.headers("WWW-Authenticate");
+    assert_eq!(offered.len(), 1, "{offered:?}");
+    let nonce = nonce_for(&challenge, Algorithm::Sha256);
+    let md5 = warden::registrar::digest::answer(
+        &nonce,
+        "warden",
+        Algorithm::Md5,
+        "bob",
+        "s3cret",
+        "REGISTER",
+        "sip:127.0.0.1",
+    );
+    assert_eq!(bob.register_with(600, Some(&md5)).status(), 401);
+    let challenge = bob.register(600);
+    assert_eq!(
+        digest_register(&mut bob, &challenge, Algorithm::Sha256, "s3cret").status(),
+        200
+    );
+}
+
+#[test]
+fn the_registrars_answers_carry_the_operators_reason_phrases() {
+    use warden::registrar::digest::Algorithm;
+    let w = Warden::start_with(
+        "[sip.reason_phrases]\n200 = \"Vybavené OK\"\n401 = \"Neautorizované\"\n\
+         [registrar]\nauth = true\n[[registrar.users]]\nusername = \"bob\"\npassword = \"s3cret\"\n",
+    );
+    let mut bob = Ua::udp("bob", w.port);
+    let challenge = bob.register(600);
+    assert_eq!(
+        (challenge.status(), challenge.reason().as_str()),
+        (401, "Neautorizované")
+    );
+    let ok = digest_register(&mut bob, &challenge, Algorithm::Md5, "s3cret");
+    assert_eq!((ok.status(), ok.reason().as_str()), (200, "Vybavené OK"));
+    bob.send_raw(&bob.options());
+    let Message::Response(options) = bob.recv() else {
+        panic!("OPTIONS answered with a request")
+    };
+    assert_eq!(
+        (options.status(), options.reason().as_str()),
+        (200, "Vybavené OK")
+    );
 }
 
 #[test]

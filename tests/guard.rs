@@ -18,7 +18,7 @@ const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\
 fn untrusting(register_auth: bool, guard: &str) -> Warden {
     Warden::start_with(&format!(
         "[calls]\ntrusted = [\"127.0.0.1/32\"]\n\
-         [registrar]\nauth = {register_auth}\n\
+         [registrar]\nauth = {register_auth}\ndigest_algorithms = [\"MD5\", \"SHA-256\"]\n\
          [[registrar.users]]\nusername = \"alice\"\npassword = \"wonderland\"\n\
          [guard]\nexempt = [\"127.0.0.1/32\"]\n{guard}"
     ))
@@ -296,7 +296,10 @@ fn user_command(w: &Warden, args: &[&str], stdin: &str) -> (bool, String) {
 
 #[test]
 fn users_kept_in_the_database_authenticate_after_a_reload() {
-    let w = Warden::start_with("[registrar]\nauth = true\n");
+    // SHA-256 offered too: the database keeps an HA1 for each algorithm.
+    let w = Warden::start_with(
+        "[registrar]\nauth = true\ndigest_algorithms = [\"SHA-256\", \"MD5\"]\n",
+    );
     let (ok, text) = user_command(&w, &["add", "dave"], "short\n");
     assert!(!ok && text.contains("8 characters"), "{text}");
     let (ok, text) = user_command(&w, &["add", "dave"], "correct horse\n");

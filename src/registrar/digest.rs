@@ -6,10 +6,13 @@ use hmac::{Hmac, Mac};
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
-/// Which hash a challenge or credential uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which hash a challenge or credential uses (`registrar.digest_algorithms` names them
+/// as challenges do: "MD5", "SHA-256").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum Algorithm {
+    #[serde(rename = "MD5")]
     Md5,
+    #[serde(rename = "SHA-256")]
     Sha256,
 }
 
@@ -53,6 +56,8 @@ pub enum Verdict {
 /// Issues and checks nonces; one per server, keyed by a random secret.
 pub struct DigestAuth {
     realm: String,
+    /// The algorithms challenged, in the order challenges list them.
+    algorithms: Vec<Algorithm>,
     secret: [u8; 32],
     nonce_lifetime_s: u64,
     /// Nonces that authenticated a request: when issued, and the highest nonce count used
@@ -67,9 +72,10 @@ const SWEEP_AT: usize = 4096;
 type HmacSha256 = Hmac<Sha256>;
 
 impl DigestAuth {
-    pub fn new(realm: &str, nonce_lifetime_s: u64) -> Self {
+    pub fn new(realm: &str, nonce_lifetime_s: u64, algorithms: &[Algorithm]) -> Self {
         DigestAuth {
             realm: realm.to_owned(),
+            algorithms: algorithms.to_vec(),
             secret: rand::random(),
             nonce_lifetime_s,
             used: Default::default(),
@@ -117,10 +123,11 @@ impl DigestAuth {
         }
     }
 
-    /// WWW-Authenticate values to send (SHA-256 first, as RFC 8760 recommends).
+    /// WWW-Authenticate values to send, one per algorithm in the configured order (RFC 8760
+    /// 2.4: a phone picks the first it supports; many read only the first).
     pub fn challenges(&self, now_s: u64, stale: bool) -> Vec<String> {
         let nonce = self.nonce(now_s);
-        [Algorithm::Sha256, Algorithm::Md5]
+        self.algorithms
             .iter()
             .map(|alg| {
                 format!(
@@ -157,6 +164,9 @@ impl DigestAuth {
         let Some(alg) = Algorithm::parse(get("algorithm").unwrap_or("MD5")) else {
             return (Verdict::Denied("unsupported algorithm"), user_owned);
         };
+        if !self.algorithms.contains(&alg) {
+            return (Verdict::Denied("algorithm not offered"), user_owned);
+        }
         let Some(ha1) = ha1_for(user, alg) else {
             return (Verdict::Denied("unknown user"), user_owned);
         };
@@ -282,7 +292,7 @@ mod tests {
 
     #[test]
     fn md5_and_sha256_answers_verify() {
-        let auth = DigestAuth::new("warden", 300);
+        let auth = DigestAuth::new("warden", 300, &[Algorithm::Md5, Algorithm::Sha256]);
         for alg in [Algorithm::Md5, Algorithm::Sha256] {
             let nonce = auth.nonce(1000);
             let h = answer(
@@ -294,7 +304,7 @@ mod tests {
 
     #[test]
     fn a_nonce_count_is_taken_once_and_counts_must_grow() {
-        let auth = DigestAuth::new("warden", 300);
+        let auth = DigestAuth::new("warden", 300, &[Algorithm::Md5, Algorithm::Sha256]);
         let nonce = auth.nonce(1000);
         let first = answer(
             &nonce,
@@ -342,7 +352,7 @@ mod tests {
 
     #[test]
     fn wrong_passwords_are_refused_and_old_or_foreign_nonces_are_stale() {
-        let auth = DigestAuth::new("warden", 300);
+        let auth = DigestAuth::new("warden", 300, &[Algorithm::Md5, Algorithm::Sha256]);
         let nonce = auth.nonce(1000);
         let bad = answer(
             &nonce,

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 use crate::config::RegistrarConfig;
 use crate::sip::message::{Contact, Request, Response, Uri};
+use crate::sip::status::reason_phrase;
 use crate::sip::transport::{Destination, Transport};
 use digest::{Algorithm, DigestAuth, Verdict};
 
@@ -127,7 +128,11 @@ pub struct Outcome {
 
 impl Registrar {
     pub fn new(config: RegistrarConfig, loaded: Vec<Binding>) -> Self {
-        let auth = DigestAuth::new(&config.realm, config.nonce_lifetime_s);
+        let auth = DigestAuth::new(
+            &config.realm,
+            config.nonce_lifetime_s,
+            &config.digest_algorithms,
+        );
         let mut bindings: HashMap<String, Vec<Binding>> = HashMap::new();
         let mut known: HashSet<String> = config.users.iter().map(|u| u.username.clone()).collect();
         for b in loaded {
@@ -248,7 +253,7 @@ impl Registrar {
             Verdict::Ok => {
                 tracing::warn!(user, "credentials of another user refused");
                 return Err(Refusal {
-                    response: Box::new(Response::to_request(request, 403, "Forbidden")),
+                    response: Box::new(Response::to_request(request, 403, reason_phrase(403))),
                     failed: true,
                 });
             }
@@ -260,11 +265,11 @@ impl Registrar {
                 false
             }
         };
-        let (status, phrase, challenge_header) = match kind {
-            AuthKind::Register => (401, "Unauthorized", "WWW-Authenticate"),
-            AuthKind::Invite => (407, "Proxy Authentication Required", "Proxy-Authenticate"),
+        let (status, challenge_header) = match kind {
+            AuthKind::Register => (401, "WWW-Authenticate"),
+            AuthKind::Invite => (407, "Proxy-Authenticate"),
         };
-        let mut r = Response::to_request(request, status, phrase);
+        let mut r = Response::to_request(request, status, reason_phrase(status));
         r.set_to_tag(&crate::call::new_tag());
         for c in auth.challenges(now_s, stale) {
             let _ = r.push_header(challenge_header, &c);
@@ -282,10 +287,10 @@ impl Registrar {
             changes: Vec::new(),
         };
         let Some(aor) = request.to().and_then(|t| t.uri.user()) else {
-            return fail(404, "Not Found");
+            return fail(404, reason_phrase(404));
         };
         let (Some(call_id), Some(cseq)) = (request.call_id(), request.cseq()) else {
-            return fail(400, "Bad Request");
+            return fail(400, reason_phrase(400));
         };
         let contacts = match request.contacts() {
             Ok(c) => c,
@@ -295,7 +300,7 @@ impl Registrar {
         let mut changes = Vec::new();
         if contacts.iter().any(|c| matches!(c, Contact::Star)) {
             if contacts.len() != 1 || header_expires != Some(0) {
-                return fail(400, "Bad Request");
+                return fail(400, reason_phrase(400));
             }
             for b in self.bindings.remove(&aor).unwrap_or_default() {
                 changes.push(Change::Remove {
@@ -315,7 +320,7 @@ impl Registrar {
                 .or(header_expires)
                 .unwrap_or(self.config.default_expires);
             if expires != 0 && expires < self.config.min_expires {
-                let mut r = Response::to_request(request, 423, "Interval Too Brief");
+                let mut r = Response::to_request(request, 423, reason_phrase(423));
                 let _ = r.push_header("Min-Expires", &self.config.min_expires.to_string());
                 return Outcome {
                     response: r,
@@ -369,7 +374,7 @@ impl Registrar {
                 });
             }
         }
-        let mut response = Response::to_request(request, 200, "OK");
+        let mut response = Response::to_request(request, 200, reason_phrase(200));
         response.set_to_tag(&crate::call::new_tag());
         for b in self.lookup(&aor, now_s) {
             let _ = response.push_header(

@@ -7,6 +7,8 @@
 # media ports, none phone to phone. CALLER_CODEC / CALLEE_CODEC (default PCMU for both) pick the one codec each
 # phone may use; when they differ, Warden must transcode. CALLER_MEDIAENC / CALLEE_MEDIAENC
 # (e.g. srtp-mand) make a phone encrypt its media, and WARDEN_SRTP sets Warden's media.srtp.
+# PHONE_AUTH=1 makes Warden's registrar ask for digest credentials (alice and bob are its
+# users, passwords alice-secret and bob-secret) and the phones answer with them.
 # Usage: tests/interop/baresip_call.sh [WARDEN_BINARY]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,12 +22,13 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
 source "$here/../lib/warden.sh"
+source "$here/../lib/baresip.sh"
 WARDEN_EXTRA_TOML="[media]
 port_min = $media_min
 port_max = $media_max
-srtp = \"${WARDEN_SRTP:-mirror}\"" start_warden "$bin" "$port" "$work" info
+srtp = \"${WARDEN_SRTP:-mirror}\"
+${PHONE_AUTH:+$(users_toml alice bob)}" start_warden "$bin" "$port" "$work" info
 
-source "$here/../lib/baresip.sh"
 make_tones "$work"
 
 bob=$(phone bob 5095 10000-10049 "$callee_codec" "$callee_enc")  # baresip also takes port+1 (TLS)
@@ -50,6 +53,11 @@ expect() { # condition-result what
   if [ "$1" = yes ]; then echo "ok   $2"; else echo "FAIL $2"; fail=1; fi
 }
 check "$work/bob.log" "200 OK|registered" "bob registered"
+if [ -n "${PHONE_AUTH:-}" ]; then
+  for who in alice bob; do
+    check "$work/warden.log" "registered aor=$who" "warden: $who registered with digest credentials"
+  done
+fi
 check "$work/alice.log" "Call established|established" "alice: call established"
 check "$work/bob.log" "Call established|established" "bob: call answered and established"
 check "$work/warden.log" "answered" "warden: call answered"

@@ -4,7 +4,9 @@
 # phone NAME SIP-PORT RTP-PORTS CODEC [MEDIAENC]: a baresip config folder in $work/NAME for
 # one phone registered to Warden at 127.0.0.1:$port, answering automatically, playing the
 # tone, recording what it decodes (sndfile, into its folder), allowed only CODEC; MEDIAENC
-# (e.g. srtp-mand: SDES keys, RTP/SAVP) encrypts its media.
+# (e.g. srtp-mand: SDES keys, RTP/SAVP) encrypts its media. With PHONE_AUTH set, the phone
+# answers digest challenges with the password NAME-secret (or $PHONE_PASSWORD); PHONE_IP
+# (default 127.0.0.1) is the address it sends from.
 tone_of() { case $1 in */16000*) echo 16000 ;; opus*) echo 48000-stereo ;; *) echo 8000 ;; esac; }
 
 make_tones() {
@@ -20,7 +22,7 @@ phone() {
   mkdir -p "$dir"
   cat > "$dir/config" <<CFG
 poll_method epoll
-sip_listen 127.0.0.1:$2
+sip_listen ${PHONE_IP:-127.0.0.1}:$2
 rtp_ports $3
 module_path /usr/lib/baresip/modules
 module g711.so
@@ -35,6 +37,16 @@ audio_alert aufile,/dev/null
 module_app account.so
 module_app menu.so
 CFG
-  echo "<sip:$1@127.0.0.1:$port;transport=udp>;regint=600;answermode=auto;audio_codecs=$4${5:+;mediaenc=$5}" > "$dir/accounts"
+  echo "<sip:$1@127.0.0.1:$port;transport=udp>;regint=600;answermode=auto;audio_codecs=$4${5:+;mediaenc=$5}${PHONE_AUTH:+;auth_pass=${PHONE_PASSWORD:-$1-secret}}" > "$dir/accounts"
   echo "$dir"
+}
+
+# users_toml NAME...: a [registrar] table asking for digest credentials, with each NAME a
+# user whose password is NAME-secret (what `phone` answers with under PHONE_AUTH).
+users_toml() {
+  local name
+  printf "[registrar]\nauth = true\n${DIGEST_ALGORITHMS:+digest_algorithms = $DIGEST_ALGORITHMS\n}"
+  for name in "$@"; do
+    printf '[[registrar.users]]\nusername = "%s"\npassword = "%s-secret"\n' "$name" "$name"
+  done
 }
