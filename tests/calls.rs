@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Ua, Warden, establish, hang_up};
+use common::{Ua, Warden, establish, hang_up, metric};
 use warden::sip::message::{Message, Response};
 
 #[test]
@@ -178,6 +178,120 @@ fn malformed_request_gets_400_with_warning_and_server_keeps_serving() {
     hang_up(&mut ua, &mut ad, &mut bob);
 }
 
+/// The next response `ua` gets, within a second, or a failure naming `what`.
+fn answer_to(ua: &mut Ua, what: &str) -> Response {
+    match ua.try_recv(Duration::from_secs(1)) {
+        Some(Message::Response(r)) => r,
+        other => panic!("{what}: no response ({other:?})"),
+    }
+}
+
+#[test]
+fn unparseable_requests_whose_headers_can_be_read_get_400_naming_the_fault() {
+    let w = Warden::start();
+    let mut ua = Ua::udp("alice", w.port);
+    let options = ua.options();
+    // RFC 3261 18.3: a datagram shorter than its Content-Length.
+    ua.send_raw(&options.replace(
+        "Content-Length: 0\r\n\r\n",
+        "Content-Length: 400\r\n\r\nv=0\r\n",
+    ));
+    let short = answer_to(&mut ua, "Content-Length past the datagram");
+    assert_eq!(
+        (short.status(), short.reason().as_str()),
+        (400, "Content-Length exceeds the octets present")
+    );
+    assert!(
+        short
+            .header("Warning")
+            .is_some_and(|w| w.contains("Content-Length"))
+    );
+    let call_id = short.call_id().expect("Call-ID copied");
+    assert!(
+        options.contains(&format!("Call-ID: {call_id}\r\n")),
+        "the request's own"
+    );
+    // A Request-URI port that is not a number.
+    let port = format!("sip:warden@127.0.0.1:{}", w.port);
+    ua.send_raw(&ua.options().replacen(&port, "sip:warden@127.0.0.1:50a0", 1));
+    let bad_port = answer_to(&mut ua, "a non-numeric port");
+    assert_eq!(bad_port.status(), 400);
+    assert!(bad_port.reason().contains("port"), "{}", bad_port.reason());
+    // A parameter repeated with two values is ambiguous: refused, and named.
+    ua.send_raw(
+        &ua.options()
+            .replacen(&port, &format!("{port};transport=udp;transport=tcp"), 1),
+    );
+    let twice = answer_to(&mut ua, "a parameter with two values");
+    assert_eq!(twice.status(), 400);
+    assert!(twice.reason().contains("transport"), "{}", twice.reason());
+    // No Call-ID as well: nothing to answer; dropped, logged once, counted by reason.
+    for _ in 0..3 {
+        let headless = ua.options().replacen(&port, "sip:warden@127.0.0.1:50a0", 1);
+        let headless: String = headless
+            .lines()
+            .filter(|l| !l.starts_with("Call-ID"))
+            .map(|l| format!("{l}\r\n"))
+            .collect();
+        ua.send_raw(&headless);
+        assert!(ua.try_recv(Duration::from_millis(200)).is_none());
+    }
+    let dropped = metric(
+        &w,
+        "warden_sip_malformed_total",
+        Some(("handling", "dropped")),
+    )
+    .unwrap_or(0.0);
+    assert_eq!(dropped, 3.0);
+    assert_eq!(
+        metric(
+            &w,
+            "warden_sip_malformed_total",
+            Some(("reason", "request_uri"))
+        )
+        .map(|v| v >= 2.0),
+        Some(true)
+    );
+    assert_eq!(
+        w.log().matches("cannot be answered").count(),
+        1,
+        "{}",
+        w.log()
+    );
+    // And the server keeps serving.
+    ua.send_raw(&ua.options());
+    assert_eq!(answer_to(&mut ua, "a good OPTIONS").status(), 200);
+}
+
+#[test]
+fn a_repeated_identical_uri_parameter_is_accepted_and_a_bad_request_on_tcp_keeps_the_connection() {
+    let w = Warden::start();
+    let (mut alice, mut bob) = (Ua::tcp("alice", w.port), Ua::tcp("bob", w.port));
+    assert_eq!(bob.register(600).status(), 200);
+    // What baresip 1.0 sends over TCP when the account and the dialled URI name the transport.
+    let uri = format!("sip:bob@127.0.0.1:{};transport=tcp;transport=tcp", w.port);
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+    alice.invite_uri(&uri, "bob", sdp, "");
+    let incoming = bob.recv_request("INVITE");
+    bob.answer(&incoming, 486, false);
+    assert_eq!(alice.final_response().status(), 486);
+    // On the same connection: a request with a broken Request-URI is answered, and the
+    // connection still carries the next one.
+    let port = format!("sip:warden@127.0.0.1:{}", w.port);
+    alice.send_raw(
+        &alice
+            .options()
+            .replacen(&port, "sip:warden@127.0.0.1:50a0", 1),
+    );
+    assert_eq!(answer_to(&mut alice, "a bad port over TCP").status(), 400);
+    alice.send_raw(&alice.options());
+    assert_eq!(
+        answer_to(&mut alice, "the next OPTIONS over TCP").status(),
+        200
+    );
+}
+
 #[test]
 fn digest_auth_challenges_and_accepts_md5_and_sha256() {
     use warden::registrar::digest::{Algorithm, answer};
@@ -342,7 +456,7 @@ fn ipv6_register_and_call_between_ipv4_and_ipv6_phones() {
 }
 
 #[test]
-fn too_many_headers_is_dropped_and_the_server_keeps_serving() {
+fn too_many_headers_is_refused_and_the_server_keeps_serving() {
     let w = Warden::start();
     let mut ua = Ua::udp("alice", w.port);
     let extra: String = (0..200).map(|i| format!("X-Pad-{i}: {i}\r\n")).collect();
@@ -350,9 +464,12 @@ fn too_many_headers_is_dropped_and_the_server_keeps_serving() {
         .options()
         .replace("Content-Length: 0", &format!("{extra}Content-Length: 0"));
     ua.send_raw(&flood);
+    let refused = answer_to(&mut ua, "over the header limit");
+    assert_eq!(refused.status(), 400, "over the header limit: refused");
     assert!(
-        ua.try_recv(Duration::from_millis(300)).is_none(),
-        "over the header limit: dropped"
+        refused.reason().contains("Header count"),
+        "{}",
+        refused.reason()
     );
     let opts = ua.options();
     ua.send_raw(&opts);

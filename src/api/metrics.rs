@@ -30,8 +30,8 @@ pub struct Snapshot {
     pub relay_rtp_bytes: u64,
     /// (decision, check, count).
     pub screening: Vec<(String, String, u64)>,
-    pub sip_malformed_answered: u64,
-    pub sip_malformed_dropped: u64,
+    /// (handling, reason, count).
+    pub sip_malformed: Vec<(String, String, u64)>,
     pub cdr_stored: u64,
     pub cdr_write_failures: u64,
     /// Records journalled by this run and not yet in the database.
@@ -165,15 +165,19 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         "Screening decisions by outcome and deciding check",
         screening,
     );
-    labelled(
-        &mut r,
+    let malformed = Family::<Labels, Counter>::default();
+    for (handling, reason, count) in &s.sip_malformed {
+        malformed
+            .get_or_create(&vec![
+                ("handling".into(), handling.clone()),
+                ("reason".into(), reason.clone()),
+            ])
+            .inc_by(*count);
+    }
+    r.register(
         "sip_malformed",
-        "Malformed SIP messages, answered 400 or dropped",
-        "handling",
-        &[
-            ("answered".into(), s.sip_malformed_answered),
-            ("dropped".into(), s.sip_malformed_dropped),
-        ],
+        "Malformed SIP messages, answered 400 or dropped, by reason",
+        malformed,
     );
     labelled(
         &mut r,

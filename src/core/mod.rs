@@ -63,6 +63,7 @@ mod digits;
 mod ending;
 mod in_dialog;
 mod invite;
+mod malformed;
 mod messages;
 mod pager;
 mod prack;
@@ -78,7 +79,7 @@ mod timers;
 mod transfer;
 
 use crate::sip::dialog::strip_tag;
-use messages::{response_destination, warning_value};
+use messages::response_destination;
 pub use screen::challenge_code;
 
 /// What the driver must do.
@@ -113,8 +114,8 @@ const ALLOW: &str =
 /// Counters an operator (and the tests) can read.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
-    pub malformed_dropped: u64,
-    pub malformed_answered: u64,
+    /// Malformed messages by handling ("answered", "dropped") and reason label.
+    pub malformed: std::collections::BTreeMap<(&'static str, &'static str), u64>,
     pub calls_started: u64,
     pub calls_answered: u64,
     /// Calls (and INVITEs refused before they became calls) by the final code the caller got.
@@ -218,6 +219,8 @@ pub struct Core {
     /// Conference rooms and the calls in them.
     pub rooms: Rooms,
     pub stats: Stats,
+    /// When each source last had a dropped message logged.
+    drop_log: malformed::DropLog,
     /// Flood and abuse protection: rates, bans, calls per source.
     pub guard: Guard,
     /// What the core draws itself (the challenge's code): from the OS, or a test's seed.
@@ -277,6 +280,7 @@ impl Core {
             draining: None,
             rooms: Rooms::default(),
             stats: Stats::default(),
+            drop_log: Default::default(),
             pager: pager::Pager::default(),
             gateways,
         }
@@ -344,12 +348,6 @@ impl Core {
         .min()
     }
 
-    /// Bytes that were not SIP: counted and dropped (nothing could be answered).
-    pub fn handle_garbage(&mut self, from: &Destination, why: &str) {
-        self.stats.malformed_dropped += 1;
-        tracing::debug!(from = %from.addr, reason = why, "dropped unparseable message");
-    }
-
     /// A parsed message arrived from `from`; `unix_ms` is wall-clock time (registrations,
     /// dialplan time windows, call records).
     pub fn handle_message(
@@ -375,16 +373,7 @@ impl Core {
         match message {
             Message::Request(mut r) => {
                 if let Err(bad) = r.check() {
-                    self.stats.malformed_answered += 1;
-                    tracing::info!(from = %from.addr, reason = %bad.reason, "refused malformed request");
-                    if r.method() != Method::Ack && r.top_via().is_some() {
-                        let mut resp =
-                            Response::to_request(&r, bad.status, self.phrase(bad.status));
-                        let _ = resp.push_header("Warning", &warning_value(&bad.reason));
-                        let dest = response_destination(&r, &from);
-                        self.out.push_back(Output::Send(dest, resp.to_bytes()));
-                    }
-                    return;
+                    return self.refuse_malformed(&r, bad, &from);
                 }
                 let dest = Destination {
                     conn: from.conn,
@@ -395,7 +384,7 @@ impl Core {
             }
             Message::Response(r) => {
                 if let Err(bad) = r.check() {
-                    self.stats.malformed_dropped += 1;
+                    self.count_malformed("dropped", "response");
                     tracing::debug!(from = %from.addr, reason = %bad.reason, "dropped malformed response");
                     return;
                 }

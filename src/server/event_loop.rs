@@ -239,7 +239,9 @@ impl Loop {
     fn on_inbound(&mut self, event: Inbound, now: Instant) {
         match event {
             Inbound::Message(m, from) => self.core.handle_message(*m, from, now, unix_now_ms()),
-            Inbound::Garbage(from, why) => self.core.handle_garbage(&from, &why),
+            Inbound::Garbage(from, bytes, why) => {
+                self.core.handle_garbage(&from, &bytes, &why, now)
+            }
             Inbound::ConnOpened(id, addr, tx) => self.transmitter.on_opened(id, addr, tx),
             Inbound::ConnClosed(id) => self.transmitter.on_closed(id),
         }
@@ -462,8 +464,12 @@ impl Loop {
                 .iter()
                 .map(|((decision, check), n)| (decision.to_string(), check.to_string(), *n))
                 .collect(),
-            sip_malformed_answered: core.stats.malformed_answered,
-            sip_malformed_dropped: core.stats.malformed_dropped,
+            sip_malformed: core
+                .stats
+                .malformed
+                .iter()
+                .map(|(&(handling, reason), &n)| (handling.into(), reason.into(), n))
+                .collect(),
             cdr_stored: cdr.written.load(Ordering::Relaxed),
             cdr_write_failures: cdr.failures.load(Ordering::Relaxed),
             cdr_queue_depth: self

@@ -279,9 +279,39 @@ pub enum Message {
 impl Message {
     /// Parse one message from a datagram (trailing octets are noise, RFC 3261 18.3).
     pub fn parse_datagram(bytes: Bytes, limits: &Limits) -> Result<Message, ParseError> {
-        sipx_sip::parse_datagram(bytes, &limits.to_sipx())
-            .map(Message::from_sipx)
-            .map_err(|e| ParseError(e.to_string()))
+        Self::tolerant(bytes, limits, sipx_sip::parse_datagram)
+    }
+
+    /// Parse one whole message delimited off a stream (see `framing`).
+    pub fn parse_frame(bytes: Bytes, limits: &Limits) -> Result<Message, ParseError> {
+        Self::tolerant(bytes, limits, sipx_sip::parse_frame)
+    }
+
+    /// Parse; when that fails, parse once more with the deviations `tolerate` knows
+    /// repaired. The first error stands when there was nothing to repair.
+    fn tolerant(
+        bytes: Bytes,
+        limits: &Limits,
+        parse: fn(Bytes, &SxLimits) -> Result<SxMessage, sipx_sip::error::ParseError>,
+    ) -> Result<Message, ParseError> {
+        let limits = limits.to_sipx();
+        match parse(bytes.clone(), &limits) {
+            Ok(m) => Ok(Message::from_sipx(m)),
+            Err(first) => {
+                let refused = || match super::tolerate::ambiguous_parameter(&bytes) {
+                    Some(name) => ParseError(format!(
+                        "Request-URI repeats parameter {name} with different values"
+                    )),
+                    None => ParseError(first.to_string()),
+                };
+                let Some(repaired) = super::tolerate::repair(&bytes) else {
+                    return Err(refused());
+                };
+                parse(Bytes::from(repaired), &limits)
+                    .map(Message::from_sipx)
+                    .map_err(|_| refused())
+            }
+        }
     }
 
     pub(crate) fn from_sipx(m: SxMessage) -> Message {

@@ -4,11 +4,14 @@
 
 pub mod dialog;
 pub mod dtmf_relay;
+pub mod framing;
 pub mod message;
 pub mod probe;
 pub mod reliable;
+pub mod salvage;
 pub mod session_timer;
 pub mod status;
 pub mod tls;
+pub mod tolerate;
 pub mod transaction;
 pub mod transport;

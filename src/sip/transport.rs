@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
+use super::framing::{Frame, Framer};
 use super::message::{Limits, Message};
 use super::tls::{TlsContext, server_name};
 
@@ -71,8 +72,9 @@ pub struct Destination {
 #[derive(Debug)]
 pub enum Inbound {
     Message(Box<Message>, Destination),
-    /// Bytes that are not a SIP message (counted, logged at debug).
-    Garbage(Destination, String),
+    /// Bytes that do not parse as a SIP message, and why: answered 400 when they can be,
+    /// else counted and logged.
+    Garbage(Destination, Bytes, String),
     ConnOpened(ConnId, SocketAddr, mpsc::Sender<Bytes>),
     ConnClosed(ConnId),
 }
@@ -285,9 +287,10 @@ async fn udp_receive(socket: Arc<UdpSocket>, limits: Limits, inbound: mpsc::Send
         if data.iter().all(|b| matches!(b, b'\r' | b'\n' | b' ' | 0)) {
             continue; // RFC 5626 keep-alive or padding
         }
-        let event = match Message::parse_datagram(Bytes::copy_from_slice(data), &limits) {
+        let bytes = Bytes::copy_from_slice(data);
+        let event = match Message::parse_datagram(bytes.clone(), &limits) {
             Ok(m) => Inbound::Message(Box::new(m), source),
-            Err(e) => Inbound::Garbage(source, e.0),
+            Err(e) => Inbound::Garbage(source, bytes, e.0),
         };
         if inbound.send(event).await.is_err() {
             return;
@@ -371,7 +374,7 @@ where
         idle,
     } = link;
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut parser = sipx_sip::StreamParser::new(limits.to_sipx());
+    let mut framer = Framer::new(limits);
     let mut buf = vec![0u8; 16 * 1024];
     let source = Destination {
         transport,
@@ -386,23 +389,26 @@ where
                     Ok(Ok(0)) | Ok(Err(_)) => break,
                     Ok(Ok(n)) => n,
                 };
-                let pushed = parser.push(buf.get(..n).unwrap_or_default());
+                let pushed = framer.push(buf.get(..n).unwrap_or_default());
                 // RFC 5626 4.4.1: a CRLFCRLF ping (two CRLF pairs) is answered with a CRLF pong,
                 // which keeps NAT bindings and this connection alive for registered phones.
-                let pongs = parser.take_keepalives() / 2;
+                let pongs = framer.take_keepalives() / 2;
                 if pongs > 0 && writer.write_all(&b"\r\n".repeat(pongs)).await.is_err() {
                     break;
                 }
                 match pushed {
-                    Ok(messages) => {
-                        for m in messages {
-                            let event = Inbound::Message(Box::new(Message::from_sipx(m)), source.clone());
+                    Ok(frames) => {
+                        for frame in frames {
+                            let event = match frame {
+                                Frame::Message(m) => Inbound::Message(m, source.clone()),
+                                Frame::Bad(bytes, why) => Inbound::Garbage(source.clone(), bytes, why),
+                            };
                             if inbound.send(event).await.is_err() { return; }
                         }
                     }
                     Err(e) => {
                         // Framing is lost on a stream: report and close (RFC 3261 18.3).
-                        let _ = inbound.send(Inbound::Garbage(source.clone(), e.to_string())).await;
+                        let _ = inbound.send(Inbound::Garbage(source.clone(), Bytes::new(), e.0)).await;
                         break;
                     }
                 }

@@ -350,14 +350,19 @@ impl Ua {
     /// Send an INVITE to `callee` offering `sdp`, with `extra` header lines (each ending
     /// in CRLF).
     pub fn invite_with(&mut self, callee: &str, sdp: &str, extra: &str) -> Request {
+        let uri = format!("sip:{callee}@{}", self.server);
+        self.invite_uri(&uri, callee, sdp, extra)
+    }
+
+    /// Send an INVITE with Request-URI `uri` (sent as written) to `callee`.
+    pub fn invite_uri(&mut self, uri: &str, callee: &str, sdp: &str, extra: &str) -> Request {
         self.call_id = format!("{}@test", rand_hex());
         self.cseq += 1;
         let text = format!(
-            "INVITE sip:{callee}@{srv} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
+            "INVITE {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
              From: \"{u}\" <sip:{u}@127.0.0.1>;tag={tag}\r\nTo: <sip:{callee}@127.0.0.1>\r\n\
              Call-ID: {ci}\r\nCSeq: {cseq} INVITE\r\nContact: {contact}\r\n{extra}\
              Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
-            srv = self.server,
             via = self.via(),
             u = self.user,
             tag = self.tag,

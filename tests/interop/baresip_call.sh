@@ -9,6 +9,8 @@
 # (e.g. srtp-mand) make a phone encrypt its media, and WARDEN_SRTP sets Warden's media.srtp.
 # PHONE_AUTH=1 makes Warden's registrar ask for digest credentials (alice and bob are its
 # users, passwords alice-secret and bob-secret) and the phones answer with them.
+# PHONE_TRANSPORT=tcp puts both phones on TCP, and alice dials bob's URI with
+# ;transport=tcp as well (baresip 1.0 then repeats the parameter in the Request-URI).
 # Usage: tests/interop/baresip_call.sh [WARDEN_BINARY]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,7 +41,7 @@ sleep 2 # tshark needs a moment before it captures
 baresip -f "$bob" -t 12 > "$work/bob.log" 2>&1 &
 bob_pid=$!
 sleep 2
-baresip -f "$alice" -t 7 -e "/dial sip:bob@127.0.0.1:$port" > "$work/alice.log" 2>&1 || true
+baresip -f "$alice" -t 7 -e "/dial sip:bob@127.0.0.1:$port${PHONE_TRANSPORT:+;transport=$PHONE_TRANSPORT}" > "$work/alice.log" 2>&1 || true
 wait $bob_pid || true
 sleep 0.5
 kill -INT $tshark_pid 2>/dev/null || true
@@ -57,6 +59,10 @@ if [ -n "${PHONE_AUTH:-}" ]; then
   for who in alice bob; do
     check "$work/warden.log" "registered aor=$who" "warden: $who registered with digest credentials"
   done
+fi
+if [ "${PHONE_TRANSPORT:-}" = tcp ]; then
+  check "$work/warden.log" "registered aor=bob contact=[^ ]*transport=tcp" "warden: bob registered over TCP"
+  check "$work/alice.log" "connecting to .*;transport=tcp;transport=tcp" "alice dialled with the transport parameter twice"
 fi
 check "$work/alice.log" "Call established|established" "alice: call established"
 check "$work/bob.log" "Call established|established" "bob: call answered and established"

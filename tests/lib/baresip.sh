@@ -6,7 +6,8 @@
 # tone, recording what it decodes (sndfile, into its folder), allowed only CODEC; MEDIAENC
 # (e.g. srtp-mand: SDES keys, RTP/SAVP) encrypts its media. With PHONE_AUTH set, the phone
 # answers digest challenges with the password NAME-secret (or $PHONE_PASSWORD); PHONE_IP
-# (default 127.0.0.1) is the address it sends from.
+# (default 127.0.0.1) is the address it sends from; PHONE_TRANSPORT (default udp) the
+# transport its account names.
 tone_of() { case $1 in */16000*) echo 16000 ;; opus*) echo 48000-stereo ;; *) echo 8000 ;; esac; }
 
 make_tones() {
@@ -37,7 +38,7 @@ audio_alert aufile,/dev/null
 module_app account.so
 module_app menu.so
 CFG
-  echo "<sip:$1@127.0.0.1:$port;transport=udp>;regint=600;answermode=auto;audio_codecs=$4${5:+;mediaenc=$5}${PHONE_AUTH:+;auth_pass=${PHONE_PASSWORD:-$1-secret}}" > "$dir/accounts"
+  echo "<sip:$1@127.0.0.1:$port;transport=${PHONE_TRANSPORT:-udp}>;regint=600;answermode=auto;audio_codecs=$4${5:+;mediaenc=$5}${PHONE_AUTH:+;auth_pass=${PHONE_PASSWORD:-$1-secret}}" > "$dir/accounts"
   echo "$dir"
 }
 

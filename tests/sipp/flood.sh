@@ -53,7 +53,7 @@ metric() { echo "$metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 dropped_rate=$(metric 'warden_guard_dropped_total{reason="rate"}')
 dropped_banned=$(metric 'warden_guard_dropped_total{reason="banned"}')
 bans=$(metric 'warden_guard_bans_total{reason="flood"}')
-malformed=$(( $(metric 'warden_sip_malformed_total{handling="answered"}') + $(metric 'warden_sip_malformed_total{handling="dropped"}') ))
+malformed=$(echo "$metrics" | awk '$1 ~ /^warden_sip_malformed_total\{/ { n += $2 } END { print n + 0 }')
 # SIPp's final screen: "Successful call | <periodic> | <cumulative>".
 ok_calls=$(awk -F'|' '/Successful call/ { v = $3 } END { gsub(/ /, "", v); print v + 0 }' "$work/uac.log")
 success=$(echo "scale=1; 100 * $ok_calls / $legit_calls" | bc)
