@@ -3,6 +3,9 @@
 //! (four guarded upserts a call, against writing each call once at its end, the way CDR
 //! modules that write on hang-up do).
 //!
+//! Then durability: an `fdatasync` after every update (the strict way) against the
+//! journal's group commit (one sync per `cdr.fsync_interval_ms`, 10 ms, on its own thread).
+//!
 //! Each call makes 4 record updates (start, ringing, answer, end), as a bridged call does.
 //! `cargo bench --bench cdr`; WARDEN_BENCH_CALLS (default 20000).
 
@@ -13,7 +16,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use warden::cdr::Record;
-use warden::cdr::journal::Journal;
+use warden::cdr::journal::{Journal, Syncer};
 use warden::cdr::store::Store;
 
 /// A call's four updates, with fields the size real ones have.
@@ -94,6 +97,49 @@ fn main() {
         append.as_secs_f64() * 1e6 / updates,
         serialise.as_secs_f64() * 1e6 / updates,
         append.as_secs_f64() / serialise.as_secs_f64()
+    );
+
+    // Durability: a sync after each update, on this disk, for a sample of updates.
+    let synced = Journal::open(&dir.path().join("synced.journal")).expect("journal");
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("synced.journal"))
+        .expect("journal file");
+    let sample: Vec<&Record> = records.iter().flatten().take(2000).collect();
+    let t = Instant::now();
+    for r in &sample {
+        synced.append(std::slice::from_ref(*r)).expect("append");
+        file.sync_data().expect("fdatasync");
+    }
+    let per_update_sync = t.elapsed().as_secs_f64() * 1e6 / sample.len() as f64;
+    let append_us = append.as_secs_f64() * 1e6 / updates;
+    println!(
+        "fsync after every update: {per_update_sync:.1} us per update ({:.0}x the append alone)",
+        per_update_sync / append_us
+    );
+    // Group commit: the same appends with the syncer at 10 ms, the loop never waiting.
+    let grouped = Journal::open(&dir.path().join("grouped.journal")).expect("journal");
+    let syncer = Syncer::start(&grouped, std::time::Duration::from_millis(10)).expect("syncer");
+    let t = Instant::now();
+    for call in &records {
+        for r in call {
+            grouped.append(std::slice::from_ref(r)).expect("append");
+            syncer.appended();
+        }
+    }
+    let grouped_append = t.elapsed();
+    let stats = syncer.stats.clone();
+    drop(syncer);
+    let syncs = stats
+        .syncs
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .max(1);
+    let sync_us = stats.sync_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / syncs as f64;
+    println!(
+        "group commit (10 ms): {:.2} us per update on the loop ({:.2}x the append without it); \
+         {syncs} syncs of {sync_us:.0} us for {updates} updates",
+        grouped_append.as_secs_f64() * 1e6 / updates,
+        grouped_append.as_secs_f64() / append.as_secs_f64()
     );
 
     // The writer's capacity: the journal into SQLite, 500 per transaction.

@@ -4,6 +4,7 @@
 # call and the INVITE->200 response-time percentiles there. The same rate SIPp-to-SIPp
 # without Warden is measured in the same run as the baseline (the machine's limit).
 # Usage: benches/cps.sh [WARDEN_BINARY] [RATES...]   (needs sipp: Debian's sip-tester)
+# CPS_FSYNC_MS=0 runs Warden without journal fsync (to compare its cost).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:-$here/../target/release/warden}
@@ -16,7 +17,9 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 source "$here/../tests/lib/warden.sh"
-start_warden "$bin" "$port" "$work" warn
+# CPS_FSYNC_MS sets cdr.fsync_interval_ms (default Warden's, 10; 0: no fsync).
+WARDEN_EXTRA_TOML="${CPS_FSYNC_MS:+[cdr]
+fsync_interval_ms = $CPS_FSYNC_MS}" start_warden "$bin" "$port" "$work" warn
 
 common=(-i 127.0.0.1 -nostdin -timeout_error -max_recv_loops 10000 -max_sched_loops 10000)
 percentiles() { # rtt csv files -> "p50 p95 p99" in ms

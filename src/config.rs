@@ -471,6 +471,12 @@ pub struct CdrConfig {
     pub journal: Option<PathBuf>,
     /// Records written per database transaction.
     pub batch: usize,
+    /// Journal appends are made durable (fdatasync, group commit) at most this long after
+    /// they are written; 0: never synced (a power cut may lose the kernel's unwritten pages).
+    pub fsync_interval_ms: u64,
+    /// The journal's size cap while the database is away: at 80% an alarm, at 100% new
+    /// calls get 503 (records are never dropped to stay under it). 0: no cap.
+    pub spool_max_bytes: u64,
 }
 
 impl Default for CdrConfig {
@@ -479,6 +485,8 @@ impl Default for CdrConfig {
             url: String::new(),
             journal: None,
             batch: 500,
+            fsync_interval_ms: 10,
+            spool_max_bytes: 1 << 30,
         }
     }
 }

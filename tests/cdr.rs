@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::{Dialog, Ua, Warden, cdrs, closed_records, establish, get, hang_up, metric};
 use warden::cdr::Record;
 use warden::cdr::store::{Filter, Store};
+use warden::sip::message::Message;
 
 fn by_code(records: &[serde_json::Value], code: i64) -> Vec<&serde_json::Value> {
     records.iter().filter(|r| r["final_code"] == code).collect()
@@ -426,4 +427,72 @@ fn a_second_signal_as_the_grace_time_ends_exits_cleanly() {
         Duration::from_secs(1),
         libc::SIGTERM,
     );
+}
+
+#[test]
+fn when_the_journal_cannot_be_written_new_calls_get_503_and_an_alarm_shows() {
+    // /dev/full takes the open and refuses every write (ENOSPC), as a full disk does.
+    let w = Warden::start_with("[cdr]\njournal = \"/dev/full\"\n");
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    // The first call was admitted before its record failed to reach the journal.
+    let (mut ad, _) = establish(&w, &mut alice, &mut bob);
+    let mut carol = Ua::udp("carol", w.port);
+    carol.invite("bob");
+    let refused = carol.final_response();
+    assert_eq!(refused.status(), 503);
+    let warning = refused.header("Warning").unwrap_or_default();
+    assert!(warning.contains("call records cannot be kept"), "{warning}");
+    assert_eq!(metric(&w, "warden_cdr_records_failing", None), Some(1.0));
+    assert!(metric(&w, "warden_cdr_records_held", None).is_some_and(|n| n >= 2.0));
+    assert!(metric(&w, "warden_cdr_journal_append_failures_total", None).is_some_and(|n| n >= 1.0));
+    assert!(
+        w.log().contains("call records cannot be kept"),
+        "{}",
+        w.log()
+    );
+    // The live call goes on and ends normally.
+    hang_up(&mut alice, &mut ad, &mut bob);
+    // An emergency call is never refused for it.
+    carol.invite("112");
+    let emergency = carol.final_response();
+    let warning = emergency.header("Warning").unwrap_or_default();
+    assert!(!warning.contains("call records"), "{warning}");
+}
+
+#[test]
+fn a_full_spool_during_a_database_outage_refuses_new_calls_and_loses_no_record() {
+    // Nothing listens on port 9: the database is away from the start.
+    let w = Warden::start_with(
+        "[cdr]\nurl = \"postgres://warden:x@127.0.0.1:9/warden\"\nspool_max_bytes = 4000\n",
+    );
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let mut answered = 0;
+    for _ in 0..20 {
+        assert_eq!(bob.register(600).status(), 200);
+        alice.invite("bob");
+        // Past the cap the answer is 503 at once; below it bob's phone rings.
+        let early = loop {
+            match alice.try_recv(Duration::from_millis(300)) {
+                Some(Message::Response(r)) if r.status() == 100 => continue,
+                Some(Message::Response(r)) => break Some(r.status()),
+                _ => break None,
+            }
+        };
+        if early == Some(503) {
+            break;
+        }
+        let incoming = bob.recv_request("INVITE");
+        bob.answer(&incoming, 486, false);
+        bob.recv_request("ACK");
+        assert_eq!(alice.final_response().status(), 486);
+        answered += 1;
+    }
+    assert!(
+        (1..20).contains(&answered),
+        "{answered} calls before the cap"
+    );
+    assert_eq!(metric(&w, "warden_cdr_spool_alarm", None), Some(1.0));
+    assert_eq!(metric(&w, "warden_cdr_records_failing", None), Some(1.0));
+    assert!(w.log().contains("past 80%"), "{}", w.log());
+    assert_eq!(metric(&w, "warden_cdr_records_lost_total", None), Some(0.0));
 }

@@ -39,6 +39,16 @@ pub struct Snapshot {
     /// Journal bytes not yet in the database (the spool).
     pub cdr_spool_bytes: u64,
     pub cdr_database_up: bool,
+    /// Why call records cannot be kept now (journal unwritable, spool full), if so.
+    pub cdr_records_failing: bool,
+    pub cdr_spool_alarm: bool,
+    pub cdr_journal_append_failures: u64,
+    pub cdr_journal_syncs: u64,
+    pub cdr_journal_sync_us: u64,
+    pub cdr_journal_sync_failures: u64,
+    /// Records waiting in memory for the journal to be writable again.
+    pub cdr_records_held: u64,
+    pub cdr_records_lost: u64,
     pub draining: bool,
     /// Messages the guard dropped unread, by reason (banned, rate, scanner).
     pub guard_dropped: Vec<(String, u64)>,
@@ -269,6 +279,54 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         "cdr_database_up",
         "1 when the last call record write worked",
         i64::from(s.cdr_database_up),
+    );
+    gauge(
+        &mut r,
+        "cdr_records_failing",
+        "1 while call records cannot be kept (journal unwritable or spool full): new calls get 503",
+        i64::from(s.cdr_records_failing),
+    );
+    gauge(
+        &mut r,
+        "cdr_spool_alarm",
+        "1 while the journal is past 80% of cdr.spool_max_bytes",
+        i64::from(s.cdr_spool_alarm),
+    );
+    counter(
+        &mut r,
+        "cdr_journal_append_failures",
+        "Journal appends that failed (the records wait in memory and are retried)",
+        s.cdr_journal_append_failures,
+    );
+    counter(
+        &mut r,
+        "cdr_journal_syncs",
+        "fdatasync calls that made journal appends durable",
+        s.cdr_journal_syncs,
+    );
+    counter(
+        &mut r,
+        "cdr_journal_sync_microseconds",
+        "Time spent in journal fdatasync",
+        s.cdr_journal_sync_us,
+    );
+    counter(
+        &mut r,
+        "cdr_journal_sync_failures",
+        "Journal fdatasync calls that failed",
+        s.cdr_journal_sync_failures,
+    );
+    gauge(
+        &mut r,
+        "cdr_records_held",
+        "Call records waiting in memory for the journal to be writable",
+        n(s.cdr_records_held),
+    );
+    counter(
+        &mut r,
+        "cdr_records_lost",
+        "Call records given up after the journal stayed unwritable too long",
+        s.cdr_records_lost,
     );
     gauge(
         &mut r,

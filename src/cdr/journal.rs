@@ -2,14 +2,19 @@
 //! anywhere else, so neither a crash nor a database outage loses it (it is also the spool).
 //!
 //! The signalling loop appends (one `write` per loop turn, into the page cache: a killed
-//! process loses nothing written). The writer reads behind it into the database and empties
-//! the file once it has caught up. Appends and the emptying share one lock.
+//! process loses nothing written), and a syncer thread makes the appends durable with one
+//! `fdatasync` per `cdr.fsync_interval_ms` at most (group commit: however many appends came
+//! in, one sync covers them), off the loop so a slow disk never holds up signalling. The
+//! writer reads behind it into the database and empties the file once it has caught up.
+//! Appends and the emptying share one lock.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use super::Record;
 
@@ -70,6 +75,115 @@ impl Journal {
         Reader {
             journal: self.clone(),
             offset: 0,
+        }
+    }
+}
+
+/// What the syncer has done, for /metrics and the loop's alarm.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    pub syncs: AtomicU64,
+    /// Microseconds spent in `fdatasync`, summed (the cost per sync is this over `syncs`).
+    pub sync_us: AtomicU64,
+    pub failures: AtomicU64,
+    /// The last sync's error, cleared by the next sync that works.
+    pub error: Mutex<Option<String>>,
+}
+
+/// Asks the syncer thread for a sync after each append; dropping it stops the thread
+/// (after a last sync).
+pub struct Syncer {
+    shared: Arc<(Mutex<SyncerState>, Condvar)>,
+    pub stats: Arc<SyncStats>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct SyncerState {
+    dirty: bool,
+    stop: bool,
+}
+
+impl Syncer {
+    /// Sync `journal` at most every `interval`, on a thread of its own.
+    pub fn start(journal: &Journal, interval: Duration) -> std::io::Result<Syncer> {
+        let file = journal
+            .file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_clone()?;
+        let shared: Arc<(Mutex<SyncerState>, Condvar)> = Default::default();
+        let stats: Arc<SyncStats> = Default::default();
+        let (thread_shared, thread_stats) = (shared.clone(), stats.clone());
+        let thread = std::thread::Builder::new()
+            .name("cdr-fsync".into())
+            .spawn(move || sync_loop(&file, interval, &thread_shared, &thread_stats))?;
+        Ok(Syncer {
+            shared,
+            stats,
+            thread: Some(thread),
+        })
+    }
+
+    /// Something was appended: sync it within the interval.
+    pub fn appended(&self) {
+        let (state, wake) = &*self.shared;
+        state.lock().unwrap_or_else(|e| e.into_inner()).dirty = true;
+        wake.notify_one();
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        let (state, wake) = &*self.shared;
+        state.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn sync_loop(
+    file: &File,
+    interval: Duration,
+    shared: &(Mutex<SyncerState>, Condvar),
+    stats: &SyncStats,
+) {
+    let (state, wake) = shared;
+    let mut last = Instant::now() - interval;
+    loop {
+        {
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            while !s.dirty && !s.stop {
+                s = wake.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            if !s.dirty {
+                return; // stopping, nothing left to sync
+            }
+        }
+        // Group commit: appends arriving during the wait ride along with this sync.
+        let due = last + interval;
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        state.lock().unwrap_or_else(|e| e.into_inner()).dirty = false;
+        let started = Instant::now();
+        let result = file.sync_data();
+        last = Instant::now();
+        stats.syncs.fetch_add(1, Ordering::Relaxed);
+        let took = last.duration_since(started).as_micros() as u64;
+        stats.sync_us.fetch_add(took, Ordering::Relaxed);
+        let mut error = stats.error.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => *error = None,
+            Err(e) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                *error = Some(format!("fsync: {e}"));
+                // Retry: the records are written, only their durability is in doubt.
+                state.lock().unwrap_or_else(|e| e.into_inner()).dirty = true;
+            }
         }
     }
 }
@@ -172,6 +286,22 @@ mod tests {
         // Appends after emptying land at the start again.
         journal.append(&[record("c", 1)]).unwrap();
         assert_eq!(reader.read(10).unwrap().0, vec![record("c", 1)]);
+    }
+
+    #[test]
+    fn appends_are_synced_in_groups_and_the_syncer_stops_with_a_last_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("cdr.journal")).unwrap();
+        let syncer = Syncer::start(&journal, Duration::from_millis(50)).unwrap();
+        for i in 0..20 {
+            journal.append(&[record(&i.to_string(), 1)]).unwrap();
+            syncer.appended();
+        }
+        let stats = syncer.stats.clone();
+        drop(syncer);
+        let syncs = stats.syncs.load(Ordering::Relaxed);
+        assert!((1..=3).contains(&syncs), "20 appends, {syncs} syncs");
+        assert!(stats.error.lock().unwrap().is_none());
     }
 
     #[test]

@@ -63,6 +63,12 @@ impl Core {
             self.tx.respond(&key, resp, now);
             return self.refused_attempt(&req, &from, 503, "shutdown", None);
         }
+        if let Some(why) = self.records_failing.clone().filter(|_| !emergency) {
+            tracing::warn!(%caller, %callee, reason = %why, "call records cannot be kept; new call refused with 503");
+            let warning = format!("call records cannot be kept: {why}");
+            self.respond_warning(&key, &req, 503, None, Some(&warning), now);
+            return self.refused_attempt(&req, &from, 503, "records unavailable", None);
+        }
         if self.calls.len() >= self.config.calls.max_calls && !emergency {
             tracing::warn!(
                 limit = self.config.calls.max_calls,

@@ -214,6 +214,8 @@ pub struct Core {
     boot: String,
     /// Shutting down: new calls get 503 with this Retry-After (seconds).
     draining: Option<u64>,
+    /// Why call records cannot be kept now (new calls get 503), if they cannot.
+    records_failing: Option<String>,
     /// The operator's reason phrases by code (`sip.reason_phrases`).
     phrases: HashMap<u16, String>,
     /// Conference rooms and the calls in them.
@@ -278,6 +280,7 @@ impl Core {
             instance,
             boot: crate::cdr::record::new_id()[..16].to_owned(),
             draining: None,
+            records_failing: None,
             rooms: Rooms::default(),
             stats: Stats::default(),
             drop_log: Default::default(),
@@ -301,6 +304,12 @@ impl Core {
 
     pub fn active_calls(&self) -> usize {
         self.calls.len()
+    }
+
+    /// Call records cannot be kept (`why`: the journal cannot be written, or its spool is
+    /// full): new calls get 503 until `None` says they can again. Emergency calls go on.
+    pub fn set_records_failing(&mut self, why: Option<String>) {
+        self.records_failing = why;
     }
 
     /// Shutting down: new calls get 503 with Retry-After `retry_after_s` from now on.

@@ -16,7 +16,7 @@ use warden_media::MediaEvent;
 use super::load_dialplan;
 use crate::api::metrics::Snapshot;
 use crate::cdr::Record;
-use crate::cdr::journal::Journal;
+use crate::cdr::journal::{Journal, Syncer};
 use crate::cdr::writer::Status as CdrStatus;
 use crate::clock::{unix_now, unix_now_ms};
 use crate::config::{Config, ServerConfig};
@@ -67,40 +67,125 @@ struct Reloaded {
 }
 
 /// Call records on their way to the journal: from the core to disk before the loop goes
-/// on, then the CDR writer is woken to store them.
+/// on, made durable by the syncer, then the CDR writer is woken to store them. When the
+/// journal cannot be written they wait here (bounded), and new calls are refused.
 pub(super) struct Records {
     journal: Journal,
+    syncer: Option<Syncer>,
     pending: Vec<Record>,
     /// Journalled this run (the metrics' queue depth is this less what was stored).
     journalled: u64,
     wake: Arc<Notify>,
     status: Arc<CdrStatus>,
+    spool_max_bytes: u64,
+    /// Why records cannot be kept now, if they cannot (the alarm).
+    failing: Option<String>,
+    /// The spool is past 80% of its cap.
+    spool_alarm: bool,
+    append_failures: u64,
+    /// Records given up after `MAX_HELD` waited for a journal that stayed unwritable.
+    lost: u64,
 }
 
+/// Records held in memory at most while the journal cannot be written (about 60 MiB).
+const MAX_HELD: usize = 100_000;
+
 impl Records {
-    pub fn new(journal: Journal, wake: Arc<Notify>, status: Arc<CdrStatus>) -> Records {
+    pub fn new(
+        journal: Journal,
+        syncer: Option<Syncer>,
+        wake: Arc<Notify>,
+        status: Arc<CdrStatus>,
+        spool_max_bytes: u64,
+    ) -> Records {
         Records {
             journal,
+            syncer,
             pending: Vec::new(),
             journalled: 0,
             wake,
             status,
+            spool_max_bytes,
+            failing: None,
+            spool_alarm: false,
+            append_failures: 0,
+            lost: 0,
         }
     }
 
-    fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        // Journalled before the loop goes on: from here a crash loses none of them.
-        match self.journal.append(&self.pending) {
-            Ok(()) => self.journalled += self.pending.len() as u64,
-            Err(e) => {
-                tracing::error!(error = %e, records = self.pending.len(), journal = %self.journal.path().display(), "cannot journal call records")
+    /// Journal what is pending; the alarm (why new calls must be refused) when records
+    /// cannot be kept, after this flush.
+    fn flush(&mut self) -> Option<String> {
+        if !self.pending.is_empty() {
+            // Journalled before the loop goes on: from here a crash loses none of them.
+            match self.journal.append(&self.pending) {
+                Ok(()) => {
+                    self.journalled += self.pending.len() as u64;
+                    self.pending.clear();
+                    if let Some(syncer) = &self.syncer {
+                        syncer.appended();
+                    }
+                    self.wake.notify_one();
+                }
+                Err(e) => {
+                    self.append_failures += 1;
+                    if self.pending.len() > MAX_HELD {
+                        let excess = self.pending.len() - MAX_HELD;
+                        self.pending.drain(..excess);
+                        self.lost += excess as u64;
+                        tracing::error!(
+                            lost = excess,
+                            "call records lost: the journal stayed unwritable while {MAX_HELD} waited"
+                        );
+                    }
+                    self.raise(format!("cannot write the journal: {e}"));
+                    return self.failing.clone();
+                }
             }
         }
-        self.pending.clear();
-        self.wake.notify_one();
+        let sync_error = self.syncer.as_ref().and_then(|s| {
+            s.stats
+                .error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        });
+        let spool = self.journal.len();
+        let cap = self.spool_max_bytes;
+        let alarm = cap > 0 && spool >= cap / 10 * 8;
+        if alarm != self.spool_alarm {
+            self.spool_alarm = alarm;
+            match alarm {
+                true => tracing::warn!(
+                    spool_bytes = spool,
+                    cap_bytes = cap,
+                    "the call record spool is past 80% of cdr.spool_max_bytes (the database is away or slow)"
+                ),
+                false => tracing::info!(
+                    spool_bytes = spool,
+                    "the call record spool is below 80% of its cap again"
+                ),
+            }
+        }
+        match (sync_error, cap > 0 && spool >= cap) {
+            (Some(e), _) => self.raise(e),
+            (None, true) => self.raise(format!(
+                "the spool is full ({spool} bytes, cdr.spool_max_bytes {cap})"
+            )),
+            (None, false) => {
+                if let Some(was) = self.failing.take() {
+                    tracing::info!(was = %was, "call records can be kept again; taking new calls");
+                }
+            }
+        }
+        self.failing.clone()
+    }
+
+    fn raise(&mut self, why: String) {
+        if self.failing.as_ref() != Some(&why) {
+            tracing::error!(journal = %self.journal.path().display(), held = self.pending.len(), reason = %why, "call records cannot be kept: new calls get 503 until they can");
+        }
+        self.failing = Some(why);
     }
 }
 
@@ -143,6 +228,8 @@ pub(super) struct Loop {
     /// Calls started, sampled each second over the last 10 s (the calls-per-second gauge).
     started_samples: VecDeque<(Instant, u64)>,
     stopping: Stopping,
+    /// The turn's messages, held until its records are journalled (`carry_out`).
+    sends: Vec<(crate::sip::transport::Destination, bytes::Bytes)>,
 }
 
 impl Loop {
@@ -167,6 +254,7 @@ impl Loop {
             reloaded,
             started_samples: VecDeque::with_capacity(11),
             stopping: parts.stopping,
+            sends: Vec::new(),
         }
     }
 
@@ -223,7 +311,6 @@ impl Loop {
             }
             let giving_up = self.shutdown_progress();
             self.carry_out();
-            self.records.flush();
             let drained = self.stopping.drain_until.is_some() && self.core.active_calls() == 0;
             if giving_up || drained {
                 break;
@@ -248,10 +335,14 @@ impl Loop {
     }
 
     /// Do what the core asked.
+    /// Write-ahead: the turn's call records reach the journal before any message of the
+    /// turn leaves, so a caller never hears of a call (not even its 100 Trying) that a
+    /// crash right after could leave without a record.
     fn carry_out(&mut self) {
+        let mut sends = std::mem::take(&mut self.sends);
         while let Some(output) = self.core.poll_output() {
             match output {
-                Output::Send(dest, bytes) => self.transmitter.send(&dest, bytes),
+                Output::Send(dest, bytes) => sends.push((dest, bytes)),
                 Output::Store(change) => {
                     let _ = self.store_tx.send(change);
                 }
@@ -285,6 +376,12 @@ impl Loop {
                 }
             }
         }
+        let failing = self.records.flush();
+        self.core.set_records_failing(failing);
+        for (dest, bytes) in sends.drain(..) {
+            self.transmitter.send(&dest, bytes);
+        }
+        self.sends = sends; // its capacity, for the next turn
     }
 
     /// A command from the admin API.
@@ -434,6 +531,8 @@ impl Loop {
     fn metrics_snapshot(&self) -> Snapshot {
         let core = &self.core;
         let cdr = &self.records.status;
+        let records = &self.records;
+        let sync = records.syncer.as_ref().map(|s| &*s.stats);
         let started = &self.started_samples;
         let relay = core.media.totals();
         let calls_per_second = match (started.front(), started.back()) {
@@ -478,6 +577,14 @@ impl Loop {
                 .saturating_sub(cdr.written_this_run.load(Ordering::Relaxed)),
             cdr_spool_bytes: cdr.backlog_bytes.load(Ordering::Relaxed),
             cdr_database_up: cdr.database_up.load(Ordering::Relaxed),
+            cdr_records_failing: records.failing.is_some(),
+            cdr_spool_alarm: records.spool_alarm,
+            cdr_journal_append_failures: records.append_failures,
+            cdr_journal_syncs: sync.map_or(0, |s| s.syncs.load(Ordering::Relaxed)),
+            cdr_journal_sync_us: sync.map_or(0, |s| s.sync_us.load(Ordering::Relaxed)),
+            cdr_journal_sync_failures: sync.map_or(0, |s| s.failures.load(Ordering::Relaxed)),
+            cdr_records_held: records.pending.len() as u64,
+            cdr_records_lost: records.lost,
             draining: self.stopping.drain_until.is_some(),
             guard_dropped: guard
                 .dropped

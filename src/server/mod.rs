@@ -13,7 +13,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use warden_media::codec::CodecOptions;
 use warden_media::{Relay, RelayConfig};
 
-use crate::cdr::journal::Journal;
+use crate::cdr::journal::{Journal, Syncer};
 use crate::cdr::store::Store as CdrStore;
 use crate::cdr::writer::{Status as CdrStatus, Writer as CdrWriter};
 use crate::clock::unix_now;
@@ -208,7 +208,11 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
         resolver,
         enum_suffix: config.dns.enum_suffix.clone(),
     };
-    let batch = config.cdr.batch;
+    let (batch, fsync_ms, spool_max_bytes) = (
+        config.cdr.batch,
+        config.cdr.fsync_interval_ms,
+        config.cdr.spool_max_bytes,
+    );
     let mut core = Core::new(config, registrar, advertised, Box::new(relay), prompts);
     core.set_dialplan(plan);
 
@@ -229,7 +233,18 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
         }
         .run(),
     );
-    let records = event_loop::Records::new(journal, cdr_wake, cdr_status);
+    let syncer = match fsync_ms {
+        0 => None,
+        ms => Some(
+            Syncer::start(&journal, Duration::from_millis(ms)).map_err(|e| {
+                anyhow::anyhow!(
+                    "cdr.journal {}: cannot start its syncer: {e}",
+                    journal.path().display()
+                )
+            })?,
+        ),
+    };
+    let records = event_loop::Records::new(journal, syncer, cdr_wake, cdr_status, spool_max_bytes);
     let server = event_loop::Loop::new(event_loop::Parts {
         core,
         transmitter,
