@@ -383,6 +383,60 @@ fn nat_latching_answers_the_port_packets_really_come_from() {
 }
 
 #[test]
+fn rtp_from_a_third_party_mid_call_reaches_neither_party() {
+    let (w, range) = warden(10, "");
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let (am, bm) = (Media::new(), Media::new());
+    let (incoming, ok, _, _) = call(
+        &mut alice,
+        &mut bob,
+        &sdp(&audio(am.port(), "sendrecv")),
+        |_| sdp(&audio(bm.port(), "sendrecv")),
+    );
+    let b_side = assert_anchored(incoming.body(), range)[0];
+    let a_side = assert_anchored(ok.body(), range)[0];
+    // Both streams latch on their parties' first packets.
+    stream(&am.rtp, a_side, &bm.rtp, b_side, 1, 10);
+    stream(&bm.rtp, b_side, &am.rtp, a_side, 2, 10);
+    // RTP Bleed: a third party (another port, another address) sprays both of Warden's
+    // ports with packets that look like the call's own.
+    let attackers = [
+        UdpSocket::bind("127.0.0.1:0").expect("bind"),
+        UdpSocket::bind("127.0.0.2:0").expect("bind"),
+    ];
+    for attacker in &attackers {
+        for seq in 0..50 {
+            for port in [a_side, b_side] {
+                attacker
+                    .send_to(&rtp(seq, 0, 0xbad, 160), warden_at(port))
+                    .expect("send");
+            }
+        }
+    }
+    // The call goes on exactly as before: each party's next packet is the other's.
+    stream(&am.rtp, a_side, &bm.rtp, b_side, 1, 20);
+    stream(&bm.rtp, b_side, &am.rtp, a_side, 2, 20);
+    for (party, name) in [(&am.rtp, "alice"), (&bm.rtp, "bob")] {
+        party
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        assert!(
+            party.recv_from(&mut [0u8; 2048]).is_err(),
+            "nothing of the third party's reached {name}"
+        );
+    }
+    for attacker in &attackers {
+        attacker
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        assert!(
+            attacker.recv_from(&mut [0u8; 2048]).is_err(),
+            "and the call's audio did not go to the third party"
+        );
+    }
+}
+
+#[test]
 fn exhausted_port_pool_refuses_with_503_and_recovers() {
     // Two pairs: exactly one call's worth (one pair per leg).
     let (w, range) = warden(2, "");
