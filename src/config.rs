@@ -477,6 +477,9 @@ pub struct CdrConfig {
     /// The journal's size cap while the database is away: at 80% an alarm, at 100% new
     /// calls get 503 (records are never dropped to stay under it). 0: no cap.
     pub spool_max_bytes: u64,
+    /// Closed records received more than this many days ago are deleted (hourly, in the
+    /// background). 0: kept for ever.
+    pub retention_days: u64,
 }
 
 impl Default for CdrConfig {
@@ -487,6 +490,7 @@ impl Default for CdrConfig {
             batch: 500,
             fsync_interval_ms: 10,
             spool_max_bytes: 1 << 30,
+            retention_days: 0,
         }
     }
 }

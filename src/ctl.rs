@@ -50,6 +50,79 @@ pub struct CdrArgs {
     /// Print CSV (every column) instead of a table.
     #[arg(long)]
     pub csv: bool,
+    #[command(subcommand)]
+    pub command: Option<CdrCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CdrCommand {
+    /// Every record received in a period, oldest first, streamed to stdout (for billing).
+    Export {
+        /// From this moment (RFC 3339, e.g. 2026-12-01T00:00:00Z, or a UTC date 2026-12-01).
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to (not including) this moment, as `--since`.
+        #[arg(long)]
+        until: Option<String>,
+        /// csv (a header line, then every column) or json (one JSON object per line).
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
+        format: String,
+    },
+}
+
+/// A moment on the command line: an RFC 3339 timestamp or a date (midnight UTC), in Unix
+/// milliseconds.
+fn moment(text: &str) -> anyhow::Result<i64> {
+    if let Ok(t) = text.parse::<jiff::Timestamp>() {
+        return Ok(t.as_millisecond());
+    }
+    let date: jiff::civil::Date = text.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "{text:?} is neither an RFC 3339 time (2026-12-01T08:00:00Z) nor a date (2026-12-01)"
+        )
+    })?;
+    Ok(date
+        .to_zoned(jiff::tz::TimeZone::UTC)?
+        .timestamp()
+        .as_millisecond())
+}
+
+/// `warden ctl cdr export`: the server's stream copied to stdout as it comes.
+fn export(
+    base: &str,
+    token: Option<&str>,
+    since: Option<&str>,
+    until: Option<&str>,
+    format: &str,
+) -> anyhow::Result<String> {
+    let mut query = vec![("format", format.to_owned())];
+    if let Some(since) = since {
+        query.push(("since_ms", moment(since)?.to_string()));
+    }
+    if let Some(until) = until {
+        query.push(("until_ms", moment(until)?.to_string()));
+    }
+    // No overall timeout: an export of years of records may take a while to stream.
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(None)
+        .build()?;
+    let mut builder = client.get(format!("{base}/cdrs/export")).query(&query);
+    if let Some(t) = token {
+        builder = builder.bearer_auth(t);
+    }
+    let mut response = builder
+        .send()
+        .map_err(|e| anyhow::anyhow!("cannot reach the server at {base}: {e}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        anyhow::bail!("{status}: {}", response.text().unwrap_or_default().trim());
+    }
+    let mut out = std::io::stdout().lock();
+    response
+        .copy_to(&mut out)
+        .map_err(|e| anyhow::anyhow!("the export was cut short: {e}"))?;
+    Ok(String::new())
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +181,23 @@ fn request(config: &Config, command: Ctl) -> anyhow::Result<String> {
     let path = |p: &str| format!("{base}{p}");
     let command = match command {
         Ctl::Screening(command) => command,
+        Ctl::Cdr(CdrArgs {
+            command:
+                Some(CdrCommand::Export {
+                    since,
+                    until,
+                    format,
+                }),
+            ..
+        }) => {
+            return export(
+                &base,
+                config.admin.token.as_deref(),
+                since.as_deref(),
+                until.as_deref(),
+                &format,
+            );
+        }
         Ctl::Cdr(args) => {
             let mut query: Vec<(&str, String)> = vec![("limit", args.limit.to_string())];
             for (key, value) in [("caller", &args.caller), ("callee", &args.callee)] {

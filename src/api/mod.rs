@@ -76,6 +76,7 @@ pub async fn serve(
         .route("/guard/bans", get(bans))
         .route("/guard/bans/{source}", delete(unban))
         .route("/cdrs", get(cdrs))
+        .route("/cdrs/export", get(export_cdrs))
         .route("/reload", post(reload))
         .route("/screening/stats", get(stats))
         .route("/screening/users", get(users))
@@ -295,6 +296,87 @@ async fn cdrs(
         )
             .into_response(),
     }
+}
+
+/// `GET /cdrs/export`: what `export_cdrs` takes.
+#[derive(Debug, Deserialize)]
+struct ExportQuery {
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    format: Option<String>,
+}
+
+/// Records per database read while exporting (the response streams page by page).
+const EXPORT_PAGE: i64 = 1000;
+
+/// Every record received in `[since_ms, until_ms)`, oldest first, streamed as CSV or JSON
+/// lines (one record per line), however many there are: for billing.
+async fn export_cdrs(State(s): State<Shared>, Query(q): Query<ExportQuery>) -> Response {
+    let csv = match q.format.as_deref() {
+        Some("csv") => true,
+        None | Some("json") => false,
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("format {other:?}: expected json or csv\n"),
+            )
+                .into_response();
+        }
+    };
+    let (since, until) = (q.since_ms.unwrap_or(0), q.until_ms.unwrap_or(i64::MAX));
+    // The first page is read before answering, so an unavailable database is a 503.
+    let first = match s.cdrs.export_page(since, until, None, EXPORT_PAGE).await {
+        Ok(page) => page,
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the call record database is unavailable: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    let store = s.cdrs.clone();
+    let header_line = csv.then(crate::cdr::record::csv_header);
+    let pages = futures_util::stream::unfold(
+        (Some(first), store, header_line),
+        move |(page, store, header_line)| async move {
+            let page = page?;
+            let mut text = header_line.unwrap_or_default();
+            for r in &page {
+                match csv {
+                    true => text.push_str(&r.csv_line()),
+                    false => {
+                        text.push_str(&r.to_json().to_string());
+                        text.push('\n');
+                    }
+                }
+            }
+            let next = match page.last() {
+                Some(last) if page.len() as i64 == EXPORT_PAGE => {
+                    let after = Some((last.received_ms, last.id.clone()));
+                    match store.export_page(since, until, after, EXPORT_PAGE).await {
+                        Ok(next) => Some(next),
+                        Err(e) => {
+                            // Headers are gone: cut the body short, so the client sees an error.
+                            tracing::warn!(error = %e, "call record export cut short");
+                            return Some((Err(std::io::Error::other(e)), (None, store, None)));
+                        }
+                    }
+                }
+                _ => None,
+            };
+            Some((Ok::<_, std::io::Error>(text), (next, store, None)))
+        },
+    );
+    let content_type = match csv {
+        true => "text/csv; charset=utf-8",
+        false => "application/x-ndjson",
+    };
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        axum::body::Body::from_stream(pages),
+    )
+        .into_response()
 }
 
 async fn stats(State(s): State<Shared>) -> Response {

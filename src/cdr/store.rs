@@ -241,8 +241,81 @@ impl Store {
         rows.iter().map(record_of).collect()
     }
 
+    /// Records received in `[since_ms, until_ms)` after `after` (received_ms, id), oldest
+    /// first, at most `limit`: one page of an export (keyset paging, so a long export
+    /// neither skips nor repeats records as new ones arrive).
+    pub async fn export_page(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<Record>> {
+        self.migrate().await?;
+        let (after_ms, after_id) = after.unwrap_or((since_ms - 1, String::new()));
+        let rows = sqlx::query(
+            "SELECT * FROM cdrs WHERE received_ms >= $1 AND received_ms < $2 \
+             AND (received_ms > $3 OR (received_ms = $3 AND id > $4)) \
+             ORDER BY received_ms, id LIMIT $5",
+        )
+        .bind(since_ms)
+        .bind(until_ms)
+        .bind(after_ms)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(record_of).collect()
+    }
+
+    /// Delete up to `batch` closed records received before `before_ms` (the retention
+    /// term); how many went. Open calls are never purged, however old.
+    pub async fn purge(&self, before_ms: i64, batch: i64) -> sqlx::Result<u64> {
+        self.migrate().await?;
+        let done = sqlx::query(
+            "DELETE FROM cdrs WHERE id IN (SELECT id FROM cdrs \
+             WHERE received_ms < $1 AND end_reason IS NOT NULL LIMIT $2)",
+        )
+        .bind(before_ms)
+        .bind(batch)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Purge records older than `days` now, then every hour, for as long as Warden runs.
+pub async fn retain(store: Store, days: u64) {
+    let term_ms = (days * 86_400_000) as i64;
+    loop {
+        let before = crate::clock::unix_now_ms() as i64 - term_ms;
+        let mut purged = 0;
+        loop {
+            match store.purge(before, 10_000).await {
+                Ok(n) => {
+                    purged += n;
+                    if n < 10_000 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot purge old call records; trying again in an hour");
+                    break;
+                }
+            }
+        }
+        if purged > 0 {
+            tracing::info!(
+                records = purged,
+                retention_days = days,
+                "purged call records past cdr.retention_days"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
     }
 }
 

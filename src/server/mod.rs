@@ -69,6 +69,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 struct Stores {
     pid_file: PidFile,
     admin: Option<tokio::task::JoinHandle<()>>,
+    /// The purge of records past `cdr.retention_days`, when there is a term.
+    retention: Option<tokio::task::JoinHandle<()>>,
     cdr_stop: watch::Sender<bool>,
     cdr_writer: tokio::task::JoinHandle<()>,
     cdr_store: CdrStore,
@@ -80,8 +82,8 @@ struct Stores {
 impl Stores {
     async fn close(self) {
         drop(self.pid_file);
-        if let Some(admin) = self.admin {
-            admin.abort();
+        for task in [self.admin, self.retention].into_iter().flatten() {
+            task.abort();
         }
         // The writer stores what is left (when the database is there; else it stays in the
         // journal for the next start).
@@ -208,10 +210,11 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
         resolver,
         enum_suffix: config.dns.enum_suffix.clone(),
     };
-    let (batch, fsync_ms, spool_max_bytes) = (
+    let (batch, fsync_ms, spool_max_bytes, retention_days) = (
         config.cdr.batch,
         config.cdr.fsync_interval_ms,
         config.cdr.spool_max_bytes,
+        config.cdr.retention_days,
     );
     let mut core = Core::new(config, registrar, advertised, Box::new(relay), prompts);
     core.set_dialplan(plan);
@@ -259,9 +262,12 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
         reloads,
         stopping,
     });
+    let retention = (retention_days > 0)
+        .then(|| tokio::spawn(crate::cdr::store::retain(cdr_store.clone(), retention_days)));
     let stores = Stores {
         pid_file,
         admin,
+        retention,
         cdr_stop,
         cdr_writer,
         cdr_store,
