@@ -200,13 +200,18 @@ fn a_crash_during_live_calls_leaves_exactly_one_closed_record_per_call() {
     );
 }
 
-/// The records in the database at `url`, read directly (the server may be gone).
-fn stored(url: &str) -> Vec<Record> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// Run `work` to its end on a runtime of its own (the tests themselves are synchronous).
+fn block_on<F: std::future::Future>(work: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    runtime.block_on(async {
+        .expect("a runtime")
+        .block_on(work)
+}
+
+/// The records in the database at `url`, read directly (the server may be gone).
+fn stored(url: &str) -> Vec<Record> {
+    block_on(async {
         let store = Store::new(url).unwrap();
         let filter = Filter {
             limit: Some(10_000),
@@ -263,11 +268,7 @@ fn postgres_database(test: &str) -> Option<String> {
         return None;
     };
     let name = format!("warden_test_{:08x}", rand::random::<u32>());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         use sqlx::Executor;
         let pool = sqlx::PgPool::connect(&admin_url)
             .await
@@ -512,11 +513,7 @@ fn records_past_the_retention_term_are_purged_and_ctl_exports_the_rest() {
         ended_ms: closed.then_some(received_ms + 1000),
         ..Record::default()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         let store = Store::new(&url).unwrap();
         store.migrate().await.unwrap();
         let old = [
@@ -566,11 +563,7 @@ fn records_past_the_retention_term_are_purged_and_ctl_exports_the_rest() {
 fn an_export_pages_through_every_record_once_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("cdr.sqlite").display());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         let store = Store::new(&url).unwrap();
         store.migrate().await.unwrap();
         // 2,500 records, ten to a millisecond: pages must split ties by id.
