@@ -23,14 +23,14 @@ rtp_timeout_s = 600
 calls_per_source_per_second = 0"
 start_warden "$bin" "$port" "$work" warn
 common=(-i 127.0.0.1 -nostdin -max_recv_loops 1000)
-(cd "$work" && sipp "${common[@]}" -sn uas -p 5495 > uas.log 2>&1) &
+(cd "$work" && exec sipp "${common[@]}" -sn uas -p 5495 > uas.log 2>&1) &
 uas=$!
 sleep 0.3
 (cd "$work" && sipp 127.0.0.1:$port "${common[@]}" -sf "$here/register.xml" -s bob-crash -key contact_port 5495 -m 1 > reg.log 2>&1)
 # Enough calls to outlast the kills (about 0.8 s each); SIPp gives a call up after 32 s
 # of retransmissions (Timer B), far longer than Warden is ever down.
 calls=$(( rate * kills ))
-(cd "$work" && sipp 127.0.0.1:$port "${common[@]}" -sn uac -s bob-crash -r "$rate" -m "$calls" -d 200 \
+(cd "$work" && exec sipp 127.0.0.1:$port "${common[@]}" -sn uac -s bob-crash -r "$rate" -m "$calls" -d 200 \
    -recv_timeout 10000 -trace_stat -stf stat.csv -fd 1 > uac.log 2>&1) &
 uac=$!
 for i in $(seq 1 "$kills"); do
