@@ -11,7 +11,7 @@ use bytes::Bytes;
 use warden::config::Config;
 use warden::sip::message::{Message, Request, Response};
 
-use common::core::{Dialog, Net, Phone, media_port, requests, sdp, statuses, summary};
+use common::core::{Dialog, Net, Phone, media_port, requests, responses, sdp, statuses, summary};
 
 const ALICE: &str = "127.0.0.1:7101";
 const BOB: &str = "127.0.0.1:7102";
@@ -37,38 +37,6 @@ fn call_bob(net: &mut Net, headers: &[&str]) -> (Phone, Phone, Request, Request)
     assert_eq!(statuses(&alice.receive(net)), vec![100]);
     let b_invite = bob.expect(net, "INVITE");
     (alice, bob, invite, b_invite)
-}
-
-/// The callee's provisional or final answer with extra headers (RSeq, Require, Allow...).
-fn answer_with(
-    net: &mut Net,
-    phone: &Phone,
-    req: &Request,
-    status: u16,
-    headers: &[&str],
-    body: &str,
-) -> Response {
-    let mut resp = Response::to_request(req, status, "Reason");
-    if req.to_tag().is_none() {
-        resp.set_to_tag("tbob");
-    }
-    if !headers.iter().any(|h| h.starts_with("Contact:")) {
-        resp.push_header("Contact", &format!("<sip:bob@{}>", phone.addr))
-            .expect("a Contact");
-    }
-    for h in headers {
-        let (name, value) = h.split_once(": ").expect("Name: value");
-        resp.push_header(name, value).expect("a header");
-    }
-    if !body.is_empty() {
-        resp.set_body(Bytes::from(body.to_owned()), Some("application/sdp"));
-    }
-    net.deliver(&phone.addr, &Message::Response(resp.clone()));
-    resp
-}
-
-fn responses_of(got: &[Message]) -> Vec<Response> {
-    common::core::responses(got)
 }
 
 fn rseq(resp: &Response) -> u32 {
@@ -99,8 +67,8 @@ fn a_caller_that_requires_100rel_gets_reliable_provisionals_until_it_pracks() {
     );
     assert!(b_invite.lists("Supported", "timer"));
 
-    answer_with(&mut net, &bob, &b_invite, 180, &[], "");
-    let ringing = responses_of(&alice.receive(&mut net));
+    bob.answer_with(&mut net, &b_invite, 180, &[], "");
+    let ringing = responses(&alice.receive(&mut net));
     assert_eq!(ringing.len(), 1);
     assert!(ringing[0].lists("Require", "100rel"), "sent reliably");
     let first = rseq(&ringing[0]);
@@ -137,13 +105,13 @@ fn a_caller_that_requires_100rel_gets_reliable_provisionals_until_it_pracks() {
     );
 
     // The next provisional counts on from the first RSeq.
-    answer_with(&mut net, &bob, &b_invite, 183, &[], "");
-    let progress = responses_of(&alice.receive(&mut net));
+    bob.answer_with(&mut net, &b_invite, 183, &[], "");
+    let progress = responses(&alice.receive(&mut net));
     assert_eq!(rseq(&progress[0]), first + 1);
     prack(&mut net, &mut alice, &mut early, &progress[0], "");
     assert_eq!(statuses(&alice.receive(&mut net)), vec![200]);
 
-    answer_with(&mut net, &bob, &b_invite, 200, &[], &sdp(7120, "sendrecv"));
+    bob.answer_with(&mut net, &b_invite, 200, &[], &sdp(7120, "sendrecv"));
     let got = alice.receive(&mut net);
     assert_eq!(statuses(&got), vec![200], "{:?}", summary(&got));
 }
@@ -152,7 +120,7 @@ fn a_caller_that_requires_100rel_gets_reliable_provisionals_until_it_pracks() {
 fn no_prack_within_64_t1_gives_the_call_up() {
     let mut net = Net::with_config(quiet_media());
     let (mut alice, mut bob, _, b_invite) = call_bob(&mut net, &["Supported: 100rel"]);
-    answer_with(&mut net, &bob, &b_invite, 180, &[], "");
+    bob.answer_with(&mut net, &b_invite, 180, &[], "");
     let mut sent = statuses(&alice.receive(&mut net));
     net.advance(Duration::from_millis(31_999));
     sent.extend(statuses(&alice.receive(&mut net)));
@@ -176,14 +144,7 @@ fn a_callee_that_requires_100rel_is_pracked_while_the_caller_gets_plain_provisio
     let mut net = Net::with_config(quiet_media());
     let (mut alice, mut bob, _, b_invite) = call_bob(&mut net, &[]);
     let reliable = ["Require: 100rel", "RSeq: 41"];
-    answer_with(
-        &mut net,
-        &bob,
-        &b_invite,
-        183,
-        &reliable,
-        &sdp(7120, "sendrecv"),
-    );
+    bob.answer_with(&mut net, &b_invite, 183, &reliable, &sdp(7120, "sendrecv"));
     let prack = bob.expect(&mut net, "PRACK");
     assert_eq!(prack.header("RAck").as_deref(), Some("41 1 INVITE"));
     assert_eq!(
@@ -198,7 +159,7 @@ fn a_callee_that_requires_100rel_is_pracked_while_the_caller_gets_plain_provisio
     );
     assert!(prack.cseq().is_some_and(|c| c.seq == 2));
     bob.answer(&mut net, &prack, 200, "");
-    let got = responses_of(&alice.receive(&mut net));
+    let got = responses(&alice.receive(&mut net));
     assert_eq!(
         got.iter().map(|r| r.status()).collect::<Vec<_>>(),
         vec![183]
@@ -209,17 +170,10 @@ fn a_callee_that_requires_100rel_is_pracked_while_the_caller_gets_plain_provisio
     );
 
     // A retransmission is neither PRACKed again nor relayed.
-    answer_with(
-        &mut net,
-        &bob,
-        &b_invite,
-        183,
-        &reliable,
-        &sdp(7120, "sendrecv"),
-    );
+    bob.answer_with(&mut net, &b_invite, 183, &reliable, &sdp(7120, "sendrecv"));
     assert!(bob.receive(&mut net).is_empty() && alice.receive(&mut net).is_empty());
 
-    let ok = answer_with(&mut net, &bob, &b_invite, 200, &[], &sdp(7120, "sendrecv"));
+    let ok = bob.answer_with(&mut net, &b_invite, 200, &[], &sdp(7120, "sendrecv"));
     assert_eq!(statuses(&alice.receive(&mut net)), vec![200]);
     let _ = ok;
 }
@@ -234,19 +188,12 @@ fn an_offer_in_a_reliable_183_is_answered_in_the_callers_prack() {
     let b_invite = bob.expect(&mut net, "INVITE");
     assert!(b_invite.body().is_empty());
     let reliable = ["Require: 100rel", "RSeq: 1"];
-    answer_with(
-        &mut net,
-        &bob,
-        &b_invite,
-        183,
-        &reliable,
-        &sdp(7120, "sendrecv"),
-    );
+    bob.answer_with(&mut net, &b_invite, 183, &reliable, &sdp(7120, "sendrecv"));
     assert!(
         bob.receive(&mut net).is_empty(),
         "its PRACK waits for the caller's answer"
     );
-    let progress = responses_of(&alice.receive(&mut net));
+    let progress = responses(&alice.receive(&mut net));
     assert_eq!(progress.len(), 1);
     assert!(progress[0].lists("Require", "100rel"));
     let offered = media_port(progress[0].body()).expect("Warden's offer");
@@ -267,8 +214,8 @@ fn an_offer_in_a_reliable_183_is_answered_in_the_callers_prack() {
     assert_ne!(answered, 7110);
     bob.answer(&mut net, &b_prack, 200, "");
 
-    answer_with(&mut net, &bob, &b_invite, 200, &[], "");
-    let ok = responses_of(&alice.receive(&mut net));
+    bob.answer_with(&mut net, &b_invite, 200, &[], "");
+    let ok = responses(&alice.receive(&mut net));
     assert_eq!(ok.iter().map(|r| r.status()).collect::<Vec<_>>(), vec![200]);
     let a = alice.dialog_as_caller(&invite, &ok[0]);
     alice.ack(&mut net, &a, "");
@@ -284,9 +231,9 @@ fn an_offer_in_a_reliable_183_is_answered_in_the_callers_prack() {
 fn the_2xx_waits_for_the_prack_of_a_provisional_with_sdp() {
     let mut net = Net::with_config(quiet_media());
     let (mut alice, bob, invite, b_invite) = call_bob(&mut net, &["Supported: 100rel"]);
-    answer_with(&mut net, &bob, &b_invite, 183, &[], &sdp(7120, "sendrecv"));
-    let progress = responses_of(&alice.receive(&mut net));
-    answer_with(&mut net, &bob, &b_invite, 200, &[], &sdp(7120, "sendrecv"));
+    bob.answer_with(&mut net, &b_invite, 183, &[], &sdp(7120, "sendrecv"));
+    let progress = responses(&alice.receive(&mut net));
+    bob.answer_with(&mut net, &b_invite, 200, &[], &sdp(7120, "sendrecv"));
     assert!(alice.receive(&mut net).is_empty(), "held until the PRACK");
     let mut early = alice.dialog_as_caller(&invite, &progress[0]);
     prack(&mut net, &mut alice, &mut early, &progress[0], "");
@@ -301,9 +248,8 @@ fn the_2xx_waits_for_the_prack_of_a_provisional_with_sdp() {
 fn an_early_update_crosses_to_the_other_early_dialog() {
     let mut net = Net::with_config(quiet_media());
     let (mut alice, mut bob, invite, b_invite) = call_bob(&mut net, &["Supported: 100rel"]);
-    answer_with(
+    bob.answer_with(
         &mut net,
-        &bob,
         &b_invite,
         183,
         &["Require: 100rel", "RSeq: 1"],
@@ -311,7 +257,7 @@ fn an_early_update_crosses_to_the_other_early_dialog() {
     );
     let b_prack = bob.expect(&mut net, "PRACK");
     bob.answer(&mut net, &b_prack, 200, "");
-    let progress = responses_of(&alice.receive(&mut net));
+    let progress = responses(&alice.receive(&mut net));
     let mut early = alice.dialog_as_caller(&invite, &progress[0]);
     prack(&mut net, &mut alice, &mut early, &progress[0], "");
     alice.receive(&mut net);
@@ -325,7 +271,7 @@ fn an_early_update_crosses_to_the_other_early_dialog() {
     );
     assert!(std::str::from_utf8(update.body()).is_ok_and(|b| b.contains("a=sendonly")));
     bob.answer(&mut net, &update, 200, &sdp(7120, "recvonly"));
-    let got = responses_of(&alice.receive(&mut net));
+    let got = responses(&alice.receive(&mut net));
     assert_eq!(
         got.iter().map(|r| r.status()).collect::<Vec<_>>(),
         vec![200]
@@ -352,15 +298,14 @@ fn an_early_update_crosses_to_the_other_early_dialog() {
 fn crossing_offers_get_491() {
     let mut net = Net::with_config(quiet_media());
     let (mut alice, mut bob, invite, b_invite) = call_bob(&mut net, &[]);
-    let b_ok = answer_with(
+    let b_ok = bob.answer_with(
         &mut net,
-        &bob,
         &b_invite,
         200,
         &["Allow: INVITE, ACK, BYE, UPDATE"],
         &sdp(7120, "sendrecv"),
     );
-    let a_ok = responses_of(&alice.receive(&mut net));
+    let a_ok = responses(&alice.receive(&mut net));
     let mut a = alice.dialog_as_caller(&invite, &a_ok[0]);
     alice.ack(&mut net, &a, "");
     bob.expect(&mut net, "ACK");
@@ -370,7 +315,7 @@ fn crossing_offers_get_491() {
     let to_bob = bob.expect(&mut net, "UPDATE");
     let mut b = bob.dialog_as_callee(&b_invite, &b_ok);
     bob.request(&mut net, &mut b, "UPDATE", &[], &sdp(7120, "sendonly"));
-    let got = responses_of(&bob.receive(&mut net));
+    let got = responses(&bob.receive(&mut net));
     assert_eq!(
         got.iter().map(|r| r.status()).collect::<Vec<_>>(),
         vec![491]
@@ -390,15 +335,8 @@ fn answered(
     let invite = alice.invite(net, "bob", &sdp(7110, "sendrecv"), caller_headers);
     alice.receive(net);
     let b_invite = bob.expect(net, "INVITE");
-    let b_ok = answer_with(
-        net,
-        &bob,
-        &b_invite,
-        200,
-        callee_headers,
-        &sdp(7120, "sendrecv"),
-    );
-    let a_ok = responses_of(&alice.receive(net));
+    let b_ok = bob.answer_with(net, &b_invite, 200, callee_headers, &sdp(7120, "sendrecv"));
+    let a_ok = responses(&alice.receive(net));
     assert_eq!(a_ok.len(), 1, "{a_ok:?}");
     let a = alice.dialog_as_caller(&invite, &a_ok[0]);
     alice.ack(net, &a, "");
@@ -473,7 +411,7 @@ fn warden_refreshes_by_update_and_the_callers_refresh_restarts_its_leg() {
         &["Supported: timer", "Session-Expires: 120;refresher=uac"],
         "",
     );
-    let got = responses_of(&alice.receive(&mut net));
+    let got = responses(&alice.receive(&mut net));
     assert_eq!(
         got.iter().map(|r| r.status()).collect::<Vec<_>>(),
         vec![200]
@@ -542,7 +480,7 @@ fn a_short_session_gets_422_and_a_callees_422_is_retried_longer() {
         &sdp(7110, "sendrecv"),
         &["Supported: timer", "Session-Expires: 30"],
     );
-    let got = responses_of(&alice.receive(&mut net));
+    let got = responses(&alice.receive(&mut net));
     assert_eq!(
         got.iter().map(|r| r.status()).collect::<Vec<_>>(),
         vec![100, 422]
@@ -558,7 +496,7 @@ fn a_short_session_gets_422_and_a_callees_422_is_retried_longer() {
     alice.receive(&mut net);
     let first = bob.expect(&mut net, "INVITE");
     assert_eq!(first.header("Session-Expires").as_deref(), Some("1800"));
-    answer_with(&mut net, &bob, &first, 422, &["Min-SE: 3600"], "");
+    bob.answer_with(&mut net, &first, 422, &["Min-SE: 3600"], "");
     let got = bob.receive(&mut net);
     assert_eq!(
         summary(&got),
@@ -573,7 +511,7 @@ fn a_short_session_gets_422_and_a_callees_422_is_retried_longer() {
         alice.receive(&mut net).is_empty(),
         "the caller saw nothing of it"
     );
-    answer_with(&mut net, &bob, second, 200, &[], &sdp(7120, "sendrecv"));
+    bob.answer_with(&mut net, second, 200, &[], &sdp(7120, "sendrecv"));
     assert_eq!(statuses(&alice.receive(&mut net)), vec![200]);
 }
 
@@ -627,7 +565,7 @@ do = [{ screen = "default" }, { reject = 403 }]
     assert_eq!(statuses(&alice.receive(&mut net)), vec![100]);
     assert!(net.screens.is_empty(), "not screened");
     let b_invite = bob.expect(&mut net, "INVITE");
-    answer_with(&mut net, &bob, &b_invite, 200, &[], &sdp(7120, "sendrecv"));
+    bob.answer_with(&mut net, &b_invite, 200, &[], &sdp(7120, "sendrecv"));
     assert_eq!(statuses(&alice.receive(&mut net)), vec![200]);
     let records = net.latest_records();
     assert_eq!(
@@ -658,7 +596,7 @@ do = [{ bridge = "user:bob" }]
     alice.invite(&mut net, "bob", &sdp(7110, "sendrecv"), &[]);
     alice.receive(&mut net);
     let b_invite = bob.expect(&mut net, "INVITE");
-    answer_with(&mut net, &bob, &b_invite, 302, &[&moved], "");
+    bob.answer_with(&mut net, &b_invite, 302, &[&moved], "");
     assert_eq!(summary(&bob.receive(&mut net)), vec!["ACK"]);
     let c_invite = carol_phone.expect(&mut net, "INVITE");
     assert_eq!(c_invite.uri().to_string(), format!("sip:carol@{carol}"));
@@ -674,8 +612,8 @@ do = [{ bridge = "user:bob" }]
     dave.invite(&mut net, "relay", &sdp(7140, "sendrecv"), &[]);
     dave.receive(&mut net);
     let b_invite = bob.expect(&mut net, "INVITE");
-    answer_with(&mut net, &bob, &b_invite, 302, &[&moved], "");
-    let got = responses_of(&dave.receive(&mut net));
+    bob.answer_with(&mut net, &b_invite, 302, &[&moved], "");
+    let got = responses(&dave.receive(&mut net));
     assert_eq!(
         got.iter().map(|r| r.status()).collect::<Vec<_>>(),
         vec![302]
@@ -749,7 +687,7 @@ do = [{ answer = true }, { bridge = "user:bob", timeout = 20 }, { play = "user_u
     let mut net = Net::with_plan(quiet_media(), plan);
     let (mut alice, mut bob) = parties(&mut net);
     let invite = alice.invite(&mut net, "bob", &sdp(7110, "sendrecv"), &[]);
-    let got = responses_of(&alice.receive(&mut net));
+    let got = responses(&alice.receive(&mut net));
     assert_eq!(
         got.iter().map(|r| r.status()).collect::<Vec<_>>(),
         vec![100, 200],
@@ -767,12 +705,12 @@ do = [{ answer = true }, { bridge = "user:bob", timeout = 20 }, { play = "user_u
         Some(b_port),
         "the same stream's other side"
     );
-    answer_with(&mut net, &bob, &b_invite, 183, &[], &sdp(7120, "sendrecv"));
+    bob.answer_with(&mut net, &b_invite, 183, &[], &sdp(7120, "sendrecv"));
     assert!(
         alice.receive(&mut net).is_empty(),
         "no early media to an answered caller"
     );
-    answer_with(&mut net, &bob, &b_invite, 200, &[], &sdp(7120, "sendrecv"));
+    bob.answer_with(&mut net, &b_invite, 200, &[], &sdp(7120, "sendrecv"));
     assert_eq!(summary(&bob.receive(&mut net)), vec!["ACK"]);
     assert!(alice.receive(&mut net).is_empty(), "no second 200");
     assert_eq!(net.media.open_streams(), vec![stream], "no new stream");
@@ -797,15 +735,15 @@ do = [{ answer = true }, { bridge = "user:bob", timeout = 5 }]
     let mut net = Net::with_plan(quiet_media(), plan);
     let (mut alice, mut bob) = parties(&mut net);
     let invite = alice.invite(&mut net, "bob", &sdp(7110, "sendrecv"), &[]);
-    let got = responses_of(&alice.receive(&mut net));
+    let got = responses(&alice.receive(&mut net));
     let a = alice.dialog_as_caller(&invite, &got[1]);
     alice.ack(&mut net, &a, "");
     let b_invite = bob.expect(&mut net, "INVITE");
-    answer_with(&mut net, &bob, &b_invite, 180, &[], "");
+    bob.answer_with(&mut net, &b_invite, 180, &[], "");
     net.advance(Duration::from_secs(5));
     let cancel = bob.expect(&mut net, "CANCEL");
     bob.answer(&mut net, &cancel, 200, "");
-    answer_with(&mut net, &bob, &b_invite, 487, &[], "");
+    bob.answer_with(&mut net, &b_invite, 487, &[], "");
     // The plan ran out: Warden hangs up the caller it answered.
     let bye = alice.expect(&mut net, "BYE");
     alice.answer(&mut net, &bye, 200, "");
@@ -924,9 +862,9 @@ do = [{ bridge = "sip:${callee}@carrier.example" }]
     gw[0].receive(&mut net);
     let invite = gw[1].expect(&mut net, "INVITE");
     assert_eq!(invite.uri().to_string(), uri);
-    answer_with(&mut net, &gw[1], &invite, 503, &[], "");
+    gw[1].answer_with(&mut net, &invite, 503, &[], "");
     let invite = gw[2].expect(&mut net, "INVITE");
-    answer_with(&mut net, &gw[2], &invite, 200, &[], &sdp(7120, "sendrecv"));
+    gw[2].answer_with(&mut net, &invite, 200, &[], &sdp(7120, "sendrecv"));
     assert_eq!(statuses(&alice.receive(&mut net)), vec![200]);
 }
 
@@ -965,7 +903,7 @@ do = [{ bridge = "ims" }]
     net.collect();
     let busy_side = Phone::new("scscf", busy);
     let first = requests(&net.take(busy), "INVITE");
-    answer_with(&mut net, &busy_side, &first[0], 503, &[], "");
+    busy_side.answer_with(&mut net, &first[0], 503, &[], "");
     let invite = core_side.expect(&mut net, "INVITE");
     assert_eq!(invite.uri().to_string(), request_uri);
     assert_eq!(
@@ -993,7 +931,7 @@ do = [{ play = "user_unavailable" }, { reject = 480 }]
     };
     let headers = ["Require: precondition", "Supported: 100rel"];
     let invite = alice.invite(&mut net, "5555", &offer("none"), &headers);
-    let got = responses_of(&alice.receive(&mut net));
+    let got = responses(&alice.receive(&mut net));
     assert_eq!(
         got.iter().map(|r| r.status()).collect::<Vec<_>>(),
         vec![100, 183],
@@ -1019,7 +957,7 @@ do = [{ play = "user_unavailable" }, { reject = 480 }]
 
     // The caller's resources are ready: its UPDATE says so, Warden's 200 agrees.
     alice.request(&mut net, &mut early, "UPDATE", &[], &offer("sendrecv"));
-    let ok = responses_of(&alice.receive(&mut net));
+    let ok = responses(&alice.receive(&mut net));
     assert_eq!(ok.iter().map(|r| r.status()).collect::<Vec<_>>(), vec![200]);
     let text = String::from_utf8_lossy(ok[0].body()).into_owned();
     assert!(text.contains("a=curr:qos remote sendrecv"), "{text}");

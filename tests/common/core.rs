@@ -370,13 +370,32 @@ impl Phone {
     }
 
     /// Answer Warden's request `req` with `status` (tag: ours, Contact: us) and `body`.
-    pub fn answer(&mut self, net: &mut Net, req: &Request, status: u16, body: &str) -> Response {
+    pub fn answer(&self, net: &mut Net, req: &Request, status: u16, body: &str) -> Response {
+        self.answer_with(net, req, status, &[], body)
+    }
+
+    /// `answer` with extra header lines ("Name: value"); a Contact among them replaces
+    /// the phone's own.
+    pub fn answer_with(
+        &self,
+        net: &mut Net,
+        req: &Request,
+        status: u16,
+        headers: &[&str],
+        body: &str,
+    ) -> Response {
         let mut resp = Response::to_request(req, status, "Reason");
         if status > 100 && req.to_tag().is_none() {
             resp.set_to_tag(&format!("t{}", self.user));
         }
-        resp.push_header("Contact", &self.contact())
-            .expect("a valid Contact");
+        if !headers.iter().any(|h| h.starts_with("Contact:")) {
+            resp.push_header("Contact", &self.contact())
+                .expect("a valid Contact");
+        }
+        for h in headers {
+            let (name, value) = h.split_once(": ").expect("Name: value");
+            resp.push_header(name, value).expect("a header");
+        }
         if !body.is_empty() {
             resp.set_body(Bytes::from(body.to_owned()), Some("application/sdp"));
         }
