@@ -8,7 +8,6 @@ use crate::anchor::negotiate::Role;
 use crate::call::{Call, Invited, Leg, Program, Side, new_tag};
 use crate::cdr::Record;
 use crate::dialplan::{CallFacts, SessionCase};
-use crate::registrar::AuthKind;
 use crate::sip::message::{NameAddr, Request, Response, Uri};
 use crate::sip::transaction::TxKey;
 use crate::sip::transport::Destination;
@@ -29,15 +28,8 @@ impl Core {
             return self.respond(&key, &req, 483, None, now);
         }
         let emergency = self.is_emergency(&req);
-        if self.config.calls.auth
-            && !emergency
-            && !crate::dialplan::in_networks(from.addr.ip(), &self.calls_trusted)
-        {
-            // An untrusted source calls as one of our users, and must prove it.
-            let caller = req.from().and_then(|f| f.uri.user()).unwrap_or_default();
-            if self.refused_credentials(&key, &req, &caller, AuthKind::Invite, &from, now) {
-                return;
-            }
+        if !emergency && self.refused_untrusted_sender(&key, &req, &from, now) {
+            return;
         }
         // 100 Trying at once: the caller stops retransmitting while we look the callee up.
         self.respond(&key, &req, 100, None, now);

@@ -11,7 +11,6 @@ use crate::call::new_tag;
 use crate::cdr::Record;
 use crate::dialplan::Action;
 use crate::dns::literal_destination;
-use crate::registrar::AuthKind;
 use crate::sip::message::{Method, Request, Response, Uri};
 use crate::sip::transaction::TxKey;
 use crate::sip::transport::Destination;
@@ -46,13 +45,8 @@ impl Core {
         now: Instant,
         unix_s: u64,
     ) {
-        if self.config.calls.auth
-            && !crate::dialplan::in_networks(from.addr.ip(), &self.calls_trusted)
-        {
-            let sender = req.from().and_then(|f| f.uri.user()).unwrap_or_default();
-            if self.refused_credentials(&key, &req, &sender, AuthKind::Invite, &from, now) {
-                return;
-            }
+        if self.refused_untrusted_sender(&key, &req, &from, now) {
+            return;
         }
         let facts = self.call_facts(&req, &from, unix_s);
         let route = self.dialplan.evaluate(&facts).map(|d| {

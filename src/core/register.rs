@@ -33,6 +33,25 @@ impl Core {
         self.tx.respond(&key, outcome.response, now);
     }
 
+    /// A request (INVITE, MESSAGE) from a source outside `calls.trusted` speaks as one of
+    /// our users and must prove it is its From user (`calls.auth`): true when it was
+    /// challenged or refused instead.
+    pub(super) fn refused_untrusted_sender(
+        &mut self,
+        key: &TxKey,
+        req: &Request,
+        from: &Destination,
+        now: Instant,
+    ) -> bool {
+        if !self.config.calls.auth
+            || crate::dialplan::in_networks(from.addr.ip(), &self.calls_trusted)
+        {
+            return false;
+        }
+        let sender = req.from().and_then(|f| f.uri.user()).unwrap_or_default();
+        self.refused_credentials(key, req, &sender, AuthKind::Invite, from, now)
+    }
+
     /// Check `req`'s credentials for `user`; when they do not do, answer the challenge or
     /// refusal, count a failure toward the source's ban, and return true.
     pub(super) fn refused_credentials(
