@@ -4,6 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::find_bytes;
 use super::message::{Limits, Message, ParseError};
 
 /// One delimited frame: a message, or bytes that did not parse and why.
@@ -20,6 +21,11 @@ pub struct Framer {
     /// CRLF pairs between messages since the last `take_keepalives` (RFC 5626 4.4.1).
     keepalives: usize,
     failed: Option<String>,
+    /// How far the search for the end of the front message's head has looked, so a
+    /// head arriving in many reads is not searched from its start each time.
+    scanned: usize,
+    /// The front message's whole length, once its head is read (its body may still come).
+    expected: Option<usize>,
 }
 
 impl Framer {
@@ -29,6 +35,8 @@ impl Framer {
             limits,
             keepalives: 0,
             failed: None,
+            scanned: 0,
+            expected: None,
         }
     }
 
@@ -41,13 +49,15 @@ impl Framer {
         self.buf.extend_from_slice(chunk);
         let mut frames = Vec::new();
         loop {
-            while self.buf.starts_with(b"\r\n") {
+            while self.expected.is_none() && self.buf.starts_with(b"\r\n") {
                 let _ = self.buf.split_to(2);
+                self.scanned = self.scanned.saturating_sub(2);
                 self.keepalives += 1;
             }
             match self.next_len() {
                 Ok(Some(len)) => {
                     let frame = self.buf.split_to(len).freeze();
+                    (self.scanned, self.expected) = (0, None);
                     frames.push(match Message::parse_frame(frame.clone(), &self.limits) {
                         Ok(m) => Frame::Message(Box::new(m)),
                         Err(e) => Frame::Bad(frame, e.0),
@@ -72,9 +82,15 @@ impl Framer {
     }
 
     /// The length of the complete frame at the front, None while it is incomplete.
-    fn next_len(&self) -> Result<Option<usize>, String> {
+    fn next_len(&mut self) -> Result<Option<usize>, String> {
+        if let Some(total) = self.expected {
+            return Ok((self.buf.len() >= total).then_some(total));
+        }
         let max = self.limits.max_message_bytes;
-        let Some(head_end) = find(&self.buf, b"\r\n\r\n") else {
+        // Back three octets: a terminator may straddle two reads.
+        let from = self.scanned.saturating_sub(3);
+        let Some(head_end) = find_bytes(&self.buf[from..], b"\r\n\r\n").map(|i| from + i) else {
+            self.scanned = self.buf.len();
             if self.buf.len() > max {
                 return Err(format!("message head larger than {max} octets"));
             }
@@ -103,12 +119,9 @@ impl Framer {
         if total > max {
             return Err(format!("message of {total} octets, above {max}"));
         }
+        self.expected = Some(total);
         Ok((self.buf.len() >= total).then_some(total))
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -140,6 +153,23 @@ mod tests {
         assert!(matches!(frames[0], Frame::Message(_)));
         assert!(matches!(&frames[1], Frame::Bad(_, why) if why.contains("port")));
         assert!(matches!(frames[2], Frame::Message(_)));
+    }
+
+    #[test]
+    fn a_stream_arriving_one_octet_at_a_time_frames_the_same() {
+        let mut framer = Framer::new(Limits::default());
+        let stream = format!(
+            "\r\n\r\n{}{}",
+            request("sip:b@h", "xy"),
+            request("sip:b@h", "")
+        );
+        let mut frames = Vec::new();
+        for octet in stream.as_bytes() {
+            frames.extend(framer.push(std::slice::from_ref(octet)).unwrap());
+        }
+        assert_eq!(framer.take_keepalives(), 2);
+        assert_eq!(frames.len(), 2);
+        assert!(frames.iter().all(|f| matches!(f, Frame::Message(_))));
     }
 
     #[test]

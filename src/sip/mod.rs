@@ -15,3 +15,9 @@ pub mod tls;
 pub mod tolerate;
 pub mod transaction;
 pub mod transport;
+
+/// Where `needle` first occurs in `haystack` (framing, salvaging and repairing messages all
+/// look for the end of a line or of a head).
+pub(crate) fn find_bytes(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}

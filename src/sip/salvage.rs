@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 
+use super::find_bytes;
+
 /// The lines of an unparseable request a response must copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Salvaged {
@@ -18,7 +20,7 @@ pub struct Salvaged {
 /// Read `bytes` as a request far enough to answer it, or None: not a request line, an ACK
 /// (never answered), or one of the five headers missing or repeated.
 pub fn salvage(bytes: &[u8]) -> Option<Salvaged> {
-    let head_end = find(bytes, b"\r\n\r\n").unwrap_or(bytes.len());
+    let head_end = find_bytes(bytes, b"\r\n\r\n").unwrap_or(bytes.len());
     let head = String::from_utf8_lossy(&bytes[..head_end]);
     let mut lines = head.split("\r\n");
     let request_line = lines.next()?;
@@ -123,10 +125,6 @@ fn has_param(value: &str, name: &str) -> bool {
             .next()
             .is_some_and(|n| n.trim().eq_ignore_ascii_case(name))
     })
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]

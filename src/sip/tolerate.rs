@@ -6,10 +6,12 @@
 //!   Kamailio and sofia-sip take the first; the copies say nothing more, so they go.
 //!   A parameter repeated with *different* values is ambiguous and stays refused.
 
+use super::find_bytes;
+
 /// The message with its deviations repaired, or None when there is nothing this module
 /// knows how to repair (the parser's error then stands).
 pub fn repair(bytes: &[u8]) -> Option<Vec<u8>> {
-    let head_end = find(bytes, b"\r\n\r\n")?;
+    let head_end = find_bytes(bytes, b"\r\n\r\n")?;
     let head = std::str::from_utf8(&bytes[..head_end]).ok()?;
     let mut changed = false;
     let mut out = String::with_capacity(head.len());
@@ -41,7 +43,7 @@ pub fn repair(bytes: &[u8]) -> Option<Vec<u8>> {
 /// A parameter repeated with different values, in a URI of the start line, or None: what
 /// a 400 should name when `repair` could not help.
 pub fn ambiguous_parameter(bytes: &[u8]) -> Option<String> {
-    let line_end = find(bytes, b"\r\n")?;
+    let line_end = find_bytes(bytes, b"\r\n")?;
     let line = std::str::from_utf8(&bytes[..line_end]).ok()?;
     let uri = line.split(' ').nth(1)?;
     dedupe(uri).err()
@@ -112,10 +114,6 @@ fn dedupe(uri: &str) -> Result<Option<String>, String> {
         out.push_str(h);
     }
     Ok(Some(out))
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
