@@ -116,7 +116,8 @@ impl Records {
     /// Journal what is pending; the alarm (why new calls must be refused) when records
     /// cannot be kept, after this flush.
     fn flush(&mut self) -> Option<String> {
-        if !self.pending.is_empty() {
+        let appending = !self.pending.is_empty();
+        if appending {
             // Journalled before the loop goes on: from here a crash loses none of them.
             match self.journal.append(&self.pending) {
                 Ok(()) => {
@@ -143,6 +144,16 @@ impl Records {
                 }
             }
         }
+        // The spool and the syncer only change when something is appended; while an alarm
+        // is up they are looked at every turn, to see it end. Idle turns cost nothing.
+        if appending || self.failing.is_some() || self.spool_alarm {
+            self.check_spool_and_sync();
+        }
+        self.failing.clone()
+    }
+
+    /// Raise or clear the alarms from the spool's size and the syncer's last result.
+    fn check_spool_and_sync(&mut self) {
         let sync_error = self.syncer.as_ref().and_then(|s| {
             s.stats
                 .error
@@ -178,7 +189,6 @@ impl Records {
                 }
             }
         }
-        self.failing.clone()
     }
 
     fn raise(&mut self, why: String) {
