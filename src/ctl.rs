@@ -87,14 +87,12 @@ fn moment(text: &str) -> anyhow::Result<i64> {
         .as_millisecond())
 }
 
-/// `warden ctl cdr export`: the server's stream copied to stdout as it comes.
-fn export(
-    base: &str,
-    token: Option<&str>,
+/// `warden ctl cdr export`'s query: the period in Unix milliseconds, and the format.
+fn export_query(
     since: Option<&str>,
     until: Option<&str>,
     format: &str,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Vec<(&'static str, String)>> {
     let mut query = vec![("format", format.to_owned())];
     if let Some(since) = since {
         query.push(("since_ms", moment(since)?.to_string()));
@@ -102,27 +100,7 @@ fn export(
     if let Some(until) = until {
         query.push(("until_ms", moment(until)?.to_string()));
     }
-    // No overall timeout: an export of years of records may take a while to stream.
-    let client = reqwest::blocking::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .timeout(None)
-        .build()?;
-    let mut builder = client.get(format!("{base}/cdrs/export")).query(&query);
-    if let Some(t) = token {
-        builder = builder.bearer_auth(t);
-    }
-    let mut response = builder
-        .send()
-        .map_err(|e| anyhow::anyhow!("cannot reach the server at {base}: {e}"))?;
-    let status = response.status();
-    if !status.is_success() {
-        anyhow::bail!("{status}: {}", response.text().unwrap_or_default().trim());
-    }
-    let mut out = std::io::stdout().lock();
-    response
-        .copy_to(&mut out)
-        .map_err(|e| anyhow::anyhow!("the export was cut short: {e}"))?;
-    Ok(String::new())
+    Ok(query)
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,13 +168,18 @@ fn request(config: &Config, command: Ctl) -> anyhow::Result<String> {
                 }),
             ..
         }) => {
-            return export(
-                &base,
-                config.admin.token.as_deref(),
-                since.as_deref(),
-                until.as_deref(),
-                &format,
-            );
+            let query = export_query(since.as_deref(), until.as_deref(), &format)?;
+            // No overall timeout: an export of years of records may take a while to stream.
+            let streaming = reqwest::blocking::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .timeout(None)
+                .build()?;
+            let builder = with_token(streaming.get(path("/cdrs/export")).query(&query));
+            // Copied to stdout as it comes, not gathered first.
+            sent(builder, &base)?
+                .copy_to(&mut std::io::stdout().lock())
+                .map_err(|e| anyhow::anyhow!("the export was cut short: {e}"))?;
+            return Ok(String::new());
         }
         Ctl::Cdr(args) => {
             let mut query: Vec<(&str, String)> = vec![("limit", args.limit.to_string())];
@@ -289,13 +272,23 @@ fn request(config: &Config, command: Ctl) -> anyhow::Result<String> {
 
 /// Send a request; the body of a success, else the server's refusal as the error.
 fn send(builder: reqwest::blocking::RequestBuilder, base: &str) -> anyhow::Result<String> {
+    Ok(sent(builder, base)?.text()?)
+}
+
+/// The server's answer, when it is a success; its status and text as the error otherwise.
+fn sent(
+    builder: reqwest::blocking::RequestBuilder,
+    base: &str,
+) -> anyhow::Result<reqwest::blocking::Response> {
     let response = builder
         .send()
         .map_err(|e| anyhow::anyhow!("cannot reach the server at {base}: {e}"))?;
     let status = response.status();
-    let body = response.text()?;
-    anyhow::ensure!(status.is_success(), "{status}: {}", body.trim());
-    Ok(body)
+    if !status.is_success() {
+        let body = response.text().unwrap_or_default();
+        anyhow::bail!("{status}: {}", body.trim());
+    }
+    Ok(response)
 }
 
 /// A path segment with the characters URLs reserve escaped.

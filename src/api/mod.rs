@@ -267,34 +267,42 @@ async fn cdrs(
 ) -> Response {
     let records = match s.cdrs.query(&filter).await {
         Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the call record database is unavailable: {e}\n"),
-            )
-                .into_response();
-        }
+        Err(e) => return database_unavailable(&e),
     };
-    match q.format.as_deref() {
-        Some("csv") => {
+    match wants_csv(q.format.as_deref()) {
+        Ok(true) => {
             let mut text = crate::cdr::record::csv_header();
             for r in &records {
                 text.push_str(&r.csv_line());
             }
             ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response()
         }
-        None | Some("json") => Json(
+        Ok(false) => Json(
             records
                 .iter()
                 .map(crate::cdr::Record::to_json)
                 .collect::<Vec<_>>(),
         )
         .into_response(),
-        Some(other) => (
-            StatusCode::BAD_REQUEST,
-            format!("format {other:?}: expected json or csv\n"),
-        )
-            .into_response(),
+        Err(why) => (StatusCode::BAD_REQUEST, why).into_response(),
+    }
+}
+
+/// The 503 for a record query the database could not answer.
+fn database_unavailable(e: &sqlx::Error) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the call record database is unavailable: {e}\n"),
+    )
+        .into_response()
+}
+
+/// A record query's `format`: true for csv, false for json (the default), else why not.
+fn wants_csv(format: Option<&str>) -> Result<bool, String> {
+    match format {
+        Some("csv") => Ok(true),
+        None | Some("json") => Ok(false),
+        Some(other) => Err(format!("format {other:?}: expected json or csv\n")),
     }
 }
 
@@ -312,28 +320,15 @@ const EXPORT_PAGE: i64 = 1000;
 /// Every record received in `[since_ms, until_ms)`, oldest first, streamed as CSV or JSON
 /// lines (one record per line), however many there are: for billing.
 async fn export_cdrs(State(s): State<Shared>, Query(q): Query<ExportQuery>) -> Response {
-    let csv = match q.format.as_deref() {
-        Some("csv") => true,
-        None | Some("json") => false,
-        Some(other) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("format {other:?}: expected json or csv\n"),
-            )
-                .into_response();
-        }
+    let csv = match wants_csv(q.format.as_deref()) {
+        Ok(csv) => csv,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
     };
     let (since, until) = (q.since_ms.unwrap_or(0), q.until_ms.unwrap_or(i64::MAX));
     // The first page is read before answering, so an unavailable database is a 503.
     let first = match s.cdrs.export_page(since, until, None, EXPORT_PAGE).await {
         Ok(page) => page,
-        Err(e) => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the call record database is unavailable: {e}\n"),
-            )
-                .into_response();
-        }
+        Err(e) => return database_unavailable(&e),
     };
     let store = s.cdrs.clone();
     let header_line = csv.then(crate::cdr::record::csv_header);
