@@ -73,7 +73,9 @@ mod tests {
         let mut prompts = load(&Config::default()).expect("built-in prompts decode");
         let pcmu = warden_media::codec::by_name("PCMU", 8000).expect("codec");
         for (name, _) in BUILT_IN {
-            let encoded = prompts.encoded(name, pcmu).expect("encodes");
+            let encoded = prompts
+                .encoded(name, pcmu, &Default::default())
+                .expect("encodes");
             let seconds = encoded.frames.len() as f64 / 50.0;
             // Announcements last seconds; the challenge's digits are read back to back, and
             // the conference chimes are short.

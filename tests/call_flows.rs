@@ -141,7 +141,11 @@ fn played(net: &Net) -> Vec<(StreamId, MediaSide, usize)> {
 fn frames_of(names: &[&str]) -> usize {
     let mut prompts = warden::prompts::load(&Config::default()).expect("prompts");
     let pcmu = warden_media::codec::by_name("PCMU", 8000).expect("PCMU");
-    prompts.sequence(names, pcmu).expect("prompt").frames.len()
+    prompts
+        .sequence(names, pcmu, &Default::default())
+        .expect("prompt")
+        .frames
+        .len()
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{Dialog, Ua, Warden};
 use warden::sip::message::{Request, Response};
+use warden_media::codec::FormatParams;
 use warden_media::srtp::{KEY_AND_SALT, SrtpKeys, SrtpSide, Suite};
 
 const MEDIA_IP: &str = "127.0.0.2";
@@ -544,8 +545,21 @@ fn rtcp_mux_when_both_sides_offer_it_and_separate_ports_when_one_declines() {
 /// 20 ms frames of a 1 kHz tone, encoded by the codec SDP calls `codec_name`/`clock`, as
 /// RTP packets.
 fn tone_packets(codec_name: &str, clock: u32, pt: u8, ssrc: u32, count: u16) -> Vec<Vec<u8>> {
+    tone_packets_in(codec_name, clock, "", pt, ssrc, count)
+}
+
+/// As `tone_packets`, in the payload format `fmtp` describes (AMR's layout and modes).
+fn tone_packets_in(
+    codec_name: &str,
+    clock: u32,
+    fmtp: &str,
+    pt: u8,
+    ssrc: u32,
+    count: u16,
+) -> Vec<Vec<u8>> {
     let codec = warden_media::codec::by_name(codec_name, clock).expect("codec");
-    let mut encoder = codec.encoder();
+    let params = FormatParams::parse(fmtp);
+    let mut encoder = codec.encoder_at(codec.sample_rate, &Default::default(), &params);
     let n = codec.frame_samples();
     let rate = f64::from(codec.sample_rate);
     (0..count)
@@ -566,8 +580,13 @@ fn tone_packets(codec_name: &str, clock: u32, pt: u8, ssrc: u32, count: u16) -> 
 
 /// Decode received RTP payloads with `codec` and measure the tone's frequency.
 fn heard_frequency(codec_name: &str, clock: u32, packets: &[Vec<u8>]) -> f64 {
+    heard_frequency_in(codec_name, clock, "", packets)
+}
+
+/// As `heard_frequency`, for payloads in the format `fmtp` describes.
+fn heard_frequency_in(codec_name: &str, clock: u32, fmtp: &str, packets: &[Vec<u8>]) -> f64 {
     let codec = warden_media::codec::by_name(codec_name, clock).expect("codec");
-    let mut decoder = codec.decoder();
+    let mut decoder = codec.decoder_at(codec.sample_rate, &FormatParams::parse(fmtp));
     let mut pcm = Vec::new();
     for p in packets {
         decoder.decode(&p[12..], &mut pcm);
@@ -639,7 +658,13 @@ fn legs_without_a_common_codec_are_transcoded_with_tone_and_dtmf_intact() {
     assert_eq!(&dtmf[12..], &[5, 10, 0, 160]);
 
     // Bob -> alice: PCMA in, G.722 out (its RTP clock is 8 kHz, RFC 3551).
-    let got = tone_through(&bm.rtp, b_side, &am.rtp, ("PCMA", 8000, 8), 9);
+    let got = tone_through(
+        &bm.rtp,
+        b_side,
+        &am.rtp,
+        tone_packets("PCMA", 8000, 8, 0xa, 50),
+        9,
+    );
     assert_eq!(
         rtp_timestamp(&got[1]).wrapping_sub(rtp_timestamp(&got[0])),
         160
@@ -648,25 +673,21 @@ fn legs_without_a_common_codec_are_transcoded_with_tone_and_dtmf_intact() {
     assert!((f - 1000.0).abs() <= 20.0, "alice hears {f} Hz");
 }
 
-/// Send 50 tone packets (`codec`: name, clock, payload type) from `from` to Warden's
-/// port `to_port`, each answered by a packet at `to` of payload type `expect_pt`; those.
+/// Send `packets` from `from` to Warden's port `to_port`, each answered by a packet at
+/// `to` of payload type `expect_pt`; those.
 fn tone_through(
     from: &UdpSocket,
     to_port: u16,
     to: &UdpSocket,
-    (name, clock, pt): (&str, u32, u8),
+    packets: Vec<Vec<u8>>,
     expect_pt: u8,
 ) -> Vec<Vec<u8>> {
-    tone_packets(name, clock, pt, 0xa, 50)
+    packets
         .into_iter()
         .map(|packet| {
             from.send_to(&packet, warden_at(to_port)).expect("send");
             let (p, _) = recv(to);
-            assert_eq!(
-                p[1] & 0x7f,
-                expect_pt,
-                "{name} in, payload type {expect_pt} out"
-            );
+            assert_eq!(p[1] & 0x7f, expect_pt, "payload type {expect_pt} out");
             p
         })
         .collect()
@@ -703,10 +724,22 @@ fn an_opus_only_caller_and_a_pcma_only_callee_hear_each_other() {
         "alice is answered in Opus: {answered}"
     );
 
-    let got = tone_through(&am.rtp, a_side, &bm.rtp, ("opus", 48000, 111), 8);
+    let got = tone_through(
+        &am.rtp,
+        a_side,
+        &bm.rtp,
+        tone_packets("opus", 48000, 111, 0xa, 50),
+        8,
+    );
     let f = heard_frequency("PCMA", 8000, &got);
     assert!((f - 1000.0).abs() <= 20.0, "bob hears {f} Hz");
-    let got = tone_through(&bm.rtp, b_side, &am.rtp, ("PCMA", 8000, 8), 111);
+    let got = tone_through(
+        &bm.rtp,
+        b_side,
+        &am.rtp,
+        tone_packets("PCMA", 8000, 8, 0xa, 50),
+        111,
+    );
     // Opus's RTP clock is 48 kHz whatever its audio bandwidth (RFC 7587 section 4.1).
     assert_eq!(
         rtp_timestamp(&got[1]).wrapping_sub(rtp_timestamp(&got[0])),
@@ -738,10 +771,22 @@ fn an_amr_wb_caller_and_a_pcma_only_callee_hear_each_other() {
     let a_side = assert_anchored(ok.body(), range)[0];
     assert!(String::from_utf8_lossy(ok.body()).contains("a=rtpmap:97 AMR-WB/16000"));
 
-    let got = tone_through(&am.rtp, a_side, &bm.rtp, ("AMR-WB", 16000, 97), 8);
+    let got = tone_through(
+        &am.rtp,
+        a_side,
+        &bm.rtp,
+        tone_packets("AMR-WB", 16000, 97, 0xa, 50),
+        8,
+    );
     let f = heard_frequency("PCMA", 8000, &got);
     assert!((f - 1000.0).abs() <= 20.0, "bob hears {f} Hz");
-    let got = tone_through(&bm.rtp, b_side, &am.rtp, ("PCMA", 8000, 8), 97);
+    let got = tone_through(
+        &bm.rtp,
+        b_side,
+        &am.rtp,
+        tone_packets("PCMA", 8000, 8, 0xa, 50),
+        97,
+    );
     for p in &got {
         // Bandwidth-efficient ToC after the 4-bit CMR: F, then the frame type.
         let frame_type = ((p[12] & 0x07) << 1) | (p[13] >> 7);
@@ -754,6 +799,143 @@ fn an_amr_wb_caller_and_a_pcma_only_callee_hear_each_other() {
     );
     let f = heard_frequency("AMR-WB", 16000, &got);
     assert!((f - 1000.0).abs() <= 20.0, "alice hears {f} Hz");
+}
+
+/// The payload type an SDP body gives `codec` in the layout `octet_aligned` (from its
+/// rtpmap and fmtp lines).
+fn payload_type_of(body: &str, codec: &str, octet_aligned: bool) -> Option<u8> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+        .filter(|l| {
+            l.split(' ')
+                .nth(1)
+                .is_some_and(|n| n.starts_with(&format!("{codec}/")))
+        })
+        .filter_map(|l| l.split(' ').next()?.parse::<u8>().ok())
+        .find(|pt| {
+            let fmtp = format!("a=fmtp:{pt} ");
+            let aligned = body
+                .lines()
+                .find_map(|l| l.strip_prefix(&fmtp))
+                .is_some_and(|f| FormatParams::parse(f).octet_aligned);
+            aligned == octet_aligned
+        })
+}
+
+/// baresip's amr module and many SBCs speak AMR only in octet-aligned mode: Warden offers
+/// both layouts, each under its own payload type, and transcodes to the one answered.
+#[cfg(feature = "amr")]
+#[test]
+fn a_pcmu_caller_reaches_a_callee_that_speaks_only_octet_aligned_amr() {
+    for (codec, clock) in [("AMR", 8000), ("AMR-WB", 16000)] {
+        let (w, range) = warden(10, "");
+        let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+        let (am, bm) = (Media::new(), Media::new());
+        let offer = sdp(&[
+            format!("m=audio {} RTP/AVP 0", am.port()),
+            "a=rtpmap:0 PCMU/8000".into(),
+        ]);
+        let mut chosen = 0;
+        let (incoming, ok, _, _) = call(&mut alice, &mut bob, &offer, |offered| {
+            let text = String::from_utf8_lossy(offered.body()).to_string();
+            for name in ["AMR", "AMR-WB"] {
+                let efficient = payload_type_of(&text, name, false);
+                let aligned = payload_type_of(&text, name, true);
+                assert!(
+                    efficient.is_some() && aligned.is_some() && efficient != aligned,
+                    "{name} in both layouts, one payload type each: {text}"
+                );
+            }
+            chosen = payload_type_of(&text, codec, true).expect("octet-aligned");
+            assert!(
+                text.contains(&format!(
+                    "a=fmtp:{chosen} octet-align=1;mode-change-capability=2;max-red=0"
+                )),
+                "{text}"
+            );
+            // The callee answers as baresip does: octet-aligned, its own fmtp.
+            sdp(&[
+                format!("m=audio {} RTP/AVP {chosen}", bm.port()),
+                format!("a=rtpmap:{chosen} {codec}/{clock}"),
+                format!("a=fmtp:{chosen} octet-align=1"),
+            ])
+        });
+        let b_side = assert_anchored(incoming.body(), range)[0];
+        let a_side = assert_anchored(ok.body(), range)[0];
+        let answered = String::from_utf8_lossy(ok.body()).to_string();
+        assert!(answered.contains(" RTP/AVP 0\r\n"), "{answered}");
+
+        let fmtp = "octet-align=1";
+        let got = tone_through(
+            &am.rtp,
+            a_side,
+            &bm.rtp,
+            tone_packets("PCMU", 8000, 0, 0xa, 50),
+            chosen,
+        );
+        for p in &got {
+            // Octet-aligned: CMR in its own octet, then a ToC octet F|FT|Q|00.
+            assert_eq!(p[13] & 0x83, 0, "{codec}: one frame, padding bits zero");
+            assert!(p[13] & 0x04 != 0, "{codec}: a good frame");
+        }
+        let f = heard_frequency_in(codec, clock, fmtp, &got);
+        assert!((f - 1000.0).abs() <= 20.0, "{codec}: bob hears {f} Hz");
+        let tone = tone_packets_in(codec, clock, fmtp, chosen, 0xb, 50);
+        let got = tone_through(&bm.rtp, b_side, &am.rtp, tone, 0);
+        let f = heard_frequency("PCMU", 8000, &got);
+        assert!((f - 1000.0).abs() <= 20.0, "{codec}: alice hears {f} Hz");
+    }
+}
+
+/// A VoLTE caller's AMR-WB, octet-aligned with a mode-set, hears Warden's announcement in
+/// that very format: the answer repeats its fmtp and every frame keeps to the modes.
+#[cfg(feature = "amr")]
+#[test]
+fn an_octet_aligned_amr_wb_caller_hears_the_announcement_in_its_own_format() {
+    let prompts = tempfile::tempdir().expect("tempdir");
+    tone_wav(&prompts.path().join("user_unavailable.wav"), 16000, 0.5);
+    let (w, range) = warden(
+        10,
+        &format!(
+            "prompts_dir = \"{}\"\n[calls]\nannounce_failures = true\n",
+            prompts.path().display()
+        ),
+    );
+    let mut alice = Ua::udp("alice", w.port);
+    let am = Media::new();
+    let fmtp = "mode-change-capability=2;max-red=0;octet-align=1;mode-set=0,1,2";
+    let offer = sdp(&[
+        format!("m=audio {} RTP/AVP 104 105", am.port()),
+        "a=rtpmap:104 AMR-WB/16000".into(),
+        format!("a=fmtp:104 {fmtp}"),
+        "a=rtpmap:105 telephone-event/16000".into(),
+        "a=fmtp:105 0-15".into(),
+    ]);
+    alice.invite_sdp("nobody", &offer);
+    let progress = loop {
+        let r = alice.recv_response();
+        assert!(r.status() < 200, "{}", r.status());
+        if r.status() == 183 {
+            break r;
+        }
+    };
+    let port = assert_anchored(progress.body(), range)[0];
+    let answer = String::from_utf8_lossy(progress.body()).to_string();
+    assert!(
+        answer.contains("RTP/AVP 104 105\r\n") && answer.contains(&format!("a=fmtp:104 {fmtp}")),
+        "answered in the offered format: {answer}"
+    );
+    let mut heard = Vec::new();
+    for _ in 0..20 {
+        let (p, from) = recv(&am.rtp);
+        assert_eq!((from, p[1] & 0x7f), (warden_at(port), 104));
+        let frame_type = (p[13] >> 3) & 0x0f;
+        assert!(frame_type <= 2, "mode {frame_type} is outside the mode-set");
+        heard.push(p);
+    }
+    let f = heard_frequency_in("AMR-WB", 16000, fmtp, &heard);
+    assert!((f - 1000.0).abs() <= 20.0, "the prompt's tone: {f} Hz");
+    assert_eq!(alice.recv_response().status(), 404);
 }
 
 #[test]
@@ -998,8 +1180,14 @@ fn failures_are_announced_as_early_media_before_the_final_response() {
 
 /// `count` 20 ms RTP packets of a `freq` Hz tone in the codec SDP calls `codec_name`/8000.
 fn tone_at(codec_name: &str, pt: u8, freq: f64, count: u16) -> Vec<Vec<u8>> {
+    tone_at_in(codec_name, "", pt, freq, count)
+}
+
+/// As `tone_at`, in the payload format `fmtp` describes.
+fn tone_at_in(codec_name: &str, fmtp: &str, pt: u8, freq: f64, count: u16) -> Vec<Vec<u8>> {
     let codec = warden_media::codec::by_name(codec_name, 8000).expect("codec");
-    let mut encoder = codec.encoder();
+    let params = FormatParams::parse(fmtp);
+    let mut encoder = codec.encoder_at(codec.sample_rate, &Default::default(), &params);
     let n = codec.frame_samples();
     let rate = f64::from(codec.sample_rate);
     (0..count)
@@ -1045,8 +1233,13 @@ fn converse(talkers: &[(&UdpSocket, u16, Vec<Vec<u8>>)]) -> Vec<Vec<Vec<u8>>> {
 
 /// What `packets` (RTP in the codec SDP calls `codec`/8000) hold at `freq`, decoded.
 fn heard_power(codec: &str, packets: &[Vec<u8>], freq: f64) -> f64 {
+    heard_power_in(codec, "", packets, freq)
+}
+
+/// As `heard_power`, for payloads in the format `fmtp` describes.
+fn heard_power_in(codec: &str, fmtp: &str, packets: &[Vec<u8>], freq: f64) -> f64 {
     let c = warden_media::codec::by_name(codec, 8000).expect("codec");
-    let mut decoder = c.decoder();
+    let mut decoder = c.decoder_at(c.sample_rate, &FormatParams::parse(fmtp));
     let mut pcm = Vec::new();
     for p in packets {
         decoder.decode(&p[12..], &mut pcm);
@@ -1144,6 +1337,76 @@ fn three_parties_on_different_codecs_each_hear_the_other_two_in_a_conference() {
         rooms, ["8123"; 3],
         "each participant's record names the room"
     );
+}
+
+/// A room with a PCMU phone and an AMR phone that speaks octet-aligned with a mode-set:
+/// each hears the other, and the AMR phone gets the mix in its own format.
+#[cfg(feature = "amr")]
+#[test]
+fn an_octet_aligned_amr_party_talks_in_a_conference() {
+    let (w, range) = warden(10, "");
+    let amr = "octet-align=1;mode-set=0,2,4";
+    let parties = [
+        ("alice", "PCMU", "", 0, 700.0),
+        ("dave", "AMR", amr, 96, 1300.0),
+    ];
+    let mut joined = Vec::new();
+    for (name, codec, fmtp, pt, _) in parties {
+        let mut ua = Ua::udp(name, w.port);
+        let media = Media::new();
+        media
+            .rtp
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut lines = vec![
+            format!("m=audio {} RTP/AVP {pt}", media.port()),
+            format!("a=rtpmap:{pt} {codec}/8000"),
+        ];
+        if !fmtp.is_empty() {
+            lines.push(format!("a=fmtp:{pt} {fmtp}"));
+        }
+        let invite = ua.invite_sdp("8124", &sdp(&lines));
+        let ok = ua.final_response();
+        assert_eq!(ok.status(), 200, "Warden answers the room");
+        let port = assert_anchored(ok.body(), range)[0];
+        let mut dialog = ua.dialog_from(&invite, &ok);
+        ua.in_dialog(&mut dialog, "ACK", None);
+        joined.push((ua, dialog, media, port));
+    }
+    let talkers: Vec<(&UdpSocket, u16, Vec<Vec<u8>>)> = joined
+        .iter()
+        .zip(parties)
+        .map(|((_, _, media, port), (_, codec, fmtp, pt, freq))| {
+            (&media.rtp, *port, tone_at_in(codec, fmtp, pt, freq, 120))
+        })
+        .collect();
+    let heard = converse(&talkers);
+    for (i, (name, codec, fmtp, pt, own)) in parties.iter().enumerate() {
+        let packets = &heard[i];
+        assert!(packets.len() >= 90, "{name} got {} packets", packets.len());
+        assert!(packets.iter().all(|p| p[1] & 0x7f == *pt), "{name}");
+        let other = parties[1 - i].4;
+        let last = &packets[packets.len() - 50..];
+        let (theirs, mine) = (
+            heard_power_in(codec, fmtp, last, other),
+            heard_power_in(codec, fmtp, last, *own),
+        );
+        assert!(
+            theirs > 1e5 && mine < theirs / 100.0,
+            "{name} hears the other ({theirs}), not itself ({mine})"
+        );
+        if *codec == "AMR" {
+            for p in packets {
+                assert_eq!(p[13] & 0x83, 0, "octet-aligned, one frame");
+                let mode = (p[13] >> 3) & 0x0f;
+                assert!(mode <= 4 || mode == 8 || mode == 15, "mode {mode}");
+            }
+        }
+    }
+    for (mut ua, mut dialog, _, _) in joined {
+        ua.in_dialog(&mut dialog, "BYE", None);
+        assert_eq!(ua.recv_response().status(), 200);
+    }
 }
 
 /// `ua` sends REFER to `target` in dialog `d` and gets 202, then the first NOTIFY (100

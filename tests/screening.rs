@@ -614,7 +614,9 @@ fn hear_code(rtp: &UdpSocket) -> String {
             let path = format!("{}/prompts/digit_{d}.wav", env!("CARGO_MANIFEST_DIR"));
             let audio =
                 decode("digit", std::fs::read(path).expect("prompt file")).expect("decodes");
-            encode(&audio, pcmu).expect("encodes").frames
+            encode(&audio, pcmu, &Default::default())
+                .expect("encodes")
+                .frames
         })
         .collect();
     let mut heard: Vec<Vec<u8>> = Vec::new();

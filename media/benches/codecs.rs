@@ -20,6 +20,7 @@ use warden_media::codec::{self, Codec, CodecOptions, FormatParams};
 const NATIVE: FormatParams = FormatParams {
     octet_aligned: false,
     mode: None,
+    crc_or_interleaving: false,
 };
 use warden_media::transcode::{Direction, LegCodec};
 

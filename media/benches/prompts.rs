@@ -34,7 +34,7 @@ fn main() {
             .map(|i| ((i % 40) * 400 - 8000) as i16)
             .collect(),
     };
-    let encoded = Arc::new(prompt::encode(&audio, pcma).expect("encodes"));
+    let encoded = Arc::new(prompt::encode(&audio, pcma, &Default::default()).expect("encodes"));
     println!("PCMA prompts, 20 ms frames, {seconds} s per step, one relay thread");
     println!(
         "{:>7} {:>12} {:>10} {:>9} {:>12} {:>9} {:>12} {:>7}",

@@ -8,6 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::LegCodec;
+use crate::codec::amr_payload::{Fresh, Redundancy};
+
 const MIN_TARGET: Duration = Duration::from_millis(20);
 const MAX_TARGET: Duration = Duration::from_millis(160);
 /// Ticks with nothing to play before the buffer stops and waits for the next talkspurt
@@ -28,6 +31,9 @@ struct Waiting {
     timestamp: u32,
     payload: Vec<u8>,
     arrival: Instant,
+    /// Clock ticks it covers, when its payload says (AMR's table of contents); otherwise
+    /// the stream's usual packet length.
+    samples: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -54,6 +60,8 @@ pub struct JitterBuffer {
     /// Packets dropped as late or to catch up, and samples concealed.
     pub late: u64,
     pub concealed: u64,
+    /// AMR: frames a sender repeats in later packets, taken out before they wait.
+    redundancy: Option<Redundancy>,
 }
 
 impl JitterBuffer {
@@ -74,7 +82,16 @@ impl JitterBuffer {
             idle_ticks: 0,
             late: 0,
             concealed: 0,
+            redundancy: None,
         }
+    }
+
+    /// A buffer for `leg`'s packets: on its codec's clock, and for AMR with repeated
+    /// frames taken out.
+    pub fn for_leg(leg: &LegCodec, now: Instant) -> JitterBuffer {
+        let mut buffer = JitterBuffer::new(leg.codec.rtp_clock, now);
+        buffer.redundancy = leg.codec.amr_layout(&leg.params).map(Redundancy::new);
+        buffer
     }
 
     /// How long packets wait before they play, from the jitter seen so far.
@@ -102,6 +119,19 @@ impl JitterBuffer {
 
     /// A packet arrived (its sequence number, timestamp and payload).
     pub fn push(&mut self, seq: u16, timestamp: u32, payload: &[u8], now: Instant) {
+        let trimmed;
+        let (timestamp, payload) = match self
+            .redundancy
+            .as_mut()
+            .map(|r| r.fresh(timestamp, payload))
+        {
+            None | Some(Fresh::Whole) => (timestamp, payload),
+            Some(Fresh::Nothing) => return,
+            Some(Fresh::From { timestamp, payload }) => {
+                trimmed = payload;
+                (timestamp, trimmed.as_slice())
+            }
+        };
         let ext = self.extend(seq);
         // Jitter (RFC 3550 6.4.1): variation of transit time, in sender-clock units.
         let arrival = now.duration_since(self.epoch).as_secs_f64() * f64::from(self.clock);
@@ -130,12 +160,14 @@ impl JitterBuffer {
                 self.packet_samples = step;
             }
         }
+        let samples = self.redundancy.as_ref().and_then(|r| r.ticks(payload));
         self.waiting.insert(
             ext,
             Waiting {
                 timestamp,
                 payload: payload.to_vec(),
                 arrival: now,
+                samples,
             },
         );
     }
@@ -169,7 +201,8 @@ impl JitterBuffer {
             && let Some((seq, dropped)) = self.waiting.pop_first()
         {
             self.last_played = Some(seq);
-            self.played_until = Some(dropped.timestamp.wrapping_add(self.packet_samples));
+            let samples = dropped.samples.unwrap_or(self.packet_samples);
+            self.played_until = Some(dropped.timestamp.wrapping_add(samples));
             self.late += 1;
         }
         let end = position.wrapping_add(self.tick_samples);
@@ -186,12 +219,13 @@ impl JitterBuffer {
                 self.concealed += u64::from(gap);
                 out.push(Playout::Conceal(gap));
             }
+            let samples = packet.samples.unwrap_or(self.packet_samples);
             out.push(Playout::Packet {
                 timestamp: ts,
                 payload: packet.payload,
             });
             self.last_played = Some(seq);
-            self.played_until = Some(ts.wrapping_add(self.packet_samples));
+            self.played_until = Some(ts.wrapping_add(samples));
             played = true;
         }
         if !played {
@@ -260,6 +294,70 @@ mod tests {
         let out = run(&mut jb, t0, 20, 80);
         assert_eq!(out, vec![packet(1), packet(2), packet(3)]);
         assert_eq!(jb.late, 0);
+    }
+
+    #[test]
+    fn an_amr_senders_repeated_frames_play_once() {
+        use crate::codec::amr_payload::{Frame, Layout};
+        use crate::codec::{self, FormatParams};
+        let Some(amr) = codec::by_name("AMR", 8000) else {
+            return; // built without AMR
+        };
+        let params = FormatParams::parse("octet-align=1; max-red=20");
+        let leg = LegCodec {
+            codec: amr,
+            payload_type: 97,
+            params,
+            ptime: 20,
+            dtmf_payload_type: None,
+            cn_payload_type: None,
+        };
+        let layout = Layout {
+            wideband: false,
+            octet_aligned: true,
+        };
+        let frame = |n: u8| Frame {
+            frame_type: 7,
+            good: true,
+            speech: vec![n; 31],
+        };
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::for_leg(&leg, t0);
+        // Packet n carries frame n-1 again, then frame n; its timestamp is frame n-1's.
+        let mut out = Vec::new();
+        for n in 1..=8u8 {
+            let now = ms(t0, u64::from(n) * 20);
+            if n <= 5 {
+                let mut p = Vec::new();
+                layout.build_frames(15, &[frame(n - 1), frame(n)], &mut p);
+                jb.push(u16::from(n), u32::from(n - 1) * 160, &p, now);
+            }
+            jb.tick(now, &mut out);
+        }
+        let last_packet = out
+            .iter()
+            .rposition(|p| matches!(p, Playout::Packet { .. }))
+            .expect("played");
+        assert!(
+            !out[..last_packet]
+                .iter()
+                .any(|p| matches!(p, Playout::Conceal(_))),
+            "the two-frame packet covers 40 ms: nothing to conceal after it"
+        );
+        let played: Vec<(u32, Vec<u8>)> = out
+            .into_iter()
+            .filter_map(|p| match p {
+                Playout::Packet { timestamp, payload } => {
+                    let (_, frames) = layout.parse(&payload).expect("parses");
+                    Some((timestamp, frames.iter().map(|f| f.speech[0]).collect()))
+                }
+                Playout::Conceal(_) => None,
+            })
+            .collect();
+        let expected: Vec<(u32, Vec<u8>)> = std::iter::once((0, vec![0, 1]))
+            .chain((2..=5u8).map(|n| (u32::from(n) * 160, vec![n])))
+            .collect();
+        assert_eq!(played, expected, "each frame once, in order");
     }
 
     #[test]

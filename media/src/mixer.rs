@@ -67,7 +67,7 @@ impl Member {
             side,
             from: leg,
             rate,
-            jitter: JitterBuffer::new(leg.codec.rtp_clock, Instant::now()),
+            jitter: JitterBuffer::for_leg(&leg, Instant::now()),
             playout: Vec::with_capacity(8),
             decoder: leg.codec.decoder_at(rate, &leg.params),
             decoded: Vec::with_capacity(2048),

@@ -14,7 +14,7 @@ use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
-use crate::codec::{Codec, resample};
+use crate::codec::{Codec, CodecOptions, FormatParams, resample};
 
 #[derive(Debug, thiserror::Error)]
 #[error("prompt {name}: {cause}")]
@@ -93,15 +93,20 @@ pub fn decode(name: &str, bytes: Vec<u8>) -> Result<Audio, PromptError> {
     Ok(Audio { rate, samples })
 }
 
-/// Resample `audio` for `codec` and encode it in 20 ms frames (the last one padded).
-pub fn encode(audio: &Audio, codec: &'static Codec) -> Result<EncodedPrompt, String> {
+/// Resample `audio` for `codec` and encode it in 20 ms frames (the last one padded), each
+/// frame a whole RTP payload in format `params` (AMR's layout and mode).
+pub fn encode(
+    audio: &Audio,
+    codec: &'static Codec,
+    params: &FormatParams,
+) -> Result<EncodedPrompt, String> {
     let pcm = if audio.rate == codec.sample_rate {
         audio.samples.clone()
     } else {
         resample::whole(&audio.samples, audio.rate, codec.sample_rate)?
     };
     let n = codec.frame_samples();
-    let mut encoder = codec.encoder();
+    let mut encoder = codec.encoder_at(codec.sample_rate, &CodecOptions::default(), params);
     let frames = pcm
         .chunks(n)
         .map(|chunk| {
@@ -115,18 +120,18 @@ pub fn encode(audio: &Audio, codec: &'static Codec) -> Result<EncodedPrompt, Str
     Ok(EncodedPrompt { codec, frames })
 }
 
-/// Named prompts, decoded once and encoded once per codec on first use.
+/// Named prompts, decoded once and encoded once per codec and payload format on first use.
 #[derive(Default)]
 pub struct Prompts {
     audio: HashMap<String, Audio>,
-    encoded: HashMap<(String, &'static str), Arc<EncodedPrompt>>,
+    encoded: HashMap<(String, &'static str, FormatParams), Arc<EncodedPrompt>>,
 }
 
 impl Prompts {
     /// Add (or replace) prompt `name` from an audio file's bytes.
     pub fn add(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), PromptError> {
         let audio = decode(name, bytes)?;
-        self.encoded.retain(|(n, _), _| n != name);
+        self.encoded.retain(|(n, _, _), _| n != name);
         self.audio.insert(name.to_owned(), audio);
         Ok(())
     }
@@ -166,31 +171,38 @@ impl Prompts {
         self.audio.contains_key(name)
     }
 
-    /// Several prompts played as one (a code read digit by digit), for `codec`; None when
-    /// one of them is missing.
+    /// Several prompts played as one (a code read digit by digit), for `codec` in format
+    /// `params`; None when one of them is missing.
     pub fn sequence(
         &mut self,
         names: &[&str],
         codec: &'static Codec,
+        params: &FormatParams,
     ) -> Option<Arc<EncodedPrompt>> {
         if let [name] = names {
-            return self.encoded(name, codec);
+            return self.encoded(name, codec, params);
         }
         let mut frames = Vec::new();
         for name in names {
-            frames.extend(self.encoded(name, codec)?.frames.iter().cloned());
+            frames.extend(self.encoded(name, codec, params)?.frames.iter().cloned());
         }
         Some(Arc::new(EncodedPrompt { codec, frames }))
     }
 
-    /// Prompt `name` encoded for `codec` (encoded now if this is the first time).
-    pub fn encoded(&mut self, name: &str, codec: &'static Codec) -> Option<Arc<EncodedPrompt>> {
-        let key = (name.to_owned(), codec.name);
+    /// Prompt `name` encoded for `codec` in format `params` (encoded now if this is the
+    /// first time).
+    pub fn encoded(
+        &mut self,
+        name: &str,
+        codec: &'static Codec,
+        params: &FormatParams,
+    ) -> Option<Arc<EncodedPrompt>> {
+        let key = (name.to_owned(), codec.name, *params);
         if let Some(e) = self.encoded.get(&key) {
             return Some(e.clone());
         }
         let audio = self.audio.get(name)?;
-        let encoded = Arc::new(encode(audio, codec).ok()?);
+        let encoded = Arc::new(encode(audio, codec, params).ok()?);
         self.encoded.insert(key, encoded.clone());
         Some(encoded)
     }
@@ -235,9 +247,13 @@ mod tests {
         let mut prompts = Prompts::default();
         prompts.add("tone", wav(44100, 2, 1.0)).expect("decodes");
         let pcma = codec::by_name("PCMA", 8000).expect("codec");
-        let encoded = prompts.encoded("tone", pcma).expect("encoded");
+        let encoded = prompts
+            .encoded("tone", pcma, &FormatParams::default())
+            .expect("encoded");
         assert_eq!(encoded.frames.len(), 50, "one second in 20 ms frames");
-        let again = prompts.encoded("tone", pcma).expect("cached");
+        let again = prompts
+            .encoded("tone", pcma, &FormatParams::default())
+            .expect("cached");
         assert!(Arc::ptr_eq(&encoded, &again), "encoded once per codec");
         let mut decoder = pcma.decoder();
         let mut pcm = Vec::new();
@@ -260,9 +276,53 @@ mod tests {
         p.add("a", wav(8000, 1, 0.2)).unwrap();
         p.add("b", wav(8000, 1, 0.4)).unwrap();
         let pcmu = codec::by_name("PCMU", 8000).unwrap();
-        let s = p.sequence(&["a", "b", "a"], pcmu).unwrap();
+        let s = p
+            .sequence(&["a", "b", "a"], pcmu, &FormatParams::default())
+            .unwrap();
         assert_eq!(s.frames.len(), 10 + 20 + 10);
-        assert_eq!(s.frames[30..], p.encoded("a", pcmu).unwrap().frames[..]);
-        assert!(p.sequence(&["a", "zz"], pcmu).is_none());
+        assert_eq!(
+            s.frames[30..],
+            p.encoded("a", pcmu, &FormatParams::default())
+                .unwrap()
+                .frames[..]
+        );
+        assert!(
+            p.sequence(&["a", "zz"], pcmu, &FormatParams::default())
+                .is_none()
+        );
+    }
+
+    #[cfg(feature = "amr")]
+    #[test]
+    fn an_amr_prompt_is_encoded_in_the_parties_layout_and_mode() {
+        use crate::codec::amr_payload::Layout;
+        let mut prompts = Prompts::default();
+        prompts.add("tone", wav(16000, 1, 1.0)).expect("decodes");
+        let amr = codec::by_name("AMR", 8000).expect("codec");
+        let volte = FormatParams::parse("octet-align=1; mode-set=0,2,4; max-red=0");
+        let encoded = prompts.encoded("tone", amr, &volte).expect("encoded");
+        let plain = prompts.encoded("tone", amr, &FormatParams::default());
+        assert!(
+            !Arc::ptr_eq(&encoded, &plain.expect("encoded")),
+            "one cache entry per payload format"
+        );
+        let layout = Layout {
+            wideband: false,
+            octet_aligned: true,
+        };
+        let mut decoder = amr.decoder_at(8000, &volte);
+        let mut pcm = Vec::new();
+        for payload in &encoded.frames {
+            let (_, frames) = layout.parse(payload).expect("octet-aligned payload");
+            assert!(
+                frames
+                    .iter()
+                    .all(|f| f.frame_type <= 4 || f.frame_type >= 8),
+                "no speech mode above the mode-set's highest"
+            );
+            decoder.decode(payload, &mut pcm);
+        }
+        let f = frequency(&pcm[800..7200], 8000);
+        assert!((f - 1000.0).abs() < 30.0, "frequency {f}");
     }
 }

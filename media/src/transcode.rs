@@ -67,7 +67,7 @@ impl Direction {
             decoded: Vec::with_capacity(4096),
             resampled: Vec::with_capacity(4096),
             out: Packetizer::new(to, out_rate, options),
-            jitter: JitterBuffer::new(from.codec.rtp_clock, Instant::now()),
+            jitter: JitterBuffer::for_leg(&from, Instant::now()),
             playout: Vec::with_capacity(8),
             noise: ComfortNoise::default(),
             anchor: None,

@@ -254,7 +254,7 @@ fn plays_a_prompt_paced_at_20_ms_and_reports_the_end() {
         rate: 8000,
         samples: vec![1000; 8000],
     }; // one second
-    let encoded = Arc::new(prompt::encode(&audio, pcma).expect("encodes"));
+    let encoded = Arc::new(prompt::encode(&audio, pcma, &Default::default()).expect("encodes"));
     let started = std::time::Instant::now();
     let how = warden_media::Playback {
         payload_type: 8,
@@ -426,7 +426,8 @@ fn a_key_press_stops_a_prompt_that_allows_barge_in() {
         rate: 8000,
         samples: vec![1000; 80_000],
     };
-    let encoded = Arc::new(prompt::encode(&ten_seconds, pcma).expect("encodes"));
+    let encoded =
+        Arc::new(prompt::encode(&ten_seconds, pcma, &Default::default()).expect("encodes"));
     let how = Playback {
         payload_type: 8,
         repeat: 0,

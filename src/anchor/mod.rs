@@ -46,11 +46,12 @@ pub struct MediaSession {
     streams: Vec<Option<StreamId>>,
     /// Per m= line index, what each side last described (A, B).
     described: HashMap<usize, [Option<MediaLine>; 2]>,
-    /// Per m= line index, the last offer: who made it and the formats it listed.
-    offers: HashMap<usize, (Side, Vec<sdp::Format>)>,
-    /// Per m= line index, the transcoding in force (payload types and ptimes, A then B):
-    /// a change in any of them rebuilds it.
-    transcoding: HashMap<usize, (u8, u8, u32, u32)>,
+    /// Per m= line index, the last offer: who made it, the formats it listed, and the
+    /// formats Warden passed on (widened).
+    offers: HashMap<usize, (Side, Vec<sdp::Format>, Vec<sdp::Format>)>,
+    /// Per m= line index, the transcoding in force: a change in either leg's payload type
+    /// or ptime rebuilds it.
+    transcoding: HashMap<usize, Transcoding>,
     /// Per m= line index, each side's telephone-event format (A, B) once an answer settled.
     events: HashMap<usize, [EventFormat; 2]>,
     /// The caller's last offer as it came, for answering it ourselves (announcements).
@@ -139,7 +140,10 @@ impl MediaSession {
             line.theirs[other].clear();
             line.settled[other] = None;
         }
-        if let Some((_, _, in_use)) = self.receiving(from)
+        if let Some(Receiving {
+            payload_type: in_use,
+            ..
+        }) = self.receiving(from)
             && let Some(index) = self.first_audio()
             && let Some(line) = sdp.media.get_mut(index)
         {
@@ -263,12 +267,15 @@ impl MediaSession {
         }
         match role {
             Role::Offer => {
-                self.offers.insert(index, (from, m.formats.clone()));
-                negotiate::widen_offer(&m.formats, transcodable)
+                let widened = negotiate::widen_offer(&m.formats, transcodable);
+                let sent = widened.clone().unwrap_or_else(|| m.formats.clone());
+                self.offers.insert(index, (from, m.formats.clone(), sent));
+                widened
             }
             Role::Answer => {
-                let (offerer, offer) = self.offers.get(&index).filter(|(s, _)| *s != from)?;
-                let settled = negotiate::settle(offer, &m.formats);
+                let (offerer, offer, sent) =
+                    self.offers.get(&index).filter(|(s, _, _)| *s != from)?;
+                let settled = negotiate::settle(offer, sent, &m.formats);
                 // Each leg gets packets of the length its own description asks for.
                 let offerer_ptime = self
                     .described
@@ -293,10 +300,11 @@ impl MediaSession {
                     self.events.insert(index, events);
                     relay.set_dtmf(id, events);
                 }
-                let key = pair.map(|t| (t.a.payload_type, t.b.payload_type, t.a.ptime, t.b.ptime));
-                if self.transcoding.get(&index).copied() != key {
-                    match key {
-                        Some(k) => self.transcoding.insert(index, k),
+                let key =
+                    |t: &Transcoding| (t.a.payload_type, t.b.payload_type, t.a.ptime, t.b.ptime);
+                if self.transcoding.get(&index).map(key) != pair.as_ref().map(key) {
+                    match pair {
+                        Some(t) => self.transcoding.insert(index, t),
                         None => self.transcoding.remove(&index),
                     };
                     if let Some(t) = &pair {
@@ -537,11 +545,12 @@ impl MediaSession {
                     name => name.to_owned(),
                 })
         };
-        if let Some(&(a, b, _, _)) = self.transcoding.get(&index) {
+        if let Some(t) = self.transcoding.get(&index) {
+            let (a, b) = (t.a.payload_type, t.b.payload_type);
             return Some((name(0, Some(a))?, name(1, Some(b))?, true));
         }
         // Relayed: the answer's first codec is both parties'.
-        let (offerer, _) = self.offers.get(&index)?;
+        let (offerer, _, _) = self.offers.get(&index)?;
         let chosen = name(index_of(offerer.other()), None)?;
         Some((chosen.clone(), chosen, false))
     }
@@ -561,37 +570,54 @@ impl MediaSession {
     }
 
     /// What `side` receives on the first audio stream, to play it something (music on
-    /// hold): the stream, the codec and the payload type that side knows it by.
-    pub fn receiving(&self, side: Side) -> Option<(StreamId, &'static Codec, u8)> {
+    /// hold, a conference): the stream, and the codec and payload format it knows.
+    pub fn receiving(&self, side: Side) -> Option<Receiving> {
         let index = self.first_audio()?;
         let stream = self.streams.get(index).copied().flatten()?;
         let lines = self.described.get(&index)?;
         let line = lines[index_of(side)].as_ref()?;
-        let payload_type = match self.transcoding.get(&index) {
-            Some(&(a, b, _, _)) => match side {
-                Side::A => a,
-                Side::B => b,
-            },
-            None => {
-                // Relayed: the answer's first codec, as this side numbers it.
-                let (offerer, _) = self.offers.get(&index)?;
-                let answer = lines[index_of(offerer.other())].as_ref()?;
-                let chosen = answer
-                    .formats
-                    .iter()
-                    .find(|f| !matches!(f.name.as_str(), "TELEPHONE-EVENT" | "CN"))?;
-                line.formats
-                    .iter()
-                    .find(|f| f.name == chosen.name && f.clock == chosen.clock)?
-                    .payload_type
-            }
-        };
+        if let Some(t) = self.transcoding.get(&index) {
+            // Transcoded: the leg's own codec, as settled.
+            let leg = match side {
+                Side::A => t.a,
+                Side::B => t.b,
+            };
+            return Some(Receiving {
+                stream,
+                codec: leg.codec,
+                params: leg.params,
+                payload_type: leg.payload_type,
+            });
+        }
+        // Relayed: the answer's first codec, as this side numbers it.
+        let (offerer, _, _) = self.offers.get(&index)?;
+        let answer = lines[index_of(offerer.other())].as_ref()?;
+        let chosen = answer
+            .formats
+            .iter()
+            .find(|f| !matches!(f.name.as_str(), "TELEPHONE-EVENT" | "CN"))?;
+        // The offerer's format carries the fmtp (an answer may leave it out).
+        let offered = lines[index_of(*offerer)]
+            .as_ref()?
+            .formats
+            .iter()
+            .find(|f| f.payload_type == chosen.payload_type)
+            .unwrap_or(chosen);
         let format = line
             .formats
             .iter()
-            .find(|f| f.payload_type == payload_type)?;
-        let codec = warden_media::codec::by_name(&format.name, format.clock)?;
-        Some((stream, codec, payload_type))
+            .find(|f| f.payload_type == chosen.payload_type)
+            .or_else(|| {
+                line.formats
+                    .iter()
+                    .find(|f| f.name == chosen.name && f.clock == chosen.clock)
+            })?;
+        Some(Receiving {
+            stream,
+            codec: negotiate::codec_of(offered)?,
+            params: negotiate::params_of(offered),
+            payload_type: format.payload_type,
+        })
     }
 
     pub fn has_streams(&self) -> bool {
@@ -615,17 +641,11 @@ impl MediaSession {
             let keys_usable = mode != Some(Mode::Secure) || !m.crypto.is_empty();
             (m.kind == "audio" && m.port != 0 && mode.is_some() && keys_usable)
                 .then(|| {
-                    // Prompts are encoded once per codec in its default payload format, so
-                    // a format whose fmtp asks otherwise (AMR octet-aligned or with a
-                    // mode-set) is passed over for the next.
-                    m.formats.iter().find_map(|f| {
-                        let default_format = f.fmtp.as_deref().map(FormatParams::parse)
-                            == Some(FormatParams::default())
-                            || f.fmtp.is_none();
-                        warden_media::codec::by_name(&f.name, f.clock)
-                            .filter(|_| default_format)
-                            .map(|c| (i, f.clone(), c))
-                    })
+                    // In the caller's own payload format (AMR's layout and mode-set): the
+                    // answer repeats its fmtp (RFC 4867 8.3.1) and prompts are encoded so.
+                    m.formats
+                        .iter()
+                        .find_map(|f| negotiate::codec_of(f).map(|c| (i, f.clone(), c)))
                 })
                 .flatten()
         })?;
@@ -711,6 +731,7 @@ impl MediaSession {
         Some(Announcement {
             stream,
             codec,
+            params: negotiate::params_of(&format),
             payload_type: format.payload_type,
             sdp,
         })
@@ -796,8 +817,19 @@ impl LineSrtp {
 pub struct Announcement {
     pub stream: StreamId,
     pub codec: &'static Codec,
+    pub params: FormatParams,
     pub payload_type: u8,
     pub sdp: String,
+}
+
+/// What a party receives on a stream: the codec in its payload format, and the payload
+/// type the party knows it by.
+#[derive(Debug, Clone, Copy)]
+pub struct Receiving {
+    pub stream: StreamId,
+    pub codec: &'static Codec,
+    pub params: FormatParams,
+    pub payload_type: u8,
 }
 
 fn describe(leg: &LegCodec) -> String {

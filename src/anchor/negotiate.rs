@@ -22,16 +22,33 @@ fn is_codec(f: &Format) -> bool {
     !matches!(f.name.as_str(), "TELEPHONE-EVENT" | "CN" | "RED" | "")
 }
 
-fn codec_of(f: &Format) -> Option<&'static Codec> {
-    codec::by_name(&f.name, f.clock)
+/// The codec Warden can decode and encode `f` with: known by name and clock, in a payload
+/// format Warden implements.
+pub fn codec_of(f: &Format) -> Option<&'static Codec> {
+    codec::by_name(&f.name, f.clock).filter(|_| !params_of(f).crc_or_interleaving)
 }
 
+/// Do two formats put the same bits on the wire (same codec, same payload layout)?
 fn same(a: &Format, b: &Format) -> bool {
-    a.name == b.name && a.clock == b.clock
+    a.name == b.name && a.clock == b.clock && params_of(a).same_layout(&params_of(b))
 }
 
-/// The offer toward the answerer: the offered formats plus every `transcodable` codec it
-/// lacks, appended (so an answerer that shares a codec with the offerer picks that one),
+/// Does an answer's format take up one the offerer made? Its payload type says which of
+/// the formats Warden sent it is (RFC 3264 6.1: the answer keeps the offer's numbers; many
+/// answers leave the fmtp out): one of the offerer's, or one Warden added. A number Warden
+/// never sent is matched by codec and layout.
+fn taken_up(offer: &[Format], sent: &[Format], f: &Format) -> bool {
+    let numbered =
+        |o: &&Format| o.payload_type == f.payload_type && o.name == f.name && o.clock == f.clock;
+    if sent.iter().any(|o| numbered(&o)) {
+        offer.iter().any(|o| numbered(&o))
+    } else {
+        offer.iter().any(|o| same(o, f))
+    }
+}
+
+/// The offer toward the answerer: the offered formats plus every `transcodable` codec (in
+/// each payload format Warden offers it in: AMR in both layouts) it lacks, appended (so an answerer that shares a codec with the offerer picks that one),
 /// and telephone-event when the offer has none (Warden turns the answerer's events into
 /// the offerer's SIP INFO and back). Additions without a static payload type get a free
 /// dynamic one (96-127). None when nothing is added.
@@ -56,39 +73,60 @@ pub fn widen_offer(offer: &[Format], transcodable: &[&'static Codec]) -> Option<
         &[] // Warden cannot decode any offered codec: nothing to transcode from
     };
     for c in transcodable {
-        let present = offer
-            .iter()
-            .any(|f| f.name.eq_ignore_ascii_case(c.name) && f.clock == c.rtp_clock);
-        if present {
-            continue;
+        for &fmtp in c.offered_formats {
+            let params = FormatParams::parse(fmtp);
+            let present = offer.iter().any(|f| {
+                f.name.eq_ignore_ascii_case(c.name)
+                    && f.clock == c.rtp_clock
+                    && params_of(f).same_layout(&params)
+            });
+            if present {
+                continue;
+            }
+            let taken = widened
+                .iter()
+                .any(|f| Some(f.payload_type) == c.static_payload_type);
+            let pt = match c.static_payload_type {
+                Some(pt) if !taken => pt,
+                Some(_) => continue, // its number means something else in this offer
+                None => match free_dynamic_payload_type(&widened) {
+                    Some(pt) => pt,
+                    None => continue,
+                },
+            };
+            widened.push(Format {
+                payload_type: pt,
+                name: c.name.to_ascii_uppercase(),
+                clock: c.rtp_clock,
+                rtpmap: Some(format!("a=rtpmap:{}", c.rtpmap(pt))),
+                fmtp: (!fmtp.is_empty()).then(|| format!("a=fmtp:{pt} {fmtp}")),
+            });
         }
-        let taken = widened
-            .iter()
-            .any(|f| Some(f.payload_type) == c.static_payload_type);
-        let pt = match c.static_payload_type {
-            Some(pt) if !taken => pt,
-            Some(_) => continue, // its number means something else in this offer
-            None => match free_dynamic_payload_type(&widened) {
-                Some(pt) => pt,
-                None => continue,
-            },
-        };
-        widened.push(Format {
-            payload_type: pt,
-            name: c.name.to_ascii_uppercase(),
-            clock: c.rtp_clock,
-            rtpmap: Some(format!("a=rtpmap:{}", c.rtpmap(pt))),
-            fmtp: c.fmtp.map(|params| format!("a=fmtp:{pt} {params}")),
-        });
     }
     (widened.len() > offer.len()).then_some(widened)
 }
 
-fn params_of(f: &Format) -> FormatParams {
+pub fn params_of(f: &Format) -> FormatParams {
     f.fmtp
         .as_deref()
         .map(FormatParams::parse)
         .unwrap_or_default()
+}
+
+/// The payload format of an answer's chosen format: the layout Warden's offer gave its
+/// payload type (the answer may leave the fmtp out), with the answer's mode-set, which
+/// restricts what Warden sends (RFC 4867 8.3.1).
+fn answered_params(sent: &[Format], chosen: &Format) -> FormatParams {
+    let answered = params_of(chosen);
+    match sent.iter().find(|o| {
+        o.payload_type == chosen.payload_type && o.name == chosen.name && o.clock == chosen.clock
+    }) {
+        Some(offered) => FormatParams {
+            mode: answered.mode,
+            ..params_of(offered)
+        },
+        None => answered,
+    }
 }
 
 fn comfort_noise(formats: &[Format]) -> Option<u8> {
@@ -134,7 +172,9 @@ pub struct Settlement {
     pub transcoding: Option<(LegCodec, LegCodec)>,
 }
 
-pub fn settle(offer: &[Format], answer: &[Format]) -> Settlement {
+/// Settle one m= line's answer: `offer` as the offerer made it, `sent` as Warden passed it
+/// on (widened), `answer` as the answerer made it.
+pub fn settle(offer: &[Format], sent: &[Format], answer: &[Format]) -> Settlement {
     // An offerer with telephone-events keeps them when the answerer has none: Warden
     // turns them into the answerer's SIP INFO.
     let offer_dtmf = offer.iter().find(|f| is_dtmf(f));
@@ -144,7 +184,7 @@ pub fn settle(offer: &[Format], answer: &[Format]) -> Settlement {
         // Never show the offerer a codec it did not offer (one Warden added).
         let mut kept: Vec<Format> = answer
             .iter()
-            .filter(|f| offer.iter().any(|o| same(o, f)))
+            .filter(|f| taken_up(offer, sent, f))
             .cloned()
             .collect();
         let changed = kept.len() < answer.len();
@@ -163,7 +203,7 @@ pub fn settle(offer: &[Format], answer: &[Format]) -> Settlement {
     let Some(chosen) = answer.iter().find(|f| is_codec(f)) else {
         return passthrough(answer);
     };
-    if offer.iter().any(|o| same(o, chosen)) {
+    if taken_up(offer, sent, chosen) {
         return passthrough(answer);
     }
     let (Some(answer_codec), Some((offer_format, offer_codec))) = (
@@ -190,7 +230,7 @@ pub fn settle(offer: &[Format], answer: &[Format]) -> Settlement {
             LegCodec {
                 codec: answer_codec,
                 payload_type: chosen.payload_type,
-                params: params_of(chosen),
+                params: answered_params(sent, chosen),
                 ptime: 20,
                 dtmf_payload_type: answer_dtmf.map(|f| f.payload_type),
                 cn_payload_type: comfort_noise(answer),
@@ -269,7 +309,7 @@ mod tests {
         );
         // An Opus-only offer answered with PCMA: transcoding between the two.
         let offer = vec![fmt(111, "OPUS", 48000)];
-        let s = settle(&offer, &[fmt(8, "PCMA", 8000)]);
+        let s = settle(&offer, &offer, &[fmt(8, "PCMA", 8000)]);
         let (from, to) = s.transcoding.expect("transcoding");
         assert_eq!((from.codec.name, from.payload_type), ("opus", 111));
         assert_eq!((to.codec.name, to.payload_type), ("PCMA", 8));
@@ -278,7 +318,7 @@ mod tests {
     #[test]
     fn an_offerer_keeps_its_telephone_events_when_the_answerer_has_none() {
         let offer = vec![fmt(8, "PCMA", 8000), fmt(101, "TELEPHONE-EVENT", 8000)];
-        let s = settle(&offer, &[fmt(8, "PCMA", 8000)]);
+        let s = settle(&offer, &offer, &[fmt(8, "PCMA", 8000)]);
         let formats = s.formats_for_offerer.expect("answer changed");
         assert_eq!(
             formats.iter().map(|f| f.payload_type).collect::<Vec<_>>(),
@@ -287,7 +327,7 @@ mod tests {
         assert!(s.transcoding.is_none());
         assert_eq!(event_format(&offer), Some((101, 8000)));
         // An answerer with events of its own: nothing to change.
-        let s = settle(&offer, &offer);
+        let s = settle(&offer, &offer, &offer);
         assert!(s.formats_for_offerer.is_none());
     }
 
@@ -314,7 +354,7 @@ mod tests {
     fn a_shared_codec_is_relayed_untouched() {
         let offer = vec![fmt(0, "PCMU", 8000), fmt(8, "PCMA", 8000)];
         let answer = vec![fmt(8, "PCMA", 8000)];
-        let s = settle(&offer, &answer);
+        let s = settle(&offer, &offer, &answer);
         assert!(s.formats_for_offerer.is_none() && s.transcoding.is_none());
     }
 
@@ -322,7 +362,7 @@ mod tests {
     fn an_added_codec_in_the_answer_means_transcoding() {
         let offer = vec![fmt(9, "G722", 8000), fmt(101, "TELEPHONE-EVENT", 8000)];
         let answer = vec![fmt(8, "PCMA", 8000), fmt(96, "TELEPHONE-EVENT", 8000)];
-        let s = settle(&offer, &answer);
+        let s = settle(&offer, &offer, &answer);
         let formats = s.formats_for_offerer.expect("offerer gets its own codec");
         assert_eq!(
             formats.iter().map(|f| f.payload_type).collect::<Vec<_>>(),
@@ -336,6 +376,114 @@ mod tests {
         assert_eq!(
             (to.codec.name, to.payload_type, to.dtmf_payload_type),
             ("PCMA", 8, Some(96))
+        );
+    }
+
+    fn with_fmtp(mut f: Format, fmtp: &str) -> Format {
+        f.fmtp = Some(format!("a=fmtp:{} {fmtp}", f.payload_type));
+        f
+    }
+
+    #[cfg(feature = "amr")]
+    #[test]
+    fn amr_is_offered_in_both_layouts_and_a_missing_layout_is_added() {
+        let amr: Vec<&'static Codec> = [("AMR-WB", 16000), ("AMR", 8000)]
+            .iter()
+            .filter_map(|(n, c)| codec::by_name(n, *c))
+            .collect();
+        let widened = widen_offer(&[fmt(0, "PCMU", 8000)], &amr).expect("widened");
+        let added: Vec<(u8, &str, Option<&str>)> = widened[2..]
+            .iter()
+            .map(|f| (f.payload_type, f.name.as_str(), f.fmtp.as_deref()))
+            .collect();
+        assert_eq!(
+            added,
+            vec![
+                (
+                    97,
+                    "AMR-WB",
+                    Some("a=fmtp:97 mode-change-capability=2;max-red=0")
+                ),
+                (
+                    98,
+                    "AMR-WB",
+                    Some("a=fmtp:98 octet-align=1;mode-change-capability=2;max-red=0")
+                ),
+                (
+                    99,
+                    "AMR",
+                    Some("a=fmtp:99 mode-change-capability=2;max-red=0")
+                ),
+                (
+                    100,
+                    "AMR",
+                    Some("a=fmtp:100 octet-align=1;mode-change-capability=2;max-red=0")
+                ),
+            ],
+            "telephone-event took 96"
+        );
+        // A VoLTE offer of AMR-WB bandwidth-efficient only: the octet-aligned layout is
+        // added (and all of AMR-NB), not a second bandwidth-efficient one.
+        let volte = vec![with_fmtp(fmt(104, "AMR-WB", 16000), "mode-set=0,1,2")];
+        let widened = widen_offer(&volte, &amr).expect("widened");
+        let wb: Vec<FormatParams> = widened
+            .iter()
+            .filter(|f| f.name == "AMR-WB")
+            .map(params_of)
+            .collect();
+        assert_eq!(wb.len(), 2);
+        assert!(!wb[0].octet_aligned && wb[1].octet_aligned);
+        // AMR with frame CRCs is relayed, never decoded: nothing to transcode from.
+        let crc = vec![with_fmtp(fmt(96, "AMR", 8000), "octet-align=1; crc=1")];
+        assert!(codec_of(&crc[0]).is_none());
+        let widened = widen_offer(&crc, &amr).expect("telephone-event");
+        assert_eq!(widened.len(), 2);
+    }
+
+    #[cfg(feature = "amr")]
+    #[test]
+    fn an_answer_in_the_other_amr_layout_is_transcoded_and_an_answer_without_fmtp_is_not() {
+        let offer = vec![with_fmtp(fmt(104, "AMR-WB", 16000), "mode-set=0,1,2")];
+        let sent = {
+            let mut s = offer.clone();
+            s.push(with_fmtp(fmt(97, "AMR-WB", 16000), "octet-align=1"));
+            s
+        };
+        // The answerer takes Warden's octet-aligned payload type: the two layouts differ,
+        // so Warden transcodes, and the offerer is answered in its own format.
+        let answer = vec![with_fmtp(
+            fmt(97, "AMR-WB", 16000),
+            "octet-align=1; mode-set=2",
+        )];
+        let s = settle(&offer, &sent, &answer);
+        let (from, to) = s.transcoding.expect("transcoding between layouts");
+        assert_eq!(
+            (
+                from.payload_type,
+                from.params.octet_aligned,
+                from.params.mode
+            ),
+            (104, false, Some(2))
+        );
+        assert_eq!(
+            (to.payload_type, to.params.octet_aligned, to.params.mode),
+            (97, true, Some(2))
+        );
+        assert_eq!(
+            s.formats_for_offerer.expect("own format")[0].payload_type,
+            104
+        );
+        // The same payload type answered without its fmtp keeps the offered layout.
+        let bare = vec![fmt(97, "AMR-WB", 16000)];
+        let (_, to) = settle(&offer, &sent, &bare)
+            .transcoding
+            .expect("transcoding");
+        assert!(to.params.octet_aligned, "the offer gave 97 its layout");
+        let bare = vec![fmt(104, "AMR-WB", 16000)];
+        let s = settle(&offer, &sent, &bare);
+        assert!(
+            s.transcoding.is_none(),
+            "the offerer's own payload type: relayed"
         );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use warden_media::codec::Codec;
+use warden_media::codec::{Codec, FormatParams};
 use warden_media::{Side as MediaSide, StreamId};
 
 /// A call in a room: the side of its relay stream facing the party in the room (the
@@ -14,6 +14,8 @@ pub struct Member {
     pub stream: StreamId,
     pub side: MediaSide,
     pub codec: &'static Codec,
+    /// The codec's payload format as the party's SDP gave it (AMR's layout and modes).
+    pub params: FormatParams,
     pub payload_type: u8,
 }
 
@@ -81,6 +83,7 @@ mod tests {
             stream: StreamId(call),
             side: MediaSide::A,
             codec: warden_media::codec::by_name("PCMA", 8000).expect("pcma"),
+            params: FormatParams::default(),
             payload_type: 8,
         }
     }

@@ -3,12 +3,13 @@
 
 use std::time::{Duration, Instant};
 
+use warden_media::codec::FormatParams;
 use warden_media::{MediaEvent, Playback, Side as MediaSide, StreamId};
 
 use bytes::Bytes;
 
 use crate::anchor::negotiate::Role;
-use crate::anchor::{media_side, precondition};
+use crate::anchor::{Receiving, media_side, precondition};
 use crate::call::{AfterPrompt, Call, Side, State};
 use crate::sip::message::{Request, Response};
 use crate::sip::transaction::TxKey;
@@ -80,7 +81,7 @@ impl Core {
     pub(super) fn prompt_length(&mut self, name: &str) -> Duration {
         // Any codec measures it: the frames are 20 ms whatever the encoding.
         warden_media::codec::by_name("PCMU", 8000)
-            .and_then(|pcmu| self.prompts.encoded(name, pcmu))
+            .and_then(|pcmu| self.prompts.encoded(name, pcmu, &FormatParams::default()))
             .map_or(Duration::ZERO, |p| {
                 Duration::from_millis(p.frames.len() as u64 * 20)
             })
@@ -103,7 +104,7 @@ impl Core {
             return false;
         };
         let name = names.join(" ");
-        let Some(prompt) = self.prompts.sequence(names, plan.codec) else {
+        let Some(prompt) = self.prompts.sequence(names, plan.codec, &plan.params) else {
             tracing::warn!(call = call.id, prompt = %name, "no such prompt; skipped");
             return false;
         };
@@ -132,7 +133,13 @@ impl Core {
     /// hears the route's music on hold, looped, until then (its own party's packets toward
     /// it are held back meanwhile by the relay).
     pub(super) fn hold_music(&mut self, call: &mut Call, listener: Side, on: bool) {
-        let Some((stream, codec, payload_type)) = call.media.receiving(listener) else {
+        let Some(Receiving {
+            stream,
+            codec,
+            params,
+            payload_type,
+        }) = call.media.receiving(listener)
+        else {
             return;
         };
         if !on {
@@ -151,7 +158,7 @@ impl Core {
         if name.is_empty() {
             return;
         }
-        let Some(prompt) = self.prompts.sequence(&[&name], codec) else {
+        let Some(prompt) = self.prompts.sequence(&[&name], codec, &params) else {
             tracing::warn!(call = call.id, prompt = %name, "no such prompt for music on hold");
             return;
         };

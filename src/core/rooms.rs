@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use warden_media::codec::FormatParams;
 use warden_media::{LegCodec, Playback, Side as MediaSide};
 
 use crate::call::conference::{self};
@@ -34,6 +33,7 @@ impl Core {
             stream: plan.stream,
             side: MediaSide::A,
             codec: plan.codec,
+            params: plan.params,
             payload_type: plan.payload_type,
         };
         if !self.join_room(call, room, member) {
@@ -53,7 +53,7 @@ impl Core {
         let leg = LegCodec {
             codec: member.codec,
             payload_type: member.payload_type,
-            params: FormatParams::default(),
+            params: member.params,
             ptime: 20,
             dtmf_payload_type: None,
             cn_payload_type: None,
@@ -100,7 +100,7 @@ impl Core {
             return;
         }
         for m in members {
-            if let Some(prompt) = self.prompts.sequence(&[name], m.codec) {
+            if let Some(prompt) = self.prompts.sequence(&[name], m.codec, &m.params) {
                 let how = Playback {
                     payload_type: m.payload_type,
                     repeat: 0,

@@ -146,15 +146,16 @@ impl Core {
             return;
         };
         let staying = by.other();
-        let Some((stream, codec, payload_type)) = call.media.receiving(staying) else {
+        let Some(receiving) = call.media.receiving(staying) else {
             return self.transfer_failed(call, 488, now);
         };
         let member = crate::call::conference::Member {
             call: call.id,
-            stream,
+            stream: receiving.stream,
             side: crate::anchor::media_side(staying),
-            codec,
-            payload_type,
+            codec: receiving.codec,
+            params: receiving.params,
+            payload_type: receiving.payload_type,
         };
         if !self.join_room(call, room, member) {
             return self.transfer_failed(call, 500, now);

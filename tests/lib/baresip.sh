@@ -3,12 +3,22 @@
 # insists on the codec's rate and channel count, and baresip's Opus is opus/48000/2).
 # phone NAME SIP-PORT RTP-PORTS CODEC [MEDIAENC]: a baresip config folder in $work/NAME for
 # one phone registered to Warden at 127.0.0.1:$port, answering automatically, playing the
-# tone, recording what it decodes (sndfile, into its folder), allowed only CODEC; MEDIAENC
+# tone, recording what it decodes (sndfile, into its folder), allowed only CODEC (an AMR
+# phone loads no other codec module); MEDIAENC
 # (e.g. srtp-mand: SDES keys, RTP/SAVP) encrypts its media. With PHONE_AUTH set, the phone
 # answers digest challenges with the password NAME-secret (or $PHONE_PASSWORD); PHONE_IP
 # (default 127.0.0.1) is the address it sends from; PHONE_TRANSPORT (default udp) the
 # transport its account names.
 tone_of() { case $1 in */16000*) echo 16000 ;; opus*) echo 48000-stereo ;; *) echo 8000 ;; esac; }
+
+# The codec modules a phone allowed CODEC loads: an AMR phone has baresip's amr module only
+# (octet-aligned AMR and AMR-WB, nothing else to fall back on).
+codec_modules() {
+  case $1 in
+    AMR*) echo "module amr.so" ;;
+    *) printf 'module g711.so\nmodule g722.so\nmodule opus.so\n' ;;
+  esac
+}
 
 make_tones() {
   local r
@@ -26,9 +36,7 @@ poll_method epoll
 sip_listen ${PHONE_IP:-127.0.0.1}:$2
 rtp_ports $3
 module_path /usr/lib/baresip/modules
-module g711.so
-module g722.so
-module opus.so
+$(codec_modules "$4")
 module aufile.so
 module sndfile.so
 module srtp.so

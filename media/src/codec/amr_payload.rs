@@ -127,6 +127,132 @@ impl Layout {
     }
 }
 
+/// How many frames an RTP payload holds, from its table of contents alone (None when the
+/// table is cut short).
+pub fn frame_count(layout: Layout, payload: &[u8]) -> Option<usize> {
+    let mut bits = BitReader::new(payload);
+    bits.take(if layout.octet_aligned { 8 } else { 4 })?;
+    let mut count = 0;
+    loop {
+        let follows = bits.take(1)? == 1;
+        bits.take(if layout.octet_aligned { 7 } else { 5 })?;
+        count += 1;
+        if !follows {
+            return Some(count);
+        }
+    }
+}
+
+/// Redundant frames (RFC 4867 4.1, `max-red`): a sender may repeat its last frames in later
+/// packets, ahead of the new one, so a receiver can recover a lost packet; the packet's
+/// RTP timestamp is then its first frame's. This remembers which frame slots have come
+/// and cuts each payload down to the frames not yet received, so that every frame is
+/// decoded once, whatever the sender's `max-red`.
+#[derive(Debug, Clone)]
+pub struct Redundancy {
+    layout: Layout,
+    /// RTP clock ticks of one 20 ms frame.
+    frame_ticks: u32,
+    /// The timestamp just past the newest frame received, and a bit per frame slot before
+    /// it (bit i: the slot that starts `(i + 1) * frame_ticks` earlier) that has come.
+    newest_end: Option<u32>,
+    received: u64,
+}
+
+/// What is left of a packet once the frames already received are taken out.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fresh {
+    /// Every frame is new: the packet as it came.
+    Whole,
+    /// Only the frames from `timestamp` on are new: this payload holds them.
+    From { timestamp: u32, payload: Vec<u8> },
+    /// Nothing new.
+    Nothing,
+}
+
+impl Redundancy {
+    pub fn new(layout: Layout) -> Redundancy {
+        Redundancy {
+            layout,
+            frame_ticks: if layout.wideband { 320 } else { 160 },
+            newest_end: None,
+            received: 0,
+        }
+    }
+
+    fn has(&self, timestamp: u32) -> bool {
+        let Some(end) = self.newest_end else {
+            return false;
+        };
+        let behind = end.wrapping_sub(timestamp) as i32;
+        if behind <= 0 {
+            return false;
+        }
+        let slot = (behind as u32).div_ceil(self.frame_ticks) - 1;
+        // Older than the window: the jitter buffer has played past it anyway.
+        slot >= 64 || self.received & (1 << slot) != 0
+    }
+
+    fn mark(&mut self, timestamp: u32) {
+        let end = timestamp.wrapping_add(self.frame_ticks);
+        let Some(newest_end) = self.newest_end else {
+            self.newest_end = Some(end);
+            self.received = 1;
+            return;
+        };
+        let ahead = end.wrapping_sub(newest_end) as i32;
+        if ahead > 0 {
+            let shift = (ahead as u32).div_ceil(self.frame_ticks);
+            self.received = if shift >= 64 {
+                0
+            } else {
+                self.received << shift
+            };
+            self.received |= 1;
+            self.newest_end = Some(end);
+        } else {
+            let slot = ((-ahead) as u32).div_ceil(self.frame_ticks);
+            if slot < 64 {
+                self.received |= 1 << slot;
+            }
+        }
+    }
+
+    /// The clock ticks a payload's frames cover (None when its table is cut short).
+    pub fn ticks(&self, payload: &[u8]) -> Option<u32> {
+        frame_count(self.layout, payload).map(|n| n as u32 * self.frame_ticks)
+    }
+
+    /// Take a packet's payload and timestamp: what of it is new.
+    pub fn fresh(&mut self, timestamp: u32, payload: &[u8]) -> Fresh {
+        let Some(count) = frame_count(self.layout, payload) else {
+            return Fresh::Whole; // damaged: the decoder conceals it in its place
+        };
+        let ticks = self.frame_ticks;
+        let at = |k: usize| timestamp.wrapping_add(k as u32 * ticks);
+        // Redundant frames lead the packet: skip those already here.
+        let skip = (0..count).take_while(|&k| self.has(at(k))).count();
+        for k in skip..count {
+            self.mark(at(k));
+        }
+        if skip == 0 {
+            return Fresh::Whole;
+        }
+        if skip == count {
+            return Fresh::Nothing;
+        }
+        let Ok((cmr, frames)) = self.layout.parse(payload) else {
+            return Fresh::Whole;
+        };
+        let mut out = Vec::with_capacity(payload.len());
+        self.layout.build_frames(cmr, &frames[skip..], &mut out);
+        Fresh::From {
+            timestamp: at(skip),
+            payload: out,
+        }
+    }
+}
+
 impl Frame {
     /// From the storage format the codec libraries write (header octet, then speech).
     pub fn from_storage(bytes: &[u8]) -> Option<Frame> {
@@ -334,6 +460,37 @@ mod tests {
             NB_OCTET.parse(&[0xf0, 12 << 3]),
             Err(PayloadError::ReservedFrameType(12))
         );
+    }
+
+    #[test]
+    fn redundant_frames_are_taken_out_and_a_lost_packet_recovered() {
+        let layout = NB_OCTET;
+        let mut filter = Redundancy::new(layout);
+        let f = |ft| frame(layout, ft);
+        // Packets of two frames each: the previous frame again, then the new one.
+        let packet = |frames: &[Frame]| {
+            let mut p = Vec::new();
+            layout.build_frames(15, frames, &mut p);
+            p
+        };
+        assert_eq!(filter.fresh(0, &packet(&[f(7)])), Fresh::Whole);
+        let second = packet(&[f(7), f(5)]);
+        assert_eq!(frame_count(layout, &second), Some(2));
+        let Fresh::From { timestamp, payload } = filter.fresh(0, &second) else {
+            panic!("the repeated frame is cut");
+        };
+        assert_eq!(timestamp, 160);
+        assert_eq!(layout.parse(&payload), Ok((15, vec![f(5)])));
+        // The packet at 320 is lost; the one at 480 repeats its frame: both are new.
+        assert_eq!(filter.fresh(320, &packet(&[f(4), f(7)])), Fresh::Whole);
+        // A duplicate of what came already holds nothing.
+        assert_eq!(filter.fresh(320, &packet(&[f(4), f(7)])), Fresh::Nothing);
+        // Reordered, not redundant: a late packet whose slot never came is whole.
+        let mut filter = Redundancy::new(layout);
+        assert_eq!(filter.fresh(0, &packet(&[f(7)])), Fresh::Whole);
+        assert_eq!(filter.fresh(320, &packet(&[f(7)])), Fresh::Whole);
+        assert_eq!(filter.fresh(160, &packet(&[f(7)])), Fresh::Whole);
+        assert_eq!(filter.fresh(160, &packet(&[f(7)])), Fresh::Nothing);
     }
 
     #[test]

@@ -78,13 +78,18 @@ impl Default for CodecOptions {
 pub const DEFAULT_OPUS_COMPLEXITY: u8 = 5;
 
 /// What a format's SDP fmtp says that changes the bits on the wire (RFC 4867 for AMR):
-/// the payload layout and the highest mode the peer accepts.
+/// the payload layout, the highest mode the peer accepts, and whether it asks for a
+/// payload feature Warden does not implement.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct FormatParams {
     /// `octet-align=1`; otherwise bandwidth-efficient.
     pub octet_aligned: bool,
     /// The highest mode of `mode-set`, when it restricts the modes.
     pub mode: Option<u8>,
+    /// `crc=1`, `robust-sorting=1` or `interleaving` (RFC 4867 4.4.2-4.4.4): frame CRCs and
+    /// interleaved frames, which Warden neither reads nor writes. Such a format is relayed
+    /// untouched but never decoded, encoded or offered.
+    pub crc_or_interleaving: bool,
 }
 
 impl FormatParams {
@@ -99,18 +104,29 @@ impl FormatParams {
             let Some((name, v)) = pair.split_once('=') else {
                 continue;
             };
+            let v = v.trim();
             match name.trim().to_ascii_lowercase().as_str() {
-                "octet-align" => params.octet_aligned = v.trim() == "1",
+                "octet-align" => params.octet_aligned = v == "1",
                 "mode-set" => {
                     params.mode = v
                         .split(',')
                         .filter_map(|m| m.trim().parse::<u8>().ok())
                         .max()
                 }
+                "crc" | "robust-sorting" => params.crc_or_interleaving |= v == "1",
+                "interleaving" => params.crc_or_interleaving = true,
                 _ => {}
             }
         }
         params
+    }
+
+    /// Do two formats of one codec put the same bits on the wire, so that packets can be
+    /// relayed between them untouched? (Modes are not compared: an answer keeps the
+    /// offer's mode-set, RFC 4867 8.3.1.)
+    pub fn same_layout(&self, other: &FormatParams) -> bool {
+        self.octet_aligned == other.octet_aligned
+            && self.crc_or_interleaving == other.crc_or_interleaving
     }
 }
 
@@ -125,8 +141,10 @@ pub struct Codec {
     pub rtp_clock: u32,
     /// The channel count rtpmap carries, when it carries one (Opus: always 2, RFC 7587).
     pub rtpmap_channels: Option<u8>,
-    /// The fmtp parameters Warden offers the codec with.
-    pub fmtp: Option<&'static str>,
+    /// The payload formats Warden offers the codec in, one payload type each, by their
+    /// fmtp ("" for none). AMR and AMR-WB come in both layouts (bandwidth-efficient, then
+    /// octet-aligned), as 3GPP TS 26.114 devices offer them.
+    pub offered_formats: &'static [&'static str],
     /// The PCM rate the codec is made for.
     pub sample_rate: u32,
     /// Packet times it can frame, in milliseconds: multiples of this step up to 60 (G.711
@@ -189,6 +207,19 @@ impl Codec {
         (self.make_decoder)(rate, params)
     }
 
+    /// The AMR payload layout of this codec in format `params`; None for other codecs.
+    pub fn amr_layout(&self, params: &FormatParams) -> Option<amr_payload::Layout> {
+        let wideband = match self.name {
+            "AMR" => false,
+            "AMR-WB" => true,
+            _ => return None,
+        };
+        Some(amr_payload::Layout {
+            wideband,
+            octet_aligned: params.octet_aligned,
+        })
+    }
+
     /// The a=rtpmap value for payload type `pt` (e.g. "111 opus/48000/2").
     pub fn rtpmap(&self, pt: u8) -> String {
         match self.rtpmap_channels {
@@ -213,13 +244,22 @@ pub fn pcm_rates_between(from: &Codec, to: &Codec) -> (u32, u32) {
     }
 }
 
+/// AMR's two payload layouts, each declaring what Warden's encoder does: one mode for the
+/// whole call (so any mode-change restriction is met, and it can restrict changes to every
+/// other frame: `mode-change-capability=2`) and no redundant frames (`max-red=0`).
+#[cfg(feature = "amr")]
+const AMR_FORMATS: &[&str] = &[
+    "mode-change-capability=2;max-red=0",
+    "octet-align=1;mode-change-capability=2;max-red=0",
+];
+
 const CODECS: &[Codec] = &[
     Codec {
         name: "PCMU",
         static_payload_type: Some(0),
         rtp_clock: 8000,
         rtpmap_channels: None,
-        fmtp: None,
+        offered_formats: &[""],
         sample_rate: 8000,
         pcm_rates: &[8000],
         ptime_step: 10,
@@ -231,7 +271,7 @@ const CODECS: &[Codec] = &[
         static_payload_type: Some(8),
         rtp_clock: 8000,
         rtpmap_channels: None,
-        fmtp: None,
+        offered_formats: &[""],
         sample_rate: 8000,
         pcm_rates: &[8000],
         ptime_step: 10,
@@ -243,7 +283,7 @@ const CODECS: &[Codec] = &[
         static_payload_type: Some(9),
         rtp_clock: 8000,
         rtpmap_channels: None,
-        fmtp: None,
+        offered_formats: &[""],
         sample_rate: 16000,
         pcm_rates: &[16000],
         ptime_step: 10,
@@ -256,7 +296,7 @@ const CODECS: &[Codec] = &[
         static_payload_type: None,
         rtp_clock: 8000,
         rtpmap_channels: None,
-        fmtp: None,
+        offered_formats: AMR_FORMATS,
         sample_rate: 8000,
         pcm_rates: &[8000],
         ptime_step: 20,
@@ -269,7 +309,7 @@ const CODECS: &[Codec] = &[
         static_payload_type: None,
         rtp_clock: 16000,
         rtpmap_channels: None,
-        fmtp: None,
+        offered_formats: AMR_FORMATS,
         sample_rate: 16000,
         pcm_rates: &[16000],
         ptime_step: 20,
@@ -282,7 +322,7 @@ const CODECS: &[Codec] = &[
         static_payload_type: None,
         rtp_clock: 48000,
         rtpmap_channels: Some(2),
-        fmtp: Some("minptime=10;useinbandfec=1"),
+        offered_formats: &["minptime=10;useinbandfec=1"],
         sample_rate: 48000,
         pcm_rates: &[8000, 12000, 16000, 24000, 48000],
         ptime_step: 20,
@@ -464,7 +504,7 @@ pub(crate) mod tests {
             for octet_aligned in [false, true] {
                 let params = FormatParams {
                     octet_aligned,
-                    mode: None,
+                    ..FormatParams::default()
                 };
                 let rate = codec.sample_rate;
                 let (mut enc, mut dec) = (
@@ -506,9 +546,13 @@ pub(crate) mod tests {
                 params,
                 FormatParams {
                     octet_aligned: true,
-                    mode: Some(2)
+                    mode: Some(2),
+                    crc_or_interleaving: false,
                 }
             );
+            assert!(FormatParams::parse("octet-align=1; crc=1").crc_or_interleaving);
+            assert!(FormatParams::parse("octet-align=1;interleaving=4").crc_or_interleaving);
+            assert!(!FormatParams::parse("crc=0").crc_or_interleaving);
             if name == "AMR-WB" {
                 let mut payload = Vec::new();
                 codec
