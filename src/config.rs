@@ -33,7 +33,8 @@ pub struct Config {
     pub guard: crate::guard::GuardConfig,
 }
 
-/// The admin HTTP API (the jCard of 608 responses is served there too).
+/// The admin API, over HTTP and HTTPS on one port (the jCard of 608 responses is served
+/// there too, over HTTPS).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
@@ -41,6 +42,10 @@ pub struct AdminConfig {
     pub listen: String,
     /// Bearer token the API asks for; required when `listen` is not a loopback address.
     pub token: Option<String>,
+    /// PEM certificate chain (leaf first) and key HTTPS presents; none: a self-signed
+    /// certificate made at start.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -48,6 +53,8 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: "127.0.0.1:8088".into(),
             token: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -774,13 +781,13 @@ impl Config {
     }
 
     /// Where callers fetch the operator's jCard (RFC 8688): `screening.jcard.public_url`,
-    /// else the admin API's `/jcard`.
+    /// else the admin API's `/jcard` over HTTPS.
     pub fn jcard_url(&self) -> String {
         self.screening
             .jcard
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}/jcard", self.admin.listen))
+            .unwrap_or_else(|| format!("https://{}/jcard", self.admin.listen))
     }
 
     pub fn timers(&self) -> TimerConfig {

@@ -79,6 +79,27 @@ fn http_get(url: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
+/// GET `url` over HTTPS: verified against the PEM CA `ca`, or with no verification at all
+/// (Warden's self-signed default certificate); the status and body.
+fn https_get(url: &str, ca: Option<&str>) -> (u16, String) {
+    assert!(url.starts_with("https://"), "an HTTPS URL: {url}");
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5));
+    let client = match ca {
+        Some(pem) => client
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).expect("CA")),
+        None => client.danger_accept_invalid_certs(true),
+    };
+    let response = client
+        .build()
+        .expect("client")
+        .get(url)
+        .send()
+        .expect("HTTPS GET");
+    let status = response.status().as_u16();
+    (status, response.text().expect("body"))
+}
+
 /// Screening decisions logged so far: (decision, verdict, reason), waiting up to 5 s for
 /// `count` of them (the log is written behind the calls).
 fn decisions(w: &Warden, count: usize) -> Vec<(String, Option<String>, String)> {
@@ -229,7 +250,7 @@ fn a_high_risk_destination_hears_the_prompt_then_608_with_a_jcard() {
         .split('>')
         .next()
         .expect("URI");
-    let (status, jws) = http_get(url);
+    let (status, jws) = https_get(url, None);
     assert_eq!(status, 200, "{jws}");
     let parts: Vec<&str> = jws.trim().split('.').collect();
     assert_eq!(parts.len(), 3, "a compact JWS: {jws}");
@@ -241,11 +262,47 @@ fn a_high_risk_destination_hears_the_prompt_then_608_with_a_jcard() {
     assert_eq!(payload["jcard"][0], "vcard", "{payload}");
     assert!(payload["iat"].as_u64().is_some());
     let x5u = header["x5u"].as_str().expect("x5u");
-    let (status, pem) = http_get(x5u);
+    let (status, pem) = https_get(x5u, None);
     assert_eq!(status, 200);
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
     let rows = decisions(&w, 1);
     assert!(rows[0].2.contains("irsf range +53"), "{rows:?}");
+}
+
+/// With the operator's certificate, the jCard's HTTPS verifies against its CA; the same
+/// port still answers plain HTTP (health checks, `warden ctl`).
+#[test]
+fn the_jcard_is_served_over_https_with_the_operators_certificate() {
+    let ca = common::tls_ca::TestCa::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, &ca.cert_pem).expect("write");
+    std::fs::write(&key, &ca.key_pem).expect("write");
+    // These keys land in the harness's [admin] table, which the extra TOML follows.
+    let w = Warden::start_with(&format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    let url = format!("https://127.0.0.1:{}/jcard", w.admin_port);
+    let (status, jws) = https_get(&url, Some(&ca.ca_pem));
+    assert_eq!(status, 200, "{jws}");
+    let header: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(jws.split('.').next().expect("header"))
+            .expect("b64"),
+    )
+    .expect("json");
+    let x5u = header["x5u"].as_str().expect("x5u");
+    assert_eq!(
+        x5u,
+        format!("https://127.0.0.1:{}/jcard/cert.pem", w.admin_port)
+    );
+    let (status, pem) = https_get(x5u, Some(&ca.ca_pem));
+    assert_eq!(status, 200);
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let (status, body) = http_get(&w.admin("/healthz"));
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
 }
 
 #[test]

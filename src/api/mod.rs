@@ -4,6 +4,7 @@
 //! database directly.
 
 pub mod jcard;
+pub mod listener;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -53,9 +54,10 @@ struct Shared {
     cdrs: Store,
 }
 
-/// Serve the API on `addr` until the process ends.
+/// Serve the API on `addr`, HTTP and HTTPS (with `tls`), until the process ends.
 pub async fn serve(
     addr: SocketAddr,
+    tls: tokio_rustls::TlsAcceptor,
     token: Option<String>,
     jcard: Arc<jcard::Jcard>,
     ask: mpsc::Sender<Ask>,
@@ -98,12 +100,8 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("admin.listen {addr}: {e}"))?;
-    tracing::info!(%addr, "admin API listening");
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "admin API stopped");
-        }
-    }))
+    tracing::info!(%addr, "admin API listening (HTTP and HTTPS)");
+    Ok(tokio::spawn(listener::serve(listener, app, tls)))
 }
 
 /// Operations need the token when one is configured (the jCard and health are public).

@@ -170,11 +170,18 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
             let url = config.jcard_url();
             let base = url
                 .strip_suffix("/jcard")
-                .map_or_else(|| format!("http://{addr}"), str::to_owned);
+                .map_or_else(|| format!("https://{addr}"), str::to_owned);
             let jcard = crate::api::jcard::Jcard::new(&config.screening.jcard, &base)?;
+            // The self-signed certificate, when Warden makes one, names every host the
+            // API is reached by.
+            let mut names = vec!["localhost".to_owned(), addr.ip().to_string()];
+            names.extend(url_host(&url).map(str::to_owned));
+            names.dedup();
+            let tls = crate::api::listener::acceptor(&config.admin, &names)?;
             Some(
                 crate::api::serve(
                     addr,
+                    tls,
                     config.admin.token.clone(),
                     std::sync::Arc::new(jcard),
                     ask_tx,
@@ -351,4 +358,15 @@ impl Drop for PidFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// The host of an http(s) URL ("[::1]" unbracketed), for a certificate's names.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.split(':').next()?,
+    };
+    (!host.is_empty()).then_some(host)
 }
