@@ -435,6 +435,68 @@ fn rtp_from_a_third_party_mid_call_reaches_neither_party() {
             "and the call's audio did not go to the third party"
         );
     }
+    // Every one of the third party's packets is counted, none of the parties'.
+    assert_eq!(strangers(&w, 200), 200.0);
+}
+
+/// `warden_relay_stranger_packets_total`, waited for (up to 2 s) to reach `at_least`.
+fn strangers(w: &Warden, at_least: u64) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let n = common::metric(w, "warden_relay_stranger_packets_total", None).unwrap_or(0.0);
+        if n >= at_least as f64 || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Before a stream has heard its party, the first sender is learned (a NAT'd phone sends
+/// from elsewhere than its SDP says); the signalled address still wins when it speaks, and
+/// from then on the stranger is shut out both ways.
+#[test]
+fn a_stranger_who_sends_first_loses_the_stream_to_the_signalled_address() {
+    let (w, range) = warden(10, "");
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let (am, bm) = (Media::new(), Media::new());
+    let (incoming, ok, _, _) = call(
+        &mut alice,
+        &mut bob,
+        &sdp(&audio(am.port(), "sendrecv")),
+        |_| sdp(&audio(bm.port(), "sendrecv")),
+    );
+    let b_side = assert_anchored(incoming.body(), range)[0];
+    let a_side = assert_anchored(ok.body(), range)[0];
+    // The stranger reaches alice's port first and is learned, as a NAT'd alice would be.
+    let stranger = UdpSocket::bind("127.0.0.2:0").expect("bind");
+    stranger
+        .send_to(&rtp(0, 0, 0xbad, 160), warden_at(a_side))
+        .expect("send");
+    let _ = recv(&bm.rtp);
+    // Alice speaks from where her SDP says: the stream is hers, both ways.
+    stream(&am.rtp, a_side, &bm.rtp, b_side, 1, 10);
+    stream(&bm.rtp, b_side, &am.rtp, a_side, 2, 10);
+    for seq in 1..=20 {
+        stranger
+            .send_to(&rtp(seq, 0, 0xbad, 160), warden_at(a_side))
+            .expect("send");
+    }
+    stream(&am.rtp, a_side, &bm.rtp, b_side, 1, 10);
+    bm.rtp
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    assert!(
+        bm.rtp.recv_from(&mut [0u8; 2048]).is_err(),
+        "nothing more of the stranger's reached bob"
+    );
+    stranger
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    assert!(
+        stranger.recv_from(&mut [0u8; 2048]).is_err(),
+        "and bob's audio went to alice, not the stranger"
+    );
+    assert_eq!(strangers(&w, 20), 20.0);
 }
 
 #[test]
@@ -803,6 +865,7 @@ fn an_amr_wb_caller_and_a_pcma_only_callee_hear_each_other() {
 
 /// The payload type an SDP body gives `codec` in the layout `octet_aligned` (from its
 /// rtpmap and fmtp lines).
+#[cfg(feature = "amr")]
 fn payload_type_of(body: &str, codec: &str, octet_aligned: bool) -> Option<u8> {
     body.lines()
         .filter_map(|l| l.strip_prefix("a=rtpmap:"))

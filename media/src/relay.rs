@@ -24,8 +24,8 @@ use crate::worker::{Command, Stream, Worker};
 /// How a leg's peer address is learned from its packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Latching {
-    /// Learn from the first packet, then hear only that address (default: a stranger
-    /// cannot inject into or steal the stream).
+    /// Learn from the first packet (or the signalled address, which always wins), then
+    /// hear only that address (default: a stranger cannot inject into or steal the stream).
     #[default]
     Strict,
     /// Follow whichever address sent last (phones that roam between networks).
@@ -162,6 +162,8 @@ pub struct RelayTotals {
     /// RTP received from the parties, streams open and closed.
     pub rtp_packets: u64,
     pub rtp_bytes: u64,
+    /// Packets from a source other than a party's latched address, dropped.
+    pub strangers: u64,
 }
 
 pub struct Relay {
@@ -176,6 +178,7 @@ pub struct Relay {
     /// RTP packets and bytes of the streams already closed.
     closed_packets: u64,
     closed_bytes: u64,
+    closed_strangers: u64,
 }
 
 /// Ports tried per open before giving up on binding (something else holds them).
@@ -212,6 +215,7 @@ impl Relay {
             next_worker: 0,
             closed_packets: 0,
             closed_bytes: 0,
+            closed_strangers: 0,
         })
     }
 
@@ -470,6 +474,7 @@ impl Relay {
                 let leg = info.counters.leg(side).snapshot();
                 self.closed_packets += leg.rtp_packets;
                 self.closed_bytes += leg.rtp_bytes;
+                self.closed_strangers += leg.strangers;
             }
             self.send(info.worker, Command::Remove(id.0));
             for pair in info.ports {
@@ -484,6 +489,7 @@ impl Relay {
             streams: self.streams.len() as u64,
             rtp_packets: self.closed_packets,
             rtp_bytes: self.closed_bytes,
+            strangers: self.closed_strangers,
             ..RelayTotals::default()
         };
         for info in self.streams.values() {
@@ -492,6 +498,7 @@ impl Relay {
                 let leg = info.counters.leg(side).snapshot();
                 t.rtp_packets += leg.rtp_packets;
                 t.rtp_bytes += leg.rtp_bytes;
+                t.strangers += leg.strangers;
             }
         }
         t

@@ -89,8 +89,11 @@ pub struct LegStats {
     pub lost: u64,
     /// Interarrival jitter of the leg's RTP, microseconds.
     pub jitter_us: u64,
-    /// Datagrams dropped: from an address other than the latched one, or with nowhere to go.
+    /// Datagrams dropped: failing SRTP, unusable, or with nowhere to go.
     pub dropped: u64,
+    /// Datagrams from a source other than the party's latched one, dropped: injection or
+    /// "RTP Bleed" attempts, or a party whose address changed without a re-INVITE.
+    pub strangers: u64,
     /// From the leg's own RTCP reports about what it receives: fraction lost (0-255, per
     /// RFC 3550), cumulative lost and jitter in timestamp units.
     pub reported_fraction_lost: u64,
@@ -108,6 +111,7 @@ pub struct LegCounters {
     lost: AtomicU64,
     jitter_us: AtomicU64,
     dropped: AtomicU64,
+    strangers: AtomicU64,
     reported_fraction_lost: AtomicU64,
     reported_lost: AtomicU64,
     reported_jitter: AtomicU64,
@@ -122,6 +126,7 @@ impl LegCounters {
         self.lost.store(s.lost, r);
         self.jitter_us.store(s.jitter_us, r);
         self.dropped.store(s.dropped, r);
+        self.strangers.store(s.strangers, r);
         self.reported_fraction_lost
             .store(s.reported_fraction_lost, r);
         self.reported_lost.store(s.reported_lost, r);
@@ -137,6 +142,7 @@ impl LegCounters {
             lost: self.lost.load(r),
             jitter_us: self.jitter_us.load(r),
             dropped: self.dropped.load(r),
+            strangers: self.strangers.load(r),
             reported_fraction_lost: self.reported_fraction_lost.load(r),
             reported_lost: self.reported_lost.load(r),
             reported_jitter: self.reported_jitter.load(r),

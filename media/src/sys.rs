@@ -300,23 +300,6 @@ pub fn send_each(fd: RawFd, packets: &[(&[u8], RawAddr)]) -> usize {
     usize::try_from(rc).unwrap_or(0)
 }
 
-/// Point a UDP socket at one peer: the kernel then drops datagrams from anyone else and
-/// keeps the route cached, so each send skips a routing lookup.
-pub fn connect(fd: RawFd, to: &RawAddr) -> io::Result<()> {
-    // SAFETY: `to` holds a valid address of `to.len` bytes for the duration of the call.
-    check(unsafe { libc::connect(fd, (&raw const to.storage).cast(), to.len) }).map(|_| ())
-}
-
-/// Undo `connect`: accept from anyone again (AF_UNSPEC, as connect(2) documents).
-pub fn disconnect(fd: RawFd) -> io::Result<()> {
-    // SAFETY: a zeroed sockaddr with family AF_UNSPEC is the documented way to dissolve
-    // a UDP association; the pointer is valid for the call.
-    let mut addr: libc::sockaddr = unsafe { zeroed() };
-    addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
-    let len = size_of::<libc::sockaddr>() as libc::socklen_t;
-    check(unsafe { libc::connect(fd, &raw const addr, len) }).map(|_| ())
-}
-
 /// An epoll instance (level-triggered: a socket with more than one batch waiting is simply
 /// reported again, so no extra read is spent discovering EAGAIN).
 pub struct Epoll {

@@ -521,6 +521,7 @@ impl MediaSession {
                 leg.rtcp_packets += stats.rtcp_packets;
                 leg.lost += stats.lost;
                 leg.dropped += stats.dropped;
+                leg.strangers += stats.strangers;
                 leg.jitter_us = leg.jitter_us.max(stats.jitter_us);
             }
         }

@@ -379,6 +379,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "amr")]
     fn with_fmtp(mut f: Format, fmtp: &str) -> Format {
         f.fmtp = Some(format!("a=fmtp:{} {fmtp}", f.payload_type));
         f

@@ -28,6 +28,7 @@ pub struct Snapshot {
     pub conference_members: u64,
     pub relay_rtp_packets: u64,
     pub relay_rtp_bytes: u64,
+    pub relay_stranger_packets: u64,
     /// (decision, check, count).
     pub screening: Vec<(String, String, u64)>,
     /// (handling, reason, count).
@@ -160,6 +161,12 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         "relay_rtp_bytes",
         "RTP bytes received by the relay",
         s.relay_rtp_bytes,
+    );
+    counter(
+        &mut r,
+        "relay_stranger_packets",
+        "Packets from a source other than a party's latched address, dropped (RTP injection, RTP Bleed)",
+        s.relay_stranger_packets,
     );
     let screening = Family::<Labels, Counter>::default();
     for (decision, check, count) in &s.screening {

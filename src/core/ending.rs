@@ -98,6 +98,7 @@ impl Core {
                     callee_rtp = m.callee.rtp_packets,
                     callee_lost = m.callee.lost,
                     callee_jitter_us = m.callee.jitter_us,
+                    strangers = m.caller.strangers + m.callee.strangers,
                     "media summary"
                 );
             }

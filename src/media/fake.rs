@@ -282,6 +282,7 @@ impl Media for FakeMedia {
             transcoding: 0,
             rtp_packets: packets,
             rtp_bytes: bytes,
+            strangers: 0, // the fake relay has no sockets to be sprayed
         }
     }
 }

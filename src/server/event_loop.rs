@@ -566,6 +566,7 @@ impl Loop {
             transcoding_channels: relay.transcoding,
             relay_rtp_packets: relay.rtp_packets,
             relay_rtp_bytes: relay.rtp_bytes,
+            relay_stranger_packets: relay.strangers,
             screening: self
                 .screening
                 .engine

@@ -4,9 +4,10 @@
 //! Why this is fast: each stream lives on exactly one thread, so the per-packet path takes
 //! no lock and makes no channel hop; packets are received and sent in batches
 //! (recvmmsg/sendmmsg) from one preallocated buffer set, forwarded from the memory they were
-//! received into; after latching, sockets are connected so the kernel filters strangers
-//! and skips the route lookup on each send; statistics are kept in thread-owned structs and
-//! published with plain stores once per batch.
+//! received into; a packet's source is checked against the stream's latched one in the
+//! same pass (strangers are dropped and counted, which a connected socket's kernel filter
+//! would hide, at the price of a route lookup per send); statistics are kept in thread-owned structs and published with plain
+//! stores once per batch.
 //!
 //! GSO/GRO are not used: they coalesce packets of one flow, and a voice stream carries one
 //! packet per 20 ms, so there is never a second packet to join; the batching that pays is
@@ -29,9 +30,7 @@ use crate::relay::{
 };
 use crate::srtp::{SrtpSetting, SrtpSide};
 use crate::stats::{LegStats, RtpReceiver, looks_like_rtcp, read_rtcp};
-use crate::sys::{
-    BATCH, Batch, Epoll, EventFd, PACKET_ROOM, RawAddr, connect, disconnect, send_one,
-};
+use crate::sys::{BATCH, Batch, Epoll, EventFd, PACKET_ROOM, RawAddr, send_one};
 use crate::transcode::{Direction, LegCodec, Transcoding};
 
 mod playout;
@@ -118,7 +117,6 @@ struct End {
     latched: Option<SocketAddr>,
     /// Kernel form of where packets leaving this socket go (latched, else signalled).
     target: Option<RawAddr>,
-    connected: bool,
 }
 
 pub(crate) struct Stream {
@@ -216,10 +214,6 @@ impl Stream {
             // 0.0.0.0): forget what we latched so the new source can be learned.
             end.signalled = signalled.filter(|a| !a.ip().is_unspecified() && a.port() != 0);
             end.latched = None;
-            if end.connected {
-                let _ = disconnect(self.sockets[i].as_raw_fd());
-                end.connected = false;
-            }
             end.target = end.signalled.map(RawAddr::new);
         }
     }
@@ -350,11 +344,7 @@ impl Worker {
             };
             let socket = player.side * 2;
             let end = &stream.ends[socket];
-            let to = if end.connected {
-                None
-            } else {
-                end.target.as_ref()
-            };
+            let to = end.target.as_ref();
             let fd = stream.sockets[socket].as_raw_fd();
             // Catch up at most a few frames after a stall; beyond that, skip ahead.
             let mut sent = 0;
@@ -580,11 +570,7 @@ impl Worker {
                 if end.target.is_none() || stream.playing[side] {
                     return; // nowhere to send yet, or a prompt plays to the member
                 }
-                let to = if end.connected {
-                    None
-                } else {
-                    end.target.as_ref()
-                };
+                let to = end.target.as_ref();
                 let fd = stream.sockets[side * 2].as_raw_fd();
                 deliver(&mut stream.srtp[side], scratch, fd, bytes, to);
             });
@@ -599,11 +585,7 @@ impl Worker {
             for (from, direction) in directions.iter_mut().enumerate() {
                 let out = (from ^ 1) * 2;
                 let end = &stream.ends[out];
-                let to = if end.connected {
-                    None
-                } else {
-                    end.target.as_ref()
-                };
+                let to = end.target.as_ref();
                 let fd = stream.sockets[out].as_raw_fd();
                 let (has_target, held) = (end.target.is_some(), stream.playing[from ^ 1]);
                 let srtp = &mut stream.srtp[from ^ 1];
@@ -639,11 +621,7 @@ impl Worker {
                 let socket = w.to * 2;
                 let end = &stream.ends[socket];
                 if end.target.is_some() {
-                    let to = if end.connected {
-                        None
-                    } else {
-                        end.target.as_ref()
-                    };
+                    let to = end.target.as_ref();
                     let fd = stream.sockets[socket].as_raw_fd();
                     deliver(&mut stream.srtp[w.to], &mut self.scratch, fd, &packet, to);
                 }
@@ -734,13 +712,8 @@ impl Worker {
                     continue;
                 }
                 let packet = batch.packet(k);
-                if !accept(
-                    &mut stream.ends[socket],
-                    batch.source(k),
-                    self.latching,
-                    in_fd,
-                ) {
-                    stream.stats[side].dropped += 1;
+                if !accept(&mut stream.ends[socket], batch.source(k), self.latching) {
+                    stream.stats[side].strangers += 1;
                     continue;
                 }
                 account(stream, side, is_rtp, packet, now_us);
@@ -779,11 +752,7 @@ impl Worker {
                 }
                 if let Some(directions) = stream.transcoders.as_mut().filter(|_| is_rtp) {
                     let end = &stream.ends[out];
-                    let to = if end.connected {
-                        None
-                    } else {
-                        end.target.as_ref()
-                    };
+                    let to = end.target.as_ref();
                     if end.target.is_some() {
                         let arrival = self.epoch + Duration::from_micros(now_us);
                         let (srtp, scratch) = (&mut stream.srtp[out / 2], &mut self.scratch);
@@ -804,10 +773,9 @@ impl Worker {
                 kept += 1;
             }
             let end = &stream.ends[out];
-            let sent = match (&end.target, end.connected) {
-                (Some(_), true) => batch.send(out_fd, keep, None),
-                (Some(to), false) => batch.send(out_fd, keep, Some(to)),
-                (None, _) => 0,
+            let sent = match &end.target {
+                Some(to) => batch.send(out_fd, keep, Some(to)),
+                None => 0,
             };
             stream.stats[side].dropped += kept - sent as u64;
             stream.counters.leg(side).publish(&stream.stats[side]);
@@ -823,20 +791,25 @@ fn set_timer_slack_ns(ns: libc::c_ulong) {
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns, 0, 0, 0) };
 }
 
-/// Latching (symmetric RTP): the first packet teaches where the party really is (behind
-/// NAT that differs from its SDP); afterwards, in strict mode, only that address is heard.
-fn accept(end: &mut End, source: Option<SocketAddr>, latching: Latching, fd: i32) -> bool {
+/// Latching (symmetric RTP): where a party really is, learned from the packets it sends
+/// (behind NAT that differs from its SDP). In strict mode a stream hears its latched
+/// address only, and latches:
+/// - on the first packet, from anywhere (a NAT'd party is heard at once);
+/// - on a packet from the signalled address, whatever it latched before: a stranger who
+///   sends first cannot shut out the party where its SDP says it is;
+///
+/// and every other packet is a stranger's, dropped. In follow mode every new source
+/// re-latches. A new address from signalling forgets the latch.
+fn accept(end: &mut End, source: Option<SocketAddr>, latching: Latching) -> bool {
     let Some(source) = source else {
         return false;
     };
     match end.latched {
         Some(latched) if latched == source => true,
-        Some(_) if latching == Latching::Strict => false,
+        Some(_) if latching == Latching::Strict && end.signalled != Some(source) => false,
         _ => {
             end.latched = Some(source);
-            let raw = RawAddr::new(source);
-            end.connected = latching == Latching::Strict && connect(fd, &raw).is_ok();
-            end.target = Some(raw);
+            end.target = Some(RawAddr::new(source));
             true
         }
     }
