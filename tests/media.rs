@@ -861,6 +861,30 @@ fn an_amr_wb_caller_and_a_pcma_only_callee_hear_each_other() {
     );
     let f = heard_frequency("AMR-WB", 16000, &got);
     assert!((f - 1000.0).abs() <= 20.0, "alice hears {f} Hz");
+
+    // Alice's radio worsens: her packets ask for mode 1 (CMR, the first four bits), and
+    // what she is sent follows (RFC 4867 4.3.1).
+    // The next packets of the same streams (sequence numbers and timestamps go on).
+    let asking: Vec<Vec<u8>> = tone_packets("AMR-WB", 16000, 97, 0xa, 60)
+        .into_iter()
+        .skip(50)
+        .map(|mut p| {
+            p[12] = (p[12] & 0x0f) | 1 << 4;
+            p
+        })
+        .collect();
+    let _ = tone_through(&am.rtp, a_side, &bm.rtp, asking, 8);
+    let more = tone_packets("PCMA", 8000, 8, 0xa, 60)
+        .into_iter()
+        .skip(50)
+        .collect();
+    let got = tone_through(&bm.rtp, b_side, &am.rtp, more, 97);
+    let frame_type = |p: &Vec<u8>| ((p[12] & 0x07) << 1) | (p[13] >> 7);
+    assert_eq!(
+        frame_type(got.last().expect("packets")),
+        1,
+        "the mode alice asked for"
+    );
 }
 
 /// The payload type an SDP body gives `codec` in the layout `octet_aligned` (from its

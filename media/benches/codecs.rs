@@ -20,6 +20,9 @@ use warden_media::codec::{self, Codec, CodecOptions, FormatParams};
 const NATIVE: FormatParams = FormatParams {
     octet_aligned: false,
     mode: None,
+    mode_set: 0,
+    mode_change_period: 0,
+    mode_change_neighbor: false,
     crc_or_interleaving: false,
 };
 use warden_media::transcode::{Direction, LegCodec};

@@ -180,6 +180,10 @@ impl Room {
             }
         }
         for member in &mut self.members {
+            // The member's codec mode requests (AMR's CMR) steer what it is sent.
+            if let Some(mode) = member.decoder.mode_request() {
+                member.out.request_mode(mode);
+            }
             let (slot, side) = (member.slot, member.side);
             member.speak(&self.total, &mut |bytes| send(slot, side, bytes));
         }

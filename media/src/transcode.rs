@@ -139,6 +139,17 @@ impl Direction {
         self.emit(send);
     }
 
+    /// The mode the `from` leg last asked to receive in (AMR's CMR): for the direction
+    /// toward it.
+    pub fn mode_request(&self) -> Option<u8> {
+        self.decoder.mode_request()
+    }
+
+    /// The `to` leg asked for `mode`.
+    pub fn request_mode(&mut self, mode: u8) {
+        self.out.request_mode(mode);
+    }
+
     /// Resample what was decoded and send every whole packet.
     fn emit(&mut self, send: &mut dyn FnMut(&[u8])) {
         match &mut self.resampler {
@@ -273,6 +284,11 @@ impl Packetizer {
             self.timestamp = self.timestamp.wrapping_add(ts_step);
         }
         self.pending.drain(..taken);
+    }
+
+    /// The leg asked for `mode` (AMR's CMR in the packets it sends).
+    pub(crate) fn request_mode(&mut self, mode: u8) {
+        self.encoder.request_mode(mode);
     }
 
     /// PCM waiting for a whole packet, in ticks of the leg's RTP clock.

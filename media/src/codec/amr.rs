@@ -6,6 +6,7 @@
 
 use std::os::raw::{c_int, c_short, c_uchar, c_void};
 
+use super::amr_mode::ModeControl;
 use super::amr_payload::{Frame, Layout, NO_DATA};
 use super::{CodecOptions, Decoder, Encoder, FormatParams};
 
@@ -59,7 +60,7 @@ const WB_TOP_MODE: u8 = 8;
 pub struct AmrEncoder {
     state: *mut c_void,
     layout: Layout,
-    mode: u8,
+    mode: ModeControl,
     pcm: Vec<i16>,
     storage: [u8; MAX_STORAGE],
 }
@@ -85,7 +86,7 @@ impl AmrEncoder {
                 wideband,
                 octet_aligned: params.octet_aligned,
             },
-            mode: params.mode.unwrap_or(top).min(top),
+            mode: ModeControl::new(top, params),
             pcm: Vec::with_capacity(320),
             storage: [0; MAX_STORAGE],
         }
@@ -109,6 +110,10 @@ impl Encoder for AmrEncoder {
             .collect();
         self.layout.build_frames(NO_DATA, &frames, out);
     }
+
+    fn request_mode(&mut self, mode: u8) {
+        self.mode.request(mode);
+    }
 }
 
 impl AmrEncoder {
@@ -120,11 +125,12 @@ impl AmrEncoder {
         self.pcm.resize(self.samples(), 0);
         // SAFETY: `state` is a live encoder of the right kind; `pcm` holds one frame of
         // samples; `storage` has room for the largest frame the library writes.
+        let mode = c_int::from(self.mode.next_frame());
         let written = unsafe {
             if self.layout.wideband {
                 E_IF_encode(
                     self.state,
-                    c_int::from(self.mode),
+                    mode,
                     self.pcm.as_ptr(),
                     self.storage.as_mut_ptr(),
                     0,
@@ -132,7 +138,7 @@ impl AmrEncoder {
             } else {
                 Encoder_Interface_Encode(
                     self.state,
-                    c_int::from(self.mode),
+                    mode,
                     self.pcm.as_ptr(),
                     self.storage.as_mut_ptr(),
                     0,
@@ -167,6 +173,8 @@ pub struct AmrDecoder {
     pcm: [i16; 320],
     /// Frame type of the last good frame, to conceal a lost one in kind.
     last_type: u8,
+    /// The last codec mode request (CMR) the sender made.
+    requested: Option<u8>,
 }
 
 // SAFETY: as for the encoder: the state belongs to this value and is used via `&mut self`.
@@ -191,6 +199,7 @@ impl AmrDecoder {
             storage: Vec::with_capacity(MAX_STORAGE),
             pcm: [0; 320],
             last_type: if wideband { WB_TOP_MODE } else { NB_TOP_MODE },
+            requested: None,
         }
     }
 
@@ -232,10 +241,13 @@ impl AmrDecoder {
 
 impl Decoder for AmrDecoder {
     fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) {
-        let Ok((_, frames)) = self.layout.parse(payload) else {
+        let Ok((cmr, frames)) = self.layout.parse(payload) else {
             // A damaged payload: conceal one frame so the stream keeps its timing.
             return self.conceal(self.samples(), out);
         };
+        if cmr != NO_DATA {
+            self.requested = Some(cmr);
+        }
         for frame in frames {
             if frame.frame_type == NO_DATA {
                 continue; // nothing sent for this slot (DTX)
@@ -247,6 +259,10 @@ impl Decoder for AmrDecoder {
             }
             self.run(!frame.good, out);
         }
+    }
+
+    fn mode_request(&self) -> Option<u8> {
+        self.requested
     }
 
     fn conceal(&mut self, samples: usize, out: &mut Vec<i16>) {

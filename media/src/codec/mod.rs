@@ -7,6 +7,7 @@
 
 #[cfg(feature = "amr")]
 mod amr;
+pub mod amr_mode;
 pub mod amr_payload;
 mod g711;
 mod g722;
@@ -21,12 +22,18 @@ pub use resample::Resampler;
 /// Turns PCM frames into RTP payloads.
 pub trait Encoder: Send {
     fn encode(&mut self, pcm: &[i16], out: &mut Vec<u8>);
+    /// The party this encoder sends to asked for `mode` (AMR's CMR); others ignore it.
+    fn request_mode(&mut self, _mode: u8) {}
 }
 
 /// Turns RTP payloads into PCM frames; `conceal` stands in for a lost frame (PLC).
 pub trait Decoder: Send {
     fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>);
     fn conceal(&mut self, samples: usize, out: &mut Vec<i16>);
+    /// The mode the sender last asked to receive in (AMR's CMR), if it asked.
+    fn mode_request(&self) -> Option<u8> {
+        None
+    }
 }
 
 /// Packet loss concealment for codecs without their own (G.711 Appendix I in spirit, much
@@ -86,6 +93,12 @@ pub struct FormatParams {
     pub octet_aligned: bool,
     /// The highest mode of `mode-set`, when it restricts the modes.
     pub mode: Option<u8>,
+    /// `mode-set` as a bit per mode (0: every mode).
+    pub mode_set: u16,
+    /// `mode-change-period` (1 or 2; 0 when unsaid) and `mode-change-neighbor=1`: how the
+    /// party lets the mode it receives change (RFC 4867 8.1).
+    pub mode_change_period: u8,
+    pub mode_change_neighbor: bool,
     /// `crc=1`, `robust-sorting=1` or `interleaving` (RFC 4867 4.4.2-4.4.4): frame CRCs and
     /// interleaved frames, which Warden neither reads nor writes. Such a format is relayed
     /// untouched but never decoded, encoded or offered.
@@ -108,11 +121,13 @@ impl FormatParams {
             match name.trim().to_ascii_lowercase().as_str() {
                 "octet-align" => params.octet_aligned = v == "1",
                 "mode-set" => {
-                    params.mode = v
-                        .split(',')
-                        .filter_map(|m| m.trim().parse::<u8>().ok())
-                        .max()
+                    let modes = v.split(',').filter_map(|m| m.trim().parse::<u8>().ok());
+                    let modes: Vec<u8> = modes.filter(|m| *m < 16).collect();
+                    params.mode = modes.iter().max().copied();
+                    params.mode_set = modes.iter().fold(0, |set, m| set | 1 << m);
                 }
+                "mode-change-period" => params.mode_change_period = v.parse().unwrap_or(0),
+                "mode-change-neighbor" => params.mode_change_neighbor = v == "1",
                 "crc" | "robust-sorting" => params.crc_or_interleaving |= v == "1",
                 "interleaving" => params.crc_or_interleaving = true,
                 _ => {}
@@ -244,9 +259,9 @@ pub fn pcm_rates_between(from: &Codec, to: &Codec) -> (u32, u32) {
     }
 }
 
-/// AMR's two payload layouts, each declaring what Warden's encoder does: one mode for the
-/// whole call (so any mode-change restriction is met, and it can restrict changes to every
-/// other frame: `mode-change-capability=2`) and no redundant frames (`max-red=0`).
+/// AMR's two payload layouts, each declaring what Warden's encoder does: mode changes kept
+/// to every other frame when asked (`mode-change-capability=2`, see `amr_mode`) and no
+/// redundant frames (`max-red=0`).
 #[cfg(feature = "amr")]
 const AMR_FORMATS: &[&str] = &[
     "mode-change-capability=2;max-red=0",
@@ -547,7 +562,9 @@ pub(crate) mod tests {
                 FormatParams {
                     octet_aligned: true,
                     mode: Some(2),
+                    mode_set: 0b111,
                     crc_or_interleaving: false,
+                    ..FormatParams::default()
                 }
             );
             assert!(FormatParams::parse("octet-align=1; crc=1").crc_or_interleaving);

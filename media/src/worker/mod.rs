@@ -582,6 +582,12 @@ impl Worker {
                 continue;
             };
             any = true;
+            // A leg's codec mode requests (AMR's CMR) steer the encoder toward that leg.
+            for from in 0..2 {
+                if let Some(mode) = directions[from].mode_request() {
+                    directions[from ^ 1].request_mode(mode);
+                }
+            }
             for (from, direction) in directions.iter_mut().enumerate() {
                 let out = (from ^ 1) * 2;
                 let end = &stream.ends[out];
