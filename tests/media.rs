@@ -186,6 +186,33 @@ fn call(
     (incoming, ok, alice_dialog, bob_dialog)
 }
 
+/// A plain call from alice to bob through Warden (the shared `audio` SDP both ways).
+struct PlainCall {
+    am: Media,
+    bm: Media,
+    /// Warden's ports facing alice and bob.
+    a_side: u16,
+    b_side: u16,
+    alice_dialog: Dialog,
+    bob_dialog: Dialog,
+}
+
+fn plain_call(alice: &mut Ua, bob: &mut Ua, range: (u16, u16)) -> PlainCall {
+    let (am, bm) = (Media::new(), Media::new());
+    let (incoming, ok, alice_dialog, bob_dialog) =
+        call(alice, bob, &sdp(&audio(am.port(), "sendrecv")), |_| {
+            sdp(&audio(bm.port(), "sendrecv"))
+        });
+    PlainCall {
+        b_side: assert_anchored(incoming.body(), range)[0],
+        a_side: assert_anchored(ok.body(), range)[0],
+        am,
+        bm,
+        alice_dialog,
+        bob_dialog,
+    }
+}
+
 #[test]
 fn audio_rtcp_and_dtmf_flow_through_warden_ports() {
     let (w, range) = warden(10, "");
@@ -273,15 +300,14 @@ fn video_and_audio_in_one_call_and_a_rejected_stream_stays_rejected() {
 fn hold_plays_music_to_the_held_party_and_resume_reanchors_without_dropping_the_call() {
     let (w, range) = warden(10, "");
     let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
-    let (am, bm) = (Media::new(), Media::new());
-    let (incoming, ok, mut ad, _) = call(
-        &mut alice,
-        &mut bob,
-        &sdp(&audio(am.port(), "sendrecv")),
-        |_| sdp(&audio(bm.port(), "sendrecv")),
-    );
-    let b_side = assert_anchored(incoming.body(), range)[0];
-    let a_side = assert_anchored(ok.body(), range)[0];
+    let PlainCall {
+        am,
+        bm,
+        a_side,
+        b_side,
+        alice_dialog: mut ad,
+        ..
+    } = plain_call(&mut alice, &mut bob, range);
     stream(&am.rtp, a_side, &bm.rtp, b_side, 7, 5);
 
     // Hold: sendonly from alice; bob answers recvonly.
@@ -387,15 +413,13 @@ fn nat_latching_answers_the_port_packets_really_come_from() {
 fn rtp_from_a_third_party_mid_call_reaches_neither_party() {
     let (w, range) = warden(10, "");
     let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
-    let (am, bm) = (Media::new(), Media::new());
-    let (incoming, ok, _, _) = call(
-        &mut alice,
-        &mut bob,
-        &sdp(&audio(am.port(), "sendrecv")),
-        |_| sdp(&audio(bm.port(), "sendrecv")),
-    );
-    let b_side = assert_anchored(incoming.body(), range)[0];
-    let a_side = assert_anchored(ok.body(), range)[0];
+    let PlainCall {
+        am,
+        bm,
+        a_side,
+        b_side,
+        ..
+    } = plain_call(&mut alice, &mut bob, range);
     // Both streams latch on their parties' first packets.
     stream(&am.rtp, a_side, &bm.rtp, b_side, 1, 10);
     stream(&bm.rtp, b_side, &am.rtp, a_side, 2, 10);
@@ -458,15 +482,13 @@ fn strangers(w: &Warden, at_least: u64) -> f64 {
 fn a_stranger_who_sends_first_loses_the_stream_to_the_signalled_address() {
     let (w, range) = warden(10, "");
     let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
-    let (am, bm) = (Media::new(), Media::new());
-    let (incoming, ok, _, _) = call(
-        &mut alice,
-        &mut bob,
-        &sdp(&audio(am.port(), "sendrecv")),
-        |_| sdp(&audio(bm.port(), "sendrecv")),
-    );
-    let b_side = assert_anchored(incoming.body(), range)[0];
-    let a_side = assert_anchored(ok.body(), range)[0];
+    let PlainCall {
+        am,
+        bm,
+        a_side,
+        b_side,
+        ..
+    } = plain_call(&mut alice, &mut bob, range);
     // The stranger reaches alice's port first and is learned, as a NAT'd alice would be.
     let stranger = UdpSocket::bind("127.0.0.2:0").expect("bind");
     stranger
@@ -979,15 +1001,7 @@ fn a_pcmu_caller_reaches_a_callee_that_speaks_only_octet_aligned_amr() {
 #[cfg(feature = "amr")]
 #[test]
 fn an_octet_aligned_amr_wb_caller_hears_the_announcement_in_its_own_format() {
-    let prompts = tempfile::tempdir().expect("tempdir");
-    tone_wav(&prompts.path().join("user_unavailable.wav"), 16000, 0.5);
-    let (w, range) = warden(
-        10,
-        &format!(
-            "prompts_dir = \"{}\"\n[calls]\nannounce_failures = true\n",
-            prompts.path().display()
-        ),
-    );
+    let (w, range, _prompts) = announcing_warden(16000, false);
     let mut alice = Ua::udp("alice", w.port);
     let am = Media::new();
     let fmtp = "mode-change-capability=2;max-red=0;octet-align=1;mode-set=0,1,2";
@@ -999,13 +1013,7 @@ fn an_octet_aligned_amr_wb_caller_hears_the_announcement_in_its_own_format() {
         "a=fmtp:105 0-15".into(),
     ]);
     alice.invite_sdp("nobody", &offer);
-    let progress = loop {
-        let r = alice.recv_response();
-        assert!(r.status() < 200, "{}", r.status());
-        if r.status() == 183 {
-            break r;
-        }
-    };
+    let progress = announcement(&mut alice);
     let port = assert_anchored(progress.body(), range)[0];
     let answer = String::from_utf8_lossy(progress.body()).to_string();
     assert!(
@@ -1151,11 +1159,14 @@ fn tone_wav(path: &std::path::Path, rate: u32, seconds: f64) {
     std::fs::write(path, wav).expect("write wav");
 }
 
-#[test]
-fn failures_are_announced_as_early_media_before_the_final_response() {
+/// A Warden that announces failures, its prompts a 1 kHz tone at `rate` (the
+/// `user_unavailable` prompt, and `busy` when `busy_too`); the folder lives as long as it.
+fn announcing_warden(rate: u32, busy_too: bool) -> (Warden, (u16, u16), tempfile::TempDir) {
     let prompts = tempfile::tempdir().expect("tempdir");
-    tone_wav(&prompts.path().join("user_unavailable.wav"), 16000, 0.5);
-    tone_wav(&prompts.path().join("busy.wav"), 8000, 0.5);
+    tone_wav(&prompts.path().join("user_unavailable.wav"), rate, 0.5);
+    if busy_too {
+        tone_wav(&prompts.path().join("busy.wav"), 8000, 0.5);
+    }
     let (w, range) = warden(
         10,
         &format!(
@@ -1163,23 +1174,34 @@ fn failures_are_announced_as_early_media_before_the_final_response() {
             prompts.path().display()
         ),
     );
-    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
-    let am = Media::new();
-    let offer = sdp(&audio(am.port(), "sendrecv"));
+    (w, range, prompts)
+}
 
-    // Nobody by that name: 183 + the unavailable prompt, then 404.
-    alice.invite_sdp("nobody", &offer);
-    let progress = loop {
-        let r = alice.recv_response();
+/// The 183 that opens an announcement (no final response may come before it).
+fn announcement(ua: &mut Ua) -> Response {
+    loop {
+        let r = ua.recv_response();
         assert!(
             r.status() < 200,
             "the failure waits for the announcement: {}",
             r.status()
         );
         if r.status() == 183 {
-            break r;
+            return r;
         }
-    };
+    }
+}
+
+#[test]
+fn failures_are_announced_as_early_media_before_the_final_response() {
+    let (w, range, _prompts) = announcing_warden(16000, true);
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    let am = Media::new();
+    let offer = sdp(&audio(am.port(), "sendrecv"));
+
+    // Nobody by that name: 183 + the unavailable prompt, then 404.
+    alice.invite_sdp("nobody", &offer);
+    let progress = announcement(&mut alice);
     let port = assert_anchored(progress.body(), range)[0];
     let answer = String::from_utf8_lossy(progress.body()).to_string();
     // Alice's first codec, and her telephone-event so a menu could hear her keys.
@@ -1554,15 +1576,14 @@ fn alice_and_bob_with_carol_standing_by() -> Transfer {
         Ua::udp("carol", w.port),
     );
     assert_eq!(carol.register(600).status(), 200);
-    let (am, bm) = (Media::new(), Media::new());
-    let (incoming, ok, ad, bd) = call(
-        &mut alice,
-        &mut bob,
-        &sdp(&audio(am.port(), "sendrecv")),
-        |_| sdp(&audio(bm.port(), "sendrecv")),
-    );
-    let b_side = assert_anchored(incoming.body(), range)[0];
-    let a_side = assert_anchored(ok.body(), range)[0];
+    let PlainCall {
+        am,
+        bm,
+        a_side,
+        b_side,
+        alice_dialog: ad,
+        bob_dialog: bd,
+    } = plain_call(&mut alice, &mut bob, range);
     stream(&am.rtp, a_side, &bm.rtp, b_side, 1, 3);
     Transfer {
         w,
@@ -2011,15 +2032,7 @@ fn a_plain_caller_reaches_a_callee_the_dialplan_wants_in_srtp() {
 
 #[test]
 fn an_srtp_caller_hears_warden_s_own_announcement_encrypted() {
-    let prompts = tempfile::tempdir().expect("tempdir");
-    tone_wav(&prompts.path().join("user_unavailable.wav"), 8000, 0.5);
-    let (w, range) = warden(
-        10,
-        &format!(
-            "prompts_dir = \"{}\"\n[calls]\nannounce_failures = true\n",
-            prompts.path().display()
-        ),
-    );
+    let (w, range, _prompts) = announcing_warden(8000, false);
     let mut alice = Ua::udp("alice", w.port);
     let am = Media::new();
     let alice_key = [0x11; KEY_AND_SALT];
@@ -2029,13 +2042,7 @@ fn an_srtp_caller_hears_warden_s_own_announcement_encrypted() {
         crypto_line(9, Suite::AesCm128HmacSha1_32, &alice_key),
     ]);
     let invite = alice.invite_sdp("nobody", &offer);
-    let progress = loop {
-        let r = alice.recv_response();
-        assert!(r.status() < 200, "{}", r.status());
-        if r.status() == 183 {
-            break r;
-        }
-    };
+    let progress = announcement(&mut alice);
     let port = assert_anchored(progress.body(), range)[0];
     let answer = String::from_utf8_lossy(progress.body()).to_string();
     assert!(answer.contains("RTP/SAVP 0\r\n"), "{answer}");
