@@ -48,8 +48,9 @@ fn taken_up(offer: &[Format], sent: &[Format], f: &Format) -> bool {
 }
 
 /// The offer toward the answerer: the offered formats plus every `transcodable` codec (in
-/// each payload format Warden offers it in: AMR in both layouts) it lacks, appended (so an answerer that shares a codec with the offerer picks that one),
-/// and telephone-event when the offer has none (Warden turns the answerer's events into
+/// each payload format Warden offers it in: AMR in both layouts) it lacks, appended (so
+/// an answerer that shares a codec with the offerer picks that one), and telephone-event
+/// when the offer has none (Warden turns the answerer's events into
 /// the offerer's SIP INFO and back). Additions without a static payload type get a free
 /// dynamic one (96-127). None when nothing is added.
 pub fn widen_offer(offer: &[Format], transcodable: &[&'static Codec]) -> Option<Vec<Format>> {
@@ -114,17 +115,21 @@ pub fn params_of(f: &Format) -> FormatParams {
 }
 
 /// The payload format of an answer's chosen format: the layout Warden's offer gave its
-/// payload type (the answer may leave the fmtp out), with the answer's mode-set, which
-/// restricts what Warden sends (RFC 4867 8.3.1).
+/// payload type (the answer may leave the fmtp out), with the answer's mode-set and mode
+/// change rules, which say what Warden may send the answerer (RFC 4867 8.3.1).
 fn answered_params(sent: &[Format], chosen: &Format) -> FormatParams {
     let answered = params_of(chosen);
     match sent.iter().find(|o| {
         o.payload_type == chosen.payload_type && o.name == chosen.name && o.clock == chosen.clock
     }) {
-        Some(offered) => FormatParams {
-            mode: answered.mode,
-            ..params_of(offered)
-        },
+        Some(offered) => {
+            let layout = params_of(offered);
+            FormatParams {
+                octet_aligned: layout.octet_aligned,
+                crc_or_interleaving: layout.crc_or_interleaving,
+                ..answered
+            }
+        }
         None => answered,
     }
 }
