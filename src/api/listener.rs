@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -23,8 +23,9 @@ use crate::config::AdminConfig;
 /// First octet of a TLS handshake record (RFC 8446 5.1, `handshake(22)`).
 const TLS_HANDSHAKE: u8 = 22;
 
-/// How long a connection may take to send its first octet, and to finish a TLS handshake.
-const FIRST_OCTET_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may take to send its first octet, to finish a TLS handshake, and
+/// to send a request's head: an idle or trickling client cannot hold a task for ever.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The certificate HTTPS presents: the operator's files, or a self-signed one for
 /// `names` (the listen address, localhost, the jCard's public host) made now, with a
@@ -94,14 +95,16 @@ pub async fn serve(listener: TcpListener, app: Router, tls: TlsAcceptor) {
 
 async fn connection(tcp: TcpStream, app: Router, tls: TlsAcceptor) -> anyhow::Result<()> {
     let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(FIRST_OCTET_TIMEOUT, tcp.peek(&mut first)).await;
+    let peeked = tokio::time::timeout(CLIENT_TIMEOUT, tcp.peek(&mut first)).await;
     if !matches!(peeked, Ok(Ok(1))) {
         return Ok(()); // closed, or silent: nothing to serve
     }
     let service = TowerToHyperService::new(app);
-    let http = hyper::server::conn::http1::Builder::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(CLIENT_TIMEOUT);
     if first[0] == TLS_HANDSHAKE {
-        let stream = tokio::time::timeout(FIRST_OCTET_TIMEOUT, tls.accept(tcp)).await??;
+        let stream = tokio::time::timeout(CLIENT_TIMEOUT, tls.accept(tcp)).await??;
         http.serve_connection(TokioIo::new(stream), service)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
