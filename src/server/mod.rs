@@ -175,8 +175,9 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
             // The self-signed certificate, when Warden makes one, names every host the
             // API is reached by.
             let mut names = vec!["localhost".to_owned(), addr.ip().to_string()];
-            names.extend(url_host(&url).map(str::to_owned));
-            names.dedup();
+            if let Some(host) = url_host(&url).filter(|h| !names.iter().any(|n| n == h)) {
+                names.push(host.to_owned());
+            }
             let tls = crate::api::listener::acceptor(&config.admin, &names)?;
             Some(
                 crate::api::serve(
@@ -369,4 +370,23 @@ fn url_host(url: &str) -> Option<&str> {
         None => authority.split(':').next()?,
     };
     (!host.is_empty()).then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_host;
+
+    #[test]
+    fn a_urls_host_for_the_certificate() {
+        assert_eq!(
+            url_host("https://warden.example.net:8443/jcard"),
+            Some("warden.example.net")
+        );
+        assert_eq!(
+            url_host("https://[2001:db8::1]:8088/jcard"),
+            Some("2001:db8::1")
+        );
+        assert_eq!(url_host("https://127.0.0.1/jcard"), Some("127.0.0.1"));
+        assert_eq!(url_host("no scheme"), None);
+    }
 }

@@ -123,9 +123,9 @@ impl AmrEncoder {
         self.pcm
             .extend_from_slice(&pcm[..pcm.len().min(self.samples())]);
         self.pcm.resize(self.samples(), 0);
+        let mode = c_int::from(self.mode.next_frame());
         // SAFETY: `state` is a live encoder of the right kind; `pcm` holds one frame of
         // samples; `storage` has room for the largest frame the library writes.
-        let mode = c_int::from(self.mode.next_frame());
         let written = unsafe {
             if self.layout.wideband {
                 E_IF_encode(
