@@ -6,19 +6,18 @@
 //! checks and scrapers on loopback. The certificate is the operator's (`admin.tls_cert_file`)
 //! or one Warden makes at start.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::AdminConfig;
+use crate::sip::tls;
 
 /// First octet of a TLS handshake record (RFC 8446 5.1, `handshake(22)`).
 const TLS_HANDSHAKE: u8 = 22;
@@ -32,7 +31,10 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// warning, since callers' verifiers will not trust it.
 pub fn acceptor(config: &AdminConfig, names: &[String]) -> anyhow::Result<TlsAcceptor> {
     let (certs, key) = match (&config.tls_cert_file, &config.tls_key_file) {
-        (Some(cert), Some(key)) => (read_certs(cert)?, read_key(key)?),
+        (Some(cert), Some(key)) => (
+            tls::read_certs(cert, "admin.tls_cert_file")?,
+            tls::read_key(key, "admin.tls_key_file")?,
+        ),
         (None, None) => {
             let made = rcgen::generate_simple_self_signed(names.to_vec())?;
             tracing::warn!(
@@ -45,30 +47,9 @@ pub fn acceptor(config: &AdminConfig, names: &[String]) -> anyhow::Result<TlsAcc
         }
         _ => anyhow::bail!("admin.tls_cert_file and admin.tls_key_file go together: set both"),
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
+    let server = tls::server_config(certs, key)
         .map_err(|e| anyhow::anyhow!("admin.tls_cert_file and admin.tls_key_file: {e}"))?;
     Ok(TlsAcceptor::from(Arc::new(server)))
-}
-
-fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| anyhow::anyhow!("admin.tls_cert_file {}: {e}", path.display()))?;
-    anyhow::ensure!(
-        !certs.is_empty(),
-        "admin.tls_cert_file {}: no PEM certificate in the file",
-        path.display()
-    );
-    Ok(certs)
-}
-
-fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| anyhow::anyhow!("admin.tls_key_file {}: {e}", path.display()))
 }
 
 /// Accept connections until the process ends, each served over TLS or in the clear as

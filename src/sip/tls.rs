@@ -33,16 +33,38 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read_certs(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+/// The PEM certificates in `path`; an error names `setting` (the key that gave the file).
+pub(crate) fn read_certs(
+    path: &Path,
+    setting: &str,
+) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| anyhow::anyhow!("sip.tls.{key} {}: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("{setting} {}: {e}", path.display()))?;
     anyhow::ensure!(
         !certs.is_empty(),
-        "sip.tls.{key} {}: no PEM certificate in the file",
+        "{setting} {}: no PEM certificate in the file",
         path.display()
     );
     Ok(certs)
+}
+
+/// The PEM private key in `path`; an error names `setting`.
+pub(crate) fn read_key(path: &Path, setting: &str) -> anyhow::Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| anyhow::anyhow!("{setting} {}: {e}", path.display()))
+}
+
+/// A TLS server presenting `chain` (leaf first) with `key`, on the ring provider and the
+/// safe protocol versions every listener of Warden's uses.
+pub(crate) fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
 }
 
 impl TlsContext {
@@ -61,7 +83,7 @@ impl TlsContext {
         let mut roots = rustls::RootCertStore::empty();
         match &config.ca_file {
             Some(path) => {
-                for cert in read_certs(path, "ca_file")? {
+                for cert in read_certs(path, "sip.tls.ca_file")? {
                     roots
                         .add(cert)
                         .map_err(|e| anyhow::anyhow!("sip.tls.ca_file {}: {e}", path.display()))?;
@@ -80,20 +102,15 @@ impl TlsContext {
     pub fn reload(&self) -> anyhow::Result<()> {
         let server = match (&self.config.cert_file, &self.config.key_file) {
             (Some(cert), Some(key)) => {
-                let chain = read_certs(cert, "cert_file")?;
-                let key_der = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| anyhow::anyhow!("sip.tls.key_file {}: {e}", key.display()))?;
-                let config = rustls::ServerConfig::builder_with_provider(provider())
-                    .with_safe_default_protocol_versions()?
-                    .with_no_client_auth()
-                    .with_single_cert(chain, key_der)
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "sip.tls.cert_file {} and key_file {}: {e}",
-                            cert.display(),
-                            key.display()
-                        )
-                    })?;
+                let chain = read_certs(cert, "sip.tls.cert_file")?;
+                let key_der = read_key(key, "sip.tls.key_file")?;
+                let config = server_config(chain, key_der).map_err(|e| {
+                    anyhow::anyhow!(
+                        "sip.tls.cert_file {} and key_file {}: {e}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
                 Some(Arc::new(config))
             }
             (None, None) => None,
