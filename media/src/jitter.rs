@@ -120,16 +120,22 @@ impl JitterBuffer {
     /// A packet arrived (its sequence number, timestamp and payload).
     pub fn push(&mut self, seq: u16, timestamp: u32, payload: &[u8], now: Instant) {
         let trimmed;
-        let (timestamp, payload) = match self
+        // AMR: the clock ticks the packet covers, from its table of contents.
+        let (timestamp, payload, samples) = match self
             .redundancy
             .as_mut()
             .map(|r| r.fresh(timestamp, payload))
         {
-            None | Some(Fresh::Whole) => (timestamp, payload),
+            None => (timestamp, payload, None),
+            Some(Fresh::Whole { ticks }) => (timestamp, payload, ticks),
             Some(Fresh::Nothing) => return,
-            Some(Fresh::From { timestamp, payload }) => {
+            Some(Fresh::From {
+                timestamp,
+                payload,
+                ticks,
+            }) => {
                 trimmed = payload;
-                (timestamp, trimmed.as_slice())
+                (timestamp, trimmed.as_slice(), Some(ticks))
             }
         };
         let ext = self.extend(seq);
@@ -160,7 +166,6 @@ impl JitterBuffer {
                 self.packet_samples = step;
             }
         }
-        let samples = self.redundancy.as_ref().and_then(|r| r.ticks(payload));
         self.waiting.insert(
             ext,
             Waiting {

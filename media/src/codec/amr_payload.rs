@@ -159,13 +159,18 @@ pub struct Redundancy {
     received: u64,
 }
 
-/// What is left of a packet once the frames already received are taken out.
+/// What is left of a packet once the frames already received are taken out, with the
+/// clock ticks what is left covers (None for a damaged table of contents).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Fresh {
     /// Every frame is new: the packet as it came.
-    Whole,
+    Whole { ticks: Option<u32> },
     /// Only the frames from `timestamp` on are new: this payload holds them.
-    From { timestamp: u32, payload: Vec<u8> },
+    From {
+        timestamp: u32,
+        payload: Vec<u8>,
+        ticks: u32,
+    },
     /// Nothing new.
     Nothing,
 }
@@ -218,37 +223,39 @@ impl Redundancy {
         }
     }
 
-    /// The clock ticks a payload's frames cover (None when its table is cut short).
-    pub fn ticks(&self, payload: &[u8]) -> Option<u32> {
-        frame_count(self.layout, payload).map(|n| n as u32 * self.frame_ticks)
-    }
-
     /// Take a packet's payload and timestamp: what of it is new.
     pub fn fresh(&mut self, timestamp: u32, payload: &[u8]) -> Fresh {
         let Some(count) = frame_count(self.layout, payload) else {
-            return Fresh::Whole; // damaged: the decoder conceals it in its place
+            // Damaged: the decoder conceals it in its place.
+            return Fresh::Whole { ticks: None };
         };
-        let ticks = self.frame_ticks;
-        let at = |k: usize| timestamp.wrapping_add(k as u32 * ticks);
+        let frame_ticks = self.frame_ticks;
+        let at = |k: usize| timestamp.wrapping_add(k as u32 * frame_ticks);
+        let ticks = |frames: usize| frames as u32 * frame_ticks;
         // Redundant frames lead the packet: skip those already here.
         let skip = (0..count).take_while(|&k| self.has(at(k))).count();
         for k in skip..count {
             self.mark(at(k));
         }
         if skip == 0 {
-            return Fresh::Whole;
+            return Fresh::Whole {
+                ticks: Some(ticks(count)),
+            };
         }
         if skip == count {
             return Fresh::Nothing;
         }
         let Ok((cmr, frames)) = self.layout.parse(payload) else {
-            return Fresh::Whole;
+            return Fresh::Whole {
+                ticks: Some(ticks(count)),
+            };
         };
         let mut out = Vec::with_capacity(payload.len());
         self.layout.build_frames(cmr, &frames[skip..], &mut out);
         Fresh::From {
             timestamp: at(skip),
             payload: out,
+            ticks: ticks(count - skip),
         }
     }
 }
@@ -473,23 +480,43 @@ mod tests {
             layout.build_frames(15, frames, &mut p);
             p
         };
-        assert_eq!(filter.fresh(0, &packet(&[f(7)])), Fresh::Whole);
+        assert_eq!(
+            filter.fresh(0, &packet(&[f(7)])),
+            Fresh::Whole { ticks: Some(160) }
+        );
         let second = packet(&[f(7), f(5)]);
         assert_eq!(frame_count(layout, &second), Some(2));
-        let Fresh::From { timestamp, payload } = filter.fresh(0, &second) else {
+        let Fresh::From {
+            timestamp,
+            payload,
+            ticks,
+        } = filter.fresh(0, &second)
+        else {
             panic!("the repeated frame is cut");
         };
-        assert_eq!(timestamp, 160);
+        assert_eq!((timestamp, ticks), (160, 160));
         assert_eq!(layout.parse(&payload), Ok((15, vec![f(5)])));
         // The packet at 320 is lost; the one at 480 repeats its frame: both are new.
-        assert_eq!(filter.fresh(320, &packet(&[f(4), f(7)])), Fresh::Whole);
+        assert_eq!(
+            filter.fresh(320, &packet(&[f(4), f(7)])),
+            Fresh::Whole { ticks: Some(320) }
+        );
         // A duplicate of what came already holds nothing.
         assert_eq!(filter.fresh(320, &packet(&[f(4), f(7)])), Fresh::Nothing);
         // Reordered, not redundant: a late packet whose slot never came is whole.
         let mut filter = Redundancy::new(layout);
-        assert_eq!(filter.fresh(0, &packet(&[f(7)])), Fresh::Whole);
-        assert_eq!(filter.fresh(320, &packet(&[f(7)])), Fresh::Whole);
-        assert_eq!(filter.fresh(160, &packet(&[f(7)])), Fresh::Whole);
+        assert_eq!(
+            filter.fresh(0, &packet(&[f(7)])),
+            Fresh::Whole { ticks: Some(160) }
+        );
+        assert_eq!(
+            filter.fresh(320, &packet(&[f(7)])),
+            Fresh::Whole { ticks: Some(160) }
+        );
+        assert_eq!(
+            filter.fresh(160, &packet(&[f(7)])),
+            Fresh::Whole { ticks: Some(160) }
+        );
         assert_eq!(filter.fresh(160, &packet(&[f(7)])), Fresh::Nothing);
     }
 
