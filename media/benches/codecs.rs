@@ -19,7 +19,6 @@ use warden_media::codec::{self, Codec, CodecOptions, FormatParams};
 /// Every codec's default payload format (AMR: bandwidth-efficient, all modes).
 const NATIVE: FormatParams = FormatParams {
     octet_aligned: false,
-    mode: None,
     mode_set: 0,
     mode_change_period: 0,
     mode_change_neighbor: false,

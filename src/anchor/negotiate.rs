@@ -467,12 +467,16 @@ mod tests {
             (
                 from.payload_type,
                 from.params.octet_aligned,
-                from.params.mode
+                from.params.highest_mode()
             ),
             (104, false, Some(2))
         );
         assert_eq!(
-            (to.payload_type, to.params.octet_aligned, to.params.mode),
+            (
+                to.payload_type,
+                to.params.octet_aligned,
+                to.params.highest_mode()
+            ),
             (97, true, Some(2))
         );
         assert_eq!(

@@ -91,8 +91,6 @@ pub const DEFAULT_OPUS_COMPLEXITY: u8 = 5;
 pub struct FormatParams {
     /// `octet-align=1`; otherwise bandwidth-efficient.
     pub octet_aligned: bool,
-    /// The highest mode of `mode-set`, when it restricts the modes.
-    pub mode: Option<u8>,
     /// `mode-set` as a bit per mode (0: every mode).
     pub mode_set: u16,
     /// `mode-change-period` (1 or 2; 0 when unsaid) and `mode-change-neighbor=1`: how the
@@ -121,10 +119,11 @@ impl FormatParams {
             match name.trim().to_ascii_lowercase().as_str() {
                 "octet-align" => params.octet_aligned = v == "1",
                 "mode-set" => {
-                    let modes = v.split(',').filter_map(|m| m.trim().parse::<u8>().ok());
-                    let modes: Vec<u8> = modes.filter(|m| *m < 16).collect();
-                    params.mode = modes.iter().max().copied();
-                    params.mode_set = modes.iter().fold(0, |set, m| set | 1 << m);
+                    params.mode_set = v
+                        .split(',')
+                        .filter_map(|m| m.trim().parse::<u8>().ok())
+                        .filter(|m| *m < 16)
+                        .fold(0, |set, m| set | 1 << m);
                 }
                 "mode-change-period" => params.mode_change_period = v.parse().unwrap_or(0),
                 "mode-change-neighbor" => params.mode_change_neighbor = v == "1",
@@ -134,6 +133,11 @@ impl FormatParams {
             }
         }
         params
+    }
+
+    /// The highest mode of `mode-set`, when it restricts the modes.
+    pub fn highest_mode(&self) -> Option<u8> {
+        (self.mode_set != 0).then(|| 15 - self.mode_set.leading_zeros() as u8)
     }
 
     /// Do two formats of one codec put the same bits on the wire, so that packets can be
@@ -561,12 +565,13 @@ pub(crate) mod tests {
                 params,
                 FormatParams {
                     octet_aligned: true,
-                    mode: Some(2),
                     mode_set: 0b111,
                     crc_or_interleaving: false,
                     ..FormatParams::default()
                 }
             );
+            assert_eq!(params.highest_mode(), Some(2));
+            assert_eq!(FormatParams::default().highest_mode(), None);
             assert!(FormatParams::parse("octet-align=1; crc=1").crc_or_interleaving);
             assert!(FormatParams::parse("octet-align=1;interleaving=4").crc_or_interleaving);
             assert!(!FormatParams::parse("crc=0").crc_or_interleaving);
