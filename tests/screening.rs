@@ -275,14 +275,10 @@ fn a_high_risk_destination_hears_the_prompt_then_608_with_a_jcard() {
 fn the_jcard_is_served_over_https_with_the_operators_certificate() {
     let ca = common::tls_ca::TestCa::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, &ca.cert_pem).expect("write");
-    std::fs::write(&key, &ca.key_pem).expect("write");
+    let [cert, key, _] = ca.write_files(dir.path());
     // These keys land in the harness's [admin] table, which the extra TOML follows.
     let w = Warden::start_with(&format!(
-        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
-        cert.display(),
-        key.display()
+        "tls_cert_file = \"{cert}\"\ntls_key_file = \"{key}\"\n"
     ));
     let url = format!("https://127.0.0.1:{}/jcard", w.admin_port);
     let (status, jws) = https_get(&url, Some(&ca.ca_pem));

@@ -82,16 +82,9 @@ impl Warden {
     pub fn start_tls_with(ca: &TestCa, sip_lines: &str, extra: &str) -> Warden {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_owned();
-        let write = |name: &str, text: &str| {
-            let path = dir.join(name);
-            std::fs::write(&path, text).expect("write PEM");
-            path.display().to_string()
-        };
+        let [cert, key, ca_file] = ca.write_files(&dir);
         let tls = format!(
-            "[sip.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n{extra}",
-            write("cert.pem", &ca.cert_pem),
-            write("key.pem", &ca.key_pem),
-            write("ca.pem", &ca.ca_pem)
+            "[sip.tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nca_file = \"{ca_file}\"\n{extra}"
         );
         let mut w = Warden {
             port: free_port(),

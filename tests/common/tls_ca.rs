@@ -34,6 +34,21 @@ impl TestCa {
         }
     }
 
+    /// The certificate, its key and the CA written as PEM files into `dir`: their paths
+    /// (certificate, key, CA), for a config to name.
+    pub fn write_files(&self, dir: &std::path::Path) -> [String; 3] {
+        [
+            ("cert.pem", &self.cert_pem),
+            ("key.pem", &self.key_pem),
+            ("ca.pem", &self.ca_pem),
+        ]
+        .map(|(name, text)| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write PEM");
+            path.display().to_string()
+        })
+    }
+
     /// A server configuration presenting this CA's certificate.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         use rustls::pki_types::pem::PemObject;

@@ -6,8 +6,8 @@
 //! (recvmmsg/sendmmsg) from one preallocated buffer set, forwarded from the memory they were
 //! received into; a packet's source is checked against the stream's latched one in the
 //! same pass (strangers are dropped and counted, which a connected socket's kernel filter
-//! would hide, at the price of a route lookup per send); statistics are kept in thread-owned structs and published with plain
-//! stores once per batch.
+//! would hide, at the price of a route lookup per send); statistics are kept in
+//! thread-owned structs and published with plain stores once per batch.
 //!
 //! GSO/GRO are not used: they coalesce packets of one flow, and a voice stream carries one
 //! packet per 20 ms, so there is never a second packet to join; the batching that pays is
