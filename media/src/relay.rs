@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::mpsc::{Sender, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::codec::CodecOptions;
 use crate::dtmf::Digit;
@@ -179,7 +179,15 @@ pub struct Relay {
     closed_packets: u64,
     closed_bytes: u64,
     closed_strangers: u64,
+    /// Ports of streams whose sockets a worker has yet to close, by stream id; they go
+    /// back to the pool when the worker says the sockets are gone (`sockets_closed`).
+    closing: HashMap<u64, [PortPair; 2]>,
+    sockets_closed: Receiver<u64>,
 }
+
+/// How long an open waits for closing streams' ports when none is free: a worker closes
+/// sockets within microseconds of being told, unless the machine is starved of CPU.
+const CLOSING_WAIT: Duration = Duration::from_millis(200);
 
 /// Ports tried per open before giving up on binding (something else holds them).
 const BIND_ATTEMPTS: usize = 16;
@@ -192,10 +200,11 @@ impl Relay {
             n => n,
         };
         let mut workers = Vec::with_capacity(count);
+        let (closed_tx, sockets_closed) = channel();
         for index in 0..count {
             let (tx, rx) = channel();
             let wake = Arc::new(EventFd::new()?);
-            let worker = Worker::new(wake.clone(), rx, config)?;
+            let worker = Worker::new(wake.clone(), rx, closed_tx.clone(), config)?;
             let thread = std::thread::Builder::new()
                 .name(format!("warden-relay-{index}"))
                 .spawn(move || worker.run())?;
@@ -216,6 +225,8 @@ impl Relay {
             closed_packets: 0,
             closed_bytes: 0,
             closed_strangers: 0,
+            closing: HashMap::new(),
+            sockets_closed,
         })
     }
 
@@ -223,9 +234,15 @@ impl Relay {
         self.address
     }
 
-    /// Port pairs still free.
+    /// Port pairs free, counting those of closed streams whose worker is closing the
+    /// sockets (an open waits for them).
     pub fn available(&self) -> usize {
         self.pool.available()
+            + self
+                .closing
+                .values()
+                .map(|ports| ports.len())
+                .sum::<usize>()
     }
 
     pub fn streams(&self) -> usize {
@@ -266,6 +283,10 @@ impl Relay {
     }
 
     fn bind_pair(&mut self) -> Result<(PortPair, [UdpSocket; 2]), MediaError> {
+        self.reclaim_closed_ports();
+        if self.pool.available() == 0 && !self.closing.is_empty() {
+            self.wait_for_closing_ports();
+        }
         let mut last_error = None;
         for _ in 0..BIND_ATTEMPTS {
             let pair = self.pool.allocate()?;
@@ -283,6 +304,32 @@ impl Relay {
             address: self.address,
             source: last_error.unwrap_or_else(|| std::io::Error::other("no port")),
         })
+    }
+
+    /// Return to the pool the ports of every stream whose sockets are closed by now.
+    fn reclaim_closed_ports(&mut self) {
+        while let Ok(id) = self.sockets_closed.try_recv() {
+            self.reclaim(id);
+        }
+    }
+
+    /// The pool is empty but streams are closing: their ports are the next free ones, a
+    /// moment away (a call just hung up and the next one came in at once).
+    fn wait_for_closing_ports(&mut self) {
+        let deadline = Instant::now() + CLOSING_WAIT;
+        while self.pool.available() == 0 && !self.closing.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.sockets_closed.recv_timeout(left) {
+                Ok(id) => self.reclaim(id),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn reclaim(&mut self, id: u64) {
+        for pair in self.closing.remove(&id).into_iter().flatten() {
+            self.pool.release(pair);
+        }
     }
 
     fn bind(&self, pair: PortPair) -> std::io::Result<[UdpSocket; 2]> {
@@ -466,7 +513,8 @@ impl Relay {
         self.rooms.len()
     }
 
-    /// Close a stream: its sockets close and its ports return to the pool.
+    /// Close a stream: its worker closes the sockets, then the ports return to the pool
+    /// (not before: binding them again would fail while the old sockets live).
     pub fn close(&mut self, id: StreamId) {
         self.leave(id);
         if let Some(info) = self.streams.remove(&id) {
@@ -476,10 +524,8 @@ impl Relay {
                 self.closed_bytes += leg.rtp_bytes;
                 self.closed_strangers += leg.strangers;
             }
+            self.closing.insert(id.0, info.ports);
             self.send(info.worker, Command::Remove(id.0));
-            for pair in info.ports {
-                self.pool.release(pair);
-            }
         }
     }
 

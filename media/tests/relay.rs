@@ -167,7 +167,14 @@ fn exhausted_pool_is_an_error_and_recovers() {
     ));
     relay.close(id);
     relay.sync(); // the worker has closed the sockets
-    relay.open().expect("ports came back");
+    let mut id = relay.open().expect("ports came back");
+    // Reopened the moment it closes, before its worker can have closed the sockets: the
+    // open waits for those ports instead of failing to bind them (a call hung up and the
+    // next one arriving at once, with the pool full).
+    for _ in 0..200 {
+        relay.close(id);
+        id = relay.open().expect("the closing stream's ports");
+    }
 }
 
 #[test]

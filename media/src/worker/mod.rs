@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use crate::codec::CodecOptions;
@@ -223,6 +223,8 @@ pub(crate) struct Worker {
     epoll: Epoll,
     wake: Arc<EventFd>,
     commands: Receiver<Command>,
+    /// Told the id of each removed stream once its sockets are closed.
+    sockets_closed: Sender<u64>,
     latching: Latching,
     coalesce: Duration,
     codecs: CodecOptions,
@@ -246,6 +248,7 @@ impl Worker {
     pub fn new(
         wake: Arc<EventFd>,
         commands: Receiver<Command>,
+        sockets_closed: Sender<u64>,
         config: &RelayConfig,
     ) -> std::io::Result<Worker> {
         let epoll = Epoll::new()?;
@@ -254,6 +257,7 @@ impl Worker {
             epoll,
             wake,
             commands,
+            sockets_closed,
             latching: config.latching,
             coalesce: config.coalesce,
             codecs: config.codecs,
@@ -661,8 +665,9 @@ impl Worker {
     }
 
     fn remove(&mut self, id: u64) {
-        // Dropping the stream closes its sockets; the ports are already back in the pool.
+        // Dropping the stream closes its sockets; then its ports may be bound again.
         drop(self.take(id));
+        let _ = self.sockets_closed.send(id);
     }
 
     /// Stop serving stream `id` and hand it over (out of its room, its prompts and key
