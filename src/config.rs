@@ -31,6 +31,8 @@ pub struct Config {
     pub screening: crate::screening::ScreeningConfig,
     pub admin: AdminConfig,
     pub guard: crate::guard::GuardConfig,
+    /// Several nodes sharing state; None: this node alone on its embedded SQLite.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// The admin API, over HTTP and HTTPS on one port (the jCard of 608 responses is served
@@ -453,7 +455,8 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// `instance`, else the host name (else "warden").
+    /// `instance`, else the host name (else "warden"); in a cluster the node's name
+    /// (`Config::validate` keeps the two from differing).
     pub fn instance_name(&self) -> String {
         if !self.instance.is_empty() {
             return self.instance.clone();
@@ -573,7 +576,7 @@ impl Config {
     }
 
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
                 .map(|s| {
@@ -586,6 +589,11 @@ impl Config {
                 .unwrap_or(0);
             anyhow::anyhow!("{origin}:{line}: {}", e.message())
         })?;
+        if let Some(cluster) = &config.cluster
+            && config.server.instance.is_empty()
+        {
+            config.server.instance = cluster.node.clone();
+        }
         config
             .validate()
             .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
@@ -593,6 +601,15 @@ impl Config {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+            anyhow::ensure!(
+                self.server.instance == cluster.node,
+                "server.instance ({:?}) differs from cluster.node ({:?}): a node's records carry its node name; leave server.instance out",
+                self.server.instance,
+                cluster.node
+            );
+        }
         let listen = self.listen()?;
         if listen.iter().any(|(t, _)| *t == Transport::Tls) {
             anyhow::ensure!(

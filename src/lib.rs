@@ -6,6 +6,7 @@ pub mod api;
 pub mod call;
 pub mod cdr;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod ctl;

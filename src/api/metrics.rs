@@ -40,6 +40,9 @@ pub struct Snapshot {
     /// Journal bytes not yet in the database (the spool).
     pub cdr_spool_bytes: u64,
     pub cdr_database_up: bool,
+    /// In a cluster: whether Redis answers, and the Redis requests that failed.
+    pub cluster_redis_up: Option<bool>,
+    pub cluster_redis_failures: u64,
     /// Why call records cannot be kept now (journal unwritable, spool full), if so.
     pub cdr_records_failing: bool,
     pub cdr_spool_alarm: bool,
@@ -287,6 +290,20 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         "1 when the last call record write worked",
         i64::from(s.cdr_database_up),
     );
+    if let Some(up) = s.cluster_redis_up {
+        gauge(
+            &mut r,
+            "cluster_redis_up",
+            "1 while Redis answers this node's requests (the cluster's shared counts)",
+            i64::from(up),
+        );
+        counter(
+            &mut r,
+            "cluster_redis_failures",
+            "Redis requests that failed or timed out (calls then follow cluster.on_redis_down)",
+            s.cluster_redis_failures,
+        );
+    }
     gauge(
         &mut r,
         "cdr_records_failing",

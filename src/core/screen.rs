@@ -50,6 +50,7 @@ impl Core {
             identity: req.header("Identity"),
             date: req.header("Date"),
             stir: None,
+            shared: None,
             now: self.unix_s(),
         }
     }

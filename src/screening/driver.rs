@@ -10,9 +10,13 @@ use tokio::sync::mpsc;
 
 use super::analytics::{self, Engines, Judgement};
 use super::profile::ScreeningConfig;
+use super::profile::{Answer, Verdict};
 use super::stir::{self, Policy};
 use super::store::{DecisionRecord, Write};
+use super::usage::Figures;
+use super::{Act, Finding};
 use super::{Decision, Engine, Outcome, Request};
+use crate::cluster::usage::{Counted, SharedUsage};
 
 /// A decision on a call, for the core (`Core::handle_screened`).
 #[derive(Debug)]
@@ -37,6 +41,20 @@ pub enum Event {
         judgement: Result<Judgement, String>,
         fail_closed: bool,
     },
+    /// The call counted in the cluster's shared figures (or why not).
+    Counted {
+        request: Request,
+        counted: Counted,
+        figures: Result<Figures, String>,
+    },
+}
+
+/// `[cluster]` counting: the shared figures, what Redis being down means, and the calls
+/// this node counted there (until they end).
+struct Cluster {
+    usage: SharedUsage,
+    refuse_when_down: bool,
+    counted: HashMap<u64, Counted>,
 }
 
 /// A fetched x5u: the PEM (or the failure) and until when it may be used.
@@ -58,6 +76,7 @@ pub struct Driver {
     certificates: HashMap<String, Cached>,
     writes: mpsc::UnboundedSender<Write>,
     events: mpsc::UnboundedSender<Event>,
+    cluster: Option<Cluster>,
 }
 
 impl Driver {
@@ -108,15 +127,52 @@ impl Driver {
                 certificates: HashMap::new(),
                 writes,
                 events,
+                cluster: None,
             },
             rx,
         ))
     }
 
-    /// Screen a call the core asked about: STIR first (fetching its certificate unless
-    /// cached), then the engine's rules, then the profile's analytics engine. The decision
-    /// when it is known at once; else it comes from `handle` once a task reports back.
-    pub fn start(&mut self, mut request: Request) -> Option<Decided> {
+    /// Count calls in the cluster's shared figures from now on.
+    pub fn share_counts(&mut self, usage: SharedUsage, refuse_when_down: bool) {
+        self.cluster = Some(Cluster {
+            usage,
+            refuse_when_down,
+            counted: HashMap::new(),
+        });
+    }
+
+    /// Screen a call the core asked about: in a cluster, count it in the shared figures
+    /// first; then STIR (fetching its certificate unless cached), the engine's rules and
+    /// the profile's analytics engine. The decision when it is known at once; else it
+    /// comes from `handle` once a task reports back.
+    pub fn start(&mut self, request: Request) -> Option<Decided> {
+        let counting = self.engine.counting(&request);
+        let (Some(cluster), Some((international, premium_window_s))) = (&self.cluster, counting)
+        else {
+            return self.verify(request);
+        };
+        let counted = Counted {
+            user: request.user.clone(),
+            call: request.call,
+            minute: request.now / 60,
+            international,
+        };
+        let (usage, events) = (cluster.usage.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let now_ms = crate::clock::unix_now_ms().max(request.now * 1000);
+            let figures = usage.reserve(&counted, now_ms, premium_window_s).await;
+            let _ = events.send(Event::Counted {
+                request,
+                counted,
+                figures,
+            });
+        });
+        None
+    }
+
+    /// STIR verification, then the rules.
+    fn verify(&mut self, mut request: Request) -> Option<Decided> {
         let identity = request
             .identity
             .clone()
@@ -126,19 +182,19 @@ impl Driver {
         };
         let Some(url) = stir::x5u(&identity) else {
             // Unparseable: verification says why, without fetching anything.
-            request.stir = Some(self.verify(&request, &identity, Err("no x5u".into())));
+            request.stir = Some(self.check_stir(&request, &identity, Err("no x5u".into())));
             return self.rules(request);
         };
         let now = Instant::now();
         if let Some(cached) = self.certificates.get(&url).filter(|c| c.until > now) {
             let pem = cached.pem.clone();
             let pem = pem.as_ref().map(|p| p.as_slice()).map_err(String::clone);
-            request.stir = Some(self.verify(&request, &identity, pem));
+            request.stir = Some(self.check_stir(&request, &identity, pem));
             return self.rules(request);
         }
         if stir::x5u_allowed(&url, &self.policy).is_err() {
             // Never fetched: verification refuses the URL itself.
-            request.stir = Some(self.verify(&request, &identity, Err("not fetched".into())));
+            request.stir = Some(self.check_stir(&request, &identity, Err("not fetched".into())));
             return self.rules(request);
         }
         let (client, events, default_cache) = (
@@ -185,7 +241,7 @@ impl Driver {
                     .as_ref()
                     .map(|p| p.as_slice())
                     .map_err(String::clone);
-                request.stir = Some(self.verify(&request, &identity, pem));
+                request.stir = Some(self.check_stir(&request, &identity, pem));
                 self.certificates.insert(url, cached);
                 self.rules(request)
             }
@@ -207,10 +263,82 @@ impl Driver {
                 );
                 Some(self.decide(&request, outcome))
             }
+            Event::Counted {
+                mut request,
+                counted,
+                figures,
+            } => {
+                let cluster = self.cluster.as_mut()?;
+                match figures {
+                    Ok(figures) => {
+                        request.shared = Some(figures);
+                        cluster.counted.insert(request.call, counted);
+                    }
+                    Err(e) if cluster.refuse_when_down => {
+                        tracing::warn!(call = request.call, error = %e, "refused: the cluster's counts are out of reach (cluster.on_redis_down = refuse)");
+                        return Some(self.decide(&request, unreachable_counts()));
+                    }
+                    // On this node's own counts (the failure is logged and counted).
+                    Err(_) => {}
+                }
+                self.verify(request)
+            }
         }
     }
 
-    fn verify(&self, request: &Request, identity: &str, pem: Result<&[u8], String>) -> stir::Stir {
+    /// The caller keyed in the right code. (In a cluster the call stays counted from its
+    /// reservation on: a challenged call counts as an attempt whether or not it passes.)
+    pub fn challenge_passed(&mut self, call: u64, now: u64) {
+        self.engine.challenge_passed(call, now);
+        self.flush();
+    }
+
+    /// A screened call ended after `answered_s` seconds of talk.
+    pub fn call_ended(&mut self, call: u64, answered_s: u64, now: u64) {
+        let premium_short = self.engine.call_ended(call, answered_s, now);
+        self.flush();
+        let Some(counted) = self.cluster.as_mut().and_then(|c| c.counted.remove(&call)) else {
+            return;
+        };
+        if let Some(usage) = self.cluster.as_ref().map(|c| c.usage.clone()) {
+            tokio::spawn(async move {
+                usage.ended(&counted, now, answered_s, premium_short).await;
+            });
+        }
+    }
+
+    /// Renew the leases of the calls this node counted as live (every third of a lease).
+    pub fn renew_leases(&self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let calls = cluster
+            .counted
+            .values()
+            .map(|c| (c.user.clone(), c.call))
+            .collect();
+        let usage = cluster.usage.clone();
+        tokio::spawn(async move {
+            usage.renew(calls, crate::clock::unix_now_ms()).await;
+        });
+    }
+
+    /// Redis as the shared counts see it; None outside a cluster.
+    pub fn cluster_health(&self) -> Option<crate::cluster::RedisHealth> {
+        self.cluster.as_ref().map(|c| c.usage.redis().health())
+    }
+
+    /// How often `renew_leases` must run; None outside a cluster.
+    pub fn lease_renewal(&self) -> Option<Duration> {
+        self.cluster.as_ref().map(|c| c.usage.lease() / 3)
+    }
+
+    fn check_stir(
+        &self,
+        request: &Request,
+        identity: &str,
+        pem: Result<&[u8], String>,
+    ) -> stir::Stir {
         // The caller's number (PAI, else From) and the number called.
         let result = stir::verify(
             identity,
@@ -275,9 +403,13 @@ impl Driver {
         }
     }
 
-    /// Count and log the decision, for the call.
+    /// Count and log the decision, for the call. A call counted in the cluster's figures
+    /// but refused (or from a trusted source after all) is taken back out.
     fn decide(&mut self, request: &Request, outcome: Outcome) -> Decided {
         self.engine.count(&outcome);
+        if matches!(outcome.decision, Decision::Block(_)) || outcome.trusted {
+            self.uncount(request.call);
+        }
         let _ = self.writes.send(Write::Decision(DecisionRecord {
             call_id: request.call_id.clone(),
             at: request.now,
@@ -299,11 +431,44 @@ impl Driver {
         }
     }
 
+    fn uncount(&mut self, call: u64) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        if let Some(counted) = cluster.counted.remove(&call) {
+            let usage = cluster.usage.clone();
+            tokio::spawn(async move { usage.release(&counted).await });
+        }
+    }
+
     /// Pass the engine's state changes to the database writer.
     pub fn flush(&mut self) {
         for change in self.engine.take_changes() {
             let _ = self.writes.send(Write::Change(change));
         }
+    }
+}
+
+/// The outcome of a call refused because the shared counts cannot be read.
+fn unreachable_counts() -> Outcome {
+    Outcome {
+        decision: Decision::Block(Verdict {
+            answer: Answer::Unavailable,
+            prompt: None,
+        }),
+        findings: vec![Finding {
+            check: "cluster",
+            act: Act::Block,
+            reason: "the cluster's shared counts are out of reach".into(),
+        }],
+        score: 0,
+        destination: None,
+        country: None,
+        trusted: false,
+        identity_verified: false,
+        identity_failed: false,
+        verstat: None,
+        attestation: None,
     }
 }
 

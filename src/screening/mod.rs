@@ -44,6 +44,9 @@ pub struct Request {
     pub date: Option<String>,
     /// The STIR verification's result, when the profile verifies (the driver fills it in).
     pub stir: Option<stir::Stir>,
+    /// The caller's figures across the cluster, this call left out (the driver fills
+    /// them in when `[cluster]` shares counts); None: this node's own figures.
+    pub shared: Option<usage::Figures>,
     /// Unix seconds.
     pub now: u64,
 }
@@ -269,27 +272,9 @@ impl Engine {
     /// Run the source checks and the profile's rules on a new call (one function per
     /// check, in `checks`), and combine what they found into the decision.
     pub fn screen(&mut self, req: &Request) -> Outcome {
-        let profile = match self.profiles.get(&req.profile) {
-            Some(p) => p.clone(),
-            None => {
-                // Dialplans are checked against the profiles at load; this is a safety net.
-                tracing::error!(profile = %req.profile, "no such screening profile; using default");
-                self.profiles.get("default").cloned().unwrap_or_else(|| {
-                    unreachable!("ScreeningConfig::profiles always adds `default`")
-                })
-            }
-        };
+        let profile = self.profile_of(req);
         let c = &profile.config;
-        let dialing = DialingPlan {
-            home_code: profile.home_code.clone(),
-            international_prefix: c.international_prefix.clone(),
-            national_prefix: c.national_prefix.clone(),
-        };
-        let destination = dialing.international(&req.callee);
-        let country = destination
-            .as_deref()
-            .and_then(|d| self.countries.longest_match(d))
-            .map(|(_, c)| c.iso.clone());
+        let (destination, country) = self.destination(req, &profile);
         let mut out = Outcome {
             decision: Decision::Allow,
             findings: Vec::new(),
@@ -336,9 +321,10 @@ impl Engine {
             international: country.as_deref().is_some_and(|iso| iso != c.home_country),
             premium: risk.as_ref().is_some_and(|(_, r)| r.risk == Risk::Premium),
             risk,
-            figures: self
-                .usage
-                .figures(&req.user, req.now, c.premium_burst_window_s),
+            figures: req.shared.unwrap_or_else(|| {
+                self.usage
+                    .figures(&req.user, req.now, c.premium_burst_window_s)
+            }),
             network: usage::network_of(req.source),
             destination,
             iso: country.clone(),
@@ -433,6 +419,48 @@ impl Engine {
         out
     }
 
+    fn profile_of(&self, req: &Request) -> Profile {
+        match self.profiles.get(&req.profile) {
+            Some(p) => p.clone(),
+            None => {
+                // Dialplans are checked against the profiles at load; this is a safety net.
+                tracing::error!(profile = %req.profile, "no such screening profile; using default");
+                self.profiles.get("default").cloned().unwrap_or_else(|| {
+                    unreachable!("ScreeningConfig::profiles always adds `default`")
+                })
+            }
+        }
+    }
+
+    /// The number called in E.164 digits, and its country, by the profile's dialing plan.
+    fn destination(&self, req: &Request, profile: &Profile) -> (Option<String>, Option<String>) {
+        let c = &profile.config;
+        let dialing = DialingPlan {
+            home_code: profile.home_code.clone(),
+            international_prefix: c.international_prefix.clone(),
+            national_prefix: c.national_prefix.clone(),
+        };
+        let destination = dialing.international(&req.callee);
+        let country = destination
+            .as_deref()
+            .and_then(|d| self.countries.longest_match(d))
+            .map(|(_, c)| c.iso.clone());
+        (destination, country)
+    }
+
+    /// What counting a call needs to know before it is screened: whether it goes abroad,
+    /// and the profile's premium-burst window. None: the source is trusted, nothing counts.
+    pub fn counting(&self, req: &Request) -> Option<(bool, u64)> {
+        if crate::dialplan::in_networks(req.source, &self.trusted) {
+            return None;
+        }
+        let profile = self.profile_of(req);
+        let (_, country) = self.destination(req, &profile);
+        let c = &profile.config;
+        let international = country.as_deref().is_some_and(|iso| iso != c.home_country);
+        Some((international, c.premium_burst_window_s))
+    }
+
     /// Does this profile verify STIR/SHAKEN?
     pub fn verifies_stir(&self, profile: &str) -> bool {
         self.profiles.get(profile).is_some_and(|p| p.config.stir)
@@ -497,9 +525,10 @@ impl Engine {
     }
 
     /// A screened call ended (whatever happened to it): `answered_s` seconds of talk.
-    pub fn call_ended(&mut self, call: u64, answered_s: u64, now: u64) {
+    /// Whether it counts as a short premium call.
+    pub fn call_ended(&mut self, call: u64, answered_s: u64, now: u64) -> bool {
         self.held.remove(&call);
-        self.usage.ended(call, answered_s, now);
+        self.usage.ended(call, answered_s, now)
     }
 
     /// Operator: clear a user's counters.

@@ -30,6 +30,7 @@ fn req(call: u64, callee: &str, now: u64) -> Request {
         identity: None,
         date: None,
         stir: None,
+        shared: None,
         now,
     }
 }
@@ -57,6 +58,44 @@ fn a_national_call_passes_and_counts() {
             .figures("alice@example.com", NOON, 600)
             .calls_last_hour,
         1
+    );
+}
+
+#[test]
+fn the_clusters_shared_figures_decide_over_the_nodes_own() {
+    let mut e = engine(&format!(
+        "{ONLY}\"quotas\", \"concurrency\"]\ncalls_per_hour = 3\nmax_concurrent = 2"
+    ));
+    let mut r = req(1, "02079460000", NOON);
+    // This node has seen nothing; the cluster has seen three calls this hour.
+    r.shared = Some(usage::Figures {
+        calls_last_hour: 3,
+        ..Default::default()
+    });
+    assert_eq!(checks(&mut e, &r), ("block 603".into(), vec!["quotas"]));
+    r.shared = Some(usage::Figures {
+        calls_last_hour: 2,
+        live_calls: 2,
+        ..Default::default()
+    });
+    assert_eq!(
+        checks(&mut e, &r),
+        ("block 603".into(), vec!["concurrency"])
+    );
+    r.shared = Some(usage::Figures {
+        calls_last_hour: 2,
+        live_calls: 1,
+        ..Default::default()
+    });
+    assert_eq!(checks(&mut e, &r).0, "allow");
+    // What counting needs before the rules run: abroad or not; trusted sources count not.
+    assert_eq!(
+        e.counting(&req(2, "0033123456789", NOON)).map(|c| c.0),
+        Some(true)
+    );
+    assert_eq!(
+        e.counting(&req(3, "02079460000", NOON)).map(|c| c.0),
+        Some(false)
     );
 }
 

@@ -276,18 +276,18 @@ impl Usage {
     }
 
     /// An admitted call ended after `answered_s` seconds of talk (0: never answered).
-    /// Short premium calls count toward the burst rule.
-    pub fn ended(&mut self, call: u64, answered_s: u64, now: u64) {
+    /// Short premium calls count toward the burst rule; whether this was one.
+    pub fn ended(&mut self, call: u64, answered_s: u64, now: u64) -> bool {
         let Some(live) = self.live.remove(&call) else {
-            return;
+            return false;
         };
         let Some(u) = self.users.get_mut(&live.user) else {
-            return;
+            return false;
         };
         u.live_calls = u.live_calls.saturating_sub(1);
         let premium_short = u32::from(live.premium_short_s.is_some_and(|s| answered_s < s));
         if answered_s == 0 && premium_short == 0 {
-            return;
+            return false;
         }
         let bucket = u.bucket_mut(now / 60);
         bucket.seconds += answered_s;
@@ -301,6 +301,7 @@ impl Usage {
                 ..Bucket::default()
             },
         });
+        premium_short > 0
     }
 
     /// Clear a user's counters (the operator's `reset`): quotas start again.

@@ -274,6 +274,12 @@ impl Loop {
         let mut reload = reload_signal()?;
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         let mut rate_tick = tokio::time::interval(Duration::from_secs(1));
+        // Outside a cluster there are no leases: the tick runs but renews nothing.
+        let mut lease_tick = tokio::time::interval(
+            self.screening
+                .lease_renewal()
+                .unwrap_or(Duration::from_secs(3600)),
+        );
         loop {
             let deadline = self
                 .core
@@ -303,6 +309,7 @@ impl Loop {
                     self.screening.engine.sweep(unix_now());
                     self.core.guard.sweep(Instant::now());
                 }
+                _ = lease_tick.tick() => self.screening.renew_leases(),
                 _ = rate_tick.tick() => {
                     if self.started_samples.len() == 11 {
                         self.started_samples.pop_front();
@@ -362,14 +369,10 @@ impl Loop {
                     }
                 }
                 Output::ChallengePassed { call } => {
-                    self.screening.engine.challenge_passed(call, unix_now());
-                    self.screening.flush();
+                    self.screening.challenge_passed(call, unix_now());
                 }
                 Output::Screened { call, answered_s } => {
-                    self.screening
-                        .engine
-                        .call_ended(call, answered_s, unix_now());
-                    self.screening.flush();
+                    self.screening.call_ended(call, answered_s, unix_now());
                 }
                 Output::Record(record) => self.records.pending.push(*record),
                 Output::Resolve {
@@ -540,6 +543,7 @@ impl Loop {
     /// What /metrics shows, gathered in one go.
     fn metrics_snapshot(&self) -> Snapshot {
         let core = &self.core;
+        let redis = self.screening.cluster_health();
         let cdr = &self.records.status;
         let records = &self.records;
         let sync = records.syncer.as_ref().map(|s| &*s.stats);
@@ -588,6 +592,8 @@ impl Loop {
                 .saturating_sub(cdr.written_this_run.load(Ordering::Relaxed)),
             cdr_spool_bytes: cdr.backlog_bytes.load(Ordering::Relaxed),
             cdr_database_up: cdr.database_up.load(Ordering::Relaxed),
+            cluster_redis_up: redis.map(|h| h.up),
+            cluster_redis_failures: redis.map_or(0, |h| h.failures),
             cdr_records_failing: records.failing.is_some(),
             cdr_spool_alarm: records.spool_alarm,
             cdr_journal_append_failures: records.append_failures,

@@ -195,8 +195,18 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
     };
     let (screen_tx, screen_rx) = mpsc::unbounded_channel();
     let screen_writer = tokio::spawn(crate::screening::store::writer(pool.clone(), screen_rx));
-    let (screening, screening_events) =
+    let (mut screening, screening_events) =
         crate::screening::driver::Driver::new(&config.screening, engine, screen_tx)?;
+    if let Some(cluster) = &config.cluster {
+        let redis = crate::cluster::Redis::start(cluster)?;
+        let shared = crate::cluster::usage::SharedUsage::new(
+            redis,
+            &cluster.node,
+            Duration::from_secs(cluster.lease_s),
+        );
+        screening.share_counts(shared, cluster.refuses_when_down());
+        tracing::info!(node = %cluster.node, on_redis_down = %cluster.on_redis_down, "cluster: callers' counts shared in Redis");
+    }
     let mut registrar = Registrar::new(config.registrar.clone(), loaded);
     registrar.set_stored_users(crate::registrar::users::load(&pool).await?);
     tracing::info!(users = registrar.user_count(), "users who may authenticate");

@@ -1,0 +1,243 @@
+//! `[cluster]`: several Warden nodes behind a SIP load balancer sharing live state in
+//! Redis. This module owns the Redis connection and its health; `usage` the shared counts.
+//!
+//! The connection is made in the background and remade after a failure, so a node starts
+//! and serves with Redis down (by `on_redis_down`) and picks Redis up when it returns.
+
+pub mod usage;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::Deserialize;
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name: distinct per node, it names the node's live calls in Redis and
+    /// its call records (`instance`).
+    pub node: String,
+    /// `redis://HOST:PORT/DB` (or `rediss://` for TLS, `redis+unix:///path`).
+    pub redis_url: String,
+    /// What a call meets when Redis cannot be reached: `local` screens it on this node's
+    /// own counts (the cluster's limits then hold per node), `refuse` answers 503 so the
+    /// load balancer or the caller tries elsewhere.
+    pub on_redis_down: String,
+    /// How long a node's live call counts without the node renewing it: a node that dies
+    /// stops holding its callers' live-call slots after this long.
+    pub lease_s: u64,
+    /// How long one Redis request may take before it counts as a failure.
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node: String::new(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            on_redis_down: "local".into(),
+            lease_s: 30,
+            redis_timeout_ms: 250,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.node.is_empty(),
+            "cluster.node: every node needs a name of its own"
+        );
+        anyhow::ensure!(
+            self.node
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+            "cluster.node {:?}: letters, digits, '-', '_' and '.' only",
+            self.node
+        );
+        redis::Client::open(self.redis_url.as_str())
+            .map_err(|e| anyhow::anyhow!("cluster.redis_url {:?}: {e}", self.redis_url))?;
+        anyhow::ensure!(
+            matches!(self.on_redis_down.as_str(), "local" | "refuse"),
+            "cluster.on_redis_down {:?}: `local` or `refuse`",
+            self.on_redis_down
+        );
+        anyhow::ensure!(self.lease_s >= 3, "cluster.lease_s must be at least 3");
+        anyhow::ensure!(
+            self.redis_timeout_ms > 0,
+            "cluster.redis_timeout_ms must be above 0"
+        );
+        Ok(())
+    }
+
+    pub fn refuses_when_down(&self) -> bool {
+        self.on_redis_down == "refuse"
+    }
+}
+
+/// How often the connection's health is checked (and a lost connection retried).
+const HEALTH_PROBE: Duration = Duration::from_secs(1);
+
+/// Redis as this node sees it: the connection once made, and how requests fared.
+pub struct Redis {
+    connection: Mutex<Option<ConnectionManager>>,
+    up: AtomicBool,
+    failures: AtomicU64,
+    /// When the last "Redis unreachable" line was logged (unix seconds), for rate limiting.
+    last_logged_s: AtomicU64,
+    timeout: Duration,
+}
+
+/// What /metrics reports about Redis.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RedisHealth {
+    pub up: bool,
+    pub failures: u64,
+}
+
+impl Redis {
+    /// Start connecting to `config.redis_url` in the background; the handle is usable at
+    /// once (requests fail, and count, until the connection is made).
+    pub fn start(config: &ClusterConfig) -> anyhow::Result<Arc<Redis>> {
+        let client = redis::Client::open(config.redis_url.as_str())
+            .map_err(|e| anyhow::anyhow!("cluster.redis_url: {e}"))?;
+        let redis = Arc::new(Redis {
+            connection: Mutex::new(None),
+            up: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
+            last_logged_s: AtomicU64::new(0),
+            timeout: Duration::from_millis(config.redis_timeout_ms),
+        });
+        let timeout = redis.timeout;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(timeout)
+            .set_connection_timeout(timeout.max(Duration::from_secs(1)))
+            // Reconnects run in the background: never longer than a second apart.
+            .set_max_delay(1_000);
+        let handle = redis.clone();
+        let url = redacted(&config.redis_url);
+        tokio::spawn(async move {
+            let mut manager = loop {
+                match ConnectionManager::new_with_config(client.clone(), manager_config.clone())
+                    .await
+                {
+                    Ok(manager) => break manager,
+                    Err(e) => {
+                        handle.failed("connect", &e);
+                        tokio::time::sleep(HEALTH_PROBE).await;
+                    }
+                }
+            };
+            tracing::info!(redis = %url, "cluster: connected to Redis");
+            handle.up.store(true, Ordering::Relaxed);
+            *handle.lock() = Some(manager.clone());
+            // A PING a second: the health gauge holds with no calls, and a broken
+            // connection is remade before the next call needs it.
+            loop {
+                tokio::time::sleep(HEALTH_PROBE).await;
+                let ping = async { redis::cmd("PING").query_async::<String>(&mut manager).await };
+                match tokio::time::timeout(handle.timeout, ping).await {
+                    Ok(Ok(_)) => handle.succeeded(),
+                    Ok(Err(e)) => handle.failed("ping", &e),
+                    Err(_) => handle.failed("ping", &"no answer in time"),
+                }
+            }
+        });
+        Ok(redis)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ConnectionManager>> {
+        // A panic while holding this lock cannot leave the Option half-written.
+        self.connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The connection, when made (cheap to clone: one multiplexed connection underneath).
+    pub fn connection(&self) -> Option<ConnectionManager> {
+        self.lock().clone()
+    }
+
+    /// How long one request may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A request succeeded: Redis is up.
+    pub fn succeeded(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::warn!("cluster: Redis answers again; shared counting resumes");
+        }
+    }
+
+    /// A request failed: count it, mark Redis down, and say so at most once a minute.
+    pub fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let was_up = self.up.swap(false, Ordering::Relaxed);
+        let now = crate::clock::unix_now();
+        let last = self.last_logged_s.load(Ordering::Relaxed);
+        if was_up || now.saturating_sub(last) >= 60 {
+            self.last_logged_s.store(now, Ordering::Relaxed);
+            tracing::error!(
+                request = what,
+                error = %error,
+                "cluster: Redis unreachable; calls follow cluster.on_redis_down"
+            );
+        }
+    }
+
+    pub fn health(&self) -> RedisHealth {
+        RedisHealth {
+            up: self.up.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The URL with any password replaced, for logs.
+fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***{}", &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            redacted("redis://:secret@10.0.0.5:6379/0"),
+            "redis://***@10.0.0.5:6379/0"
+        );
+        assert_eq!(redacted("redis://127.0.0.1"), "redis://127.0.0.1");
+    }
+
+    #[test]
+    fn a_node_needs_a_name_and_a_known_policy() {
+        let mut c = ClusterConfig::default();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("cluster.node")
+        );
+        c.node = "a".into();
+        c.validate().expect("valid");
+        c.on_redis_down = "maybe".into();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("on_redis_down")
+        );
+        c.on_redis_down = "refuse".into();
+        c.redis_url = "http://x".into();
+        assert!(c.validate().unwrap_err().to_string().contains("redis_url"));
+    }
+}

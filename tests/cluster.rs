@@ -1,0 +1,272 @@
+//! Two Warden nodes sharing one real Redis (`[cluster]`): a quota holds across both, even
+//! for a burst of simultaneous calls; live calls count on every node, renewed while they
+//! last and freed when their node dies; Redis down follows `cluster.on_redis_down`.
+//!
+//! Needs `redis-server` (Debian's `redis-server` package). Without it these tests say so
+//! and pass, unless WARDEN_REQUIRE_REDIS is set (CI sets it).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Ua, Warden, metric};
+use warden::sip::message::Request;
+
+/// A private redis-server on a free loopback port, killed when dropped.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// None when redis-server is not installed (and not required).
+    fn start() -> Option<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut redis = Redis { port, child: None };
+        if !redis.spawn() {
+            assert!(
+                std::env::var_os("WARDEN_REQUIRE_REDIS").is_none(),
+                "redis-server is not installed but WARDEN_REQUIRE_REDIS is set"
+            );
+            eprintln!("redis-server not installed: cluster tests skipped");
+            return None;
+        }
+        Some(redis)
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            return false;
+        };
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.command("PING").as_deref() != Some("+PONG") {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// One inline command; the first line of the reply.
+    fn command(&self, line: &str) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(format!("{line}\r\n").as_bytes()).ok()?;
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        text.lines().next().map(str::to_owned)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A node named `node` on `redis`, with `plan` as its dialplan and `extra` TOML (its
+/// [screening] tables) after the [cluster] table.
+fn node(node: &str, redis: &Redis, plan: &str, cluster: &str, extra: &str) -> Warden {
+    let dir = std::env::temp_dir().join(format!(
+        "warden-cluster-plan-{}-{node}-{}.toml",
+        std::process::id(),
+        redis.port
+    ));
+    std::fs::write(&dir, plan).expect("write plan");
+    let w = Warden::start_with(&format!(
+        "[dialplan]\nfile = \"{}\"\n[cluster]\nnode = \"{node}\"\nredis_url = \"{}\"\n{cluster}\n{extra}",
+        dir.display(),
+        redis.url()
+    ));
+    wait_for_redis(&w, 1.0);
+    w
+}
+
+/// Wait until the node's /metrics says Redis is up (1) or down (0).
+fn wait_for_redis(w: &Warden, up: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(w, "warden_cluster_redis_up", None) != Some(up) {
+        assert!(
+            Instant::now() < deadline,
+            "warden_cluster_redis_up never became {up}: {}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const SCREEN_THEN_480: &str =
+    "[[rule]]\nname = \"out\"\ndo = [{ screen = \"tight\" }, { reject = 480 }]\n";
+const NO_RATE: &str = "[screening]\ncalls_per_source_per_second = 0\n";
+
+/// The final status of `invite`, ACKing a failure.
+fn final_status(ua: &mut Ua, invite: &Request) -> u16 {
+    loop {
+        let r = ua.final_response();
+        if r.call_id() != invite.call_id() {
+            continue;
+        }
+        if r.status() >= 300 {
+            ua.ack_failure(invite, &r);
+        }
+        return r.status();
+    }
+}
+
+#[test]
+fn a_quota_holds_across_two_nodes_even_for_simultaneous_calls() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let profile =
+        format!("{NO_RATE}[screening.profiles.tight]\nchecks = [\"quotas\"]\ncalls_per_hour = 3\n");
+    let a = node("a", &redis, SCREEN_THEN_480, "", &profile);
+    let b = node("b", &redis, SCREEN_THEN_480, "", &profile);
+    // Alternating nodes, one call at a time: three pass (480 after screening), then 603.
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let port = if i % 2 == 0 { a.port } else { b.port };
+        let mut alice = Ua::udp("alice", port);
+        let invite = alice.invite("02079460000");
+        codes.push(final_status(&mut alice, &invite));
+    }
+    assert_eq!(codes, [480, 480, 480, 603, 603], "{}", a.log());
+
+    // Another caller fires twelve INVITEs at once, six at each node: the count is taken
+    // atomically in Redis, so exactly three pass.
+    let mut phones: Vec<(Ua, Request)> = (0..12)
+        .map(|i| {
+            let mut ua = Ua::udp("carol", if i % 2 == 0 { a.port } else { b.port });
+            let invite = ua.invite("02079460001");
+            (ua, invite)
+        })
+        .collect();
+    let passed = phones
+        .iter_mut()
+        .map(|(ua, invite)| final_status(ua, invite))
+        .filter(|code| *code == 480)
+        .count();
+    assert_eq!(passed, 3, "a quota of 3 lets exactly 3 through");
+    let blocked = |w: &Warden| {
+        metric(
+            w,
+            "warden_screening_decisions_total",
+            Some(("decision", "block")),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(blocked(&a) + blocked(&b), 2.0 + 9.0);
+}
+
+#[test]
+fn live_calls_count_on_every_node_and_a_dead_nodes_calls_stop_counting() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let plan = "[[rule]]\nname = \"room\"\ndo = [{ screen = \"one\" }, { conference = \"r\" }]\n";
+    let profile = format!(
+        "{NO_RATE}[screening.profiles.one]\nchecks = [\"concurrency\"]\nmax_concurrent = 1\nmax_concurrent_off_hours = 1\n"
+    );
+    let mut a = node("a", &redis, plan, "lease_s = 3", &profile);
+    let b = node("b", &redis, plan, "lease_s = 3", &profile);
+    let mut alice = Ua::udp("alice", a.port);
+    let invite = alice.invite("100");
+    let ok = alice.final_response();
+    assert_eq!(ok.status(), 200, "{}", a.log());
+    let mut dialog = alice.dialog_from(&invite, &ok);
+    alice.in_dialog(&mut dialog, "ACK", None);
+    // Longer than a lease: node a renews it, so the call still counts on node b.
+    std::thread::sleep(Duration::from_millis(4_500));
+    let mut again = Ua::udp("alice", b.port);
+    let second = again.invite("100");
+    assert_eq!(
+        final_status(&mut again, &second),
+        603,
+        "one live call on node a: a second on node b is over the limit"
+    );
+    // Node a dies with the call up. Within a lease its slot is free on node b.
+    a.stop();
+    std::thread::sleep(Duration::from_millis(3_500));
+    let third = again.invite("100");
+    assert_eq!(
+        final_status(&mut again, &third),
+        200,
+        "the dead node's call no longer counts"
+    );
+}
+
+#[test]
+fn redis_down_refuses_with_503_or_screens_locally_as_configured() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let profile =
+        format!("{NO_RATE}[screening.profiles.tight]\nchecks = [\"quotas\"]\ncalls_per_hour = 1\n");
+    let strict = node(
+        "strict",
+        &redis,
+        SCREEN_THEN_480,
+        "on_redis_down = \"refuse\"",
+        &profile,
+    );
+    let lenient = node("lenient", &redis, SCREEN_THEN_480, "", &profile);
+    redis.stop();
+    let call = |w: &Warden, user: &str| {
+        let mut ua = Ua::udp(user, w.port);
+        let invite = ua.invite("02079460000");
+        final_status(&mut ua, &invite)
+    };
+    assert_eq!(
+        call(&strict, "dave"),
+        503,
+        "refuse: 503 while Redis is down"
+    );
+    assert_eq!(
+        call(&lenient, "erin"),
+        480,
+        "local: screened on the node's own counts"
+    );
+    assert_eq!(
+        call(&lenient, "erin"),
+        603,
+        "and the node's own quota holds"
+    );
+    for w in [&strict, &lenient] {
+        wait_for_redis(w, 0.0);
+        assert!(metric(w, "warden_cluster_redis_failures_total", None).unwrap_or(0.0) >= 1.0);
+    }
+    assert!(
+        strict.log().contains("Redis unreachable"),
+        "{}",
+        strict.log()
+    );
+    // Redis back (empty: it kept nothing): the nodes reconnect on their own, and say so
+    // within seconds with no call needed.
+    assert!(redis.spawn());
+    wait_for_redis(&strict, 1.0);
+    assert_eq!(call(&strict, "dave"), 480, "{}", strict.log());
+}
