@@ -101,6 +101,7 @@ fn main() {
             identity: None,
             date: None,
             stir: None,
+            shared: None,
             now,
         };
         let outcome = engine.screen(black_box(&request));
