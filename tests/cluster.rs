@@ -270,3 +270,86 @@ fn redis_down_refuses_with_503_or_screens_locally_as_configured() {
     wait_for_redis(&strict, 1.0);
     assert_eq!(call(&strict, "dave"), 480, "{}", strict.log());
 }
+
+/// Wait until `w` lists a registration of `aor` taken by node `by`.
+fn wait_for_registration(w: &Warden, aor: &str, by: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = common::get(&w.admin("/registrations"));
+        let rows: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let found = rows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["aor"] == aor && r["node"] == by);
+        if found {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{aor} registered on {by} never reached this node: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_phone_registered_on_one_node_is_called_through_another_directly_or_along_its_path() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let plan = "[[rule]]\nname = \"users\"\ndo = [{ bridge = \"user:${callee}\" }]\n";
+    let a = node("a", &redis, plan, "", "");
+    let b = node("b", &redis, plan, "", "");
+
+    // Bob registers on node a; alice's call enters node b and rings bob from node b.
+    let mut bob = Ua::udp("bob", a.port);
+    assert_eq!(bob.register(300).status(), 200);
+    wait_for_registration(&b, "bob", "a");
+    let mut alice = Ua::udp("alice", b.port);
+    let invite = alice.invite("bob");
+    // (Bob's test phone answers only toward node a; the INVITE from node b is the proof.)
+    let ringing = bob.recv_request("INVITE");
+    let via = ringing.header("Via").unwrap_or_default();
+    assert!(
+        via.contains(&format!(":{}", b.port)),
+        "sent by node b: {via}"
+    );
+    assert_eq!(
+        ringing.uri().to_string(),
+        bob.contact().trim_matches(['<', '>'])
+    );
+    alice.cancel(&invite);
+
+    // Carol registers on node a through an edge proxy that adds a Path (RFC 3327): node
+    // b sends her calls to the edge, with the Path as the Route set.
+    let edge = std::net::UdpSocket::bind("127.0.0.1:0").expect("edge");
+    edge.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let edge_port = edge.local_addr().expect("addr").port();
+    let mut carol = Ua::udp("carol", a.port);
+    let path = format!("<sip:127.0.0.1:{edge_port};lr>");
+    carol.send_raw(&format!(
+        "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
+         From: <sip:carol@127.0.0.1>;tag=c1\r\nTo: <sip:carol@127.0.0.1>\r\n\
+         Call-ID: reg-carol\r\nCSeq: 1 REGISTER\r\nContact: {contact}\r\nExpires: 300\r\n\
+         Path: {path}\r\nSupported: path\r\nContent-Length: 0\r\n\r\n",
+        via = carol.via(),
+        contact = carol.contact(),
+    ));
+    let ok = carol.recv_response();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.header("Path").as_deref(), Some(path.as_str()), "echoed");
+    wait_for_registration(&b, "carol", "a");
+    let _ = alice.invite("carol");
+    let mut buf = [0u8; 8192];
+    let (n, _) = edge
+        .recv_from(&mut buf)
+        .expect("the INVITE reaches the edge");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("INVITE sip:carol@"), "{text}");
+    assert!(
+        text.contains(&format!("Route: {path}\r\n")),
+        "along the Path: {text}"
+    );
+}

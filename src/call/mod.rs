@@ -188,6 +188,8 @@ pub struct Call {
     pub b_offer_type: Option<String>,
     /// The Route set for the next callee-side INVITE (the IMS way on), taken by it.
     pub b_route: Vec<String>,
+    /// The Route set (a registered Path) of each contact that has one, by contact.
+    pub contact_routes: Vec<(String, Vec<String>)>,
     /// Warden answered the caller itself (a dialplan `answer`): no callee leg.
     pub answered_by_warden: bool,
     /// A menu waiting for the caller's key: key -> the rule to go on with.
@@ -368,6 +370,7 @@ impl Call {
             menu: None,
             answered_by_warden: false,
             b_route: Vec::new(),
+            contact_routes: Vec::new(),
             a_reliable: None,
             timer_a: None,
             timer_b: None,

@@ -4,6 +4,7 @@
 //! The connection is made in the background and remade after a failure, so a node starts
 //! and serves with Redis down (by `on_redis_down`) and picks Redis up when it returns.
 
+pub mod registrations;
 pub mod usage;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -83,6 +84,7 @@ const HEALTH_PROBE: Duration = Duration::from_secs(1);
 
 /// Redis as this node sees it: the connection once made, and how requests fared.
 pub struct Redis {
+    client: redis::Client,
     connection: Mutex<Option<ConnectionManager>>,
     up: AtomicBool,
     failures: AtomicU64,
@@ -105,6 +107,7 @@ impl Redis {
         let client = redis::Client::open(config.redis_url.as_str())
             .map_err(|e| anyhow::anyhow!("cluster.redis_url: {e}"))?;
         let redis = Arc::new(Redis {
+            client: client.clone(),
             connection: Mutex::new(None),
             up: AtomicBool::new(false),
             failures: AtomicU64::new(0),
@@ -159,6 +162,11 @@ impl Redis {
     /// The connection, when made (cheap to clone: one multiplexed connection underneath).
     pub fn connection(&self) -> Option<ConnectionManager> {
         self.lock().clone()
+    }
+
+    /// The client, for connections of their own (a subscription).
+    pub fn client(&self) -> redis::Client {
+        self.client.clone()
     }
 
     /// How long one request may take.

@@ -88,7 +88,7 @@ impl Core {
             });
         }
         if let Some(user) = target.strip_prefix("user:") {
-            return Ok(self.user_contacts(user).unwrap_or_else(|status| {
+            let contacts = self.user_contacts(user).unwrap_or_else(|status| {
                 tracing::info!(
                     call = call.id,
                     target,
@@ -97,7 +97,15 @@ impl Core {
                 );
                 call.note_failure(status, self.phrase(status));
                 Vec::new()
-            }));
+            });
+            let mut found = Vec::with_capacity(contacts.len());
+            for ((contact, dest), route) in contacts {
+                if !route.is_empty() {
+                    call.contact_routes.push((contact.clone(), route));
+                }
+                found.push((contact, dest));
+            }
+            return Ok(found);
         }
         if let Some(dest) = literal_destination(target) {
             if self.gateways.is_down(dest.addr) {
@@ -121,14 +129,18 @@ impl Core {
         Ok(Vec::new())
     }
 
-    /// Every contact `user` has registered, or why there is none: 480 for a known user,
-    /// 404 for an unknown one.
-    pub(super) fn user_contacts(&self, user: &str) -> Result<Vec<Found>, u16> {
-        let bindings: Vec<Found> = self
+    /// Every contact `user` has registered that this node can reach, with the Route set
+    /// to reach it by (its Path), or why there is none: 480 for a known user, 404 for an
+    /// unknown one.
+    pub(super) fn user_contacts(&self, user: &str) -> Result<Vec<(Found, Vec<String>)>, u16> {
+        let bindings: Vec<(Found, Vec<String>)> = self
             .registrar
             .lookup(user, self.unix_s())
             .into_iter()
-            .map(|b| (b.contact.clone(), b.destination(None)))
+            .filter_map(|b| {
+                let reach = b.reach()?;
+                Some(((b.contact.clone(), reach.dest), reach.route))
+            })
             .collect();
         match (bindings.is_empty(), self.registrar.knows(user)) {
             (false, _) => Ok(bindings),
@@ -241,7 +253,10 @@ impl Core {
                 .unwrap_or_else(|| strip_tag(&req.header("To").unwrap_or_default())),
             remote_tag: None,
             target: contact.to_owned(),
-            route: std::mem::take(&mut call.b_route),
+            route: match call.contact_routes.iter().find(|(c, _)| c == contact) {
+                Some((_, path)) => path.clone(),
+                None => std::mem::take(&mut call.b_route),
+            },
             cseq: 0,
             dest: dest.clone(),
         };

@@ -86,7 +86,11 @@ pub use screen::challenge_code;
 #[derive(Debug)]
 pub enum Output {
     Send(Destination, Bytes),
+    /// A registration change for this node's own store.
     Store(Change),
+    /// A registration change a REGISTER made here, for the cluster's other nodes (ignored
+    /// outside a cluster).
+    Share(Change),
     /// Look a bridge target up in DNS; answer with `Core::handle_resolved(call, attempt, ..)`.
     Resolve {
         call: u64,

@@ -83,12 +83,17 @@ impl Core {
         let destinations: Vec<(String, Destination)> = targets
             .iter()
             .flat_map(|target| match target.strip_prefix("user:") {
-                Some(user) => self.user_contacts(user).unwrap_or_else(|status| {
-                    if status == 480 {
-                        unreachable = 480;
+                // A MESSAGE goes to the first hop of a contact's Path (its Route set is
+                // not carried: the edge routes it on by the Request-URI).
+                Some(user) => match self.user_contacts(user) {
+                    Ok(contacts) => contacts.into_iter().map(|(found, _)| found).collect(),
+                    Err(status) => {
+                        if status == 480 {
+                            unreachable = 480;
+                        }
+                        Vec::new()
                     }
-                    Vec::new()
-                }),
+                },
                 None => literal_destination(target)
                     .map(|d| (target.clone(), d))
                     .into_iter()

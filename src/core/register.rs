@@ -27,10 +27,36 @@ impl Core {
         }
         let mut outcome = self.registrar.register(&req, &from, unix_s);
         for change in outcome.changes {
+            self.out.push_back(Output::Share(change.clone()));
             self.out.push_back(Output::Store(change));
         }
         self.localize(&mut outcome.response);
         self.tx.respond(&key, outcome.response, now);
+    }
+
+    /// The cluster connection was (re)made: announce every live binding of this node's
+    /// own again, in case Redis restarted empty.
+    pub fn share_own_bindings(&mut self) {
+        let now_s = self.unix_s();
+        let own: Vec<_> = self
+            .registrar
+            .all(now_s)
+            .into_iter()
+            .filter(|b| b.node.is_none())
+            .cloned()
+            .collect();
+        for b in own {
+            self.out
+                .push_back(Output::Share(crate::registrar::Change::Upsert(b)));
+        }
+    }
+
+    /// Another node's REGISTER changed a binding; a binding of this node's own that gave
+    /// way leaves its store.
+    pub fn apply_remote_binding(&mut self, node: &str, change: crate::registrar::Change) {
+        for dropped in self.registrar.apply_remote(node, change) {
+            self.out.push_back(Output::Store(dropped));
+        }
     }
 
     /// A request (INVITE, MESSAGE) from a source outside `calls.trusted` speaks as one of

@@ -27,6 +27,11 @@ pub struct Binding {
     pub transport: Transport,
     pub source: SocketAddr,
     pub user_agent: Option<String>,
+    /// The Path (RFC 3327) the REGISTER came with, first hop first: requests to the
+    /// contact are sent to the first hop with these as their Route set.
+    pub path: Vec<String>,
+    /// The cluster node that took the REGISTER; None: this node.
+    pub node: Option<String>,
 }
 
 impl Binding {
@@ -49,6 +54,42 @@ impl Binding {
             },
             conn,
         }
+    }
+}
+
+/// How a binding is reached from this node: where to send, along which Route set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    pub dest: Destination,
+    pub route: Vec<String>,
+}
+
+impl Binding {
+    /// How this node reaches the contact: along its Path when it has one (RFC 3327: to
+    /// the first hop, the Path as the Route set); else directly, unless it is a TCP or TLS
+    /// flow another cluster node holds (only that node's connection reaches the phone:
+    /// phones meant to be reached from every node register through an edge proxy that
+    /// adds a Path). None: not reachable from here.
+    pub fn reach(&self) -> Option<Reach> {
+        if let Some(first) = self.path.first() {
+            let hop = first.trim_matches(['<', '>']);
+            let Some(dest) = crate::dns::literal_destination(hop) else {
+                tracing::warn!(aor = %self.aor, hop, "the Path's first hop is not an address; contact skipped");
+                return None;
+            };
+            return Some(Reach {
+                dest,
+                route: self.path.clone(),
+            });
+        }
+        if self.node.is_some() && self.transport != Transport::Udp {
+            tracing::info!(aor = %self.aor, contact = %self.contact, node = ?self.node, "contact on another node's connection, without a Path: skipped here");
+            return None;
+        }
+        Some(Reach {
+            dest: self.destination(None),
+            route: Vec::new(),
+        })
     }
 }
 
@@ -206,13 +247,63 @@ impl Registrar {
         self.bindings.values().map(Vec::len).sum()
     }
 
-    /// Drop bindings whose time has come.
+    /// A binding another cluster node took or dropped. One this node held for the same
+    /// contact gives way (the phone registered again elsewhere): the changes say what
+    /// this node's own store must forget.
+    pub fn apply_remote(&mut self, node: &str, change: Change) -> Vec<Change> {
+        let mut own_dropped = Vec::new();
+        match change {
+            Change::Upsert(mut b) => {
+                b.node = Some(node.to_owned());
+                self.known.insert(b.aor.clone());
+                let list = self.bindings.entry(b.aor.clone()).or_default();
+                if let Some(old) = list.iter().find(|o| o.contact == b.contact)
+                    && old.node.is_none()
+                {
+                    own_dropped.push(Change::Remove {
+                        aor: old.aor.clone(),
+                        contact: old.contact.clone(),
+                    });
+                }
+                list.retain(|o| o.contact != b.contact);
+                list.push(b);
+            }
+            Change::Remove { aor, contact } => {
+                if let Some(list) = self.bindings.get_mut(&aor) {
+                    list.retain(|o| o.contact != contact || o.node.is_none());
+                    if list.is_empty() {
+                        self.bindings.remove(&aor);
+                    }
+                }
+            }
+        }
+        own_dropped
+    }
+
+    /// Every binding the cluster's other nodes hold, read afresh (after a reconnection):
+    /// it replaces what this node knew of them; its own bindings stay.
+    pub fn replace_remote(&mut self, remote: Vec<Binding>) {
+        for list in self.bindings.values_mut() {
+            list.retain(|b| b.node.is_none());
+        }
+        for b in remote {
+            self.known.insert(b.aor.clone());
+            let list = self.bindings.entry(b.aor.clone()).or_default();
+            if !list.iter().any(|o| o.contact == b.contact) {
+                list.push(b);
+            }
+        }
+        self.bindings.retain(|_, v| !v.is_empty());
+    }
+
+    /// Drop bindings whose time has come. Only this node's own expiries are changes to
+    /// store (another node's bindings are its to remove).
     pub fn expire(&mut self, now_s: u64) -> Vec<Change> {
         let mut changes = Vec::new();
         for list in self.bindings.values_mut() {
             list.retain(|b| {
                 let live = b.expires_at > now_s;
-                if !live {
+                if !live && b.node.is_none() {
                     tracing::info!(aor = %b.aor, contact = %b.contact, "registration expired");
                     changes.push(Change::Remove {
                         aor: b.aor.clone(),
@@ -340,6 +431,7 @@ impl Registrar {
             }
         }
         let user_agent = request.header("User-Agent");
+        let path = crate::sip::dialog::route_set(request.address_list("Path"), false);
         for (contact, expires) in wanted {
             list.retain(|b| b.contact != contact);
             if expires == 0 {
@@ -359,6 +451,8 @@ impl Registrar {
                 transport: source.transport,
                 source: source.addr,
                 user_agent: user_agent.clone(),
+                path: path.clone(),
+                node: None,
             };
             tracing::info!(aor = %aor, contact = %contact, expires, from = %source.addr, "registered");
             list.push(binding.clone());
@@ -376,6 +470,15 @@ impl Registrar {
         }
         let mut response = Response::to_request(request, 200, reason_phrase(200));
         response.set_to_tag(&crate::call::new_tag());
+        // RFC 3327 5.3: the Path stored is echoed to a UA that supports it.
+        let supports_path = request
+            .header("Supported")
+            .is_some_and(|s| s.split(',').any(|o| o.trim().eq_ignore_ascii_case("path")));
+        if supports_path {
+            for hop in &path {
+                let _ = response.push_header("Path", hop);
+            }
+        }
         for b in self.lookup(&aor, now_s) {
             let _ = response.push_header(
                 "Contact",
@@ -460,6 +563,71 @@ mod tests {
         let out = r.register(&register("*", Some(0), 6), &source(), 105);
         assert_eq!(out.response.status(), 200);
         assert!(r.lookup("alice", 105).is_empty());
+    }
+
+    #[test]
+    fn another_nodes_bindings_are_looked_up_replaced_and_never_stored_here() {
+        let mut r = registrar();
+        r.register(
+            &register("<sip:alice@10.0.0.5:5060>", Some(600), 1),
+            &source(),
+            100,
+        );
+        let mut theirs = r.lookup("alice", 100)[0].clone();
+        theirs.contact = "sip:alice@10.0.0.9:5060".into();
+        theirs.expires_at = 400;
+        assert!(
+            r.apply_remote("b", Change::Upsert(theirs.clone()))
+                .is_empty()
+        );
+        assert_eq!(r.lookup("alice", 100).len(), 2);
+        assert_eq!(
+            r.lookup("alice", 100)[1].node.as_deref(),
+            Some("b"),
+            "known as node b's"
+        );
+        // The phone registers its first contact again through node b: ours gives way
+        // and leaves our store.
+        let mut moved = theirs.clone();
+        moved.contact = "sip:alice@10.0.0.5:5060".into();
+        assert_eq!(
+            r.apply_remote("b", Change::Upsert(moved)),
+            [Change::Remove {
+                aor: "alice".into(),
+                contact: "sip:alice@10.0.0.5:5060".into()
+            }]
+        );
+        // Node b's bindings expire here too, but their removal is node b's to store.
+        assert!(r.expire(500).is_empty());
+        assert!(r.lookup("alice", 500).is_empty());
+        // A fresh snapshot replaces what we knew of the others.
+        r.replace_remote(vec![Binding {
+            node: Some("c".into()),
+            ..theirs
+        }]);
+        assert_eq!(r.lookup("alice", 100)[0].node.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn a_path_is_stored_echoed_to_who_supports_it_and_reached_along() {
+        let mut r = registrar();
+        let raw = "REGISTER sip:warden SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKp\r\n\
+                   Max-Forwards: 70\r\nFrom: <sip:alice@warden>;tag=f\r\nTo: <sip:alice@warden>\r\n\
+                   Call-ID: reg-p\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@192.168.1.7:5060>\r\n\
+                   Path: <sip:10.0.0.1:5070;lr;received=sip:198.51.100.4:4000>\r\nSupported: path\r\n\
+                   Content-Length: 0\r\n\r\n";
+        let Ok(Message::Request(req)) = Message::parse_datagram(raw.into(), &Limits::default())
+        else {
+            panic!("parse");
+        };
+        let out = r.register(&req, &source(), 100);
+        assert_eq!(
+            out.response.header("Path").as_deref(),
+            Some("<sip:10.0.0.1:5070;lr;received=sip:198.51.100.4:4000>")
+        );
+        let reach = r.lookup("alice", 100)[0].reach().expect("reachable");
+        assert_eq!(reach.dest.addr, "10.0.0.1:5070".parse().unwrap());
+        assert_eq!(reach.route.len(), 1);
     }
 
     fn register_without_contact(cseq: u32) -> Request {

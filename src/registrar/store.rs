@@ -32,7 +32,7 @@ pub async fn open(path: &Path) -> anyhow::Result<SqlitePool> {
 /// Every binding not yet expired at `now_s`.
 pub async fn load(pool: &SqlitePool, now_s: u64) -> anyhow::Result<Vec<Binding>> {
     let rows = sqlx::query(
-        "SELECT aor, contact, expires_at, call_id, cseq, transport, source, user_agent \
+        "SELECT aor, contact, expires_at, call_id, cseq, transport, source, user_agent, path \
          FROM bindings WHERE expires_at > ?",
     )
     .bind(now_s as i64)
@@ -55,6 +55,12 @@ pub async fn load(pool: &SqlitePool, now_s: u64) -> anyhow::Result<Vec<Binding>>
             transport,
             source,
             user_agent: row.try_get("user_agent")?,
+            path: row
+                .try_get::<String, _>("path")?
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+            node: None,
         });
     }
     Ok(out)
@@ -64,11 +70,11 @@ async fn apply(pool: &SqlitePool, change: &Change) -> sqlx::Result<()> {
     match change {
         Change::Upsert(b) => {
             sqlx::query(
-                "INSERT INTO bindings (aor, contact, expires_at, call_id, cseq, transport, source, user_agent) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                "INSERT INTO bindings (aor, contact, expires_at, call_id, cseq, transport, source, user_agent, path) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (aor, contact) DO UPDATE SET expires_at = excluded.expires_at, \
                  call_id = excluded.call_id, cseq = excluded.cseq, transport = excluded.transport, \
-                 source = excluded.source, user_agent = excluded.user_agent",
+                 source = excluded.source, user_agent = excluded.user_agent, path = excluded.path",
             )
             .bind(&b.aor)
             .bind(&b.contact)
@@ -78,6 +84,7 @@ async fn apply(pool: &SqlitePool, change: &Change) -> sqlx::Result<()> {
             .bind(b.transport.as_str())
             .bind(b.source.to_string())
             .bind(&b.user_agent)
+            .bind(b.path.join("\n"))
             .execute(pool)
             .await?;
         }

@@ -43,6 +43,14 @@ pub(super) struct Parts {
     pub dns: Dns,
     pub reloads: Reloads,
     pub stopping: Stopping,
+    /// `[cluster]`: registrations shared with the other nodes, and what they announce.
+    pub shared_registrations: Option<SharedRegistrations>,
+}
+
+/// The cluster's registrations, as the loop sees them.
+pub(super) struct SharedRegistrations {
+    pub registrations: crate::cluster::registrations::Registrations,
+    pub heard: mpsc::UnboundedReceiver<crate::cluster::registrations::Event>,
 }
 
 /// Where DNS lookups for bridge targets go.
@@ -240,6 +248,7 @@ pub(super) struct Loop {
     stopping: Stopping,
     /// The turn's messages, held until its records are journalled (`carry_out`).
     sends: Vec<(crate::sip::transport::Destination, bytes::Bytes)>,
+    shared_registrations: Option<SharedRegistrations>,
 }
 
 impl Loop {
@@ -265,6 +274,7 @@ impl Loop {
             started_samples: VecDeque::with_capacity(11),
             stopping: parts.stopping,
             sends: Vec::new(),
+            shared_registrations: parts.shared_registrations,
         }
     }
 
@@ -310,6 +320,7 @@ impl Loop {
                     self.core.guard.sweep(Instant::now());
                 }
                 _ = lease_tick.tick() => self.screening.renew_leases(),
+                Some(event) = heard(&mut self.shared_registrations) => self.on_cluster_registration(event),
                 _ = rate_tick.tick() => {
                     if self.started_samples.len() == 11 {
                         self.started_samples.pop_front();
@@ -363,6 +374,11 @@ impl Loop {
                 Output::Store(change) => {
                     let _ = self.store_tx.send(change);
                 }
+                Output::Share(change) => {
+                    if let Some(shared) = &self.shared_registrations {
+                        shared.registrations.share(change);
+                    }
+                }
                 Output::Screen(request) => {
                     if let Some(d) = self.screening.start(request) {
                         self.core.handle_screened(d.call, d.outcome, Instant::now());
@@ -395,6 +411,22 @@ impl Loop {
             self.transmitter.send(&dest, bytes);
         }
         self.sends = sends; // its capacity, for the next turn
+    }
+
+    /// What the cluster said about registrations.
+    fn on_cluster_registration(&mut self, event: crate::cluster::registrations::Event) {
+        use crate::cluster::registrations::Event;
+        match event {
+            Event::Connected => self.core.share_own_bindings(),
+            Event::Snapshot(bindings) => {
+                tracing::info!(
+                    count = bindings.len(),
+                    "cluster: the other nodes' registrations read"
+                );
+                self.core.registrar.replace_remote(bindings);
+            }
+            Event::Changed { node, change } => self.core.apply_remote_binding(&node, change),
+        }
     }
 
     /// A command from the admin API.
@@ -627,6 +659,16 @@ impl Loop {
     }
 }
 
+/// The next registration event from the cluster; pending forever outside one.
+async fn heard(
+    shared: &mut Option<SharedRegistrations>,
+) -> Option<crate::cluster::registrations::Event> {
+    match shared {
+        Some(s) => s.heard.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The registered contacts, for the admin API.
 fn registrations(core: &Core) -> serde_json::Value {
     let now = unix_now();
@@ -642,6 +684,9 @@ fn registrations(core: &Core) -> serde_json::Value {
                 "transport": b.transport.as_str(),
                 "source": b.source.to_string(),
                 "user_agent": b.user_agent,
+                "path": b.path,
+                // The cluster node that took the REGISTER (absent: this one).
+                "node": b.node,
             })
         })
         .collect();

@@ -197,15 +197,26 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
     let screen_writer = tokio::spawn(crate::screening::store::writer(pool.clone(), screen_rx));
     let (mut screening, screening_events) =
         crate::screening::driver::Driver::new(&config.screening, engine, screen_tx)?;
+    let mut shared_registrations = None;
     if let Some(cluster) = &config.cluster {
         let redis = crate::cluster::Redis::start(cluster)?;
         let shared = crate::cluster::usage::SharedUsage::new(
-            redis,
+            redis.clone(),
             &cluster.node,
             Duration::from_secs(cluster.lease_s),
         );
         screening.share_counts(shared, cluster.refuses_when_down());
-        tracing::info!(node = %cluster.node, on_redis_down = %cluster.on_redis_down, "cluster: callers' counts shared in Redis");
+        let (registrations, heard) = crate::cluster::registrations::Registrations::start(
+            redis.clone(),
+            redis.client(),
+            cluster.node.clone(),
+            u64::from(config.registrar.max_expires) + 60,
+        );
+        shared_registrations = Some(event_loop::SharedRegistrations {
+            registrations,
+            heard,
+        });
+        tracing::info!(node = %cluster.node, on_redis_down = %cluster.on_redis_down, "cluster: registrations and callers' counts shared in Redis");
     }
     let mut registrar = Registrar::new(config.registrar.clone(), loaded);
     registrar.set_stored_users(crate::registrar::users::load(&pool).await?);
@@ -279,6 +290,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
         dns,
         reloads,
         stopping,
+        shared_registrations,
     });
     let retention = (retention_days > 0)
         .then(|| tokio::spawn(crate::cdr::store::retain(cdr_store.clone(), retention_days)));
