@@ -353,3 +353,45 @@ fn a_phone_registered_on_one_node_is_called_through_another_directly_or_along_it
         "along the Path: {text}"
     );
 }
+
+#[test]
+fn a_block_list_entry_added_on_one_node_blocks_the_next_call_on_the_other() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let profile = format!("{NO_RATE}[screening.profiles.tight]\nchecks = [\"lists\"]\n");
+    let a = node("a", &redis, SCREEN_THEN_480, "", &profile);
+    let b = node("b", &redis, SCREEN_THEN_480, "", &profile);
+    let call = |w: &Warden| {
+        let mut ua = Ua::udp("alice", w.port);
+        let invite = ua.invite("00882123456");
+        final_status(&mut ua, &invite)
+    };
+    assert_eq!(call(&b), 480, "not blocked yet");
+    let (ok, text) = a.ctl(&[
+        "screening",
+        "add",
+        "block",
+        "prefix",
+        "+882",
+        "--note",
+        "IRSF",
+    ]);
+    assert!(ok, "{text}");
+    // Within a second on node b.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !b.ctl(&["screening", "lists"]).1.contains("882") {
+        assert!(Instant::now() < deadline, "node b never got the entry");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(call(&b), 603, "blocked on node b");
+    // Removed on node b: node a lets the call through again.
+    let (ok, text) = b.ctl(&["screening", "del", "block", "prefix", "882"]);
+    assert!(ok, "{text}");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while a.ctl(&["screening", "lists"]).1.contains("882") {
+        assert!(Instant::now() < deadline, "node a kept the entry");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(call(&a), 480);
+}

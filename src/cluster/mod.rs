@@ -4,6 +4,7 @@
 //! The connection is made in the background and remade after a failure, so a node starts
 //! and serves with Redis down (by `on_redis_down`) and picks Redis up when it returns.
 
+pub mod edits;
 pub mod registrations;
 pub mod usage;
 

@@ -45,6 +45,14 @@ pub(super) struct Parts {
     pub stopping: Stopping,
     /// `[cluster]`: registrations shared with the other nodes, and what they announce.
     pub shared_registrations: Option<SharedRegistrations>,
+    /// `[cluster]`: operator screening edits shared with the other nodes.
+    pub shared_edits: Option<SharedEdits>,
+}
+
+/// The cluster's screening edits, as the loop sees them.
+pub(super) struct SharedEdits {
+    pub edits: crate::cluster::edits::Edits,
+    pub heard: mpsc::UnboundedReceiver<crate::cluster::edits::Event>,
 }
 
 /// The cluster's registrations, as the loop sees them.
@@ -249,6 +257,7 @@ pub(super) struct Loop {
     /// The turn's messages, held until its records are journalled (`carry_out`).
     sends: Vec<(crate::sip::transport::Destination, bytes::Bytes)>,
     shared_registrations: Option<SharedRegistrations>,
+    shared_edits: Option<SharedEdits>,
 }
 
 impl Loop {
@@ -275,6 +284,7 @@ impl Loop {
             stopping: parts.stopping,
             sends: Vec::new(),
             shared_registrations: parts.shared_registrations,
+            shared_edits: parts.shared_edits,
         }
     }
 
@@ -321,6 +331,7 @@ impl Loop {
                 }
                 _ = lease_tick.tick() => self.screening.renew_leases(),
                 Some(event) = heard(&mut self.shared_registrations) => self.on_cluster_registration(event),
+                Some(event) = heard_edit(&mut self.shared_edits) => self.on_cluster_edit(event),
                 _ = rate_tick.tick() => {
                     if self.started_samples.len() == 11 {
                         self.started_samples.pop_front();
@@ -429,15 +440,68 @@ impl Loop {
         }
     }
 
+    /// What the cluster said about the operator's screening edits.
+    fn on_cluster_edit(&mut self, event: crate::cluster::edits::Event) {
+        use crate::cluster::edits::{Edit, Entry, Event};
+        use crate::screening::admin;
+        let engine = &mut self.screening.engine;
+        let now = unix_now();
+        match event {
+            Event::Edited(edit) => {
+                tracing::info!(?edit, "cluster: screening edit from another node");
+                if let Err(e) = admin::run(engine, edit.command(), now) {
+                    tracing::info!(error = %e, "cluster: another node's edit changed nothing here");
+                }
+            }
+            Event::Lists(shared) => {
+                // The cluster's lists are Redis's: drop what it lacks, add what is new.
+                let local: Vec<Entry> = engine.lists().entries().map(Entry::of).collect();
+                for e in local.iter().filter(|e| !shared.contains(e)) {
+                    let removal = Edit::RemoveEntry {
+                        list: e.list.clone(),
+                        kind: e.kind.clone(),
+                        value: e.value.clone(),
+                    };
+                    let _ = admin::run(engine, removal.command(), now);
+                }
+                let added = shared.iter().filter(|e| !local.contains(e)).count();
+                for e in shared {
+                    if !engine.lists().entries().any(|l| Entry::of(l) == e) {
+                        let _ = admin::run(engine, Edit::Add(e).command(), now);
+                    }
+                }
+                tracing::info!(
+                    added,
+                    "cluster: screening lists made to match the cluster's"
+                );
+            }
+            Event::Seed => {
+                let local: Vec<Entry> = engine.lists().entries().map(Entry::of).collect();
+                tracing::info!(
+                    entries = local.len(),
+                    "cluster: Redis holds no screening lists; seeding it with this node's"
+                );
+                if let Some(shared) = &self.shared_edits {
+                    shared.edits.seed(local);
+                }
+            }
+        }
+        self.screening.flush();
+    }
+
     /// A command from the admin API.
     fn on_ask(&mut self, command: crate::api::Command, reply: oneshot::Sender<Answer>) {
         use crate::api::Command;
         let core = &mut self.core;
         let answer = match command {
             Command::Screening(c) => {
+                let edit = crate::cluster::edits::Edit::of(&c);
                 let answer =
                     crate::screening::admin::run(&mut self.screening.engine, c, unix_now());
                 self.screening.flush();
+                if let (Ok(_), Some(edit), Some(shared)) = (&answer, edit, &self.shared_edits) {
+                    shared.edits.share(edit);
+                }
                 answer
             }
             Command::Calls => Ok(serde_json::to_value(core.live_calls()).unwrap_or_default()),
@@ -663,6 +727,14 @@ impl Loop {
 async fn heard(
     shared: &mut Option<SharedRegistrations>,
 ) -> Option<crate::cluster::registrations::Event> {
+    match shared {
+        Some(s) => s.heard.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next screening edit event from the cluster; pending forever outside one.
+async fn heard_edit(shared: &mut Option<SharedEdits>) -> Option<crate::cluster::edits::Event> {
     match shared {
         Some(s) => s.heard.recv().await,
         None => std::future::pending().await,

@@ -197,7 +197,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
     let screen_writer = tokio::spawn(crate::screening::store::writer(pool.clone(), screen_rx));
     let (mut screening, screening_events) =
         crate::screening::driver::Driver::new(&config.screening, engine, screen_tx)?;
-    let mut shared_registrations = None;
+    let (mut shared_registrations, mut shared_edits) = (None, None);
     if let Some(cluster) = &config.cluster {
         let redis = crate::cluster::Redis::start(cluster)?;
         let shared = crate::cluster::usage::SharedUsage::new(
@@ -216,6 +216,8 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
             registrations,
             heard,
         });
+        let (edits, heard) = crate::cluster::edits::Edits::start(redis, cluster.node.clone());
+        shared_edits = Some(event_loop::SharedEdits { edits, heard });
         tracing::info!(node = %cluster.node, on_redis_down = %cluster.on_redis_down, "cluster: registrations and callers' counts shared in Redis");
     }
     let mut registrar = Registrar::new(config.registrar.clone(), loaded);
@@ -291,6 +293,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
         reloads,
         stopping,
         shared_registrations,
+        shared_edits,
     });
     let retention = (retention_days > 0)
         .then(|| tokio::spawn(crate::cdr::store::retain(cdr_store.clone(), retention_days)));
