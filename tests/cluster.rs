@@ -395,3 +395,84 @@ fn a_block_list_entry_added_on_one_node_blocks_the_next_call_on_the_other() {
     }
     assert_eq!(call(&a), 480);
 }
+
+#[test]
+fn a_dead_nodes_open_record_is_closed_once_by_a_survivor_and_closed_records_are_streamed() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    // One CDR database for both nodes (SQLite here; PostgreSQL in production).
+    let db = tempfile::tempdir().expect("tempdir");
+    let cdr = format!(
+        "{NO_RATE}[cdr]\nurl = \"sqlite://{}\"\n",
+        db.path().join("cdr.sqlite").display()
+    );
+    let plan = "[[rule]]\nname = \"room\"\ndo = [{ conference = \"r\" }]\n";
+    let mut a = node("a", &redis, plan, "lease_s = 3", &cdr);
+    let b = node("b", &redis, plan, "lease_s = 3", &cdr);
+    let mut alice = Ua::udp("alice", a.port);
+    let invite = alice.invite("100");
+    let ok = alice.final_response();
+    assert_eq!(ok.status(), 200, "{}", a.log());
+    let mut dialog = alice.dialog_from(&invite, &ok);
+    alice.in_dialog(&mut dialog, "ACK", None);
+    let call_id = invite.call_id().expect("call-id");
+    let record = |w: &Warden| {
+        common::cdrs(w, &format!("a_call_id={call_id}"))
+            .into_iter()
+            .next()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while record(&b).is_none() {
+        assert!(Instant::now() < deadline, "node a's record never stored");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        record(&b).is_some_and(|r| r["end_reason"].is_null()),
+        "open"
+    );
+
+    a.stop(); // kill -9 mid-call
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let closed = loop {
+        if let Some(r) = record(&b).filter(|r| !r["end_reason"].is_null()) {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the survivor never closed it: {}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(closed["end_reason"], "node-lost");
+    assert_eq!(closed["instance"], "a");
+    // Node a comes back and replays its journal: the record stays closed, closed once.
+    a.restart();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = record(&b).expect("still there");
+    assert_eq!(after["end_reason"], "node-lost");
+    assert_eq!(after["rev"], closed["rev"], "not closed a second time");
+
+    // Closed records reach the billing stream once stored: the survivor's close too.
+    assert_eq!(redis.command("XLEN warden:cdrs").as_deref(), Some(":1"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut bob = Ua::udp("bob", b.port);
+    let invite = bob.invite("100");
+    let ok = bob.final_response();
+    let mut dialog = bob.dialog_from(&invite, &ok);
+    bob.in_dialog(&mut dialog, "ACK", None);
+    bob.in_dialog(&mut dialog, "BYE", None);
+    loop {
+        let streamed = redis
+            .command("XLEN warden:cdrs")
+            .and_then(|l| l.trim_start_matches(':').parse::<u64>().ok())
+            .unwrap_or(0);
+        if streamed >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing streamed: {}", b.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(metric(&b, "warden_cluster_cdr_stream_appended_total", None).unwrap_or(0.0) >= 1.0);
+}

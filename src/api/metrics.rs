@@ -43,6 +43,8 @@ pub struct Snapshot {
     /// In a cluster: whether Redis answers, and the Redis requests that failed.
     pub cluster_redis_up: Option<bool>,
     pub cluster_redis_failures: u64,
+    pub cluster_cdr_stream_appended: u64,
+    pub cluster_cdr_stream_dropped: u64,
     /// Why call records cannot be kept now (journal unwritable, spool full), if so.
     pub cdr_records_failing: bool,
     pub cdr_spool_alarm: bool,
@@ -302,6 +304,18 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
             "cluster_redis_failures",
             "Redis requests that failed or timed out (calls then follow cluster.on_redis_down)",
             s.cluster_redis_failures,
+        );
+        counter(
+            &mut r,
+            "cluster_cdr_stream_appended",
+            "Closed call records appended to the billing stream (warden:cdrs)",
+            s.cluster_cdr_stream_appended,
+        );
+        counter(
+            &mut r,
+            "cluster_cdr_stream_dropped",
+            "Closed call records not streamed: held too long while Redis was away (the database has them)",
+            s.cluster_cdr_stream_dropped,
         );
     }
     gauge(

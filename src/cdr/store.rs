@@ -56,7 +56,7 @@ const INSERT: &str = "INSERT INTO cdrs (id, rev, instance, boot, a_call_id, b_ca
      transcoded = excluded.transcoded, a_packets = excluded.a_packets, a_lost = excluded.a_lost, \
      a_jitter_us = excluded.a_jitter_us, b_packets = excluded.b_packets, b_lost = excluded.b_lost, \
      b_jitter_us = excluded.b_jitter_us, conference = excluded.conference, linked_id = excluded.linked_id \
-     WHERE cdrs.rev < excluded.rev";
+     WHERE cdrs.rev < excluded.rev AND (cdrs.end_reason IS NULL OR excluded.end_reason IS NOT NULL)";
 
 impl Store {
     /// A store for `url` (`sqlite://PATH` or `postgres://...`); nothing is contacted yet.
@@ -179,6 +179,42 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    /// Close the records a cluster node's run (`instance`, `boot`) left open when the node
+    /// was lost: end reason `node-lost`; the records closed. Closed records stay closed
+    /// (the upsert never reopens one), so a late replay of that run's journal cannot undo
+    /// this, and a record is never closed twice.
+    pub async fn close_lost(
+        &self,
+        instance: &str,
+        boot: &str,
+        now_ms: i64,
+    ) -> sqlx::Result<Vec<Record>> {
+        let rows = sqlx::query(
+            "UPDATE cdrs SET end_reason = 'node-lost', hangup_side = 'warden', \
+             ended_ms = $1, rev = rev + 1 \
+             WHERE instance = $2 AND boot = $3 AND end_reason IS NULL RETURNING *",
+        )
+        .bind(now_ms)
+        .bind(instance)
+        .bind(boot)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(record_of).collect()
+    }
+
+    /// The runs (instance, boot) other than `instance` with records still open.
+    pub async fn open_runs(&self, instance: &str) -> sqlx::Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT instance, boot FROM cdrs WHERE end_reason IS NULL AND instance <> $1",
+        )
+        .bind(instance)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("instance")?, r.try_get("boot")?)))
+            .collect()
     }
 
     /// Records matching `filter`, newest first.

@@ -41,6 +41,8 @@ pub struct Writer {
     pub boot: String,
     /// Records per transaction.
     pub batch: usize,
+    /// In a cluster: where closed records go once stored (the billing stream).
+    pub closed: Option<tokio::sync::mpsc::UnboundedSender<Vec<super::Record>>>,
 }
 
 /// How one turn of the writer went.
@@ -134,6 +136,16 @@ impl Writer {
             tracing::info!(db = %self.store.display, "CDR database reachable; storing records");
         }
         self.reader.commit(next);
+        if let Some(closed) = &self.closed {
+            let done: Vec<super::Record> = records
+                .iter()
+                .filter(|r| r.end_reason.is_some())
+                .cloned()
+                .collect();
+            if !done.is_empty() {
+                let _ = closed.send(done);
+            }
+        }
         self.status
             .written
             .fetch_add(records.len() as u64, Ordering::Relaxed);

@@ -5,7 +5,9 @@
 //! and serves with Redis down (by `on_redis_down`) and picks Redis up when it returns.
 
 pub mod edits;
+pub mod nodes;
 pub mod registrations;
+pub mod stream;
 pub mod usage;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +35,8 @@ pub struct ClusterConfig {
     pub lease_s: u64,
     /// How long one Redis request may take before it counts as a failure.
     pub redis_timeout_ms: u64,
+    /// About how many closed call records the billing stream (`warden:cdrs`) keeps.
+    pub cdr_stream_max_len: usize,
 }
 
 impl Default for ClusterConfig {
@@ -43,6 +47,7 @@ impl Default for ClusterConfig {
             on_redis_down: "local".into(),
             lease_s: 30,
             redis_timeout_ms: 250,
+            cdr_stream_max_len: 100_000,
         }
     }
 }
@@ -69,6 +74,10 @@ impl ClusterConfig {
         );
         anyhow::ensure!(self.lease_s >= 3, "cluster.lease_s must be at least 3");
         anyhow::ensure!(
+            self.cdr_stream_max_len > 0,
+            "cluster.cdr_stream_max_len must be above 0"
+        );
+        anyhow::ensure!(
             self.redis_timeout_ms > 0,
             "cluster.redis_timeout_ms must be above 0"
         );
@@ -92,6 +101,8 @@ pub struct Redis {
     /// When the last "Redis unreachable" line was logged (unix seconds), for rate limiting.
     last_logged_s: AtomicU64,
     timeout: Duration,
+    /// The billing stream's progress.
+    pub stream: Arc<stream::StreamStatus>,
 }
 
 /// What /metrics reports about Redis.
@@ -99,6 +110,10 @@ pub struct Redis {
 pub struct RedisHealth {
     pub up: bool,
     pub failures: u64,
+    /// Closed records appended to the billing stream, and dropped from it (held too long
+    /// while Redis was away; the database has them).
+    pub stream_appended: u64,
+    pub stream_dropped: u64,
 }
 
 impl Redis {
@@ -114,6 +129,7 @@ impl Redis {
             failures: AtomicU64::new(0),
             last_logged_s: AtomicU64::new(0),
             timeout: Duration::from_millis(config.redis_timeout_ms),
+            stream: Arc::default(),
         });
         let timeout = redis.timeout;
         let manager_config = ConnectionManagerConfig::new()
@@ -202,6 +218,8 @@ impl Redis {
         RedisHealth {
             up: self.up.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            stream_appended: self.stream.appended.load(Ordering::Relaxed),
+            stream_dropped: self.stream.dropped.load(Ordering::Relaxed),
         }
     }
 }

@@ -690,6 +690,8 @@ impl Loop {
             cdr_database_up: cdr.database_up.load(Ordering::Relaxed),
             cluster_redis_up: redis.map(|h| h.up),
             cluster_redis_failures: redis.map_or(0, |h| h.failures),
+            cluster_cdr_stream_appended: redis.map_or(0, |h| h.stream_appended),
+            cluster_cdr_stream_dropped: redis.map_or(0, |h| h.stream_dropped),
             cdr_records_failing: records.failing.is_some(),
             cdr_spool_alarm: records.spool_alarm,
             cdr_journal_append_failures: records.append_failures,

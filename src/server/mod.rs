@@ -197,7 +197,8 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
     let screen_writer = tokio::spawn(crate::screening::store::writer(pool.clone(), screen_rx));
     let (mut screening, screening_events) =
         crate::screening::driver::Driver::new(&config.screening, engine, screen_tx)?;
-    let (mut shared_registrations, mut shared_edits) = (None, None);
+    let (mut shared_registrations, mut shared_edits, mut cluster_redis) = (None, None, None);
+    let cluster_config = config.cluster.clone();
     if let Some(cluster) = &config.cluster {
         let redis = crate::cluster::Redis::start(cluster)?;
         let shared = crate::cluster::usage::SharedUsage::new(
@@ -216,7 +217,9 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
             registrations,
             heard,
         });
-        let (edits, heard) = crate::cluster::edits::Edits::start(redis, cluster.node.clone());
+        let (edits, heard) =
+            crate::cluster::edits::Edits::start(redis.clone(), cluster.node.clone());
+        cluster_redis = Some(redis);
         shared_edits = Some(event_loop::SharedEdits { edits, heard });
         tracing::info!(node = %cluster.node, on_redis_down = %cluster.on_redis_down, "cluster: registrations and callers' counts shared in Redis");
     }
@@ -254,6 +257,30 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
     let cdr_status = Arc::new(CdrStatus::default());
     let cdr_wake = Arc::new(Notify::new());
     let (cdr_stop, cdr_stop_rx) = watch::channel(false);
+    let mut billing_stream = None;
+    if let (Some(redis), Some(cluster)) = (&cluster_redis, &cluster_config) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(crate::cluster::stream::run(
+            redis.clone(),
+            rx,
+            cluster.cdr_stream_max_len,
+            redis.stream.clone(),
+        ));
+        tokio::spawn(crate::cluster::nodes::watch(
+            redis.clone(),
+            cluster.node.clone(),
+            core.boot().to_owned(),
+            Duration::from_secs(cluster.lease_s),
+            cdr_store.clone(),
+            tx.clone(),
+        ));
+        billing_stream = Some(tx);
+        if cdr_store.kind != "postgres" {
+            tracing::warn!(
+                "cluster: call records go to this node's own SQLite; set cdr.url to the cluster's PostgreSQL so every node's records are in one place and a lost node's open records are closed by a survivor"
+            );
+        }
+    }
     let cdr_writer = tokio::spawn(
         CdrWriter {
             store: cdr_store.clone(),
@@ -264,6 +291,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
             instance: core.instance().to_owned(),
             boot: core.boot().to_owned(),
             batch,
+            closed: billing_stream,
         }
         .run(),
     );
