@@ -59,3 +59,22 @@ users_toml() {
     printf '[[registrar.users]]\nusername = "%s"\npassword = "%s-secret"\n' "$name" "$name"
   done
 }
+
+# recording PHONE-DIR NAME: what the phone decoded from the network (its sndfile dump) holds
+# the other side's 1 kHz tone; reports through the caller's `expect`.
+recording() { # phone-dir name
+  local rec rms freq
+  rec=$(ls "$1"/dump-*-dec.wav 2>/dev/null | head -1 || true)
+  if [ -z "$rec" ]; then
+    expect no "$2 recorded the call (sndfile dump)"
+    return
+  fi
+  # Skip the first second (ringing, jitter buffer start), analyse 3 s.
+  sox "$rec" "$work/cut-$2.wav" trim 1 3 remix - # stereo (Opus) mixed to mono
+  rms=$(sox "$work/cut-$2.wav" -n stat 2>&1 | awk '/RMS +amplitude/ {print $3}')
+  # Dominant frequency: the strongest bin of sox's power spectrum (about 2 Hz bins).
+  freq=$(sox "$work/cut-$2.wav" -n stat -freq 2>&1 | awk 'NF == 2 && $1 + 0 > 0 && $2 + 0 > max { max = $2 + 0; f = $1 } END { print f }')
+  echo "     $2's recording: RMS $rms, dominant frequency $freq Hz"
+  expect "$(awk -v r="$rms" 'BEGIN {print (r > 0.05) ? "yes" : "no"}')" "$2's recording is not silence (RMS > 0.05)"
+  expect "$(awk -v f="$freq" 'BEGIN {print (f >= 980 && f <= 1020) ? "yes" : "no"}')" "$2's recording is the 1 kHz tone (+/- 2%)"
+}
