@@ -826,6 +826,32 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_node_names_its_records_and_a_conflicting_instance_is_refused() {
+        let c = Config::parse("[cluster]\nnode = \"a\"\n", "w.toml").unwrap();
+        assert_eq!(c.server.instance_name(), "a");
+        let e = Config::parse(
+            "[server]\ninstance = \"x\"\n[cluster]\nnode = \"a\"\n",
+            "w.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("differs from cluster.node"), "{e}");
+        let e = Config::parse("[cluster]\nnode = \"a\"\nlease = 3\n", "w.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("w.toml:3:"), "file and line: {e}");
+        // The example's commented [cluster] table, uncommented, is valid.
+        let example = include_str!("../warden.example.toml");
+        let table: String = example
+            .lines()
+            .skip_while(|l| *l != "# [cluster]")
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        Config::parse(&table, "example [cluster]").unwrap();
+    }
+
+    #[test]
     fn the_example_file_is_valid_and_says_the_defaults() {
         let text = include_str!("../warden.example.toml");
         let example = Config::parse(text, "warden.example.toml").unwrap();

@@ -105,27 +105,31 @@ port=$kam_port
 make_tones "$work"
 bob=$(phone bob 5095 10000-10049 PCMU)
 alice=$(phone alice 5098 10050-10099 PCMU)
-call_between() { # callee-dir callee caller-dir
+call_between() { # callee-dir callee caller-dir [port dialled]
   rm -f "$1"/dump-*.wav "$3"/dump-*.wav
   baresip -f "$1" -t 12 > "$work/$2-callee.log" 2>&1 &
   local callee_pid=$!
   sleep 2
-  baresip -f "$3" -t 7 -e "/dial sip:$2@127.0.0.1:$kam_port" > "$work/$2-caller.log" 2>&1 || true
+  baresip -f "$3" -t 7 -e "/dial sip:$2@127.0.0.1:${4:-$kam_port}" > "$work/$2-caller.log" 2>&1 || true
   wait $callee_pid || true
 }
-call_between "$bob" bob "$alice"
 node_of() { grep -l "registrar: registered aor=$1 " "$work"/a/warden.log "$work"/b/warden.log 2>/dev/null | head -1 | xargs -r dirname | xargs -r basename; }
+# Alice calls bob through Kamailio; bob calls alice at the node that does not hold her
+# registration, which rings her from there along her Path.
+call_between "$bob" bob "$alice"
 echo "     alice registered on node $(node_of alice), bob on node $(node_of bob)"
 expect "$([ -n "$(node_of alice)" ] && [ -n "$(node_of bob)" ] && [ "$(node_of alice)" != "$(node_of bob)" ] && echo yes || echo no)" "the phones registered through Kamailio on different nodes"
 expect "$(grep -qE "Call established|established" "$work/bob-caller.log" && echo yes || echo no)" "alice's call to bob established"
 recording "$bob" "bob (alice calling)"
 recording "$alice" "alice (alice calling)"
-call_between "$alice" alice "$bob"
+other_node=$([ "$(node_of alice)" = a ] && echo $b_port || echo $a_port)
+call_between "$alice" alice "$bob" "$other_node"
 expect "$(grep -qE "Call established|established" "$work/alice-caller.log" && echo yes || echo no)" "bob's call to alice established"
 recording "$alice" "alice (bob calling)"
 recording "$bob" "bob (bob calling)"
 entered() { grep -l "call started call=[0-9]* caller=$1 callee=$2 " "$work"/a/warden.log "$work"/b/warden.log | head -1 | xargs -r dirname | xargs -r basename; }
 echo "     alice -> bob entered node $(entered alice bob); bob -> alice entered node $(entered bob alice)"
+expect "$([ -n "$(entered bob alice)" ] && [ "$(entered bob alice)" != "$(node_of alice)" ] && echo yes || echo no)" "a node rang a phone registered on the other node"
 
 # --- 2. one quota over both nodes ----------------------------------------------------
 (cd "$work" && sipp 127.0.0.1:$kam_port "${sipp_common[@]}" -sf "$here/cluster/uac_screened.xml" \
