@@ -2,7 +2,8 @@
 # CPU per call: SIPp UAC -> Warden -> SIPp UAS (registered) at a fixed rate, 1 s calls with
 # SDP offered (media anchored, no RTP). Reads utime+stime of the Warden process from
 # /proc/PID/stat before and after the load and prints microseconds of CPU per call, with
-# the failed calls (a figure from a run with failures means nothing).
+# the failed calls (a figure from a run with failures means nothing), and the INVITE->200
+# response time percentiles. WARDEN_EXTRA_TOML adds configuration (benches/cluster.sh).
 # Usage: benches/cpu_per_call.sh [WARDEN_BINARY] [RATE] [SECONDS]   (needs sipp)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,7 +30,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 hz=$(getconf CLK_TCK)
 before=$(ticks)
 (cd "$work" && sipp 127.0.0.1:$port "${common[@]}" -sn uac -s cpu -r "$rate" -m "$calls" -l $((rate * 2)) \
-  -d 1000 -timeout $((secs + 30))s -trace_stat > uac.log 2>&1) || true
+  -d 1000 -timeout $((secs + 30))s -trace_stat -trace_rtt -rtt_freq 1 > uac.log 2>&1) || true
 after=$(ticks)
 wait $uas 2>/dev/null || true
 stat=$(ls "$work"/*uac*_.csv | head -1)
@@ -37,4 +38,7 @@ col() { awk -F';' -v name="$1" 'NR==1{for(i=1;i<=NF;i++) if($i==name) c=i} END{p
 ok=$(col "SuccessfulCall(C)")
 failed=$(col "FailedCall(C)")
 us=$(( (after - before) * 1000000 / hz ))
-echo "rate $rate calls/s for $secs s: $ok calls, $failed failed; Warden CPU $((us / 1000)) ms, $(( us / (ok > 0 ? ok : 1) )) us per call"
+# INVITE -> 200 response times (ms), from SIPp's rtt trace.
+read -r p50 p99 < <(cat "$work"/*_rtt.csv 2>/dev/null | awk -F';' 'NR > 1 && $2 ~ /^[0-9.]+$/ {print $2}' | sort -n |
+  awk '{v[NR] = $1} END {if (NR == 0) {print "- -"; exit}; printf "%.1f %.1f\n", v[int(NR * 0.5) + 0], v[int(NR * 0.99) + 0]}')
+echo "rate $rate calls/s for $secs s: $ok calls, $failed failed; Warden CPU $((us / 1000)) ms, $(( us / (ok > 0 ? ok : 1) )) us per call; setup p50 $p50 ms, p99 $p99 ms"

@@ -191,6 +191,58 @@ impl Redis {
         self.timeout
     }
 
+    /// Await one request (a future made with this node's connection), at most `timeout`,
+    /// and note how it went: a reconnecting client would otherwise hold its caller for
+    /// its whole retry schedule.
+    pub async fn timed<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        reply: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(v)) => {
+                self.succeeded();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                self.failed(what, &e);
+                Err(e.to_string())
+            }
+            Err(_) => {
+                self.failed(what, &"no answer in time");
+                Err("no answer in time".into())
+            }
+        }
+    }
+
+    /// Run `pipe` once on this node's connection, within `timeout`.
+    pub async fn run(
+        &self,
+        what: &str,
+        pipe: &redis::Pipeline,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let Some(mut conn) = self.connection() else {
+            self.failed(what, &"not connected");
+            return Err("not connected".into());
+        };
+        self.timed(what, timeout, async {
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+
+    /// Run `pipe` until Redis takes it, backing off up to 5 s between tries: for writes
+    /// that must not be skipped, in the order they are delivered.
+    pub async fn deliver(&self, what: &str, pipe: &redis::Pipeline) {
+        let mut delay = Duration::from_millis(100);
+        while self.run(what, pipe, self.timeout).await.is_err() {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
     /// A request succeeded: Redis is up.
     pub fn succeeded(&self) {
         if !self.up.swap(true, Ordering::Relaxed) {

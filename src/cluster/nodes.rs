@@ -48,18 +48,13 @@ pub async fn watch(
                 .query_async::<()>(&mut conn)
                 .await
         };
-        match tokio::time::timeout(redis.timeout(), renewed).await {
-            Ok(Ok(())) => redis.succeeded(),
-            Ok(Err(e)) => {
-                redis.failed("node lease", &e);
-                renewed_in_a_row = 0;
-                continue;
-            }
-            Err(_) => {
-                redis.failed("node lease", &"no answer in time");
-                renewed_in_a_row = 0;
-                continue;
-            }
+        if redis
+            .timed("node lease", redis.timeout(), renewed)
+            .await
+            .is_err()
+        {
+            renewed_in_a_row = 0;
+            continue;
         }
         renewed_in_a_row += 1;
         if renewed_in_a_row < 4 || renewed_in_a_row % 3 != 1 {
@@ -79,9 +74,8 @@ pub async fn watch(
                     .query_async::<Option<String>>(&mut conn)
                     .await
             };
-            let holder = match tokio::time::timeout(redis.timeout(), holder).await {
-                Ok(Ok(holder)) => holder,
-                _ => break, // Redis unsure: close nothing this turn.
+            let Ok(holder) = redis.timed("node lease", redis.timeout(), holder).await else {
+                break; // Redis unsure: close nothing this turn.
             };
             if holder.as_deref() == Some(run.as_str()) {
                 continue;

@@ -155,31 +155,7 @@ async fn announce(
         };
         let message = serde_json::to_string(&announcement).unwrap_or_default();
         pipe.publish(CHANNEL, message).ignore();
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let sent = match redis.connection() {
-                Some(mut conn) => {
-                    let reply = async { pipe.query_async::<()>(&mut conn).await };
-                    match tokio::time::timeout(redis.timeout(), reply).await {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(_) => Err("no answer in time".to_owned()),
-                    }
-                }
-                None => Err("not connected".to_owned()),
-            };
-            match sent {
-                Ok(()) => {
-                    redis.succeeded();
-                    break;
-                }
-                Err(e) => {
-                    redis.failed("registration", &e);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        redis.deliver("registration", &pipe).await;
     }
 }
 

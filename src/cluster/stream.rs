@@ -63,29 +63,16 @@ pub async fn run(
                 .arg(json)
                 .ignore();
         }
-        let sent = match redis.connection() {
-            Some(mut conn) => {
-                let reply = async { pipe.query_async::<()>(&mut conn).await };
-                match tokio::time::timeout(redis.timeout() * 4, reply).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("no answer in time".to_owned()),
-                }
-            }
-            None => Err("not connected".to_owned()),
-        };
+        // A batch of 500 may take longer than one request.
+        let sent = redis.run("cdr stream", &pipe, redis.timeout() * 4).await;
         match sent {
             Ok(()) => {
-                redis.succeeded();
                 held.drain(..batch.len());
                 status
                     .appended
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
             }
-            Err(e) => {
-                redis.failed("cdr stream", &e);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     }
 }

@@ -243,9 +243,6 @@ impl SharedUsage {
         if calls.is_empty() {
             return;
         }
-        let Some(mut conn) = self.redis.connection() else {
-            return;
-        };
         let until = now_ms + self.lease.as_millis() as u64;
         let lease_ms = self.lease.as_millis() as u64;
         let mut pipe = redis::pipe();
@@ -256,30 +253,14 @@ impl SharedUsage {
                 .pexpire(&live, lease_ms as i64)
                 .ignore();
         }
-        let reply = pipe.query_async::<()>(&mut conn);
-        let _ = self.outcome("renew", reply).await;
+        let _ = self.redis.run("renew", &pipe, self.redis.timeout()).await;
     }
 
-    /// Await one request, at most `cluster.redis_timeout_ms` (a reconnecting client
-    /// would otherwise hold a call for its whole retry schedule), and note how it went.
     async fn outcome<T>(
         &self,
         what: &str,
         reply: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, String> {
-        match tokio::time::timeout(self.redis.timeout(), reply).await {
-            Ok(Ok(v)) => {
-                self.redis.succeeded();
-                Ok(v)
-            }
-            Ok(Err(e)) => {
-                self.redis.failed(what, &e);
-                Err(e.to_string())
-            }
-            Err(_) => {
-                self.redis.failed(what, &"no answer in time");
-                Err("no answer in time".into())
-            }
-        }
+        self.redis.timed(what, self.redis.timeout(), reply).await
     }
 }

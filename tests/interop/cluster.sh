@@ -17,7 +17,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${1:-$root/target/release/warden}
-kam_port=5320 a_port=5330 b_port=5332 uas_port=5390 redis_port=6395
+kam_port=5320 a_port=5330 b_port=5332 uas_port=5390
+# A free port for this run's own redis-server (a fixed one may still be held by the last).
+redis_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${redis_pid:-}" ] && kill $redis_pid 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 source "$here/../lib/warden.sh"
@@ -36,7 +38,12 @@ metric() { # admin-port name [label-filter]: the sum of the metric's samples
 # --- the engines -------------------------------------------------------------------
 redis-server --bind 127.0.0.1 --port $redis_port --save "" --appendonly no > "$work/redis.log" 2>&1 &
 redis_pid=$!
-for _ in $(seq 1 50); do redis-cli -p $redis_port ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+redis_up() { # wait until this run's Redis answers, or fail
+  local i
+  for i in $(seq 1 100); do redis-cli -p $redis_port ping 2>/dev/null | grep -q PONG && return 0; sleep 0.1; done
+  echo "FAIL redis-server did not start on port $redis_port:"; tail -n 5 "$work/redis.log"; exit 1
+}
+redis_up
 if [ -n "${WARDEN_TEST_POSTGRES_URL:-}" ]; then
   su postgres -c "psql -qc 'DROP DATABASE IF EXISTS warden_cluster'" > /dev/null
   su postgres -c "psql -qc 'CREATE DATABASE warden_cluster OWNER warden'" > /dev/null
@@ -183,6 +190,7 @@ down=$(metric $((b_port + 1000)) warden_cluster_redis_up)
 sleep 2
 redis-server --bind 127.0.0.1 --port $redis_port --save "" --appendonly no >> "$work/redis.log" 2>&1 &
 redis_pid=$!
+redis_up
 load_ok=yes
 wait $load_pid || load_ok=no
 sleep 3
