@@ -12,6 +12,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::ua::Dialog;
 use common::{Ua, Warden, metric};
 use warden::sip::message::Request;
 
@@ -123,6 +124,16 @@ const SCREEN_THEN_480: &str =
     "[[rule]]\nname = \"out\"\ndo = [{ screen = \"tight\" }, { reject = 480 }]\n";
 const NO_RATE: &str = "[screening]\ncalls_per_source_per_second = 0\n";
 
+/// Call the conference room `100` through `ua`'s node: answered and ACKed, the call goes on.
+fn join_room(ua: &mut Ua, w: &Warden) -> (Request, Dialog) {
+    let invite = ua.invite("100");
+    let ok = ua.final_response();
+    assert_eq!(ok.status(), 200, "{}", w.log());
+    let mut dialog = ua.dialog_from(&invite, &ok);
+    ua.in_dialog(&mut dialog, "ACK", None);
+    (invite, dialog)
+}
+
 /// The final status of `invite`, ACKing a failure.
 fn final_status(ua: &mut Ua, invite: &Request) -> u16 {
     loop {
@@ -194,11 +205,7 @@ fn live_calls_count_on_every_node_and_a_dead_nodes_calls_stop_counting() {
     let mut a = node("a", &redis, plan, "lease_s = 3", &profile);
     let b = node("b", &redis, plan, "lease_s = 3", &profile);
     let mut alice = Ua::udp("alice", a.port);
-    let invite = alice.invite("100");
-    let ok = alice.final_response();
-    assert_eq!(ok.status(), 200, "{}", a.log());
-    let mut dialog = alice.dialog_from(&invite, &ok);
-    alice.in_dialog(&mut dialog, "ACK", None);
+    let _call = join_room(&mut alice, &a);
     // Longer than a lease: node a renews it, so the call still counts on node b.
     std::thread::sleep(Duration::from_millis(4_500));
     let mut again = Ua::udp("alice", b.port);
@@ -411,11 +418,7 @@ fn a_dead_nodes_open_record_is_closed_once_by_a_survivor_and_closed_records_are_
     let mut a = node("a", &redis, plan, "lease_s = 3", &cdr);
     let b = node("b", &redis, plan, "lease_s = 3", &cdr);
     let mut alice = Ua::udp("alice", a.port);
-    let invite = alice.invite("100");
-    let ok = alice.final_response();
-    assert_eq!(ok.status(), 200, "{}", a.log());
-    let mut dialog = alice.dialog_from(&invite, &ok);
-    alice.in_dialog(&mut dialog, "ACK", None);
+    let (invite, _dialog) = join_room(&mut alice, &a);
     let call_id = invite.call_id().expect("call-id");
     let record = |w: &Warden| {
         common::cdrs(w, &format!("a_call_id={call_id}"))
@@ -458,10 +461,7 @@ fn a_dead_nodes_open_record_is_closed_once_by_a_survivor_and_closed_records_are_
     assert_eq!(redis.command("XLEN warden:cdrs").as_deref(), Some(":1"));
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut bob = Ua::udp("bob", b.port);
-    let invite = bob.invite("100");
-    let ok = bob.final_response();
-    let mut dialog = bob.dialog_from(&invite, &ok);
-    bob.in_dialog(&mut dialog, "ACK", None);
+    let (_, mut dialog) = join_room(&mut bob, &b);
     bob.in_dialog(&mut dialog, "BYE", None);
     loop {
         let streamed = redis
