@@ -33,15 +33,17 @@ calls_per_day = 100000000
 max_concurrent = 1000000
 max_concurrent_off_hours = 1000000"
 commands() { redis-cli -p "$port" info stats | awk -F: '/^total_commands_processed/ {print $2 + 0}'; }
+# Round trips the calls cost: the scripts run (one per call counted, one per call ended).
+scripts() { redis-cli -p "$port" info commandstats | awk -F'[=,:]' '/^cmdstat_(evalsha|eval):/ {s += $3} END {print s + 0}'; }
 
 alone=$(WARDEN_EXTRA_TOML="$screening" "$here/cpu_per_call.sh" "$bin" "$rate" "$secs")
 echo "alone:      $alone"
-before=$(commands)
+before=$(commands) before_scripts=$(scripts)
 clustered=$(WARDEN_EXTRA_TOML="$screening
 [cluster]
 node = \"bench\"
 redis_url = \"redis://127.0.0.1:$port\"" "$here/cpu_per_call.sh" "$bin" "$rate" "$secs")
-after=$(commands)
+after=$(commands) after_scripts=$(scripts)
 echo "clustered:  $clustered"
 field() { sed -E "s/.* $1 ([0-9.]+).*/\\1/" <<< "$2"; }
 us_alone=$(sed -E 's/.*, ([0-9]+) us per call.*/\1/' <<< "$alone")
@@ -50,6 +52,6 @@ calls=$(sed -E 's/.*: ([0-9]+) calls,.*/\1/' <<< "$clustered")
 p99_alone=$(field "p99" "$alone")
 p99_cluster=$(field "p99" "$clustered")
 awk -v a="$us_alone" -v c="$us_cluster" -v pa="$p99_alone" -v pc="$p99_cluster" \
-  -v n=$((after - before)) -v calls="$calls" 'BEGIN {
-  printf "cluster/alone: CPU per call %.2fx (%d vs %d us), setup p99 +%.1f ms (%.1f vs %.1f); Redis commands per call %.1f\n",
-    c / a, c, a, pc - pa, pc, pa, (calls > 0 ? n / calls : 0) }'
+  -v n=$((after - before)) -v rt=$((after_scripts - before_scripts)) -v calls="$calls" 'BEGIN {
+  printf "cluster/alone: CPU per call %.2fx (%d vs %d us), setup p99 +%.1f ms (%.1f vs %.1f); per call %.2f Redis round trips (scripts), %.1f Redis commands (inside scripts too)\n",
+    c / a, c, a, pc - pa, pc, pa, (calls > 0 ? rt / calls : 0), (calls > 0 ? n / calls : 0) }'

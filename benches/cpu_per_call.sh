@@ -13,7 +13,7 @@ secs=${3:-20}
 port=5290
 uas_port=6290
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 source "$here/../tests/lib/warden.sh"
 start_warden "$bin" "$port" "$work" warn

@@ -476,3 +476,47 @@ fn a_dead_nodes_open_record_is_closed_once_by_a_survivor_and_closed_records_are_
     }
     assert!(metric(&b, "warden_cluster_cdr_stream_appended_total", None).unwrap_or(0.0) >= 1.0);
 }
+
+#[test]
+fn a_country_first_called_through_one_node_is_known_to_the_other() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    // Node a only flags a first call abroad; node b blocks one.
+    let profile = |act: &str| {
+        format!(
+            "{NO_RATE}[screening.profiles.tight]\nchecks = [\"new_country\"]\non_new_country = \"{act}\"\n"
+        )
+    };
+    let a = node("a", &redis, SCREEN_THEN_480, "", &profile("flag"));
+    let b = node("b", &redis, SCREEN_THEN_480, "", &profile("block"));
+    let call = |w: &Warden, number: &str| {
+        let mut ua = Ua::udp("alice", w.port);
+        let invite = ua.invite(number);
+        final_status(&mut ua, &invite)
+    };
+    assert_eq!(
+        call(&a, "0033123456789"),
+        480,
+        "France, first time: flagged only"
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while redis
+        .command("SISMEMBER warden:seen:{alice@127.0.0.1} c:FR")
+        .as_deref()
+        != Some(":1")
+    {
+        assert!(Instant::now() < deadline, "France never became known");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        call(&b, "0033123456789"),
+        480,
+        "France is known on node b too"
+    );
+    assert_eq!(
+        call(&b, "0049301234567"),
+        603,
+        "Germany is new: node b blocks it"
+    );
+}

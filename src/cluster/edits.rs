@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::Redis;
+use super::usage::user_keys;
 use crate::screening::admin::Command;
 use crate::screening::lists::{EntryKind, ListEntry};
 
@@ -156,13 +157,6 @@ impl Edits {
             .queued
             .send(entries.into_iter().map(Edit::Add).collect());
     }
-}
-
-fn user_keys(user: &str) -> [String; 2] {
-    [
-        format!("warden:usage:{{{user}}}"),
-        format!("warden:live:{{{user}}}"),
-    ]
 }
 
 /// Apply each batch of edits to Redis and announce it, in order, retrying until Redis

@@ -13,9 +13,10 @@ use std::time::Duration;
 use redis::Script;
 
 use super::Redis;
-use crate::screening::usage::Figures;
+use crate::screening::usage::{Figures, Shared};
 
-/// Buckets in the hash: `m<minute>c` calls and `m<minute>p` short premium calls (kept for
+/// Returns the figures as strings, then the members of the user's seen set (`c:ISO` for a
+/// country called abroad, `n:NETWORK` for a network called from). Buckets in the hash: `m<minute>c` calls and `m<minute>p` short premium calls (kept for
 /// the hour and the premium window), `h<hour>c|i|s|p` the same per hour plus international
 /// calls and talk seconds (kept a week, the baseline's span). The day window reads whole
 /// hours: calls up to 59 minutes older than a day may count, never fewer than a day's.
@@ -70,7 +71,10 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
 local live = redis.call('ZCARD', KEYS[2])
 redis.call('ZADD', KEYS[2], now_ms + lease_ms, member)
 redis.call('PEXPIRE', KEYS[2], lease_ms)
-return {calls_hour, calls_day, intl_day, secs_day, live, premium, base_sum, base_hours}
+local out = {calls_hour, calls_day, intl_day, secs_day, live, premium, base_sum, base_hours}
+for i = 1, #out do out[i] = tostring(out[i]) end
+for _, seen in ipairs(redis.call('SMEMBERS', KEYS[3])) do out[#out + 1] = seen end
+return out
 ";
 
 /// Take back what RESERVE counted (the call was refused).
@@ -98,6 +102,16 @@ end
 redis.call('EXPIRE', KEYS[1], 691200)
 return 1
 ";
+
+/// A user's keys: counts, live calls, and countries and networks seen. One hash tag per
+/// user: they live on the same Redis Cluster slot, as a script needs.
+pub fn user_keys(user: &str) -> [String; 3] {
+    [
+        format!("warden:usage:{{{user}}}"),
+        format!("warden:live:{{{user}}}"),
+        format!("warden:seen:{{{user}}}"),
+    ]
+}
 
 /// What was counted for one call, to take back or to end.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,48 +156,55 @@ impl SharedUsage {
         self.lease
     }
 
-    fn keys(user: &str) -> [String; 2] {
-        // One hash tag per user: both keys live on the same Redis Cluster slot.
-        [
-            format!("warden:usage:{{{user}}}"),
-            format!("warden:live:{{{user}}}"),
-        ]
-    }
-
     fn member(&self, call: u64) -> String {
         format!("{}:{call}", self.member_prefix)
     }
 
-    /// Count `call` for its user and return the user's figures without it.
+    /// Count `call` for its user and return the user's figures without it, and the
+    /// countries and networks the user has been seen with.
     pub async fn reserve(
         &self,
         counted: &Counted,
         now_ms: u64,
         premium_window_s: u64,
-    ) -> Result<Figures, String> {
+    ) -> Result<Shared, String> {
         let Some(mut conn) = self.redis.connection() else {
             self.redis.failed("reserve", &"not connected (yet)");
             return Err("not connected to Redis".into());
         };
-        let [usage, live] = Self::keys(&counted.user);
+        let [usage, live, seen] = user_keys(&counted.user);
         let premium_from = (now_ms / 1000).saturating_sub(premium_window_s) / 60;
         let reply = async {
             self.reserve
                 .key(usage)
                 .key(live)
+                .key(seen)
                 .arg(counted.minute)
                 .arg(now_ms)
                 .arg(if counted.international { "1" } else { "0" })
                 .arg(premium_from)
                 .arg(self.lease.as_millis() as u64)
                 .arg(self.member(counted.call))
-                .invoke_async::<Vec<i64>>(&mut conn)
+                .invoke_async::<Vec<String>>(&mut conn)
                 .await
         };
         let v = self.outcome("reserve", reply).await?;
-        let at = |i: usize| v.get(i).copied().unwrap_or(0).max(0) as u64;
+        let at = |i: usize| {
+            v.get(i)
+                .and_then(|n| n.parse::<i64>().ok())
+                .unwrap_or(0)
+                .max(0) as u64
+        };
         let baseline_hours = at(7) as u32;
-        Ok(Figures {
+        let mut shared = Shared::default();
+        for seen in v.iter().skip(8) {
+            match seen.split_once(':') {
+                Some(("c", iso)) => shared.countries.insert(iso.to_owned()),
+                Some(("n", network)) => shared.networks.insert(network.to_owned()),
+                _ => false,
+            };
+        }
+        shared.figures = Figures {
             calls_last_hour: at(0),
             calls_last_day: at(1),
             international_last_day: at(2),
@@ -196,7 +217,20 @@ impl SharedUsage {
                 at(6) as f64 / f64::from(baseline_hours)
             },
             baseline_hours,
-        })
+        };
+        Ok(shared)
+    }
+
+    /// The user called a country abroad, or from a network, for the first time (on this
+    /// node's reckoning): every node knows it from now on.
+    pub async fn seen(&self, user: &str, members: Vec<String>) {
+        if members.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        let [_, _, seen] = user_keys(user);
+        pipe.sadd(seen, members).ignore();
+        let _ = self.redis.run("seen", &pipe, self.redis.timeout()).await;
     }
 
     /// Take back a reservation: the call was not let through.
@@ -204,7 +238,7 @@ impl SharedUsage {
         let Some(mut conn) = self.redis.connection() else {
             return;
         };
-        let [usage, live] = Self::keys(&counted.user);
+        let [usage, live, _] = user_keys(&counted.user);
         let reply = async {
             self.release
                 .key(usage)
@@ -223,7 +257,7 @@ impl SharedUsage {
         let Some(mut conn) = self.redis.connection() else {
             return;
         };
-        let [usage, live] = Self::keys(&counted.user);
+        let [usage, live, _] = user_keys(&counted.user);
         let reply = async {
             self.ended
                 .key(usage)
@@ -247,7 +281,7 @@ impl SharedUsage {
         let lease_ms = self.lease.as_millis() as u64;
         let mut pipe = redis::pipe();
         for (user, call) in &calls {
-            let [_, live] = Self::keys(user);
+            let [_, live, _] = user_keys(user);
             pipe.zadd(&live, self.member(*call), until)
                 .ignore()
                 .pexpire(&live, lease_ms as i64)

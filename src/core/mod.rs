@@ -98,7 +98,7 @@ pub enum Output {
         lookup: Lookup,
     },
     /// Screen a call; answer with `Core::handle_screened(call, outcome)`.
-    Screen(crate::screening::Request),
+    Screen(Box<crate::screening::Request>),
     /// A screened call is over after `answered_s` seconds of talk (its quotas free up).
     Screened {
         call: u64,

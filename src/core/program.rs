@@ -71,7 +71,7 @@ impl Core {
                 Action::Screen(profile) => {
                     let request = self.screen_request(call, profile);
                     call.screening_pending = true;
-                    self.out.push_back(Output::Screen(request));
+                    self.out.push_back(Output::Screen(Box::new(request)));
                     return;
                 }
                 Action::Reject { status, reason } => {

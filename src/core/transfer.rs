@@ -132,7 +132,7 @@ impl Core {
                 let mut request = self.screen_request(call, profile);
                 request.callee = target_user;
                 call.screening_pending = true;
-                self.out.push_back(Output::Screen(request));
+                self.out.push_back(Output::Screen(Box::new(request)));
             }
             None => self.dial_transfer(call, now),
         }

@@ -184,7 +184,11 @@ impl Engine {
     /// A first call to a foreign country.
     pub(super) fn new_country(&self, s: &Subject) -> Option<Found> {
         let iso = s.iso.as_deref()?;
-        if self.usage.has_called(&s.req.user, iso) {
+        let called = match &s.req.shared {
+            Some(shared) => shared.countries.contains(iso),
+            None => self.usage.has_called(&s.req.user, iso),
+        };
+        if called {
             return None;
         }
         let reason = format!("first call to {iso}");
@@ -198,7 +202,10 @@ impl Engine {
 
     /// A user with a history calling from a network never seen for it.
     pub(super) fn new_source(&self, s: &Subject) -> Option<Found> {
-        let known = self.usage.user(&s.req.user).map(|u| &u.sources)?;
+        let known = match &s.req.shared {
+            Some(shared) => &shared.networks,
+            None => self.usage.user(&s.req.user).map(|u| &u.sources)?,
+        };
         let network = &s.network;
         if known.is_empty()
             || known.contains(network)

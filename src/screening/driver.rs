@@ -13,7 +13,7 @@ use super::profile::ScreeningConfig;
 use super::profile::{Answer, Verdict};
 use super::stir::{self, Policy};
 use super::store::{DecisionRecord, Write};
-use super::usage::Figures;
+use super::usage::{Shared, UsageChange};
 use super::{Act, Finding};
 use super::{Decision, Engine, Outcome, Request};
 use crate::cluster::usage::{Counted, SharedUsage};
@@ -45,7 +45,7 @@ pub enum Event {
     Counted {
         request: Request,
         counted: Counted,
-        figures: Result<Figures, String>,
+        figures: Result<Shared, String>,
     },
 }
 
@@ -270,8 +270,8 @@ impl Driver {
             } => {
                 let cluster = self.cluster.as_mut()?;
                 match figures {
-                    Ok(figures) => {
-                        request.shared = Some(figures);
+                    Ok(shared) => {
+                        request.shared = Some(shared);
                         cluster.counted.insert(request.call, counted);
                     }
                     Err(e) if cluster.refuse_when_down => {
@@ -441,9 +441,25 @@ impl Driver {
         }
     }
 
-    /// Pass the engine's state changes to the database writer.
+    /// Pass the engine's state changes to the database writer; in a cluster, a country
+    /// or network seen for the first time goes to the shared figures too.
     pub fn flush(&mut self) {
         for change in self.engine.take_changes() {
+            if let Some(cluster) = &self.cluster {
+                let seen = match &change {
+                    super::Change::Usage(UsageChange::Country { user, iso, .. }) => {
+                        Some((user.clone(), format!("c:{iso}")))
+                    }
+                    super::Change::Usage(UsageChange::Source { user, network, .. }) => {
+                        Some((user.clone(), format!("n:{network}")))
+                    }
+                    _ => None,
+                };
+                if let Some((user, member)) = seen {
+                    let usage = cluster.usage.clone();
+                    tokio::spawn(async move { usage.seen(&user, vec![member]).await });
+                }
+            }
             let _ = self.writes.send(Write::Change(change));
         }
     }

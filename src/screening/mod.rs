@@ -44,9 +44,9 @@ pub struct Request {
     pub date: Option<String>,
     /// The STIR verification's result, when the profile verifies (the driver fills it in).
     pub stir: Option<stir::Stir>,
-    /// The caller's figures across the cluster, this call left out (the driver fills
-    /// them in when `[cluster]` shares counts); None: this node's own figures.
-    pub shared: Option<usage::Figures>,
+    /// The caller's figures, countries and networks across the cluster, this call left
+    /// out (the driver fills them in when `[cluster]` shares counts); None: this node's own.
+    pub shared: Option<usage::Shared>,
     /// Unix seconds.
     pub now: u64,
 }
@@ -321,10 +321,13 @@ impl Engine {
             international: country.as_deref().is_some_and(|iso| iso != c.home_country),
             premium: risk.as_ref().is_some_and(|(_, r)| r.risk == Risk::Premium),
             risk,
-            figures: req.shared.unwrap_or_else(|| {
-                self.usage
-                    .figures(&req.user, req.now, c.premium_burst_window_s)
-            }),
+            figures: req.shared.as_ref().map_or_else(
+                || {
+                    self.usage
+                        .figures(&req.user, req.now, c.premium_burst_window_s)
+                },
+                |shared| shared.figures,
+            ),
             network: usage::network_of(req.source),
             destination,
             iso: country.clone(),

@@ -68,12 +68,18 @@ fn the_clusters_shared_figures_decide_over_the_nodes_own() {
     ));
     let mut r = req(1, "02079460000", NOON);
     // This node has seen nothing; the cluster has seen three calls this hour.
-    r.shared = Some(usage::Figures {
+    let shared = |figures| {
+        Some(usage::Shared {
+            figures,
+            ..Default::default()
+        })
+    };
+    r.shared = shared(usage::Figures {
         calls_last_hour: 3,
         ..Default::default()
     });
     assert_eq!(checks(&mut e, &r), ("block 603".into(), vec!["quotas"]));
-    r.shared = Some(usage::Figures {
+    r.shared = shared(usage::Figures {
         calls_last_hour: 2,
         live_calls: 2,
         ..Default::default()
@@ -82,7 +88,7 @@ fn the_clusters_shared_figures_decide_over_the_nodes_own() {
         checks(&mut e, &r),
         ("block 603".into(), vec!["concurrency"])
     );
-    r.shared = Some(usage::Figures {
+    r.shared = shared(usage::Figures {
         calls_last_hour: 2,
         live_calls: 1,
         ..Default::default()

@@ -120,6 +120,16 @@ pub struct Figures {
     pub baseline_hours: u32,
 }
 
+/// A caller's state across the cluster, as the shared counts read it just before the
+/// rules run (the call itself left out).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Shared {
+    pub figures: Figures,
+    /// Countries called abroad (ISO codes) and networks called from, on any node.
+    pub countries: HashSet<String>,
+    pub networks: HashSet<String>,
+}
+
 /// A call that was let through and counts until it ends.
 #[derive(Debug, Clone)]
 struct LiveCall {

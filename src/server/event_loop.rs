@@ -391,7 +391,7 @@ impl Loop {
                     }
                 }
                 Output::Screen(request) => {
-                    if let Some(d) = self.screening.start(request) {
+                    if let Some(d) = self.screening.start(*request) {
                         self.core.handle_screened(d.call, d.outcome, Instant::now());
                     }
                 }

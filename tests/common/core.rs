@@ -160,7 +160,7 @@ impl Net {
             match o {
                 Output::Send(d, bytes) => self.wire.push((d.addr.to_string(), parse(bytes))),
                 Output::Record(r) => self.records.push(*r),
-                Output::Screen(r) => self.screens.push(r),
+                Output::Screen(r) => self.screens.push(*r),
                 other => self.asks.push(other),
             }
         }
