@@ -520,3 +520,24 @@ fn a_country_first_called_through_one_node_is_known_to_the_other() {
         "Germany is new: node b blocks it"
     );
 }
+
+#[test]
+fn repeated_calls_count_over_both_nodes() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let profile = format!(
+        "{NO_RATE}[screening.profiles.tight]\nchecks = [\"repeats\"]\nrepeat_limit = 2\nrepeat_window_s = 60\n"
+    );
+    let a = node("a", &redis, SCREEN_THEN_480, "", &profile);
+    let b = node("b", &redis, SCREEN_THEN_480, "", &profile);
+    let call = |w: &Warden| {
+        let mut ua = Ua::udp("alice", w.port);
+        let invite = ua.invite("0033123456789");
+        final_status(&mut ua, &invite)
+    };
+    assert_eq!(call(&a), 480, "first call");
+    assert_eq!(call(&b), 480, "second call, on the other node");
+    // Node a alone has seen one call to the number; the cluster has seen two.
+    assert_eq!(call(&a), 603, "a third call within the window is blocked");
+}

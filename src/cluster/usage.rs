@@ -13,10 +13,13 @@ use std::time::Duration;
 use redis::Script;
 
 use super::Redis;
+use crate::screening::Counting;
 use crate::screening::usage::{Figures, Shared};
 
-/// Returns the figures as strings, then the members of the user's seen set (`c:ISO` for a
-/// country called abroad, `n:NETWORK` for a network called from). Buckets in the hash: `m<minute>c` calls and `m<minute>p` short premium calls (kept for
+/// Returns the figures as strings (the last: calls to this callee within the repeat
+/// window, this one included, from KEYS[4], a sorted set per caller and callee), then the
+/// members of the user's seen set (`c:ISO` for a country called abroad, `n:NETWORK` for a
+/// network called from, `a:VALUE` for what a passed challenge allows it, e.g. `a:country:CU`). Buckets in the hash: `m<minute>c` calls and `m<minute>p` short premium calls (kept for
 /// the hour and the premium window), `h<hour>c|i|s|p` the same per hour plus international
 /// calls and talk seconds (kept a week, the baseline's span). The day window reads whole
 /// hours: calls up to 59 minutes older than a day may count, never fewer than a day's.
@@ -27,6 +30,7 @@ local intl = ARGV[3] == '1'
 local premium_from = tonumber(ARGV[4])
 local lease_ms = tonumber(ARGV[5])
 local member = ARGV[6]
+local repeat_window_ms = tonumber(ARGV[7])
 local now_hour = math.floor(now_min / 60)
 local hour_from = now_min - 59
 local day_from_hour = math.floor((now_min - 1439) / 60)
@@ -71,7 +75,11 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
 local live = redis.call('ZCARD', KEYS[2])
 redis.call('ZADD', KEYS[2], now_ms + lease_ms, member)
 redis.call('PEXPIRE', KEYS[2], lease_ms)
-local out = {calls_hour, calls_day, intl_day, secs_day, live, premium, base_sum, base_hours}
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now_ms - repeat_window_ms)
+redis.call('ZADD', KEYS[4], now_ms, member)
+redis.call('PEXPIRE', KEYS[4], math.max(repeat_window_ms, 1))
+local repeats = redis.call('ZCARD', KEYS[4])
+local out = {calls_hour, calls_day, intl_day, secs_day, live, premium, base_sum, base_hours, repeats}
 for i = 1, #out do out[i] = tostring(out[i]) end
 for _, seen in ipairs(redis.call('SMEMBERS', KEYS[3])) do out[#out + 1] = seen end
 return out
@@ -160,31 +168,35 @@ impl SharedUsage {
         format!("{}:{call}", self.member_prefix)
     }
 
-    /// Count `call` for its user and return the user's figures without it, and the
-    /// countries and networks the user has been seen with.
+    /// Count `call` for its user and return the user's figures without it, the countries
+    /// and networks the user has been seen with, and the calls to `callee` in the window.
     pub async fn reserve(
         &self,
         counted: &Counted,
+        callee: &str,
         now_ms: u64,
-        premium_window_s: u64,
+        counting: Counting,
     ) -> Result<Shared, String> {
         let Some(mut conn) = self.redis.connection() else {
             self.redis.failed("reserve", &"not connected (yet)");
             return Err("not connected to Redis".into());
         };
         let [usage, live, seen] = user_keys(&counted.user);
-        let premium_from = (now_ms / 1000).saturating_sub(premium_window_s) / 60;
+        let premium_from = (now_ms / 1000).saturating_sub(counting.premium_window_s) / 60;
+        let repeats = format!("warden:repeat:{{{}}}:{callee}", counted.user);
         let reply = async {
             self.reserve
                 .key(usage)
                 .key(live)
                 .key(seen)
+                .key(repeats)
                 .arg(counted.minute)
                 .arg(now_ms)
                 .arg(if counted.international { "1" } else { "0" })
                 .arg(premium_from)
                 .arg(self.lease.as_millis() as u64)
                 .arg(self.member(counted.call))
+                .arg(counting.repeat_window_s * 1000)
                 .invoke_async::<Vec<String>>(&mut conn)
                 .await
         };
@@ -197,10 +209,12 @@ impl SharedUsage {
         };
         let baseline_hours = at(7) as u32;
         let mut shared = Shared::default();
-        for seen in v.iter().skip(8) {
+        shared.repeats = at(8) as usize;
+        for seen in v.iter().skip(9) {
             match seen.split_once(':') {
                 Some(("c", iso)) => shared.countries.insert(iso.to_owned()),
                 Some(("n", network)) => shared.networks.insert(network.to_owned()),
+                Some(("a", value)) => shared.allowed.insert(value.to_owned()),
                 _ => false,
             };
         }

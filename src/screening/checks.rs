@@ -110,6 +110,16 @@ impl Engine {
         Some((finding("source_rate", Act::Block, reason), verdict))
     }
 
+    /// The caller passed a challenge for `value` (`country:CU`, `source:NET`) on this node
+    /// or, in a cluster, on any node.
+    fn user_allows(&self, s: &Subject, value: &str) -> bool {
+        self.lists.user_allows(&s.req.user, value)
+            || s.req
+                .shared
+                .as_ref()
+                .is_some_and(|shared| shared.allowed.contains(value))
+    }
+
     /// The destination on an allow list, on a block list, or neither.
     pub(super) fn listed(&self, s: &Subject) -> Listed {
         let (Some(d), iso, c) = (s.destination.as_deref(), s.iso.as_deref(), s.config()) else {
@@ -118,7 +128,7 @@ impl Engine {
         let user_allowed = [format!("number:{d}")]
             .into_iter()
             .chain(iso.map(|i| format!("country:{i}")))
-            .any(|v| self.lists.user_allows(&s.req.user, &v));
+            .any(|v| self.user_allows(s, &v));
         let static_allow = c
             .allow_numbers
             .iter()
@@ -171,9 +181,11 @@ impl Engine {
     /// The same callee called again and again within the window.
     pub(super) fn repeats(&mut self, s: &Subject) -> Option<Found> {
         let c = s.config();
-        let n = self
-            .usage
-            .note_attempt(&s.req.user, &s.req.callee, s.req.now, c.repeat_window_s);
+        // Noted here too, so the node's own window is current if Redis goes away.
+        let local =
+            self.usage
+                .note_attempt(&s.req.user, &s.req.callee, s.req.now, c.repeat_window_s);
+        let n = s.req.shared.as_ref().map_or(local, |shared| shared.repeats);
         if c.repeat_limit == 0 || n <= c.repeat_limit {
             return None;
         }
@@ -209,9 +221,7 @@ impl Engine {
         let network = &s.network;
         if known.is_empty()
             || known.contains(network)
-            || self
-                .lists
-                .user_allows(&s.req.user, &format!("source:{network}"))
+            || self.user_allows(s, &format!("source:{network}"))
         {
             return None;
         }

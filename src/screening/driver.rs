@@ -148,20 +148,21 @@ impl Driver {
     /// comes from `handle` once a task reports back.
     pub fn start(&mut self, request: Request) -> Option<Decided> {
         let counting = self.engine.counting(&request);
-        let (Some(cluster), Some((international, premium_window_s))) = (&self.cluster, counting)
-        else {
+        let (Some(cluster), Some(counting)) = (&self.cluster, counting) else {
             return self.verify(request);
         };
         let counted = Counted {
             user: request.user.clone(),
             call: request.call,
             minute: request.now / 60,
-            international,
+            international: counting.international,
         };
         let (usage, events) = (cluster.usage.clone(), self.events.clone());
         tokio::spawn(async move {
             let now_ms = crate::clock::unix_now_ms().max(request.now * 1000);
-            let figures = usage.reserve(&counted, now_ms, premium_window_s).await;
+            let figures = usage
+                .reserve(&counted, &request.callee, now_ms, counting)
+                .await;
             let _ = events.send(Event::Counted {
                 request,
                 counted,
@@ -452,6 +453,9 @@ impl Driver {
                     }
                     super::Change::Usage(UsageChange::Source { user, network, .. }) => {
                         Some((user.clone(), format!("n:{network}")))
+                    }
+                    super::Change::UserAllow { user, value, .. } => {
+                        Some((user.clone(), format!("a:{value}")))
                     }
                     _ => None,
                 };

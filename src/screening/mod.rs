@@ -178,6 +178,16 @@ pub enum Change {
     },
 }
 
+/// What the shared counts need to know of a call before it is screened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counting {
+    /// It goes abroad (counts as international).
+    pub international: bool,
+    /// The profile's premium-burst window and repeated-call window.
+    pub premium_window_s: u64,
+    pub repeat_window_s: u64,
+}
+
 pub struct Engine {
     profiles: HashMap<String, Profile>,
     countries: PrefixTable<Country>,
@@ -451,17 +461,20 @@ impl Engine {
         (destination, country)
     }
 
-    /// What counting a call needs to know before it is screened: whether it goes abroad,
-    /// and the profile's premium-burst window. None: the source is trusted, nothing counts.
-    pub fn counting(&self, req: &Request) -> Option<(bool, u64)> {
+    /// What counting a call needs to know before it is screened. None: the source is
+    /// trusted, nothing counts.
+    pub fn counting(&self, req: &Request) -> Option<Counting> {
         if crate::dialplan::in_networks(req.source, &self.trusted) {
             return None;
         }
         let profile = self.profile_of(req);
         let (_, country) = self.destination(req, &profile);
         let c = &profile.config;
-        let international = country.as_deref().is_some_and(|iso| iso != c.home_country);
-        Some((international, c.premium_burst_window_s))
+        Some(Counting {
+            international: country.as_deref().is_some_and(|iso| iso != c.home_country),
+            premium_window_s: c.premium_burst_window_s,
+            repeat_window_s: c.repeat_window_s,
+        })
     }
 
     /// Does this profile verify STIR/SHAKEN?

@@ -96,11 +96,13 @@ fn the_clusters_shared_figures_decide_over_the_nodes_own() {
     assert_eq!(checks(&mut e, &r).0, "allow");
     // What counting needs before the rules run: abroad or not; trusted sources count not.
     assert_eq!(
-        e.counting(&req(2, "0033123456789", NOON)).map(|c| c.0),
+        e.counting(&req(2, "0033123456789", NOON))
+            .map(|c| c.international),
         Some(true)
     );
     assert_eq!(
-        e.counting(&req(3, "02079460000", NOON)).map(|c| c.0),
+        e.counting(&req(3, "02079460000", NOON))
+            .map(|c| c.international),
         Some(false)
     );
 }
@@ -528,4 +530,20 @@ fn a_challenge_passed_for_a_score_or_quota_vouches_for_nothing() {
         2,
         "both admitted"
     );
+}
+
+#[test]
+fn a_challenge_passed_on_another_node_allows_the_country_here() {
+    let mut e = engine(&format!(
+        "{ONLY}\"lists\", \"new_country\"]\non_new_country = \"challenge\""
+    ));
+    let mut r = req(1, "0049301234", NOON);
+    let mut shared = usage::Shared::default();
+    shared.countries.insert("FR".into());
+    r.shared = Some(shared.clone());
+    assert!(matches!(e.screen(&r).decision, Decision::Challenge { .. }));
+    shared.allowed.insert("country:DE".into());
+    r.shared = Some(shared);
+    r.call = 2;
+    assert_eq!(e.screen(&r).decision, Decision::Allow);
 }

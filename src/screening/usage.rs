@@ -128,6 +128,11 @@ pub struct Shared {
     /// Countries called abroad (ISO codes) and networks called from, on any node.
     pub countries: HashSet<String>,
     pub networks: HashSet<String>,
+    /// Calls from the caller to this callee within the repeated-call window, this one
+    /// included, on any node.
+    pub repeats: usize,
+    /// What the caller is allowed after passing challenges on any node (`country:CU`).
+    pub allowed: HashSet<String>,
 }
 
 /// A call that was let through and counts until it ends.
