@@ -208,8 +208,10 @@ impl SharedUsage {
                 .max(0) as u64
         };
         let baseline_hours = at(7) as u32;
-        let mut shared = Shared::default();
-        shared.repeats = at(8) as usize;
+        let mut shared = Shared {
+            repeats: at(8) as usize,
+            ..Default::default()
+        };
         for seen in v.iter().skip(9) {
             match seen.split_once(':') {
                 Some(("c", iso)) => shared.countries.insert(iso.to_owned()),
