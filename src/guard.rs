@@ -64,6 +64,11 @@ pub struct GuardConfig {
     /// Sources remembered at once; past it new sources go unmetered until old ones expire
     /// (memory stays bounded when a flood spoofs its addresses).
     pub max_sources: usize,
+    /// Proxies in front of Warden (a load balancer such as Kamailio's dispatcher, an SBC;
+    /// addresses or networks). A request one of them relays is judged by its origin, the
+    /// sender its Via below the proxy's names (`received=`, RFC 3261 18.2.1): the limits,
+    /// bans and screening apply to the phone, not to the proxy. Default: none.
+    pub edge_proxies: Vec<String>,
 }
 
 impl Default for GuardConfig {
@@ -81,6 +86,7 @@ impl Default for GuardConfig {
             // Local processes (a proxy in front of Warden, monitoring) are trusted.
             exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
             max_sources: 100_000,
+            edge_proxies: Vec::new(),
         }
     }
 }
@@ -98,6 +104,10 @@ impl GuardConfig {
             "guard.burst must be above 0 when guard.requests_per_s is set"
         );
         anyhow::ensure!(self.window_s > 0, "guard.window_s must be above 0");
+        for network in &self.edge_proxies {
+            crate::dialplan::parse_network(network)
+                .map_err(|e| anyhow::anyhow!("guard.edge_proxies: {network:?}: {e}"))?;
+        }
         anyhow::ensure!(self.max_sources > 0, "guard.max_sources must be above 0");
         for network in &self.exempt {
             crate::dialplan::parse_network(network)
@@ -141,6 +151,20 @@ impl BanReason {
             BanReason::Scanner => "scanner",
         }
     }
+
+    pub fn parse(text: &str) -> Option<BanReason> {
+        [BanReason::Flood, BanReason::Auth, BanReason::Scanner]
+            .into_iter()
+            .find(|r| r.as_str() == text)
+    }
+}
+
+/// A ban this guard imposed, for the other nodes of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imposed {
+    pub source: IpAddr,
+    pub reason: BanReason,
+    pub duration: Duration,
 }
 
 /// What the guard has done since start, for /metrics.
@@ -179,8 +203,11 @@ pub struct Guard {
     /// `config`'s numbers in the units the checks use, derived once.
     limits: Limits,
     exempt: Vec<(IpAddr, u8)>,
+    edges: Vec<(IpAddr, u8)>,
     scanner_agents: Vec<String>,
     sources: HashMap<IpAddr, Source>,
+    /// Bans imposed here and not yet taken by `take_imposed` (the cluster shares them).
+    imposed: Vec<Imposed>,
     pub counters: Counters,
 }
 
@@ -202,13 +229,25 @@ impl Guard {
             limits: Limits::of(config),
             config: config.clone(),
             exempt,
+            edges: config
+                .edge_proxies
+                .iter()
+                .filter_map(|n| crate::dialplan::parse_network(n).ok())
+                .collect(),
             sources: HashMap::new(),
+            imposed: Vec::new(),
             counters: Counters::default(),
         }
     }
 
+    /// Whether `ip` is a proxy in front of Warden (`guard.edge_proxies`).
+    pub fn is_edge(&self, ip: IpAddr) -> bool {
+        crate::dialplan::in_networks(ip, &self.edges)
+    }
+
+    /// Exempt sources, and the edge proxies (their requests are judged by origin).
     fn is_exempt(&self, ip: IpAddr) -> bool {
-        crate::dialplan::in_networks(ip, &self.exempt)
+        crate::dialplan::in_networks(ip, &self.exempt) || self.is_edge(ip)
     }
 
     /// Whether a message from `ip` may be read: any message from a banned source is
@@ -247,6 +286,11 @@ impl Guard {
         };
         if let Some(reason) = ban {
             source.banned = Some((now + limits.ban, reason));
+            self.imposed.push(Imposed {
+                source: ip,
+                reason,
+                duration: limits.ban,
+            });
             *self.counters.bans.entry(reason).or_default() += 1;
             tracing::warn!(source = %ip, agent = user_agent.unwrap_or_default(), reason = reason.as_str(), ban_s = limits.ban.as_secs(), "source banned");
         }
@@ -308,6 +352,11 @@ impl Guard {
         if source.auth_failures >= most && source.banned.is_none() {
             source.banned = Some((now + ban, BanReason::Auth));
             let failures = source.auth_failures;
+            self.imposed.push(Imposed {
+                source: ip,
+                reason: BanReason::Auth,
+                duration: ban,
+            });
             *self.counters.bans.entry(BanReason::Auth).or_default() += 1;
             tracing::warn!(source = %ip, failures, ban_s = ban.as_secs(), "source banned after failed authentication");
         }
@@ -379,6 +428,25 @@ impl Guard {
             .collect();
         bans.sort_by_key(|b| b.source);
         bans
+    }
+
+    /// The bans imposed here since the last call (for the other nodes).
+    pub fn take_imposed(&mut self) -> Vec<Imposed> {
+        std::mem::take(&mut self.imposed)
+    }
+
+    /// A ban another node imposed (`duration` from now): this node drops the source too.
+    /// Not counted in `counters.bans` (the node that imposed it counts it).
+    pub fn impose(&mut self, ban: &Imposed, now: Instant) {
+        if self.is_exempt(ban.source) || ban.duration.is_zero() {
+            return;
+        }
+        let until = now + ban.duration;
+        if let Some(source) = self.source(ban.source, now)
+            && source.banned.is_none_or(|(at, _)| at < until)
+        {
+            source.banned = Some((until, ban.reason));
+        }
     }
 
     /// Lift a ban; false when `ip` was not banned.

@@ -13,7 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::ua::Dialog;
-use common::{Ua, Warden, metric};
+use common::{Ua, Warden, metric, nonce_of};
+use warden::registrar::digest::{Algorithm, answer};
 use warden::sip::message::Request;
 
 /// A private redis-server on a free loopback port, killed when dropped.
@@ -540,4 +541,156 @@ fn repeated_calls_count_over_both_nodes() {
     assert_eq!(call(&b), 480, "second call, on the other node");
     // Node a alone has seen one call to the number; the cluster has seen two.
     assert_eq!(call(&a), 603, "a third call within the window is blocked");
+}
+
+#[test]
+fn a_user_added_once_registers_through_every_node_and_a_replay_through_another_is_refused() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    // The users live in the database both nodes share (SQLite here; PostgreSQL in
+    // production).
+    let db = tempfile::tempdir().expect("tempdir");
+    let shared = format!(
+        "{NO_RATE}[screening.profiles.tight]\n[registrar]\nauth = true\n[cdr]\nurl = \"sqlite://{}\"\n",
+        db.path().join("cdr.sqlite").display()
+    );
+    let a = node("a", &redis, SCREEN_THEN_480, "", &shared);
+    let b = node("b", &redis, SCREEN_THEN_480, "", &shared);
+    let (ok, text) = a.user(&["add", "dave"], "correct horse\n");
+    assert!(ok && text.contains("every node reads it"), "{text}");
+    let credentials = |challenge: &warden::sip::message::Response| {
+        let nonce = nonce_of(challenge, "WWW-Authenticate", Algorithm::Md5);
+        let (realm, password) = ("warden", "correct horse");
+        answer(
+            &nonce,
+            realm,
+            Algorithm::Md5,
+            "dave",
+            password,
+            "REGISTER",
+            "sip:127.0.0.1",
+        )
+    };
+    // Node b was not told on its command line: the announcement makes it read the users.
+    let mut dave_b = Ua::udp("dave", b.port);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let auth = loop {
+        let challenge = dave_b.register(600);
+        assert_eq!(challenge.status(), 401);
+        let auth = credentials(&challenge);
+        if dave_b.register_with(600, Some(&auth)).status() == 200 {
+            break auth;
+        }
+        assert!(Instant::now() < deadline, "node b never learnt of dave");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The same credentials again, through the other node: challenged afresh (its nonces
+    // are its own), never let in; and through the same node: a nonce count taken twice.
+    let mut replay_a = Ua::udp("dave", a.port);
+    let refused = replay_a.register_with(600, Some(&auth));
+    assert_eq!(refused.status(), 401, "a replay through node a");
+    assert!(
+        refused
+            .headers("WWW-Authenticate")
+            .iter()
+            .all(|h| h.contains("stale=true")),
+        "a phone failing over re-authenticates without asking its user"
+    );
+    let mut replay_b = Ua::udp("dave", b.port);
+    assert_eq!(
+        replay_b.register_with(600, Some(&auth)).status(),
+        401,
+        "a replay through node b"
+    );
+    let (ok, text) = a.user(&["remove", "dave"], "");
+    assert!(ok, "{text}");
+}
+
+/// A REGISTER for alice with a wrong password, relayed by an edge proxy (`edge`, on
+/// 127.0.0.1) for a phone at `origin`: the phone's Via below the proxy's.
+fn relayed_register(edge: &mut Ua, origin: &str) -> Option<u16> {
+    let text = edge.register_text(600, Some(
+        "Digest username=\"alice\", realm=\"warden\", nonce=\"x\", uri=\"sip:127.0.0.1\", response=\"0\"",
+    ));
+    let phone_via = format!(
+        "Via: SIP/2.0/UDP {origin}:5060;branch=z9hG4bK{}\r\n",
+        common::rand_hex()
+    );
+    let text = text.replacen("Max-Forwards", &format!("{phone_via}Max-Forwards"), 1);
+    edge.send_raw(&text);
+    match edge.try_recv(Duration::from_millis(500))? {
+        warden::sip::message::Message::Response(r) => Some(r.status()),
+        warden::sip::message::Message::Request(_) => None,
+    }
+}
+
+#[test]
+fn a_source_banned_on_one_node_is_banned_on_the_other_even_behind_the_edge() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let config = "[screening.profiles.tight]\n[registrar]\nauth = true\n[[registrar.users]]\nusername = \"alice\"\npassword = \"wonderland\"\n\
+         [guard]\nexempt = []\nedge_proxies = [\"127.0.0.1/32\"]\nauth_failures = 2\n";
+    let a = node("a", &redis, SCREEN_THEN_480, "", config);
+    let b = node("b", &redis, SCREEN_THEN_480, "", config);
+    let (mut edge_a, mut edge_b) = (Ua::udp("edge", a.port), Ua::udp("edge", b.port));
+    // Two wrong passwords from 127.0.0.3 through the edge: node a bans the phone, not
+    // the proxy, and answers it 403 so the proxy neither waits nor fails over.
+    assert_eq!(relayed_register(&mut edge_a, "127.0.0.3"), Some(401));
+    assert_eq!(relayed_register(&mut edge_a, "127.0.0.3"), Some(401));
+    assert_eq!(relayed_register(&mut edge_a, "127.0.0.3"), Some(403));
+    assert_eq!(
+        relayed_register(&mut edge_a, "127.0.0.4"),
+        Some(401),
+        "another phone"
+    );
+    // Node b takes the ban on within a second, behind the edge and face to face.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while relayed_register(&mut edge_b, "127.0.0.3") != Some(403) {
+        assert!(Instant::now() < deadline, "node b never banned 127.0.0.3");
+    }
+    let mut direct = Ua::udp_from("alice", b.port, "127.0.0.3");
+    direct.send_raw(&direct.options());
+    assert!(
+        direct.try_recv(Duration::from_millis(300)).is_none(),
+        "dropped unread on node b"
+    );
+    assert_eq!(relayed_register(&mut edge_b, "127.0.0.4"), Some(401));
+    // Lifted on node a: lifted on node b too.
+    let (ok, text) = a.ctl(&["unban", "127.0.0.3"]);
+    assert!(ok, "{text}");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while relayed_register(&mut edge_b, "127.0.0.3") != Some(401) {
+        assert!(Instant::now() < deadline, "node b kept the ban");
+    }
+}
+
+#[test]
+fn calls_per_source_count_over_both_nodes() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let config = "[screening]\ncalls_per_source_per_second = 2\n[screening.profiles.tight]\n";
+    let a = node("a", &redis, SCREEN_THEN_480, "", config);
+    let b = node("b", &redis, SCREEN_THEN_480, "", config);
+    let call = |w: &Warden| {
+        let mut ua = Ua::udp("alice", w.port);
+        let invite = ua.invite("0033123456789");
+        final_status(&mut ua, &invite)
+    };
+    // Three calls within one second (they take milliseconds each): start as one begins.
+    let clock = || {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        now.map_or((0, 0), |d| (d.as_secs(), d.subsec_millis()))
+    };
+    while clock().1 > 100 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = clock().0;
+    assert_eq!(call(&a), 480);
+    assert_eq!(call(&b), 480);
+    // Node a has seen two calls from 127.0.0.1 this second; the cluster has seen three.
+    assert_eq!(call(&a), 503, "the third call within the second is refused");
+    assert_eq!(clock().0, second, "the three calls took more than a second");
 }

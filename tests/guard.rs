@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Ua, Warden, metric};
+use common::{Ua, Warden, metric, nonce_of};
 use warden::registrar::digest::{Algorithm, answer};
-use warden::sip::message::{Message, Response};
+use warden::sip::message::Message;
 
 const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
                    m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
@@ -39,16 +39,6 @@ fn answered(ua: &mut Ua, extra: &str) -> bool {
         .replace("Content-Length: 0", &format!("{extra}Content-Length: 0"));
     ua.send_raw(&options);
     ua.try_recv(Duration::from_millis(300)).is_some()
-}
-
-fn nonce_of(challenge: &Response, header: &str, alg: Algorithm) -> String {
-    let value = challenge
-        .headers(header)
-        .into_iter()
-        .find(|h| h.contains(alg.name()))
-        .unwrap_or_else(|| panic!("{header} for {alg:?}"));
-    let nonce = value.split("nonce=\"").nth(1).expect("nonce");
-    nonce.split('"').next().expect("nonce").to_owned()
 }
 
 #[test]
@@ -266,45 +256,17 @@ fn a_source_at_its_call_limit_gets_503_until_a_call_ends() {
     );
 }
 
-/// `warden user ARGS` with `w`'s config, `stdin` on its standard input.
-fn user_command(w: &Warden, args: &[&str], stdin: &str) -> (bool, String) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
-        .arg("--config")
-        .arg(w.dir.join("warden.toml"))
-        .arg("user")
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run warden user");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("warden user");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 #[test]
 fn users_kept_in_the_database_authenticate_after_a_reload() {
     // SHA-256 offered too: the database keeps an HA1 for each algorithm.
     let w = Warden::start_with(
         "[registrar]\nauth = true\ndigest_algorithms = [\"SHA-256\", \"MD5\"]\n",
     );
-    let (ok, text) = user_command(&w, &["add", "dave"], "short\n");
+    let (ok, text) = w.user(&["add", "dave"], "short\n");
     assert!(!ok && text.contains("8 characters"), "{text}");
-    let (ok, text) = user_command(&w, &["add", "dave"], "correct horse\n");
+    let (ok, text) = w.user(&["add", "dave"], "correct horse\n");
     assert!(ok, "{text}");
-    let (ok, text) = user_command(&w, &["list"], "");
+    let (ok, text) = w.user(&["list"], "");
     assert!(ok && text.lines().any(|l| l == "dave"), "{text}");
     let stored = std::fs::read(w.dir.join("warden.sqlite")).unwrap_or_default();
     assert!(
@@ -330,8 +292,8 @@ fn users_kept_in_the_database_authenticate_after_a_reload() {
     );
     assert_eq!(dave.register_with(600, Some(&auth)).status(), 200);
 
-    let (ok, text) = user_command(&w, &["remove", "dave"], "");
+    let (ok, text) = w.user(&["remove", "dave"], "");
     assert!(ok, "{text}");
-    let (ok, text) = user_command(&w, &["remove", "dave"], "");
+    let (ok, text) = w.user(&["remove", "dave"], "");
     assert!(!ok && text.contains("no user"), "{text}");
 }

@@ -220,7 +220,8 @@ pub struct Call {
     /// The party on this side left without anyone in its place (it transferred the other
     /// into a conference room): nothing more is sent toward that side.
     pub left: Option<Side>,
-    /// The source the guard counts this call against (`guard.max_calls_per_source`).
+    /// Where the call came from (behind an edge proxy, the caller's origin): what the guard
+    /// counts it against (`guard.max_calls_per_source`) and the screening judges.
     pub guarded_source: Option<std::net::IpAddr>,
     /// Provisionals to the caller sent reliably (it supports 100rel).
     pub a_reliable: Option<ReliableProvisionals>,

@@ -322,6 +322,13 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// The pool, migrated, for the other tables a cluster keeps in this database (its
+    /// users).
+    pub async fn migrated_pool(&self) -> sqlx::Result<&AnyPool> {
+        self.migrate().await?;
+        Ok(&self.pool)
+    }
 }
 
 /// Purge records older than `days` now, then every hour, for as long as Warden runs.

@@ -1,10 +1,11 @@
-//! Operator edits of the screening state shared by the cluster: list entries added or
-//! removed and users reset on any node take effect on every node within a second.
+//! Edits shared by the cluster: operator list entries added or removed, users reset, the
+//! guard's bans and their lifting; each takes effect on every node within a second.
 //!
-//! Redis keeps the operator's list entries (`warden:lists`, one field per entry) as the
-//! cluster's truth and a channel announces each edit. At each (re)connection a node makes
-//! its lists match Redis's; a Redis that holds no lists yet (first start, or restarted
-//! empty) is seeded from the node's own.
+//! Redis keeps the operator's list entries (`warden:lists`, one field per entry) and the
+//! live bans (`warden:bans`, one field per source) as the cluster's truth, and a channel
+//! announces each edit. At each (re)connection a node makes its lists match Redis's (a
+//! Redis that holds no lists yet, first start or restarted empty, is seeded from the
+//! node's own) and takes on the bans.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use crate::screening::lists::{EntryKind, ListEntry};
 
 const CHANNEL: &str = "warden:screening";
 const LISTS: &str = "warden:lists";
+const BANS: &str = "warden:bans";
 /// Set once Redis holds the cluster's lists (even an empty set of them).
 const SEEDED: &str = "warden:lists:seeded";
 
@@ -47,6 +49,35 @@ impl Entry {
     }
 }
 
+/// A guard ban, as Redis keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ban {
+    pub source: String,
+    pub reason: String,
+    /// When it ends (Unix milliseconds).
+    pub until_ms: u64,
+}
+
+impl Ban {
+    /// A ban this node's guard imposed, to share.
+    pub fn of(imposed: &crate::guard::Imposed, now_ms: u64) -> Ban {
+        Ban {
+            source: imposed.source.to_string(),
+            reason: imposed.reason.as_str().to_owned(),
+            until_ms: now_ms + imposed.duration.as_millis() as u64,
+        }
+    }
+
+    /// The ban for this node's guard; None once over or unreadable.
+    pub fn imposed(&self, now_ms: u64) -> Option<crate::guard::Imposed> {
+        Some(crate::guard::Imposed {
+            source: self.source.parse().ok()?,
+            reason: crate::guard::BanReason::parse(&self.reason)?,
+            duration: Duration::from_millis(self.until_ms.checked_sub(now_ms)?),
+        })
+    }
+}
+
 /// An edit announced on the channel.
 #[derive(Debug, Serialize, Deserialize)]
 struct Announcement {
@@ -70,6 +101,14 @@ pub enum Edit {
     },
     RemoveUser {
         user: String,
+    },
+    /// `warden user add|remove` changed the users in the cluster's database: read them
+    /// again.
+    Users,
+    /// A node's guard banned a source; an operator lifted a ban.
+    Ban(Ban),
+    Unban {
+        source: String,
     },
 }
 
@@ -105,9 +144,9 @@ impl Edit {
         })
     }
 
-    /// The command that applies this edit on a node.
-    pub fn command(self) -> Command {
-        match self {
+    /// The screening command that applies this edit on a node (none for `Users`).
+    pub fn command(self) -> Option<Command> {
+        Some(match self {
             Edit::Add(e) => Command::Add {
                 list: e.list,
                 kind: e.kind,
@@ -117,7 +156,8 @@ impl Edit {
             Edit::RemoveEntry { list, kind, value } => Command::RemoveEntry { list, kind, value },
             Edit::Reset { user } => Command::Reset { user },
             Edit::RemoveUser { user } => Command::Remove { user },
-        }
+            Edit::Users | Edit::Ban(_) | Edit::Unban { .. } => return None,
+        })
     }
 }
 
@@ -128,8 +168,10 @@ pub enum Event {
     Lists(Vec<Entry>),
     /// (Re)connected to a Redis without lists: seed it with this node's.
     Seed,
-    /// Another node's operator edited.
+    /// Another node's operator (or guard) edited.
     Edited(Edit),
+    /// (Re)connected: the bans in force across the cluster.
+    Bans(Vec<Ban>),
 }
 
 /// This node's side of the shared edits.
@@ -159,6 +201,26 @@ impl Edits {
     }
 }
 
+/// Announce that `warden user` changed the cluster's users (from the command line, with a
+/// connection of its own).
+pub async fn announce_users_changed(redis_url: &str) -> Result<(), String> {
+    let client = redis::Client::open(redis_url).map_err(|e| e.to_string())?;
+    let announcement = Announcement {
+        node: "warden user".into(),
+        edit: Edit::Users,
+    };
+    let message = serde_json::to_string(&announcement).map_err(|e| e.to_string())?;
+    let publish = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::AsyncCommands::publish::<_, _, i64>(&mut conn, CHANNEL, message).await
+    };
+    match tokio::time::timeout(Duration::from_secs(2), publish).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 2 s".into()),
+    }
+}
+
 /// Apply each batch of edits to Redis and announce it, in order, retrying until Redis
 /// takes it.
 async fn announce(redis: Arc<Redis>, node: String, mut queue: mpsc::UnboundedReceiver<Vec<Edit>>) {
@@ -179,6 +241,14 @@ async fn announce(redis: Arc<Redis>, node: String, mut queue: mpsc::UnboundedRec
                 }
                 Edit::RemoveUser { user } => {
                     pipe.del(&user_keys(user)[..]).ignore();
+                }
+                Edit::Users => {}
+                Edit::Ban(ban) => {
+                    let json = serde_json::to_string(ban).unwrap_or_default();
+                    pipe.hset(BANS, &ban.source, json).ignore();
+                }
+                Edit::Unban { source } => {
+                    pipe.hdel(BANS, source).ignore();
                 }
             }
             let announcement = Announcement {
@@ -208,6 +278,12 @@ async fn listen(redis: Arc<Redis>, node: String, events: mpsc::UnboundedSender<E
                             let _ = events.send(Event::Seed);
                         }
                         Err(e) => redis.failed("screening lists", &e),
+                    }
+                    match bans(&redis).await {
+                        Ok(bans) => {
+                            let _ = events.send(Event::Bans(bans));
+                        }
+                        Err(e) => redis.failed("bans", &e),
                     }
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
@@ -256,6 +332,24 @@ async fn lists(redis: &Redis) -> Result<Option<Vec<Entry>>, String> {
     ))
 }
 
+/// The bans in force; the ended ones are removed as they are read.
+async fn bans(redis: &Redis) -> Result<Vec<Ban>, String> {
+    let mut conn = redis.connection().ok_or("not connected")?;
+    let fields: Vec<(String, String)> = redis::AsyncCommands::hgetall(&mut conn, BANS)
+        .await
+        .map_err(|e| e.to_string())?;
+    let now_ms = crate::clock::unix_now_ms();
+    let (live, ended): (Vec<Ban>, Vec<Ban>) = fields
+        .into_iter()
+        .filter_map(|(_, json)| serde_json::from_str::<Ban>(&json).ok())
+        .partition(|b| b.until_ms > now_ms);
+    if !ended.is_empty() {
+        let sources: Vec<&str> = ended.iter().map(|b| b.source.as_str()).collect();
+        let _: Result<i64, _> = redis::AsyncCommands::hdel(&mut conn, BANS, sources).await;
+    }
+    Ok(live)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,7 +366,8 @@ mod tests {
         let text = serde_json::to_string(&edit).unwrap();
         let back: Edit = serde_json::from_str(&text).unwrap();
         // Written as the lists keep it, so every node names the entry alike.
-        assert!(matches!(back.command(), Command::Add { value, .. } if value == "882"));
+        assert!(matches!(back.command(), Some(Command::Add { value, .. }) if value == "882"));
+        assert!(Edit::Users.command().is_none());
         assert!(Edit::of(&Command::Lists).is_none());
         assert!(Edit::of(&Command::Stats).is_none());
     }

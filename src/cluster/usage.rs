@@ -169,11 +169,16 @@ impl SharedUsage {
     }
 
     /// Count `call` for its user and return the user's figures without it, the countries
-    /// and networks the user has been seen with, and the calls to `callee` in the window.
+    /// and networks the user has been seen with, the calls to `callee` in the window, and
+    /// (when sources are metered) the calls from `source` this second. The source's count
+    /// is a second request sent alongside the script on the same connection: it keeps its
+    /// own key (no hash tag can put a source and a user on one Redis Cluster slot) and adds
+    /// no round trip.
     pub async fn reserve(
         &self,
         counted: &Counted,
         callee: &str,
+        source: std::net::IpAddr,
         now_ms: u64,
         counting: Counting,
     ) -> Result<Shared, String> {
@@ -184,6 +189,7 @@ impl SharedUsage {
         let [usage, live, seen] = user_keys(&counted.user);
         let premium_from = (now_ms / 1000).saturating_sub(counting.premium_window_s) / 60;
         let repeats = format!("warden:repeat:{{{}}}:{callee}", counted.user);
+        let mut rate_conn = conn.clone();
         let reply = async {
             self.reserve
                 .key(usage)
@@ -200,7 +206,21 @@ impl SharedUsage {
                 .invoke_async::<Vec<String>>(&mut conn)
                 .await
         };
-        let v = self.outcome("reserve", reply).await?;
+        let source_calls = async {
+            if !counting.per_source {
+                return Ok(None);
+            }
+            let key = format!("warden:rate:{source}:{}", now_ms / 1000);
+            let mut pipe = redis::pipe();
+            pipe.incr(&key, 1).expire(&key, 2).ignore();
+            let (calls,): (u32,) = pipe.query_async(&mut rate_conn).await?;
+            Ok(Some(calls))
+        };
+        let (v, source_calls) = tokio::join!(
+            self.outcome("reserve", reply),
+            self.outcome("source rate", source_calls)
+        );
+        let v = v?;
         let at = |i: usize| {
             v.get(i)
                 .and_then(|n| n.parse::<i64>().ok())
@@ -210,6 +230,8 @@ impl SharedUsage {
         let baseline_hours = at(7) as u32;
         let mut shared = Shared {
             repeats: at(8) as usize,
+            // Without the shared count the node's own meters the source.
+            source_calls: source_calls.ok().flatten(),
             ..Default::default()
         };
         for seen in v.iter().skip(9) {

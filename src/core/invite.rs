@@ -69,8 +69,9 @@ impl Core {
             self.respond(&key, &req, 503, None, now);
             return self.refused_attempt(&req, &from, 503, "call limit", None);
         }
-        if !emergency && !self.guard.admit_call(from.addr.ip()) {
-            tracing::warn!(source = %from.addr.ip(), limit = self.config.guard.max_calls_per_source, "calls per source limit reached; refusing with 503");
+        let origin = self.origin(&req, &from);
+        if !emergency && !self.guard.admit_call(origin) {
+            tracing::warn!(source = %origin, limit = self.config.guard.max_calls_per_source, "calls per source limit reached; refusing with 503");
             self.respond(&key, &req, 503, None, now);
             return self.refused_attempt(&req, &from, 503, "source call limit", None);
         }
@@ -107,7 +108,7 @@ impl Core {
         let id = self.next_call;
         self.next_call += 1;
         self.stats.calls_started += 1;
-        self.guard.call_started(from.addr.ip(), now);
+        self.guard.call_started(origin, now);
         let a_target = req
             .contact_uri()
             .unwrap_or_else(|| from_hdr.uri.to_string());
@@ -143,7 +144,7 @@ impl Core {
             program,
             b_offer: offer,
             b_offer_type: content_type,
-            source: from.addr.ip(),
+            source: origin,
             now,
             session_expires: self.config.calls.session_expires_s,
             emergency,
@@ -222,7 +223,7 @@ impl Core {
             to: to_uri,
             asserted_identity: asserted,
             headers: req.header_pairs(),
-            source: from.addr.ip(),
+            source: self.origin(req, from),
             transport: from.transport.as_str().to_ascii_lowercase(),
             session_case,
             caller_registered: !self.registrar.lookup(&caller, unix_s).is_empty(),

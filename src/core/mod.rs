@@ -60,6 +60,7 @@ mod attended;
 mod bridge;
 mod cancel;
 mod digits;
+mod edge;
 mod ending;
 mod in_dialog;
 mod invite;
@@ -387,6 +388,9 @@ impl Core {
             Message::Request(mut r) => {
                 if let Err(bad) = r.check() {
                     return self.refuse_malformed(&r, bad, &from);
+                }
+                if self.refused_at_edge(&r, &from, now) {
+                    return;
                 }
                 let dest = Destination {
                     conn: from.conn,

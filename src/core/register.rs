@@ -70,7 +70,7 @@ impl Core {
         now: Instant,
     ) -> bool {
         if !self.config.calls.auth
-            || crate::dialplan::in_networks(from.addr.ip(), &self.calls_trusted)
+            || crate::dialplan::in_networks(self.origin(req, from), &self.calls_trusted)
         {
             return false;
         }
@@ -93,7 +93,8 @@ impl Core {
             return false;
         };
         if refusal.failed {
-            self.guard.auth_failed(from.addr.ip(), now);
+            let origin = self.origin(req, from);
+            self.guard.auth_failed(origin, now);
         }
         self.localize(&mut refusal.response);
         self.tx.respond(key, *refusal.response, now);

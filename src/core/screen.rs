@@ -32,8 +32,10 @@ impl Core {
                 )
             })
             .unwrap_or_else(|| call.caller.clone());
-        let source = call.a.dest.addr.ip();
-        call.caller_vouched = crate::dialplan::in_networks(source, &self.trusted_scscf)
+        // The S-CSCF vouches as the hop it is; the screening judges the caller's origin.
+        let hop = call.a.dest.addr.ip();
+        let source = call.guarded_source.unwrap_or(hop);
+        call.caller_vouched = crate::dialplan::in_networks(hop, &self.trusted_scscf)
             || !self
                 .registrar
                 .lookup(&call.caller, self.unix_s())

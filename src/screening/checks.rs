@@ -95,7 +95,8 @@ impl Engine {
             *slot = (req.now, 0);
         }
         slot.1 += 1;
-        if slot.1 <= self.source_rate {
+        let calls = req.shared.as_ref().and_then(|s| s.source_calls);
+        if calls.unwrap_or(slot.1) <= self.source_rate {
             return None;
         }
         let verdict = profile

@@ -161,7 +161,7 @@ impl Driver {
         tokio::spawn(async move {
             let now_ms = crate::clock::unix_now_ms().max(request.now * 1000);
             let figures = usage
-                .reserve(&counted, &request.callee, now_ms, counting)
+                .reserve(&counted, &request.callee, request.source, now_ms, counting)
                 .await;
             let _ = events.send(Event::Counted {
                 request,

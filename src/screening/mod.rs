@@ -186,6 +186,8 @@ pub struct Counting {
     /// The profile's premium-burst window and repeated-call window.
     pub premium_window_s: u64,
     pub repeat_window_s: u64,
+    /// Calls from the source are metered (`calls_per_source_per_second`).
+    pub per_source: bool,
 }
 
 pub struct Engine {
@@ -474,6 +476,7 @@ impl Engine {
             international: country.as_deref().is_some_and(|iso| iso != c.home_country),
             premium_window_s: c.premium_burst_window_s,
             repeat_window_s: c.repeat_window_s,
+            per_source: self.source_rate > 0,
         })
     }
 

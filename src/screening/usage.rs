@@ -133,6 +133,9 @@ pub struct Shared {
     pub repeats: usize,
     /// What the caller is allowed after passing challenges on any node (`country:CU`).
     pub allowed: HashSet<String>,
+    /// Calls from the call's source within this second, this one included, on any node
+    /// (when sources are metered).
+    pub source_calls: Option<u32>,
 }
 
 /// A call that was let through and counts until it ends.

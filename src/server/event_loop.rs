@@ -71,14 +71,29 @@ pub(super) struct Dns {
 /// dialplan named by the configuration.
 pub(super) struct Reloads {
     pub pool: sqlx::SqlitePool,
+    /// `[cluster]`: the shared database, which holds the cluster's users.
+    pub shared: Option<crate::cdr::store::Store>,
     pub tls: crate::sip::tls::TlsContext,
     pub config: Config,
+}
+
+impl Reloads {
+    /// The users who may authenticate from the databases: this node's own, then (in a
+    /// cluster) the shared one's, which win a name both hold.
+    pub(super) async fn users(&self) -> anyhow::Result<Vec<(String, Credentials)>> {
+        let mut users = crate::registrar::users::load(&self.pool).await?;
+        if let Some(shared) = &self.shared {
+            users.extend(crate::registrar::users::load_shared(shared).await?);
+        }
+        Ok(users)
+    }
 }
 
 /// What a reload read, for the loop to apply, and who asked (the admin API, or SIGHUP).
 struct Reloaded {
     users: anyhow::Result<Vec<(String, Credentials)>>,
-    plan: anyhow::Result<Dialplan>,
+    /// None when only the users were read again (the cluster's users changed).
+    plan: Option<anyhow::Result<Dialplan>>,
     reply: Option<oneshot::Sender<Answer>>,
 }
 
@@ -416,6 +431,14 @@ impl Loop {
                 }
             }
         }
+        let imposed = self.core.guard.take_imposed();
+        if let (Some(shared), false) = (&self.shared_edits, imposed.is_empty()) {
+            let now_ms = unix_now_ms();
+            for ban in &imposed {
+                let ban = crate::cluster::edits::Ban::of(ban, now_ms);
+                shared.edits.share(crate::cluster::edits::Edit::Ban(ban));
+            }
+        }
         let failing = self.records.flush();
         self.core.set_records_failing(failing);
         for (dest, bytes) in sends.drain(..) {
@@ -444,12 +467,26 @@ impl Loop {
     fn on_cluster_edit(&mut self, event: crate::cluster::edits::Event) {
         use crate::cluster::edits::{Edit, Entry, Event};
         use crate::screening::admin;
+        // A (re)connection may follow missed announcements: the users are read again too.
+        let reconnected = matches!(event, Event::Lists(_) | Event::Seed);
         let engine = &mut self.screening.engine;
         let now = unix_now();
         match event {
+            Event::Edited(Edit::Ban(ban)) => self.impose_bans(vec![ban]),
+            Event::Edited(Edit::Unban { source }) => {
+                if source.parse().is_ok_and(|ip| self.core.guard.unban(ip)) {
+                    tracing::info!(%source, "cluster: ban lifted on another node");
+                }
+            }
+            Event::Bans(bans) => self.impose_bans(bans),
+            Event::Edited(Edit::Users) => {
+                tracing::info!("cluster: the users changed; reading them again");
+                self.start_users_reload();
+            }
             Event::Edited(edit) => {
                 tracing::info!(?edit, "cluster: screening edit from another node");
-                if let Err(e) = admin::run(engine, edit.command(), now) {
+                let command = edit.command();
+                if let Some(Err(e)) = command.map(|c| admin::run(engine, c, now)) {
                     tracing::info!(error = %e, "cluster: another node's edit changed nothing here");
                 }
             }
@@ -462,12 +499,16 @@ impl Loop {
                         kind: e.kind.clone(),
                         value: e.value.clone(),
                     };
-                    let _ = admin::run(engine, removal.command(), now);
+                    if let Some(c) = removal.command() {
+                        let _ = admin::run(engine, c, now);
+                    }
                 }
                 let added = shared.iter().filter(|e| !local.contains(e)).count();
                 for e in shared {
-                    if !engine.lists().entries().any(|l| Entry::of(l) == e) {
-                        let _ = admin::run(engine, Edit::Add(e).command(), now);
+                    if !engine.lists().entries().any(|l| Entry::of(l) == e)
+                        && let Some(c) = Edit::Add(e).command()
+                    {
+                        let _ = admin::run(engine, c, now);
                     }
                 }
                 tracing::info!(
@@ -487,6 +528,20 @@ impl Loop {
             }
         }
         self.screening.flush();
+        if reconnected && self.reloads.shared.is_some() {
+            self.start_users_reload();
+        }
+    }
+
+    /// Bans another node's guard imposed: this node drops those sources too.
+    fn impose_bans(&mut self, bans: Vec<crate::cluster::edits::Ban>) {
+        let (now, now_ms) = (Instant::now(), unix_now_ms());
+        for ban in bans {
+            if let Some(imposed) = ban.imposed(now_ms) {
+                tracing::info!(source = %ban.source, reason = %ban.reason, remaining_s = imposed.duration.as_secs(), "cluster: source banned by another node");
+                self.core.guard.impose(&imposed, now);
+            }
+        }
     }
 
     /// A command from the admin API.
@@ -518,6 +573,13 @@ impl Loop {
                 Ok(serde_json::to_value(core.guard.bans(Instant::now())).unwrap_or_default())
             }
             Command::Unban(source) => {
+                if let Some(shared) = &self.shared_edits {
+                    // Every node's copy goes, even if this node had none.
+                    let source = source.to_string();
+                    shared
+                        .edits
+                        .share(crate::cluster::edits::Edit::Unban { source });
+                }
                 if core.guard.unban(source) {
                     tracing::info!(%source, "ban lifted by the admin API");
                     Ok(serde_json::json!({"unbanned": source.to_string()}))
@@ -540,7 +602,7 @@ impl Loop {
     fn start_reload(&self, reply: Option<oneshot::Sender<Answer>>) {
         let (reloads, done) = (self.reloads.clone(), self.reloaded_tx.clone());
         tokio::spawn(async move {
-            let users = crate::registrar::users::load(&reloads.pool).await;
+            let users = reloads.users().await;
             let files = reloads.clone();
             let read = tokio::task::spawn_blocking(move || {
                 (files.tls.reload(), load_dialplan(&files.config))
@@ -556,7 +618,25 @@ impl Loop {
                     tracing::error!(error = %e, "TLS reload refused; the loaded certificate stays")
                 }
             }
-            let _ = done.send(Reloaded { users, plan, reply });
+            let _ = done.send(Reloaded {
+                users,
+                plan: Some(plan),
+                reply,
+            });
+        });
+    }
+
+    /// Read the users again, and nothing else (the cluster's users changed, or this node
+    /// reconnected to Redis and may have missed an announcement).
+    fn start_users_reload(&self) {
+        let (reloads, done) = (self.reloads.clone(), self.reloaded_tx.clone());
+        tokio::spawn(async move {
+            let users = reloads.users().await;
+            let _ = done.send(Reloaded {
+                users,
+                plan: None,
+                reply: None,
+            });
         });
     }
 
@@ -571,7 +651,10 @@ impl Loop {
             }
             Err(e) => tracing::error!(error = %e, "cannot reload users; the known ones stay"),
         }
-        let answer = match done.plan {
+        let Some(plan) = done.plan else {
+            return;
+        };
+        let answer = match plan {
             Ok(plan) => {
                 let answer = serde_json::json!({"reloaded": plan.origin.to_string(), "rules": plan.rules.len()});
                 core.set_dialplan(plan);

@@ -224,7 +224,13 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
         tracing::info!(node = %cluster.node, on_redis_down = %cluster.on_redis_down, "cluster: registrations and callers' counts shared in Redis");
     }
     let mut registrar = Registrar::new(config.registrar.clone(), loaded);
-    registrar.set_stored_users(crate::registrar::users::load(&pool).await?);
+    let reloads = event_loop::Reloads {
+        pool: pool.clone(),
+        shared: config.cluster.as_ref().map(|_| cdr_store.clone()),
+        tls: tls.clone(),
+        config: config.clone(),
+    };
+    registrar.set_stored_users(reloads.users().await?);
     tracing::info!(users = registrar.user_count(), "users who may authenticate");
     if registrar.user_count() == 0 && (config.registrar.auth || config.calls.auth) {
         tracing::warn!(
@@ -235,11 +241,6 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
     let plan = load_dialplan(&config)?;
     let pid_file = PidFile::write(&config.server.pid_file)?;
     let stopping = event_loop::Stopping::new(&config.server);
-    let reloads = event_loop::Reloads {
-        pool: pool.clone(),
-        tls,
-        config: config.clone(),
-    };
     let dns = event_loop::Dns {
         resolver,
         enum_suffix: config.dns.enum_suffix.clone(),

@@ -254,6 +254,29 @@ pub struct Via {
     pub rport: Option<Option<u16>>,
 }
 
+impl Via {
+    fn of(v: &sh::Via) -> Via {
+        Via {
+            transport: text(&v.transport).to_ascii_uppercase(),
+            host: text(&v.host.to_bytes()),
+            port: v.port,
+            branch: v.branch().map(text),
+            received: v.received().map(text),
+            rport: v.rport().map(|p| p.and_then(|p| text(p).parse().ok())),
+        }
+    }
+
+    /// The address the hop that added this value sent from: `received` when a proxy
+    /// recorded it (RFC 3261 18.2.1), else the sent-by host when it is an address.
+    pub fn sender(&self) -> Option<std::net::IpAddr> {
+        let host = self.received.as_deref().unwrap_or(&self.host);
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()
+    }
+}
+
 /// The CSeq header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CSeq {
@@ -496,14 +519,15 @@ macro_rules! header_access {
             /// The topmost Via value.
             pub fn top_via(&self) -> Option<Via> {
                 match self.0.headers.typed::<sh::Via>() {
-                    Some(Ok(v)) => Some(Via {
-                        transport: text(&v.transport).to_ascii_uppercase(),
-                        host: text(&v.host.to_bytes()),
-                        port: v.port,
-                        branch: v.branch().map(text),
-                        received: v.received().map(text),
-                        rport: v.rport().map(|p| p.and_then(|p| text(p).parse().ok())),
-                    }),
+                    Some(Ok(v)) => Some(Via::of(&v)),
+                    _ => None,
+                }
+            }
+
+            /// The Via value at `index` (0: the topmost), when it is there and readable.
+            pub fn via_at(&self, index: usize) -> Option<Via> {
+                match self.0.headers.typed_all::<sh::Via>().nth(index) {
+                    Some(Ok(v)) => Some(Via::of(&v)),
                     _ => None,
                 }
             }

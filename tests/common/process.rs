@@ -156,7 +156,14 @@ impl Warden {
             if probe.try_recv(Duration::from_millis(200)).is_some() {
                 return;
             }
-            assert!(Instant::now() < deadline, "warden did not start");
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited || Instant::now() >= deadline {
+                let log = std::fs::read_to_string(self.dir.join("warden.log")).unwrap_or_default();
+                panic!("warden did not start; its log:\n{log}");
+            }
         }
     }
 
@@ -232,13 +239,29 @@ impl Warden {
 
     /// `warden ctl ARGS` with this server's config: whether it succeeded, and its output.
     pub fn ctl(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        self.command("ctl", args, "")
+    }
+
+    /// `warden user ARGS` with this server's config, `stdin` on its standard input.
+    pub fn user(&self, args: &[&str], stdin: &str) -> (bool, String) {
+        self.command("user", args, stdin)
+    }
+
+    fn command(&self, command: &str, args: &[&str], stdin: &str) -> (bool, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
             .arg("--config")
             .arg(self.dir.join("warden.toml"))
-            .arg("ctl")
+            .arg(command)
             .args(args)
-            .output()
-            .expect("run warden ctl");
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run warden {command}: {e}"));
+        let mut input = child.stdin.take().expect("stdin");
+        std::io::Write::write_all(&mut input, stdin.as_bytes()).expect("write stdin");
+        drop(input);
+        let out = child.wait_with_output().expect("warden's output");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

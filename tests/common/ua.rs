@@ -63,7 +63,7 @@ pub struct Dialog {
     pub cseq: u32,
 }
 
-fn rand_hex() -> String {
+pub fn rand_hex() -> String {
     format!("{:x}", rand::random::<u64>())
 }
 
@@ -313,6 +313,13 @@ impl Ua {
     }
 
     pub fn register_with(&mut self, expires: u32, auth: Option<&str>) -> Response {
+        let text = self.register_text(expires, auth);
+        self.send_raw(&text);
+        self.recv_response()
+    }
+
+    /// The next REGISTER this phone would send (its CSeq counted), not sent.
+    pub fn register_text(&mut self, expires: u32, auth: Option<&str>) -> String {
         self.cseq += 1;
         let mut text = format!(
             "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
@@ -329,8 +336,7 @@ impl Ua {
             text.push_str(&format!("Authorization: {a}\r\n"));
         }
         text.push_str("Content-Length: 0\r\n\r\n");
-        self.send_raw(&text);
-        self.recv_response()
+        text
     }
 
     /// Send an INVITE to `callee` with an SDP body; returns the request sent.
@@ -581,4 +587,19 @@ pub fn hang_up(from: &mut Ua, d: &mut Dialog, to: &mut Ua) {
     let bye = to.recv_request("BYE");
     to.ok(&bye);
     assert_eq!(from.recv_response().status(), 200);
+}
+
+/// The nonce of `challenge`'s `header` (WWW- or Proxy-Authenticate) for `alg`.
+pub fn nonce_of(
+    challenge: &Response,
+    header: &str,
+    alg: warden::registrar::digest::Algorithm,
+) -> String {
+    let value = challenge
+        .headers(header)
+        .into_iter()
+        .find(|h| h.contains(alg.name()))
+        .unwrap_or_else(|| panic!("{header} for {alg:?}"));
+    let nonce = value.split("nonce=\"").nth(1).expect("nonce");
+    nonce.split('"').next().expect("nonce").to_owned()
 }
