@@ -663,4 +663,49 @@ mod tests {
         assert_eq!(g.admit(FLOODER, true, None, later), Ok(()));
         assert_eq!(g.tracked(), 1);
     }
+
+    #[test]
+    fn bans_imposed_here_are_handed_out_once_and_another_nodes_hold_until_they_end() {
+        let (mut here, mut there) = (guard(|_| {}), guard(|_| {}));
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            here.auth_failed(FLOODER, t0);
+        }
+        let imposed = here.take_imposed();
+        assert_eq!(
+            imposed,
+            vec![Imposed {
+                source: FLOODER,
+                reason: BanReason::Auth,
+                duration: Duration::from_secs(600),
+            }]
+        );
+        assert!(here.take_imposed().is_empty(), "handed out once");
+        there.impose(&imposed[0], t0);
+        assert_eq!(there.admit(FLOODER, true, None, t0), Err(Dropped::Banned));
+        assert!(there.take_imposed().is_empty(), "not shared back");
+        assert_eq!(
+            there.counters.bans.get(&BanReason::Auth),
+            None,
+            "counted by its node"
+        );
+        let over = t0 + Duration::from_secs(601);
+        assert_eq!(there.admit(FLOODER, true, None, over), Ok(()));
+    }
+
+    #[test]
+    fn edge_proxies_are_never_limited() {
+        let mut g = guard(|c| c.edge_proxies = vec!["192.0.2.0/30".into()]);
+        let t0 = Instant::now();
+        assert!(g.is_edge(FLOODER) && !g.is_edge("192.0.2.9".parse().unwrap()));
+        assert!((0..100).all(|_| g.admit(FLOODER, true, None, t0).is_ok()));
+        let bad = guard(|_| {});
+        let mut config = bad.config.clone();
+        config.edge_proxies = vec!["not-a-network".into()];
+        let refused = config.validate().expect_err("refused");
+        assert!(
+            refused.to_string().contains("guard.edge_proxies"),
+            "{refused}"
+        );
+    }
 }

@@ -925,6 +925,16 @@ mod tests {
         assert_eq!(via.branch.as_deref(), Some("z9hG4bK776asdhds"));
         assert_eq!(via.rport, Some(None));
         assert_eq!(via.port, Some(5060));
+        assert_eq!(via.sender(), "192.0.2.1".parse().ok());
+        // The second value of a comma-separated Via line; a host name names no sender.
+        let below = r.via_at(1).expect("second via");
+        assert_eq!((below.transport.as_str(), below.sender()), ("TCP", None));
+        assert!(r.via_at(2).is_none());
+        let relayed = Via {
+            received: Some("203.0.113.9".into()),
+            ..below
+        };
+        assert_eq!(relayed.sender(), "203.0.113.9".parse().ok());
         let contacts = r.contacts().expect("contacts");
         assert_eq!(contacts.len(), 2);
         let Contact::Address(first) = &contacts[0] else {
