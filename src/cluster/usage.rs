@@ -19,10 +19,12 @@ use crate::screening::usage::{Figures, Shared};
 /// Returns the figures as strings (the last: calls to this callee within the repeat
 /// window, this one included, from KEYS[4], a sorted set per caller and callee), then the
 /// members of the user's seen set (`c:ISO` for a country called abroad, `n:NETWORK` for a
-/// network called from, `a:VALUE` for what a passed challenge allows it, e.g. `a:country:CU`). Buckets in the hash: `m<minute>c` calls and `m<minute>p` short premium calls (kept for
-/// the hour and the premium window), `h<hour>c|i|s|p` the same per hour plus international
-/// calls and talk seconds (kept a week, the baseline's span). The day window reads whole
-/// hours: calls up to 59 minutes older than a day may count, never fewer than a day's.
+/// network called from, `a:VALUE` for what a passed challenge allows it, e.g.
+/// `a:country:CU`). Buckets in the hash: `m<minute>c` calls and `m<minute>p` short premium
+/// calls (kept for the hour and the premium window), `h<hour>c|i|s|p` the same per hour
+/// plus international calls and talk seconds (kept a week, the baseline's span). The day
+/// window reads whole hours: calls up to 59 minutes older than a day may count, never
+/// fewer than a day's.
 const RESERVE: &str = r"
 local now_min = tonumber(ARGV[1])
 local now_ms = tonumber(ARGV[2])
@@ -111,8 +113,9 @@ redis.call('EXPIRE', KEYS[1], 691200)
 return 1
 ";
 
-/// A user's keys: counts, live calls, and countries and networks seen. One hash tag per
-/// user: they live on the same Redis Cluster slot, as a script needs.
+/// A user's keys: counts, live calls, and what was seen of it (countries, networks,
+/// challenge allowances). One hash tag per user: they live on the same Redis Cluster
+/// slot, as a script needs.
 pub fn user_keys(user: &str) -> [String; 3] {
     [
         format!("warden:usage:{{{user}}}"),
