@@ -694,3 +694,15 @@ fn calls_per_source_count_over_both_nodes() {
     assert_eq!(call(&a), 503, "the third call within the second is refused");
     assert_eq!(clock().0, second, "the three calls took more than a second");
 }
+
+#[test]
+fn a_node_starts_while_the_shared_database_is_away() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    // Nothing listens on port 9: the cluster's users cannot be read, the records spool.
+    let away = "[screening.profiles.tight]\n[cdr]\nurl = \"postgres://warden:warden@127.0.0.1:9/warden\"\n";
+    let w = node("a", &redis, SCREEN_THEN_480, "", away);
+    let mut ua = Ua::udp("alice", w.port);
+    assert_eq!(ua.register(600).status(), 200, "serving all the same");
+}

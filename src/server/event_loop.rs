@@ -80,7 +80,7 @@ pub(super) struct Reloads {
 impl Reloads {
     /// The users who may authenticate from the databases: this node's own, then (in a
     /// cluster) the shared one's, which win a name both hold.
-    pub(super) async fn users(&self) -> anyhow::Result<Vec<(String, Credentials)>> {
+    async fn users(&self) -> anyhow::Result<Vec<(String, Credentials)>> {
         let mut users = crate::registrar::users::load(&self.pool).await?;
         if let Some(shared) = &self.shared {
             users.extend(crate::registrar::users::load_shared(shared).await?);
@@ -273,12 +273,21 @@ pub(super) struct Loop {
     sends: Vec<(crate::sip::transport::Destination, bytes::Bytes)>,
     shared_registrations: Option<SharedRegistrations>,
     shared_edits: Option<SharedEdits>,
+    /// `[cluster]`: when to read the shared users again after a failed read (the shared
+    /// database was away).
+    users_retry: Option<Instant>,
 }
+
+/// How soon a failed read of the cluster's users is tried again.
+const USERS_RETRY: Duration = Duration::from_secs(10);
 
 impl Loop {
     pub fn new(parts: Parts) -> Loop {
         let (resolved_tx, resolved) = mpsc::unbounded_channel();
         let (reloaded_tx, reloaded) = mpsc::unbounded_channel();
+        // The cluster's users are read once the loop runs: start-up does not wait on the
+        // shared database.
+        let users_retry = parts.reloads.shared.is_some().then(Instant::now);
         Loop {
             core: parts.core,
             transmitter: parts.transmitter,
@@ -300,6 +309,7 @@ impl Loop {
             sends: Vec::new(),
             shared_registrations: parts.shared_registrations,
             shared_edits: parts.shared_edits,
+            users_retry,
         }
     }
 
@@ -348,6 +358,10 @@ impl Loop {
                 Some(event) = heard(&mut self.shared_registrations) => self.on_cluster_registration(event),
                 Some(event) = heard_edit(&mut self.shared_edits) => self.on_cluster_edit(event),
                 _ = rate_tick.tick() => {
+                    if self.users_retry.is_some_and(|at| at <= Instant::now()) {
+                        self.users_retry = None;
+                        self.start_users_reload();
+                    }
                     if self.started_samples.len() == 11 {
                         self.started_samples.pop_front();
                     }
@@ -649,7 +663,12 @@ impl Loop {
                 core.registrar.set_stored_users(users);
                 tracing::info!(users = core.registrar.user_count(), "users reloaded");
             }
-            Err(e) => tracing::error!(error = %e, "cannot reload users; the known ones stay"),
+            Err(e) => {
+                tracing::error!(error = %e, retry_s = USERS_RETRY.as_secs(), "cannot reload users; the known ones stay");
+                if self.reloads.shared.is_some() {
+                    self.users_retry = Some(Instant::now() + USERS_RETRY);
+                }
+            }
         }
         let Some(plan) = done.plan else {
             return;

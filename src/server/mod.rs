@@ -230,7 +230,9 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
         tls: tls.clone(),
         config: config.clone(),
     };
-    registrar.set_stored_users(reloads.users().await?);
+    // The cluster's shared users follow once the loop runs (it does not wait on the shared
+    // database, which may be away).
+    registrar.set_stored_users(crate::registrar::users::load(&pool).await?);
     tracing::info!(users = registrar.user_count(), "users who may authenticate");
     if registrar.user_count() == 0 && (config.registrar.auth || config.calls.auth) {
         tracing::warn!(
