@@ -360,6 +360,27 @@ fn a_phone_registered_on_one_node_is_called_through_another_directly_or_along_it
         text.contains(&format!("Route: {path}\r\n")),
         "along the Path: {text}"
     );
+    // A MESSAGE for her takes the same way.
+    alice.send_raw(&format!(
+        "MESSAGE sip:carol@127.0.0.1 SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
+         From: <sip:alice@127.0.0.1>;tag=m1\r\nTo: <sip:carol@127.0.0.1>\r\n\
+         Call-ID: msg-carol\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\
+         Content-Length: 5\r\n\r\nhello",
+        via = alice.via(),
+    ));
+    let message = loop {
+        let (n, _) = edge
+            .recv_from(&mut buf)
+            .expect("the MESSAGE reaches the edge");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.starts_with("MESSAGE ") {
+            break text;
+        }
+    };
+    assert!(
+        message.contains(&format!("Route: {path}\r\n")),
+        "along the Path: {message}"
+    );
 }
 
 #[test]

@@ -80,13 +80,16 @@ impl Core {
             }
         };
         let mut unreachable = 404;
-        let destinations: Vec<(String, Destination)> = targets
+        // Each copy's target, where it goes and its Route set: a contact registered with
+        // a Path is reached along it (RFC 3327), as a call to it is.
+        let destinations: Vec<(String, Destination, Vec<String>)> = targets
             .iter()
             .flat_map(|target| match target.strip_prefix("user:") {
-                // A MESSAGE goes to the first hop of a contact's Path (its Route set is
-                // not carried: the edge routes it on by the Request-URI).
                 Some(user) => match self.user_contacts(user) {
-                    Ok(contacts) => contacts.into_iter().map(|(found, _)| found).collect(),
+                    Ok(contacts) => contacts
+                        .into_iter()
+                        .map(|((contact, dest), route)| (contact, dest, route))
+                        .collect(),
                     Err(status) => {
                         if status == 480 {
                             unreachable = 480;
@@ -95,7 +98,7 @@ impl Core {
                     }
                 },
                 None => literal_destination(target)
-                    .map(|d| (target.clone(), d))
+                    .map(|d| (target.clone(), d, Vec::new()))
                     .into_iter()
                     .collect(),
             })
@@ -106,8 +109,8 @@ impl Core {
         let id = self.pager.next;
         self.pager.next += 1;
         let mut outstanding = 0;
-        for (contact, dest) in destinations {
-            if let Some(copy) = self.message_copy(&req, &contact, &dest)
+        for (contact, dest, route) in destinations {
+            if let Some(copy) = self.message_copy(&req, &contact, &dest, &route)
                 && let Some(tx) = self.tx.send_request(copy, dest, now)
             {
                 self.client.insert(tx, ClientPurpose::Message { id });
@@ -132,9 +135,16 @@ impl Core {
         }
     }
 
-    /// The MESSAGE as Warden sends it on: a transaction of its own toward `contact`, the
-    /// sender's From (a tag of Warden's) and To, the body and its type unchanged.
-    fn message_copy(&self, req: &Request, contact: &str, dest: &Destination) -> Option<Request> {
+    /// The MESSAGE as Warden sends it on: a transaction of its own toward `contact` along
+    /// `route`, the sender's From (a tag of Warden's) and To, the body and its type
+    /// unchanged.
+    fn message_copy(
+        &self,
+        req: &Request,
+        contact: &str,
+        dest: &Destination,
+        route: &[String],
+    ) -> Option<Request> {
         let uri = Uri::parse(contact).ok()?;
         let from = crate::sip::dialog::strip_tag(&req.header("From")?);
         let hops = req.max_forwards().unwrap_or(70).saturating_sub(1);
@@ -143,6 +153,9 @@ impl Core {
         let mut copy = self.own_request(Method::Message, &uri, stamp)?;
         let content_type = req.header("Content-Type");
         copy.set_body(req.body().clone(), content_type.as_deref());
+        for hop in route {
+            copy.push_header("Route", hop).ok()?;
+        }
         Some(copy)
     }
 
