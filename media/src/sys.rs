@@ -5,6 +5,7 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Packets moved per recvmmsg/sendmmsg call.
 pub const BATCH: usize = 32;
@@ -349,8 +350,11 @@ impl Epoll {
 }
 
 /// A counter descriptor the control side writes to wake a worker out of `epoll_wait`.
+/// Only the first notification after a drain writes: the worker drains every command
+/// queued by then, so the rest would only wake it again for nothing.
 pub struct EventFd {
     fd: OwnedFd,
+    pending: AtomicBool,
 }
 
 impl EventFd {
@@ -360,6 +364,7 @@ impl EventFd {
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
         Ok(EventFd {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            pending: AtomicBool::new(false),
         })
     }
 
@@ -367,16 +372,27 @@ impl EventFd {
         self.fd.as_raw_fd()
     }
 
+    /// Wake the worker, unless a wake-up is pending already (queue the work first).
     pub fn notify(&self) {
+        if self.pending.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64, as eventfd(2) requires.
         unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
     }
 
+    /// Take the wake-up; call before draining the work. The counter is read before the
+    /// flag is cleared: a notification in between finds the flag set and writes nothing,
+    /// but its work is queued already and is drained next; one after it writes again.
+    /// (Cleared first, a notification in between would write, be read here, and leave
+    /// the flag set with no wake-up on its way: the worker would sleep through all later
+    /// work.)
     pub fn drain(&self) {
         let mut value: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64.
         unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut value).cast(), 8) };
+        self.pending.store(false, Ordering::SeqCst);
     }
 }
 
@@ -418,5 +434,46 @@ mod tests {
         let (len, _) = c.recv_from(&mut buf).expect("recv");
         assert_eq!(&buf[..len], &[2u8; 12]);
         assert_eq!(batch.recv(b.as_raw_fd()).expect("recv"), 0);
+    }
+
+    #[test]
+    fn a_worker_woken_by_the_event_fd_never_sleeps_through_queued_work() {
+        // The control side queues and notifies as fast as it can while the worker waits,
+        // drains the wake-up and takes the work: every item must arrive without the
+        // worker ever waiting a whole second for a wake-up that was skipped.
+        let wake = std::sync::Arc::new(EventFd::new().expect("eventfd"));
+        let (tx, rx) = std::sync::mpsc::channel::<u32>();
+        const ITEMS: u32 = 200_000;
+        let producer = {
+            let wake = wake.clone();
+            std::thread::spawn(move || {
+                for i in 0..ITEMS {
+                    tx.send(i).expect("send");
+                    wake.notify();
+                    if i % 64 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        };
+        let mut received = 0;
+        while received < ITEMS {
+            let mut poll = libc::pollfd {
+                fd: wake.raw(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd, as poll(2) requires.
+            let ready = unsafe { libc::poll(&mut poll, 1, 1000) };
+            assert_eq!(
+                ready, 1,
+                "no wake-up within 1 s with {received} of {ITEMS} taken"
+            );
+            wake.drain();
+            while rx.try_recv().is_ok() {
+                received += 1;
+            }
+        }
+        producer.join().expect("producer");
     }
 }
