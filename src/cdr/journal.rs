@@ -125,11 +125,17 @@ impl Syncer {
         })
     }
 
-    /// Something was appended: sync it within the interval.
+    /// Something was appended: sync it within the interval. Only the first append after
+    /// a sync wakes the thread (a system call); the rest ride along with that sync.
     pub fn appended(&self) {
         let (state, wake) = &*self.shared;
-        state.lock().unwrap_or_else(|e| e.into_inner()).dirty = true;
-        wake.notify_one();
+        let was_dirty = std::mem::replace(
+            &mut state.lock().unwrap_or_else(|e| e.into_inner()).dirty,
+            true,
+        );
+        if !was_dirty {
+            wake.notify_one();
+        }
     }
 }
 

@@ -212,11 +212,19 @@ async fn apply_batch(pool: &SqlitePool, batch: &[Write]) -> sqlx::Result<()> {
     tx.commit().await
 }
 
+/// How long the writer gathers after the first write of a batch: one transaction (and
+/// one wake-up of this task) per interval, not one per call.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Apply writes as they come, many to a transaction; a failed batch is retried whole (it
 /// was rolled back), so nothing is lost and nothing counted twice.
 pub async fn writer(pool: SqlitePool, mut writes: mpsc::UnboundedReceiver<Write>) {
     let mut batch = Vec::new();
     while writes.recv_many(&mut batch, 512).await > 0 {
+        tokio::time::sleep(GATHER).await;
+        while let Ok(write) = writes.try_recv() {
+            batch.push(write);
+        }
         let mut delay = std::time::Duration::from_millis(100);
         while let Err(e) = apply_batch(&pool, &batch).await {
             tracing::error!(error = %e, writes = batch.len(), "cannot store screening state; retrying");

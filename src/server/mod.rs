@@ -247,8 +247,9 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
         resolver,
         enum_suffix: config.dns.enum_suffix.clone(),
     };
-    let (batch, fsync_ms, spool_max_bytes, retention_days) = (
+    let (batch, gather, fsync_ms, spool_max_bytes, retention_days) = (
         config.cdr.batch,
+        Duration::from_millis(config.cdr.write_interval_ms),
         config.cdr.fsync_interval_ms,
         config.cdr.spool_max_bytes,
         config.cdr.retention_days,
@@ -294,6 +295,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
             instance: core.instance().to_owned(),
             boot: core.boot().to_owned(),
             batch,
+            gather,
             closed: billing_stream,
         }
         .run(),
