@@ -57,8 +57,8 @@ fn reachable_host(addr: SocketAddr, advertised: &Option<String>) -> String {
 /// calls have `server.shutdown_grace_s` to end (a second signal ends them at once), call
 /// records are flushed.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let (server, stores) = setup(config).await?;
-    let served = server.run().await;
+    let (parts, stores) = setup(config).await?;
+    let served = event_loop::run_on_own_thread(parts).await;
     stores.close().await;
     served
 }
@@ -106,7 +106,7 @@ impl Stores {
 /// Open the database and the journal, bind the transports, start the relay, the admin
 /// API and the writers, and build the core: everything the loop needs, nothing running
 /// on it yet.
-async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
+async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
     let pool = store::open(&config.database.path).await?;
     let cdr_store = CdrStore::new(&config.cdr_url())?;
     let journal = Journal::open(&config.cdr_journal())?;
@@ -123,8 +123,8 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
     let (inbound_tx, inbound) = mpsc::channel(8192);
     let idle = std::time::Duration::from_secs(config.sip.tcp_idle_timeout_s);
     let tls = crate::sip::tls::TlsContext::load(&config.sip.tls)?;
-    let (transmitter, bound) =
-        transport::start(&config.listen()?, limits, idle, tls.clone(), inbound_tx).await?;
+    let listeners = transport::bind(&config.listen()?).await?;
+    let bound = listeners.bound.clone();
     let mut advertised = HashMap::new();
     for (t, addr) in &bound {
         tracing::info!(transport = t.as_str(), %addr, "listening");
@@ -312,9 +312,15 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
         ),
     };
     let records = event_loop::Records::new(journal, syncer, cdr_wake, cdr_status, spool_max_bytes);
-    let server = event_loop::Loop::new(event_loop::Parts {
+    let parts = event_loop::Parts {
         core,
-        transmitter,
+        sip: event_loop::Sip {
+            listeners,
+            limits,
+            idle,
+            tls: tls.clone(),
+            inbound_tx,
+        },
         inbound,
         media_events,
         screening,
@@ -327,7 +333,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
         stopping,
         shared_registrations,
         shared_edits,
-    });
+    };
     let retention = (retention_days > 0)
         .then(|| tokio::spawn(crate::cdr::store::retain(cdr_store.clone(), retention_days)));
     let stores = Stores {
@@ -341,7 +347,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Loop, Stores)> {
         screen_writer,
         pool,
     };
-    Ok((server, stores))
+    Ok((parts, stores))
 }
 
 /// The configured dialplan, checked: a `screen` action naming a profile the configuration

@@ -218,27 +218,32 @@ impl Link {
     }
 }
 
-/// Bind every listening address and start the receive tasks; `tls:` listeners present the
-/// certificate `tls` holds.
-pub async fn start(
-    listen: &[(Transport, SocketAddr)],
-    limits: Limits,
-    idle: Duration,
-    tls: TlsContext,
-    inbound: mpsc::Sender<Inbound>,
-) -> std::io::Result<(Transmitter, Vec<(Transport, SocketAddr)>)> {
-    let mut udp = Vec::new();
-    let mut bound = Vec::new();
+/// The listening sockets, bound (so a taken address fails at start) but not yet served:
+/// the signalling thread serves them on its own runtime, where its loop runs, so a
+/// received message reaches the loop without a wake-up across threads.
+pub struct Listeners {
+    udp: Vec<std::net::UdpSocket>,
+    streams: Vec<(Transport, std::net::TcpListener)>,
+    /// Every address bound, in the order configured.
+    pub bound: Vec<(Transport, SocketAddr)>,
+}
+
+/// Bind every listening address (on the runtime at hand, for its socket options; the
+/// sockets are then let go of until `Listeners::serve`).
+pub async fn bind(listen: &[(Transport, SocketAddr)]) -> std::io::Result<Listeners> {
+    let mut listeners = Listeners {
+        udp: Vec::new(),
+        streams: Vec::new(),
+        bound: Vec::new(),
+    };
     for &(transport, addr) in listen {
         match transport {
             Transport::Udp => {
-                let socket = Arc::new(UdpSocket::bind(addr).await.map_err(|e| {
+                let socket = UdpSocket::bind(addr).await.map_err(|e| {
                     std::io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}"))
-                })?);
-                let local = socket.local_addr()?;
-                bound.push((Transport::Udp, local));
-                udp.push((local.is_ipv4(), socket.clone()));
-                tokio::spawn(udp_receive(socket, limits, inbound.clone()));
+                })?;
+                listeners.bound.push((Transport::Udp, socket.local_addr()?));
+                listeners.udp.push(socket.into_std()?);
             }
             Transport::Tcp | Transport::Tls => {
                 let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -247,14 +252,36 @@ pub async fn start(
                         format!("cannot bind {} {addr}: {e}", transport.as_str()),
                     )
                 })?;
-                bound.push((transport, listener.local_addr()?));
-                let tls = (transport == Transport::Tls).then(|| tls.clone());
-                tokio::spawn(stream_accept(listener, tls, limits, idle, inbound.clone()));
+                listeners.bound.push((transport, listener.local_addr()?));
+                listeners.streams.push((transport, listener.into_std()?));
             }
         }
     }
-    Ok((
-        Transmitter {
+    Ok(listeners)
+}
+
+impl Listeners {
+    /// Start the receive and accept tasks on the current runtime; `tls:` listeners present
+    /// the certificate `tls` holds.
+    pub fn serve(
+        self,
+        limits: Limits,
+        idle: Duration,
+        tls: TlsContext,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> std::io::Result<Transmitter> {
+        let mut udp = Vec::new();
+        for socket in self.udp {
+            let socket = Arc::new(UdpSocket::from_std(socket)?);
+            udp.push((socket.local_addr()?.is_ipv4(), socket.clone()));
+            tokio::spawn(udp_receive(socket, limits, inbound.clone()));
+        }
+        for (transport, listener) in self.streams {
+            let listener = TcpListener::from_std(listener)?;
+            let tls = (transport == Transport::Tls).then(|| tls.clone());
+            tokio::spawn(stream_accept(listener, tls, limits, idle, inbound.clone()));
+        }
+        Ok(Transmitter {
             udp,
             tcp: HashMap::new(),
             tcp_by_addr: HashMap::new(),
@@ -262,9 +289,8 @@ pub async fn start(
             limits,
             idle,
             tls,
-        },
-        bound,
-    ))
+        })
+    }
 }
 
 async fn udp_receive(socket: Arc<UdpSocket>, limits: Limits, inbound: mpsc::Sender<Inbound>) {
