@@ -1,5 +1,6 @@
-//! The relay's control handle: opens streams (one per SDP m= line, two legs each), binds
-//! their ports, tells the owning worker thread where each leg's peer is, and reads stats.
+//! The relay's control handle: opens streams (one per SDP m= line, two legs each) on
+//! ports it binds or finds parked on a worker, tells the owning worker thread where each
+//! leg's peer is, and reads stats.
 //!
 //! Control calls run on the signalling thread and only post commands; the worker threads
 //! own the sockets and move the packets (see `worker`).
@@ -7,7 +8,8 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,7 +21,7 @@ use crate::srtp::SrtpSetting;
 use crate::stats::{LegCounters, LegStats};
 use crate::sys::EventFd;
 use crate::transcode::{LegCodec, Transcoding};
-use crate::worker::{Command, Stream, Worker};
+use crate::worker::{Command, NewStream, Worker};
 
 /// How a leg's peer address is learned from its packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -164,6 +166,10 @@ pub struct RelayTotals {
     pub rtp_bytes: u64,
     /// Packets from a source other than a party's latched address, dropped.
     pub strangers: u64,
+    /// Packets that reached a parked port (no call has it), dropped.
+    pub unassigned: u64,
+    /// Port pairs whose sockets stay bound between calls.
+    pub parked_pairs: u64,
 }
 
 pub struct Relay {
@@ -179,15 +185,9 @@ pub struct Relay {
     closed_packets: u64,
     closed_bytes: u64,
     closed_strangers: u64,
-    /// Ports of streams whose sockets a worker has yet to close, by stream id; they go
-    /// back to the pool when the worker says the sockets are gone (`sockets_closed`).
-    closing: HashMap<u64, [PortPair; 2]>,
-    sockets_closed: Receiver<u64>,
+    /// Packets that reached parked ports, counted by the workers.
+    unassigned: Arc<AtomicU64>,
 }
-
-/// How long an open waits for closing streams' ports when none is free: a worker closes
-/// sockets within microseconds of being told, unless the machine is starved of CPU.
-const CLOSING_WAIT: Duration = Duration::from_millis(200);
 
 /// Ports tried per open before giving up on binding (something else holds them).
 const BIND_ATTEMPTS: usize = 16;
@@ -200,11 +200,11 @@ impl Relay {
             n => n,
         };
         let mut workers = Vec::with_capacity(count);
-        let (closed_tx, sockets_closed) = channel();
+        let unassigned = Arc::new(AtomicU64::new(0));
         for index in 0..count {
             let (tx, rx) = channel();
             let wake = Arc::new(EventFd::new()?);
-            let worker = Worker::new(wake.clone(), rx, closed_tx.clone(), config)?;
+            let worker = Worker::new(wake.clone(), rx, unassigned.clone(), config)?;
             let thread = std::thread::Builder::new()
                 .name(format!("warden-relay-{index}"))
                 .spawn(move || worker.run())?;
@@ -225,8 +225,7 @@ impl Relay {
             closed_packets: 0,
             closed_bytes: 0,
             closed_strangers: 0,
-            closing: HashMap::new(),
-            sockets_closed,
+            unassigned,
         })
     }
 
@@ -234,41 +233,47 @@ impl Relay {
         self.address
     }
 
-    /// Port pairs free, counting those of closed streams whose worker is closing the
-    /// sockets (an open waits for them).
+    /// Port pairs free (parked or unbound).
     pub fn available(&self) -> usize {
         self.pool.available()
-            + self
-                .closing
-                .values()
-                .map(|ports| ports.len())
-                .sum::<usize>()
     }
 
     pub fn streams(&self) -> usize {
         self.streams.len()
     }
 
-    /// Open a stream: bind an RTP/RTCP port pair for each side and hand them to a worker.
+    /// Open a stream: an RTP/RTCP port pair for each side, on one worker. Pairs parked on
+    /// a worker are used there as they are (no system call); others are bound here, or
+    /// taken over from the worker they are parked on.
     pub fn open(&mut self) -> Result<StreamId, MediaError> {
-        let (a, a_sockets) = self.bind_pair()?;
-        let (b, b_sockets) = match self.bind_pair() {
+        let now = Instant::now();
+        let (a, a_sockets, worker) = self.take_pair(None, now)?;
+        let (b, b_sockets, _) = match self.take_pair(Some(worker), now) {
             Ok(x) => x,
             Err(e) => {
-                drop(a_sockets);
-                self.pool.release(a);
+                match a_sockets {
+                    // Bound here: closed with the sockets.
+                    Some(sockets) => {
+                        drop(sockets);
+                        self.pool.release(a);
+                    }
+                    None => self.pool.park(a, worker, now),
+                }
                 return Err(e);
             }
         };
         let id = StreamId(self.next_id);
         self.next_id += 1;
-        let worker = self.next_worker;
-        self.next_worker = (self.next_worker + 1) % self.workers.len();
         let counters = Arc::new(StreamCounters::default());
-        let [a_rtp, a_rtcp] = a_sockets;
-        let [b_rtp, b_rtcp] = b_sockets;
-        let stream = Stream::new(id.0, [a_rtp, a_rtcp, b_rtp, b_rtcp], counters.clone());
-        self.send(worker, Command::Add(Box::new(stream)));
+        let [a_rtp, a_rtcp] = a_sockets.map_or([None, None], |s| s.map(Some));
+        let [b_rtp, b_rtcp] = b_sockets.map_or([None, None], |s| s.map(Some));
+        let stream = NewStream {
+            id: id.0,
+            ports: [a.rtp, a.rtcp(), b.rtp, b.rtcp()],
+            sockets: [a_rtp, a_rtcp, b_rtp, b_rtcp],
+            counters: counters.clone(),
+        };
+        self.send(worker, Command::Open(Box::new(stream)));
         self.streams.insert(
             id,
             StreamInfo {
@@ -282,22 +287,41 @@ impl Relay {
         Ok(id)
     }
 
-    fn bind_pair(&mut self) -> Result<(PortPair, [UdpSocket; 2]), MediaError> {
-        self.reclaim_closed_ports();
-        if self.pool.available() == 0 && !self.closing.is_empty() {
-            self.wait_for_closing_ports();
-        }
+    /// A pair for a stream on worker `want` (any when None: then the pair's own worker,
+    /// or the next in turn for an unbound pair), with its sockets when they are not parked
+    /// on that worker already, and the worker.
+    fn take_pair(
+        &mut self,
+        want: Option<usize>,
+        now: Instant,
+    ) -> Result<(PortPair, Option<[UdpSocket; 2]>, usize), MediaError> {
         let mut last_error = None;
         for _ in 0..BIND_ATTEMPTS {
-            let pair = self.pool.allocate()?;
-            match self.bind(pair) {
-                Ok(sockets) => return Ok((pair, sockets)),
-                Err(e) => {
-                    // Taken by another program (or a socket not yet closed): try the next
-                    // pair; this one goes to the back of the queue.
-                    self.pool.release(pair);
-                    last_error = Some(e);
+            let (pair, home) = self.pool.take(want, now)?;
+            let worker = match (want, home) {
+                (Some(w), _) | (None, Some(w)) => w,
+                (None, None) => {
+                    let w = self.next_worker;
+                    self.next_worker = (w + 1) % self.workers.len();
+                    w
                 }
+            };
+            match home {
+                Some(h) if h == worker => return Ok((pair, None, worker)),
+                Some(h) => match self.lend(h, pair) {
+                    Some(sockets) => return Ok((pair, Some(sockets), worker)),
+                    // Not there after all: bound anew below, next time round.
+                    None => self.pool.release(pair),
+                },
+                None => match self.bind(pair) {
+                    Ok(sockets) => return Ok((pair, Some(sockets), worker)),
+                    Err(e) => {
+                        // Taken by another program: try the next pair; this one goes to
+                        // the back of the queue.
+                        self.pool.release(pair);
+                        last_error = Some(e);
+                    }
+                },
             }
         }
         Err(MediaError::Bind {
@@ -306,30 +330,17 @@ impl Relay {
         })
     }
 
-    /// Return to the pool the ports of every stream whose sockets are closed by now.
-    fn reclaim_closed_ports(&mut self) {
-        while let Ok(id) = self.sockets_closed.try_recv() {
-            self.reclaim(id);
-        }
-    }
-
-    /// The pool is empty but streams are closing: their ports are the next free ones, a
-    /// moment away (a call just hung up and the next one came in at once).
-    fn wait_for_closing_ports(&mut self) {
-        let deadline = Instant::now() + CLOSING_WAIT;
-        while self.pool.available() == 0 && !self.closing.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.sockets_closed.recv_timeout(left) {
-                Ok(id) => self.reclaim(id),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
-            }
-        }
-    }
-
-    fn reclaim(&mut self, id: u64) {
-        for pair in self.closing.remove(&id).into_iter().flatten() {
-            self.pool.release(pair);
-        }
+    /// Take a parked pair's sockets back from worker `home` (to hand them to another).
+    fn lend(&self, home: usize, pair: PortPair) -> Option<[UdpSocket; 2]> {
+        let (reply, lent) = channel();
+        self.send(
+            home,
+            Command::Lend {
+                rtp: pair.rtp,
+                reply,
+            },
+        );
+        lent.recv_timeout(Duration::from_secs(1)).ok().flatten()
     }
 
     fn bind(&self, pair: PortPair) -> std::io::Result<[UdpSocket; 2]> {
@@ -471,7 +482,7 @@ impl Relay {
             let Ok(stream) = moved.recv() else {
                 return false;
             };
-            self.send(worker, Command::Add(stream));
+            self.send(worker, Command::Adopt(stream));
         }
         if let Some(info) = self.streams.get_mut(&id) {
             info.worker = worker;
@@ -513,8 +524,9 @@ impl Relay {
         self.rooms.len()
     }
 
-    /// Close a stream: its worker closes the sockets, then the ports return to the pool
-    /// (not before: binding them again would fail while the old sockets live).
+    /// Close a stream: its worker parks the sockets (they stay bound, its late packets
+    /// are dropped), and the pairs are free for a later stream on that worker at once: the
+    /// worker applies its commands in order.
     pub fn close(&mut self, id: StreamId) {
         self.leave(id);
         if let Some(info) = self.streams.remove(&id) {
@@ -524,8 +536,11 @@ impl Relay {
                 self.closed_bytes += leg.rtp_bytes;
                 self.closed_strangers += leg.strangers;
             }
-            self.closing.insert(id.0, info.ports);
             self.send(info.worker, Command::Remove(id.0));
+            let now = Instant::now();
+            for pair in info.ports {
+                self.pool.park(pair, info.worker, now);
+            }
         }
     }
 
@@ -536,6 +551,8 @@ impl Relay {
             rtp_packets: self.closed_packets,
             rtp_bytes: self.closed_bytes,
             strangers: self.closed_strangers,
+            unassigned: self.unassigned.load(Ordering::Relaxed),
+            parked_pairs: self.pool.parked() as u64,
             ..RelayTotals::default()
         };
         for info in self.streams.values() {

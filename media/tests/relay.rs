@@ -166,15 +166,68 @@ fn exhausted_pool_is_an_error_and_recovers() {
         Err(warden_media::MediaError::Exhausted(_))
     ));
     relay.close(id);
-    relay.sync(); // the worker has closed the sockets
     let mut id = relay.open().expect("ports came back");
-    // Reopened the moment it closes, before its worker can have closed the sockets: the
-    // open waits for those ports instead of failing to bind them (a call hung up and the
-    // next one arriving at once, with the pool full).
+    // Reopened the moment it closes, the worker not yet told: the pairs are parked on that
+    // worker, whose commands run in order (a call hung up and the next one arriving at
+    // once, with the pool full).
     for _ in 0..200 {
         relay.close(id);
-        id = relay.open().expect("the closing stream's ports");
+        id = relay.open().expect("the closed stream's ports");
     }
+}
+
+#[test]
+fn ports_stay_bound_between_calls_and_drop_what_arrives_meanwhile() {
+    // Two pairs: every stream has the same ports, bound once.
+    let mut relay = relay(31700, 31703, Latching::Strict);
+    let first = relay.open().expect("stream");
+    let ports = |relay: &Relay, id| [Side::A, Side::B].map(|side| relay.port(id, side));
+    let first_ports = ports(&relay, first);
+    relay.close(first);
+    relay.sync();
+    assert_eq!(relay.totals().parked_pairs, 2);
+    // A late packet of the ended call reaches the parked port: drained and counted.
+    let late = party();
+    let a_port = first_ports[0].expect("a");
+    late.send_to(&rtp(1, 160, 7), ("127.0.0.1", a_port))
+        .expect("send");
+    for _ in 0..100 {
+        relay.sync();
+        if relay.totals().unassigned == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(relay.totals().unassigned, 1);
+    // Calls one after another get the parked pairs (binding them again would fail: they
+    // are still bound).
+    for _ in 0..100 {
+        let id = relay.open().expect("stream");
+        let mut got = ports(&relay, id);
+        got.sort();
+        let mut want = first_ports;
+        want.sort();
+        assert_eq!(got, want);
+        relay.close(id);
+    }
+    relay.sync();
+    assert_eq!(relay.totals().parked_pairs, 2);
+    // And the reused ports still relay: a new stream on them carries packets both ways.
+    let id = relay.open().expect("stream");
+    let (a_port, b_port) = (
+        relay.port(id, Side::A).expect("a"),
+        relay.port(id, Side::B).expect("b"),
+    );
+    let (alice, bob) = (party(), party());
+    relay.set_remote(id, Side::A, Some(remote(&alice)));
+    relay.set_remote(id, Side::B, Some(remote(&bob)));
+    alice
+        .send_to(&rtp(1, 160, 1), ("127.0.0.1", a_port))
+        .expect("send");
+    assert_eq!(recv(&bob).0, rtp(1, 160, 1));
+    bob.send_to(&rtp(9, 160, 2), ("127.0.0.1", b_port))
+        .expect("send");
+    assert_eq!(recv(&alice).0, rtp(9, 160, 2));
 }
 
 #[test]

@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub relay_rtp_packets: u64,
     pub relay_rtp_bytes: u64,
     pub relay_stranger_packets: u64,
+    pub relay_unassigned_packets: u64,
+    pub relay_parked_port_pairs: u64,
     /// (decision, check, count).
     pub screening: Vec<(String, String, u64)>,
     /// (handling, reason, count).
@@ -172,6 +174,18 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         "relay_stranger_packets",
         "Packets from a source other than a party's latched address, dropped (RTP injection, RTP Bleed)",
         s.relay_stranger_packets,
+    );
+    counter(
+        &mut r,
+        "relay_unassigned_packets",
+        "Packets to a media port no call has now (late packets of an ended call, scanners), dropped",
+        s.relay_unassigned_packets,
+    );
+    gauge(
+        &mut r,
+        "relay_parked_port_pairs",
+        "RTP/RTCP port pairs kept bound between calls",
+        n(s.relay_parked_port_pairs),
     );
     let screening = Family::<Labels, Counter>::default();
     for (decision, check, count) in &s.screening {

@@ -283,6 +283,8 @@ impl Media for FakeMedia {
             rtp_packets: packets,
             rtp_bytes: bytes,
             strangers: 0, // the fake relay has no sockets to be sprayed
+            unassigned: 0,
+            parked_pairs: 0,
         }
     }
 }

@@ -806,6 +806,8 @@ impl Loop {
             relay_rtp_packets: relay.rtp_packets,
             relay_rtp_bytes: relay.rtp_bytes,
             relay_stranger_packets: relay.strangers,
+            relay_unassigned_packets: relay.unassigned,
+            relay_parked_port_pairs: relay.parked_pairs,
             screening: self
                 .screening
                 .engine

@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use crate::codec::CodecOptions;
@@ -39,13 +40,41 @@ use playout::{FRAME, Player, Writer};
 /// Socket slots of a stream: `i ^ 2` is where socket `i`'s packets leave.
 const A_RTP: usize = 0;
 const B_RTP: usize = 2;
+/// A socket's epoll token is its port (so a parked socket needs no epoll_ctl to serve a
+/// stream again); the eventfd's is this.
 const WAKE_TOKEN: u64 = u64::MAX;
 /// Batches read from one socket per readiness report, so one flooded port cannot starve
 /// the others on the thread.
 const ROUNDS_PER_WAKE: usize = 4;
 
+/// A stream to open: its four ports, with the sockets the worker does not hold parked.
+pub(crate) struct NewStream {
+    pub id: u64,
+    /// a_rtp, a_rtcp, b_rtp, b_rtcp.
+    pub ports: [u16; 4],
+    pub sockets: [Option<UdpSocket>; 4],
+    pub counters: Arc<StreamCounters>,
+}
+
+/// Where a port's readiness goes.
+#[derive(Clone, Copy)]
+enum Route {
+    /// Socket `index` of the stream in `slot`.
+    Stream { slot: usize, index: usize },
+    /// Parked between calls: what arrives is drained and dropped.
+    Parked,
+}
+
 pub(crate) enum Command {
-    Add(Box<Stream>),
+    Open(Box<NewStream>),
+    /// A stream moved here with its sockets (to the worker mixing its room).
+    Adopt(Box<Stream>),
+    /// Hand a parked pair's sockets over (RTP port, RTCP above it), for a stream opened
+    /// on another worker.
+    Lend {
+        rtp: u16,
+        reply: std::sync::mpsc::Sender<Option<[UdpSocket; 2]>>,
+    },
     SetRemote {
         id: u64,
         side: Side,
@@ -121,8 +150,9 @@ struct End {
 
 pub(crate) struct Stream {
     pub id: u64,
-    /// a_rtp, a_rtcp, b_rtp, b_rtcp.
+    /// a_rtp, a_rtcp, b_rtp, b_rtcp, and their ports.
     pub sockets: [UdpSocket; 4],
+    ports: [u16; 4],
     pub counters: Arc<StreamCounters>,
     ends: [End; 4],
     receivers: [RtpReceiver; 2],
@@ -153,10 +183,16 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    pub fn new(id: u64, sockets: [UdpSocket; 4], counters: Arc<StreamCounters>) -> Stream {
+    fn new(
+        id: u64,
+        sockets: [UdpSocket; 4],
+        ports: [u16; 4],
+        counters: Arc<StreamCounters>,
+    ) -> Stream {
         Stream {
             id,
             sockets,
+            ports,
             counters,
             ends: Default::default(),
             receivers: Default::default(),
@@ -223,8 +259,11 @@ pub(crate) struct Worker {
     epoll: Epoll,
     wake: Arc<EventFd>,
     commands: Receiver<Command>,
-    /// Told the id of each removed stream once its sockets are closed.
-    sockets_closed: Sender<u64>,
+    /// Sockets kept bound between calls, by port, and where each port's readiness goes.
+    parked: HashMap<u16, UdpSocket>,
+    routes: HashMap<u16, Route>,
+    /// Packets drained from parked sockets (shared with the control side).
+    unassigned: Arc<AtomicU64>,
     latching: Latching,
     coalesce: Duration,
     codecs: CodecOptions,
@@ -248,7 +287,7 @@ impl Worker {
     pub fn new(
         wake: Arc<EventFd>,
         commands: Receiver<Command>,
-        sockets_closed: Sender<u64>,
+        unassigned: Arc<AtomicU64>,
         config: &RelayConfig,
     ) -> std::io::Result<Worker> {
         let epoll = Epoll::new()?;
@@ -257,7 +296,9 @@ impl Worker {
             epoll,
             wake,
             commands,
-            sockets_closed,
+            parked: HashMap::new(),
+            routes: HashMap::new(),
+            unassigned,
             latching: config.latching,
             coalesce: config.coalesce,
             codecs: config.codecs,
@@ -297,12 +338,14 @@ impl Worker {
                     }
                     continue;
                 }
-                self.on_readable(
-                    &mut batch,
-                    (token >> 2) as usize,
-                    (token & 3) as usize,
-                    now_us,
-                );
+                let port = token as u16;
+                match self.routes.get(&port).copied() {
+                    Some(Route::Stream { slot, index }) => {
+                        self.on_readable(&mut batch, slot, index, now_us)
+                    }
+                    Some(Route::Parked) => self.drain_parked(&mut batch, port),
+                    None => {}
+                }
                 busy = true;
             }
             // Under load, let packets gather before polling again: one wake-up then serves
@@ -394,7 +437,11 @@ impl Worker {
     fn apply_commands(&mut self) -> bool {
         while let Ok(command) = self.commands.try_recv() {
             match command {
-                Command::Add(stream) => self.add(stream),
+                Command::Open(stream) => self.open(*stream),
+                Command::Adopt(stream) => self.adopt(stream),
+                Command::Lend { rtp, reply } => {
+                    let _ = reply.send(self.lend(rtp));
+                }
                 Command::SetSrtp { id, side, setting } => {
                     if let Some(s) = self.stream_mut(id) {
                         s.set_srtp(side, setting);
@@ -649,40 +696,136 @@ impl Worker {
         self.slots.get_mut(slot)?.as_deref_mut()
     }
 
-    fn add(&mut self, stream: Box<Stream>) {
+    /// Open a stream on its ports: parked sockets as they are, new ones watched.
+    fn open(&mut self, new: NewStream) {
+        let NewStream {
+            id,
+            ports,
+            sockets,
+            counters,
+        } = new;
+        let mut taken = Vec::with_capacity(4);
+        for (port, socket) in ports.into_iter().zip(sockets) {
+            let socket = match socket {
+                Some(socket) => {
+                    self.watch(&socket, port, id);
+                    Some(socket)
+                }
+                None => self.parked.remove(&port),
+            };
+            match socket {
+                Some(socket) => taken.push(socket),
+                None => {
+                    // The control side believed this port parked here: a bug, said loudly;
+                    // the ports taken so far go back to being parked.
+                    tracing::error!(
+                        stream = id,
+                        port,
+                        "media port not parked on its worker; stream not opened"
+                    );
+                    for (port, socket) in ports.into_iter().zip(taken) {
+                        self.parked.insert(port, socket);
+                        self.routes.insert(port, Route::Parked);
+                    }
+                    return;
+                }
+            }
+        }
+        let Ok(sockets) = <[UdpSocket; 4]>::try_from(taken) else {
+            return;
+        };
+        self.place(Box::new(Stream::new(id, sockets, ports, counters)));
+    }
+
+    /// A stream moved here from another worker, sockets and all.
+    fn adopt(&mut self, stream: Box<Stream>) {
+        for (socket, port) in stream.sockets.iter().zip(stream.ports) {
+            self.watch(socket, port, stream.id);
+        }
+        self.place(stream);
+    }
+
+    fn watch(&self, socket: &UdpSocket, port: u16, id: u64) {
+        if let Err(e) = self.epoll.add(socket.as_raw_fd(), u64::from(port)) {
+            tracing::error!(stream = id, port, error = %e, "cannot watch media socket");
+        }
+    }
+
+    fn place(&mut self, stream: Box<Stream>) {
         let slot = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1
         });
-        for (i, socket) in stream.sockets.iter().enumerate() {
-            let token = ((slot as u64) << 2) | i as u64;
-            if let Err(e) = self.epoll.add(socket.as_raw_fd(), token) {
-                tracing::error!(stream = stream.id, error = %e, "cannot watch media socket");
-            }
+        for (index, port) in stream.ports.into_iter().enumerate() {
+            self.routes.insert(port, Route::Stream { slot, index });
         }
         self.by_id.insert(stream.id, slot);
         self.slots[slot] = Some(stream);
     }
 
+    /// End stream `id`: its sockets stay bound and watched, parked for a later stream.
     fn remove(&mut self, id: u64) {
-        // Dropping the stream closes its sockets; then its ports may be bound again.
-        drop(self.take(id));
-        let _ = self.sockets_closed.send(id);
+        let Some(stream) = self.unplace(id) else {
+            return;
+        };
+        let Stream { sockets, ports, .. } = *stream;
+        for (port, socket) in ports.into_iter().zip(sockets) {
+            self.parked.insert(port, socket);
+            self.routes.insert(port, Route::Parked);
+        }
+    }
+
+    /// A parked pair's sockets, no longer watched here.
+    fn lend(&mut self, rtp: u16) -> Option<[UdpSocket; 2]> {
+        let mut pair = [rtp, rtp.wrapping_add(1)].map(|port| {
+            let socket = self.parked.remove(&port)?;
+            self.epoll.remove(socket.as_raw_fd());
+            self.routes.remove(&port);
+            Some(socket)
+        });
+        match (pair[0].take(), pair[1].take()) {
+            (Some(rtp), Some(rtcp)) => Some([rtp, rtcp]),
+            _ => None,
+        }
     }
 
     /// Stop serving stream `id` and hand it over (out of its room, its prompts and key
-    /// presses of ours dropped).
+    /// presses of ours dropped); its sockets are no longer watched here.
     fn take(&mut self, id: u64) -> Option<Box<Stream>> {
+        let stream = self.unplace(id)?;
+        for (socket, port) in stream.sockets.iter().zip(stream.ports) {
+            self.epoll.remove(socket.as_raw_fd());
+            self.routes.remove(&port);
+        }
+        Some(stream)
+    }
+
+    /// Take stream `id` out of its slot (out of its room, its prompts and key presses of
+    /// ours dropped).
+    fn unplace(&mut self, id: u64) -> Option<Box<Stream>> {
         self.leave(id);
         let slot = self.by_id.remove(&id)?;
         let stream = self.slots.get_mut(slot).and_then(Option::take)?;
-        for socket in &stream.sockets {
-            self.epoll.remove(socket.as_raw_fd());
-        }
         self.players.retain(|p| p.stream != id);
         self.writers.retain(|w| w.stream != id);
         self.free.push(slot);
         Some(stream)
+    }
+
+    /// Late packets to a parked port (a call that ended, or a scanner): read and dropped
+    /// so they cannot wait there for the port's next call.
+    fn drain_parked(&mut self, batch: &mut Batch, port: u16) {
+        let Some(fd) = self.parked.get(&port).map(|s| s.as_raw_fd()) else {
+            return;
+        };
+        for _ in 0..ROUNDS_PER_WAKE {
+            match batch.recv(fd) {
+                Ok(n) if n > 0 => {
+                    self.unassigned.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                _ => return,
+            }
+        }
     }
 
     /// The hot path: drain a readable socket and forward what it received.
