@@ -123,7 +123,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
     let (inbound_tx, inbound) = mpsc::channel(8192);
     let idle = std::time::Duration::from_secs(config.sip.tcp_idle_timeout_s);
     let tls = crate::sip::tls::TlsContext::load(&config.sip.tls)?;
-    let listeners = transport::bind(&config.listen()?).await?;
+    let listeners = transport::bind(&config.listen()?, config.sip.udp_receive_buffer_bytes).await?;
     let bound = listeners.bound.clone();
     let mut advertised = HashMap::new();
     for (t, addr) in &bound {

@@ -230,7 +230,10 @@ pub struct Listeners {
 
 /// Bind every listening address (on the runtime at hand, for its socket options; the
 /// sockets are then let go of until `Listeners::serve`).
-pub async fn bind(listen: &[(Transport, SocketAddr)]) -> std::io::Result<Listeners> {
+pub async fn bind(
+    listen: &[(Transport, SocketAddr)],
+    udp_receive_buffer: usize,
+) -> std::io::Result<Listeners> {
     let mut listeners = Listeners {
         udp: Vec::new(),
         streams: Vec::new(),
@@ -242,7 +245,12 @@ pub async fn bind(listen: &[(Transport, SocketAddr)]) -> std::io::Result<Listene
                 let socket = UdpSocket::bind(addr).await.map_err(|e| {
                     std::io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}"))
                 })?;
-                listeners.bound.push((Transport::Udp, socket.local_addr()?));
+                let local = socket.local_addr()?;
+                let got = grow_receive_buffer(&socket, udp_receive_buffer);
+                if got < udp_receive_buffer {
+                    tracing::warn!(%local, asked = udp_receive_buffer, got, "SIP UDP receive buffer smaller than sip.udp_receive_buffer_bytes: raise net.core.rmem_max");
+                }
+                listeners.bound.push((Transport::Udp, local));
                 listeners.udp.push(socket.into_std()?);
             }
             Transport::Tcp | Transport::Tls => {
@@ -258,6 +266,46 @@ pub async fn bind(listen: &[(Transport, SocketAddr)]) -> std::io::Result<Listene
         }
     }
     Ok(listeners)
+}
+
+/// Ask for a receive buffer of `bytes` (past `net.core.rmem_max` when the process may:
+/// SO_RCVBUFFORCE); what the kernel granted, in the same terms (it reports double what
+/// is set, the half it keeps for bookkeeping).
+fn grow_receive_buffer(socket: &UdpSocket, bytes: usize) -> usize {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |option| {
+        // SAFETY: setsockopt reads one c_int from a live local for the length given.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&raw const want).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(libc::SO_RCVBUFFORCE) != 0 {
+        set(libc::SO_RCVBUF);
+    }
+    let mut got: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into a live c_int and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw mut got).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return 0;
+    }
+    usize::try_from(got).unwrap_or(0) / 2
 }
 
 impl Listeners {
