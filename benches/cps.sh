@@ -4,11 +4,12 @@
 # call fails. For each step: calls, failed, INVITE->200 percentiles, Warden's CPU per call
 # (utime+stime from /proc/PID/stat around the load), and, as the reference measured in the
 # same run, the same SIPp scenario through Kamailio as a stateful proxy (tm, every request)
-# with its CPU per call (all its processes). System calls per call come from a separate
-# pass at each rate with `strace -c -f` attached to Warden (ptrace slows the process, so
-# its CPU figure is not taken from that pass); skipped when strace is missing or
-# CPS_STRACE=0. Last, the highest rate SIPp-to-SIPp without anything between (the
-# machine's limit).
+# with its CPU per call (all its processes). System calls per call are counted during the
+# step itself by `perf stat -e raw_syscalls:sys_enter` on every Warden thread (a kernel
+# counter: it does not slow Warden); without perf, by a separate pass at each rate with
+# `strace -c -f` attached (ptrace slows a saturated thread enough to inflate the count
+# with retransmissions); CPS_STRACE=0 skips both. Last, the highest rate SIPp-to-SIPp
+# without anything between (the machine's limit).
 # Usage: benches/cps.sh [WARDEN_BINARY] [RATES...]   (needs sipp; kamailio optional)
 # CPS_SECONDS (default 10) per step; CPS_FSYNC_MS=0 runs Warden without journal fsync.
 set -euo pipefail
@@ -91,6 +92,12 @@ run() {
   echo "$ok $fail $(percentiles "$d"/*rtt.csv) $us"
 }
 
+# System calls per call, counted by the kernel during a step (perf), when perf can.
+counting=0
+if [ "${CPS_STRACE:-1}" != 0 ] && command -v perf > /dev/null &&
+  perf stat -e raw_syscalls:sys_enter -p "$warden_pid" -o /dev/null -- sleep 0.1 2> /dev/null; then
+  counting=1
+fi
 # System calls per call: strace attached to every Warden thread for a short pass.
 syscalls() { # rate -> syscalls per call, or "-"
   local rate=$1 s=3
@@ -110,8 +117,17 @@ printf "%-6s %-7s %-6s %-14s %-10s %-9s | %-7s %-6s %-14s %-10s %s\n" rate calls
   kam-ok failed "setup p50/p99" "us/call" "Warden/Kamailio"
 for rate in "${rates[@]}"; do
   uas_port=$((6000 + rate % 1000 + rate / 1000))
+  if [ "$counting" = 1 ]; then
+    perf stat -e raw_syscalls:sys_enter -p "$warden_pid" -x, -o "$work/perf-$rate.txt" &
+    counter=$!
+  fi
   read -r ok fail p50 p99 us <<< "$(run warden $port "$uas_port" "$rate" "$secs" "$warden_pid")"
-  sys=$(syscalls "$rate")
+  if [ "$counting" = 1 ]; then
+    kill -INT "$counter"; wait "$counter" 2> /dev/null || true
+    sys=$(awk -F, -v ok="$ok" '/raw_syscalls/ {if (ok > 0) printf "%.0f\n", $1 / ok}' "$work/perf-$rate.txt")
+  else
+    sys=$(syscalls "$rate")
+  fi
   kam="- - - - -"; ratio="-"
   if command -v kamailio > /dev/null; then
     kamailio_cfg $((uas_port + 1)) > "$work/kam.cfg"
