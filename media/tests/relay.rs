@@ -49,6 +49,33 @@ fn recv(s: &UdpSocket) -> (Vec<u8>, SocketAddr) {
     (buf[..n].to_vec(), from)
 }
 
+/// A stream opened between two parties on loopback, each side told where its party is.
+struct Call {
+    id: warden_media::StreamId,
+    a_port: u16,
+    b_port: u16,
+    alice: UdpSocket,
+    bob: UdpSocket,
+}
+
+fn call(relay: &mut Relay) -> Call {
+    let id = relay.open().expect("stream");
+    let (a_port, b_port) = (
+        relay.port(id, Side::A).expect("a"),
+        relay.port(id, Side::B).expect("b"),
+    );
+    let (alice, bob) = (party(), party());
+    relay.set_remote(id, Side::A, Some(remote(&alice)));
+    relay.set_remote(id, Side::B, Some(remote(&bob)));
+    Call {
+        id,
+        a_port,
+        b_port,
+        alice,
+        bob,
+    }
+}
+
 #[test]
 fn relays_both_ways_intact_and_counts() {
     let mut relay = relay(31000, 31099, Latching::Strict);
@@ -213,14 +240,13 @@ fn ports_stay_bound_between_calls_and_drop_what_arrives_meanwhile() {
     relay.sync();
     assert_eq!(relay.totals().parked_pairs, 2);
     // And the reused ports still relay: a new stream on them carries packets both ways.
-    let id = relay.open().expect("stream");
-    let (a_port, b_port) = (
-        relay.port(id, Side::A).expect("a"),
-        relay.port(id, Side::B).expect("b"),
-    );
-    let (alice, bob) = (party(), party());
-    relay.set_remote(id, Side::A, Some(remote(&alice)));
-    relay.set_remote(id, Side::B, Some(remote(&bob)));
+    let Call {
+        id: _,
+        a_port,
+        b_port,
+        alice,
+        bob,
+    } = call(&mut relay);
     alice
         .send_to(&rtp(1, 160, 1), ("127.0.0.1", a_port))
         .expect("send");
@@ -235,14 +261,13 @@ fn transcodes_between_legs_that_share_no_codec() {
     use warden_media::codec;
     use warden_media::{LegCodec, Transcoding};
     let mut relay = relay(31400, 31499, Latching::Strict);
-    let id = relay.open().expect("stream");
-    let (a_port, b_port) = (
-        relay.port(id, Side::A).expect("a"),
-        relay.port(id, Side::B).expect("b"),
-    );
-    let (alice, bob) = (party(), party());
-    relay.set_remote(id, Side::A, Some(remote(&alice)));
-    relay.set_remote(id, Side::B, Some(remote(&bob)));
+    let Call {
+        id,
+        a_port,
+        b_port,
+        alice,
+        bob,
+    } = call(&mut relay);
     let leg = |name, pt| LegCodec {
         codec: codec::by_name(name, 8000).expect("codec"),
         payload_type: pt,
@@ -364,14 +389,13 @@ fn dtmf_is_reported_toward_a_side_without_events_and_written_into_the_relayed_st
     relay.set_event_sink(Arc::new(move |e| {
         let _ = tx.lock().map(|t| t.send(e));
     }));
-    let id = relay.open().expect("stream");
-    let (a_port, b_port) = (
-        relay.port(id, Side::A).expect("a"),
-        relay.port(id, Side::B).expect("b"),
-    );
-    let (alice, bob) = (party(), party());
-    relay.set_remote(id, Side::A, Some(remote(&alice)));
-    relay.set_remote(id, Side::B, Some(remote(&bob)));
+    let Call {
+        id,
+        a_port,
+        b_port,
+        alice,
+        bob,
+    } = call(&mut relay);
     // Alice uses telephone-event 101; bob takes key presses some other way (SIP INFO).
     relay.set_dtmf(id, [Some((101, 8000)), None]);
     relay.sync();
