@@ -21,8 +21,15 @@ use super::Record;
 /// The appending end, shared by the loop and the writer.
 #[derive(Clone)]
 pub struct Journal {
-    file: Arc<Mutex<File>>,
+    file: Arc<Mutex<Appending>>,
     path: PathBuf,
+}
+
+/// The file and its length, kept here so that asking for it costs no system call (the loop
+/// and the writer ask often). Only this process writes the journal.
+struct Appending {
+    file: File,
+    len: u64,
 }
 
 impl Journal {
@@ -38,8 +45,12 @@ impl Journal {
             .read(true)
             .open(path)
             .map_err(|e| anyhow::anyhow!("cdr.journal {}: {e}", path.display()))?;
+        let len = file
+            .metadata()
+            .map_err(|e| anyhow::anyhow!("cdr.journal {}: {e}", path.display()))?
+            .len();
         Ok(Journal {
-            file: Arc::new(Mutex::new(file)),
+            file: Arc::new(Mutex::new(Appending { file, len })),
             path: path.to_owned(),
         })
     }
@@ -55,15 +66,20 @@ impl Journal {
             serde_json::to_writer(&mut bytes, r)?;
             bytes.push(b'\n');
         }
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        file.write_all(&bytes)
+        let mut appending = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let written = appending.file.write_all(&bytes);
+        appending.len = match written {
+            Ok(()) => appending.len + bytes.len() as u64,
+            // Part of it may have gone in (a full disk): ask the file.
+            Err(_) => appending.file.metadata().map_or(appending.len, |m| m.len()),
+        };
+        written
     }
 
     /// Bytes in the journal (records not yet known to be in the database, and some that
     /// are until the writer empties it).
     pub fn len(&self) -> u64 {
-        let file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        file.metadata().map(|m| m.len()).unwrap_or(0)
+        self.file.lock().unwrap_or_else(|e| e.into_inner()).len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -111,6 +127,7 @@ impl Syncer {
             .file
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .file
             .try_clone()?;
         let shared: Arc<(Mutex<SyncerState>, Condvar)> = Default::default();
         let stats: Arc<SyncStats> = Default::default();
@@ -249,12 +266,12 @@ impl Reader {
 
     /// Empty the journal when everything in it is stored (true when it did).
     pub fn truncate_if_done(&mut self) -> std::io::Result<bool> {
-        let file = self.journal.file.lock().unwrap_or_else(|e| e.into_inner());
-        let len = file.metadata()?.len();
-        if len == 0 || len != self.offset {
+        let mut appending = self.journal.file.lock().unwrap_or_else(|e| e.into_inner());
+        if appending.len == 0 || appending.len != self.offset {
             return Ok(false);
         }
-        file.set_len(0)?;
+        appending.file.set_len(0)?;
+        appending.len = 0;
         self.offset = 0;
         Ok(true)
     }
@@ -318,6 +335,8 @@ mod tests {
         journal.append(&[record("a", 1)]).unwrap();
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"not json\n{\"id\":\"half").unwrap();
+        // As at the start after a crash: the journal learns its length when opened.
+        let journal = Journal::open(&path).unwrap();
         let reader = journal.reader();
         let (got, next) = reader.read(10).unwrap();
         assert_eq!(got, vec![record("a", 1)]);
