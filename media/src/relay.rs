@@ -143,6 +143,8 @@ impl StreamCounters {
 struct WorkerHandle {
     commands: Sender<Command>,
     wake: Arc<EventFd>,
+    /// Commands are queued that no wake-up has announced yet (only with `batch_wakes`).
+    unwoken: bool,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -187,6 +189,8 @@ pub struct Relay {
     closed_strangers: u64,
     /// Packets that reached parked ports, counted by the workers.
     unassigned: Arc<AtomicU64>,
+    /// Commands wake their worker at `flush`, not one by one.
+    batching_wakes: bool,
 }
 
 /// Ports tried per open before giving up on binding (something else holds them).
@@ -211,6 +215,7 @@ impl Relay {
             workers.push(WorkerHandle {
                 commands: tx,
                 wake,
+                unwoken: false,
                 thread: Some(thread),
             });
         }
@@ -226,6 +231,7 @@ impl Relay {
             closed_bytes: 0,
             closed_strangers: 0,
             unassigned,
+            batching_wakes: false,
         })
     }
 
@@ -331,9 +337,9 @@ impl Relay {
     }
 
     /// Take a parked pair's sockets back from worker `home` (to hand them to another).
-    fn lend(&self, home: usize, pair: PortPair) -> Option<[UdpSocket; 2]> {
+    fn lend(&mut self, home: usize, pair: PortPair) -> Option<[UdpSocket; 2]> {
         let (reply, lent) = channel();
-        self.send(
+        self.send_now(
             home,
             Command::Lend {
                 rtp: pair.rtp,
@@ -478,7 +484,7 @@ impl Relay {
         if worker != current {
             // A room is mixed on one thread: the stream moves there, sockets and all.
             let (reply, moved) = channel();
-            self.send(current, Command::Detach { id: id.0, reply });
+            self.send_now(current, Command::Detach { id: id.0, reply });
             let Ok(stream) = moved.recv() else {
                 return false;
             };
@@ -585,10 +591,38 @@ impl Relay {
         }
     }
 
-    fn send(&self, worker: usize, command: Command) {
-        if let Some(w) = self.workers.get(worker) {
+    /// From now on, commands wake their worker only at [`Relay::flush`]: a caller that
+    /// issues several per turn (a call's stream, remotes and codecs) then costs each worker
+    /// one wake-up per turn, not one per command.
+    pub fn batch_wakes(&mut self) {
+        self.batching_wakes = true;
+    }
+
+    /// Send a command that the caller then waits on: its worker wakes now.
+    fn send_now(&mut self, worker: usize, command: Command) {
+        if let Some(w) = self.workers.get_mut(worker) {
             let _ = w.commands.send(command);
+            w.unwoken = false;
             w.wake.notify();
+        }
+    }
+
+    /// Wake every worker that has commands queued since the last flush.
+    pub fn flush(&mut self) {
+        for w in self.workers.iter_mut().filter(|w| w.unwoken) {
+            w.unwoken = false;
+            w.wake.notify();
+        }
+    }
+
+    fn send(&mut self, worker: usize, command: Command) {
+        let batching = self.batching_wakes;
+        if let Some(w) = self.workers.get_mut(worker) {
+            let _ = w.commands.send(command);
+            match batching {
+                true => w.unwoken = true,
+                false => w.wake.notify(),
+            }
         }
     }
 }

@@ -50,6 +50,9 @@ pub trait Media: Send {
     fn stats(&self, id: StreamId) -> Option<StreamStats>;
     /// The relay's figures over its life (metrics).
     fn totals(&self) -> RelayTotals;
+    /// Hand the relay threads what this turn asked of them (one wake-up per thread per
+    /// turn; the loop calls it before the turn's messages leave).
+    fn flush(&mut self) {}
 }
 
 impl Media for Relay {
@@ -97,5 +100,8 @@ impl Media for Relay {
     }
     fn totals(&self) -> RelayTotals {
         Relay::totals(self)
+    }
+    fn flush(&mut self) {
+        Relay::flush(self)
     }
 }

@@ -492,6 +492,8 @@ impl Loop {
         }
         let failing = self.records.flush();
         self.core.set_records_failing(failing);
+        // Before the messages: a party may send media as soon as it reads our SDP.
+        self.core.media.flush();
         for (dest, bytes) in sends.drain(..) {
             self.transmitter.send(&dest, bytes);
         }
