@@ -54,8 +54,10 @@ pub struct MediaSession {
     transcoding: HashMap<usize, Transcoding>,
     /// Per m= line index, each side's telephone-event format (A, B) once an answer settled.
     events: HashMap<usize, [EventFormat; 2]>,
-    /// The caller's last offer as it came, for answering it ourselves (announcements).
-    caller_offer: Option<Sdp>,
+    /// The caller's last offer as it came, for answering it ourselves (announcements):
+    /// kept as text, parsed again in the rare call that needs it (a parsed description is
+    /// a few allocations per line, held by every call).
+    caller_offer: Option<Vec<u8>>,
     /// Each side's last description as it came (A, B), to offer it again to a new party
     /// (a transfer).
     last: [Option<Sdp>; 2],
@@ -117,7 +119,7 @@ impl MediaSession {
     ) -> Result<Vec<u8>, AnchorError> {
         let sdp = Sdp::parse(body)?;
         if from == Side::A && role == Role::Offer {
-            self.caller_offer = Some(sdp.clone());
+            self.caller_offer = Some(body.to_vec());
         }
         self.anchor_sdp(relay, from, sdp, role, transcodable, false)
     }
@@ -636,7 +638,7 @@ impl MediaSession {
         session_id: u64,
         listen: bool,
     ) -> Option<Announcement> {
-        let offer = self.caller_offer.as_ref()?;
+        let offer = Sdp::parse(self.caller_offer.as_deref()?).ok()?;
         let (index, format, codec) = offer.media.iter().enumerate().find_map(|(i, m)| {
             let mode = Mode::of(&m.proto, m.has_crypto);
             let keys_usable = mode != Some(Mode::Secure) || !m.crypto.is_empty();

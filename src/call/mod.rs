@@ -156,7 +156,7 @@ pub struct Call {
     pub started: Instant,
     pub answered_at: Option<Instant>,
     pub ring_until: Option<Instant>,
-    pub pending_ok: Option<PendingOk>,
+    pub pending_ok: Option<Box<PendingOk>>,
     /// ACK owed to the far side of a relayed re-INVITE once the requester ACKs: (side, cseq).
     pub owed_ack: Option<(Side, u32)>,
     /// The caller cancelled (or timed out): late 2xx answers get ACK + BYE.
@@ -195,7 +195,7 @@ pub struct Call {
     /// A menu waiting for the caller's key: key -> the rule to go on with.
     pub menu: Option<Vec<(char, String)>>,
     /// Collecting the caller's key presses (a menu), and the last input collected.
-    pub digits: Option<digits::DigitCollector>,
+    pub digits: Option<Box<digits::DigitCollector>>,
     pub collected: Option<digits::Collected>,
     /// Screening: waiting for the decision, and whether the screener counts this call
     /// (it must hear when the call ends).
@@ -213,7 +213,7 @@ pub struct Call {
     /// The route's music on hold, when it chose one (else `media.hold_music`).
     pub hold_music: Option<String>,
     /// A blind transfer in progress (REFER from one party).
-    pub transfer: Option<Transfer>,
+    pub transfer: Option<Box<Transfer>>,
     /// Legs that left the call by a transfer: their late requests get a quiet answer, and
     /// their dialogs are forgotten with the call.
     pub former: Vec<Leg>,
@@ -224,7 +224,7 @@ pub struct Call {
     /// counts it against (`guard.max_calls_per_source`) and the screening judges.
     pub guarded_source: Option<std::net::IpAddr>,
     /// Provisionals to the caller sent reliably (it supports 100rel).
-    pub a_reliable: Option<ReliableProvisionals>,
+    pub a_reliable: Option<Box<ReliableProvisionals>>,
     /// Each leg's session timer (RFC 4028), once its INVITE was answered.
     pub timer_a: Option<SessionTimer>,
     pub timer_b: Option<SessionTimer>,
@@ -559,5 +559,24 @@ impl Call {
 
     pub fn all_branches_final(&self) -> bool {
         self.branches.iter().all(|b| b.final_status.is_some())
+    }
+}
+
+#[cfg(test)]
+mod size {
+    /// Every live call holds one `Call` (boxed) and usually one `Branch`: their size is
+    /// memory per concurrent call (README "Benchmarks"). Rarely used parts are boxed.
+    #[test]
+    fn a_call_stays_within_3_kib_and_a_branch_within_1() {
+        assert!(
+            size_of::<super::Call>() <= 3072,
+            "{}",
+            size_of::<super::Call>()
+        );
+        assert!(
+            size_of::<super::Branch>() <= 1024,
+            "{}",
+            size_of::<super::Branch>()
+        );
     }
 }

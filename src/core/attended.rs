@@ -144,6 +144,7 @@ fn put_in_place(call: &mut Call, side: Side, leg: Leg) -> Leg {
             };
             let (former, invite) = (old.leg.clone(), old.invite.clone());
             call.answered = Some(call.branches.len());
+            call.branches.reserve_exact(1);
             call.branches.push(Branch {
                 leg,
                 invite,

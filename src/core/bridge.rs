@@ -310,6 +310,8 @@ impl Core {
                 },
             );
         }
+        // Most calls ring one contact: a Vec's first growth would hold four branches.
+        call.branches.reserve_exact(1);
         call.branches.push(Branch {
             leg,
             invite,

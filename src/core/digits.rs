@@ -32,7 +32,7 @@ impl Core {
 
     /// A new input: the collector, and the relay reporting the caller's keys.
     pub(super) fn start_collecting(&mut self, call: &mut Call, spec: DigitSpec, now: Instant) {
-        call.digits = Some(DigitCollector::new(spec, now));
+        call.digits = Some(Box::new(DigitCollector::new(spec, now)));
         call.collected = None;
         if let Some(stream) = call.media.first_stream() {
             self.media.report_dtmf(stream, MediaSide::A, true);

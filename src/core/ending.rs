@@ -84,7 +84,7 @@ impl Core {
     }
 
     /// Put a call back, or forget it when it is over (and every branch has settled).
-    pub(super) fn finish_or_keep(&mut self, call: Call) {
+    pub(super) fn finish_or_keep(&mut self, call: Box<Call>) {
         if call.finished() {
             let mut call = call;
             if call.media.has_streams() {

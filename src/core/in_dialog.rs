@@ -309,7 +309,8 @@ impl Core {
                 if let Some(dest) = dest {
                     let cseq = req.cseq().map_or(0, |c| c.seq);
                     let bytes = out.to_bytes();
-                    call.pending_ok = Some(PendingOk::new(bytes, dest, cseq, from, now, t1));
+                    call.pending_ok =
+                        Some(Box::new(PendingOk::new(bytes, dest, cseq, from, now, t1)));
                 }
                 call.owed_ack = Some((from.other(), far_cseq));
             }

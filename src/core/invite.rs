@@ -132,7 +132,8 @@ impl Core {
             ..self.new_record(&req, &from)
         };
         let rule = program.rule.clone();
-        let mut call = Call::new(Invited {
+        // Boxed: the map of live calls moves 8 bytes per event, not the whole call.
+        let mut call = Box::new(Call::new(Invited {
             id,
             a,
             invite: req,
@@ -148,7 +149,7 @@ impl Core {
             now,
             session_expires: self.config.calls.session_expires_s,
             emergency,
-        });
+        }));
         self.reliable_toward_caller(&mut call);
         let _span = call.enter();
         tracing::info!(call = id, caller = %call.caller, callee = %call.callee, call_id = %call.a.call_id, %rule, "call started");

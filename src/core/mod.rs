@@ -186,7 +186,7 @@ pub struct Core {
     config: Config,
     tx: Transactions,
     pub registrar: Registrar,
-    calls: HashMap<u64, Call>,
+    calls: HashMap<u64, Box<Call>>,
     next_call: u64,
     /// (Call-ID, our tag) -> (call, side or branch index for unanswered branches).
     dialogs: HashMap<(String, String), (u64, Side)>,

@@ -34,7 +34,9 @@ impl Core {
         let first_rseq = rand::Rng::random_range(&mut self.rng, 1..1 << 20);
         let t1 = self.config.timers().t1;
         let tcp = call.a.dest.transport.is_reliable();
-        call.a_reliable = Some(ReliableProvisionals::new(cseq, t1, tcp, first_rseq));
+        call.a_reliable = Some(Box::new(ReliableProvisionals::new(
+            cseq, t1, tcp, first_rseq,
+        )));
     }
 
     /// A provisional (101-199) to the caller: reliably when it takes them, else as is.
@@ -69,7 +71,14 @@ impl Core {
         let cseq = call.a_invite.cseq().map_or(0, |c| c.seq);
         let t1 = self.config.timers().t1;
         let dest = call.a.dest.clone();
-        call.pending_ok = Some(PendingOk::new(bytes, dest, cseq, Side::A, now, t1));
+        call.pending_ok = Some(Box::new(PendingOk::new(
+            bytes,
+            dest,
+            cseq,
+            Side::A,
+            now,
+            t1,
+        )));
     }
 
     /// The caller's PRACK: 200 when it acknowledges the provisional outstanding (481 when

@@ -63,7 +63,7 @@ impl Core {
         self.respond(&key, &req, 202, tag.as_deref(), now);
         let target_user = target.user().unwrap_or_default();
         tracing::info!(call = call.id, by = by.name(), target = %target, "transfer requested");
-        call.transfer = Some(Transfer {
+        call.transfer = Some(Box::new(Transfer {
             by,
             target: target.to_string(),
             target_user,
@@ -72,7 +72,7 @@ impl Core {
             until: None,
             reported: 0,
             route: None,
-        });
+        }));
         self.report_transfer(call, 100, "Trying");
         self.route_transfer(call, now);
     }
