@@ -3,6 +3,7 @@
 //! closes what outlives it (`Stores`).
 
 mod event_loop;
+mod file_limit;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
@@ -143,6 +144,8 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
     relay.set_event_sink(std::sync::Arc::new(move |event| {
         let _ = media_tx.send(event);
     }));
+    // The loop flushes the relay's commands once per turn.
+    relay.batch_wakes();
     let prompts = crate::prompts::load(&config)?;
     let media = &config.media;
     for (key, name) in [
@@ -388,6 +391,9 @@ fn start_relay(config: &Config, bound: &[(Transport, SocketAddr)]) -> anyhow::Re
             "media.address {address}: cannot bind there ({e}); is it an address of this machine?"
         )
     })?;
+    // One socket per port, plus the signalling, database and admin descriptors.
+    let ports = u64::from(m.port_max - m.port_min) + 1;
+    file_limit::raise_to_fit(ports + 1024);
     let relay = Relay::start(&RelayConfig {
         address,
         first_port: m.port_min,
