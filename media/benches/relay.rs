@@ -9,7 +9,8 @@
 //! userspace mode over its ng control protocol when installed.
 //!
 //! `cargo bench --bench relay`; WARDEN_BENCH_STEPS="25000,50000,100000" and
-//! WARDEN_BENCH_SECONDS=5 change the load steps and measuring window.
+//! WARDEN_BENCH_SECONDS=5 change the load steps and measuring window; WARDEN_BENCH_RELAYS
+//! ("forwarder,warden,rtpengine") picks the relays measured.
 
 mod common;
 
@@ -396,6 +397,9 @@ fn orchestrate() {
             "rtpengine not installed (apt-get install rtpengine-daemon): compared with the forwarder only"
         );
     }
+    // WARDEN_BENCH_RELAYS="warden" measures a subset (the ratios need the others).
+    let only: Vec<String> = common::steps("WARDEN_BENCH_RELAYS", "forwarder,warden,rtpengine");
+    subjects.retain(|(name, _)| only.iter().any(|o| o == name));
     println!(
         "{} s per step, relay pinned to CPU 0, generator to CPU 1; latency is generator -> relay -> generator",
         seconds
