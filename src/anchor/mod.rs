@@ -6,12 +6,13 @@
 //! with the relay's port on the other side. Streams stay open until the call ends.
 //! SRTP is terminated on each leg: a leg's keys stay on that leg (see `sdes`).
 
+mod line_map;
 pub mod negotiate;
 pub mod precondition;
 pub mod sdes;
 pub mod sdp;
 
-use std::collections::HashMap;
+use line_map::LineMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -45,15 +46,15 @@ pub(crate) fn media_side(side: Side) -> MediaSide {
 pub struct MediaSession {
     streams: Vec<Option<StreamId>>,
     /// Per m= line index, what each side last described (A, B).
-    described: HashMap<usize, [Option<MediaLine>; 2]>,
+    described: LineMap<[Option<MediaLine>; 2]>,
     /// Per m= line index, the last offer: who made it, the formats it listed, and the
     /// formats Warden passed on (widened).
-    offers: HashMap<usize, (Side, Vec<sdp::Format>, Vec<sdp::Format>)>,
+    offers: LineMap<(Side, Vec<sdp::Format>, Vec<sdp::Format>)>,
     /// Per m= line index, the transcoding in force: a change in either leg's payload type
     /// or ptime rebuilds it.
-    transcoding: HashMap<usize, Transcoding>,
+    transcoding: LineMap<Transcoding>,
     /// Per m= line index, each side's telephone-event format (A, B) once an answer settled.
-    events: HashMap<usize, [EventFormat; 2]>,
+    events: LineMap<[EventFormat; 2]>,
     /// The caller's last offer as it came, for answering it ourselves (announcements):
     /// kept as text, parsed again in the rare call that needs it (a parsed description is
     /// a few allocations per line, held by every call).
@@ -67,7 +68,7 @@ pub struct MediaSession {
     last_count: u64,
     last_change: Option<Instant>,
     /// Per m= line index, the SRTP keys and modes of both legs.
-    srtp: HashMap<usize, LineSrtp>,
+    srtp: LineMap<LineSrtp>,
     /// What Warden offers each side (A, B) until that side has settled a mode.
     srtp_policy: [SrtpPolicy; 2],
     /// The description Warden last sent each side (A, B): a session refresh by re-INVITE
@@ -200,7 +201,7 @@ impl MediaSession {
                     }
                 },
             };
-            let described = self.described.entry(index).or_default();
+            let described = self.described.get_or_default(index);
             described[index_of(from)] = Some(m.clone());
             // RTCP shares the RTP port only when both sides' latest descriptions agree to
             // multiplex (RFC 5761); otherwise each side's RTCP goes to its own port.
@@ -336,7 +337,7 @@ impl MediaSession {
         };
         let to = from.other();
         let policy = self.srtp_policy[index_of(to)];
-        let line = self.srtp.entry(index).or_default();
+        let line = self.srtp.get_or_default(index);
         line.theirs[index_of(from)] = m.crypto.clone();
         if role == Role::Offer {
             line.offered = Some((from, mode));
