@@ -206,7 +206,7 @@ fn exhausted_pool_is_an_error_and_recovers() {
 #[test]
 fn ports_stay_bound_between_calls_and_drop_what_arrives_meanwhile() {
     // Two pairs: every stream has the same ports, bound once.
-    let mut relay = relay(31700, 31703, Latching::Strict);
+    let mut relay = relay(31800, 31803, Latching::Strict);
     let first = relay.open().expect("stream");
     let ports = |relay: &Relay, id| [Side::A, Side::B].map(|side| relay.port(id, side));
     let first_ports = ports(&relay, first);
@@ -254,6 +254,30 @@ fn ports_stay_bound_between_calls_and_drop_what_arrives_meanwhile() {
     bob.send_to(&rtp(9, 160, 2), ("127.0.0.1", b_port))
         .expect("send");
     assert_eq!(recv(&alice).0, rtp(9, 160, 2));
+}
+
+#[test]
+fn a_packet_that_beats_its_streams_wake_up_is_relayed() {
+    // Two pairs: the second stream takes the first one's parked sockets.
+    let mut relay = relay(31900, 31903, Latching::Strict);
+    relay.batch_wakes();
+    let first = relay.open().expect("stream");
+    relay.close(first);
+    relay.flush();
+    relay.sync();
+    assert_eq!(relay.totals().parked_pairs, 2);
+    // The next stream's commands are queued with no wake-up yet (the signalling loop sends
+    // it at the end of its turn): a packet that comes first still reaches the other side.
+    let Call {
+        a_port, alice, bob, ..
+    } = call(&mut relay);
+    alice
+        .send_to(&rtp(1, 160, 1), ("127.0.0.1", a_port))
+        .expect("send");
+    assert_eq!(recv(&bob).0, rtp(1, 160, 1));
+    relay.flush();
+    relay.sync();
+    assert_eq!(relay.totals().unassigned, 0);
 }
 
 #[test]

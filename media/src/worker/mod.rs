@@ -318,6 +318,12 @@ impl Worker {
         let mut events: [libc::epoll_event; 256] = unsafe { std::mem::zeroed() };
         loop {
             let n = self.epoll.wait(&mut events, self.next_frame_timeout());
+            // Commands before packets, wake-up or not: a caller that batches its wake-ups
+            // queues a stream's commands before its SDP tells anyone the ports, so a packet
+            // that beats the wake-up still finds its stream (and a parked port its call).
+            if n > 0 && !self.apply_commands() {
+                return;
+            }
             // One clock read per wake-up serves every packet handled in it (jitter needs
             // arrival times; a few microseconds of skew is far below what it measures).
             let now_us = self.epoch.elapsed().as_micros() as u64;
