@@ -80,9 +80,10 @@ fn insert_sql(rows: usize, numbered: bool) -> String {
 }
 
 /// A batch is stored in statements of these many rows, largest first. Few fixed sizes keep
-/// every statement in each connection's prepared-statement cache: a statement sized to
-/// each batch was prepared anew every time, which cost SQLite 5x the CPU of one row per
-/// statement, while a statement per row costs a round trip to the driver's thread each.
+/// every statement in each connection's prepared-statement cache (one sized to each batch
+/// would be prepared anew every time; with numbered parameters an earlier try of that cost
+/// SQLite 5x the CPU of one row per statement), while a statement per row costs a round
+/// trip to the driver's thread each.
 const CHUNKS: [usize; 3] = [16, 4, 1];
 
 /// The statements for SQLite, then for PostgreSQL.
