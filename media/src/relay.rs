@@ -143,10 +143,30 @@ impl StreamCounters {
 struct WorkerHandle {
     commands: Sender<Command>,
     wake: Arc<EventFd>,
-    /// Commands are queued that no wake-up has announced yet (only with `batch_wakes`).
-    unwoken: bool,
+    /// Commands queued that no wake-up has announced yet (only with `batch_wakes`), and
+    /// whether one of them cannot wait for the worker's next packet.
+    unwoken: usize,
+    urgent: bool,
+    /// The last wake-up: commands that can wait do so for `LAZY_WAIT` at most.
+    woken_at: Instant,
     thread: Option<JoinHandle<()>>,
 }
+
+impl WorkerHandle {
+    fn wake_now(&mut self, now: Instant) {
+        self.unwoken = 0;
+        self.urgent = false;
+        self.woken_at = now;
+        self.wake.notify();
+    }
+}
+
+/// Commands that can wait for a worker's next packet (see `Command::is_urgent`) wait at
+/// most this long, and at most `LAZY_MAX` of them: without media (a signalling-only load)
+/// they would otherwise pile up. With media flowing the next packet comes first, so a
+/// call's stream setup and teardown cost its worker no wake-up of its own.
+const LAZY_WAIT: Duration = Duration::from_millis(50);
+const LAZY_MAX: usize = 64;
 
 struct StreamInfo {
     worker: usize,
@@ -215,7 +235,9 @@ impl Relay {
             workers.push(WorkerHandle {
                 commands: tx,
                 wake,
-                unwoken: false,
+                unwoken: 0,
+                urgent: false,
+                woken_at: Instant::now(),
                 thread: Some(thread),
             });
         }
@@ -582,18 +604,20 @@ impl Relay {
 
     /// Wait until every worker has applied the commands sent so far and published the
     /// statistics of every packet it has handled (tests; operators never need it).
-    pub fn sync(&self) {
-        for w in &self.workers {
+    pub fn sync(&mut self) {
+        let now = Instant::now();
+        for w in &mut self.workers {
             let (tx, rx) = channel();
             let _ = w.commands.send(Command::Sync(tx));
-            w.wake.notify();
+            w.wake_now(now);
             let _ = rx.recv();
         }
     }
 
     /// From now on, commands wake their worker only at [`Relay::flush`]: a caller that
     /// issues several per turn (a call's stream, remotes and codecs) then costs each worker
-    /// one wake-up per turn, not one per command.
+    /// one wake-up per turn at most, and none for commands that can wait for its next
+    /// packet.
     pub fn batch_wakes(&mut self) {
         self.batching_wakes = true;
     }
@@ -602,26 +626,37 @@ impl Relay {
     fn send_now(&mut self, worker: usize, command: Command) {
         if let Some(w) = self.workers.get_mut(worker) {
             let _ = w.commands.send(command);
-            w.unwoken = false;
-            w.wake.notify();
+            w.wake_now(Instant::now());
         }
     }
 
-    /// Wake every worker that has commands queued since the last flush.
+    /// Wake every worker that has commands queued since the last flush which cannot wait
+    /// (or have waited long enough).
     pub fn flush(&mut self) {
-        for w in self.workers.iter_mut().filter(|w| w.unwoken) {
-            w.unwoken = false;
-            w.wake.notify();
+        if self.workers.iter().any(|w| w.unwoken > 0) {
+            self.flush_at(Instant::now());
+        }
+    }
+
+    fn flush_at(&mut self, now: Instant) {
+        for w in self.workers.iter_mut().filter(|w| w.unwoken > 0) {
+            if w.urgent || w.unwoken >= LAZY_MAX || now.duration_since(w.woken_at) >= LAZY_WAIT {
+                w.wake_now(now);
+            }
         }
     }
 
     fn send(&mut self, worker: usize, command: Command) {
         let batching = self.batching_wakes;
         if let Some(w) = self.workers.get_mut(worker) {
+            let urgent = command.is_urgent();
             let _ = w.commands.send(command);
             match batching {
-                true => w.unwoken = true,
-                false => w.wake.notify(),
+                true => {
+                    w.unwoken += 1;
+                    w.urgent |= urgent;
+                }
+                false => w.wake_now(Instant::now()),
             }
         }
     }
@@ -636,5 +671,96 @@ impl Drop for Relay {
                 let _ = t.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batching_relay(first_port: u16) -> Relay {
+        let mut relay = Relay::start(&RelayConfig {
+            address: "127.0.0.1".parse().expect("ip"),
+            first_port,
+            last_port: first_port + 3,
+            workers: 1,
+            latching: Latching::Strict,
+            coalesce: Duration::ZERO,
+            codecs: Default::default(),
+        })
+        .expect("relay starts");
+        relay.batch_wakes();
+        relay
+    }
+
+    fn remote(rtp: SocketAddr) -> Remote {
+        Remote {
+            rtp,
+            rtcp: rtp,
+            clock_rate: 8000,
+        }
+    }
+
+    fn unwoken(relay: &Relay) -> (usize, bool) {
+        (relay.workers[0].unwoken, relay.workers[0].urgent)
+    }
+
+    #[test]
+    fn commands_that_can_wait_for_a_packet_wake_no_worker_until_they_waited_long_enough() {
+        let mut relay = batching_relay(32000);
+        // The first stream binds its sockets: its worker must poll them now.
+        let first = relay.open().expect("stream");
+        assert_eq!(unwoken(&relay), (1, true));
+        relay.flush();
+        assert_eq!(unwoken(&relay), (0, false));
+        relay.close(first);
+        relay.flush();
+        relay.sync();
+        // The next stream takes the parked pair: opening it, pointing it at the parties and
+        // closing it all wait for the worker's next packet.
+        let start = Instant::now();
+        let second = relay.open().expect("stream");
+        let to: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        relay.set_remote(second, Side::A, Some(remote(to)));
+        relay.close(second);
+        relay.flush_at(start);
+        assert_eq!(unwoken(&relay), (3, false));
+        relay.flush_at(start + LAZY_WAIT);
+        assert_eq!(unwoken(&relay), (0, false));
+    }
+
+    #[test]
+    fn a_burst_of_commands_that_can_wait_wakes_its_worker_anyway() {
+        let mut relay = batching_relay(32010);
+        let first = relay.open().expect("stream");
+        relay.close(first);
+        relay.flush();
+        relay.sync();
+        let now = relay.workers[0].woken_at;
+        let stream = relay.open().expect("stream");
+        let to: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        for _ in 0..LAZY_MAX - 2 {
+            relay.set_remote(stream, Side::B, Some(remote(to)));
+        }
+        relay.flush_at(now);
+        assert_eq!(unwoken(&relay), (LAZY_MAX - 1, false));
+        relay.set_remote(stream, Side::B, Some(remote(to)));
+        relay.flush_at(now);
+        assert_eq!(unwoken(&relay), (0, false));
+        // What can wait, waits no longer than the first command that cannot.
+        relay.set_remote(stream, Side::B, None);
+        let prompt = EncodedPrompt {
+            codec: crate::codec::by_name("PCMU", 8000).expect("PCMU"),
+            frames: vec![vec![0xff; 160]],
+        };
+        let once = Playback {
+            payload_type: 0,
+            repeat: 0,
+            stop_on_dtmf: false,
+        };
+        relay.play(stream, Side::A, Arc::new(prompt), once);
+        assert_eq!(unwoken(&relay), (2, true));
+        relay.flush_at(now);
+        assert_eq!(unwoken(&relay), (0, false));
     }
 }

@@ -130,6 +130,27 @@ pub(crate) enum Command {
     Stop,
 }
 
+impl Command {
+    /// Whether the worker must act on this before its next packet. The others only
+    /// change how packets are handled, and a worker applies every queued command at each
+    /// wake-up before it reads a packet, so they can wait for the next one: a packet on a
+    /// port the worker already polls (a parked pair), or the next command that cannot.
+    pub(crate) fn is_urgent(&self) -> bool {
+        match self {
+            // Sockets bound for this stream are polled only once the worker has them.
+            Command::Open(stream) => stream.sockets.iter().any(Option::is_some),
+            Command::SetRemote { .. }
+            | Command::Remove(_)
+            | Command::SetSrtp { .. }
+            | Command::ReportDtmf { .. }
+            | Command::SetDtmf { .. } => false,
+            // Clock-driven work (prompts, DTMF, transcoder ticks, mixing), replies and
+            // hand-overs: now.
+            _ => true,
+        }
+    }
+}
+
 /// Where one socket sends, and what it has learned about its peer.
 #[derive(Default)]
 struct End {
