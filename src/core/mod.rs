@@ -283,7 +283,7 @@ impl Core {
             unix_ms: 0,
             clock: Instant::now(),
             instance,
-            boot: crate::cdr::record::new_id()[..16].to_owned(),
+            boot: format!("{:016x}", rand::random::<u64>()),
             draining: None,
             records_failing: None,
             rooms: Rooms::default(),
