@@ -91,6 +91,7 @@ impl Journal {
         Reader {
             journal: self.clone(),
             offset: 0,
+            file: std::cell::OnceCell::new(),
         }
     }
 }
@@ -215,6 +216,9 @@ fn sync_loop(
 pub struct Reader {
     journal: Journal,
     offset: u64,
+    /// The journal, opened for reading at the first read (it is only ever truncated in
+    /// place, never replaced).
+    file: std::cell::OnceCell<File>,
 }
 
 /// At most this much is read at once (bounds the writer's memory whatever the backlog).
@@ -230,7 +234,13 @@ impl Reader {
         }
         let want = ((len - self.offset) as usize).min(CHUNK);
         let mut buf = vec![0; want];
-        let file = File::open(&self.journal.path)?;
+        let file = match self.file.get() {
+            Some(file) => file,
+            None => {
+                let opened = File::open(&self.journal.path)?;
+                self.file.get_or_init(|| opened)
+            }
+        };
         let got = file.read_at(&mut buf, self.offset)?;
         buf.truncate(got);
         let mut records = Vec::new();
@@ -257,6 +267,11 @@ impl Reader {
     /// The records up to `offset` are stored.
     pub fn commit(&mut self, offset: u64) {
         self.offset = offset;
+    }
+
+    /// Bytes stored: what emptying the journal would free.
+    pub fn stored(&self) -> u64 {
+        self.offset
     }
 
     /// Bytes written but not yet stored.
