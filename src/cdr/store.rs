@@ -15,7 +15,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/cdr");
 /// records) while the database is away.
 #[derive(Clone)]
 pub struct Store {
+    /// Queries (the admin API's) and, on PostgreSQL, everything.
     pool: AnyPool,
+    /// On SQLite, one connection of its own for every write: SQLite has one writer at a
+    /// time anyway, and a connection that only writes keeps its page cache (one another
+    /// connection has written to must read the pages it needs again).
+    writes: AnyPool,
     /// "sqlite" or "postgres", for logs and metrics.
     pub kind: &'static str,
     /// The URL without its password, for logs.
@@ -182,24 +187,34 @@ impl Store {
             }
         }
         let sqlite = kind == "sqlite";
-        let pool = AnyPoolOptions::new()
-            .max_connections(if sqlite { 2 } else { 4 })
-            .acquire_timeout(Duration::from_secs(3))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        // WAL: the API's queries read while the writer writes.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA busy_timeout = 5000").await?;
-                    }
-                    Ok(())
+        let connect = |connections| {
+            AnyPoolOptions::new()
+                .max_connections(connections)
+                .acquire_timeout(Duration::from_secs(3))
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        if sqlite {
+                            // WAL: the API's queries read while the writer writes.
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        }
+                        Ok(())
+                    })
                 })
-            })
-            .connect_lazy(&url)
-            .map_err(|e| anyhow::anyhow!("cdr.url: {e}"))?;
+                .connect_lazy(&url)
+                .map_err(|e| anyhow::anyhow!("cdr.url: {e}"))
+        };
+        let (pool, writes) = match sqlite {
+            true => (connect(2)?, connect(1)?),
+            false => {
+                let pool = connect(4)?;
+                (pool.clone(), pool)
+            }
+        };
         Ok(Store {
             pool,
+            writes,
             kind,
             display: redact(&url),
             migrated: Default::default(),
@@ -209,7 +224,7 @@ impl Store {
     /// Create or update the table, once (the writer and the first query both ask).
     pub async fn migrate(&self) -> sqlx::Result<()> {
         self.migrated
-            .get_or_try_init(|| async { MIGRATOR.run(&self.pool).await })
+            .get_or_try_init(|| async { MIGRATOR.run(&self.writes).await })
             .await
             .map(|_| ())
             .map_err(|e| sqlx::Error::Migrate(Box::new(e)))
@@ -218,7 +233,7 @@ impl Store {
     /// Write records in one transaction, one revision per record (the one the upsert
     /// would keep); a version older than the stored one is ignored.
     pub async fn upsert(&self, records: &[Record]) -> sqlx::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         let inserts = &INSERTS[usize::from(self.kind == "postgres")];
         let mut rest = &newest_revisions(records)[..];
         while !rest.is_empty() {
@@ -251,7 +266,7 @@ impl Store {
         .bind(now_ms)
         .bind(instance)
         .bind(boot)
-        .execute(&self.pool)
+        .execute(&self.writes)
         .await?;
         Ok(done.rows_affected())
     }
@@ -274,7 +289,7 @@ impl Store {
         .bind(now_ms)
         .bind(instance)
         .bind(boot)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writes)
         .await?;
         rows.iter().map(record_of).collect()
     }
@@ -389,13 +404,14 @@ impl Store {
         )
         .bind(before_ms)
         .bind(batch)
-        .execute(&self.pool)
+        .execute(&self.writes)
         .await?;
         Ok(done.rows_affected())
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writes.close().await;
     }
 
     /// The pool, migrated, for the other tables a cluster keeps in this database (its
