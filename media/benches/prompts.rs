@@ -41,7 +41,7 @@ fn main() {
         "streams", "packets", "missing", "late", "p99 late", "relay CPU", "bare CPU", "ratio"
     );
     for streams in steps {
-        let mut relay = play(streams, seconds, &encoded);
+        let relay = play(streams, seconds, &encoded);
         let bare = bare_pacer(streams, seconds, &encoded.frames[0]);
         println!(
             "{:>7} {:>12} {:>10} {:>9} {:>9.2} ms {:>8.1}% {:>11.1}% {:>7.2}",

@@ -301,6 +301,86 @@ pub fn send_each(fd: RawFd, packets: &[(&[u8], RawAddr)]) -> usize {
     usize::try_from(rc).unwrap_or(0)
 }
 
+/// Datagrams as big as UDP carries, a few per call: the receive side of a signalling
+/// socket (SIP over UDP), where a message may fill 64 KB and a read that takes fewer than
+/// `Datagrams::COUNT` shows the socket drained, with no read spent to learn it.
+pub struct Datagrams {
+    bufs: Box<[u8]>,
+    names: Box<[libc::sockaddr_storage]>,
+    lens: [usize; Datagrams::COUNT],
+}
+
+impl Default for Datagrams {
+    fn default() -> Self {
+        Datagrams {
+            bufs: vec![0; Datagrams::ROOM * Datagrams::COUNT].into_boxed_slice(),
+            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+            names: (0..Datagrams::COUNT).map(|_| unsafe { zeroed() }).collect(),
+            lens: [0; Datagrams::COUNT],
+        }
+    }
+}
+
+impl Datagrams {
+    /// Datagrams per call.
+    pub const COUNT: usize = 8;
+    /// Room per datagram: the largest UDP payload, so nothing is ever cut short.
+    pub const ROOM: usize = 65_536;
+
+    /// Receive up to `COUNT` datagrams without blocking; `Ok(0)` when none is waiting.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        // The headers live on the stack for the call only, so `Datagrams` holds no pointer
+        // into itself (it moves freely between an async task's polls).
+        // SAFETY: iovec and mmsghdr are plain C structs; all-zero is valid.
+        let mut iovs: [libc::iovec; Datagrams::COUNT] = unsafe { zeroed() };
+        let mut hdrs: [libc::mmsghdr; Datagrams::COUNT] = unsafe { zeroed() };
+        let (bufs, names) = (
+            self.bufs.chunks_exact_mut(Datagrams::ROOM),
+            self.names.iter_mut(),
+        );
+        for (i, (buf, name)) in bufs.zip(names).enumerate() {
+            iovs[i] = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            let hdr = &mut hdrs[i].msg_hdr;
+            hdr.msg_name = std::ptr::from_mut(name).cast();
+            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &raw mut iovs[i];
+            hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every header points at a buffer and a name owned by `self` and at an
+        // iovec on this stack frame, all alive until recvmmsg returns; the count matches
+        // the arrays.
+        let rc = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                Datagrams::COUNT as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        let n = match check(rc) {
+            Ok(n) => n as usize,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        for (len, hdr) in self.lens.iter_mut().zip(&hdrs).take(n) {
+            *len = (hdr.msg_len as usize).min(Datagrams::ROOM);
+        }
+        Ok(n)
+    }
+
+    /// Datagram `i` of the last receive, and where it came from.
+    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+        let len = *self.lens.get(i)?;
+        let start = i * Datagrams::ROOM;
+        let from = socket_addr(self.names.get(i)?)?;
+        Some((self.bufs.get(start..start + len)?, from))
+    }
+}
+
 /// An epoll instance (level-triggered: a socket with more than one batch waiting is simply
 /// reported again, so no extra read is spent discovering EAGAIN).
 pub struct Epoll {

@@ -9,9 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
+use warden_media::sys::Datagrams;
 
 use super::framing::{Frame, Framer};
 use super::message::{Limits, Message};
@@ -82,7 +85,7 @@ pub enum Inbound {
 /// The sending side of every transport, owned by the core's driver.
 pub struct Transmitter {
     /// Each UDP socket with whether it is IPv4, learned once at bind (not per packet).
-    udp: Vec<(bool, Arc<UdpSocket>)>,
+    udp: Vec<(bool, Arc<AsyncFd<std::net::UdpSocket>>)>,
     /// Open stream connections (TCP and TLS), and which one reaches an address.
     tcp: HashMap<ConnId, (SocketAddr, mpsc::Sender<Bytes>)>,
     tcp_by_addr: HashMap<SocketAddr, ConnId>,
@@ -120,8 +123,9 @@ impl Transmitter {
                     .find(|(v4, _)| *v4 == dest.addr.is_ipv4())
                     .or_else(|| self.udp.first())
                     .map(|(_, s)| s);
+                // The socket is non-blocking: a full send buffer fails at once.
                 if let Some(socket) = socket
-                    && let Err(e) = socket.try_send_to(&bytes, dest.addr)
+                    && let Err(e) = socket.get_ref().send_to(&bytes, dest.addr)
                 {
                     tracing::debug!(to = %dest.addr, error = %e, "UDP send failed");
                 }
@@ -320,8 +324,14 @@ impl Listeners {
     ) -> std::io::Result<Transmitter> {
         let mut udp = Vec::new();
         for socket in self.udp {
-            let socket = Arc::new(UdpSocket::from_std(socket)?);
-            udp.push((socket.local_addr()?.is_ipv4(), socket.clone()));
+            socket.set_nonblocking(true)?;
+            let v4 = socket.local_addr()?.is_ipv4();
+            // SAFETY: the std socket owns its descriptor and moves into the AsyncFd, which
+            // never hands it out: it stays open, and the same, for the AsyncFd's life.
+            let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)?;
+            let socket = Arc::new(socket);
+            udp.push((v4, socket.clone()));
             tokio::spawn(udp_receive(socket, limits, inbound.clone()));
         }
         for (transport, listener) in self.streams {
@@ -341,33 +351,55 @@ impl Listeners {
     }
 }
 
-async fn udp_receive(socket: Arc<UdpSocket>, limits: Limits, inbound: mpsc::Sender<Inbound>) {
-    let mut buf = vec![0u8; 65_536];
+/// Receive datagrams a batch at a time: a batch that does not fill up shows the socket
+/// drained, so its readiness is cleared without a read spent on learning that.
+async fn udp_receive(
+    socket: Arc<AsyncFd<std::net::UdpSocket>>,
+    limits: Limits,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    use std::os::fd::AsRawFd;
+    let mut datagrams = Datagrams::default();
     loop {
-        let (len, from) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
+        let mut ready = match socket.readable().await {
+            Ok(ready) => ready,
+            Err(e) => {
+                tracing::error!(error = %e, "SIP UDP socket cannot be polled; no more UDP is received");
+                return;
+            }
+        };
+        let count = match datagrams.recv(ready.get_inner().as_raw_fd()) {
+            Ok(count) => count,
             Err(e) => {
                 // ICMP port-unreachable surfaces here on some systems; it is not fatal.
                 tracing::debug!(error = %e, "UDP receive error");
                 continue;
             }
         };
-        let data = buf.get(..len).unwrap_or_default();
-        let source = Destination {
-            transport: Transport::Udp,
-            addr: from,
-            conn: None,
-        };
-        if data.iter().all(|b| matches!(b, b'\r' | b'\n' | b' ' | 0)) {
-            continue; // RFC 5626 keep-alive or padding
+        if count < Datagrams::COUNT {
+            ready.clear_ready();
         }
-        let bytes = Bytes::copy_from_slice(data);
-        let event = match Message::parse_datagram(bytes.clone(), &limits) {
-            Ok(m) => Inbound::Message(Box::new(m), source),
-            Err(e) => Inbound::Garbage(source, bytes, e.0),
-        };
-        if inbound.send(event).await.is_err() {
-            return;
+        drop(ready);
+        for i in 0..count {
+            let Some((data, from)) = datagrams.get(i) else {
+                continue;
+            };
+            if data.iter().all(|b| matches!(b, b'\r' | b'\n' | b' ' | 0)) {
+                continue; // RFC 5626 keep-alive or padding
+            }
+            let source = Destination {
+                transport: Transport::Udp,
+                addr: from,
+                conn: None,
+            };
+            let bytes = Bytes::copy_from_slice(data);
+            let event = match Message::parse_datagram(bytes.clone(), &limits) {
+                Ok(m) => Inbound::Message(Box::new(m), source),
+                Err(e) => Inbound::Garbage(source, bytes, e.0),
+            };
+            if inbound.send(event).await.is_err() {
+                return;
+            }
         }
     }
 }
