@@ -529,3 +529,58 @@ where
     }
     let _ = inbound.send(Inbound::ConnClosed(id)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(n: usize) -> String {
+        format!(
+            "OPTIONS sip:warden@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK{n}\r\n\
+             From: <sip:t@127.0.0.1>;tag={n}\r\nTo: <sip:warden@127.0.0.1>\r\nCall-ID: burst-{n}\r\n\
+             CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn a_burst_bigger_than_a_batch_is_received_whole_and_keep_alives_are_not() {
+        let listen = [(Transport::Udp, "127.0.0.1:0".parse().expect("addr"))];
+        let listeners = bind(&listen, 1 << 20).await.expect("bind");
+        let addr = listeners.bound[0].1;
+        let tls = TlsContext::load(&Default::default()).expect("tls");
+        let (tx, mut rx) = mpsc::channel(64);
+        let _transmitter = listeners
+            .serve(Limits::default(), Duration::from_secs(60), tls, tx)
+            .expect("serve");
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("peer");
+        // Sent before the receiver runs: 21 datagrams wait together, more than one read.
+        let sent = Datagrams::COUNT * 2 + 5;
+        for n in 0..sent {
+            peer.send_to(options(n).as_bytes(), addr).expect("send");
+            peer.send_to(b"\r\n\r\n", addr).expect("keep-alive");
+        }
+        for n in 0..sent {
+            let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("every message arrives")
+                .expect("open");
+            let Inbound::Message(message, from) = event else {
+                panic!("a message, not garbage");
+            };
+            assert_eq!(
+                message.call_id().as_deref(),
+                Some(format!("burst-{n}").as_str())
+            );
+            assert_eq!(from.addr, peer.local_addr().expect("addr"));
+        }
+        // A message after the burst: readiness was not lost when a read came back full.
+        peer.send_to(options(99).as_bytes(), addr).expect("send");
+        let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("arrives")
+            .expect("open");
+        assert!(
+            matches!(event, Inbound::Message(m, _) if m.call_id().as_deref() == Some("burst-99"))
+        );
+    }
+}
