@@ -60,8 +60,8 @@ pub struct MediaSession {
     /// a few allocations per line, held by every call).
     caller_offer: Option<Vec<u8>>,
     /// Each side's last description as it came (A, B), to offer it again to a new party
-    /// (a transfer).
-    last: [Option<Sdp>; 2],
+    /// (a transfer): text, parsed again in the call that needs it, like `caller_offer`.
+    last: [Option<Vec<u8>>; 2],
     /// Each side's last description put its media on hold (sendonly/inactive/0.0.0.0).
     holding: [bool; 2],
     /// RTP packets seen across all streams at the last check, and when that count changed.
@@ -122,7 +122,9 @@ impl MediaSession {
         if from == Side::A && role == Role::Offer {
             self.caller_offer = Some(body.to_vec());
         }
-        self.anchor_sdp(relay, from, sdp, role, transcodable, false)
+        let rewritten = self.anchor_sdp(relay, from, sdp, role, transcodable, false)?;
+        self.last[index_of(from)] = Some(body.to_vec());
+        Ok(rewritten)
     }
 
     /// Offer `from`'s media again, toward a new party taking the other side's place (a
@@ -135,7 +137,9 @@ impl MediaSession {
         from: Side,
         transcodable: &[&'static Codec],
     ) -> Option<Vec<u8>> {
-        let mut sdp = self.last[index_of(from)].clone()?;
+        // The description as `from` last sent it, not as a previous re-offer cut it: the
+        // cut below depends only on what `from` sends now.
+        let mut sdp = Sdp::parse(self.last[index_of(from)].as_deref()?).ok()?;
         // A new party takes the other side: it settles its own SRTP, with keys of its own.
         for line in self.srtp.values_mut() {
             let other = index_of(from.other());
@@ -169,7 +173,6 @@ impl MediaSession {
         transcodable: &[&'static Codec],
         restate: bool,
     ) -> Result<Vec<u8>, AnchorError> {
-        self.last[index_of(from)] = Some(sdp.clone());
         let mut plans: Vec<MediaPlan> = Vec::with_capacity(sdp.media.len());
         let opened_before = self.streams.len();
         for (index, m) in sdp.media.iter().enumerate() {
