@@ -11,7 +11,7 @@ pub mod relay;
 pub mod srtp;
 pub mod stats;
 #[doc(hidden)]
-pub mod sys; // public for the relay benchmark's baseline forwarder, which must use the same calls
+pub mod sys; // public for the relay benchmark's baseline forwarder (the same calls) and SIP's UDP receive
 pub mod transcode;
 mod worker;
 

@@ -1,5 +1,6 @@
-//! Thin wrappers over the Linux calls the relay's hot path makes: epoll, eventfd, recvmmsg,
-//! sendmmsg and connect. Each `unsafe` block says why it is sound; nothing here allocates.
+//! Thin wrappers over the Linux calls the relay's hot path makes (epoll, eventfd, recvmmsg,
+//! sendmmsg, connect), and SIP over UDP's batched receive. Each `unsafe` block says why it
+//! is sound; only the buffers' construction allocates.
 
 use std::io;
 use std::mem::{size_of, zeroed};
