@@ -327,7 +327,8 @@ impl Listeners {
             socket.set_nonblocking(true)?;
             let v4 = socket.local_addr()?.is_ipv4();
             // SAFETY: the std socket owns its descriptor and moves into the AsyncFd, which
-            // never hands it out: it stays open, and the same, for the AsyncFd's life.
+            // lends it out only by reference (for sends), never closes or replaces it: the
+            // descriptor stays open, and the same, for the AsyncFd's life.
             let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
                 .map_err(|e| e.into_parts().1)?;
             let socket = Arc::new(socket);
