@@ -162,8 +162,9 @@ impl WorkerHandle {
 }
 
 /// Commands that can wait for a worker's next packet (see `Command::is_urgent`) wait at
-/// most this long, and at most `LAZY_MAX` of them: without media (a signalling-only load)
-/// they would otherwise pile up. With media flowing the next packet comes first, so a
+/// most this long, and at most `LAZY_MAX` of them, as seen at the owner's flushes (the
+/// signalling loop flushes every turn, at least once a second): without media (a
+/// signalling-only load) they would otherwise pile up. With media flowing the next packet comes first, so a
 /// call's stream setup and teardown cost its worker no wake-up of its own.
 const LAZY_WAIT: Duration = Duration::from_millis(50);
 const LAZY_MAX: usize = 64;
