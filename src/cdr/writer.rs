@@ -48,11 +48,11 @@ pub struct Writer {
     pub closed: Option<tokio::sync::mpsc::UnboundedSender<Vec<super::Record>>>,
 }
 
-/// How one turn of the writer went.
 /// Once this much of the journal is stored, the writer catches up at once so that the
 /// journal can be emptied (at 600 calls/s about a second's records).
 const EMPTY_AT_BYTES: u64 = 1 << 20;
 
+/// How one turn of the writer went.
 enum Turn {
     /// Records were stored and more wait, or the journal is to be emptied: go on at once.
     Stored,
