@@ -446,7 +446,14 @@ pub struct ServerConfig {
     pub shutdown_grace_s: u64,
     /// Retry-After (seconds) on the 503 that new calls get while Warden shuts down.
     pub retry_after_s: u64,
+    /// Signalling shards, each a core on a thread of its own that owns the calls whose
+    /// Call-IDs hash to it (0: one per CPU). Registrations, the guard, rooms and screening
+    /// are shared between them.
+    pub shards: usize,
 }
+
+/// More shards than this buy nothing but lock traffic on the shared state.
+const MAX_SHARDS: usize = 64;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -455,11 +462,20 @@ impl Default for ServerConfig {
             instance: String::new(),
             shutdown_grace_s: 30,
             retry_after_s: 60,
+            shards: 1,
         }
     }
 }
 
 impl ServerConfig {
+    /// How many signalling shards to run (`shards`, with 0 resolved to the CPUs).
+    pub fn shard_count(&self) -> usize {
+        match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_SHARDS)),
+            n => n,
+        }
+    }
+
     /// `instance`, else the host name (else "warden"); in a cluster the node's name
     /// (`Config::validate` keeps the two from differing).
     pub fn instance_name(&self) -> String {
@@ -695,6 +711,11 @@ impl Config {
             );
         }
         self.guard.validate()?;
+        anyhow::ensure!(
+            self.server.shards <= MAX_SHARDS,
+            "server.shards ({}) may be at most {MAX_SHARDS} (0: one per CPU)",
+            self.server.shards
+        );
         for name in &m.transcode {
             anyhow::ensure!(
                 codec::all()

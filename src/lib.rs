@@ -19,4 +19,5 @@ pub mod prompts;
 pub mod registrar;
 pub mod screening;
 pub mod server;
+pub mod shard;
 pub mod sip;

@@ -108,7 +108,7 @@ impl Core {
             return Ok(found);
         }
         if let Some(dest) = literal_destination(target) {
-            if self.gateways.is_down(dest.addr) {
+            if self.gateways.lock().is_down(dest.addr) {
                 tracing::info!(call = call.id, target, "gateway down (probing): skipped");
                 call.note_failure(503, self.phrase(503));
                 return Ok(Vec::new());
@@ -135,6 +135,7 @@ impl Core {
     pub(super) fn user_contacts(&self, user: &str) -> Result<Vec<(Found, Vec<String>)>, u16> {
         let bindings: Vec<(Found, Vec<String>)> = self
             .registrar
+            .lock()
             .lookup(user, self.unix_s())
             .into_iter()
             .filter_map(|b| {
@@ -142,7 +143,7 @@ impl Core {
                 Some(((b.contact.clone(), reach.dest), reach.route))
             })
             .collect();
-        match (bindings.is_empty(), self.registrar.knows(user)) {
+        match (bindings.is_empty(), self.registrar.lock().knows(user)) {
             (false, _) => Ok(bindings),
             (true, true) => Err(480),
             (true, false) => Err(404),
@@ -246,7 +247,7 @@ impl Core {
     ) {
         let req = &call.a_invite;
         let mut leg = Leg {
-            call_id: format!("{}@warden", new_tag()),
+            call_id: self.new_call_id(),
             local_uri: strip_tag(&req.header("From").unwrap_or_default()),
             local_tag: new_tag(),
             remote_uri: transfer::transfer_to(call)

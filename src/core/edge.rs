@@ -20,7 +20,7 @@ impl Core {
     /// missing or names no address.
     pub(super) fn origin(&self, req: &Request, from: &Destination) -> IpAddr {
         let ip = from.addr.ip();
-        if !self.guard.is_edge(ip) {
+        if !self.guard.lock().is_edge(ip) {
             return ip;
         }
         req.via_at(1).and_then(|via| via.sender()).unwrap_or(ip)
@@ -34,12 +34,12 @@ impl Core {
         from: &Destination,
         now: Instant,
     ) -> bool {
-        if !self.guard.is_edge(from.addr.ip()) {
+        if !self.guard.lock().is_edge(from.addr.ip()) {
             return false;
         }
         let origin = self.origin(req, from);
         let agent = req.header("User-Agent");
-        let Err(why) = self.guard.admit(origin, true, agent.as_deref(), now) else {
+        let Err(why) = self.guard.lock().admit(origin, true, agent.as_deref(), now) else {
             return false;
         };
         tracing::debug!(%origin, edge = %from.addr, reason = why.as_str(), "relayed request refused by the guard");

@@ -104,7 +104,7 @@ impl Core {
             }
             self.ended_record(&mut call);
             if let Some(source) = call.guarded_source {
-                self.guard.call_ended(source);
+                self.guard.lock().call_ended(source);
             }
             self.leave_conference(&call);
             call.media.close(&mut *self.media);

@@ -70,7 +70,7 @@ impl Core {
             return self.refused_attempt(&req, &from, 503, "call limit", None);
         }
         let origin = self.origin(&req, &from);
-        if !emergency && !self.guard.admit_call(origin) {
+        if !emergency && !self.guard.lock().admit_call(origin) {
             tracing::warn!(source = %origin, limit = self.config.guard.max_calls_per_source, "calls per source limit reached; refusing with 503");
             self.respond(&key, &req, 503, None, now);
             return self.refused_attempt(&req, &from, 503, "source call limit", None);
@@ -106,9 +106,9 @@ impl Core {
             }
         };
         let id = self.next_call;
-        self.next_call += 1;
-        self.stats.calls_started += 1;
-        self.guard.call_started(origin, now);
+        self.next_call += self.shard.count as u64;
+        self.stats.lock().calls_started += 1;
+        self.guard.lock().call_started(origin, now);
         let a_target = req
             .contact_uri()
             .unwrap_or_else(|| from_hdr.uri.to_string());
@@ -227,7 +227,7 @@ impl Core {
             source: self.origin(req, from),
             transport: from.transport.as_str().to_ascii_lowercase(),
             session_case,
-            caller_registered: !self.registrar.lookup(&caller, unix_s).is_empty(),
+            caller_registered: !self.registrar.lock().lookup(&caller, unix_s).is_empty(),
             emergency: self.is_emergency(req),
             now: jiff::Timestamp::from_second(unix_s as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
         }

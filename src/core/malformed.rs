@@ -76,7 +76,12 @@ fn fault_phrase(why: &str) -> String {
 impl Core {
     /// Bytes from `from` that did not parse (`why`): a 400 when they can be answered.
     pub fn handle_garbage(&mut self, from: &Destination, bytes: &[u8], why: &str, now: Instant) {
-        if self.guard.admit(from.addr.ip(), true, None, now).is_err() {
+        if self
+            .guard
+            .lock()
+            .admit(from.addr.ip(), true, None, now)
+            .is_err()
+        {
             return;
         }
         let reason = reason_label(why);
@@ -121,7 +126,12 @@ impl Core {
     }
 
     pub(super) fn count_malformed(&mut self, handling: &'static str, reason: &'static str) {
-        *self.stats.malformed.entry((handling, reason)).or_default() += 1;
+        *self
+            .stats
+            .lock()
+            .malformed
+            .entry((handling, reason))
+            .or_default() += 1;
     }
 }
 

@@ -157,7 +157,7 @@ impl Core {
             .max_forwards(hops)
             .header("From", &format!("{from};tag={}", new_tag()))
             .header("To", to)
-            .header("Call-ID", &format!("{}@warden", new_tag()))
+            .header("Call-ID", &self.new_call_id())
             .cseq(1)
             .header("User-Agent", &self.config.sip.user_agent)
             .build()

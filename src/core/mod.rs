@@ -49,6 +49,7 @@ use crate::dns::{Found, Lookup};
 use crate::guard::Guard;
 use crate::media::Media;
 use crate::registrar::{Change, Registrar};
+use crate::shard::{Shard, Shared};
 use crate::sip::message::{Message, Method, Request, Response};
 use crate::sip::transaction::{Transactions, TxEvent, TxKey};
 use crate::sip::transport::{Destination, Transport};
@@ -185,7 +186,7 @@ enum ClientPurpose {
 pub struct Core {
     config: Config,
     tx: Transactions,
-    pub registrar: Registrar,
+    pub registrar: Shared<Registrar>,
     calls: HashMap<u64, Box<Call>>,
     next_call: u64,
     /// (Call-ID, our tag) -> (call, side or branch index for unanswered branches).
@@ -224,12 +225,12 @@ pub struct Core {
     /// The operator's reason phrases by code (`sip.reason_phrases`).
     phrases: HashMap<u16, String>,
     /// Conference rooms and the calls in them.
-    pub rooms: Rooms,
-    pub stats: Stats,
+    pub rooms: Shared<Rooms>,
+    pub stats: Shared<Stats>,
     /// When each source last had a dropped message logged.
     drop_log: malformed::DropLog,
     /// Flood and abuse protection: rates, bans, calls per source.
-    pub guard: Guard,
+    pub guard: Shared<Guard>,
     /// What the core draws itself (the challenge's code): from the OS, or a test's seed.
     rng: rand::rngs::StdRng,
     /// Sources whose INVITEs need no credentials (`calls.trusted`, the S-CSCFs).
@@ -237,7 +238,9 @@ pub struct Core {
     /// Instant messages forwarded and waiting for their answers.
     pager: pager::Pager,
     /// The gateways probed with OPTIONS (`probe = true` bridges).
-    gateways: crate::sip::probe::Gateways,
+    gateways: Shared<crate::sip::probe::Gateways>,
+    /// This core's place among the signalling shards.
+    shard: Shard,
 }
 
 impl Core {
@@ -259,14 +262,14 @@ impl Core {
         Core {
             phrases: config.sip.phrases(),
             transcodable: config.media.transcodable(),
-            guard: Guard::new(&config.guard, &scscf),
+            guard: Shared::new(Guard::new(&config.guard, &scscf)),
             calls_trusted: [config.calls.trusted(), scscf.clone()].concat(),
             trusted_scscf: scscf,
             next_attempt: 1,
             rng: rand::SeedableRng::from_os_rng(),
             tx: Transactions::new(config.timers()),
             config,
-            registrar,
+            registrar: Shared::new(registrar),
             calls: HashMap::new(),
             next_call: 1,
             dialogs: HashMap::new(),
@@ -286,12 +289,68 @@ impl Core {
             boot: format!("{:016x}", rand::random::<u64>()),
             draining: None,
             records_failing: None,
-            rooms: Rooms::default(),
-            stats: Stats::default(),
+            rooms: Shared::default(),
+            stats: Shared::default(),
             drop_log: Default::default(),
             pager: pager::Pager::default(),
-            gateways,
+            gateways: Shared::new(gateways),
+            shard: Shard::ALONE,
         }
+    }
+
+    /// A core for another signalling shard beside this one: the same configuration,
+    /// dialplan and identity, and the same registrar, guard, rooms, gateways and counters
+    /// (one copy, shared); its own calls, transactions and media handle.
+    pub fn sibling(&self, shard: Shard, media: Box<dyn Media>, prompts: Prompts) -> Core {
+        let mut core = Core::new(
+            self.config.clone(),
+            Registrar::new(self.config.registrar.clone(), Vec::new()),
+            self.advertised.clone(),
+            media,
+            prompts,
+        );
+        core.registrar = self.registrar.clone();
+        core.guard = self.guard.clone();
+        core.rooms = self.rooms.clone();
+        core.stats = self.stats.clone();
+        core.gateways = self.gateways.clone();
+        core.dialplan = self.dialplan.clone();
+        core.boot = self.boot.clone();
+        core.set_shard(shard);
+        core
+    }
+
+    /// This core's place among the signalling shards.
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    /// Take calls as shard `shard`: its call numbers, and the Call-IDs it makes, are its own.
+    pub fn set_shard(&mut self, shard: Shard) {
+        self.shard = shard;
+        self.next_call = shard.first_call();
+    }
+
+    /// A Call-ID for a dialog Warden starts, drawn until it hashes to this shard (so the
+    /// answers come back here).
+    pub(super) fn new_call_id(&self) -> String {
+        loop {
+            let id = format!("{}@warden", new_tag());
+            if self.shard.owns_call_id(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Follow `plan` from now on, as another shard already does (its gateways are probed
+    /// by the shard that set it).
+    pub fn adopt_dialplan(&mut self, plan: Arc<Dialplan>) {
+        self.dialplan = plan;
+    }
+
+    /// The dialplan new calls are routed by.
+    pub fn dialplan(&self) -> Arc<Dialplan> {
+        self.dialplan.clone()
     }
 
     /// Route new calls by `plan` from now on (calls in progress keep their actions).
@@ -355,7 +414,7 @@ impl Core {
             self.tx.poll_timeout(),
             self.wakes.first().map(|(t, _)| *t),
             self.next_expiry_sweep,
-            self.gateways.next_wake(),
+            self.gateways.lock().next_wake(),
         ]
         .into_iter()
         .flatten()
@@ -379,6 +438,7 @@ impl Core {
         };
         if let Err(why) = self
             .guard
+            .lock()
             .admit(from.addr.ip(), is_request, agent.as_deref(), now)
         {
             tracing::trace!(from = %from.addr, reason = why.as_str(), "dropped by the guard");
@@ -457,7 +517,8 @@ impl Core {
             self.on_call_tick(id, now);
         }
         if self.next_expiry_sweep.is_some_and(|t| t <= now) {
-            for change in self.registrar.expire(unix_s) {
+            let expired = self.registrar.lock().expire(unix_s);
+            for change in expired {
                 self.out.push_back(Output::Store(change));
             }
             self.next_expiry_sweep = Some(now + Duration::from_secs(1));

@@ -30,12 +30,13 @@ impl Core {
                 Some((format!("sip:{host}:{port}{transport}"), dest))
             })
             .collect();
-        self.gateways.set(targets, now);
+        self.gateways.lock().set(targets, now);
     }
 
     /// Send the probes that are due.
     pub(super) fn send_probes(&mut self, now: Instant) {
-        for (uri, dest) in self.gateways.due(now) {
+        let due = self.gateways.lock().due(now);
+        for (uri, dest) in due {
             let from = format!("<sip:warden@{}>", self.local_host(dest.transport));
             let to = format!("<{uri}>");
             let probe = Uri::parse(&uri).ok().and_then(|target| {
@@ -54,7 +55,7 @@ impl Core {
 
     /// A probe's answer, or 408 for none.
     pub(super) fn probe_outcome(&mut self, addr: SocketAddr, status: u16) {
-        match self.gateways.outcome(addr, status) {
+        match self.gateways.lock().outcome(addr, status) {
             Some(false) => {
                 tracing::warn!(gateway = %addr, status, "gateway down: bridges skip it until it answers a probe")
             }
@@ -65,6 +66,6 @@ impl Core {
 
     /// The probed gateways and their state (admin API, metrics).
     pub fn gateways(&self) -> Vec<GatewayState> {
-        self.gateways.states()
+        self.gateways.lock().states()
     }
 }

@@ -209,7 +209,7 @@ impl Core {
         call.state = State::Answered;
         call.answered_at = Some(now);
         call.ring_until = None;
-        self.stats.calls_answered += 1;
+        self.stats.lock().calls_answered += 1;
         self.start_max_duration(call, now);
         true
     }

@@ -42,7 +42,7 @@ impl Core {
             ..self.new_record(req, from)
         };
         let record = self.refused_record(base, status, why);
-        *self.stats.final_codes.entry(status).or_default() += 1;
+        *self.stats.lock().final_codes.entry(status).or_default() += 1;
         self.out.push_back(Output::Record(Box::new(record)));
     }
 
@@ -114,7 +114,7 @@ impl Core {
             }
         }
         let code = r.final_code.unwrap_or(0).clamp(0, 999) as u16;
-        *self.stats.final_codes.entry(code).or_default() += 1;
+        *self.stats.lock().final_codes.entry(code).or_default() += 1;
         self.emit_record(call);
     }
 }

@@ -20,12 +20,12 @@ impl Core {
         now: Instant,
     ) {
         let user = req.to().and_then(|t| t.uri.user()).unwrap_or_default();
-        if self.registrar.register_needs_auth()
-            && self.refused_credentials(&key, &req, &user, AuthKind::Register, &from, now)
+        let needs_auth = self.registrar.lock().register_needs_auth();
+        if needs_auth && self.refused_credentials(&key, &req, &user, AuthKind::Register, &from, now)
         {
             return;
         }
-        let mut outcome = self.registrar.register(&req, &from, unix_s);
+        let mut outcome = self.registrar.lock().register(&req, &from, unix_s);
         for change in outcome.changes {
             self.out.push_back(Output::Share(change.clone()));
             self.out.push_back(Output::Store(change));
@@ -40,6 +40,7 @@ impl Core {
         let now_s = self.unix_s();
         let own: Vec<_> = self
             .registrar
+            .lock()
             .all(now_s)
             .into_iter()
             .filter(|b| b.node.is_none())
@@ -54,7 +55,8 @@ impl Core {
     /// Another node's REGISTER changed a binding; a binding of this node's own that gave
     /// way leaves its store.
     pub fn apply_remote_binding(&mut self, node: &str, change: crate::registrar::Change) {
-        for dropped in self.registrar.apply_remote(node, change) {
+        let dropped = self.registrar.lock().apply_remote(node, change);
+        for dropped in dropped {
             self.out.push_back(Output::Store(dropped));
         }
     }
@@ -89,12 +91,16 @@ impl Core {
         from: &Destination,
         now: Instant,
     ) -> bool {
-        let Err(mut refusal) = self.registrar.authenticate(req, user, kind, self.unix_s()) else {
+        let Err(mut refusal) = self
+            .registrar
+            .lock()
+            .authenticate(req, user, kind, self.unix_s())
+        else {
             return false;
         };
         if refusal.failed {
             let origin = self.origin(req, from);
-            self.guard.auth_failed(origin, now);
+            self.guard.lock().auth_failed(origin, now);
         }
         self.localize(&mut refusal.response);
         self.tx.respond(key, *refusal.response, now);

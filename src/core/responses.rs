@@ -126,7 +126,7 @@ impl Core {
         } else if status < 300 {
             call.answered_by(index, now);
             call.media_check = Some(now + self.media_check_interval());
-            self.stats.calls_answered += 1;
+            self.stats.lock().calls_answered += 1;
             if let Some(b) = call.branches.get_mut(index) {
                 b.final_status = Some(status);
                 let invite_cseq = b.invite.cseq().map_or(1, |c| c.seq);

@@ -58,19 +58,19 @@ impl Core {
             dtmf_payload_type: None,
             cn_payload_type: None,
         };
-        let number = self.rooms.join(room, member);
+        let number = self.rooms.lock().join(room, member);
         if !self.media.join(member.stream, member.side, number, leg) {
             tracing::error!(
                 call = call.id,
                 room,
                 "conference: the relay could not take the stream"
             );
-            self.rooms.leave(room, call.id);
+            self.rooms.lock().leave(room, call.id);
             return false;
         }
         call.record.conference = Some(room.to_owned());
         self.emit_record(call);
-        let members = self.rooms.members(room).to_vec();
+        let members = self.rooms.lock().members(room).to_vec();
         tracing::info!(call = call.id, caller = %call.caller, room, members = members.len(), codec = member.codec.name, "joined the conference");
         let chime = self.config.media.conference_join.clone();
         self.chime(&members, &chime);
@@ -83,7 +83,7 @@ impl Core {
         let Some(room) = call.record.conference.as_deref() else {
             return;
         };
-        let members = self.rooms.leave(room, call.id);
+        let members = self.rooms.lock().leave(room, call.id);
         tracing::info!(
             call = call.id,
             room,

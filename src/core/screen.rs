@@ -38,6 +38,7 @@ impl Core {
         call.caller_vouched = crate::dialplan::in_networks(hop, &self.trusted_scscf)
             || !self
                 .registrar
+                .lock()
                 .lookup(&call.caller, self.unix_s())
                 .is_empty();
         crate::screening::Request {

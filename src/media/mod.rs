@@ -7,6 +7,7 @@
 //! SDP Warden sends must name its ports.
 
 pub mod fake;
+pub mod shared;
 
 use std::net::IpAddr;
 use std::sync::Arc;

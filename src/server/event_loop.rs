@@ -1,33 +1,34 @@
-//! The signalling loop: one task that owns the core and feeds it messages, time, media
-//! events and the answers of the tasks it starts (DNS, screening, reloads), then carries
-//! out what the core asks (send, store, screen, journal the call records).
+//! The signalling loop: the leader's lane (`super::lane`), which owns its core and feeds
+//! it messages, time, media events and the answers of the tasks it starts (DNS, screening,
+//! reloads), then carries out what the core asks (send, store, screen, journal the call
+//! records). It alone serves the admin API, reloads and the cluster's news, and forwards
+//! to the other lanes what concerns their calls.
 //!
 //! Nothing slow runs on it: DNS, STIR fetches, analytics, database reads for a reload and
 //! every database write happen on other tasks that report back through channels.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use warden_media::MediaEvent;
 
+use super::lane::{Lane, Mail, Plumbing, Stopping};
 use super::load_dialplan;
+use super::records::Records;
 use crate::api::metrics::Snapshot;
-use crate::cdr::Record;
-use crate::cdr::journal::{Journal, Syncer};
-use crate::cdr::writer::Status as CdrStatus;
 use crate::clock::{unix_now, unix_now_ms};
-use crate::config::{Config, ServerConfig};
-use crate::core::{Core, Output};
+use crate::config::Config;
+use crate::core::Core;
 use crate::dialplan::Dialplan;
-use crate::dns::Found;
 use crate::registrar::{Change, Credentials};
 use crate::screening::driver::{Driver, Event as ScreeningEvent};
-use crate::sip::transport::{Inbound, Transmitter};
+use crate::shard::Shared;
+use crate::sip::transport::{Inbound, Inbox};
 
-type Answer = Result<serde_json::Value, String>;
+pub(super) type Answer = Result<serde_json::Value, String>;
 
 /// What `super::setup` hands the loop.
 pub(super) struct Parts {
@@ -47,6 +48,16 @@ pub(super) struct Parts {
     pub shared_registrations: Option<SharedRegistrations>,
     /// `[cluster]`: operator screening edits shared with the other nodes.
     pub shared_edits: Option<SharedEdits>,
+    /// The other lanes' cores and queues (none: one lane, the leader's).
+    pub followers: Vec<Follower>,
+}
+
+/// A follower lane as `super::setup` makes it: its core, and the queues its messages and
+/// its streams' media events arrive on.
+pub(super) struct Follower {
+    pub core: Core,
+    pub inbound: mpsc::Receiver<Inbound>,
+    pub media_events: mpsc::UnboundedReceiver<MediaEvent>,
 }
 
 /// The SIP listeners, bound, and what serving them needs.
@@ -55,7 +66,7 @@ pub(super) struct Sip {
     pub limits: crate::sip::message::Limits,
     pub idle: Duration,
     pub tls: crate::sip::tls::TlsContext,
-    pub inbound_tx: mpsc::Sender<Inbound>,
+    pub inbox: Inbox,
 }
 
 /// Run the loop on a thread of its own, with its own single-threaded runtime that also
@@ -128,270 +139,152 @@ struct Reloaded {
     reply: Option<oneshot::Sender<Answer>>,
 }
 
-/// Call records on their way to the journal: from the core to disk before the loop goes
-/// on, made durable by the syncer, then the CDR writer is woken to store them. When the
-/// journal cannot be written they wait here (bounded), and new calls are refused.
-pub(super) struct Records {
-    journal: Journal,
-    syncer: Option<Syncer>,
-    pending: Vec<Record>,
-    /// Journalled this run (the metrics' queue depth is this less what was stored).
-    journalled: u64,
-    wake: Arc<Notify>,
-    status: Arc<CdrStatus>,
-    spool_max_bytes: u64,
-    /// Why records cannot be kept now, if they cannot (the alarm).
-    failing: Option<String>,
-    /// The spool is past 80% of its cap.
-    spool_alarm: bool,
-    append_failures: u64,
-    /// Records given up after `MAX_HELD` waited for a journal that stayed unwritable.
-    lost: u64,
-}
-
-/// Records held in memory at most while the journal cannot be written (about 60 MiB).
-const MAX_HELD: usize = 100_000;
-
-impl Records {
-    pub fn new(
-        journal: Journal,
-        syncer: Option<Syncer>,
-        wake: Arc<Notify>,
-        status: Arc<CdrStatus>,
-        spool_max_bytes: u64,
-    ) -> Records {
-        Records {
-            journal,
-            syncer,
-            pending: Vec::new(),
-            journalled: 0,
-            wake,
-            status,
-            spool_max_bytes,
-            failing: None,
-            spool_alarm: false,
-            append_failures: 0,
-            lost: 0,
-        }
-    }
-
-    /// Journal what is pending; the alarm (why new calls must be refused) when records
-    /// cannot be kept, after this flush.
-    fn flush(&mut self) -> Option<String> {
-        let appending = !self.pending.is_empty();
-        if appending {
-            // Journalled before the loop goes on: from here a crash loses none of them.
-            match self.journal.append(&self.pending) {
-                Ok(()) => {
-                    self.journalled += self.pending.len() as u64;
-                    self.pending.clear();
-                    if let Some(syncer) = &self.syncer {
-                        syncer.appended();
-                    }
-                    self.wake.notify_one();
-                }
-                Err(e) => {
-                    self.append_failures += 1;
-                    if self.pending.len() > MAX_HELD {
-                        let excess = self.pending.len() - MAX_HELD;
-                        self.pending.drain(..excess);
-                        self.lost += excess as u64;
-                        tracing::error!(
-                            lost = excess,
-                            "call records lost: the journal stayed unwritable while {MAX_HELD} waited"
-                        );
-                    }
-                    self.raise(format!("cannot write the journal: {e}"));
-                    return self.failing.clone();
-                }
-            }
-        }
-        // The spool and the syncer only change when something is appended; while an alarm
-        // is up they are looked at every turn, to see it end. Idle turns cost nothing.
-        if appending || self.failing.is_some() || self.spool_alarm {
-            self.check_spool_and_sync();
-        }
-        self.failing.clone()
-    }
-
-    /// Raise or clear the alarms from the spool's size and the syncer's last result.
-    fn check_spool_and_sync(&mut self) {
-        let sync_error = self.syncer.as_ref().and_then(|s| {
-            s.stats
-                .error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-        });
-        let spool = self.journal.len();
-        let cap = self.spool_max_bytes;
-        let alarm = cap > 0 && spool >= cap / 10 * 8;
-        if alarm != self.spool_alarm {
-            self.spool_alarm = alarm;
-            match alarm {
-                true => tracing::warn!(
-                    spool_bytes = spool,
-                    cap_bytes = cap,
-                    "the call record spool is past 80% of cdr.spool_max_bytes (the database is away or slow)"
-                ),
-                false => tracing::info!(
-                    spool_bytes = spool,
-                    "the call record spool is below 80% of its cap again"
-                ),
-            }
-        }
-        match (sync_error, cap > 0 && spool >= cap) {
-            (Some(e), _) => self.raise(e),
-            (None, true) => self.raise(format!(
-                "the spool is full ({spool} bytes, cdr.spool_max_bytes {cap})"
-            )),
-            (None, false) => {
-                if let Some(was) = self.failing.take() {
-                    tracing::info!(was = %was, "call records can be kept again; taking new calls");
-                }
-            }
-        }
-    }
-
-    fn raise(&mut self, why: String) {
-        if self.failing.as_ref() != Some(&why) {
-            tracing::error!(journal = %self.journal.path().display(), held = self.pending.len(), reason = %why, "call records cannot be kept: new calls get 503 until they can");
-        }
-        self.failing = Some(why);
-    }
-}
-
-/// Graceful shutdown: when live calls are ended, and when Warden stops waiting for them.
-pub(super) struct Stopping {
-    grace: Duration,
-    retry_after_s: u64,
-    drain_until: Option<Instant>,
-    give_up_at: Option<Instant>,
-}
-
-impl Stopping {
-    pub fn new(config: &ServerConfig) -> Stopping {
-        Stopping {
-            grace: Duration::from_secs(config.shutdown_grace_s),
-            retry_after_s: config.retry_after_s,
-            drain_until: None,
-            give_up_at: None,
-        }
-    }
-}
-
-/// The loop and everything it drives.
+/// The leader's loop: the first lane, and what the server has once (the admin API,
+/// reloads, the screener's answers, the cluster's news, the sweeps), and the other lanes'
+/// mailboxes.
 pub(super) struct Loop {
-    core: Core,
-    transmitter: Transmitter,
-    inbound: mpsc::Receiver<Inbound>,
-    media_events: mpsc::UnboundedReceiver<MediaEvent>,
-    screening: Driver,
+    lane: Lane,
     screening_events: mpsc::UnboundedReceiver<ScreeningEvent>,
     asks: mpsc::Receiver<crate::api::Ask>,
-    store_tx: mpsc::UnboundedSender<Change>,
-    records: Records,
-    dns: Arc<Dns>,
-    resolved_tx: mpsc::UnboundedSender<(u64, u64, Vec<Found>)>,
-    resolved: mpsc::UnboundedReceiver<(u64, u64, Vec<Found>)>,
     reloads: Arc<Reloads>,
     reloaded_tx: mpsc::UnboundedSender<Reloaded>,
     reloaded: mpsc::UnboundedReceiver<Reloaded>,
     /// Calls started, sampled each second over the last 10 s (the calls-per-second gauge).
     started_samples: VecDeque<(Instant, u64)>,
-    stopping: Stopping,
-    /// The turn's messages, held until its records are journalled (`carry_out`).
-    sends: Vec<(crate::sip::transport::Destination, bytes::Bytes)>,
     shared_registrations: Option<SharedRegistrations>,
     shared_edits: Option<SharedEdits>,
     /// `[cluster]`: when to read the shared users again after a failed read (the shared
     /// database was away).
     users_retry: Option<Instant>,
+    /// The other lanes' mailboxes, lane 1 first.
+    followers: Vec<mpsc::UnboundedSender<Mail>>,
+    /// The other lanes' threads, joined once the leader stops.
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// How soon a failed read of the cluster's users is tried again.
 const USERS_RETRY: Duration = Duration::from_secs(10);
 
 impl Loop {
-    /// The loop, its SIP sockets served on the current runtime.
+    /// The loop, its SIP sockets served on the current runtime, and the other lanes
+    /// started on threads of their own.
     fn new(parts: Parts) -> anyhow::Result<Loop> {
         let sip = parts.sip;
         let transmitter = sip
             .listeners
-            .serve(sip.limits, sip.idle, sip.tls, sip.inbound_tx)
+            .serve(sip.limits, sip.idle, sip.tls, sip.inbox)
             .map_err(|e| anyhow::anyhow!("cannot serve the SIP sockets: {e}"))?;
-        let (resolved_tx, resolved) = mpsc::unbounded_channel();
         let (reloaded_tx, reloaded) = mpsc::unbounded_channel();
         // The cluster's users are read once the loop runs: start-up does not wait on the
         // shared database.
         let users_retry = parts.reloads.shared.is_some().then(Instant::now);
+        let lanes = parts.followers.len() + 1;
+        let live: Arc<[AtomicUsize]> = (0..lanes).map(|_| AtomicUsize::new(0)).collect();
+        let (screening, records, dns) = (
+            Shared::new(parts.screening),
+            Shared::new(parts.records),
+            Arc::new(parts.dns),
+        );
+        let (leader_tx, leader_mail) = mpsc::unbounded_channel();
+        let (mut followers, mut threads) = (Vec::new(), Vec::new());
+        for (index, follower) in parts.followers.into_iter().enumerate() {
+            let (tx, mail) = mpsc::unbounded_channel();
+            let lane = Lane::new(
+                follower.core,
+                Plumbing {
+                    transmitter: transmitter.sibling(),
+                    inbound: follower.inbound,
+                    media_events: follower.media_events,
+                    screening: screening.clone(),
+                    store_tx: parts.store_tx.clone(),
+                    records: records.clone(),
+                    dns: dns.clone(),
+                    stopping: Stopping::new(&parts.reloads.config.server),
+                    mail,
+                    leader: Some(leader_tx.clone()),
+                    live: live.clone(),
+                },
+            );
+            let thread = std::thread::Builder::new()
+                .name(format!("warden-sip-{}", index + 1))
+                .spawn(move || {
+                    let served = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| anyhow::anyhow!("cannot start a lane's runtime: {e}"))
+                        .and_then(|runtime| runtime.block_on(lane.run_follower()));
+                    if let Err(e) = served {
+                        tracing::error!(lane = index + 1, error = %e, "signalling lane stopped");
+                    }
+                })
+                .map_err(|e| anyhow::anyhow!("cannot start a signalling lane: {e}"))?;
+            followers.push(tx);
+            threads.push(thread);
+        }
+        let lane = Lane::new(
+            parts.core,
+            Plumbing {
+                transmitter,
+                inbound: parts.inbound,
+                media_events: parts.media_events,
+                screening,
+                store_tx: parts.store_tx,
+                records,
+                dns,
+                stopping: parts.stopping,
+                mail: leader_mail,
+                leader: None,
+                live,
+            },
+        );
         Ok(Loop {
-            core: parts.core,
-            transmitter,
-            inbound: parts.inbound,
-            media_events: parts.media_events,
-            screening: parts.screening,
+            lane,
             screening_events: parts.screening_events,
             asks: parts.asks,
-            store_tx: parts.store_tx,
-            records: parts.records,
-            dns: Arc::new(parts.dns),
-            resolved_tx,
-            resolved,
             reloads: Arc::new(parts.reloads),
             reloaded_tx,
             reloaded,
             started_samples: VecDeque::with_capacity(11),
-            stopping: parts.stopping,
-            sends: Vec::new(),
             shared_registrations: parts.shared_registrations,
             shared_edits: parts.shared_edits,
             users_retry,
+            followers,
+            threads,
         })
     }
 
-    /// Serve until a shutdown signal and the end of the live calls (or the grace time).
+    /// Serve until a shutdown signal and the end of the live calls on every lane (or the
+    /// grace time).
     async fn run(mut self) -> anyhow::Result<()> {
         let mut stop_signals = StopSignals::watch()?;
         let mut reload = reload_signal()?;
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         let mut rate_tick = tokio::time::interval(Duration::from_secs(1));
         // Outside a cluster there are no leases: the tick runs but renews nothing.
-        let mut lease_tick = tokio::time::interval(
-            self.screening
-                .lease_renewal()
-                .unwrap_or(Duration::from_secs(3600)),
-        );
+        let renewal = self.lane.screening.lock().lease_renewal();
+        let mut lease_tick = tokio::time::interval(renewal.unwrap_or(Duration::from_secs(3600)));
         loop {
-            let deadline = self
-                .core
-                .poll_timeout()
-                .map(tokio::time::Instant::from_std)
-                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
+            let deadline = self.lane.deadline();
             tokio::select! {
-                event = self.inbound.recv() => {
+                event = self.lane.inbound.recv() => {
                     let Some(event) = event else { break };
-                    let now = Instant::now();
-                    self.on_inbound(event, now);
-                    // Drain what else is queued before sleeping again: one wake-up, many messages.
-                    while let Ok(event) = self.inbound.try_recv() {
-                        self.on_inbound(event, now);
-                    }
+                    self.lane.on_inbound_burst(event);
                 }
-                Some((call, attempt, found)) = self.resolved.recv() => {
-                    self.core.handle_resolved(call, attempt, found, Instant::now());
+                Some((call, attempt, found)) = self.lane.resolved.recv() => {
+                    self.lane.core.handle_resolved(call, attempt, found, Instant::now());
                 }
-                Some(event) = self.media_events.recv() => {
-                    self.core.handle_media_event(event, Instant::now());
+                Some(event) = self.lane.media_events.recv() => {
+                    self.lane.core.handle_media_event(event, Instant::now());
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    self.core.handle_timeout(Instant::now(), unix_now_ms());
+                    self.lane.core.handle_timeout(Instant::now(), unix_now_ms());
                 }
+                Some(mail) = self.lane.mail.recv() => self.lane.on_mail(mail),
                 _ = sweep.tick() => {
-                    self.screening.engine.sweep(unix_now());
-                    self.core.guard.sweep(Instant::now());
+                    self.lane.screening.lock().engine.sweep(unix_now());
+                    self.lane.core.guard.lock().sweep(Instant::now());
                 }
-                _ = lease_tick.tick() => self.screening.renew_leases(),
+                _ = lease_tick.tick() => self.lane.screening.lock().renew_leases(),
                 Some(event) = heard(&mut self.shared_registrations) => self.on_cluster_registration(event),
                 Some(event) = heard_edit(&mut self.shared_edits) => self.on_cluster_edit(event),
                 _ = rate_tick.tick() => {
@@ -402,87 +295,51 @@ impl Loop {
                     if self.started_samples.len() == 11 {
                         self.started_samples.pop_front();
                     }
-                    self.started_samples.push_back((Instant::now(), self.core.stats.calls_started));
+                    let started = self.lane.core.stats.lock().calls_started;
+                    self.started_samples.push_back((Instant::now(), started));
                 }
                 Some(event) = self.screening_events.recv() => {
-                    if let Some(d) = self.screening.handle(event) {
-                        self.core.handle_screened(d.call, d.outcome, Instant::now());
+                    let decided = self.lane.screening.lock().handle(event);
+                    if let Some(d) = decided {
+                        self.deliver_screened(d.call, d.outcome);
                     }
                 }
                 Some((command, reply)) = self.asks.recv() => self.on_ask(command, reply),
                 Some(done) = self.reloaded.recv() => self.apply_reload(done),
                 _ = reload.recv() => self.start_reload(None),
-                _ = stop_signals.recv() => self.on_shutdown_signal(),
+                _ = stop_signals.recv() => self.lane.on_shutdown_signal(),
             }
-            let giving_up = self.shutdown_progress();
+            let giving_up = self.lane.shutdown_progress();
             self.carry_out();
-            let drained = self.stopping.drain_until.is_some() && self.core.active_calls() == 0;
+            let drained =
+                self.lane.stopping.drain_until.is_some() && self.lane.live_everywhere() == 0;
             if giving_up || drained {
                 break;
             }
         }
         tracing::info!(
-            active_calls = self.core.active_calls(),
+            active_calls = self.lane.live_everywhere(),
             "signalling stopped; storing the last call records"
         );
+        // The other lanes stop once their mailboxes close; the sockets they answer on are
+        // served here, so they are waited for before this runtime ends.
+        self.followers.clear();
+        for thread in std::mem::take(&mut self.threads) {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         Ok(())
     }
 
-    fn on_inbound(&mut self, event: Inbound, now: Instant) {
-        match event {
-            Inbound::Message(m, from) => self.core.handle_message(*m, from, now, unix_now_ms()),
-            Inbound::Garbage(from, bytes, why) => {
-                self.core.handle_garbage(&from, &bytes, &why, now)
-            }
-            Inbound::ConnOpened(id, addr, tx) => self.transmitter.on_opened(id, addr, tx),
-            Inbound::ConnClosed(id) => self.transmitter.on_closed(id),
-        }
-    }
-
-    /// Do what the core asked.
-    /// Write-ahead: the turn's call records reach the journal before any message of the
-    /// turn leaves, so a caller never hears of a call (not even its 100 Trying) that a
-    /// crash right after could leave without a record.
+    /// The lane's outputs, then what only the leader does with them: registrations and
+    /// the guard's new bans shared with the cluster.
     fn carry_out(&mut self) {
-        let mut sends = std::mem::take(&mut self.sends);
-        while let Some(output) = self.core.poll_output() {
-            match output {
-                Output::Send(dest, bytes) => sends.push((dest, bytes)),
-                Output::Store(change) => {
-                    let _ = self.store_tx.send(change);
-                }
-                Output::Share(change) => {
-                    if let Some(shared) = &self.shared_registrations {
-                        shared.registrations.share(change);
-                    }
-                }
-                Output::Screen(request) => {
-                    if let Some(d) = self.screening.start(*request) {
-                        self.core.handle_screened(d.call, d.outcome, Instant::now());
-                    }
-                }
-                Output::ChallengePassed { call } => {
-                    self.screening.challenge_passed(call, unix_now());
-                }
-                Output::Screened { call, answered_s } => {
-                    self.screening.call_ended(call, answered_s, unix_now());
-                }
-                Output::Record(record) => self.records.pending.push(*record),
-                Output::Resolve {
-                    call,
-                    attempt,
-                    lookup,
-                } => {
-                    let (dns, tx) = (self.dns.clone(), self.resolved_tx.clone());
-                    tokio::spawn(async move {
-                        let found =
-                            crate::dns::resolve(&dns.resolver, &lookup, &dns.enum_suffix).await;
-                        let _ = tx.send((call, attempt, found));
-                    });
-                }
+        self.lane.carry_out();
+        for change in self.lane.to_share.drain(..) {
+            if let Some(shared) = &self.shared_registrations {
+                shared.registrations.share(change);
             }
         }
-        let imposed = self.core.guard.take_imposed();
+        let imposed = self.lane.core.guard.lock().take_imposed();
         if let (Some(shared), false) = (&self.shared_edits, imposed.is_empty()) {
             let now_ms = unix_now_ms();
             for ban in &imposed {
@@ -490,29 +347,40 @@ impl Loop {
                 shared.edits.share(crate::cluster::edits::Edit::Ban(ban));
             }
         }
-        let failing = self.records.flush();
-        self.core.set_records_failing(failing);
-        // Before the messages: a party may send media as soon as it reads our SDP.
-        self.core.media.flush();
-        for (dest, bytes) in sends.drain(..) {
-            self.transmitter.send(&dest, bytes);
+    }
+
+    /// The lane a call number belongs to: 0 for the leader's, else its follower's mailbox.
+    fn follower_of(&self, call: u64) -> Option<&mpsc::UnboundedSender<Mail>> {
+        let lane = crate::shard::of_call(call, self.followers.len() + 1);
+        lane.checked_sub(1).and_then(|k| self.followers.get(k))
+    }
+
+    /// A screening verdict to the lane holding its call.
+    fn deliver_screened(&mut self, call: u64, outcome: crate::screening::Outcome) {
+        match self.follower_of(call) {
+            Some(follower) => {
+                let _ = follower.send(Mail::Screened(call, outcome));
+            }
+            None => self
+                .lane
+                .core
+                .handle_screened(call, outcome, Instant::now()),
         }
-        self.sends = sends; // its capacity, for the next turn
     }
 
     /// What the cluster said about registrations.
     fn on_cluster_registration(&mut self, event: crate::cluster::registrations::Event) {
         use crate::cluster::registrations::Event;
         match event {
-            Event::Connected => self.core.share_own_bindings(),
+            Event::Connected => self.lane.core.share_own_bindings(),
             Event::Snapshot(bindings) => {
                 tracing::info!(
                     count = bindings.len(),
                     "cluster: the other nodes' registrations read"
                 );
-                self.core.registrar.replace_remote(bindings);
+                self.lane.core.registrar.lock().replace_remote(bindings);
             }
-            Event::Changed { node, change } => self.core.apply_remote_binding(&node, change),
+            Event::Changed { node, change } => self.lane.core.apply_remote_binding(&node, change),
         }
     }
 
@@ -522,12 +390,17 @@ impl Loop {
         use crate::screening::admin;
         // A (re)connection may follow missed announcements: the users are read again too.
         let reconnected = matches!(event, Event::Lists(_) | Event::Seed);
-        let engine = &mut self.screening.engine;
+        let screening = self.lane.screening.clone();
+        let mut driver = screening.lock();
+        let engine = &mut driver.engine;
         let now = unix_now();
         match event {
             Event::Edited(Edit::Ban(ban)) => self.impose_bans(vec![ban]),
             Event::Edited(Edit::Unban { source }) => {
-                if source.parse().is_ok_and(|ip| self.core.guard.unban(ip)) {
+                if source
+                    .parse()
+                    .is_ok_and(|ip| self.lane.core.guard.lock().unban(ip))
+                {
                     tracing::info!(%source, "cluster: ban lifted on another node");
                 }
             }
@@ -580,7 +453,8 @@ impl Loop {
                 }
             }
         }
-        self.screening.flush();
+        driver.flush();
+        drop(driver);
         if reconnected && self.reloads.shared.is_some() {
             self.start_users_reload();
         }
@@ -592,7 +466,7 @@ impl Loop {
         for ban in bans {
             if let Some(imposed) = ban.imposed(now_ms) {
                 tracing::info!(source = %ban.source, reason = %ban.reason, remaining_s = imposed.duration.as_secs(), "cluster: source banned by another node");
-                self.core.guard.impose(&imposed, now);
+                self.lane.core.guard.lock().impose(&imposed, now);
             }
         }
     }
@@ -600,31 +474,38 @@ impl Loop {
     /// A command from the admin API.
     fn on_ask(&mut self, command: crate::api::Command, reply: oneshot::Sender<Answer>) {
         use crate::api::Command;
-        let core = &mut self.core;
         let answer = match command {
             Command::Screening(c) => {
                 let edit = crate::cluster::edits::Edit::of(&c);
-                let answer =
-                    crate::screening::admin::run(&mut self.screening.engine, c, unix_now());
-                self.screening.flush();
+                let answer = {
+                    let mut driver = self.lane.screening.lock();
+                    let answer = crate::screening::admin::run(&mut driver.engine, c, unix_now());
+                    driver.flush();
+                    answer
+                };
                 if let (Ok(_), Some(edit), Some(shared)) = (&answer, edit, &self.shared_edits) {
                     shared.edits.share(edit);
                 }
                 answer
             }
-            Command::Calls => Ok(serde_json::to_value(core.live_calls()).unwrap_or_default()),
-            Command::Hangup(id) => {
-                if core.hang_up(id, "admin hangup", 480, Instant::now()) {
-                    Ok(serde_json::json!({"hung_up": id.to_string()}))
-                } else {
-                    Err(format!("not found: no live call {id}\n"))
+            Command::Calls if !self.followers.is_empty() => return self.gather_calls(reply),
+            Command::Calls => self.lane.answer(Command::Calls),
+            // A call's number names its lane.
+            Command::Hangup(id) => match self.follower_of(id) {
+                Some(follower) => {
+                    let _ = follower.send(Mail::Ask(Command::Hangup(id), reply));
+                    return;
                 }
+                None => self.lane.answer(Command::Hangup(id)),
+            },
+            Command::Registrations => Ok(registrations(&self.lane.core)),
+            Command::Gateways => {
+                Ok(serde_json::to_value(self.lane.core.gateways()).unwrap_or_default())
             }
-            Command::Registrations => Ok(registrations(core)),
-            Command::Gateways => Ok(serde_json::to_value(core.gateways()).unwrap_or_default()),
-            Command::Bans => {
-                Ok(serde_json::to_value(core.guard.bans(Instant::now())).unwrap_or_default())
-            }
+            Command::Bans => Ok(serde_json::to_value(
+                self.lane.core.guard.lock().bans(Instant::now()),
+            )
+            .unwrap_or_default()),
             Command::Unban(source) => {
                 if let Some(shared) = &self.shared_edits {
                     // Every node's copy goes, even if this node had none.
@@ -633,7 +514,8 @@ impl Loop {
                         .edits
                         .share(crate::cluster::edits::Edit::Unban { source });
                 }
-                if core.guard.unban(source) {
+                let lifted = self.lane.core.guard.lock().unban(source);
+                if lifted {
                     tracing::info!(%source, "ban lifted by the admin API");
                     Ok(serde_json::json!({"unbanned": source.to_string()}))
                 } else {
@@ -648,6 +530,36 @@ impl Loop {
             }
         };
         let _ = reply.send(answer);
+    }
+
+    /// The live calls of every lane, oldest first: the followers' lists are awaited off
+    /// the loop.
+    fn gather_calls(&mut self, reply: oneshot::Sender<Answer>) {
+        let mut waiting = Vec::new();
+        for follower in &self.followers {
+            let (tx, rx) = oneshot::channel();
+            if follower
+                .send(Mail::Ask(crate::api::Command::Calls, tx))
+                .is_ok()
+            {
+                waiting.push(rx);
+            }
+        }
+        let own = self.lane.answer(crate::api::Command::Calls);
+        tokio::spawn(async move {
+            let mut calls = match own {
+                Ok(serde_json::Value::Array(calls)) => calls,
+                _ => Vec::new(),
+            };
+            for rx in waiting {
+                if let Ok(Ok(serde_json::Value::Array(more))) = rx.await {
+                    calls.extend(more);
+                }
+            }
+            let key = |c: &serde_json::Value| (c["received_ms"].as_i64(), c["id"].as_u64());
+            calls.sort_by_key(key);
+            let _ = reply.send(Ok(serde_json::Value::Array(calls)));
+        });
     }
 
     /// What SIGHUP and the admin API's reload do alike: read the stored users, the TLS
@@ -696,11 +608,12 @@ impl Loop {
     /// Apply a reload: the users (on an error the loaded ones stay, and the log says why),
     /// then the dialplan, whose refusal is the answer.
     fn apply_reload(&mut self, done: Reloaded) {
-        let core = &mut self.core;
+        let core = &mut self.lane.core;
         match done.users {
             Ok(users) => {
-                core.registrar.set_stored_users(users);
-                tracing::info!(users = core.registrar.user_count(), "users reloaded");
+                let mut registrar = core.registrar.lock();
+                registrar.set_stored_users(users);
+                tracing::info!(users = registrar.user_count(), "users reloaded");
             }
             Err(e) => {
                 tracing::error!(error = %e, retry_s = USERS_RETRY.as_secs(), "cannot reload users; the known ones stay");
@@ -716,6 +629,9 @@ impl Loop {
             Ok(plan) => {
                 let answer = serde_json::json!({"reloaded": plan.origin.to_string(), "rules": plan.rules.len()});
                 core.set_dialplan(plan);
+                for follower in &self.followers {
+                    let _ = follower.send(Mail::Dialplan(core.dialplan()));
+                }
                 Ok(answer)
             }
             Err(e) => Err(format!("dialplan {e}; the previous plan stays active")),
@@ -728,61 +644,13 @@ impl Loop {
         }
     }
 
-    /// SIGINT/SIGTERM: the first starts the grace time, a second ends the live calls now,
-    /// any later one changes nothing (the calls are being ended already).
-    fn on_shutdown_signal(&mut self) {
-        let s = &mut self.stopping;
-        if s.give_up_at.is_some() {
-            tracing::info!(
-                active_calls = self.core.active_calls(),
-                "stop signal: live calls are being ended already"
-            );
-        } else if s.drain_until.is_none() {
-            tracing::info!(
-                active_calls = self.core.active_calls(),
-                grace_s = s.grace.as_secs(),
-                "shutting down: new calls get 503; live calls may go on until the grace time ends"
-            );
-            self.core.stop_taking_calls(s.retry_after_s);
-            s.drain_until = Some(Instant::now() + s.grace);
-        } else {
-            tracing::info!(
-                active_calls = self.core.active_calls(),
-                "second signal: ending live calls now"
-            );
-            s.drain_until = Some(Instant::now());
-        }
-    }
-
-    /// End the live calls once the grace time is over; true when Warden stops waiting
-    /// for their BYEs (their records are closed then).
-    fn shutdown_progress(&mut self) -> bool {
-        let s = &mut self.stopping;
-        if s.drain_until.is_some_and(|t| Instant::now() >= t) && s.give_up_at.is_none() {
-            let ended = self.core.hang_up_all("shutdown", Instant::now());
-            if ended > 0 {
-                tracing::info!(calls = ended, "grace time over: ending live calls");
-            }
-            // The BYEs' answers, or their timeouts, close the calls.
-            s.give_up_at = Some(Instant::now() + Duration::from_secs(5));
-        }
-        let giving_up = s.give_up_at.is_some_and(|t| Instant::now() >= t);
-        if giving_up {
-            tracing::warn!(
-                active_calls = self.core.active_calls(),
-                "calls not ended 5 s after their BYEs; closing their records and stopping"
-            );
-            self.core.close_records("shutdown");
-        }
-        giving_up
-    }
-
     /// What /metrics shows, gathered in one go.
     fn metrics_snapshot(&self) -> Snapshot {
-        let core = &self.core;
-        let redis = self.screening.cluster_health();
-        let cdr = &self.records.status;
-        let records = &self.records;
+        let core = &self.lane.core;
+        let driver = self.lane.screening.lock();
+        let redis = driver.cluster_health();
+        let records = self.lane.records.lock();
+        let cdr = &records.status;
         let sync = records.syncer.as_ref().map(|s| &*s.stats);
         let started = &self.started_samples;
         let relay = core.media.totals();
@@ -792,17 +660,19 @@ impl Loop {
             }
             _ => 0.0,
         };
-        let (rooms, members) = core.rooms.counts();
-        let guard = &core.guard.counters;
+        let (rooms, members) = core.rooms.lock().counts();
+        let guard_state = core.guard.lock();
+        let guard = &guard_state.counters;
+        let stats = core.stats.lock().clone();
         Snapshot {
-            calls_active: core.active_calls() as u64,
+            calls_active: self.lane.live_everywhere() as u64,
             conference_rooms: rooms as u64,
             conference_members: members as u64,
-            calls_started: core.stats.calls_started,
-            calls_answered: core.stats.calls_answered,
+            calls_started: stats.calls_started,
+            calls_answered: stats.calls_answered,
             calls_per_second,
-            final_codes: core.stats.final_codes.clone(),
-            registrations: core.registrar.binding_count() as u64,
+            final_codes: stats.final_codes.clone(),
+            registrations: core.registrar.lock().binding_count() as u64,
             relay_streams: relay.streams,
             transcoding_channels: relay.transcoding,
             relay_rtp_packets: relay.rtp_packets,
@@ -810,23 +680,20 @@ impl Loop {
             relay_stranger_packets: relay.strangers,
             relay_unassigned_packets: relay.unassigned,
             relay_parked_port_pairs: relay.parked_pairs,
-            screening: self
-                .screening
+            screening: driver
                 .engine
                 .counts
                 .iter()
                 .map(|((decision, check), n)| (decision.to_string(), check.to_string(), *n))
                 .collect(),
-            sip_malformed: core
-                .stats
+            sip_malformed: stats
                 .malformed
                 .iter()
                 .map(|(&(handling, reason), &n)| (handling.into(), reason.into(), n))
                 .collect(),
             cdr_stored: cdr.written.load(Ordering::Relaxed),
             cdr_write_failures: cdr.failures.load(Ordering::Relaxed),
-            cdr_queue_depth: self
-                .records
+            cdr_queue_depth: records
                 .journalled
                 .saturating_sub(cdr.written_this_run.load(Ordering::Relaxed)),
             cdr_spool_bytes: cdr.backlog_bytes.load(Ordering::Relaxed),
@@ -843,7 +710,7 @@ impl Loop {
             cdr_journal_sync_failures: sync.map_or(0, |s| s.failures.load(Ordering::Relaxed)),
             cdr_records_held: records.pending.len() as u64,
             cdr_records_lost: records.lost,
-            draining: self.stopping.drain_until.is_some(),
+            draining: self.lane.stopping.drain_until.is_some(),
             guard_dropped: guard
                 .dropped
                 .iter()
@@ -854,8 +721,8 @@ impl Loop {
                 .iter()
                 .map(|(why, n)| (why.as_str().to_owned(), *n))
                 .collect(),
-            guard_banned_sources: core.guard.banned(Instant::now()) as u64,
-            guard_sources: core.guard.tracked() as u64,
+            guard_banned_sources: guard_state.banned(Instant::now()) as u64,
+            guard_sources: guard_state.tracked() as u64,
             guard_untracked: guard.untracked,
             auth_failures: guard.auth_failures,
             guard_call_limit_refused: guard.call_limit_refused,
@@ -891,6 +758,7 @@ fn registrations(core: &Core) -> serde_json::Value {
     let now = unix_now();
     let rows: Vec<serde_json::Value> = core
         .registrar
+        .lock()
         .all(now)
         .into_iter()
         .map(|b| {
@@ -918,13 +786,13 @@ fn reload_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
 
 /// SIGINT and SIGTERM as one stream: every signal is one `recv`, however many arrive, so
 /// the loop can take a second (and a third) without polling a finished future.
-struct StopSignals {
+pub(super) struct StopSignals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
 }
 
 impl StopSignals {
-    fn watch() -> anyhow::Result<StopSignals> {
+    pub(super) fn watch() -> anyhow::Result<StopSignals> {
         use tokio::signal::unix::{SignalKind, signal};
         let watch = |kind: SignalKind, name: &str| {
             signal(kind).map_err(|e| anyhow::anyhow!("cannot watch {name}: {e}"))
@@ -937,7 +805,7 @@ impl StopSignals {
 
     /// The next stop signal. Cancel-safe: a signal that arrives while another branch of
     /// the loop's `select!` wins is kept for the next call.
-    async fn recv(&mut self) {
+    pub(super) async fn recv(&mut self) {
         tokio::select! {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}

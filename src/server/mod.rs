@@ -4,6 +4,8 @@
 
 mod event_loop;
 mod file_limit;
+mod lane;
+mod records;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
@@ -22,6 +24,7 @@ use crate::config::Config;
 use crate::core::Core;
 use crate::dialplan::Dialplan;
 use crate::registrar::{Registrar, store};
+use crate::shard::Shard;
 use crate::sip::message::Limits;
 use crate::sip::transport::{self, Transport};
 
@@ -121,7 +124,14 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
         max_message_bytes: config.sip.max_message_bytes,
         max_headers: config.sip.max_headers,
     };
-    let (inbound_tx, inbound) = mpsc::channel(8192);
+    let lanes = config.server.shard_count();
+    let (mut inbound_txs, mut inbounds) = (Vec::new(), Vec::new());
+    for _ in 0..lanes {
+        let (tx, rx) = mpsc::channel(8192);
+        inbound_txs.push(tx);
+        inbounds.push(rx);
+    }
+    let inbox = transport::Inbox::new(inbound_txs);
     let idle = std::time::Duration::from_secs(config.sip.tcp_idle_timeout_s);
     let tls = crate::sip::tls::TlsContext::load(&config.sip.tls)?;
     let listeners = transport::bind(&config.listen()?, config.sip.udp_receive_buffer_bytes).await?;
@@ -139,12 +149,25 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
         advertised.insert(Transport::Udp, h);
     }
     let mut relay = start_relay(&config, &bound)?;
-    // Media events arrive from the relay's threads; the loop hands them to the core.
-    let (media_tx, media_events) = mpsc::unbounded_channel();
+    // Media events arrive from the relay's threads; each lane hands its own to its core.
+    let (mut media_txs, mut media_events) = (Vec::new(), Vec::new());
+    for _ in 0..lanes {
+        let (tx, rx) = mpsc::unbounded_channel();
+        media_txs.push(tx);
+        media_events.push(rx);
+    }
+    let owners = crate::media::shared::Owners::default();
+    let stream_owners = owners.clone();
     relay.set_event_sink(std::sync::Arc::new(move |event| {
-        let _ = media_tx.send(event);
+        let lane = match media_txs.len() {
+            1 => 0,
+            _ => crate::media::shared::owner_of(&stream_owners, &event),
+        };
+        if let Some(tx) = media_txs.get(lane) {
+            let _ = tx.send(event);
+        }
     }));
-    // The loop flushes the relay's commands once per turn.
+    // The loops flush the relay's commands once per turn.
     relay.batch_wakes();
     let prompts = crate::prompts::load(&config)?;
     let media = &config.media;
@@ -245,7 +268,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
     let resolver = crate::dns::resolver(&config.dns)?;
     let plan = load_dialplan(&config)?;
     let pid_file = PidFile::write(&config.server.pid_file)?;
-    let stopping = event_loop::Stopping::new(&config.server);
+    let stopping = lane::Stopping::new(&config.server);
     let dns = event_loop::Dns {
         resolver,
         enum_suffix: config.dns.enum_suffix.clone(),
@@ -257,8 +280,53 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
         config.cdr.spool_max_bytes,
         config.cdr.retention_days,
     );
-    let mut core = Core::new(config, registrar, advertised, Box::new(relay), prompts);
+    // Each lane encodes the prompts it plays itself (they are encoded on first use).
+    let mut lane_prompts = Vec::new();
+    for _ in 1..lanes {
+        lane_prompts.push(crate::prompts::load(&config)?);
+    }
+    let mut medias: Vec<Box<dyn crate::media::Media>> = match lanes {
+        1 => vec![Box::new(relay)],
+        n => crate::media::shared::ShardMedia::split(relay, n, owners)
+            .into_iter()
+            .map(|m| Box::new(m) as Box<dyn crate::media::Media>)
+            .collect(),
+    };
+    let leader_media = medias.remove(0);
+    let mut core = Core::new(config, registrar, advertised, leader_media, prompts);
     core.set_dialplan(plan);
+    core.set_shard(Shard {
+        index: 0,
+        count: lanes,
+    });
+    let mut inbounds = inbounds.into_iter();
+    let mut media_events = media_events.into_iter();
+    let (Some(inbound), Some(leader_media_events)) = (inbounds.next(), media_events.next()) else {
+        anyhow::bail!("internal: no queue for the first signalling lane");
+    };
+    let followers: Vec<event_loop::Follower> = medias
+        .into_iter()
+        .zip(lane_prompts)
+        .zip(inbounds.zip(media_events))
+        .enumerate()
+        .map(
+            |(k, ((media, prompts), (inbound, media_events)))| event_loop::Follower {
+                core: core.sibling(
+                    Shard {
+                        index: k + 1,
+                        count: lanes,
+                    },
+                    media,
+                    prompts,
+                ),
+                inbound,
+                media_events,
+            },
+        )
+        .collect();
+    if lanes > 1 {
+        tracing::info!(lanes, "signalling sharded by Call-ID");
+    }
 
     // The CDR writer stores what the loop journals.
     let cdr_status = Arc::new(CdrStatus::default());
@@ -314,7 +382,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
             })?,
         ),
     };
-    let records = event_loop::Records::new(journal, syncer, cdr_wake, cdr_status, spool_max_bytes);
+    let records = records::Records::new(journal, syncer, cdr_wake, cdr_status, spool_max_bytes);
     let parts = event_loop::Parts {
         core,
         sip: event_loop::Sip {
@@ -322,10 +390,10 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
             limits,
             idle,
             tls: tls.clone(),
-            inbound_tx,
+            inbox,
         },
         inbound,
-        media_events,
+        media_events: leader_media_events,
         screening,
         screening_events,
         asks,
@@ -336,6 +404,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
         stopping,
         shared_registrations,
         shared_edits,
+        followers,
     };
     let retention = (retention_days > 0)
         .then(|| tokio::spawn(crate::cdr::store::retain(cdr_store.clone(), retention_days)));

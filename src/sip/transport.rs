@@ -80,6 +80,107 @@ pub enum Inbound {
     Garbage(Destination, Bytes, String),
     ConnOpened(ConnId, SocketAddr, mpsc::Sender<Bytes>),
     ConnClosed(ConnId),
+    /// A UDP datagram for a sharded server's lane to parse (`Inbound::parse`).
+    Datagram(Bytes, Destination, Limits),
+}
+
+impl Inbound {
+    /// A datagram parsed into the message it holds, or into garbage with the reason; any
+    /// other event as it is.
+    pub fn parse(self) -> Inbound {
+        match self {
+            Inbound::Datagram(bytes, source, limits) => {
+                match Message::parse_datagram(bytes.clone(), &limits) {
+                    Ok(m) => Inbound::Message(Box::new(m), source),
+                    Err(e) => Inbound::Garbage(source, bytes, e.0),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// The Call-ID of a SIP message's header block, found without parsing the message (a
+/// sharded server's receive task routes datagrams by it): the value of the first
+/// `Call-ID` or compact `i` header, trimmed as the parser trims it.
+pub fn call_id_in(message: &[u8]) -> Option<&[u8]> {
+    let mut lines = message.split(|&b| b == b'\n');
+    lines.next(); // the request or status line
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return None; // the end of the headers
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = line.split_at(colon);
+        let name = name.trim_ascii();
+        if name.eq_ignore_ascii_case(b"call-id") || name.eq_ignore_ascii_case(b"i") {
+            return value.get(1..).map(<[u8]>::trim_ascii);
+        }
+    }
+    None
+}
+
+/// Where the transport tasks hand what they receive: each message to the signalling shard
+/// its Call-ID belongs to (`crate::shard`), news of a stream connection to every shard
+/// (any of them may answer over it), bytes that do not parse to the shard of their source.
+#[derive(Clone)]
+pub struct Inbox {
+    shards: Arc<[mpsc::Sender<Inbound>]>,
+}
+
+/// The shard the message was for has stopped (the server is shutting down).
+#[derive(Debug)]
+pub struct Closed;
+
+impl Inbox {
+    /// An inbox for the shards listening on `shards`, in shard order.
+    pub fn new(shards: Vec<mpsc::Sender<Inbound>>) -> Inbox {
+        Inbox {
+            shards: shards.into(),
+        }
+    }
+
+    /// Hand `event` on, waiting while its shard's queue is full.
+    pub async fn send(&self, event: Inbound) -> Result<(), Closed> {
+        let count = self.shards.len();
+        let shard = match &event {
+            Inbound::Message(m, _) if count > 1 => {
+                crate::shard::of_call_id(m.call_id().as_deref().unwrap_or_default(), count)
+            }
+            Inbound::Datagram(bytes, from, _) => match call_id_in(bytes) {
+                Some(call_id) => crate::shard::of_call_id_bytes(call_id, count),
+                // Not SIP enough to name its dialog: the shard of its source answers it.
+                None => crate::shard::of_call_id(&from.addr.to_string(), count),
+            },
+            Inbound::Garbage(from, _, _) if count > 1 => {
+                crate::shard::of_call_id(&from.addr.to_string(), count)
+            }
+            Inbound::ConnOpened(id, addr, tx) if count > 1 => {
+                for shard in self.shards.iter() {
+                    let opened = Inbound::ConnOpened(*id, *addr, tx.clone());
+                    shard.send(opened).await.map_err(|_| Closed)?;
+                }
+                return Ok(());
+            }
+            Inbound::ConnClosed(id) if count > 1 => {
+                for shard in self.shards.iter() {
+                    shard
+                        .send(Inbound::ConnClosed(*id))
+                        .await
+                        .map_err(|_| Closed)?;
+                }
+                return Ok(());
+            }
+            _ => 0,
+        };
+        match self.shards.get(shard) {
+            Some(tx) => tx.send(event).await.map_err(|_| Closed),
+            None => Err(Closed),
+        }
+    }
 }
 
 /// The sending side of every transport, owned by the core's driver.
@@ -89,7 +190,7 @@ pub struct Transmitter {
     /// Open stream connections (TCP and TLS), and which one reaches an address.
     tcp: HashMap<ConnId, (SocketAddr, mpsc::Sender<Bytes>)>,
     tcp_by_addr: HashMap<SocketAddr, ConnId>,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: Inbox,
     limits: Limits,
     idle: Duration,
     tls: TlsContext,
@@ -98,6 +199,24 @@ pub struct Transmitter {
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 impl Transmitter {
+    /// A transmitter for another shard: the same sockets, and the stream connections it
+    /// will hear of (`Inbound::ConnOpened` reaches every shard).
+    pub fn sibling(&self) -> Transmitter {
+        Transmitter {
+            udp: self.udp.clone(),
+            tcp: HashMap::new(),
+            tcp_by_addr: HashMap::new(),
+            inbound: self.inbound.clone(),
+            limits: self.limits,
+            idle: self.idle,
+            tls: self.tls.clone(),
+        }
+    }
+
+    fn inbox_shards(&self) -> usize {
+        self.inbound.shards.len()
+    }
+
     pub fn on_opened(&mut self, id: ConnId, addr: SocketAddr, tx: mpsc::Sender<Bytes>) {
         self.tcp.insert(id, (addr, tx));
         self.tcp_by_addr.insert(addr, id);
@@ -145,10 +264,16 @@ impl Transmitter {
                 let (link, tx) = Link::open(addr, transport, &self.inbound, self.limits, self.idle);
                 let id = link.id;
                 let _ = tx.try_send(bytes);
+                let others = (self.inbox_shards() > 1).then(|| tx.clone());
                 self.on_opened(id, addr, tx);
                 let inbound = self.inbound.clone();
                 let connector = (transport == Transport::Tls).then(|| self.tls.connector());
                 tokio::spawn(async move {
+                    // Every shard may send on it: the answers to this message may come to
+                    // another shard than the one that opened it (a REGISTER's, say).
+                    if let Some(tx) = others {
+                        let _ = inbound.send(Inbound::ConnOpened(id, addr, tx)).await;
+                    }
                     let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
                         let stream = TcpStream::connect(addr).await?;
                         let _ = stream.set_nodelay(true);
@@ -194,7 +319,7 @@ struct Link {
     addr: SocketAddr,
     transport: Transport,
     outgoing: mpsc::Receiver<Bytes>,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: Inbox,
     limits: Limits,
     idle: Duration,
 }
@@ -204,7 +329,7 @@ impl Link {
     fn open(
         addr: SocketAddr,
         transport: Transport,
-        inbound: &mpsc::Sender<Inbound>,
+        inbound: &Inbox,
         limits: Limits,
         idle: Duration,
     ) -> (Link, mpsc::Sender<Bytes>) {
@@ -320,7 +445,7 @@ impl Listeners {
         limits: Limits,
         idle: Duration,
         tls: TlsContext,
-        inbound: mpsc::Sender<Inbound>,
+        inbound: Inbox,
     ) -> std::io::Result<Transmitter> {
         let mut udp = Vec::new();
         for socket in self.udp {
@@ -354,11 +479,7 @@ impl Listeners {
 
 /// Receive datagrams a batch at a time: a batch that does not fill up shows the socket
 /// drained, so its readiness is cleared without a read spent on learning that.
-async fn udp_receive(
-    socket: Arc<AsyncFd<std::net::UdpSocket>>,
-    limits: Limits,
-    inbound: mpsc::Sender<Inbound>,
-) {
+async fn udp_receive(socket: Arc<AsyncFd<std::net::UdpSocket>>, limits: Limits, inbound: Inbox) {
     use std::os::fd::AsRawFd;
     let mut datagrams = Datagrams::default();
     loop {
@@ -394,9 +515,13 @@ async fn udp_receive(
                 conn: None,
             };
             let bytes = Bytes::copy_from_slice(data);
-            let event = match Message::parse_datagram(bytes.clone(), &limits) {
-                Ok(m) => Inbound::Message(Box::new(m), source),
-                Err(e) => Inbound::Garbage(source, bytes, e.0),
+            // Sharded, each lane parses its own datagrams: this task only finds where they go.
+            let event = match inbound.shards.len() {
+                1 => match Message::parse_datagram(bytes.clone(), &limits) {
+                    Ok(m) => Inbound::Message(Box::new(m), source),
+                    Err(e) => Inbound::Garbage(source, bytes, e.0),
+                },
+                _ => Inbound::Datagram(bytes, source, limits),
             };
             if inbound.send(event).await.is_err() {
                 return;
@@ -412,7 +537,7 @@ async fn stream_accept(
     tls: Option<TlsContext>,
     limits: Limits,
     idle: Duration,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: Inbox,
 ) {
     loop {
         let (stream, addr) = match listener.accept().await {
@@ -551,7 +676,12 @@ mod tests {
         let tls = TlsContext::load(&Default::default()).expect("tls");
         let (tx, mut rx) = mpsc::channel(64);
         let _transmitter = listeners
-            .serve(Limits::default(), Duration::from_secs(60), tls, tx)
+            .serve(
+                Limits::default(),
+                Duration::from_secs(60),
+                tls,
+                Inbox::new(vec![tx]),
+            )
             .expect("serve");
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("peer");
         // Sent before the receiver runs: 21 datagrams wait together, more than one read.
@@ -583,5 +713,29 @@ mod tests {
         assert!(
             matches!(event, Inbound::Message(m, _) if m.call_id().as_deref() == Some("burst-99"))
         );
+    }
+
+    #[test]
+    fn the_call_id_a_datagram_is_routed_by_is_the_one_its_parse_finds() {
+        let cases = [
+            ("Call-ID: abc@host\r\n", Some("abc@host")),
+            ("i:   compact-1 \r\n", Some("compact-1")),
+            ("CALL-id :x\r\n", Some("x")),
+            ("", None),
+        ];
+        for (line, expected) in cases {
+            let text = format!(
+                "OPTIONS sip:w@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK1\r\n\
+                 From: <sip:a@x>;tag=1\r\nTo: <sip:w@x>\r\n{line}CSeq: 1 OPTIONS\r\n\
+                 Content-Length: 9\r\n\r\nCall-ID:b"
+            );
+            let found =
+                call_id_in(text.as_bytes()).map(|c| String::from_utf8_lossy(c).into_owned());
+            assert_eq!(found.as_deref(), expected, "{line:?}");
+            if expected.is_some() {
+                let parsed = Message::parse_datagram(Bytes::from(text), &Limits::default());
+                assert_eq!(parsed.ok().and_then(|m| m.call_id()).as_deref(), expected);
+            }
+        }
     }
 }

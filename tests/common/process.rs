@@ -111,8 +111,15 @@ impl Warden {
             v6.push_str(&format!(", \"tls:127.0.0.1:{port}\""));
         }
         // The pid file goes in [server], which the extra TOML may open itself.
+        // WARDEN_TEST_SHARDS runs every process test on a sharded server (unless the
+        // test sets its own).
+        let shards = std::env::var("WARDEN_TEST_SHARDS")
+            .ok()
+            .filter(|_| !self.extra.contains("shards ="))
+            .map(|n| format!("shards = {n}\n"))
+            .unwrap_or_default();
         let pid = format!(
-            "[server]\npid_file = \"{}\"\n",
+            "[server]\npid_file = \"{}\"\n{shards}",
             self.dir.join("warden.pid").display()
         );
         let (server, extra) = match self.extra.contains("[server]\n") {
