@@ -11,7 +11,8 @@
 # with retransmissions); CPS_STRACE=0 skips both. Last, the highest rate SIPp-to-SIPp
 # without anything between (the machine's limit).
 # Usage: benches/cps.sh [WARDEN_BINARY] [RATES...]   (needs sipp; kamailio optional)
-# CPS_SECONDS (default 10) per step; CPS_FSYNC_MS=0 runs Warden without journal fsync.
+# CPS_SECONDS (default 10) per step; CPS_FSYNC_MS=0 runs Warden without journal fsync;
+# CPS_SHARDS sets server.shards (default Warden's, 1).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:-$here/../target/release/warden}
@@ -26,7 +27,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${kam_pid:-}" ] && kill "$kam_p
 
 source "$here/../tests/lib/warden.sh"
 # CPS_FSYNC_MS sets cdr.fsync_interval_ms (default Warden's, 10; 0: no fsync).
-WARDEN_EXTRA_TOML="${CPS_FSYNC_MS:+[cdr]
+WARDEN_SHARDS="${CPS_SHARDS:-}" WARDEN_EXTRA_TOML="${CPS_FSYNC_MS:+[cdr]
 fsync_interval_ms = $CPS_FSYNC_MS}" start_warden "$bin" "$port" "$work" warn
 for _ in $(seq 1 100); do [ -s "$work/warden.pid" ] && break; sleep 0.1; done
 warden_pid=$(cat "$work/warden.pid")
@@ -113,6 +114,7 @@ syscalls() { # rate -> syscalls per call, or "-"
 
 kam_pid=""
 best=0; best_line=""
+echo "Warden with server.shards = ${CPS_SHARDS:-1}"
 printf "%-6s %-7s %-6s %-14s %-10s %-9s | %-7s %-6s %-14s %-10s %s\n" rate calls failed "setup p50/p99" "us/call" "sys/call" \
   kam-ok failed "setup p50/p99" "us/call" "Warden/Kamailio"
 for rate in "${rates[@]}"; do

@@ -98,6 +98,25 @@ impl Net {
         }
     }
 
+    /// A net around another signalling shard of this net's core: the same registrar,
+    /// guard, rooms and counters, its own calls and fake media.
+    pub fn sibling(&self, shard: warden::shard::Shard) -> Net {
+        let config = Config::default();
+        let prompts = warden::prompts::load(&config).expect("the shipped prompts load");
+        let media = FakeMedia::new();
+        let core = self.core.sibling(shard, Box::new(media.clone()), prompts);
+        Net {
+            core,
+            media,
+            now: self.now,
+            start: self.start,
+            records: Vec::new(),
+            screens: Vec::new(),
+            asks: Vec::new(),
+            wire: Vec::new(),
+        }
+    }
+
     /// Route calls by the dialplan `text` (the file format of `dialplans/`).
     pub fn with_plan(config: Config, text: &str) -> Net {
         let mut net = Net::with_config(config);

@@ -1,7 +1,7 @@
 # Shared by the SIPp, interop and benchmark scripts (source it; it defines one function).
 # start_warden BINARY PORT DIR [RUST_LOG]: write DIR/warden.toml (UDP and TCP on
-# 127.0.0.1:PORT, admin API on 127.0.0.1:PORT+1000, database in DIR, plus $WARDEN_EXTRA_TOML
-# if set), start Warden in the background logging to
+# 127.0.0.1:PORT, admin API on 127.0.0.1:PORT+1000, database in DIR, server.shards from
+# $WARDEN_SHARDS if set, plus $WARDEN_EXTRA_TOML if set), start Warden in the background logging to
 # DIR/warden.log, and return once its TCP port accepts connections (or fail after 20 s).
 start_warden() {
   local bin=$1 port=$2 dir=$3 level=${4:-info}
@@ -12,6 +12,7 @@ listen = ["udp:127.0.0.1:$port", "tcp:127.0.0.1:$port"]
 path = "$dir/warden.sqlite"
 [server]
 pid_file = "$dir/warden.pid"
+${WARDEN_SHARDS:+shards = $WARDEN_SHARDS}
 [admin]
 listen = "127.0.0.1:$((port + 1000))"
 ${WARDEN_EXTRA_TOML:-}
