@@ -12,7 +12,10 @@
 # without anything between (the machine's limit).
 # Usage: benches/cps.sh [WARDEN_BINARY] [RATES...]   (needs sipp; kamailio optional)
 # CPS_SECONDS (default 10) per step; CPS_FSYNC_MS=0 runs Warden without journal fsync;
-# CPS_SHARDS sets server.shards (default Warden's, 1).
+# CPS_SHARDS sets server.shards (default Warden's, 1). CPS_RTP=1: each call carries a
+# second of G.711 (SIPp plays the first 35 packets of its g711a.pcap, benches/uac_rtp.xml, and
+# the callee echoes it with -rtp_echo), relayed both ways by Warden; Kamailio does not
+# relay media, so its column is then signalling only.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:-$here/../target/release/warden}
@@ -58,6 +61,14 @@ EOF
 }
 
 common=(-i 127.0.0.1 -nostdin -timeout_error -max_recv_loops 10000 -max_sched_loops 10000)
+uac=(-sn uac); uas=(-sn uas)
+if [ "${CPS_RTP:-0}" = 1 ]; then
+  pcap=/usr/share/sip-tester/g711a.pcap
+  [ -r "$pcap" ] || { echo "CPS_RTP=1 needs $pcap (Debian's sip-tester)" >&2; exit 1; }
+  editcap -r "$pcap" "$work/second.pcap" 1-35 # its first 35 packets: a second of speech
+  sed "s|@PCAP@|$work/second.pcap|" "$here/uac_rtp.xml" > "$work/uac_rtp.xml"
+  uac=(-sf "$work/uac_rtp.xml"); uas=(-sn uas -rtp_echo -mp 16000)
+fi
 ticks() { # pids -> their utime+stime
   local t=0
   for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
@@ -74,14 +85,14 @@ run() {
   local label=$1 target=$2 uport=$3 rate=$4 s=$5; shift 5
   local calls=$((rate * s)) d="$work/$label-$rate"
   mkdir -p "$d"
-  (cd "$d" && sipp "${common[@]}" -sn uas -p "$uport" -m "$calls" -timeout $((s + 30))s > uas.log 2>&1) &
+  (cd "$d" && sipp "${common[@]}" "${uas[@]}" -p "$uport" -m "$calls" -timeout $((s + 30))s > uas.log 2>&1) &
   local uas=$!
   sleep 0.3
   if [ "$label" = warden ] || [ "$label" = strace ]; then
     (cd "$d" && sipp 127.0.0.1:$port "${common[@]}" -sf "$here/../tests/sipp/register.xml" -s "bench$rate" -key contact_port "$uport" -m 1 > reg.log 2>&1)
   fi
   local before; before=$(ticks "$@")
-  (cd "$d" && sipp 127.0.0.1:"$target" "${common[@]}" -sn uac -s "bench$rate" -r "$rate" -m "$calls" -l $((rate * 2)) \
+  (cd "$d" && sipp 127.0.0.1:"$target" "${common[@]}" "${uac[@]}" -s "bench$rate" -r "$rate" -m "$calls" -l $((rate * 2)) \
       -d 1000 -timeout $((s + 30))s -trace_rtt -rtt_freq 1 -trace_stat > uac.log 2>&1) || true
   local after; after=$(ticks "$@")
   wait $uas 2>/dev/null || true
