@@ -1,5 +1,7 @@
 //! The signalling endpoint, sans-IO: messages and time in, bytes to send and records to
-//! store out. It owns the transaction layer, the registrar and every call.
+//! store out. It owns the transaction layer and every call; the registrar, guard, rooms,
+//! gateways and counters are its own too, or one copy shared with its sibling shards
+//! (`crate::shard`) when the server runs several.
 //!
 //! Like quinn-proto's `Endpoint`, this module only demultiplexes: which call a message or
 //! a timer belongs to, the transaction layer, and the output queue. What happens to a call

@@ -148,27 +148,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
     {
         advertised.insert(Transport::Udp, h);
     }
-    let mut relay = start_relay(&config, &bound)?;
-    // Media events arrive from the relay's threads; each lane hands its own to its core.
-    let (mut media_txs, mut media_events) = (Vec::new(), Vec::new());
-    for _ in 0..lanes {
-        let (tx, rx) = mpsc::unbounded_channel();
-        media_txs.push(tx);
-        media_events.push(rx);
-    }
-    let owners = crate::media::shared::Owners::default();
-    let stream_owners = owners.clone();
-    relay.set_event_sink(std::sync::Arc::new(move |event| {
-        let lane = match media_txs.len() {
-            1 => 0,
-            _ => crate::media::shared::owner_of(&stream_owners, &event),
-        };
-        if let Some(tx) = media_txs.get(lane) {
-            let _ = tx.send(event);
-        }
-    }));
-    // The loops flush the relay's commands once per turn.
-    relay.batch_wakes();
+    let (mut medias, media_events) = lane_media(start_relay(&config, &bound)?, lanes);
     let prompts = crate::prompts::load(&config)?;
     let media = &config.media;
     for (key, name) in [
@@ -285,13 +265,6 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
     for _ in 1..lanes {
         lane_prompts.push(crate::prompts::load(&config)?);
     }
-    let mut medias: Vec<Box<dyn crate::media::Media>> = match lanes {
-        1 => vec![Box::new(relay)],
-        n => crate::media::shared::ShardMedia::split(relay, n, owners)
-            .into_iter()
-            .map(|m| Box::new(m) as Box<dyn crate::media::Media>)
-            .collect(),
-    };
     let leader_media = medias.remove(0);
     let mut core = Core::new(config, registrar, advertised, leader_media, prompts);
     core.set_dialplan(plan);
@@ -440,6 +413,46 @@ pub fn load_dialplan(config: &Config) -> anyhow::Result<Dialplan> {
         }
     }
     Ok(plan)
+}
+
+/// The relay as each of `lanes` holds it (the relay itself with one lane; sharded, a
+/// handle each on one relay), and the queue each lane's media events arrive on.
+fn lane_media(
+    mut relay: Relay,
+    lanes: usize,
+) -> (
+    Vec<Box<dyn crate::media::Media>>,
+    Vec<mpsc::UnboundedReceiver<warden_media::MediaEvent>>,
+) {
+    use crate::media::shared::{Owners, ShardMedia, owner_of};
+    // Media events arrive from the relay's threads; each lane hands its own to its core.
+    let (mut senders, mut queues) = (Vec::new(), Vec::new());
+    for _ in 0..lanes {
+        let (tx, rx) = mpsc::unbounded_channel();
+        senders.push(tx);
+        queues.push(rx);
+    }
+    let owners = Owners::default();
+    let stream_owners = owners.clone();
+    relay.set_event_sink(Arc::new(move |event| {
+        let lane = match senders.len() {
+            1 => 0,
+            _ => owner_of(&stream_owners, &event),
+        };
+        if let Some(tx) = senders.get(lane) {
+            let _ = tx.send(event);
+        }
+    }));
+    // The loops flush the relay's commands once per turn.
+    relay.batch_wakes();
+    let medias = match lanes {
+        1 => vec![Box::new(relay) as Box<dyn crate::media::Media>],
+        n => ShardMedia::split(relay, n, owners)
+            .into_iter()
+            .map(|m| Box::new(m) as Box<dyn crate::media::Media>)
+            .collect(),
+    };
+    (medias, queues)
 }
 
 /// Start the media relay on the configured address, else on the SIP address.
