@@ -1,6 +1,7 @@
 //! A sharded Warden (`server.shards = 3`) over real sockets: calls whose Call-IDs hash to
-//! every shard, the registrar they share, the admin API's view across shards, and a
-//! graceful stop that waits for every shard's calls.
+//! every shard, the registrar they share, the admin API's view across shards, an attended
+//! transfer joining calls of two shards, and a graceful stop that waits for every shard's
+//! calls.
 
 mod common;
 
@@ -127,4 +128,90 @@ fn a_stop_signal_waits_for_the_calls_of_every_shard() {
         w.log()
     );
     assert_eq!(refused, 6);
+}
+
+#[test]
+fn an_attended_transfer_joins_calls_that_two_shards_hold() {
+    let w = sharded();
+    let (mut alice, mut bob, mut carol) = (
+        Ua::udp("alice", w.port),
+        Ua::udp("bob", w.port),
+        Ua::udp("carol", w.port),
+    );
+    let (mut ad, mut bd) = establish(&w, &mut alice, &mut bob);
+    let first_shard = of_call_id(&ad.call_id, SHARDS);
+    // Bob consults carol until the consultation lands on another shard than the first call.
+    assert_eq!(carol.register(600).status(), 200);
+    let consult = loop {
+        let (mut consult, mut cd) = call_carol(&mut bob, &mut carol);
+        if of_call_id(&consult.call_id, SHARDS) != first_shard {
+            break (consult, cd);
+        }
+        hang_up(&mut bob, &mut consult, &mut carol);
+        let _ = &mut cd;
+    };
+    let (consult, mut cd) = consult;
+    let replaces = format!(
+        "{}%3Bto-tag%3D{}%3Bfrom-tag%3D{}",
+        consult.call_id, consult.remote_tag, consult.local_tag
+    );
+    bob.in_dialog_with(
+        &mut bd,
+        "REFER",
+        &format!("Refer-To: <sip:carol@127.0.0.1?Replaces={replaces}>\r\n"),
+        "",
+        None,
+    );
+    assert_eq!(bob.recv_response().status(), 202);
+    // Bob hears the transfer is done and is hung up in both calls.
+    let mut byes = Vec::new();
+    while byes.len() < 2 {
+        let request = bob.recv();
+        let warden::sip::message::Message::Request(request) = request else {
+            continue;
+        };
+        bob.ok(&request);
+        if request.method() == warden::sip::message::Method::Bye {
+            byes.push(request.call_id().unwrap_or_default());
+        }
+    }
+    byes.sort();
+    let mut expected = vec![bd.call_id.clone(), consult.call_id.clone()];
+    expected.sort();
+    assert_eq!(byes, expected);
+    // Carol's media moves to alice: her re-INVITE comes from the first call's shard, on
+    // the dialog the second shard made.
+    let reinvite = carol.recv_request("INVITE");
+    assert_eq!(reinvite.call_id(), Some(cd.call_id.clone()));
+    carol.answer(&reinvite, 200, true);
+    carol.recv_request("ACK");
+    // Alice's BYE reaches carol, and carol's 200 (on the second shard's Call-ID) finds
+    // its way back to the shard that now holds the call.
+    hang_up(&mut alice, &mut ad, &mut carol);
+    // Carol hangs up nothing more: her dialog is over.
+    let _ = &mut cd;
+    let records = closed_records(&w, 3);
+    let joined = records
+        .iter()
+        .find(|r| r["caller"] == "alice" && r["callee"] == "carol")
+        .unwrap_or_else(|| panic!("alice -> carol: {records:#?}"));
+    assert_eq!(joined["end_reason"], "normal", "{joined}");
+    let consulted = records.iter().find(|r| {
+        r["caller"] == "bob" && r["callee"] == "carol" && r["end_reason"] == "transferred"
+    });
+    assert!(consulted.is_some(), "{records:#?}");
+    assert_eq!(metric(&w, "warden_calls_active", None), Some(0.0));
+}
+
+/// `bob` calls the registered `carol`, who answers; their dialogs.
+fn call_carol(bob: &mut Ua, carol: &mut Ua) -> (common::Dialog, common::Dialog) {
+    let invite = bob.invite("carol");
+    let incoming = carol.recv_request("INVITE");
+    let carol_dialog = carol.answer(&incoming, 200, true);
+    let ok = bob.recv_response();
+    assert_eq!(ok.status(), 200);
+    let mut bob_dialog = bob.dialog_from(&invite, &ok);
+    bob.in_dialog(&mut bob_dialog, "ACK", None);
+    carol.recv_request("ACK");
+    (bob_dialog, carol_dialog)
 }

@@ -35,6 +35,10 @@ impl Core {
             .find_map(|t| self.dialogs.get(&(call_id.clone(), t.clone())).copied())
             .filter(|(id, _)| *id != call.id);
         let Some(mut other) = found.and_then(|(id, _)| self.calls.remove(&id)) else {
+            let replaces = (call_id, tags);
+            if found.is_none() && self.await_replaced(call, key, req, by, &replaces) {
+                return; // answered once the other shard hands the call over
+            }
             let why = "Replaces names no other call Warden holds";
             return self.respond_warning(key, req, 481, tag.as_deref(), Some(why), now);
         };

@@ -133,6 +133,7 @@ impl Core {
             self.client.retain(
                 |_, p| !matches!(p, ClientPurpose::Invite { call: c, .. } if *c == call.id),
             );
+            self.unpin_legs_of(&call);
             return;
         }
         self.calls.insert(call.id, call);

@@ -65,6 +65,7 @@ mod cancel;
 mod digits;
 mod edge;
 mod ending;
+mod handover;
 mod in_dialog;
 mod invite;
 mod malformed;
@@ -83,6 +84,7 @@ mod timers;
 mod transfer;
 
 use crate::sip::dialog::strip_tag;
+pub use handover::{HandedCall, Replaced};
 use messages::response_destination;
 pub use screen::challenge_code;
 
@@ -114,6 +116,16 @@ pub enum Output {
     },
     /// A call's record, newly begun or updated (journal it: a higher `rev` replaces it).
     Record(Box<Record>),
+    /// Sharded: ask shard `lane` for the call whose dialog `replaces` names (answer with
+    /// `Core::adopt(for_call, ..)`, from that shard's `Core::hand_over`).
+    HandOver {
+        lane: usize,
+        replaces: Replaced,
+        for_call: u64,
+    },
+    /// Sharded: these Call-IDs, brought here from another shard, may be routed by their
+    /// hash again.
+    Unpin(Vec<String>),
 }
 
 const ALLOW: &str =
@@ -243,6 +255,10 @@ pub struct Core {
     gateways: Shared<crate::sip::probe::Gateways>,
     /// This core's place among the signalling shards.
     shard: Shard,
+    /// REFERs waiting for the call they replace to come from another shard, by call.
+    awaited_joins: HashMap<u64, handover::AwaitedJoin>,
+    /// Call-IDs of calls brought here from another shard (their messages are pinned here).
+    pinned: std::collections::HashSet<String>,
 }
 
 impl Core {
@@ -297,6 +313,8 @@ impl Core {
             pager: pager::Pager::default(),
             gateways: Shared::new(gateways),
             shard: Shard::ALONE,
+            awaited_joins: HashMap::new(),
+            pinned: Default::default(),
         }
     }
 

@@ -156,8 +156,6 @@ pub(super) struct Loop {
     /// `[cluster]`: when to read the shared users again after a failed read (the shared
     /// database was away).
     users_retry: Option<Instant>,
-    /// The other lanes' mailboxes, lane 1 first.
-    followers: Vec<mpsc::UnboundedSender<Mail>>,
     /// The other lanes' threads, joined once the leader stops.
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -185,10 +183,12 @@ impl Loop {
             Shared::new(parts.records),
             Arc::new(parts.dns),
         );
-        let (leader_tx, leader_mail) = mpsc::unbounded_channel();
-        let (mut followers, mut threads) = (Vec::new(), Vec::new());
-        for (index, follower) in parts.followers.into_iter().enumerate() {
-            let (tx, mail) = mpsc::unbounded_channel();
+        let (senders, mut mailboxes): (Vec<_>, Vec<_>) =
+            (0..lanes).map(|_| mpsc::unbounded_channel()).unzip();
+        let post: Arc<[mpsc::UnboundedSender<Mail>]> = senders.into();
+        let leader_mail = mailboxes.remove(0);
+        let mut threads = Vec::new();
+        for (index, (follower, mail)) in parts.followers.into_iter().zip(mailboxes).enumerate() {
             let lane = Lane::new(
                 follower.core,
                 Plumbing {
@@ -201,7 +201,7 @@ impl Loop {
                     dns: dns.clone(),
                     stopping: Stopping::new(&parts.reloads.config.server),
                     mail,
-                    leader: Some(leader_tx.clone()),
+                    post: post.clone(),
                     live: live.clone(),
                 },
             );
@@ -218,7 +218,6 @@ impl Loop {
                     }
                 })
                 .map_err(|e| anyhow::anyhow!("cannot start a signalling lane: {e}"))?;
-            followers.push(tx);
             threads.push(thread);
         }
         let lane = Lane::new(
@@ -233,7 +232,7 @@ impl Loop {
                 dns,
                 stopping: parts.stopping,
                 mail: leader_mail,
-                leader: None,
+                post,
                 live,
             },
         );
@@ -248,7 +247,6 @@ impl Loop {
             shared_registrations: parts.shared_registrations,
             shared_edits: parts.shared_edits,
             users_retry,
-            followers,
             threads,
         })
     }
@@ -323,7 +321,9 @@ impl Loop {
         );
         // The other lanes stop once their mailboxes close; the sockets they answer on are
         // served here, so they are waited for before this runtime ends.
-        self.followers.clear();
+        for follower in self.followers() {
+            let _ = follower.send(Mail::Stop);
+        }
         for thread in std::mem::take(&mut self.threads) {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -349,10 +349,15 @@ impl Loop {
         }
     }
 
-    /// The lane a call number belongs to: 0 for the leader's, else its follower's mailbox.
+    /// The other lanes' mailboxes.
+    fn followers(&self) -> &[mpsc::UnboundedSender<Mail>] {
+        self.lane.post.get(1..).unwrap_or_default()
+    }
+
+    /// The mailbox of the follower lane call number `call` belongs to (None: the leader's).
     fn follower_of(&self, call: u64) -> Option<&mpsc::UnboundedSender<Mail>> {
-        let lane = crate::shard::of_call(call, self.followers.len() + 1);
-        lane.checked_sub(1).and_then(|k| self.followers.get(k))
+        let lane = crate::shard::of_call(call, self.lane.post.len());
+        lane.checked_sub(1).and_then(|k| self.followers().get(k))
     }
 
     /// A screening verdict to the lane holding its call.
@@ -488,7 +493,7 @@ impl Loop {
                 }
                 answer
             }
-            Command::Calls if !self.followers.is_empty() => return self.gather_calls(reply),
+            Command::Calls if !self.followers().is_empty() => return self.gather_calls(reply),
             Command::Calls => self.lane.answer(Command::Calls),
             // A call's number names its lane.
             Command::Hangup(id) => match self.follower_of(id) {
@@ -536,7 +541,7 @@ impl Loop {
     /// the loop.
     fn gather_calls(&mut self, reply: oneshot::Sender<Answer>) {
         let mut waiting = Vec::new();
-        for follower in &self.followers {
+        for follower in self.followers() {
             let (tx, rx) = oneshot::channel();
             if follower
                 .send(Mail::Ask(crate::api::Command::Calls, tx))
@@ -629,8 +634,8 @@ impl Loop {
             Ok(plan) => {
                 let answer = serde_json::json!({"reloaded": plan.origin.to_string(), "rules": plan.rules.len()});
                 core.set_dialplan(plan);
-                for follower in &self.followers {
-                    let _ = follower.send(Mail::Dialplan(core.dialplan()));
+                for follower in self.lane.post.get(1..).unwrap_or_default() {
+                    let _ = follower.send(Mail::Dialplan(self.lane.core.dialplan()));
                 }
                 Ok(answer)
             }

@@ -4,8 +4,9 @@
 //! others run here on threads of their own, each with its own single-threaded runtime.
 //!
 //! Lanes talk to each other only through [`Mail`]: the leader forwards to a lane what
-//! concerns its calls (an admin command, a screening verdict, a new dialplan), and a lane
-//! hands the leader the registrations it took, for the cluster.
+//! concerns its calls (an admin command, a screening verdict, a new dialplan), a lane
+//! hands the leader the registrations it took, for the cluster, and one lane hands
+//! another a call that an attended transfer there replaces (`core::handover`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +20,7 @@ use super::records::Records;
 use crate::cdr::Record;
 use crate::clock::{unix_now, unix_now_ms};
 use crate::config::ServerConfig;
-use crate::core::{Core, Output};
+use crate::core::{Core, HandedCall, Output, Replaced};
 use crate::dialplan::Dialplan;
 use crate::dns::Found;
 use crate::registrar::Change;
@@ -37,6 +38,20 @@ pub(super) enum Mail {
     Dialplan(Arc<Dialplan>),
     /// To the leader: a registration a REGISTER on this lane made, for the cluster.
     Share(Change),
+    /// Lane `to` asks for the call whose dialog `replaces` names, for call `for_call`'s
+    /// attended transfer.
+    HandOver {
+        replaces: Replaced,
+        to: usize,
+        for_call: u64,
+    },
+    /// The answer to a `HandOver`: the call (None: there was none to give).
+    Adopt {
+        for_call: u64,
+        handed: Option<Box<HandedCall>>,
+    },
+    /// From the leader, stopping: this lane stops too.
+    Stop,
 }
 
 /// A lane's own core and what carries out the core's asks.
@@ -56,9 +71,8 @@ pub(super) struct Lane {
     pub stopping: Stopping,
     /// Mail from the other lanes.
     pub mail: mpsc::UnboundedReceiver<Mail>,
-    /// Where this lane's registrations go for the cluster: the leader's mail (None on the
-    /// leader, which shares them itself).
-    pub leader: Option<mpsc::UnboundedSender<Mail>>,
+    /// Every lane's mailbox, by lane (the leader's first).
+    pub post: Arc<[mpsc::UnboundedSender<Mail>]>,
     /// Registrations to share with the cluster, from this turn (the leader's lane).
     pub to_share: Vec<Change>,
     /// Every lane's live calls after its latest turn (the leader waits for all to end).
@@ -98,7 +112,7 @@ pub(super) struct Plumbing {
     pub dns: Arc<Dns>,
     pub stopping: Stopping,
     pub mail: mpsc::UnboundedReceiver<Mail>,
-    pub leader: Option<mpsc::UnboundedSender<Mail>>,
+    pub post: Arc<[mpsc::UnboundedSender<Mail>]>,
     pub live: Arc<[AtomicUsize]>,
 }
 
@@ -118,7 +132,7 @@ impl Lane {
             resolved,
             stopping: p.stopping,
             mail: p.mail,
-            leader: p.leader,
+            post: p.post,
             to_share: Vec::new(),
             live: p.live,
             sends: Vec::new(),
@@ -147,10 +161,10 @@ impl Lane {
                 _ = tokio::time::sleep_until(deadline) => {
                     self.core.handle_timeout(Instant::now(), unix_now_ms());
                 }
-                mail = self.mail.recv() => {
-                    let Some(mail) = mail else { break };
-                    self.on_mail(mail);
-                }
+                mail = self.mail.recv() => match mail {
+                    None | Some(Mail::Stop) => break,
+                    Some(mail) => self.on_mail(mail),
+                },
                 _ = stop_signals.recv() => self.on_shutdown_signal(),
             }
             // Giving up closes this lane's records; the lane serves on (idle) until the
@@ -210,6 +224,25 @@ impl Lane {
             }
             Mail::Dialplan(plan) => self.core.adopt_dialplan(plan),
             Mail::Share(change) => self.to_share.push(change),
+            Mail::HandOver {
+                replaces,
+                to,
+                for_call,
+            } => {
+                let handed = self.core.hand_over(&replaces).map(Box::new);
+                // The call's messages go to its new lane before it leaves this one.
+                for call_id in handed.iter().flat_map(|h| h.call_ids()) {
+                    self.transmitter.inbox().pin(call_id, to);
+                }
+                if let Some(lane) = self.post.get(to) {
+                    let _ = lane.send(Mail::Adopt { for_call, handed });
+                }
+            }
+            Mail::Adopt { for_call, handed } => {
+                self.core
+                    .adopt(for_call, handed.map(|h| *h), Instant::now())
+            }
+            Mail::Stop => {}
         }
     }
 
@@ -241,12 +274,33 @@ impl Lane {
                 Output::Store(change) => {
                     let _ = self.store_tx.send(change);
                 }
-                Output::Share(change) => match &self.leader {
-                    Some(leader) => {
-                        let _ = leader.send(Mail::Share(change));
+                Output::Share(change) => match self.core.shard().index {
+                    0 => self.to_share.push(change),
+                    _ => {
+                        if let Some(leader) = self.post.first() {
+                            let _ = leader.send(Mail::Share(change));
+                        }
                     }
-                    None => self.to_share.push(change),
                 },
+                Output::HandOver {
+                    lane,
+                    replaces,
+                    for_call,
+                } => {
+                    let to = self.core.shard().index;
+                    if let Some(holder) = self.post.get(lane) {
+                        let _ = holder.send(Mail::HandOver {
+                            replaces,
+                            to,
+                            for_call,
+                        });
+                    }
+                }
+                Output::Unpin(call_ids) => {
+                    for call_id in call_ids {
+                        self.transmitter.inbox().unpin(&call_id);
+                    }
+                }
                 Output::Screen(request) => {
                     let decided = self.screening.lock().start(*request);
                     if let Some(d) = decided {

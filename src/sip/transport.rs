@@ -129,6 +129,10 @@ pub fn call_id_in(message: &[u8]) -> Option<&[u8]> {
 #[derive(Clone)]
 pub struct Inbox {
     shards: Arc<[mpsc::Sender<Inbound>]>,
+    /// Call-IDs that go to another shard than their hash says (a call handed over for an
+    /// attended transfer), and how many there are (none, nearly always: no lock then).
+    pins: crate::shard::Shared<HashMap<String, usize>>,
+    pinned: Arc<AtomicU64>,
 }
 
 /// The shard the message was for has stopped (the server is shutting down).
@@ -140,7 +144,34 @@ impl Inbox {
     pub fn new(shards: Vec<mpsc::Sender<Inbound>>) -> Inbox {
         Inbox {
             shards: shards.into(),
+            pins: Default::default(),
+            pinned: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Bring the messages of `call_id` to shard `lane` from now on.
+    pub fn pin(&self, call_id: String, lane: usize) {
+        let mut pins = self.pins.lock();
+        pins.insert(call_id, lane);
+        self.pinned.store(pins.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Route `call_id` by its hash again.
+    pub fn unpin(&self, call_id: &str) {
+        let mut pins = self.pins.lock();
+        pins.remove(call_id);
+        self.pinned.store(pins.len() as u64, Ordering::Relaxed);
+    }
+
+    /// The shard of the messages of `call_id`: its pin, else its hash.
+    fn shard_of(&self, call_id: &[u8]) -> usize {
+        if self.pinned.load(Ordering::Relaxed) > 0
+            && let Ok(text) = std::str::from_utf8(call_id)
+            && let Some(&lane) = self.pins.lock().get(text)
+        {
+            return lane;
+        }
+        crate::shard::of_call_id_bytes(call_id, self.shards.len())
     }
 
     /// Hand `event` on, waiting while its shard's queue is full.
@@ -148,10 +179,10 @@ impl Inbox {
         let count = self.shards.len();
         let shard = match &event {
             Inbound::Message(m, _) if count > 1 => {
-                crate::shard::of_call_id(m.call_id().as_deref().unwrap_or_default(), count)
+                self.shard_of(m.call_id().as_deref().unwrap_or_default().as_bytes())
             }
             Inbound::Datagram(bytes, from, _) => match call_id_in(bytes) {
-                Some(call_id) => crate::shard::of_call_id_bytes(call_id, count),
+                Some(call_id) => self.shard_of(call_id),
                 // Not SIP enough to name its dialog: the shard of its source answers it.
                 None => crate::shard::of_call_id(&from.addr.to_string(), count),
             },
@@ -215,6 +246,11 @@ impl Transmitter {
 
     fn inbox_shards(&self) -> usize {
         self.inbound.shards.len()
+    }
+
+    /// Where the transport hands what it receives (a lane pins Call-IDs there).
+    pub fn inbox(&self) -> &Inbox {
+        &self.inbound
     }
 
     pub fn on_opened(&mut self, id: ConnId, addr: SocketAddr, tx: mpsc::Sender<Bytes>) {
