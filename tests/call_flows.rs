@@ -734,6 +734,91 @@ fn blind_transfer_rings_the_target_and_bridges_the_party_that_stays() {
 }
 
 #[test]
+fn attended_transfer_across_shards_hands_the_replaced_call_over() {
+    use warden::shard::{Shard, of_call_id};
+    // Bob's consultation will be "call-bob-1": it is on the shard it hashes to, and the
+    // first call on the other one.
+    let consult_shard = of_call_id("call-bob-1", 2);
+    let mut here = Net::new();
+    here.core.set_shard(Shard {
+        index: 1 - consult_shard,
+        count: 2,
+    });
+    let mut there = here.sibling(Shard {
+        index: consult_shard,
+        count: 2,
+    });
+    let (mut alice, mut bob, mut carol) = parties(&mut here);
+    let mut first = bridge(&mut here, &mut alice, "bob", &mut bob);
+    // The consultation, on the other shard (the registrations are shared).
+    let consult_invite = bob.invite(&mut there, "carol", &sdp(7021, "sendrecv"), &[]);
+    assert_eq!(consult_invite.call_id().as_deref(), Some("call-bob-1"));
+    bob.receive(&mut there);
+    let c_invite = carol.expect(&mut there, "INVITE");
+    carol.answer(&mut there, &c_invite, 200, &sdp(7030, "sendrecv"));
+    let b_ok = only(bob.responses(&mut there), 200);
+    let consult = bob.dialog_as_caller(&consult_invite, &b_ok);
+    bob.ack(&mut there, &consult, "");
+    carol.expect(&mut there, "ACK");
+
+    let replaces = format!(
+        "{}%3Bto-tag%3D{}%3Bfrom-tag%3D{}",
+        consult.call_id,
+        b_ok.to_tag().expect("Warden's tag"),
+        consult_invite.from_tag().expect("bob's tag")
+    );
+    let refer_to = format!("Refer-To: <sip:carol@127.0.0.1?Replaces={replaces}>");
+    bob.request(&mut here, &mut first.b, "REFER", &[&refer_to], "");
+    // Nothing yet: this shard asks the other for the call.
+    assert!(bob.receive(&mut here).is_empty());
+    let asked = here.asks.drain(..).find_map(|o| match o {
+        Output::HandOver {
+            lane,
+            replaces,
+            for_call,
+        } => Some((lane, replaces, for_call)),
+        _ => None,
+    });
+    let (lane, replaced, for_call) = asked.expect("a hand-over asked for");
+    assert_eq!(lane, consult_shard);
+    let handed = there
+        .core
+        .hand_over(&replaced)
+        .expect("the bridged call given up");
+    assert_eq!(there.core.active_calls(), 0);
+    here.core.adopt(for_call, Some(handed), here.now);
+    here.collect();
+
+    // From here on, as on one shard: bob is done and leaves both calls.
+    let got = bob.receive(&mut here);
+    assert_eq!(statuses(&got), vec![202]);
+    let mut methods = answer_all(&mut here, &mut bob, &got);
+    methods.sort();
+    assert_eq!(methods, vec!["BYE", "BYE", "NOTIFY"]);
+    let reinvite = carol.expect(&mut here, "INVITE");
+    assert_eq!(
+        reinvite.call_id(),
+        c_invite.call_id(),
+        "in carol's own dialog"
+    );
+    carol.answer(&mut here, &reinvite, 200, &sdp(7030, "sendrecv"));
+    carol.expect(&mut here, "ACK");
+    hang_up(&mut here, &mut alice, &mut first.a, &mut carol);
+    assert_eq!(here.core.active_calls(), 0);
+    // The handed-over Call-IDs are let go once no dialog here uses them.
+    let unpinned: Vec<String> = here
+        .asks
+        .iter()
+        .filter_map(|o| match o {
+            Output::Unpin(ids) => Some(ids.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(unpinned.contains(&"call-bob-1".to_owned()), "{unpinned:?}");
+}
+
+#[test]
 fn attended_transfer_joins_the_transferors_two_calls() {
     let mut net = Net::new();
     let (mut alice, mut bob, mut carol) = parties(&mut net);
