@@ -92,6 +92,16 @@ fn the_admin_api_lists_every_shards_calls_and_hangs_up_one_held_by_another_shard
     assert!(ok && after.lines().count() == shards.len(), "{after}");
     let live = (shards.len() - 1) as f64;
     assert_eq!(metric(&w, "warden_calls_active", None), Some(live));
+    // Each shard's own count, and they add up.
+    let by_shard: Vec<f64> = (0..SHARDS)
+        .map(|k| {
+            let k = k.to_string();
+            metric(&w, "warden_shard_calls_active", Some(("shard", &k))).unwrap_or(-1.0)
+        })
+        .collect();
+    assert_eq!(by_shard.iter().sum::<f64>(), live, "{by_shard:?}");
+    let on_first = shards.iter().filter(|&&s| s == 0).count() as f64;
+    assert_eq!(by_shard[0], on_first, "{by_shard:?} {shards:?}");
     let (ok, text) = w.ctl(&["hangup", "999"]);
     assert!(!ok && text.contains("404"), "{text}");
 }

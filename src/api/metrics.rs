@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Snapshot {
     pub calls_active: u64,
+    /// Calls in progress on each signalling shard, by shard (one entry unsharded).
+    #[serde(default)]
+    pub calls_active_by_shard: Vec<u64>,
     pub calls_started: u64,
     pub calls_answered: u64,
     /// New calls per second over the last 10 s.
@@ -258,6 +261,16 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         "guard_call_limit_refused",
         "INVITEs refused because their source had its most concurrent calls",
         s.guard_call_limit_refused,
+    );
+    let by_shard = Family::<Labels, Gauge>::default();
+    for (shard, calls) in s.calls_active_by_shard.iter().enumerate() {
+        let label = vec![("shard".to_owned(), shard.to_string())];
+        by_shard.get_or_create(&label).set(n(*calls));
+    }
+    r.register(
+        "shard_calls_active",
+        "Calls in progress on each signalling shard (server.shards)",
+        by_shard,
     );
     let up = Family::<Labels, Gauge>::default();
     let failures = Family::<Labels, Gauge>::default();

@@ -671,6 +671,9 @@ impl Loop {
         let stats = core.stats.lock().clone();
         Snapshot {
             calls_active: self.lane.live_everywhere() as u64,
+            calls_active_by_shard: (self.lane.live_by_lane().into_iter())
+                .map(|n| n as u64)
+                .collect(),
             conference_rooms: rooms as u64,
             conference_members: members as u64,
             calls_started: stats.calls_started,

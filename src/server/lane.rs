@@ -347,14 +347,20 @@ impl Lane {
         }
     }
 
-    /// Live calls on every lane: this one's now, the others' as of their latest turn.
-    pub fn live_everywhere(&self) -> usize {
+    /// Live calls on each lane: this one's now, the others' as of their latest turn.
+    pub fn live_by_lane(&self) -> Vec<usize> {
         let own = self.core.shard().index;
-        let others: usize = (self.live.iter().enumerate())
-            .filter(|(lane, _)| *lane != own)
-            .map(|(_, n)| n.load(Ordering::Relaxed))
-            .sum();
-        others + self.core.active_calls()
+        (self.live.iter().enumerate())
+            .map(|(lane, n)| match lane == own {
+                true => self.core.active_calls(),
+                false => n.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Live calls on every lane.
+    pub fn live_everywhere(&self) -> usize {
+        self.live_by_lane().iter().sum()
     }
 
     /// SIGINT/SIGTERM: the first starts the grace time, a second ends the live calls now,
