@@ -286,6 +286,12 @@ impl Loop {
                 Some(event) = heard(&mut self.shared_registrations) => self.on_cluster_registration(event),
                 Some(event) = heard_edit(&mut self.shared_edits) => self.on_cluster_edit(event),
                 _ = rate_tick.tick() => {
+                    if self.threads.iter().any(|t| t.is_finished()) {
+                        // Its calls' messages go nowhere now: stop whole, to be restarted
+                        // (every call's record is in the journal already).
+                        tracing::error!("a signalling lane stopped unexpectedly; Warden stops");
+                        anyhow::bail!("a signalling lane stopped unexpectedly");
+                    }
                     if self.users_retry.is_some_and(|at| at <= Instant::now()) {
                         self.users_retry = None;
                         self.start_users_reload();

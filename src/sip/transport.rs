@@ -208,7 +208,14 @@ impl Inbox {
             _ => 0,
         };
         match self.shards.get(shard) {
-            Some(tx) => tx.send(event).await.map_err(|_| Closed),
+            Some(tx) => match tx.send(event).await {
+                Ok(()) => Ok(()),
+                // The first shard's loop stopping is the server stopping; another's
+                // stopping alone (a panic) loses its messages, not everyone's, until the
+                // leader sees it gone and stops the server.
+                Err(_) if shard == 0 => Err(Closed),
+                Err(_) => Ok(()),
+            },
             None => Err(Closed),
         }
     }
