@@ -337,7 +337,7 @@ impl Loop {
     }
 
     /// The lane's outputs, then what only the leader does with them: registrations and
-    /// the guard's new bans shared with the cluster.
+    /// the guard's new bans (from every lane) shared with the cluster.
     fn carry_out(&mut self) {
         self.lane.carry_out();
         for change in self.lane.to_share.drain(..) {
@@ -345,7 +345,7 @@ impl Loop {
                 shared.registrations.share(change);
             }
         }
-        let imposed = self.lane.core.guard.lock().take_imposed();
+        let imposed = std::mem::take(&mut self.lane.to_ban);
         if let (Some(shared), false) = (&self.shared_edits, imposed.is_empty()) {
             let now_ms = unix_now_ms();
             for ban in &imposed {

@@ -38,6 +38,8 @@ pub(super) enum Mail {
     Dialplan(Arc<Dialplan>),
     /// To the leader: a registration a REGISTER on this lane made, for the cluster.
     Share(Change),
+    /// To the leader: bans the guard imposed in this lane's turn, for the cluster.
+    Banned(Vec<crate::guard::Imposed>),
     /// Lane `to` asks for the call whose dialog `replaces` names, for call `for_call`'s
     /// attended transfer.
     HandOver {
@@ -75,6 +77,8 @@ pub(super) struct Lane {
     pub post: Arc<[mpsc::UnboundedSender<Mail>]>,
     /// Registrations to share with the cluster, from this turn (the leader's lane).
     pub to_share: Vec<Change>,
+    /// Bans to share with the cluster, likewise.
+    pub to_ban: Vec<crate::guard::Imposed>,
     /// Every lane's live calls after its latest turn (the leader waits for all to end).
     pub live: Arc<[AtomicUsize]>,
     /// The turn's messages and records, held until the records are journalled.
@@ -134,6 +138,7 @@ impl Lane {
             mail: p.mail,
             post: p.post,
             to_share: Vec::new(),
+            to_ban: Vec::new(),
             live: p.live,
             sends: Vec::new(),
             turn_records: Vec::new(),
@@ -224,6 +229,7 @@ impl Lane {
             }
             Mail::Dialplan(plan) => self.core.adopt_dialplan(plan),
             Mail::Share(change) => self.to_share.push(change),
+            Mail::Banned(bans) => self.to_ban.extend(bans),
             Mail::HandOver {
                 replaces,
                 to,
@@ -327,6 +333,16 @@ impl Lane {
                             crate::dns::resolve(&dns.resolver, &lookup, &dns.enum_suffix).await;
                         let _ = tx.send((call, attempt, found));
                     });
+                }
+            }
+        }
+        // The bans this turn imposed reach the cluster in this turn, whichever lane it was.
+        let imposed = self.core.guard.lock().take_imposed();
+        if !imposed.is_empty() {
+            match (self.core.shard().index, self.post.first()) {
+                (0, _) | (_, None) => self.to_ban.extend(imposed),
+                (_, Some(leader)) => {
+                    let _ = leader.send(Mail::Banned(imposed));
                 }
             }
         }
