@@ -135,7 +135,7 @@ pub struct Inbox {
     pinned: Arc<AtomicU64>,
 }
 
-/// The shard the message was for has stopped (the server is shutting down).
+/// The first shard has stopped: the server is shutting down.
 #[derive(Debug)]
 pub struct Closed;
 
@@ -190,30 +190,31 @@ impl Inbox {
                 crate::shard::of_call_id(&from.addr.to_string(), count)
             }
             Inbound::ConnOpened(id, addr, tx) if count > 1 => {
-                for shard in self.shards.iter() {
+                for lane in 0..count {
                     let opened = Inbound::ConnOpened(*id, *addr, tx.clone());
-                    shard.send(opened).await.map_err(|_| Closed)?;
+                    self.to_lane(lane, opened).await?;
                 }
                 return Ok(());
             }
             Inbound::ConnClosed(id) if count > 1 => {
-                for shard in self.shards.iter() {
-                    shard
-                        .send(Inbound::ConnClosed(*id))
-                        .await
-                        .map_err(|_| Closed)?;
+                for lane in 0..count {
+                    self.to_lane(lane, Inbound::ConnClosed(*id)).await?;
                 }
                 return Ok(());
             }
             _ => 0,
         };
-        match self.shards.get(shard) {
+        self.to_lane(shard, event).await
+    }
+
+    /// `event` to shard `lane`'s queue. The first shard's loop stopping is the server
+    /// stopping; another's stopping alone (a panic) loses its messages, not everyone's,
+    /// until the leader sees it gone and stops the server.
+    async fn to_lane(&self, lane: usize, event: Inbound) -> Result<(), Closed> {
+        match self.shards.get(lane) {
             Some(tx) => match tx.send(event).await {
                 Ok(()) => Ok(()),
-                // The first shard's loop stopping is the server stopping; another's
-                // stopping alone (a panic) loses its messages, not everyone's, until the
-                // leader sees it gone and stops the server.
-                Err(_) if shard == 0 => Err(Closed),
+                Err(_) if lane == 0 => Err(Closed),
                 Err(_) => Ok(()),
             },
             None => Err(Closed),
