@@ -782,4 +782,55 @@ mod tests {
             }
         }
     }
+
+    fn datagram(call_id: &str) -> Inbound {
+        let text = format!(
+            "OPTIONS sip:w@127.0.0.1 SIP/2.0\r\nCall-ID: {call_id}\r\nContent-Length: 0\r\n\r\n"
+        );
+        let from = Destination {
+            transport: Transport::Udp,
+            addr: "127.0.0.1:9".parse().expect("an address"),
+            conn: None,
+        };
+        Inbound::Datagram(Bytes::from(text), from, Limits::default())
+    }
+
+    #[tokio::test]
+    async fn the_inbox_routes_by_call_id_follows_pins_and_tells_every_lane_of_connections() {
+        let (mut txs, mut rxs) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let (tx, rx) = mpsc::channel(16);
+            txs.push(tx);
+            rxs.push(rx);
+        }
+        let inbox = Inbox::new(txs);
+        let call_id = "route-me@test";
+        let home = crate::shard::of_call_id(call_id, 3);
+        let elsewhere = (home + 1) % 3;
+        let lane_of = |rxs: &mut Vec<mpsc::Receiver<Inbound>>| {
+            (0..3)
+                .filter(|&k| rxs[k].try_recv().is_ok())
+                .collect::<Vec<_>>()
+        };
+        inbox.send(datagram(call_id)).await.expect("sent");
+        assert_eq!(lane_of(&mut rxs), vec![home]);
+        inbox.pin(call_id.to_owned(), elsewhere);
+        inbox.send(datagram(call_id)).await.expect("sent");
+        assert_eq!(lane_of(&mut rxs), vec![elsewhere], "pinned");
+        inbox.unpin(call_id);
+        inbox.send(datagram(call_id)).await.expect("sent");
+        assert_eq!(lane_of(&mut rxs), vec![home], "by its hash again");
+
+        // A stopped follower loses its own messages; the others still hear of connections.
+        let follower = if home == 0 { 1 } else { home };
+        let gone = rxs.remove(follower);
+        drop(gone);
+        let (conn_tx, _conn_rx) = mpsc::channel(1);
+        let opened = Inbound::ConnOpened(7, "127.0.0.1:5060".parse().expect("addr"), conn_tx);
+        inbox.send(opened).await.expect("the others are told");
+        assert!(rxs.iter_mut().all(|rx| rx.try_recv().is_ok()));
+        // The first lane stopped is the server stopping.
+        drop(rxs);
+        assert!(inbox.send(Inbound::ConnClosed(7)).await.is_err());
+    }
 }
