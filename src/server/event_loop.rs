@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use warden_media::MediaEvent;
 
-use super::lane::{Lane, Mail, Plumbing, Stopping};
+use super::lane::{Lane, Mail, Stopping, Turn};
 use super::load_dialplan;
 use super::records::Records;
 use crate::api::metrics::Snapshot;
@@ -189,22 +189,21 @@ impl Loop {
         let leader_mail = mailboxes.remove(0);
         let mut threads = Vec::new();
         for (index, (follower, mail)) in parts.followers.into_iter().zip(mailboxes).enumerate() {
-            let lane = Lane::new(
-                follower.core,
-                Plumbing {
-                    transmitter: transmitter.sibling(),
-                    inbound: follower.inbound,
-                    media_events: follower.media_events,
-                    screening: screening.clone(),
-                    store_tx: parts.store_tx.clone(),
-                    records: records.clone(),
-                    dns: dns.clone(),
-                    stopping: Stopping::new(&parts.reloads.config.server),
-                    mail,
-                    post: post.clone(),
-                    live: live.clone(),
-                },
-            );
+            let lane = Lane {
+                core: follower.core,
+                transmitter: transmitter.sibling(),
+                inbound: follower.inbound,
+                media_events: follower.media_events,
+                screening: screening.clone(),
+                store_tx: parts.store_tx.clone(),
+                records: records.clone(),
+                dns: dns.clone(),
+                stopping: Stopping::new(&parts.reloads.config.server),
+                mail,
+                post: post.clone(),
+                live: live.clone(),
+                turn: Turn::new(),
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("warden-sip-{}", index + 1))
                 .spawn(move || {
@@ -220,22 +219,21 @@ impl Loop {
                 .map_err(|e| anyhow::anyhow!("cannot start a signalling lane: {e}"))?;
             threads.push(thread);
         }
-        let lane = Lane::new(
-            parts.core,
-            Plumbing {
-                transmitter,
-                inbound: parts.inbound,
-                media_events: parts.media_events,
-                screening,
-                store_tx: parts.store_tx,
-                records,
-                dns,
-                stopping: parts.stopping,
-                mail: leader_mail,
-                post,
-                live,
-            },
-        );
+        let lane = Lane {
+            core: parts.core,
+            transmitter,
+            inbound: parts.inbound,
+            media_events: parts.media_events,
+            screening,
+            store_tx: parts.store_tx,
+            records,
+            dns,
+            stopping: parts.stopping,
+            mail: leader_mail,
+            post,
+            live,
+            turn: Turn::new(),
+        };
         Ok(Loop {
             lane,
             screening_events: parts.screening_events,
@@ -268,7 +266,7 @@ impl Loop {
                     let Some(event) = event else { break };
                     self.lane.on_inbound_burst(event);
                 }
-                Some((call, attempt, found)) = self.lane.resolved.recv() => {
+                Some((call, attempt, found)) = self.lane.turn.resolved.recv() => {
                     self.lane.core.handle_resolved(call, attempt, found, Instant::now());
                 }
                 Some(event) = self.lane.media_events.recv() => {
@@ -340,12 +338,12 @@ impl Loop {
     /// the guard's new bans (from every lane) shared with the cluster.
     fn carry_out(&mut self) {
         self.lane.carry_out();
-        for change in self.lane.to_share.drain(..) {
+        for change in self.lane.turn.to_share.drain(..) {
             if let Some(shared) = &self.shared_registrations {
                 shared.registrations.share(change);
             }
         }
-        let imposed = std::mem::take(&mut self.lane.to_ban);
+        let imposed = std::mem::take(&mut self.lane.turn.to_ban);
         if let (Some(shared), false) = (&self.shared_edits, imposed.is_empty()) {
             let now_ms = unix_now_ms();
             for ban in &imposed {

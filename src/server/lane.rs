@@ -56,7 +56,8 @@ pub(super) enum Mail {
     Stop,
 }
 
-/// A lane's own core and what carries out the core's asks.
+/// A lane's own core and what carries out the core's asks: the rest is shared with or
+/// reached from the leader, but `turn`, which is this lane's alone.
 pub(super) struct Lane {
     pub core: Core,
     pub transmitter: Transmitter,
@@ -68,22 +69,41 @@ pub(super) struct Lane {
     /// The journal, one for every lane.
     pub records: Shared<Records>,
     pub dns: Arc<Dns>,
-    pub resolved_tx: mpsc::UnboundedSender<(u64, u64, Vec<Found>)>,
-    pub resolved: mpsc::UnboundedReceiver<(u64, u64, Vec<Found>)>,
     pub stopping: Stopping,
     /// Mail from the other lanes.
     pub mail: mpsc::UnboundedReceiver<Mail>,
     /// Every lane's mailbox, by lane (the leader's first).
     pub post: Arc<[mpsc::UnboundedSender<Mail>]>,
-    /// Registrations to share with the cluster, from this turn (the leader's lane).
+    /// Every lane's live calls after its latest turn (the leader waits for all to end).
+    pub live: Arc<[AtomicUsize]>,
+    pub turn: Turn,
+}
+
+/// What a lane's turns gather and hand on: DNS answers, and what leaves at the turn's end.
+pub(super) struct Turn {
+    resolved_tx: mpsc::UnboundedSender<(u64, u64, Vec<Found>)>,
+    pub resolved: mpsc::UnboundedReceiver<(u64, u64, Vec<Found>)>,
+    /// Registrations to share with the cluster (the leader's lane).
     pub to_share: Vec<Change>,
     /// Bans to share with the cluster, likewise.
     pub to_ban: Vec<crate::guard::Imposed>,
-    /// Every lane's live calls after its latest turn (the leader waits for all to end).
-    pub live: Arc<[AtomicUsize]>,
     /// The turn's messages and records, held until the records are journalled.
     sends: Vec<(Destination, bytes::Bytes)>,
-    turn_records: Vec<Record>,
+    records: Vec<Record>,
+}
+
+impl Turn {
+    pub fn new() -> Turn {
+        let (resolved_tx, resolved) = mpsc::unbounded_channel();
+        Turn {
+            resolved_tx,
+            resolved,
+            to_share: Vec::new(),
+            to_ban: Vec::new(),
+            sends: Vec::new(),
+            records: Vec::new(),
+        }
+    }
 }
 
 /// Graceful shutdown: when live calls are ended, and when Warden stops waiting for them.
@@ -105,46 +125,7 @@ impl Stopping {
     }
 }
 
-/// What a lane needs besides its core, all shared with or reached from the leader.
-pub(super) struct Plumbing {
-    pub transmitter: Transmitter,
-    pub inbound: mpsc::Receiver<Inbound>,
-    pub media_events: mpsc::UnboundedReceiver<MediaEvent>,
-    pub screening: Shared<Driver>,
-    pub store_tx: mpsc::UnboundedSender<Change>,
-    pub records: Shared<Records>,
-    pub dns: Arc<Dns>,
-    pub stopping: Stopping,
-    pub mail: mpsc::UnboundedReceiver<Mail>,
-    pub post: Arc<[mpsc::UnboundedSender<Mail>]>,
-    pub live: Arc<[AtomicUsize]>,
-}
-
 impl Lane {
-    pub fn new(core: Core, p: Plumbing) -> Lane {
-        let (resolved_tx, resolved) = mpsc::unbounded_channel();
-        Lane {
-            core,
-            transmitter: p.transmitter,
-            inbound: p.inbound,
-            media_events: p.media_events,
-            screening: p.screening,
-            store_tx: p.store_tx,
-            records: p.records,
-            dns: p.dns,
-            resolved_tx,
-            resolved,
-            stopping: p.stopping,
-            mail: p.mail,
-            post: p.post,
-            to_share: Vec::new(),
-            to_ban: Vec::new(),
-            live: p.live,
-            sends: Vec::new(),
-            turn_records: Vec::new(),
-        }
-    }
-
     /// A follower lane's loop: its calls' messages, timers and media events, and the
     /// leader's mail, until the leader stops (it stops last, once every lane's calls are
     /// over or the grace time has run out).
@@ -157,7 +138,7 @@ impl Lane {
                     let Some(event) = event else { break };
                     self.on_inbound_burst(event);
                 }
-                Some((call, attempt, found)) = self.resolved.recv() => {
+                Some((call, attempt, found)) = self.turn.resolved.recv() => {
                     self.core.handle_resolved(call, attempt, found, Instant::now());
                 }
                 Some(event) = self.media_events.recv() => {
@@ -228,8 +209,8 @@ impl Lane {
                 self.core.handle_screened(call, outcome, Instant::now())
             }
             Mail::Dialplan(plan) => self.core.adopt_dialplan(plan),
-            Mail::Share(change) => self.to_share.push(change),
-            Mail::Banned(bans) => self.to_ban.extend(bans),
+            Mail::Share(change) => self.turn.to_share.push(change),
+            Mail::Banned(bans) => self.turn.to_ban.extend(bans),
             Mail::HandOver {
                 replaces,
                 to,
@@ -273,7 +254,7 @@ impl Lane {
     /// turn leaves, so a caller never hears of a call (not even its 100 Trying) that a
     /// crash right after could leave without a record.
     pub fn carry_out(&mut self) {
-        let mut sends = std::mem::take(&mut self.sends);
+        let mut sends = std::mem::take(&mut self.turn.sends);
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Send(dest, bytes) => sends.push((dest, bytes)),
@@ -281,7 +262,7 @@ impl Lane {
                     let _ = self.store_tx.send(change);
                 }
                 Output::Share(change) => match self.core.shard().index {
-                    0 => self.to_share.push(change),
+                    0 => self.turn.to_share.push(change),
                     _ => {
                         if let Some(leader) = self.post.first() {
                             let _ = leader.send(Mail::Share(change));
@@ -321,13 +302,13 @@ impl Lane {
                         .lock()
                         .call_ended(call, answered_s, unix_now());
                 }
-                Output::Record(record) => self.turn_records.push(*record),
+                Output::Record(record) => self.turn.records.push(*record),
                 Output::Resolve {
                     call,
                     attempt,
                     lookup,
                 } => {
-                    let (dns, tx) = (self.dns.clone(), self.resolved_tx.clone());
+                    let (dns, tx) = (self.dns.clone(), self.turn.resolved_tx.clone());
                     tokio::spawn(async move {
                         let found =
                             crate::dns::resolve(&dns.resolver, &lookup, &dns.enum_suffix).await;
@@ -340,7 +321,7 @@ impl Lane {
         let imposed = self.core.guard.lock().take_imposed();
         if !imposed.is_empty() {
             match (self.core.shard().index, self.post.first()) {
-                (0, _) | (_, None) => self.to_ban.extend(imposed),
+                (0, _) | (_, None) => self.turn.to_ban.extend(imposed),
                 (_, Some(leader)) => {
                     let _ = leader.send(Mail::Banned(imposed));
                 }
@@ -348,7 +329,7 @@ impl Lane {
         }
         let failing = {
             let mut records = self.records.lock();
-            records.pending.append(&mut self.turn_records);
+            records.pending.append(&mut self.turn.records);
             records.flush()
         };
         self.core.set_records_failing(failing);
@@ -357,7 +338,7 @@ impl Lane {
         for (dest, bytes) in sends.drain(..) {
             self.transmitter.send(&dest, bytes);
         }
-        self.sends = sends; // its capacity, for the next turn
+        self.turn.sends = sends; // its capacity, for the next turn
         if let Some(live) = self.live.get(self.core.shard().index) {
             live.store(self.core.active_calls(), Ordering::Relaxed);
         }
