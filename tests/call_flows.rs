@@ -733,6 +733,27 @@ fn blind_transfer_rings_the_target_and_bridges_the_party_that_stays() {
     assert_eq!(net.core.active_calls(), 0);
 }
 
+/// Bob calls carol (his consultation) and she answers: her INVITE, and the Refer-To that
+/// refers the other party of bob's first call to carol, replacing the consultation.
+fn consult_carol(net: &mut Net, bob: &mut Phone, carol: &mut Phone) -> (Request, String) {
+    let consult_invite = bob.invite(net, "carol", &sdp(7021, "sendrecv"), &[]);
+    bob.receive(net);
+    let c_invite = carol.expect(net, "INVITE");
+    carol.answer(net, &c_invite, 200, &sdp(7030, "sendrecv"));
+    let b_ok = only(bob.responses(net), 200);
+    let consult = bob.dialog_as_caller(&consult_invite, &b_ok);
+    bob.ack(net, &consult, "");
+    carol.expect(net, "ACK");
+    let replaces = format!(
+        "{}%3Bto-tag%3D{}%3Bfrom-tag%3D{}",
+        consult.call_id,
+        b_ok.to_tag().expect("Warden's tag"),
+        consult_invite.from_tag().expect("bob's tag")
+    );
+    let refer_to = format!("Refer-To: <sip:carol@127.0.0.1?Replaces={replaces}>");
+    (c_invite, refer_to)
+}
+
 #[test]
 fn attended_transfer_across_shards_hands_the_replaced_call_over() {
     use warden::shard::{Shard, of_call_id};
@@ -751,23 +772,8 @@ fn attended_transfer_across_shards_hands_the_replaced_call_over() {
     let (mut alice, mut bob, mut carol) = parties(&mut here);
     let mut first = bridge(&mut here, &mut alice, "bob", &mut bob);
     // The consultation, on the other shard (the registrations are shared).
-    let consult_invite = bob.invite(&mut there, "carol", &sdp(7021, "sendrecv"), &[]);
-    assert_eq!(consult_invite.call_id().as_deref(), Some("call-bob-1"));
-    bob.receive(&mut there);
-    let c_invite = carol.expect(&mut there, "INVITE");
-    carol.answer(&mut there, &c_invite, 200, &sdp(7030, "sendrecv"));
-    let b_ok = only(bob.responses(&mut there), 200);
-    let consult = bob.dialog_as_caller(&consult_invite, &b_ok);
-    bob.ack(&mut there, &consult, "");
-    carol.expect(&mut there, "ACK");
-
-    let replaces = format!(
-        "{}%3Bto-tag%3D{}%3Bfrom-tag%3D{}",
-        consult.call_id,
-        b_ok.to_tag().expect("Warden's tag"),
-        consult_invite.from_tag().expect("bob's tag")
-    );
-    let refer_to = format!("Refer-To: <sip:carol@127.0.0.1?Replaces={replaces}>");
+    let (c_invite, refer_to) = consult_carol(&mut there, &mut bob, &mut carol);
+    assert!(refer_to.contains("Replaces=call-bob-1%3B"), "{refer_to}");
     bob.request(&mut here, &mut first.b, "REFER", &[&refer_to], "");
     // Nothing yet: this shard asks the other for the call.
     assert!(bob.receive(&mut here).is_empty());
@@ -823,24 +829,8 @@ fn attended_transfer_joins_the_transferors_two_calls() {
     let mut net = Net::new();
     let (mut alice, mut bob, mut carol) = parties(&mut net);
     let mut first = bridge(&mut net, &mut alice, "bob", &mut bob);
-    // Bob consults carol on a second call.
-    let consult_invite = bob.invite(&mut net, "carol", &sdp(7021, "sendrecv"), &[]);
-    bob.receive(&mut net);
-    let c_invite = carol.expect(&mut net, "INVITE");
-    carol.answer(&mut net, &c_invite, 200, &sdp(7030, "sendrecv"));
-    let b_ok = only(bob.responses(&mut net), 200);
-    let consult = bob.dialog_as_caller(&consult_invite, &b_ok);
-    bob.ack(&mut net, &consult, "");
-    carol.expect(&mut net, "ACK");
-
-    // Bob refers alice to carol, replacing his consultation dialog.
-    let replaces = format!(
-        "{}%3Bto-tag%3D{}%3Bfrom-tag%3D{}",
-        consult.call_id,
-        b_ok.to_tag().expect("Warden's tag"),
-        consult_invite.from_tag().expect("bob's tag")
-    );
-    let refer_to = format!("Refer-To: <sip:carol@127.0.0.1?Replaces={replaces}>");
+    // Bob consults carol on a second call, then refers alice to carol, replacing it.
+    let (c_invite, refer_to) = consult_carol(&mut net, &mut bob, &mut carol);
     bob.request(&mut net, &mut first.b, "REFER", &[&refer_to], "");
     let got = bob.receive(&mut net);
     assert_eq!(statuses(&got), vec![202]);

@@ -1726,17 +1726,7 @@ fn attended_transfer_joins_the_callers_of_two_calls_and_hangs_up_the_transferor(
         |_| sdp(&audio(cm.port(), "sendrecv")),
     );
     // Then joins alice to carol: REFER in the first call, replacing the second.
-    let replaces = format!(
-        "{}%3Bto-tag%3D{}%3Bfrom-tag%3D{}",
-        consult.call_id, consult.remote_tag, consult.local_tag
-    );
-    bob.in_dialog_with(
-        &mut bd,
-        "REFER",
-        &format!("Refer-To: <sip:carol@127.0.0.1?Replaces={replaces}>\r\n"),
-        "",
-        None,
-    );
+    bob.refer_replacing(&mut bd, "carol", &consult);
     assert_eq!(bob.recv_response().status(), 202);
     assert_eq!(next_notify(&mut bob), ("SIP/2.0 200 OK".to_owned(), true));
     let mut byes = Vec::new();

@@ -152,26 +152,14 @@ fn an_attended_transfer_joins_calls_that_two_shards_hold() {
     let first_shard = of_call_id(&ad.call_id, SHARDS);
     // Bob consults carol until the consultation lands on another shard than the first call.
     assert_eq!(carol.register(600).status(), 200);
-    let consult = loop {
-        let (mut consult, mut cd) = call_carol(&mut bob, &mut carol);
+    let (consult, cd) = loop {
+        let (mut consult, cd) = call_carol(&mut bob, &mut carol);
         if of_call_id(&consult.call_id, SHARDS) != first_shard {
             break (consult, cd);
         }
         hang_up(&mut bob, &mut consult, &mut carol);
-        let _ = &mut cd;
     };
-    let (consult, mut cd) = consult;
-    let replaces = format!(
-        "{}%3Bto-tag%3D{}%3Bfrom-tag%3D{}",
-        consult.call_id, consult.remote_tag, consult.local_tag
-    );
-    bob.in_dialog_with(
-        &mut bd,
-        "REFER",
-        &format!("Refer-To: <sip:carol@127.0.0.1?Replaces={replaces}>\r\n"),
-        "",
-        None,
-    );
+    bob.refer_replacing(&mut bd, "carol", &consult);
     assert_eq!(bob.recv_response().status(), 202);
     // Bob hears the transfer is done and is hung up in both calls.
     let mut byes = Vec::new();
@@ -198,8 +186,6 @@ fn an_attended_transfer_joins_calls_that_two_shards_hold() {
     // Alice's BYE reaches carol, and carol's 200 (on the second shard's Call-ID) finds
     // its way back to the shard that now holds the call.
     hang_up(&mut alice, &mut ad, &mut carol);
-    // Carol hangs up nothing more: her dialog is over.
-    let _ = &mut cd;
     let records = closed_records(&w, 3);
     let joined = records
         .iter()

@@ -485,6 +485,17 @@ impl Ua {
         self.in_dialog_with(d, method, "", content_type, body);
     }
 
+    /// REFER within `d` to `user`, replacing the dialog `replaced` as this phone holds it
+    /// (an attended transfer, RFC 3891).
+    pub fn refer_replacing(&mut self, d: &mut Dialog, user: &str, replaced: &Dialog) {
+        let replaces = format!(
+            "{}%3Bto-tag%3D{}%3Bfrom-tag%3D{}",
+            replaced.call_id, replaced.remote_tag, replaced.local_tag
+        );
+        let refer_to = format!("Refer-To: <sip:{user}@127.0.0.1?Replaces={replaces}>\r\n");
+        self.in_dialog_with(d, "REFER", &refer_to, "", None);
+    }
+
     /// Send a request within `d` with `extra` header lines (each ending in CRLF).
     pub fn in_dialog_with(
         &mut self,
