@@ -48,6 +48,8 @@ pub struct AdminConfig {
     /// certificate made at start.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    /// How many events a `/events` subscriber may fall behind before it is dropped.
+    pub event_queue: usize,
 }
 
 impl Default for AdminConfig {
@@ -57,6 +59,7 @@ impl Default for AdminConfig {
             token: None,
             tls_cert_file: None,
             tls_key_file: None,
+            event_queue: 4096,
         }
     }
 }

@@ -12,6 +12,32 @@ pub enum Ctl {
     Calls,
     /// End a live call (its number from `calls`): BYE to both parties.
     Hangup { call: u64 },
+    /// Place a call: ring TO (a user or a SIP URI) and, when it answers, dial NUMBER
+    /// through the dialplan (or bridge, play or join a room instead).
+    Originate(OriginateArgs),
+    /// Play a prompt to a live call's caller, callee or both.
+    Play {
+        call: u64,
+        prompt: String,
+        /// caller, callee or both.
+        #[arg(long, default_value = "both")]
+        to: String,
+    },
+    /// Send keys (0-9, *, #, A-D) to a party of a live call as RFC 4733 events.
+    Dtmf {
+        call: u64,
+        digits: String,
+        /// caller or callee.
+        #[arg(long, default_value = "callee")]
+        to: String,
+    },
+    /// Blind transfer: TARGET takes the callee's (or, with --replace caller, the caller's) place.
+    Transfer {
+        call: u64,
+        target: String,
+        #[arg(long, default_value = "callee")]
+        replace: String,
+    },
     /// Registered contacts.
     Registrations,
     /// Gateways probed with OPTIONS (`probe = true` bridges): up or down, failures.
@@ -27,6 +53,52 @@ pub enum Ctl {
     /// Screening state: users' counters, and the allow/block lists.
     #[command(subcommand)]
     Screening(Screening),
+}
+
+/// `warden ctl originate`: whom to ring, and what follows the answer.
+#[derive(Debug, clap::Args)]
+pub struct OriginateArgs {
+    /// The party rung first: a registered user (`alice`) or a SIP URI with an address.
+    pub to: String,
+    /// The number the answered party is connected to, through the dialplan.
+    #[arg(required_unless_present_any = ["bridge", "play", "conference"])]
+    pub number: Option<String>,
+    /// Bridge to this target instead (`user:bob`, a SIP URI).
+    #[arg(long, conflicts_with_all = ["number", "play", "conference"])]
+    pub bridge: Option<String>,
+    /// Play this prompt instead, then hang up.
+    #[arg(long, conflicts_with_all = ["number", "conference"])]
+    pub play: Option<String>,
+    /// Join this conference room instead.
+    #[arg(long, conflicts_with = "number")]
+    pub conference: Option<String>,
+    /// The number the first party's phone shows.
+    #[arg(long)]
+    pub caller_id: Option<String>,
+    #[arg(long)]
+    pub caller_name: Option<String>,
+    /// Seconds the first party rings.
+    #[arg(long)]
+    pub timeout: Option<u64>,
+}
+
+impl OriginateArgs {
+    fn body(&self) -> Value {
+        let then = match (&self.number, &self.bridge, &self.play, &self.conference) {
+            (Some(n), ..) => serde_json::json!({ "dial": n }),
+            (_, Some(b), ..) => serde_json::json!({ "bridge": b }),
+            (_, _, Some(p), _) => serde_json::json!({ "play": p }),
+            (.., Some(c)) => serde_json::json!({ "conference": c }),
+            _ => Value::Null,
+        };
+        serde_json::json!({
+            "to": self.to,
+            "then": then,
+            "caller_id": self.caller_id,
+            "caller_name": self.caller_name,
+            "timeout_s": self.timeout,
+        })
+    }
 }
 
 /// Filters for `warden ctl cdr`.
@@ -212,6 +284,29 @@ fn request(config: &Config, command: Ctl) -> anyhow::Result<String> {
             let (builder, table): (_, fn(&Value) -> String) = match other {
                 Ctl::Calls => (client.get(path("/calls")), calls_table),
                 Ctl::Hangup { call } => (client.delete(path(&format!("/calls/{call}"))), done),
+                Ctl::Originate(args) => (client.post(path("/calls")).json(&args.body()), done),
+                Ctl::Play { call, prompt, to } => (
+                    client
+                        .post(path(&format!("/calls/{call}/play")))
+                        .json(&serde_json::json!({ "prompt": prompt, "side": to })),
+                    done,
+                ),
+                Ctl::Dtmf { call, digits, to } => (
+                    client
+                        .post(path(&format!("/calls/{call}/dtmf")))
+                        .json(&serde_json::json!({ "digits": digits, "side": to })),
+                    done,
+                ),
+                Ctl::Transfer {
+                    call,
+                    target,
+                    replace,
+                } => (
+                    client
+                        .post(path(&format!("/calls/{call}/transfer")))
+                        .json(&serde_json::json!({ "target": target, "replace": replace })),
+                    done,
+                ),
                 Ctl::Registrations => (client.get(path("/registrations")), registrations_table),
                 Ctl::Gateways => (client.get(path("/gateways")), gateways_table),
                 Ctl::Bans => (client.get(path("/guard/bans")), bans_table),

@@ -13,6 +13,7 @@ pub mod ctl;
 pub mod dialplan;
 pub mod dns;
 pub mod e164;
+pub mod events;
 pub mod guard;
 pub mod media;
 pub mod prompts;

@@ -87,10 +87,14 @@ async fn connection(tcp: TcpStream, app: Router, tls: TlsAcceptor) -> anyhow::Re
     if first[0] == TLS_HANDSHAKE {
         let stream = tokio::time::timeout(CLIENT_TIMEOUT, tls.accept(tcp)).await??;
         http.serve_connection(TokioIo::new(stream), service)
+            // The event stream's WebSocket takes the connection over after its 101.
+            .with_upgrades()
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
     } else {
         http.serve_connection(TokioIo::new(tcp), service)
+            // The event stream's WebSocket takes the connection over after its 101.
+            .with_upgrades()
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
     }

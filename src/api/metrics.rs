@@ -29,6 +29,11 @@ pub struct Snapshot {
     /// Conference rooms with members, and their members.
     pub conference_rooms: u64,
     pub conference_members: u64,
+    /// `/events` subscribers now, and those closed for falling behind.
+    #[serde(default)]
+    pub event_subscribers: u64,
+    #[serde(default)]
+    pub event_subscribers_dropped: u64,
     pub relay_rtp_packets: u64,
     pub relay_rtp_bytes: u64,
     pub relay_stranger_packets: u64,
@@ -159,6 +164,18 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         "conference_members",
         "Calls in conference rooms",
         n(s.conference_members),
+    );
+    gauge(
+        &mut r,
+        "event_subscribers",
+        "Subscribers to the /events stream",
+        n(s.event_subscribers),
+    );
+    counter(
+        &mut r,
+        "event_subscribers_dropped",
+        "Event stream subscribers closed for falling too far behind",
+        s.event_subscribers_dropped,
     );
     counter(
         &mut r,

@@ -3,6 +3,7 @@
 //! touching live state is a message to the server's loop; call records are read from the
 //! database directly.
 
+pub mod events;
 pub mod jcard;
 pub mod listener;
 pub mod metrics;
@@ -41,6 +42,10 @@ pub enum Command {
     Bans,
     /// Lift a source's ban.
     Unban(std::net::IpAddr),
+    /// Place a call (`POST /calls`).
+    Originate(Box<crate::core::Originate>),
+    /// Act on a live call: a prompt, keys, a transfer.
+    Control(u64, crate::core::Control),
 }
 
 /// A command for the server loop and where its answer goes.
@@ -52,6 +57,7 @@ struct Shared {
     token: Option<String>,
     ask: mpsc::Sender<Ask>,
     cdrs: Store,
+    events: Arc<crate::events::Hub>,
 }
 
 /// Serve the API on `addr`, HTTP and HTTPS (with `tls`), until the process ends.
@@ -62,17 +68,21 @@ pub async fn serve(
     jcard: Arc<jcard::Jcard>,
     ask: mpsc::Sender<Ask>,
     records: Store,
+    events: Arc<crate::events::Hub>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let shared = Shared {
         jcard,
         token,
         ask,
         cdrs: records,
+        events,
     };
     let operations = Router::new()
         .route("/metrics", get(prometheus))
-        .route("/calls", get(calls))
+        .route("/calls", get(calls).post(originate))
         .route("/calls/{id}", delete(hangup))
+        .route("/calls/{id}/{action}", post(control))
+        .route("/events", get(events::subscribe))
         .route("/registrations", get(registrations))
         .route("/gateways", get(gateways))
         .route("/guard/bans", get(bans))
@@ -162,6 +172,10 @@ async fn ask(s: &Shared, command: Command) -> Response {
     match rx.await {
         Ok(Ok(value)) => Json(value).into_response(),
         Ok(Err(e)) if e.starts_with("not found") => (StatusCode::NOT_FOUND, e).into_response(),
+        Ok(Err(e)) if e.starts_with("conflict") => (StatusCode::CONFLICT, e).into_response(),
+        Ok(Err(e)) if e.starts_with("unavailable") => {
+            (StatusCode::SERVICE_UNAVAILABLE, e).into_response()
+        }
         Ok(Err(e)) => (StatusCode::BAD_REQUEST, e).into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
     }
@@ -227,6 +241,47 @@ async fn calls(State(s): State<Shared>) -> Response {
 
 async fn hangup(State(s): State<Shared>, Path(id): Path<u64>) -> Response {
     ask(&s, Command::Hangup(id)).await
+}
+
+/// `POST /calls`: place a call; 201 with its number and record id at once.
+async fn originate(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
+    let spec: crate::core::Originate = match serde_json::from_slice(&body) {
+        Ok(spec) => spec,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad request: {e}\n")).into_response(),
+    };
+    let response = ask(&s, Command::Originate(Box::new(spec))).await;
+    match response.status() {
+        StatusCode::OK => (StatusCode::CREATED, response).into_response(),
+        _ => response,
+    }
+}
+
+/// `POST /calls/{id}/play|dtmf|transfer`: act on a live call.
+async fn control(
+    State(s): State<Shared>,
+    Path((id, action)): Path<(u64, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let mut fields: serde_json::Value = match body.is_empty() {
+        true => serde_json::json!({}),
+        false => match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, format!("bad request: {e}\n")).into_response();
+            }
+        },
+    };
+    if let Some(map) = fields.as_object_mut() {
+        map.insert("action".into(), serde_json::Value::String(action.clone()));
+    }
+    let control: crate::core::Control = match serde_json::from_value(fields) {
+        Ok(c) => c,
+        Err(e) => {
+            let why = format!("bad request: {action}: {e} (play, dtmf or transfer)\n");
+            return (StatusCode::BAD_REQUEST, why).into_response();
+        }
+    };
+    ask(&s, Command::Control(id, control)).await
 }
 
 async fn registrations(State(s): State<Shared>) -> Response {

@@ -240,6 +240,20 @@ pub struct Call {
     pub emergency: bool,
     /// Warden's own early answers to the caller's UPDATEs (their `o=` versions count on).
     pub early_updates: u64,
+    /// An originated call: the ACK of the first party's 2xx, sent again with each
+    /// retransmission of that 2xx.
+    pub a_ack: Option<Box<Bytes>>,
+    /// Keys the API asked to send to a party, one at a time.
+    pub keys_out: Option<Box<KeysOut>>,
+}
+
+/// Keys to send a party as RFC 4733 events, one after the other (`POST /calls/{id}/dtmf`).
+#[derive(Debug)]
+pub struct KeysOut {
+    pub to: Side,
+    pub keys: std::collections::VecDeque<char>,
+    /// When the next key starts.
+    pub next: Instant,
 }
 
 /// A blind transfer (RFC 3515): the party on side `by` asked Warden to call `target` in
@@ -253,6 +267,10 @@ pub struct Transfer {
     /// The transferor hung up meanwhile: the outcome is reported to nobody, and a failure
     /// ends the call.
     pub referrer_gone: bool,
+    /// Asked by the admin API, not by a REFER: nobody subscribed to the outcome; the
+    /// replaced party is hung up when the target answers, and a failure leaves the call
+    /// as it was.
+    pub by_api: bool,
     /// The INVITE toward the target, as a branch of the call.
     pub branch: Option<usize>,
     /// When the target has rung long enough.
@@ -382,6 +400,8 @@ impl Call {
             redirects_followed: 0,
             emergency: new.emergency,
             early_updates: 0,
+            a_ack: None,
+            keys_out: None,
         }
     }
 
@@ -467,6 +487,7 @@ impl Call {
         let ok = self.pending_ok.as_ref().map(|p| p.next.min(p.give_up));
         let digits = self.digits.as_ref().and_then(|d| d.deadline());
         let transfer = self.transfer.as_ref().and_then(|t| t.until);
+        let keys = self.keys_out.as_ref().map(|k| k.next);
         let prack = self.a_reliable.as_ref().and_then(|r| r.next_wake());
         let timers = [&self.timer_a, &self.timer_b].map(|t| t.as_ref().and_then(|t| t.next_wake()));
         [
@@ -477,6 +498,7 @@ impl Call {
             transfer,
             prack,
             self.hangup_at,
+            keys,
         ]
         .into_iter()
         .chain(timers)

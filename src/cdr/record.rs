@@ -16,6 +16,9 @@ pub struct Record {
     pub caller: String,
     pub callee: String,
     pub source: String,
+    /// How the call began: "sip" (an INVITE came in) or "api" (`POST /calls`).
+    #[serde(default = "sip_origin")]
+    pub origin: String,
     pub received_ms: i64,
     pub ringing_ms: Option<i64>,
     pub answered_ms: Option<i64>,
@@ -55,7 +58,7 @@ pub struct Record {
 }
 
 /// The record's columns, in the table's (and the CSV export's) order.
-pub const COLUMNS: [&str; 37] = [
+pub const COLUMNS: [&str; 38] = [
     "id",
     "rev",
     "instance",
@@ -90,6 +93,7 @@ pub const COLUMNS: [&str; 37] = [
     "b_jitter_us",
     "conference",
     "linked_id",
+    "origin",
     // Derived for readers, not stored.
     "received",
     "answered",
@@ -151,6 +155,7 @@ impl Record {
             opt(&self.b_jitter_us),
             text(&self.conference),
             text(&self.linked_id),
+            self.origin.clone(),
             rfc3339(Some(self.received_ms)),
             rfc3339(self.answered_ms),
             rfc3339(self.ended_ms),
@@ -174,6 +179,11 @@ impl Record {
         }
         value
     }
+}
+
+/// A record journalled before records named their origin was an INVITE's.
+fn sip_origin() -> String {
+    "sip".into()
 }
 
 /// The CSV export's header line.

@@ -70,6 +70,9 @@ impl Core {
         tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, "callee answered; connected to the caller Warden had answered");
         call.record.b_call_id = Some(b_call_id);
         self.emit_record(call);
+        self.report(Some(call.id), || crate::events::What::Answered {
+            by: "callee",
+        });
         self.callee_session_timer(call, resp, now);
         call.media_check = Some(now + self.media_check_interval());
     }

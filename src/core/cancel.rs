@@ -62,19 +62,24 @@ impl Core {
             return;
         }
         branch.cancel_pending = false;
-        let invite = &branch.invite;
-        let mut builder = Request::builder(Method::Cancel, &invite.uri());
-        for name in ["Via", "From", "To", "Call-ID"] {
-            if let Some(v) = invite.header(name) {
-                builder = builder.header(name, &v);
-            }
-        }
-        let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
-        if let Ok(cancel) = builder.cseq(seq).max_forwards(70).build() {
+        if let Some(cancel) = cancel_for(&branch.invite) {
             let dest = branch.leg.dest.clone();
             if let Some(k) = self.tx.send_request(cancel, dest, now) {
                 self.client.insert(k, ClientPurpose::Untracked);
             }
         }
     }
+}
+
+/// The CANCEL of Warden's `invite` (RFC 3261 9.1): its Request-URI, Via, From, To,
+/// Call-ID and CSeq number.
+pub(super) fn cancel_for(invite: &Request) -> Option<Request> {
+    let mut builder = Request::builder(Method::Cancel, &invite.uri());
+    for name in ["Via", "From", "To", "Call-ID"] {
+        if let Some(v) = invite.header(name) {
+            builder = builder.header(name, &v);
+        }
+    }
+    let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
+    builder.cseq(seq).max_forwards(70).build().ok()
 }

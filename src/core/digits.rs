@@ -125,6 +125,10 @@ impl Core {
             return;
         };
         let _span = call.enter();
+        self.report(Some(id), || crate::events::What::Dtmf {
+            side: from.name(),
+            key: digit.key,
+        });
         if from == Side::A && call.digits.is_some() {
             self.on_caller_digit(&mut call, digit.key, now);
         } else if matches!(call.state, State::Confirmed | State::Answered)

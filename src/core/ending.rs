@@ -12,6 +12,10 @@ impl Core {
     /// End call `id` now, for `reason`: BYE to both parties of an answered call; a caller
     /// still waiting gets `status` and its callees a CANCEL. False when there is no such call.
     pub fn hang_up(&mut self, id: u64, reason: &'static str, status: u16, now: Instant) -> bool {
+        if self.hang_up_origination(id, now) {
+            self.drain(now, self.unix_s());
+            return true;
+        }
         let Some(mut call) = self.calls.remove(&id) else {
             return false;
         };
@@ -62,11 +66,17 @@ impl Core {
                 self.calls.insert(id, call);
             }
         }
+        self.close_originations(reason);
     }
 
     /// End every call (shutdown after its grace time); returns how many there were.
     pub fn hang_up_all(&mut self, reason: &'static str, now: Instant) -> usize {
-        let ids: Vec<u64> = self.calls.keys().copied().collect();
+        let ids: Vec<u64> = self
+            .calls
+            .keys()
+            .chain(self.originating.keys())
+            .copied()
+            .collect();
         for id in &ids {
             self.hang_up(*id, reason, 503, now);
         }
@@ -130,9 +140,10 @@ impl Core {
                 }
             }
             self.server_invites.remove(&call.a_invite_tx);
-            self.client.retain(
-                |_, p| !matches!(p, ClientPurpose::Invite { call: c, .. } if *c == call.id),
-            );
+            self.client.retain(|_, p| {
+                !matches!(p, ClientPurpose::Invite { call: c, .. } | ClientPurpose::Originate { call: c }
+                    if *c == call.id)
+            });
             self.unpin_legs_of(&call);
             return;
         }

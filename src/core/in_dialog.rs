@@ -159,6 +159,10 @@ impl Core {
             return true;
         };
         self.respond(key, req, 200, tag.as_deref(), now);
+        self.report(Some(call.id), || crate::events::What::Dtmf {
+            side: side.name(),
+            key: pressed,
+        });
         match far_stream {
             _ if menu => self.on_caller_digit(call, pressed, now),
             Some(stream) => {

@@ -154,6 +154,7 @@ impl Core {
         let _span = call.enter();
         tracing::info!(call = id, caller = %call.caller, callee = %call.callee, call_id = %call.a.call_id, %rule, "call started");
         self.emit_record(&mut call);
+        self.report_started(&call, "sip");
         self.run_program(&mut call, now);
         self.schedule(&call);
         self.finish_or_keep(call);

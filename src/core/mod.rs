@@ -23,6 +23,7 @@
 //! | `announce`, `digits` | prompts, music on hold, menus, the caller's keys |
 //! | `rooms` | conference rooms: join, chimes, leave |
 //! | `transfer`, `attended` | blind (REFER) and attended (Replaces) transfer |
+//! | `originate`, `control` | calls the API places; prompts, keys and transfers it asks for |
 //! | `timers` | transaction timeouts and each call's deadlines |
 //! | `ending` | BYE, Warden hanging up, a finished call forgotten |
 //! | `records` | call detail records |
@@ -62,6 +63,7 @@ mod announce;
 mod attended;
 mod bridge;
 mod cancel;
+mod control;
 mod digits;
 mod edge;
 mod ending;
@@ -70,6 +72,7 @@ mod in_dialog;
 mod invite;
 mod malformed;
 mod messages;
+mod originate;
 mod pager;
 mod prack;
 mod probing;
@@ -84,8 +87,10 @@ mod timers;
 mod transfer;
 
 use crate::sip::dialog::strip_tag;
+pub use control::{Control, Party};
 pub use handover::{HandedCall, Replaced};
 use messages::response_destination;
+pub use originate::{Originate, Placed, Then};
 pub use screen::challenge_code;
 
 /// What the driver must do.
@@ -126,6 +131,8 @@ pub enum Output {
     /// Sharded: these Call-IDs, brought here from another shard, may be routed by their
     /// hash again.
     Unpin(Vec<String>),
+    /// For the live event stream (only while somebody subscribes).
+    Event(Box<crate::events::Event>),
 }
 
 const ALLOW: &str =
@@ -193,6 +200,10 @@ enum ClientPurpose {
     Message {
         id: u64,
     },
+    /// Warden's INVITE to an originated call's first party.
+    Originate {
+        call: u64,
+    },
     /// CANCELs and the BYE to a losing fork: nobody waits for their answer.
     Untracked,
 }
@@ -259,6 +270,10 @@ pub struct Core {
     awaited_joins: HashMap<u64, handover::AwaitedJoin>,
     /// Call-IDs of calls brought here from another shard (their messages are pinned here).
     pinned: std::collections::HashSet<String>,
+    /// Whether the event stream has subscribers (events are built only then).
+    listeners: crate::events::Listeners,
+    /// Calls placed by the API whose first party is still being rung (`originate`).
+    originating: HashMap<u64, Box<originate::Origination>>,
 }
 
 impl Core {
@@ -315,6 +330,8 @@ impl Core {
             shard: Shard::ALONE,
             awaited_joins: HashMap::new(),
             pinned: Default::default(),
+            listeners: Default::default(),
+            originating: HashMap::new(),
         }
     }
 
@@ -336,8 +353,26 @@ impl Core {
         core.gateways = self.gateways.clone();
         core.dialplan = self.dialplan.clone();
         core.boot = self.boot.clone();
+        core.listeners = self.listeners.clone();
         core.set_shard(shard);
         core
+    }
+
+    /// Report events (`Output::Event`) whenever `listeners` has any.
+    pub fn set_event_listeners(&mut self, listeners: crate::events::Listeners) {
+        self.listeners = listeners;
+    }
+
+    /// Tell the event stream what happened, when anybody listens (`what` is built only then).
+    pub(super) fn report(&mut self, call: Option<u64>, what: impl FnOnce() -> crate::events::What) {
+        if self.listeners.any() {
+            let event = crate::events::Event {
+                at_ms: self.unix_ms,
+                call,
+                what: what(),
+            };
+            self.out.push_back(Output::Event(Box::new(event)));
+        }
     }
 
     /// This core's place among the signalling shards.
@@ -386,8 +421,9 @@ impl Core {
         self.rng = rand::SeedableRng::seed_from_u64(seed);
     }
 
+    /// Live calls, counting those still ringing an originated call's first party.
     pub fn active_calls(&self) -> usize {
-        self.calls.len()
+        self.calls.len() + self.originating.len()
     }
 
     /// Call records cannot be kept (`why`: the journal cannot be written, or its spool is
@@ -420,6 +456,7 @@ impl Core {
                 age_s: (self.unix_ms as i64 - c.record.received_ms).max(0) / 1000,
                 screening: c.record.screening.clone(),
             })
+            .chain(self.originating_calls())
             .collect();
         out.sort_by_key(|c| c.id);
         out
@@ -539,7 +576,7 @@ impl Core {
         if self.next_expiry_sweep.is_some_and(|t| t <= now) {
             let expired = self.registrar.lock().expire(unix_s);
             for change in expired {
-                self.out.push_back(Output::Store(change));
+                self.store(change);
             }
             self.next_expiry_sweep = Some(now + Duration::from_secs(1));
         }

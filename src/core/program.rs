@@ -205,6 +205,9 @@ impl Core {
         self.ok_to_a(call, ok, now);
         tracing::info!(call = call.id, caller = %call.caller, callee = %call.callee, "answered by Warden");
         self.answered_record(call, 200, "OK");
+        self.report(Some(call.id), || crate::events::What::Answered {
+            by: "warden",
+        });
         call.answered_by_warden = true;
         call.state = State::Answered;
         call.answered_at = Some(now);

@@ -23,6 +23,7 @@ impl Core {
             caller,
             callee: req.uri().user().unwrap_or_default(),
             source: from.addr.to_string(),
+            origin: "sip".into(),
             received_ms: self.unix_ms as i64,
             ..Record::default()
         }
@@ -58,6 +59,17 @@ impl Core {
             end_reason: Some(why.to_owned()),
             ..base
         }
+    }
+
+    /// Tell the event stream a call began (`origin`: "sip" or "api").
+    pub(super) fn report_started(&mut self, call: &Call, origin: &'static str) {
+        self.report(Some(call.id), || crate::events::What::CallStarted {
+            record: call.record.id.clone(),
+            caller: call.caller.clone(),
+            callee: call.callee.clone(),
+            origin,
+            rule: call.record.rule.clone(),
+        });
     }
 
     /// Hand out the call's record as it stands now.
@@ -116,5 +128,9 @@ impl Core {
         let code = r.final_code.unwrap_or(0).clamp(0, 999) as u16;
         *self.stats.lock().final_codes.entry(code).or_default() += 1;
         self.emit_record(call);
+        let record = &call.record;
+        self.report(Some(call.id), || crate::events::What::Ended {
+            record: Box::new(record.clone()),
+        });
     }
 }

@@ -3,7 +3,8 @@
 
 use std::time::Instant;
 
-use crate::registrar::AuthKind;
+use crate::events::What;
+use crate::registrar::{AuthKind, Change};
 use crate::sip::message::Request;
 use crate::sip::transaction::TxKey;
 use crate::sip::transport::Destination;
@@ -28,7 +29,7 @@ impl Core {
         let mut outcome = self.registrar.lock().register(&req, &from, unix_s);
         for change in outcome.changes {
             self.out.push_back(Output::Share(change.clone()));
-            self.out.push_back(Output::Store(change));
+            self.store(change);
         }
         self.localize(&mut outcome.response);
         self.tx.respond(&key, outcome.response, now);
@@ -57,8 +58,24 @@ impl Core {
     pub fn apply_remote_binding(&mut self, node: &str, change: crate::registrar::Change) {
         let dropped = self.registrar.lock().apply_remote(node, change);
         for dropped in dropped {
-            self.out.push_back(Output::Store(dropped));
+            self.store(dropped);
         }
+    }
+
+    /// A binding of this node's changed: into its store, and told to the event stream.
+    pub(super) fn store(&mut self, change: Change) {
+        self.report(None, || match &change {
+            Change::Upsert(b) => What::Registered {
+                user: b.aor.clone(),
+                contact: b.contact.clone(),
+                expires_at: b.expires_at,
+            },
+            Change::Remove { aor, contact } => What::Unregistered {
+                user: aor.clone(),
+                contact: contact.clone(),
+            },
+        });
+        self.out.push_back(Output::Store(change));
     }
 
     /// A request (INVITE, MESSAGE) from a source outside `calls.trusted` speaks as one of

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::anchor::negotiate::Role;
 use crate::call::{Call, Side, State};
+use crate::events::What;
 use crate::sip::message::{Method, Response};
 use crate::sip::transaction::TxKey;
 
@@ -17,13 +18,19 @@ impl Core {
         let Some(purpose) = self.client.get(&key).cloned() else {
             return;
         };
-        if resp.status() >= 200 && !matches!(purpose, ClientPurpose::Invite { .. }) {
+        if resp.status() >= 200
+            && !matches!(
+                purpose,
+                ClientPurpose::Invite { .. } | ClientPurpose::Originate { .. }
+            )
+        {
             self.client.remove(&key);
         }
         match purpose {
             ClientPurpose::Invite { call, branch } => {
                 self.on_branch_response(call, branch, resp, now)
             }
+            ClientPurpose::Originate { call } => self.on_origination_response(call, resp, now),
             ClientPurpose::Untracked => {}
             ClientPurpose::Bye { call } => {
                 if resp.status() >= 200
@@ -102,6 +109,13 @@ impl Core {
             return self.finish_or_keep(call);
         }
         if status < 200 {
+            let first = call.branches.get(index).is_some_and(|b| !b.provisional);
+            if first && status > 100 {
+                self.report(Some(id), || What::Ringing {
+                    party: "callee",
+                    status,
+                });
+            }
             if let Some(b) = call.branches.get_mut(index) {
                 b.provisional = true;
                 if resp.to_tag().is_some() {
@@ -140,6 +154,7 @@ impl Core {
             tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "answered");
             call.record.b_call_id = call.branches.get(index).map(|b| b.leg.call_id.clone());
             self.answered_record(&mut call, status, &resp.reason());
+            self.report(Some(id), || What::Answered { by: "callee" });
             self.callee_session_timer(&mut call, &resp, now);
             self.start_max_duration(&mut call, now);
             self.relay_to_a(&mut call, &resp, now);

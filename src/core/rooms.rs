@@ -70,6 +70,9 @@ impl Core {
         }
         call.record.conference = Some(room.to_owned());
         self.emit_record(call);
+        self.report(Some(call.id), || crate::events::What::ConferenceJoined {
+            room: room.to_owned(),
+        });
         let members = self.rooms.lock().members(room).to_vec();
         tracing::info!(call = call.id, caller = %call.caller, room, members = members.len(), codec = member.codec.name, "joined the conference");
         let chime = self.config.media.conference_join.clone();
@@ -92,6 +95,9 @@ impl Core {
         );
         let chime = self.config.media.conference_leave.clone();
         self.chime(&members, &chime);
+        self.report(Some(call.id), || crate::events::What::ConferenceLeft {
+            room: room.to_owned(),
+        });
     }
 
     /// Play prompt `name` once to every one of `members` ("" plays nothing).

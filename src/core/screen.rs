@@ -94,6 +94,10 @@ impl Core {
         call.record.screening_reason = Some(reason.to_string());
         call.record.attestation = outcome.verstat.map(str::to_owned);
         self.emit_record(&mut call);
+        self.report(Some(id), || crate::events::What::Screening {
+            decision: outcome.decision.name().to_owned(),
+            reason: Some(reason.to_string()),
+        });
         // The screener counts every call it saw (ending one it did not admit is a no-op).
         call.screened = true;
         let jcard = (call.caller_vouched && !outcome.identity_failed) || outcome.identity_verified;

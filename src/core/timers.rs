@@ -63,11 +63,15 @@ impl Core {
                 let reason = self.phrase(408).to_owned();
                 self.message_answered(id, 408, &reason, now)
             }
+            ClientPurpose::Originate { call } => self.origination_timed_out(call),
             ClientPurpose::Untracked => {}
         }
     }
 
     pub(super) fn on_call_tick(&mut self, id: u64, now: Instant) {
+        if self.origination_tick(id, now) {
+            return;
+        }
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
@@ -75,6 +79,7 @@ impl Core {
         if call.announcing.is_some() && call.ring_until.is_some_and(|t| t <= now) {
             self.end_announcement(&mut call, now);
         }
+        self.send_due_keys(&mut call, now);
         if let Some(done) = call.digits.as_mut().and_then(|d| d.poll(now)) {
             self.digits_collected(&mut call, done, now);
         }

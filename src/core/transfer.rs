@@ -68,19 +68,39 @@ impl Core {
             target: target.to_string(),
             target_user,
             referrer_gone: false,
+            by_api: false,
             branch: None,
             until: None,
             reported: 0,
             route: None,
         }));
         self.report_transfer(call, 100, "Trying");
+        self.transfer_event(call, "requested", None);
         self.route_transfer(call, now);
+    }
+
+    /// Tell the event stream how the call's transfer goes.
+    pub(super) fn transfer_event(
+        &mut self,
+        call: &Call,
+        outcome: &'static str,
+        status: Option<u16>,
+    ) {
+        let Some(t) = call.transfer.as_ref() else {
+            return;
+        };
+        self.report(Some(call.id), || crate::events::What::Transfer {
+            replaced: t.by.name(),
+            target: t.target.clone(),
+            outcome,
+            status,
+        });
     }
 
     /// Route the target by the dialplan, as a call to it would be: the matching rule's
     /// tags, its screening, and its first bridge target; a rule that rejects refuses the
     /// transfer. Other actions (prompts, menus) have no meaning for a transfer.
-    fn route_transfer(&mut self, call: &mut Call, now: Instant) {
+    pub(super) fn route_transfer(&mut self, call: &mut Call, now: Instant) {
         let Some((target, target_user)) = call
             .transfer
             .as_ref()
@@ -266,6 +286,7 @@ impl Core {
     /// The target answered: ACK it, anchor its media on the transferor's side, put its leg
     /// in the transferor's place, tell the transferor and hang it up.
     fn complete_transfer(&mut self, call: &mut Call, index: usize, resp: &Response, now: Instant) {
+        self.transfer_event(call, "completed", Some(resp.status()));
         let Some(t) = call.transfer.take() else {
             return;
         };
@@ -306,7 +327,11 @@ impl Core {
             }
         };
         tracing::info!(call = call.id, by = t.by.name(), target = %t.target, "transfer completed");
-        if !t.referrer_gone {
+        if t.by_api {
+            if let Some(bye) = self.leg_request(&mut former, Method::Bye, None) {
+                self.send_in_dialog(bye, former.dest.clone(), ClientPurpose::Untracked, now);
+            }
+        } else if !t.referrer_gone {
             self.notify_referrer(&mut former, 200, "OK", true, now);
             if let Some(bye) = self.leg_request(&mut former, Method::Bye, None) {
                 self.send_in_dialog(bye, former.dest.clone(), ClientPurpose::Untracked, now);
@@ -343,6 +368,7 @@ impl Core {
             caller: staying,
             callee: target_user.to_owned(),
             source: call.record.source.clone(),
+            origin: call.record.origin.clone(),
             received_ms: now_ms,
             answered_ms: Some(now_ms),
             final_code: Some(200),
@@ -362,12 +388,15 @@ impl Core {
     /// transferor hears why; the call goes on between the original parties, or, when the
     /// transferor has hung up meanwhile, ends.
     pub(super) fn transfer_failed(&mut self, call: &mut Call, status: u16, now: Instant) {
+        self.transfer_event(call, "failed", Some(status));
         let Some(t) = call.transfer.take() else {
             return;
         };
         tracing::info!(call = call.id, target = %t.target, status, "transfer failed");
         let reason = self.phrase(status).to_owned();
-        if t.referrer_gone {
+        if t.by_api {
+            // Nobody subscribed: the event stream tells, and the call goes on.
+        } else if t.referrer_gone {
             call.note_end("warden", "transfer failed");
             self.send_bye(call, t.by.other(), now);
         } else if let Some(leg) = call.leg_mut(t.by) {
@@ -382,7 +411,12 @@ impl Core {
     /// Tell the transferor how its transfer goes (once per status), while it is still in
     /// the call.
     fn report_transfer(&mut self, call: &mut Call, status: u16, reason: &str) {
-        let Some((by, reported)) = call.transfer.as_ref().map(|t| (t.by, t.reported)) else {
+        let Some((by, reported)) = call
+            .transfer
+            .as_ref()
+            .filter(|t| !t.by_api)
+            .map(|t| (t.by, t.reported))
+        else {
             return;
         };
         if reported == status {

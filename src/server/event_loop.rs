@@ -50,6 +50,7 @@ pub(super) struct Parts {
     pub shared_edits: Option<SharedEdits>,
     /// The other lanes' cores and queues (none: one lane, the leader's).
     pub followers: Vec<Follower>,
+    pub events: Arc<crate::events::Hub>,
 }
 
 /// A follower lane as `super::setup` makes it: its core, and the queues its messages and
@@ -158,6 +159,8 @@ pub(super) struct Loop {
     users_retry: Option<Instant>,
     /// The other lanes' threads, joined once the leader stops.
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The lane the next originated call is placed on (they take turns).
+    next_origin_lane: usize,
 }
 
 /// How soon a failed read of the cluster's users is tried again.
@@ -202,6 +205,7 @@ impl Loop {
                 mail,
                 post: post.clone(),
                 live: live.clone(),
+                events: parts.events.clone(),
                 turn: Turn::new(),
             };
             let thread = std::thread::Builder::new()
@@ -232,6 +236,7 @@ impl Loop {
             mail: leader_mail,
             post,
             live,
+            events: parts.events,
             turn: Turn::new(),
         };
         Ok(Loop {
@@ -246,6 +251,7 @@ impl Loop {
             shared_edits: parts.shared_edits,
             users_retry,
             threads,
+            next_origin_lane: 0,
         })
     }
 
@@ -507,6 +513,25 @@ impl Loop {
                 }
                 None => self.lane.answer(Command::Hangup(id)),
             },
+            Command::Control(id, control) => match self.follower_of(id) {
+                Some(follower) => {
+                    let _ = follower.send(Mail::Ask(Command::Control(id, control), reply));
+                    return;
+                }
+                None => self.lane.answer(Command::Control(id, control)),
+            },
+            // The lanes take turns placing calls.
+            Command::Originate(spec) => {
+                let lane = self.next_origin_lane % self.lane.post.len();
+                self.next_origin_lane = self.next_origin_lane.wrapping_add(1);
+                match lane.checked_sub(1).and_then(|k| self.followers().get(k)) {
+                    Some(follower) => {
+                        let _ = follower.send(Mail::Ask(Command::Originate(spec), reply));
+                        return;
+                    }
+                    None => self.lane.answer(Command::Originate(spec)),
+                }
+            }
             Command::Registrations => Ok(registrations(&self.lane.core)),
             Command::Gateways => {
                 Ok(serde_json::to_value(self.lane.core.gateways()).unwrap_or_default())
@@ -680,6 +705,8 @@ impl Loop {
                 .collect(),
             conference_rooms: rooms as u64,
             conference_members: members as u64,
+            event_subscribers: self.lane.events.subscribers() as u64,
+            event_subscribers_dropped: self.lane.events.dropped(),
             calls_started: stats.calls_started,
             calls_answered: stats.calls_answered,
             calls_per_second,

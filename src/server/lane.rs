@@ -76,6 +76,8 @@ pub(super) struct Lane {
     pub post: Arc<[mpsc::UnboundedSender<Mail>]>,
     /// Every lane's live calls after its latest turn (the leader waits for all to end).
     pub live: Arc<[AtomicUsize]>,
+    /// The live event stream every lane publishes to.
+    pub events: Arc<crate::events::Hub>,
     pub turn: Turn,
 }
 
@@ -245,6 +247,11 @@ impl Lane {
                     Err(format!("not found: no live call {id}\n"))
                 }
             }
+            Command::Originate(spec) => self
+                .core
+                .originate(*spec, Instant::now(), unix_now_ms())
+                .map(|placed| serde_json::to_value(placed).unwrap_or_default()),
+            Command::Control(id, control) => self.core.control(id, control, Instant::now()),
             _ => Err("internal: that command is the leader's to answer\n".into()),
         }
     }
@@ -303,6 +310,7 @@ impl Lane {
                         .call_ended(call, answered_s, unix_now());
                 }
                 Output::Record(record) => self.turn.records.push(*record),
+                Output::Event(event) => self.events.publish(&event),
                 Output::Resolve {
                     call,
                     attempt,

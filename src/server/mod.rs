@@ -170,6 +170,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
     )
     .map_err(anyhow::Error::msg)?;
     let (ask_tx, asks) = mpsc::channel::<crate::api::Ask>(64);
+    let events = Arc::new(crate::events::Hub::new(config.admin.event_queue));
     let admin = match config.admin.address()? {
         Some(addr) => {
             // The certificate is served beside the jCard.
@@ -193,6 +194,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
                     std::sync::Arc::new(jcard),
                     ask_tx,
                     cdr_store.clone(),
+                    events.clone(),
                 )
                 .await?,
             )
@@ -268,6 +270,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
     let leader_media = medias.remove(0);
     let mut core = Core::new(config, registrar, advertised, leader_media, prompts);
     core.set_dialplan(plan);
+    core.set_event_listeners(events.listeners());
     core.set_shard(Shard {
         index: 0,
         count: lanes,
@@ -378,6 +381,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
         shared_registrations,
         shared_edits,
         followers,
+        events,
     };
     let retention = (retention_days > 0)
         .then(|| tokio::spawn(crate::cdr::store::retain(cdr_store.clone(), retention_days)));
