@@ -7,6 +7,7 @@ pub mod jitter;
 pub mod mixer;
 pub mod ports;
 pub mod prompt;
+pub mod record;
 pub mod relay;
 pub mod srtp;
 pub mod stats;

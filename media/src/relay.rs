@@ -212,6 +212,9 @@ pub struct Relay {
     unassigned: Arc<AtomicU64>,
     /// Commands wake their worker at `flush`, not one by one.
     batching_wakes: bool,
+    /// The recorder thread, started with the first recording, and where it reports.
+    recorder: Option<crate::record::Recorder>,
+    recording_sink: Option<crate::record::FinishedSink>,
 }
 
 /// Ports tried per open before giving up on binding (something else holds them).
@@ -255,6 +258,8 @@ impl Relay {
             closed_strangers: 0,
             unassigned,
             batching_wakes: false,
+            recorder: None,
+            recording_sink: None,
         })
     }
 
@@ -551,6 +556,53 @@ impl Relay {
     /// Conference rooms with members now.
     pub fn rooms(&self) -> usize {
         self.rooms.len()
+    }
+
+    /// Where finished recordings are announced (set before the first `record`).
+    pub fn set_recording_sink(&mut self, sink: crate::record::FinishedSink) {
+        self.recording_sink = Some(sink);
+    }
+
+    /// Record stream `id` (both parties as they send) until `stop_recording` or its close;
+    /// the file is announced to the recording sink when complete. False when the stream
+    /// is unknown or the recorder cannot start.
+    pub fn record(&mut self, id: StreamId, spec: crate::record::RecordSpec) -> bool {
+        let Some(worker) = self.streams.get(&id).map(|s| s.worker) else {
+            return false;
+        };
+        if self.recorder.is_none() {
+            let sink = self
+                .recording_sink
+                .clone()
+                .unwrap_or_else(|| std::sync::Arc::new(|_| {}));
+            match crate::record::Recorder::start(sink) {
+                Ok(r) => self.recorder = Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the recorder thread");
+                    return false;
+                }
+            }
+        }
+        let Some(recorder) = self.recorder.as_mut() else {
+            return false;
+        };
+        let tap = Box::new(recorder.begin(spec));
+        self.send(worker, Command::Record { id: id.0, tap });
+        true
+    }
+
+    /// Stop recording stream `id` (its file is completed).
+    pub fn stop_recording(&mut self, id: StreamId) {
+        if let Some(worker) = self.streams.get(&id).map(|s| s.worker) {
+            self.send(worker, Command::StopRecording(id.0));
+        }
+    }
+
+    /// Recorded packets dropped (the recorder's queue was full, or a payload too large).
+    pub fn recording_dropped(&self) -> u64 {
+        self.recorder
+            .as_ref()
+            .map_or(0, |r| r.dropped.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Close a stream: its worker parks the sockets (they stay bound, its late packets

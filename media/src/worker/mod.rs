@@ -25,6 +25,7 @@ use crate::codec::CodecOptions;
 use crate::dtmf::{EventReader, EventWriter};
 use crate::mixer::{Member, Room};
 use crate::prompt::EncodedPrompt;
+use crate::record::Tap;
 use crate::relay::{
     EventFormat, EventSink, Latching, MediaEvent, Playback, RelayConfig, Remote, Side,
     StreamCounters, StreamId,
@@ -119,6 +120,12 @@ pub(crate) enum Command {
     },
     /// Take the stream out of its room (a room ends with its last member).
     Leave(u64),
+    /// Record what both parties send (`record`), until `StopRecording` or the stream's end.
+    Record {
+        id: u64,
+        tap: Box<Tap>,
+    },
+    StopRecording(u64),
     /// Hand the stream back (to move it to the worker that holds its room).
     Detach {
         id: u64,
@@ -194,6 +201,8 @@ pub(crate) struct Stream {
     room: Option<(u64, usize)>,
     /// SRTP toward and from each side's party.
     srtp: [Sealing; 2],
+    /// Recording: each party's audio is copied to the recorder as it arrives.
+    tap: Option<Box<Tap>>,
 }
 
 impl Stream {
@@ -221,6 +230,7 @@ impl Stream {
             seq_shift: [0; 2],
             room: None,
             srtp: Default::default(),
+            tap: None,
         }
     }
 
@@ -535,6 +545,19 @@ impl Worker {
                     leg,
                 } => self.join(id, side.index(), room, leg),
                 Command::Leave(id) => self.leave(id),
+                Command::Record { id, tap } => match self.stream_mut(id) {
+                    Some(s) => {
+                        if let Some(old) = s.tap.replace(tap) {
+                            old.end();
+                        }
+                    }
+                    None => tap.end(),
+                },
+                Command::StopRecording(id) => {
+                    if let Some(tap) = self.stream_mut(id).and_then(|s| s.tap.take()) {
+                        tap.end();
+                    }
+                }
                 Command::Detach { id, reply } => {
                     if let Some(stream) = self.take(id) {
                         let _ = reply.send(stream);
@@ -637,6 +660,9 @@ impl Worker {
                 let Some(stream) = slots.get_mut(slot).and_then(|s| s.as_deref_mut()) else {
                     return;
                 };
+                if let Some(tap) = &stream.tap {
+                    tap.offer(side ^ 1, bytes, now); // what the member hears: the room
+                }
                 let end = &stream.ends[side * 2];
                 if end.target.is_none() || stream.playing[side] {
                     return; // nowhere to send yet, or a prompt plays to the member
@@ -754,6 +780,9 @@ impl Worker {
                     continue;
                 }
                 account(stream, side, is_rtp, packet, now_us);
+                if is_rtp && let Some(tap) = &stream.tap {
+                    tap.offer(side, packet, self.epoch + Duration::from_micros(now_us));
+                }
                 if is_rtp
                     && let Some((event_pt, clock)) = stream.events[side]
                     && packet.get(1).map(|b| b & 0x7f) == Some(event_pt)

@@ -95,7 +95,15 @@ impl Worker {
         let Some(stream) = self.unplace(id) else {
             return;
         };
-        let Stream { sockets, ports, .. } = *stream;
+        let Stream {
+            sockets,
+            ports,
+            tap,
+            ..
+        } = *stream;
+        if let Some(tap) = tap {
+            tap.end();
+        }
         for (port, socket) in ports.into_iter().zip(sockets) {
             self.parked.insert(port, socket);
             self.routes.insert(port, Route::Parked);
