@@ -27,6 +27,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub cdr: CdrConfig,
+    pub recording: crate::recording::RecordingConfig,
     pub log: LogConfig,
     pub screening: crate::screening::ScreeningConfig,
     pub admin: AdminConfig,
@@ -551,6 +552,14 @@ impl Config {
         } else {
             self.cdr.url.clone()
         }
+    }
+
+    /// Where recordings are written and wait for their upload, the default filled in.
+    pub fn recording_dir(&self) -> PathBuf {
+        self.recording
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("recordings"))
     }
 
     /// The CDR journal's path, the default filled in.

@@ -82,6 +82,11 @@ pub enum What {
         side: &'static str,
         prompt: String,
     },
+    /// The call's recording began (its file, named in the record) or stopped.
+    Recording {
+        file: String,
+        recording: bool,
+    },
     /// The call's caller joined or left a conference room.
     ConferenceJoined {
         room: String,
@@ -114,6 +119,7 @@ impl What {
             What::Screening { .. } => "screening",
             What::Transfer { .. } => "transfer",
             What::Playing { .. } => "playing",
+            What::Recording { .. } => "recording",
             What::ConferenceJoined { .. } => "conference_joined",
             What::ConferenceLeft { .. } => "conference_left",
             What::Registered { .. } => "registered",
@@ -123,7 +129,7 @@ impl What {
 }
 
 /// Every kind's name, for checking a subscriber's filter.
-pub const KINDS: [&str; 12] = [
+pub const KINDS: [&str; 13] = [
     "call_started",
     "ringing",
     "answered",
@@ -132,6 +138,7 @@ pub const KINDS: [&str; 12] = [
     "screening",
     "transfer",
     "playing",
+    "recording",
     "conference_joined",
     "conference_left",
     "registered",

@@ -17,6 +17,7 @@ pub mod events;
 pub mod guard;
 pub mod media;
 pub mod prompts;
+pub mod recording;
 pub mod registrar;
 pub mod screening;
 pub mod server;

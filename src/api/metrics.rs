@@ -34,6 +34,18 @@ pub struct Snapshot {
     pub event_subscribers: u64,
     #[serde(default)]
     pub event_subscribers_dropped: u64,
+    /// Recordings: uploaded, failed uploads (each try), waiting in the spool, files that
+    /// could not be written, and packets the recorder's queue had no room for.
+    #[serde(default)]
+    pub recordings_uploaded: u64,
+    #[serde(default)]
+    pub recording_upload_failures: u64,
+    #[serde(default)]
+    pub recordings_pending: u64,
+    #[serde(default)]
+    pub recordings_failed: u64,
+    #[serde(default)]
+    pub recording_dropped_packets: u64,
     pub relay_rtp_packets: u64,
     pub relay_rtp_bytes: u64,
     pub relay_stranger_packets: u64,
@@ -176,6 +188,36 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         "event_subscribers_dropped",
         "Event stream subscribers closed for falling too far behind",
         s.event_subscribers_dropped,
+    );
+    counter(
+        &mut r,
+        "recordings_uploaded",
+        "Recordings uploaded",
+        s.recordings_uploaded,
+    );
+    counter(
+        &mut r,
+        "recording_upload_failures",
+        "Recording uploads that failed (each try; the file stays in the spool)",
+        s.recording_upload_failures,
+    );
+    gauge(
+        &mut r,
+        "recordings_pending",
+        "Recordings complete and waiting for their upload",
+        n(s.recordings_pending),
+    );
+    counter(
+        &mut r,
+        "recordings_failed",
+        "Recordings whose file could not be written",
+        s.recordings_failed,
+    );
+    counter(
+        &mut r,
+        "recording_dropped_packets",
+        "Recorded packets dropped: the recorder's queue was full",
+        s.recording_dropped_packets,
     );
     counter(
         &mut r,

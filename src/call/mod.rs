@@ -245,6 +245,16 @@ pub struct Call {
     pub a_ack: Option<Box<Bytes>>,
     /// Keys the API asked to send to a party, one at a time.
     pub keys_out: Option<Box<KeysOut>>,
+    /// Recording: asked for (in this layout) and waiting for the media, or running.
+    pub recording: Option<Recording>,
+}
+
+/// A call's recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recording {
+    /// Starts once both parties' media flows.
+    Wanted(warden_media::record::Layout),
+    Running,
 }
 
 /// Keys to send a party as RFC 4733 events, one after the other (`POST /calls/{id}/dtmf`).
@@ -402,6 +412,7 @@ impl Call {
             early_updates: 0,
             a_ack: None,
             keys_out: None,
+            recording: None,
         }
     }
 

@@ -16,6 +16,9 @@ pub struct Record {
     pub caller: String,
     pub callee: String,
     pub source: String,
+    /// The call's recording file (in `recording.dir`, until uploaded), when recorded.
+    #[serde(default)]
+    pub recording: Option<String>,
     /// How the call began: "sip" (an INVITE came in) or "api" (`POST /calls`).
     #[serde(default = "sip_origin")]
     pub origin: String,
@@ -58,7 +61,7 @@ pub struct Record {
 }
 
 /// The record's columns, in the table's (and the CSV export's) order.
-pub const COLUMNS: [&str; 38] = [
+pub const COLUMNS: [&str; 39] = [
     "id",
     "rev",
     "instance",
@@ -94,6 +97,7 @@ pub const COLUMNS: [&str; 38] = [
     "conference",
     "linked_id",
     "origin",
+    "recording",
     // Derived for readers, not stored.
     "received",
     "answered",
@@ -156,6 +160,7 @@ impl Record {
             text(&self.conference),
             text(&self.linked_id),
             self.origin.clone(),
+            text(&self.recording),
             rfc3339(Some(self.received_ms)),
             rfc3339(self.answered_ms),
             rfc3339(self.ended_ms),

@@ -50,9 +50,9 @@ pub struct Filter {
 /// The upsert, for `rows` records at once. It keeps the newest revision, and a closed record
 /// over an open one, whatever order revisions arrive in. PostgreSQL numbers its parameters;
 /// SQLite gets plain `?`: it looks each named parameter up in a list, so binding N of them
-/// costs N squared (a third of SQLite's time at 16 rows of 35 columns).
+/// costs N squared (a third of SQLite's time at 16 rows of 36 columns).
 fn insert_sql(rows: usize, numbered: bool) -> String {
-    const COLUMNS: usize = 35;
+    const COLUMNS: usize = 36;
     let values: Vec<String> = (0..rows)
         .map(|row| {
             let params: Vec<String> = (1..=COLUMNS)
@@ -68,7 +68,7 @@ fn insert_sql(rows: usize, numbered: bool) -> String {
         "INSERT INTO cdrs (id, rev, instance, boot, a_call_id, b_call_id, caller, callee, \
          source, received_ms, ringing_ms, answered_ms, ended_ms, duration_ms, final_code, final_reason, \
          hangup_side, end_reason, rule, tags, screening, screening_reason, attestation, a_codec, b_codec, \
-         transcoded, a_packets, a_lost, a_jitter_us, b_packets, b_lost, b_jitter_us, conference, linked_id, origin) \
+         transcoded, a_packets, a_lost, a_jitter_us, b_packets, b_lost, b_jitter_us, conference, linked_id, origin, recording) \
          VALUES {} \
          ON CONFLICT (id) DO UPDATE SET rev = excluded.rev, b_call_id = excluded.b_call_id, \
          ringing_ms = excluded.ringing_ms, answered_ms = excluded.answered_ms, ended_ms = excluded.ended_ms, \
@@ -78,7 +78,8 @@ fn insert_sql(rows: usize, numbered: bool) -> String {
          attestation = excluded.attestation, a_codec = excluded.a_codec, b_codec = excluded.b_codec, \
          transcoded = excluded.transcoded, a_packets = excluded.a_packets, a_lost = excluded.a_lost, \
          a_jitter_us = excluded.a_jitter_us, b_packets = excluded.b_packets, b_lost = excluded.b_lost, \
-         b_jitter_us = excluded.b_jitter_us, conference = excluded.conference, linked_id = excluded.linked_id \
+         b_jitter_us = excluded.b_jitter_us, conference = excluded.conference, linked_id = excluded.linked_id, \
+         recording = excluded.recording \
          WHERE cdrs.rev < excluded.rev AND (cdrs.end_reason IS NULL OR excluded.end_reason IS NOT NULL)",
         values.join(", ")
     )
@@ -119,7 +120,7 @@ fn newest_revisions(records: &[Record]) -> Vec<&Record> {
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
-/// Bind one record's 35 columns, in the order `insert_sql` names them.
+/// Bind one record's 36 columns, in the order `insert_sql` names them.
 fn bind_record<'q>(query: AnyQuery<'q>, r: &'q Record) -> AnyQuery<'q> {
     query
         .bind(&r.id)
@@ -157,6 +158,7 @@ fn bind_record<'q>(query: AnyQuery<'q>, r: &'q Record) -> AnyQuery<'q> {
         .bind(&r.conference)
         .bind(&r.linked_id)
         .bind(&r.origin)
+        .bind(&r.recording)
 }
 
 impl Store {
@@ -491,6 +493,7 @@ fn record_of(row: &AnyRow) -> sqlx::Result<Record> {
         conference: row.try_get("conference")?,
         linked_id: row.try_get("linked_id")?,
         origin: row.try_get("origin")?,
+        recording: row.try_get("recording")?,
     })
 }
 

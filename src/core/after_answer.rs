@@ -74,6 +74,7 @@ impl Core {
             by: "callee",
         });
         self.callee_session_timer(call, resp, now);
+        self.start_recording_if_ready(call);
         call.media_check = Some(now + self.media_check_interval());
     }
 }

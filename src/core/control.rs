@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use warden_media::Playback;
+use warden_media::record::Layout;
 
 use crate::anchor::{Receiving, media_side};
 use crate::call::{Call, KeysOut, Side, State, Transfer};
@@ -38,6 +39,22 @@ pub enum Control {
         #[serde(default = "Party::callee")]
         replace: Party,
     },
+    /// Record the call (in `layout`, or `recording.layout`); it starts at once when both
+    /// parties' media flows, else when it does.
+    Record {
+        #[serde(default)]
+        layout: Option<LayoutName>,
+    },
+    /// Stop recording: the file is completed and uploaded.
+    StopRecording {},
+}
+
+/// A recording's layout as the API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayoutName {
+    Stereo,
+    Mono,
 }
 
 /// Which party an API command is about.
@@ -83,7 +100,27 @@ impl Core {
         };
         let _span = call.enter();
         let answered = matches!(call.state, State::Answered | State::Confirmed);
-        let answer = if !answered {
+        let answer = if let Control::Record { layout } = control {
+            // Asked for while the call rings, it starts on the answer.
+            let layout = match layout {
+                Some(LayoutName::Stereo) => Layout::Stereo,
+                Some(LayoutName::Mono) => Layout::Mono,
+                None => self.config.recording.layout,
+            };
+            self.want_recording(&mut call, layout);
+            Ok(serde_json::json!({
+                "call": call.id.to_string(),
+                "recording": call.record.recording.clone().unwrap_or_default(),
+                "started": matches!(call.recording, Some(crate::call::Recording::Running)),
+            }))
+        } else if let Control::StopRecording {} = control {
+            match self.stop_recording(&mut call) {
+                true => {
+                    Ok(serde_json::json!({ "call": call.id.to_string(), "recording": "stopped" }))
+                }
+                false => Err(format!("conflict: call {id} is not being recorded\n")),
+            }
+        } else if !answered {
             Err(format!("conflict: call {id} is not answered yet\n"))
         } else {
             match control {
@@ -92,6 +129,7 @@ impl Core {
                 Control::Transfer { target, replace } => {
                     self.transfer_by_api(&mut call, &target, replace, now)
                 }
+                Control::Record { .. } | Control::StopRecording {} => Ok(serde_json::Value::Null),
             }
         };
         self.schedule(&call);

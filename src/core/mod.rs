@@ -77,6 +77,7 @@ mod pager;
 mod prack;
 mod probing;
 mod program;
+mod recording;
 mod records;
 mod register;
 mod responses;

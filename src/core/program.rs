@@ -37,6 +37,10 @@ impl Core {
                 Action::SessionExpires(seconds) => call.session_expires = seconds,
                 Action::MaxDuration(limit) => call.max_duration = Some(limit),
                 Action::OnRedirect(policy) => call.on_redirect = policy,
+                Action::Record(layout) => {
+                    let layout = layout.unwrap_or(self.config.recording.layout);
+                    self.want_recording(call, layout);
+                }
                 Action::Set(name, value) => {
                     let value = value.render(&values);
                     if let Some(p) = call.program.as_mut() {

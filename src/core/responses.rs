@@ -158,6 +158,7 @@ impl Core {
             self.callee_session_timer(&mut call, &resp, now);
             self.start_max_duration(&mut call, now);
             self.relay_to_a(&mut call, &resp, now);
+            self.start_recording_if_ready(&mut call);
             call.owed_ack = Some((
                 Side::B,
                 call.branches

@@ -70,6 +70,7 @@ impl Core {
         }
         call.record.conference = Some(room.to_owned());
         self.emit_record(call);
+        self.start_recording_if_ready(call);
         self.report(Some(call.id), || crate::events::What::ConferenceJoined {
             room: room.to_owned(),
         });

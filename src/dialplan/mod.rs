@@ -143,6 +143,8 @@ pub enum Action {
     MaxDuration(Duration),
     /// What a callee's 3xx does: followed by Warden, or relayed to the caller.
     OnRedirect(RedirectPolicy),
+    /// Record the call once both parties' media flows (None: `recording.layout`).
+    Record(Option<warden_media::record::Layout>),
 }
 
 /// What happens to a callee's redirection (3xx) on a route.

@@ -110,6 +110,7 @@ struct ActionSpec {
     max_duration: Option<u64>,
     on_redirect: Option<String>,
     probe: Option<bool>,
+    record: Option<String>,
 }
 
 /// Line (1-based) of a byte offset.
@@ -366,11 +367,12 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
         ("session_expires", spec.session_expires.is_some()),
         ("max_duration", spec.max_duration.is_some()),
         ("on_redirect", spec.on_redirect.is_some()),
+        ("record", spec.record.is_some()),
     ];
     let present: Vec<&str> = kinds.iter().filter(|(_, p)| *p).map(|(k, _)| *k).collect();
     let kind = match present.as_slice() {
         [one] => *one,
-        [] => return Err("an action needs one of: bridge, screen, play, menu, reject, redirect, set_header, remove_header, tag, set, codecs, srtp, hold_music, conference, session_expires, max_duration, on_redirect, answer = true".into()),
+        [] => return Err("an action needs one of: bridge, screen, play, menu, reject, redirect, set_header, remove_header, tag, set, codecs, srtp, hold_music, conference, session_expires, max_duration, on_redirect, record, answer = true".into()),
         many => return Err(format!("one action per table, found {}", many.join(" and "))),
     };
     let options = [
@@ -469,6 +471,16 @@ fn action(spec: &ActionSpec) -> Result<Action, String> {
             Action::RemoveHeader(name)
         }
         "answer" => Action::Answer,
+        "record" => match spec.record.as_deref().unwrap_or_default() {
+            "stereo" => Action::Record(Some(warden_media::record::Layout::Stereo)),
+            "mono" => Action::Record(Some(warden_media::record::Layout::Mono)),
+            "" | "default" => Action::Record(None),
+            other => {
+                return Err(format!(
+                    "record {other:?}: stereo (caller left, callee right), mono, or default"
+                ));
+            }
+        },
         "conference" => {
             let room = spec.conference.as_deref().unwrap_or_default();
             if room.trim().is_empty() {

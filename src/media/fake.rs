@@ -56,6 +56,15 @@ pub enum Command {
         side: Side,
         on: bool,
     },
+    /// A recording into `path`, with each side's codec.
+    Record {
+        id: StreamId,
+        path: std::path::PathBuf,
+        codecs: [Option<&'static str>; 2],
+    },
+    StopRecording {
+        id: StreamId,
+    },
     SendDtmf {
         id: StreamId,
         side: Side,
@@ -158,7 +167,7 @@ impl FakeMedia {
         }
     }
 
-    fn record(&self, command: Command) {
+    fn note(&self, command: Command) {
         self.state().commands.push(command);
     }
 }
@@ -189,7 +198,7 @@ impl Media for FakeMedia {
                 .insert(id, ([port, port + 2], StreamStats::default()));
             id
         };
-        self.record(Command::Open(id));
+        self.note(Command::Open(id));
         Ok(id)
     }
 
@@ -206,7 +215,7 @@ impl Media for FakeMedia {
                 }
             }
         }
-        self.record(Command::Close(id));
+        self.note(Command::Close(id));
     }
 
     fn port(&self, id: StreamId, side: Side) -> Option<u16> {
@@ -215,23 +224,23 @@ impl Media for FakeMedia {
     }
 
     fn set_remote(&mut self, id: StreamId, side: Side, remote: Option<Remote>) {
-        self.record(Command::SetRemote { id, side, remote });
+        self.note(Command::SetRemote { id, side, remote });
     }
 
     fn set_transcoding(&mut self, id: StreamId, transcoding: Option<Transcoding>) {
-        self.record(Command::SetTranscoding { id, transcoding });
+        self.note(Command::SetTranscoding { id, transcoding });
     }
 
     fn set_srtp(&mut self, id: StreamId, side: Side, setting: SrtpSetting) {
-        self.record(Command::SetSrtp { id, side, setting });
+        self.note(Command::SetSrtp { id, side, setting });
     }
 
     fn set_dtmf(&mut self, id: StreamId, formats: [EventFormat; 2]) {
-        self.record(Command::SetDtmf { id, formats });
+        self.note(Command::SetDtmf { id, formats });
     }
 
     fn play(&mut self, id: StreamId, side: Side, prompt: Arc<EncodedPrompt>, how: Playback) {
-        self.record(Command::Play {
+        self.note(Command::Play {
             id,
             side,
             prompt,
@@ -240,15 +249,15 @@ impl Media for FakeMedia {
     }
 
     fn stop_playing(&mut self, id: StreamId, side: Side) {
-        self.record(Command::StopPlaying { id, side });
+        self.note(Command::StopPlaying { id, side });
     }
 
     fn report_dtmf(&mut self, id: StreamId, side: Side, on: bool) {
-        self.record(Command::ReportDtmf { id, side, on });
+        self.note(Command::ReportDtmf { id, side, on });
     }
 
     fn send_dtmf(&mut self, id: StreamId, side: Side, key: char, duration: Duration) {
-        self.record(Command::SendDtmf {
+        self.note(Command::SendDtmf {
             id,
             side,
             key,
@@ -256,9 +265,23 @@ impl Media for FakeMedia {
         });
     }
 
+    fn record(&mut self, id: StreamId, spec: warden_media::record::RecordSpec) -> bool {
+        let known = self.state().open.contains_key(&id);
+        self.note(Command::Record {
+            id,
+            path: spec.path,
+            codecs: spec.sides.map(|s| s.map(|s| s.codec.name)),
+        });
+        known
+    }
+
+    fn stop_recording(&mut self, id: StreamId) {
+        self.note(Command::StopRecording { id });
+    }
+
     fn join(&mut self, id: StreamId, side: Side, room: u64, leg: LegCodec) -> bool {
         let known = self.state().open.contains_key(&id);
-        self.record(Command::Join {
+        self.note(Command::Join {
             id,
             side,
             room,

@@ -47,6 +47,14 @@ pub trait Media: Send {
     fn send_dtmf(&mut self, id: StreamId, side: Side, key: char, duration: Duration);
     /// Make a side a member of conference `room`; false when the stream could not join.
     fn join(&mut self, id: StreamId, side: Side, room: u64, leg: LegCodec) -> bool;
+    /// Record what both parties send, into `spec.path`, until `stop_recording` or the
+    /// stream's close; false when it cannot.
+    fn record(&mut self, id: StreamId, spec: warden_media::record::RecordSpec) -> bool;
+    fn stop_recording(&mut self, id: StreamId);
+    /// Recorded packets dropped so far (the recorder's queue was full).
+    fn recording_dropped(&self) -> u64 {
+        0
+    }
     /// Both sides' figures so far.
     fn stats(&self, id: StreamId) -> Option<StreamStats>;
     /// The relay's figures over its life (metrics).
@@ -95,6 +103,15 @@ impl Media for Relay {
     }
     fn join(&mut self, id: StreamId, side: Side, room: u64, leg: LegCodec) -> bool {
         Relay::join(self, id, side, room, leg)
+    }
+    fn record(&mut self, id: StreamId, spec: warden_media::record::RecordSpec) -> bool {
+        Relay::record(self, id, spec)
+    }
+    fn stop_recording(&mut self, id: StreamId) {
+        Relay::stop_recording(self, id)
+    }
+    fn recording_dropped(&self) -> u64 {
+        Relay::recording_dropped(self)
     }
     fn stats(&self, id: StreamId) -> Option<StreamStats> {
         Relay::stats(self, id)

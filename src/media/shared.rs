@@ -96,6 +96,15 @@ impl Media for ShardMedia {
     fn join(&mut self, id: StreamId, side: Side, room: u64, leg: LegCodec) -> bool {
         self.relay.lock().join(id, side, room, leg)
     }
+    fn record(&mut self, id: StreamId, spec: warden_media::record::RecordSpec) -> bool {
+        self.relay.lock().record(id, spec)
+    }
+    fn stop_recording(&mut self, id: StreamId) {
+        self.relay.lock().stop_recording(id)
+    }
+    fn recording_dropped(&self) -> u64 {
+        self.relay.lock().recording_dropped()
+    }
     fn stats(&self, id: StreamId) -> Option<StreamStats> {
         self.relay.lock().stats(id)
     }

@@ -51,6 +51,7 @@ pub(super) struct Parts {
     /// The other lanes' cores and queues (none: one lane, the leader's).
     pub followers: Vec<Follower>,
     pub events: Arc<crate::events::Hub>,
+    pub recording_stats: Arc<crate::recording::RecordingStats>,
 }
 
 /// A follower lane as `super::setup` makes it: its core, and the queues its messages and
@@ -161,6 +162,7 @@ pub(super) struct Loop {
     threads: Vec<std::thread::JoinHandle<()>>,
     /// The lane the next originated call is placed on (they take turns).
     next_origin_lane: usize,
+    recording_stats: Arc<crate::recording::RecordingStats>,
 }
 
 /// How soon a failed read of the cluster's users is tried again.
@@ -252,6 +254,7 @@ impl Loop {
             users_retry,
             threads,
             next_origin_lane: 0,
+            recording_stats: parts.recording_stats,
         })
     }
 
@@ -707,6 +710,11 @@ impl Loop {
             conference_members: members as u64,
             event_subscribers: self.lane.events.subscribers() as u64,
             event_subscribers_dropped: self.lane.events.dropped(),
+            recordings_uploaded: self.recording_stats.uploaded.load(Ordering::Relaxed),
+            recording_upload_failures: self.recording_stats.upload_failures.load(Ordering::Relaxed),
+            recordings_pending: self.recording_stats.pending.load(Ordering::Relaxed),
+            recordings_failed: self.recording_stats.failed.load(Ordering::Relaxed),
+            recording_dropped_packets: core.media.recording_dropped(),
             calls_started: stats.calls_started,
             calls_answered: stats.calls_answered,
             calls_per_second,

@@ -148,7 +148,11 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
     {
         advertised.insert(Transport::Udp, h);
     }
-    let (mut medias, media_events) = lane_media(start_relay(&config, &bound)?, lanes);
+    let mut relay = start_relay(&config, &bound)?;
+    // Recordings the last run left are completed and queued for upload before any new one.
+    let recording_stats = Arc::new(crate::recording::RecordingStats::default());
+    relay.set_recording_sink(crate::recording::start(&config, recording_stats.clone())?);
+    let (mut medias, media_events) = lane_media(relay, lanes);
     let prompts = crate::prompts::load(&config)?;
     let media = &config.media;
     for (key, name) in [
@@ -382,6 +386,7 @@ async fn setup(config: Config) -> anyhow::Result<(event_loop::Parts, Stores)> {
         shared_edits,
         followers,
         events,
+        recording_stats,
     };
     let retention = (retention_days > 0)
         .then(|| tokio::spawn(crate::cdr::store::retain(cdr_store.clone(), retention_days)));

@@ -1,0 +1,2 @@
+-- The call's recording file, when it was recorded.
+ALTER TABLE cdrs ADD COLUMN recording TEXT;

@@ -1,0 +1,366 @@
+//! Call recording over sockets: two parties sending tones through the relay, the call
+//! recorded through the API, the file uploaded to an HTTP receiver the test runs, decoded
+//! with symphonia: the caller's tone on the left, the callee's on the right. A kill -9
+//! while the upload waits, then a restart: the file still arrives.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Ua, Warden, closed_records, metric};
+use warden_media::codec::{linear_to_ulaw, tone_power};
+
+/// An upload as the receiver got it.
+#[derive(Debug, Clone)]
+struct Upload {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// A tiny HTTP receiver: every request is kept; answered 200, or 503 while `refusing`.
+struct Receiver {
+    port: u16,
+    uploads: Arc<Mutex<Vec<Upload>>>,
+    refusing: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let uploads = Arc::new(Mutex::new(Vec::new()));
+        let refusing = Arc::new(AtomicBool::new(false));
+        let (kept, refuse) = (uploads.clone(), refusing.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let Some(upload) = read_request(&stream) else {
+                    continue;
+                };
+                let mut stream = stream;
+                let status = if refuse.load(Ordering::SeqCst) {
+                    "503 Service Unavailable"
+                } else {
+                    kept.lock().expect("lock").push(upload);
+                    "200 OK"
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Receiver {
+            port,
+            uploads,
+            refusing,
+        }
+    }
+
+    fn wait_for(&self, count: usize, limit: Duration) -> Vec<Upload> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let got = self.uploads.lock().expect("lock").clone();
+            if got.len() >= count || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn read_request(stream: &std::net::TcpStream) -> Option<Upload> {
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let path = line.split_whitespace().nth(1)?.to_owned();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (name, value) = h.split_once(':')?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if let Some(length) = header("content-length").and_then(|l| l.parse::<usize>().ok()) {
+        body.resize(length, 0);
+        reader.read_exact(&mut body).ok()?;
+    } else if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).ok()?;
+            let size = usize::from_str_radix(size.trim(), 16).ok()?;
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).ok()?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    Some(Upload {
+        path,
+        headers,
+        body,
+    })
+}
+
+fn sdp(port: u16) -> String {
+    format!(
+        "v=0\r\no=- 3 3 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    )
+}
+
+fn media_port(body: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(body);
+    text.lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("an m=audio port")
+}
+
+/// Send `seconds` of a `freq` Hz tone as PCMU from `socket` to Warden's `port`.
+fn send_tone(socket: UdpSocket, port: u16, freq: f64, seconds: f64) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let ssrc: u32 = rand::random();
+        let start = Instant::now();
+        let packets = (seconds * 50.0) as u32;
+        for n in 0..packets {
+            let mut packet = vec![0x80, 0];
+            packet.extend_from_slice(&(n as u16).to_be_bytes());
+            packet.extend_from_slice(&(n * 160).to_be_bytes());
+            packet.extend_from_slice(&ssrc.to_be_bytes());
+            for i in 0..160 {
+                let t = f64::from(n * 160 + i) / 8000.0;
+                let s = (8000.0 * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16;
+                packet.push(linear_to_ulaw(s));
+            }
+            let _ = socket.send_to(&packet, ("127.0.0.1", port));
+            let next = start + Duration::from_millis(20 * u64::from(n + 1));
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+    })
+}
+
+/// Decode a WAV file's two channels with symphonia: (rate, left, right).
+fn decode_stereo(bytes: Vec<u8>) -> (u32, Vec<i16>, Vec<i16>) {
+    use symphonia::core::audio::SampleBuffer;
+    use symphonia::core::io::MediaSourceStream;
+    let source = MediaSourceStream::new(Box::new(std::io::Cursor::new(bytes)), Default::default());
+    let mut hint = symphonia::core::probe::Hint::new();
+    hint.with_extension("wav");
+    let probed = symphonia::default::get_probe()
+        .format(&hint, source, &Default::default(), &Default::default())
+        .expect("a WAV file symphonia reads");
+    let mut format = probed.format;
+    let track = format.default_track().expect("a track").clone();
+    let rate = track.codec_params.sample_rate.expect("a rate");
+    assert_eq!(
+        track.codec_params.channels.map(|c| c.count()),
+        Some(2),
+        "stereo"
+    );
+    let mut decoder = symphonia::default::get_codecs()
+        .make(&track.codec_params, &Default::default())
+        .expect("a decoder");
+    let (mut left, mut right) = (Vec::new(), Vec::new());
+    while let Ok(packet) = format.next_packet() {
+        let decoded = decoder.decode(&packet).expect("decodes");
+        let mut samples = SampleBuffer::<i16>::new(decoded.capacity() as u64, *decoded.spec());
+        samples.copy_interleaved_ref(decoded);
+        for frame in samples.samples().chunks_exact(2) {
+            left.push(frame[0]);
+            right.push(frame[1]);
+        }
+    }
+    (rate, left, right)
+}
+
+#[test]
+fn a_recorded_call_is_uploaded_with_the_caller_left_and_the_callee_right_even_across_a_kill() {
+    let receiver = Receiver::start();
+    // Refused at first: the upload waits in the spool across a kill -9.
+    receiver.refusing.store(true, Ordering::SeqCst);
+    let mut w = Warden::start_with(&format!(
+        "[recording]\nupload_url = \"http://127.0.0.1:{}/recordings/{{record}}.wav\"\nupload_method = \"put\"\nretry_max_s = 1\n",
+        receiver.port
+    ));
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    assert_eq!(bob.register(600).status(), 200);
+    let (alice_media, bob_media) = (
+        UdpSocket::bind("127.0.0.1:0").expect("bind"),
+        UdpSocket::bind("127.0.0.1:0").expect("bind"),
+    );
+    let alice_port = alice_media.local_addr().expect("addr").port();
+    let bob_port = bob_media.local_addr().expect("addr").port();
+    let invite = alice.invite_sdp("bob", &sdp(alice_port));
+    let to_bob = bob.recv_request("INVITE");
+    let warden_b = media_port(to_bob.body());
+    let mut bob_dialog = bob.answer_sdp(&to_bob, 200, Some(&sdp(bob_port)));
+    let ok = alice.final_response();
+    assert_eq!(ok.status(), 200);
+    let warden_a = media_port(ok.body());
+    let mut alice_dialog = alice.dialog_from(&invite, &ok);
+    alice.in_dialog(&mut alice_dialog, "ACK", None);
+    let _ = bob.recv_request("ACK");
+
+    let calls: serde_json::Value =
+        serde_json::from_str(&common::get(&w.admin("/calls")).1).expect("JSON");
+    let id = calls[0]["id"].as_u64().expect("a call");
+    let started = reqwest::blocking::Client::new()
+        .post(w.admin(&format!("/calls/{id}/record")))
+        .json(&serde_json::json!({}))
+        .send()
+        .expect("record");
+    assert_eq!(started.status().as_u16(), 200);
+    let started: serde_json::Value = started.json().expect("JSON");
+    assert_eq!(started["started"], true, "{started}");
+    let file = started["recording"].as_str().expect("its file").to_owned();
+
+    // Alice hums 440 Hz, bob 1 kHz, for two seconds, both at once.
+    let tones = [
+        send_tone(alice_media, warden_a, 440.0, 2.0),
+        send_tone(bob_media, warden_b, 1000.0, 2.0),
+    ];
+    for t in tones {
+        t.join().expect("sent");
+    }
+    common::hang_up(&mut alice, &mut alice_dialog, &mut bob);
+    let _ = &mut bob_dialog;
+    let records = closed_records(&w, 1);
+    assert_eq!(records[0]["recording"], file.as_str(), "{records:?}");
+
+    // The receiver refuses: the file waits (and is retried) until Warden is killed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&w, "warden_recording_upload_failures_total", None).unwrap_or(0.0) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no upload was tried: {}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(receiver.uploads.lock().expect("lock").is_empty());
+    w.stop(); // SIGKILL
+    receiver.refusing.store(false, Ordering::SeqCst);
+    w.restart(); // a new process on the same spool
+
+    let uploads = receiver.wait_for(1, Duration::from_secs(15));
+    assert_eq!(
+        uploads.len(),
+        1,
+        "the recording arrived after the restart: {}",
+        w.log()
+    );
+    let upload = &uploads[0];
+    let record = file.trim_end_matches(".wav");
+    assert_eq!(upload.path, format!("/recordings/{record}.wav"));
+    let header = |n: &str| {
+        upload
+            .headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(header("x-warden-record"), Some(record));
+    assert_eq!(header("x-warden-call"), Some(id.to_string().as_str()));
+    let (rate, left, right) = decode_stereo(upload.body.clone());
+    assert_eq!(rate, 8000);
+    let seconds = left.len() as f64 / 8000.0;
+    assert!((1.8..4.0).contains(&seconds), "{seconds} s recorded");
+    let (l440, l1k) = (
+        tone_power(&left, rate, 440.0),
+        tone_power(&left, rate, 1000.0),
+    );
+    let (r440, r1k) = (
+        tone_power(&right, rate, 440.0),
+        tone_power(&right, rate, 1000.0),
+    );
+    assert!(
+        l440 > 100.0 * l1k,
+        "the caller's tone on the left: {l440} vs {l1k}"
+    );
+    assert!(
+        r1k > 100.0 * r440,
+        "the callee's tone on the right: {r1k} vs {r440}"
+    );
+    // Uploaded: it left the spool.
+    let spool = w.dir.join("recordings");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the spool kept the uploaded file"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_recording_cut_short_by_a_kill_is_completed_and_uploaded_by_the_next_run() {
+    let receiver = Receiver::start();
+    let mut w = Warden::start_with(&format!(
+        "[recording]\nupload_url = \"http://127.0.0.1:{}/up\"\n",
+        receiver.port
+    ));
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    assert_eq!(bob.register(600).status(), 200);
+    let alice_media = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let alice_port = alice_media.local_addr().expect("addr").port();
+    let invite = alice.invite_sdp("bob", &sdp(alice_port));
+    let to_bob = bob.recv_request("INVITE");
+    bob.answer_sdp(&to_bob, 200, Some(&sdp(40_000)));
+    let ok = alice.final_response();
+    let warden_a = media_port(ok.body());
+    let mut alice_dialog = alice.dialog_from(&invite, &ok);
+    alice.in_dialog(&mut alice_dialog, "ACK", None);
+    let calls: serde_json::Value =
+        serde_json::from_str(&common::get(&w.admin("/calls")).1).expect("JSON");
+    let id = calls[0]["id"].as_u64().expect("a call");
+    let started = reqwest::blocking::Client::new()
+        .post(w.admin(&format!("/calls/{id}/record")))
+        .json(&serde_json::json!({ "layout": "mono" }))
+        .send()
+        .expect("record");
+    assert_eq!(started.status().as_u16(), 200);
+    send_tone(alice_media, warden_a, 440.0, 2.5)
+        .join()
+        .expect("sent");
+    // Killed mid-call: the recording is a .part file with what reached the disk.
+    w.stop();
+    let spool = w.dir.join("recordings");
+    let parts: Vec<_> = std::fs::read_dir(&spool)
+        .expect("the spool")
+        .flatten()
+        .filter(|e| e.path().to_string_lossy().ends_with(".wav.part"))
+        .collect();
+    assert_eq!(parts.len(), 1, "one recording cut short");
+    w.restart();
+    let uploads = receiver.wait_for(1, Duration::from_secs(15));
+    assert_eq!(uploads.len(), 1, "{}", w.log());
+    let body = &uploads[0].body;
+    let text = String::from_utf8_lossy(body);
+    assert!(
+        text.contains("name=\"record\""),
+        "a form with the record id"
+    );
+    let wav = body
+        .windows(4)
+        .position(|w| w == b"RIFF")
+        .expect("the file in the form");
+    let header = &body[wav..wav + 44];
+    let data = u32::from_le_bytes([header[40], header[41], header[42], header[43]]);
+    assert_eq!(u16::from_le_bytes([header[22], header[23]]), 1, "mono");
+    // At least the second flushed before the kill (of 2.5 s sent).
+    assert!(data >= 16_000, "{data} bytes of audio recovered");
+}
