@@ -1,7 +1,7 @@
 //! The calls the admin API places and steers, on virtual time: a real `Core` with fake
 //! media, phones that speak SIP to it without a socket. An originated call's first party
 //! ringing out, answering twice over a lost ACK, the keys and the transfer the API asks
-//! for, and the events each step reports.
+//! for, the recording the dialplan asks for, and the events each step reports.
 
 mod common;
 
@@ -38,9 +38,8 @@ fn events(net: &mut Net) -> Vec<String> {
         .collect()
 }
 
-/// A net whose event stream has a subscriber (the core reports only then).
-fn listened() -> (Net, warden::events::Hub, warden::events::Subscription) {
-    let mut net = Net::new();
+/// `net` with a subscriber on its event stream (the core reports only then).
+fn listened(mut net: Net) -> (Net, warden::events::Hub, warden::events::Subscription) {
     let hub = warden::events::Hub::new(64);
     let subscription = hub.subscribe();
     net.core.set_event_listeners(hub.listeners());
@@ -49,7 +48,7 @@ fn listened() -> (Net, warden::events::Hub, warden::events::Subscription) {
 
 #[test]
 fn a_first_party_that_rings_out_is_cancelled_and_its_record_closed() {
-    let (mut net, _hub, _sub) = listened();
+    let (mut net, _hub, _sub) = listened(Net::new());
     let mut alice = Phone::new("alice", ALICE);
     alice.register(&mut net);
     assert_eq!(events(&mut net), ["registered"]);
@@ -88,7 +87,7 @@ fn a_first_party_that_rings_out_is_cancelled_and_its_record_closed() {
 
 #[test]
 fn a_lost_ack_is_sent_again_and_the_answered_party_goes_on_to_the_dialplan() {
-    let (mut net, _hub, _sub) = listened();
+    let (mut net, _hub, _sub) = listened(Net::new());
     let (mut alice, mut bob) = (Phone::new("alice", ALICE), Phone::new("bob", BOB));
     alice.register(&mut net);
     bob.register(&mut net);
@@ -173,7 +172,7 @@ fn a_lost_ack_is_sent_again_and_the_answered_party_goes_on_to_the_dialplan() {
 
 #[test]
 fn the_api_transfers_the_callee_s_place_and_hangs_the_callee_up_without_a_notify() {
-    let (mut net, _hub, _sub) = listened();
+    let (mut net, _hub, _sub) = listened(Net::new());
     let (mut alice, mut bob, mut carol) = (
         Phone::new("alice", ALICE),
         Phone::new("bob", BOB),
@@ -253,4 +252,74 @@ fn the_api_transfers_the_callee_s_place_and_hangs_the_callee_up_without_a_notify
             )
             .is_err_and(|e| e.starts_with("not found"))
     );
+}
+
+#[test]
+fn the_dialplan_records_a_transcoded_call_once_the_callee_answers_and_the_api_stops_it() {
+    let plan = "[[rule]]\nname = \"recorded\"\n\
+                do = [{ record = \"stereo\" }, { bridge = \"user:${callee}\" }]\n";
+    let (mut net, _hub, _sub) = listened(Net::with_plan(warden::config::Config::default(), plan));
+    let (mut alice, mut bob) = (Phone::new("alice", ALICE), Phone::new("bob", BOB));
+    bob.register(&mut net);
+    let a_invite = alice.invite(&mut net, "bob", &sdp(7010, "sendrecv"), &[]);
+    let b_invite = bob.expect(&mut net, "INVITE");
+    bob.answer(&mut net, &b_invite, 180, "");
+    let recordings = |net: &Net| {
+        net.media_commands()
+            .into_iter()
+            .filter(|c| matches!(c, Command::Record { .. } | Command::StopRecording { .. }))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        recordings(&net).is_empty(),
+        "nothing to record while bob rings"
+    );
+    // Bob answers in PCMA only: Warden transcodes, and each side is decoded by its codec.
+    let pcma = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                m=audio 7020 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=sendrecv\r\n";
+    bob.answer(&mut net, &b_invite, 200, pcma);
+    let a_ok = alice
+        .responses(&mut net)
+        .into_iter()
+        .find(|r| r.status() == 200)
+        .expect("200");
+    let a = alice.dialog_as_caller(&a_invite, &a_ok);
+    alice.ack(&mut net, &a, "");
+    let started = recordings(&net);
+    let [Command::Record { path, codecs, .. }] = started.as_slice() else {
+        panic!("one recording started: {started:?}");
+    };
+    assert_eq!(codecs, &[Some("PCMU"), Some("PCMA")]);
+    let file = path
+        .file_name()
+        .expect("a file")
+        .to_string_lossy()
+        .into_owned();
+    assert!(file.ends_with(".wav"), "{file}");
+
+    let id = net.core.live_calls()[0].id;
+    let now = net.now;
+    let stopped = net
+        .core
+        .control(id, Control::StopRecording {}, now)
+        .expect("stopped");
+    net.collect();
+    assert!(
+        matches!(recordings(&net).last(), Some(Command::StopRecording { .. })),
+        "{stopped}"
+    );
+    let now = net.now;
+    assert!(
+        net.core
+            .control(id, Control::StopRecording {}, now)
+            .is_err(),
+        "nothing left to stop"
+    );
+    let kinds = events(&mut net);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "recording").count(),
+        2,
+        "started and stopped: {kinds:?}"
+    );
+    assert_eq!(net.record().recording.as_deref(), Some(file.as_str()));
 }

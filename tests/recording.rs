@@ -152,6 +152,63 @@ fn send_tone(socket: UdpSocket, port: u16, freq: f64, seconds: f64) -> std::thre
     })
 }
 
+impl Upload {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The call has ended and its recording waits in the spool while the receiver refuses it:
+/// wait for a refused upload, kill Warden (SIGKILL), let the receiver accept, restart on
+/// the same spool; the one upload that then arrives.
+fn upload_across_a_kill(receiver: &Receiver, w: &mut Warden) -> Upload {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(w, "warden_recording_upload_failures_total", None).unwrap_or(0.0) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no upload was tried: {}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(receiver.uploads.lock().expect("lock").is_empty());
+    w.stop(); // SIGKILL
+    receiver.refusing.store(false, Ordering::SeqCst);
+    w.restart(); // a new process on the same spool
+    let uploads = receiver.wait_for(1, Duration::from_secs(15));
+    assert_eq!(
+        uploads.len(),
+        1,
+        "the recording arrived after the restart: {}",
+        w.log()
+    );
+    uploads[0].clone()
+}
+
+/// The caller's tone (`left_hz`) dominates the left channel and the callee's (`right_hz`)
+/// the right, each by at least `ratio` in power.
+fn assert_sides(rate: u32, left: &[i16], right: &[i16], left_hz: f64, right_hz: f64, ratio: f64) {
+    let (ll, lr) = (
+        tone_power(left, rate, left_hz),
+        tone_power(left, rate, right_hz),
+    );
+    let (rl, rr) = (
+        tone_power(right, rate, left_hz),
+        tone_power(right, rate, right_hz),
+    );
+    assert!(
+        ll > ratio * lr,
+        "the caller's {left_hz} Hz on the left: {ll} against {lr} of {right_hz} Hz"
+    );
+    assert!(
+        rr > ratio * rl,
+        "the callee's {right_hz} Hz on the right: {rr} against {rl} of {left_hz} Hz"
+    );
+}
+
 /// Decode a WAV file's two channels with symphonia: (rate, left, right).
 fn decode_stereo(bytes: Vec<u8>) -> (u32, Vec<i16>, Vec<i16>) {
     use symphonia::core::audio::SampleBuffer;
@@ -240,60 +297,19 @@ fn a_recorded_call_is_uploaded_with_the_caller_left_and_the_callee_right_even_ac
     let records = closed_records(&w, 1);
     assert_eq!(records[0]["recording"], file.as_str(), "{records:?}");
 
-    // The receiver refuses: the file waits (and is retried) until Warden is killed.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&w, "warden_recording_upload_failures_total", None).unwrap_or(0.0) < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "no upload was tried: {}",
-            w.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(receiver.uploads.lock().expect("lock").is_empty());
-    w.stop(); // SIGKILL
-    receiver.refusing.store(false, Ordering::SeqCst);
-    w.restart(); // a new process on the same spool
-
-    let uploads = receiver.wait_for(1, Duration::from_secs(15));
-    assert_eq!(
-        uploads.len(),
-        1,
-        "the recording arrived after the restart: {}",
-        w.log()
-    );
-    let upload = &uploads[0];
+    let upload = upload_across_a_kill(&receiver, &mut w);
     let record = file.trim_end_matches(".wav");
     assert_eq!(upload.path, format!("/recordings/{record}.wav"));
-    let header = |n: &str| {
-        upload
-            .headers
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.as_str())
-    };
-    assert_eq!(header("x-warden-record"), Some(record));
-    assert_eq!(header("x-warden-call"), Some(id.to_string().as_str()));
+    assert_eq!(upload.header("x-warden-record"), Some(record));
+    assert_eq!(
+        upload.header("x-warden-call"),
+        Some(id.to_string().as_str())
+    );
     let (rate, left, right) = decode_stereo(upload.body.clone());
     assert_eq!(rate, 8000);
     let seconds = left.len() as f64 / 8000.0;
     assert!((1.8..4.0).contains(&seconds), "{seconds} s recorded");
-    let (l440, l1k) = (
-        tone_power(&left, rate, 440.0),
-        tone_power(&left, rate, 1000.0),
-    );
-    let (r440, r1k) = (
-        tone_power(&right, rate, 440.0),
-        tone_power(&right, rate, 1000.0),
-    );
-    assert!(
-        l440 > 100.0 * l1k,
-        "the caller's tone on the left: {l440} vs {l1k}"
-    );
-    assert!(
-        r1k > 100.0 * r440,
-        "the callee's tone on the right: {r1k} vs {r440}"
-    );
+    assert_sides(rate, &left, &right, 440.0, 1000.0, 100.0);
     // Uploaded: it left the spool.
     let spool = w.dir.join("recordings");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -363,4 +379,210 @@ fn a_recording_cut_short_by_a_kill_is_completed_and_uploaded_by_the_next_run() {
     assert_eq!(u16::from_le_bytes([header[22], header[23]]), 1, "mono");
     // At least the second flushed before the kill (of 2.5 s sent).
     assert!(data >= 16_000, "{data} bytes of audio recovered");
+}
+
+/// A 10 s `freq` Hz tone, 16-bit mono WAV at `rate`: what a baresip phone plays.
+fn write_tone(path: &std::path::Path, rate: u32, freq: f64) {
+    let samples: Vec<i16> = (0..rate * 10)
+        .map(|i| {
+            (12_000.0 * (2.0 * std::f64::consts::PI * freq * f64::from(i) / f64::from(rate)).sin())
+                as i16
+        })
+        .collect();
+    let data = (samples.len() * 2) as u32;
+    let mut wav = Vec::with_capacity(44 + data as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(rate * 2).to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data.to_le_bytes());
+    for s in samples {
+        wav.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, wav).expect("tone file");
+}
+
+/// One baresip phone: registered to Warden as `name`, answering on its own, playing
+/// `tone`, allowed only `codec`, with `mediaenc` (e.g. srtp-mand) when given.
+struct Phone<'a> {
+    name: &'a str,
+    sip_port: u16,
+    rtp_ports: &'a str,
+    codec: &'a str,
+    mediaenc: Option<&'a str>,
+    tone: &'a std::path::Path,
+}
+
+/// The phone's baresip config folder in `dir`.
+fn baresip_phone(dir: &std::path::Path, phone: Phone, warden_port: u16) -> std::path::PathBuf {
+    let Phone {
+        name,
+        sip_port,
+        rtp_ports,
+        codec,
+        mediaenc,
+        tone,
+    } = phone;
+    let home = dir.join(name);
+    std::fs::create_dir_all(&home).expect("phone dir");
+    std::fs::write(
+        home.join("config"),
+        format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\nrtp_ports {rtp_ports}\n\
+             module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule g722.so\n\
+             module aufile.so\nmodule srtp.so\naudio_source aufile,{}\n\
+             audio_player aufile,/dev/null\naudio_alert aufile,/dev/null\n\
+             module_app account.so\nmodule_app menu.so\n",
+            tone.display()
+        ),
+    )
+    .expect("phone config");
+    std::fs::write(
+        home.join("accounts"),
+        format!(
+            "<sip:{name}@127.0.0.1:{warden_port};transport=udp>;regint=600;answermode=auto;audio_codecs={codec}{}\n",
+            mediaenc.map(|m| format!(";mediaenc={m}")).unwrap_or_default()
+        ),
+    )
+    .expect("phone account");
+    home
+}
+
+/// The interop call (when baresip is installed; WARDEN_REQUIRE_BARESIP=1 makes its absence a
+/// failure): two baresip phones through Warden, the caller on G.722 with SRTP, the callee on
+/// plain PCMA, so Warden decrypts and transcodes. The dialplan records the call; the upload
+/// is refused until a kill -9 and a restart; the file that arrives decodes with symphonia at
+/// the call's rate (16 kHz) with the caller's 440 Hz on the left and the callee's 1 kHz on the
+/// right.
+#[test]
+fn a_baresip_call_recorded_by_the_dialplan_arrives_across_a_kill() {
+    let found = std::process::Command::new("baresip")
+        .arg("-h")
+        .output()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("WARDEN_REQUIRE_BARESIP").is_none(),
+            "WARDEN_REQUIRE_BARESIP is set but baresip is not installed"
+        );
+        eprintln!("skipped: baresip is not installed");
+        return;
+    }
+    let phones = tempfile::tempdir().expect("tempdir");
+    let plan = phones.path().join("record.toml");
+    std::fs::write(
+        &plan,
+        "[[rule]]\nname = \"recorded\"\nwhen = { ruri_user = '^bob$' }\n\
+         do = [{ record = \"stereo\" }, { bridge = \"user:bob\" }]\n",
+    )
+    .expect("dialplan");
+    let receiver = Receiver::start();
+    receiver.refusing.store(true, Ordering::SeqCst);
+    let mut w = Warden::start_with(&format!(
+        "[dialplan]\nfile = \"{}\"\n[media]\nsrtp = \"off\"\n[recording]\n\
+         upload_url = \"http://127.0.0.1:{}/r/{{record}}\"\nupload_method = \"put\"\nretry_max_s = 1\n",
+        plan.display(),
+        receiver.port
+    ));
+    let (alice_tone, bob_tone) = (
+        phones.path().join("alice.wav"),
+        phones.path().join("bob.wav"),
+    );
+    write_tone(&alice_tone, 16_000, 440.0);
+    write_tone(&bob_tone, 8_000, 1000.0);
+    let free = || {
+        UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free port")
+            .port()
+    };
+    let (bob_sip, alice_sip) = (free(), free());
+    let bob = baresip_phone(
+        phones.path(),
+        Phone {
+            name: "bob",
+            sip_port: bob_sip,
+            rtp_ports: "41000-41049",
+            codec: "PCMA",
+            mediaenc: None,
+            tone: &bob_tone,
+        },
+        w.port,
+    );
+    let alice = baresip_phone(
+        phones.path(),
+        Phone {
+            name: "alice",
+            sip_port: alice_sip,
+            rtp_ports: "41050-41099",
+            codec: "G722/16000/1",
+            mediaenc: Some("srtp-mand"),
+            tone: &alice_tone,
+        },
+        w.port,
+    );
+    let log =
+        |name: &str| std::fs::File::create(phones.path().join(format!("{name}.log"))).expect("log");
+    let mut bob_process = std::process::Command::new("baresip")
+        .arg("-f")
+        .arg(&bob)
+        .args(["-t", "14"])
+        .stdout(log("bob"))
+        .stderr(log("bob-err"))
+        .spawn()
+        .expect("baresip");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !common::get(&w.admin("/registrations")).1.contains("bob") {
+        assert!(
+            Instant::now() < deadline,
+            "bob did not register: {}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let alice_status = std::process::Command::new("baresip")
+        .arg("-f")
+        .arg(&alice)
+        .args(["-t", "7", "-e"])
+        .arg(format!("/dial sip:bob@127.0.0.1:{}", w.port))
+        .stdout(log("alice"))
+        .stderr(log("alice-err"))
+        .status();
+    let _ = bob_process.kill();
+    let _ = bob_process.wait();
+    let phone_logs = || {
+        ["alice", "bob"]
+            .map(|n| {
+                std::fs::read_to_string(phones.path().join(format!("{n}.log"))).unwrap_or_default()
+            })
+            .join("\n----\n")
+    };
+    assert!(alice_status.is_ok(), "alice ran");
+    let records = closed_records(&w, 1);
+    assert!(
+        !records[0]["answered_ms"].is_null(),
+        "the call was answered: {records:?}\n{}",
+        phone_logs()
+    );
+    let file = records[0]["recording"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the record names its recording: {records:?}"))
+        .to_owned();
+
+    let upload = upload_across_a_kill(&receiver, &mut w);
+    assert_eq!(upload.path, format!("/r/{}", file.trim_end_matches(".wav")));
+    let (rate, left, right) = decode_stereo(upload.body.clone());
+    assert_eq!(rate, 16_000, "G.722's rate, the higher of the two");
+    let seconds = left.len() as f64 / f64::from(rate);
+    assert!(seconds > 3.0, "{seconds} s recorded\n{}", phone_logs());
+    // Past the first second: the phones' jitter buffers and the caller's SRTP handshake.
+    let skip = rate as usize;
+    assert_sides(rate, &left[skip..], &right[skip..], 440.0, 1000.0, 20.0);
 }

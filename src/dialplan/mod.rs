@@ -287,5 +287,15 @@ mod tests {
         let unknown_menu_target = "[[rule]]\nname = \"x\"\ndo = [{ menu = \"ivr_menu\", choices = { \"1\" = \"nowhere\" } }]\n";
         let e = Dialplan::parse(unknown_menu_target, "plan.toml").expect_err("refused");
         assert!(e.cause.contains("nowhere"), "{}", e.cause);
+
+        let bad_layout =
+            "[[rule]]\nname = \"x\"\n\ndo = [{ record = \"quad\" }, { reject = 480 }]\n";
+        let e = Dialplan::parse(bad_layout, "plan.toml").expect_err("refused");
+        assert_eq!(e.line, 4);
+        assert!(
+            e.cause.contains("\"quad\"") && e.cause.contains("stereo"),
+            "{}",
+            e.cause
+        );
     }
 }
