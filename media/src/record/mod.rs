@@ -1,0 +1,411 @@
+//! Call recording, off the packet path: a relay thread copies each recorded party's RTP
+//! payloads into one bounded queue (never waiting: a full queue drops the packet and
+//! counts it); the recorder thread decodes them and lines the two parties up by arrival
+//! time ([`timeline`]); the disk thread ([`disk`]) writes the file: WAV, 16-bit PCM at the
+//! call's rate, the caller on the left and the callee on the right (or both mixed in one
+//! channel), `NAME.part` until complete, with `NAME.json` beside it naming the recording.
+
+mod disk;
+mod timeline;
+
+pub use disk::{repair_wav, with_suffix};
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+use crate::transcode::LegCodec;
+use disk::Disk;
+use timeline::Timeline;
+
+/// The largest RTP payload recorded: 40 ms of G.711, or any Opus voice frame; a larger
+/// one is dropped and counted.
+pub const MAX_PAYLOAD: usize = 640;
+/// Packets queued between the relay threads and the recorder (allocated with the first
+/// recording: about 5 MB).
+const QUEUE: usize = 8192;
+/// How often the recorder wakes while recording.
+const TICK: Duration = Duration::from_millis(20);
+/// How long a party's audio may arrive late (jitter) before its place is written as silence.
+const MARGIN: Duration = Duration::from_millis(300);
+/// How often a recording's audio goes to its file (what a crash may lose at most, beside
+/// the jitter margin).
+const FLUSH: Duration = Duration::from_secs(1);
+
+/// How the two parties go into the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Caller left, callee right.
+    #[default]
+    Stereo,
+    /// Both mixed into one channel.
+    Mono,
+}
+
+/// A recording to start on a stream.
+#[derive(Debug, Clone)]
+pub struct RecordSpec {
+    /// The finished file's path (written as `path` + ".part" until it is complete).
+    pub path: PathBuf,
+    pub layout: Layout,
+    /// Each side's codec as its party sends it (None: that side is silent).
+    pub sides: [Option<LegCodec>; 2],
+    /// Written to `path` + ".json" before any audio (what names the recording).
+    pub meta: String,
+}
+
+impl RecordSpec {
+    /// The call's rate: the higher of the two parties' codecs' own.
+    pub fn rate(&self) -> u32 {
+        self.sides
+            .iter()
+            .flatten()
+            .map(|s| s.codec.sample_rate)
+            .max()
+            .unwrap_or(8000)
+    }
+}
+
+/// A recording that ended: its file, complete (or why it could not be written).
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub path: PathBuf,
+    pub seconds: f64,
+    pub error: Option<String>,
+}
+
+/// Where finished recordings are announced (the server's uploader).
+pub type FinishedSink = Arc<dyn Fn(Finished) + Send + Sync>;
+
+// The audio inline, not boxed: the packet path allocates nothing (the queue's slots are
+// allocated once, with the recorder).
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Chunk {
+    Start(u64, Box<RecordSpec>, Instant),
+    Audio {
+        recording: u64,
+        side: u8,
+        at: Instant,
+        len: u16,
+        bytes: [u8; MAX_PAYLOAD],
+    },
+    End(u64),
+}
+
+/// The recorder thread and its queue.
+pub(crate) struct Recorder {
+    tx: SyncSender<Chunk>,
+    pub dropped: Arc<AtomicU64>,
+    next: u64,
+}
+
+impl Recorder {
+    pub fn start(sink: FinishedSink) -> std::io::Result<Recorder> {
+        let (tx, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("warden-record".into())
+            .spawn(move || run(rx, sink))?;
+        Ok(Recorder {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            next: 1,
+        })
+    }
+
+    /// Begin a recording: the tap a relay thread feeds it through.
+    pub fn begin(&mut self, spec: RecordSpec) -> Tap {
+        let id = self.next;
+        self.next += 1;
+        let audio = spec.sides.map(|s| s.map(|s| s.payload_type));
+        // Blocking is fine here (the control side, once per recording): it must not be lost.
+        let _ = self
+            .tx
+            .send(Chunk::Start(id, Box::new(spec), Instant::now()));
+        Tap {
+            recording: id,
+            audio,
+            tx: self.tx.clone(),
+            dropped: self.dropped.clone(),
+        }
+    }
+}
+
+/// What a relay thread holds for a recorded stream.
+pub(crate) struct Tap {
+    recording: u64,
+    /// Each side's audio payload type (events, comfort noise and the rest are not audio).
+    audio: [Option<u8>; 2],
+    tx: SyncSender<Chunk>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Tap {
+    /// A party's RTP packet, as it arrived (decrypted): its payload is queued, or dropped
+    /// and counted when the queue is full. Never waits.
+    pub fn offer(&self, side: usize, packet: &[u8], at: Instant) {
+        let Some(pt) = self.audio[side] else {
+            return;
+        };
+        let Some(payload) = rtp_payload(packet, pt) else {
+            return;
+        };
+        if payload.len() > MAX_PAYLOAD {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut bytes = [0u8; MAX_PAYLOAD];
+        bytes[..payload.len()].copy_from_slice(payload);
+        let chunk = Chunk::Audio {
+            recording: self.recording,
+            side: side as u8,
+            at,
+            len: payload.len() as u16,
+            bytes,
+        };
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(chunk) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The recording is over (stopped, or its stream closed).
+    pub fn end(self) {
+        let _ = self.tx.send(Chunk::End(self.recording));
+    }
+}
+
+/// The payload of an RTP packet of payload type `pt` (None for any other, or a packet too
+/// short for its header).
+fn rtp_payload(packet: &[u8], pt: u8) -> Option<&[u8]> {
+    if packet.len() < 12 || packet[0] >> 6 != 2 || packet[1] & 0x7f != pt {
+        return None;
+    }
+    let mut start = 12 + 4 * usize::from(packet[0] & 0x0f);
+    if packet[0] & 0x10 != 0 {
+        let words = packet.get(start + 2..start + 4)?;
+        start += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
+    }
+    let mut end = packet.len();
+    if packet[0] & 0x20 != 0 {
+        end = end.checked_sub(usize::from(*packet.last()?))?;
+    }
+    packet.get(start..end)
+}
+
+/// A recording the recorder thread holds: its timeline and the audio not yet sent to disk.
+struct Live {
+    timeline: Timeline,
+    out: Vec<u8>,
+    /// When `out` last went to the disk thread.
+    sent: Instant,
+}
+
+fn run(rx: Receiver<Chunk>, sink: FinishedSink) {
+    let (disk, disk_thread) = match disk::start(sink.clone()) {
+        Ok(started) => started,
+        Err(e) => {
+            tracing::error!(error = %e, "recording: cannot start the disk thread");
+            return fail_all(rx, &sink, &e.to_string());
+        }
+    };
+    let mut live: HashMap<u64, Live> = HashMap::new();
+    loop {
+        if live.is_empty() {
+            // Idle: sleep until a recording starts.
+            match rx.recv() {
+                Ok(chunk) => handle(chunk, &mut live, &disk),
+                Err(_) => break,
+            }
+        } else {
+            std::thread::sleep(TICK);
+        }
+        let mut open = true;
+        loop {
+            match rx.try_recv() {
+                Ok(chunk) => handle(chunk, &mut live, &disk),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        if !open {
+            break;
+        }
+        let now = Instant::now();
+        let Some(settled) = now.checked_sub(MARGIN) else {
+            continue;
+        };
+        for (&id, l) in live.iter_mut() {
+            l.timeline.take_until(settled, &mut l.out);
+            if now.saturating_duration_since(l.sent) >= FLUSH {
+                l.sent = now;
+                let bytes = std::mem::take(&mut l.out);
+                let _ = disk.send(Disk::Append { id, bytes });
+            }
+        }
+    }
+    // Shut down: everything heard goes to its file, and the disk thread completes them.
+    for (id, l) in live.drain() {
+        close(id, l, &disk);
+    }
+    drop(disk);
+    let _ = disk_thread.join();
+}
+
+fn handle(chunk: Chunk, live: &mut HashMap<u64, Live>, disk: &SyncSender<Disk>) {
+    match chunk {
+        Chunk::Start(id, spec, at) => {
+            let timeline = Timeline::new(&spec, at);
+            let _ = disk.send(Disk::Open {
+                id,
+                path: spec.path,
+                meta: spec.meta,
+                channels: timeline.channels(),
+                rate: timeline.rate,
+            });
+            // Each recording sends at its own point of the second, so that recordings
+            // begun together do not all write at once.
+            let sent = at
+                .checked_sub(Duration::from_millis(id.wrapping_mul(97) % 1000))
+                .unwrap_or(at);
+            live.insert(
+                id,
+                Live {
+                    timeline,
+                    out: Vec::new(),
+                    sent,
+                },
+            );
+        }
+        Chunk::Audio {
+            recording,
+            side,
+            at,
+            len,
+            bytes,
+        } => {
+            if let Some(l) = live.get_mut(&recording) {
+                l.timeline
+                    .audio(usize::from(side), &bytes[..usize::from(len)], at);
+            }
+        }
+        Chunk::End(id) => {
+            if let Some(l) = live.remove(&id) {
+                close(id, l, disk);
+            }
+        }
+    }
+}
+
+/// The rest of the recording to its file, and the file completed.
+fn close(id: u64, mut l: Live, disk: &SyncSender<Disk>) {
+    l.timeline.take_rest(&mut l.out);
+    let _ = disk.send(Disk::Append { id, bytes: l.out });
+    let seconds = l.timeline.seconds();
+    let _ = disk.send(Disk::Close { id, seconds });
+}
+
+/// No disk thread: every recording asked for fails, and says why.
+fn fail_all(rx: Receiver<Chunk>, sink: &FinishedSink, why: &str) {
+    for chunk in rx {
+        if let Chunk::Start(_, spec, _) = chunk {
+            sink(Finished {
+                path: spec.path,
+                seconds: 0.0,
+                error: Some(why.to_owned()),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    fn pcmu() -> LegCodec {
+        LegCodec {
+            codec: codec::by_name("PCMU", 8000).expect("PCMU"),
+            payload_type: 0,
+            params: Default::default(),
+            ptime: 20,
+            dtmf_payload_type: None,
+            cn_payload_type: None,
+        }
+    }
+
+    fn packet(pt: u8, seq: u16, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn payloads_are_found_past_csrcs_extensions_and_padding() {
+        assert_eq!(rtp_payload(&packet(0, 1, &[9, 9]), 0), Some(&[9u8, 9][..]));
+        assert_eq!(
+            rtp_payload(&packet(0, 1, &[9]), 8),
+            None,
+            "another payload type"
+        );
+        let mut p = packet(0, 1, &[]);
+        p[0] = 0x80 | 0x10 | 0x20 | 1; // extension, padding, one CSRC
+        p.extend_from_slice(&[0, 0, 0, 7]); // the CSRC
+        p.extend_from_slice(&[0xbe, 0xde, 0, 1, 1, 2, 3, 4]); // one extension word
+        p.extend_from_slice(&[5, 6, 0, 2]); // payload 5 6, then two bytes of padding
+        assert_eq!(rtp_payload(&p, 0), Some(&[5u8, 6][..]));
+        assert_eq!(rtp_payload(&[0x80, 0], 0), None);
+    }
+
+    #[test]
+    fn a_tapped_call_becomes_a_stereo_file_through_the_recorder_and_disk_threads() {
+        let dir = std::env::temp_dir().join(format!("warden-record-{}", std::process::id()));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let sink: FinishedSink = Arc::new(move |f| {
+            let _ = done_tx.send(f);
+        });
+        let mut recorder = Recorder::start(sink).expect("the recorder");
+        let path = dir.join("call.wav");
+        let tap = recorder.begin(RecordSpec {
+            path: path.clone(),
+            layout: Layout::Stereo,
+            sides: [Some(pcmu()), Some(pcmu())],
+            meta: "{}".into(),
+        });
+        let start = Instant::now();
+        let (loud, soft) = (codec::linear_to_ulaw(8000), codec::linear_to_ulaw(-2000));
+        for n in 0..10u16 {
+            let at = start + Duration::from_millis(20 * u64::from(n));
+            tap.offer(0, &packet(0, n, &[loud; 160]), at);
+            tap.offer(1, &packet(0, n, &[soft; 160]), at);
+            tap.offer(1, &packet(101, n, &[1, 2, 3, 4]), at); // an event: not audio
+        }
+        tap.end();
+        let finished = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the recording finished");
+        assert!(finished.error.is_none(), "{finished:?}");
+        assert!((finished.seconds - 0.2).abs() < 0.03, "{finished:?}");
+        let bytes = std::fs::read(&path).expect("the finished file");
+        assert_eq!(&bytes[0..4], b"RIFF");
+        assert_eq!(u16::from_le_bytes([bytes[22], bytes[23]]), 2, "stereo");
+        let frames: Vec<(i16, i16)> = bytes[44..]
+            .chunks_exact(4)
+            .map(|f| {
+                (
+                    i16::from_le_bytes([f[0], f[1]]),
+                    i16::from_le_bytes([f[2], f[3]]),
+                )
+            })
+            .collect();
+        assert!(frames.len() >= 1500, "{} frames", frames.len());
+        assert!(frames.iter().all(|(l, r)| *l > 7000 && *r < -1500));
+        assert_eq!(recorder.dropped.load(Ordering::Relaxed), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
