@@ -381,6 +381,21 @@ fn a_recording_cut_short_by_a_kill_is_completed_and_uploaded_by_the_next_run() {
     assert!(data >= 16_000, "{data} bytes of audio recovered");
 }
 
+/// The first of `n` consecutive ports, each free for UDP and TCP on loopback, between
+/// 10000 and 20000 (where neither Warden's media ports nor the kernel's ephemeral ones are).
+fn free_block(n: u16) -> u16 {
+    let start = 10_000 + (std::process::id() % 80) as u16 * 100;
+    (0..80)
+        .map(|k| 10_000 + (start - 10_000 + k * 120) % 9_600)
+        .find(|&base| {
+            (base..base + n).all(|p| {
+                UdpSocket::bind(("127.0.0.1", p)).is_ok()
+                    && TcpListener::bind(("127.0.0.1", p)).is_ok()
+            })
+        })
+        .expect("a block of free ports")
+}
+
 /// A 10 s `freq` Hz tone, 16-bit mono WAV at `rate`: what a baresip phone plays.
 fn write_tone(path: &std::path::Path, rate: u32, freq: f64) {
     let samples: Vec<i16> = (0..rate * 10)
@@ -497,19 +512,20 @@ fn a_baresip_call_recorded_by_the_dialplan_arrives_across_a_kill() {
     );
     write_tone(&alice_tone, 16_000, 440.0);
     write_tone(&bob_tone, 8_000, 1000.0);
-    let free = || {
-        UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("a free port")
-            .port()
-    };
-    let (bob_sip, alice_sip) = (free(), free());
+    // The phones' ports, below Warden's media range and the kernel's ephemeral ports: SIP
+    // (baresip also takes the port above, for TCP and TLS) and 50 RTP ports each.
+    let base = free_block(104);
+    let (bob_sip, alice_sip) = (base, base + 2);
+    let (bob_rtp, alice_rtp) = (
+        format!("{}-{}", base + 4, base + 53),
+        format!("{}-{}", base + 54, base + 103),
+    );
     let bob = baresip_phone(
         phones.path(),
         Phone {
             name: "bob",
             sip_port: bob_sip,
-            rtp_ports: "41000-41049",
+            rtp_ports: &bob_rtp,
             codec: "PCMA",
             mediaenc: None,
             tone: &bob_tone,
@@ -521,7 +537,7 @@ fn a_baresip_call_recorded_by_the_dialplan_arrives_across_a_kill() {
         Phone {
             name: "alice",
             sip_port: alice_sip,
-            rtp_ports: "41050-41099",
+            rtp_ports: &alice_rtp,
             codec: "G722/16000/1",
             mediaenc: Some("srtp-mand"),
             tone: &alice_tone,
@@ -567,9 +583,10 @@ fn a_baresip_call_recorded_by_the_dialplan_arrives_across_a_kill() {
     assert!(alice_status.is_ok(), "alice ran");
     let records = closed_records(&w, 1);
     assert!(
-        !records[0]["answered_ms"].is_null(),
-        "the call was answered: {records:?}\n{}",
-        phone_logs()
+        records.first().is_some_and(|r| !r["answered_ms"].is_null()),
+        "the call was answered and ended: {records:?}\n{}\n----\n{}",
+        phone_logs(),
+        w.log()
     );
     let file = records[0]["recording"]
         .as_str()

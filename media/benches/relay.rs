@@ -5,12 +5,14 @@
 //! each load step it reports packets relayed, loss, the relay's CPU (from the kernel's
 //! per-thread run time) and cost per packet, and the generator-to-generator latency through
 //! the relay. Relays compared in the same run: a bare batched forwarder (the floor: same
-//! syscalls, no relay logic), Warden's relay (one worker), and Debian's rtpengine in
-//! userspace mode over its ng control protocol when installed.
+//! syscalls, no relay logic), Warden's relay (one worker), Warden's relay recording every
+//! call (stereo WAV, the recorder thread on the same CPU, files in WARDEN_BENCH_RECORD_DIR or
+//! the temporary directory, deleted after each step), and Debian's rtpengine in userspace
+//! mode over its ng control protocol when installed.
 //!
 //! `cargo bench --bench relay`; WARDEN_BENCH_STEPS="25000,50000,100000" and
 //! WARDEN_BENCH_SECONDS=5 change the load steps and measuring window; WARDEN_BENCH_RELAYS
-//! ("forwarder,warden,rtpengine") picks the relays measured.
+//! ("forwarder,warden,recording,rtpengine") picks the relays measured.
 
 mod common;
 
@@ -31,6 +33,7 @@ const WARMUP: Duration = Duration::from_secs(1);
 fn main() {
     match std::env::var("WARDEN_RELAY_ROLE").as_deref() {
         Ok("warden") => return serve(Role::Warden),
+        Ok("recording") => return serve(Role::Recording),
         Ok("forwarder") => return serve(Role::Forwarder),
         Ok("generator") => return generate(),
         _ => {}
@@ -46,11 +49,23 @@ fn main() {
 #[derive(Clone, Copy, PartialEq)]
 enum Role {
     Warden,
+    /// Warden's relay with every stream recorded.
+    Recording,
     Forwarder,
 }
 
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Warden => "warden",
+            Role::Recording => "recording",
+            Role::Forwarder => "forwarder",
+        }
+    }
+}
+
 /// Read "open N GA GB", open N streams relaying between GA and GB, answer with their ports,
-/// then relay until stdin closes.
+/// then relay until stdin closes; "stats" on the way is answered with what was recorded.
 fn serve(role: Role) {
     let mut line = String::new();
     let stdin = std::io::stdin();
@@ -62,8 +77,10 @@ fn serve(role: Role) {
         f[3].parse().expect("gb"),
     );
     let mut ports = Vec::new();
-    let _keep: Box<dyn std::any::Any> = match role {
-        Role::Warden => {
+    // The recordings' directory (the orchestrator's, which deletes it after the step).
+    let records = std::path::PathBuf::from(std::env::args().nth(1).unwrap_or_default());
+    let relay = match role {
+        Role::Warden | Role::Recording => {
             let mut relay = Relay::start(&RelayConfig {
                 address: IpAddr::from(LOOPBACK),
                 first_port: 50_000,
@@ -87,12 +104,29 @@ fn serve(role: Role) {
                     };
                     relay.set_remote(id, side, Some(remote));
                 }
+                if role == Role::Recording {
+                    let pcmu = warden_media::LegCodec {
+                        codec: warden_media::codec::by_name("PCMU", 8000).expect("PCMU"),
+                        payload_type: 0,
+                        params: Default::default(),
+                        ptime: 20,
+                        dtmf_payload_type: None,
+                        cn_payload_type: None,
+                    };
+                    let spec = warden_media::record::RecordSpec {
+                        path: records.join(format!("{}.wav", ports.len())),
+                        layout: warden_media::record::Layout::Stereo,
+                        sides: [Some(pcmu), Some(pcmu)],
+                        meta: "{}".into(),
+                    };
+                    assert!(relay.record(id, spec), "recording started");
+                }
                 ports.push((
                     relay.port(id, Side::A).expect("a"),
                     relay.port(id, Side::B).expect("b"),
                 ));
             }
-            Box::new(relay)
+            Some(relay)
         }
         Role::Forwarder => {
             let sockets: Vec<UdpSocket> = (0..2 * n)
@@ -107,14 +141,32 @@ fn serve(role: Role) {
                 ports.push((port(&pair[0]), port(&pair[1])));
             }
             std::thread::spawn(move || forward(sockets, ga, gb));
-            Box::new(())
+            None
         }
     };
     let list: Vec<String> = ports.iter().map(|(a, b)| format!("{a},{b}")).collect();
     println!("ports {}", list.join(" "));
     std::io::stdout().flush().expect("flush");
     // Relay until the orchestrator closes our stdin.
-    let _ = stdin.lock().read_line(&mut line);
+    loop {
+        line.clear();
+        if stdin.lock().read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if line.trim() == "stats" {
+            let bytes: u64 = std::fs::read_dir(&records)
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| e.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0);
+            let dropped = relay.as_ref().map_or(0, |r| r.recording_dropped());
+            println!("recorded {bytes} {dropped}");
+            std::io::stdout().flush().expect("flush");
+        }
+    }
 }
 
 /// The floor: one thread, epoll, recvmmsg from a leg's socket and sendmmsg out of its
@@ -366,6 +418,8 @@ struct Step {
     p50: u32,
     p99: u32,
     p999: u32,
+    /// For the recording relay: bytes on disk and audio chunks the recorder dropped.
+    recorded: Option<(u64, u64)>,
 }
 
 impl Step {
@@ -389,6 +443,7 @@ fn orchestrate() {
     let mut subjects = vec![
         ("forwarder", Subject::Child(Role::Forwarder)),
         ("warden", Subject::Child(Role::Warden)),
+        ("recording", Subject::Child(Role::Recording)),
     ];
     if have_rtpengine {
         subjects.push(("rtpengine", Subject::Rtpengine));
@@ -398,7 +453,10 @@ fn orchestrate() {
         );
     }
     // WARDEN_BENCH_RELAYS="warden" measures a subset (the ratios need the others).
-    let only: Vec<String> = common::steps("WARDEN_BENCH_RELAYS", "forwarder,warden,rtpengine");
+    let only: Vec<String> = common::steps(
+        "WARDEN_BENCH_RELAYS",
+        "forwarder,warden,recording,rtpengine",
+    );
     subjects.retain(|(name, _)| only.iter().any(|o| o == name));
     println!(
         "{} s per step, relay pinned to CPU 0, generator to CPU 1; latency is generator -> relay -> generator",
@@ -458,22 +516,47 @@ fn orchestrate() {
             w / f
         );
     }
+    println!("\nRecording every call (stereo WAV at 8 kHz), against the same relay not recording:");
+    for &rate in &steps {
+        let step = |who: &str| {
+            results
+                .iter()
+                .find(|(n, r, _)| *n == who && *r == rate)
+                .map(|(_, _, s)| s)
+        };
+        let (Some(plain), Some(recorded)) = (step("warden"), step("recording")) else {
+            continue;
+        };
+        let (bytes, dropped) = recorded.recorded.unwrap_or_default();
+        let calls = f64::from((rate / 100).max(1));
+        // A call relays 100 packets a second (50 each way).
+        let per_core = 1e9 / (recorded.ns_per_packet() * 100.0);
+        println!(
+            "{rate:>7}/s  recording/warden {:.2} (goal at most 1.30)  recorded calls per core {per_core:.0}  \
+             {:.1} s of audio per call on disk, {dropped} chunks dropped",
+            recorded.ns_per_packet() / plain.ns_per_packet(),
+            bytes as f64 / (calls * 32_000.0)
+        );
+    }
 }
 
 fn run_step(exe: &str, subject: &Subject, rate: u32, seconds: f64) -> Step {
     let calls = (rate / 100).max(1) as usize;
+    let records = std::env::var_os("WARDEN_BENCH_RECORD_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!(
+            "warden-bench-recordings-{}-{rate}",
+            std::process::id()
+        ));
+    std::fs::create_dir_all(&records).expect("a directory for the recordings");
     let mut generator = Proc::spawn(1, exe, &[], Some("generator"));
     let sockets = generator.hear();
     let g: Vec<&str> = sockets.split_whitespace().collect();
     let (ga, gb) = (g[1].to_owned(), g[2].to_owned());
-    let (relay, ports) = match subject {
+    let (mut relay, ports) = match subject {
         Subject::Child(role) => {
-            let name = if *role == Role::Warden {
-                "warden"
-            } else {
-                "forwarder"
-            };
-            let mut relay = Proc::spawn(0, exe, &[], Some(name));
+            let mut relay = Proc::spawn(0, exe, &[&records.to_string_lossy()], Some(role.name()));
             relay.say(&format!("open {calls} {ga} {gb}"));
             let ports = relay.hear();
             let list = ports.strip_prefix("ports ").unwrap_or("").to_owned();
@@ -498,7 +581,7 @@ fn run_step(exe: &str, subject: &Subject, rate: u32, seconds: f64) -> Step {
     let [sent, relayed, p50, p99, p999] = r[..] else {
         panic!("generator said {result:?}");
     };
-    Step {
+    let mut step = Step {
         sent,
         relayed,
         cpu_ns: cpu,
@@ -506,7 +589,23 @@ fn run_step(exe: &str, subject: &Subject, rate: u32, seconds: f64) -> Step {
         p50: p50 as u32,
         p99: p99 as u32,
         p999: p999 as u32,
+        recorded: None,
+    };
+    if matches!(subject, Subject::Child(Role::Recording)) {
+        relay.say("stats");
+        let said = relay.hear();
+        let v: Vec<u64> = said
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if let [bytes, dropped] = v[..] {
+            step.recorded = Some((bytes, dropped));
+        }
     }
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&records);
+    step
 }
 
 // ----- rtpengine over the ng protocol ------------------------------------------------------
