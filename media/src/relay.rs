@@ -600,9 +600,9 @@ impl Relay {
 
     /// Recorded packets dropped (the recorder's queue was full, or a payload too large).
     pub fn recording_dropped(&self) -> u64 {
-        self.recorder
-            .as_ref()
-            .map_or(0, |r| r.dropped.load(std::sync::atomic::Ordering::Relaxed))
+        self.recorder.as_ref().map_or(0, |r| {
+            r.link.dropped.load(std::sync::atomic::Ordering::Relaxed)
+        })
     }
 
     /// Close a stream: its worker parks the sockets (they stay bound, its late packets

@@ -13,9 +13,9 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use super::{Finished, FinishedSink};
 
-/// Operations queued for the disk thread. When it falls behind, the recorder waits on
-/// this queue and the relay threads' audio is dropped (and counted) instead of memory
-/// growing without bound.
+/// Operations queued for the disk thread. When it is full, the recorder keeps audio back
+/// (for a while, then drops it, counted) rather than wait; only opening and closing a
+/// file wait for room, so that neither is ever lost.
 const QUEUE: usize = 1024;
 const HEADER_BYTES: u64 = 44;
 

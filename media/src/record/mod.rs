@@ -1,6 +1,6 @@
-//! Call recording, off the packet path: a relay thread copies each recorded party's RTP
-//! payloads into one bounded queue (never waiting: a full queue drops the packet and
-//! counts it); the recorder thread decodes them and lines the two parties up by arrival
+//! Call recording, off the packet path: a relay thread gathers each recorded party's RTP
+//! payloads through its turn and sends them to the recorder as one message (never
+//! waiting: past a bound on queued audio it drops them and counts them); the recorder thread decodes them and lines the two parties up by arrival
 //! time ([`timeline`]); the disk thread ([`disk`]) writes the file: WAV, 16-bit PCM at the
 //! call's rate, the caller on the left and the callee on the right (or both mixed in one
 //! channel), `NAME.part` until complete, with `NAME.json` beside it naming the recording.
@@ -13,24 +13,23 @@ pub use disk::{repair_wav, with_suffix};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, TrySendError, channel};
 use std::time::{Duration, Instant};
 
 use crate::transcode::LegCodec;
 use disk::Disk;
 use timeline::Timeline;
 
-/// The largest RTP payload recorded: 40 ms of G.711, or any Opus voice frame; a larger
-/// one is dropped and counted.
-pub const MAX_PAYLOAD: usize = 640;
-/// Packets queued between the relay threads and the recorder (allocated with the first
-/// recording: about 5 MB).
-const QUEUE: usize = 8192;
+/// Audio bytes the relay threads may have queued for the recorder (about 0.5 s of a
+/// thousand G.711 calls); past it they drop what they gather, and count it.
+const MAX_QUEUED_BYTES: usize = 8 << 20;
 /// How often the recorder wakes while recording.
 const TICK: Duration = Duration::from_millis(20);
 /// How long a party's audio may arrive late (jitter) before its place is written as silence.
 const MARGIN: Duration = Duration::from_millis(300);
+/// How much of a recording's audio the recorder holds while the disk thread falls behind.
+const HELD_SECONDS: usize = 30;
 /// How often a recording's audio goes to its file (what a crash may lose at most, beside
 /// the jitter margin).
 const FLUSH: Duration = Duration::from_secs(1);
@@ -80,39 +79,39 @@ pub struct Finished {
 /// Where finished recordings are announced (the server's uploader).
 pub type FinishedSink = Arc<dyn Fn(Finished) + Send + Sync>;
 
-// The audio inline, not boxed: the packet path allocates nothing (the queue's slots are
-// allocated once, with the recorder).
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum Chunk {
     Start(u64, Box<RecordSpec>, Instant),
-    Audio {
-        recording: u64,
-        side: u8,
-        at: Instant,
-        len: u16,
-        bytes: [u8; MAX_PAYLOAD],
-    },
-    End(u64),
+    /// What one relay thread gathered in one turn.
+    Gathered(Box<Gathered>),
+}
+
+/// What the relay threads and the recorder share: the recorder's queue, how much audio is
+/// in it, and what was dropped.
+pub(crate) struct Link {
+    tx: Sender<Chunk>,
+    queued: AtomicUsize,
+    pub dropped: AtomicU64,
 }
 
 /// The recorder thread and its queue.
 pub(crate) struct Recorder {
-    tx: SyncSender<Chunk>,
-    pub dropped: Arc<AtomicU64>,
+    pub link: Arc<Link>,
     next: u64,
 }
 
 impl Recorder {
     pub fn start(sink: FinishedSink) -> std::io::Result<Recorder> {
-        let (tx, rx) = sync_channel(QUEUE);
+        let (tx, rx) = channel();
+        let link = Arc::new(Link {
+            tx,
+            queued: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let shared = link.clone();
         std::thread::Builder::new()
             .name("warden-record".into())
-            .spawn(move || run(rx, sink))?;
-        Ok(Recorder {
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
-            next: 1,
-        })
+            .spawn(move || run(rx, sink, &shared))?;
+        Ok(Recorder { link, next: 1 })
     }
 
     /// Begin a recording: the tap a relay thread feeds it through.
@@ -120,15 +119,15 @@ impl Recorder {
         let id = self.next;
         self.next += 1;
         let audio = spec.sides.map(|s| s.map(|s| s.payload_type));
-        // Blocking is fine here (the control side, once per recording): it must not be lost.
+        // Sent before the tap reaches its relay thread: it comes before any of its audio.
         let _ = self
+            .link
             .tx
             .send(Chunk::Start(id, Box::new(spec), Instant::now()));
         Tap {
             recording: id,
             audio,
-            tx: self.tx.clone(),
-            dropped: self.dropped.clone(),
+            link: self.link.clone(),
         }
     }
 }
@@ -138,41 +137,100 @@ pub(crate) struct Tap {
     recording: u64,
     /// Each side's audio payload type (events, comfort noise and the rest are not audio).
     audio: [Option<u8>; 2],
-    tx: SyncSender<Chunk>,
-    dropped: Arc<AtomicU64>,
+    link: Arc<Link>,
 }
 
 impl Tap {
-    /// A party's RTP packet, as it arrived (decrypted): its payload is queued, or dropped
-    /// and counted when the queue is full. Never waits.
-    pub fn offer(&self, side: usize, packet: &[u8], at: Instant) {
+    /// A party's RTP packet, as it arrived (decrypted): its payload goes into the relay
+    /// thread's outbox, sent to the recorder at the end of the thread's turn.
+    pub fn offer(&self, outbox: &mut Outbox, side: usize, packet: &[u8], at: Instant) {
         let Some(pt) = self.audio[side] else {
             return;
         };
         let Some(payload) = rtp_payload(packet, pt) else {
             return;
         };
-        if payload.len() > MAX_PAYLOAD {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let mut bytes = [0u8; MAX_PAYLOAD];
-        bytes[..payload.len()].copy_from_slice(payload);
-        let chunk = Chunk::Audio {
+        let g = outbox.gathering(&self.link);
+        let start = g.bytes.len() as u32;
+        g.bytes.extend_from_slice(payload);
+        g.items.push(Item::Audio {
             recording: self.recording,
             side: side as u8,
             at,
+            start,
             len: payload.len() as u16,
-            bytes,
-        };
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(chunk) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        });
     }
 
-    /// The recording is over (stopped, or its stream closed).
-    pub fn end(self) {
-        let _ = self.tx.send(Chunk::End(self.recording));
+    /// The recording is over (stopped, or its stream closed): after what the outbox holds.
+    pub fn end(self, outbox: &mut Outbox) {
+        outbox
+            .gathering(&self.link)
+            .items
+            .push(Item::End(self.recording));
+    }
+}
+
+/// One turn's recorded payloads of a relay thread, back to back in `bytes`.
+#[derive(Default)]
+pub(crate) struct Gathered {
+    bytes: Vec<u8>,
+    items: Vec<Item>,
+}
+
+enum Item {
+    Audio {
+        recording: u64,
+        side: u8,
+        at: Instant,
+        start: u32,
+        len: u16,
+    },
+    End(u64),
+}
+
+/// A relay thread's recorded payloads, gathered through its turn and sent to the recorder
+/// as one message at its end: one queue operation per turn, not one per packet.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    link: Option<Arc<Link>>,
+    gathered: Gathered,
+}
+
+impl Outbox {
+    fn gathering(&mut self, link: &Arc<Link>) -> &mut Gathered {
+        if self.link.is_none() {
+            self.link = Some(link.clone()); // one recorder per relay
+        }
+        &mut self.gathered
+    }
+
+    /// Send what the turn gathered. Never waits: past `MAX_QUEUED_BYTES` of audio the
+    /// recorder has yet to take, the audio is dropped and counted (the ends still go).
+    pub fn flush(&mut self) {
+        let Some(link) = self.link.as_ref() else {
+            return;
+        };
+        if self.gathered.items.is_empty() {
+            return;
+        }
+        let size = self.gathered.bytes.len();
+        if link.queued.load(Ordering::Relaxed) + size > MAX_QUEUED_BYTES {
+            let before = self.gathered.items.len();
+            self.gathered.items.retain(|i| matches!(i, Item::End(_)));
+            let lost = before - self.gathered.items.len();
+            link.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+            self.gathered.bytes.clear();
+            if self.gathered.items.is_empty() {
+                return;
+            }
+        }
+        let sent = std::mem::take(&mut self.gathered);
+        link.queued.fetch_add(sent.bytes.len(), Ordering::Relaxed);
+        // The capacity of what went is what the next turn needs, about.
+        self.gathered.bytes.reserve(sent.bytes.len());
+        self.gathered.items.reserve(sent.items.len());
+        let _ = link.tx.send(Chunk::Gathered(Box::new(sent)));
     }
 }
 
@@ -202,7 +260,8 @@ struct Live {
     sent: Instant,
 }
 
-fn run(rx: Receiver<Chunk>, sink: FinishedSink) {
+fn run(rx: Receiver<Chunk>, sink: FinishedSink, link: &Link) {
+    let dropped = &link.dropped;
     let (disk, disk_thread) = match disk::start(sink.clone()) {
         Ok(started) => started,
         Err(e) => {
@@ -215,7 +274,7 @@ fn run(rx: Receiver<Chunk>, sink: FinishedSink) {
         if live.is_empty() {
             // Idle: sleep until a recording starts.
             match rx.recv() {
-                Ok(chunk) => handle(chunk, &mut live, &disk),
+                Ok(chunk) => handle(chunk, &mut live, &disk, link),
                 Err(_) => break,
             }
         } else {
@@ -224,7 +283,7 @@ fn run(rx: Receiver<Chunk>, sink: FinishedSink) {
         let mut open = true;
         loop {
             match rx.try_recv() {
-                Ok(chunk) => handle(chunk, &mut live, &disk),
+                Ok(chunk) => handle(chunk, &mut live, &disk, link),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     open = false;
@@ -243,8 +302,7 @@ fn run(rx: Receiver<Chunk>, sink: FinishedSink) {
             l.timeline.take_until(settled, &mut l.out);
             if now.saturating_duration_since(l.sent) >= FLUSH {
                 l.sent = now;
-                let bytes = std::mem::take(&mut l.out);
-                let _ = disk.send(Disk::Append { id, bytes });
+                send_audio(id, l, &disk, dropped);
             }
         }
     }
@@ -256,7 +314,7 @@ fn run(rx: Receiver<Chunk>, sink: FinishedSink) {
     let _ = disk_thread.join();
 }
 
-fn handle(chunk: Chunk, live: &mut HashMap<u64, Live>, disk: &SyncSender<Disk>) {
+fn handle(chunk: Chunk, live: &mut HashMap<u64, Live>, disk: &SyncSender<Disk>, link: &Link) {
     match chunk {
         Chunk::Start(id, spec, at) => {
             let timeline = Timeline::new(&spec, at);
@@ -281,22 +339,46 @@ fn handle(chunk: Chunk, live: &mut HashMap<u64, Live>, disk: &SyncSender<Disk>) 
                 },
             );
         }
-        Chunk::Audio {
-            recording,
-            side,
-            at,
-            len,
-            bytes,
-        } => {
-            if let Some(l) = live.get_mut(&recording) {
-                l.timeline
-                    .audio(usize::from(side), &bytes[..usize::from(len)], at);
+        Chunk::Gathered(g) => {
+            link.queued.fetch_sub(g.bytes.len(), Ordering::Relaxed);
+            for item in &g.items {
+                match *item {
+                    Item::Audio {
+                        recording,
+                        side,
+                        at,
+                        start,
+                        len,
+                    } => {
+                        let payload = &g.bytes[start as usize..start as usize + usize::from(len)];
+                        if let Some(l) = live.get_mut(&recording) {
+                            l.timeline.audio(usize::from(side), payload, at);
+                        }
+                    }
+                    Item::End(id) => {
+                        if let Some(l) = live.remove(&id) {
+                            close(id, l, disk);
+                        }
+                    }
+                }
             }
         }
-        Chunk::End(id) => {
-            if let Some(l) = live.remove(&id) {
-                close(id, l, disk);
-            }
+    }
+}
+
+/// A recording's audio to the disk thread, without waiting: when the disk falls behind it
+/// is kept for the next try, up to `HELD` of audio; past that it is dropped (and counted,
+/// in 20 ms frames) so that a stalled disk costs audio, not unbounded memory.
+fn send_audio(id: u64, l: &mut Live, disk: &SyncSender<Disk>, dropped: &AtomicU64) {
+    let bytes = std::mem::take(&mut l.out);
+    if let Err(TrySendError::Full(Disk::Append { bytes, .. })) =
+        disk.try_send(Disk::Append { id, bytes })
+    {
+        let second = l.timeline.rate as usize * usize::from(l.timeline.channels()) * 2;
+        if bytes.len() > HELD_SECONDS * second {
+            dropped.fetch_add((bytes.len() * 50 / second) as u64, Ordering::Relaxed);
+        } else {
+            l.out = bytes;
         }
     }
 }
@@ -379,13 +461,18 @@ mod tests {
         });
         let start = Instant::now();
         let (loud, soft) = (codec::linear_to_ulaw(8000), codec::linear_to_ulaw(-2000));
+        let mut outbox = Outbox::default();
         for n in 0..10u16 {
             let at = start + Duration::from_millis(20 * u64::from(n));
-            tap.offer(0, &packet(0, n, &[loud; 160]), at);
-            tap.offer(1, &packet(0, n, &[soft; 160]), at);
-            tap.offer(1, &packet(101, n, &[1, 2, 3, 4]), at); // an event: not audio
+            tap.offer(&mut outbox, 0, &packet(0, n, &[loud; 160]), at);
+            tap.offer(&mut outbox, 1, &packet(0, n, &[soft; 160]), at);
+            tap.offer(&mut outbox, 1, &packet(101, n, &[1, 2, 3, 4]), at); // not audio
+            if n % 3 == 0 {
+                outbox.flush(); // a relay thread's turn ends
+            }
         }
-        tap.end();
+        tap.end(&mut outbox);
+        outbox.flush();
         let finished = done_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("the recording finished");
@@ -405,7 +492,42 @@ mod tests {
             .collect();
         assert!(frames.len() >= 1500, "{} frames", frames.len());
         assert!(frames.iter().all(|(l, r)| *l > 7000 && *r < -1500));
-        assert_eq!(recorder.dropped.load(Ordering::Relaxed), 0);
+        assert_eq!(recorder.link.dropped.load(Ordering::Relaxed), 0);
+        assert_eq!(recorder.link.queued.load(Ordering::Relaxed), 0, "all taken");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn audio_past_the_queue_bound_is_dropped_and_counted_but_the_end_goes() {
+        let dir = std::env::temp_dir().join(format!("warden-record-full-{}", std::process::id()));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let sink: FinishedSink = Arc::new(move |f| {
+            let _ = done_tx.send(f);
+        });
+        let mut recorder = Recorder::start(sink).expect("the recorder");
+        let tap = recorder.begin(RecordSpec {
+            path: dir.join("full.wav"),
+            layout: Layout::Mono,
+            sides: [Some(pcmu()), None],
+            meta: "{}".into(),
+        });
+        let mut outbox = Outbox::default();
+        let big = packet(0, 1, &[0xff; 1000]);
+        let over = MAX_QUEUED_BYTES / 1000 + 1;
+        for _ in 0..over {
+            tap.offer(&mut outbox, 0, &big, Instant::now());
+        }
+        tap.end(&mut outbox);
+        outbox.flush();
+        let finished = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the recording finished all the same");
+        assert!(finished.error.is_none(), "{finished:?}");
+        assert_eq!(
+            recorder.link.dropped.load(Ordering::Relaxed),
+            over as u64,
+            "every payload of the turn counted"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -25,7 +25,7 @@ use crate::codec::CodecOptions;
 use crate::dtmf::{EventReader, EventWriter};
 use crate::mixer::{Member, Room};
 use crate::prompt::EncodedPrompt;
-use crate::record::Tap;
+use crate::record::{Outbox, Tap};
 use crate::relay::{
     EventFormat, EventSink, Latching, MediaEvent, Playback, RelayConfig, Remote, Side,
     StreamCounters, StreamId,
@@ -305,6 +305,8 @@ pub(crate) struct Worker {
     epoch: Instant,
     /// Where SRTP work writes a packet before it goes back into the batch or out.
     scratch: Vec<u8>,
+    /// What this turn gathered for the recorder (sent at the turn's end).
+    record_out: Outbox,
 }
 
 impl Worker {
@@ -336,6 +338,7 @@ impl Worker {
             by_id: HashMap::new(),
             epoch: Instant::now(),
             scratch: Vec::with_capacity(PACKET_ROOM),
+            record_out: Outbox::default(),
         })
     }
 
@@ -388,6 +391,7 @@ impl Worker {
             self.play_due(now);
             self.write_due(now);
             self.tick_transcoders(now);
+            self.record_out.flush();
         }
     }
 
@@ -545,17 +549,18 @@ impl Worker {
                     leg,
                 } => self.join(id, side.index(), room, leg),
                 Command::Leave(id) => self.leave(id),
-                Command::Record { id, tap } => match self.stream_mut(id) {
-                    Some(s) => {
-                        if let Some(old) = s.tap.replace(tap) {
-                            old.end();
-                        }
+                Command::Record { id, tap } => {
+                    let old = match self.stream_mut(id) {
+                        Some(s) => s.tap.replace(tap),
+                        None => Some(tap),
+                    };
+                    if let Some(old) = old {
+                        old.end(&mut self.record_out);
                     }
-                    None => tap.end(),
-                },
+                }
                 Command::StopRecording(id) => {
                     if let Some(tap) = self.stream_mut(id).and_then(|s| s.tap.take()) {
-                        tap.end();
+                        tap.end(&mut self.record_out);
                     }
                 }
                 Command::Detach { id, reply } => {
@@ -654,14 +659,15 @@ impl Worker {
         let Some(due) = self.next_tick.filter(|t| *t <= now) else {
             return;
         };
-        let (slots, scratch) = (&mut self.slots, &mut self.scratch);
+        let (slots, scratch, record_out) =
+            (&mut self.slots, &mut self.scratch, &mut self.record_out);
         for room in self.rooms.values_mut() {
             room.tick(now, &mut |slot, side, bytes| {
                 let Some(stream) = slots.get_mut(slot).and_then(|s| s.as_deref_mut()) else {
                     return;
                 };
                 if let Some(tap) = &stream.tap {
-                    tap.offer(side ^ 1, bytes, now); // what the member hears: the room
+                    tap.offer(record_out, side ^ 1, bytes, now); // what the member hears: the room
                 }
                 let end = &stream.ends[side * 2];
                 if end.target.is_none() || stream.playing[side] {
@@ -781,7 +787,8 @@ impl Worker {
                 }
                 account(stream, side, is_rtp, packet, now_us);
                 if is_rtp && let Some(tap) = &stream.tap {
-                    tap.offer(side, packet, self.epoch + Duration::from_micros(now_us));
+                    let at = self.epoch + Duration::from_micros(now_us);
+                    tap.offer(&mut self.record_out, side, packet, at);
                 }
                 if is_rtp
                     && let Some((event_pt, clock)) = stream.events[side]

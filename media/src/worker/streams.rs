@@ -102,7 +102,7 @@ impl Worker {
             ..
         } = *stream;
         if let Some(tap) = tap {
-            tap.end();
+            tap.end(&mut self.record_out);
         }
         for (port, socket) in ports.into_iter().zip(sockets) {
             self.parked.insert(port, socket);
