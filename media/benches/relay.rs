@@ -7,7 +7,8 @@
 //! the relay. Relays compared in the same run: a bare batched forwarder (the floor: same
 //! syscalls, no relay logic), Warden's relay (one worker), Warden's relay recording every
 //! call (stereo WAV, the recorder thread on the same CPU, files in WARDEN_BENCH_RECORD_DIR or
-//! the temporary directory, deleted after each step), and Debian's rtpengine in userspace
+//! the temporary directory, deleted after each step; WARDEN_BENCH_RECORD_FORMAT=opus with
+//! `--features opus` records Ogg Opus instead), and Debian's rtpengine in userspace
 //! mode over its ng control protocol when installed.
 //!
 //! `cargo bench --bench relay`; WARDEN_BENCH_STEPS="25000,50000,100000" and
@@ -116,6 +117,7 @@ fn serve(role: Role) {
                     let spec = warden_media::record::RecordSpec {
                         path: records.join(format!("{}.wav", ports.len())),
                         layout: warden_media::record::Layout::Stereo,
+                        format: record_format(),
                         sides: [Some(pcmu), Some(pcmu)],
                         meta: "{}".into(),
                     };
@@ -166,6 +168,15 @@ fn serve(role: Role) {
             println!("recorded {bytes} {dropped}");
             std::io::stdout().flush().expect("flush");
         }
+    }
+}
+
+/// The recording relay's format: WAV, or Ogg Opus with WARDEN_BENCH_RECORD_FORMAT=opus
+/// (in a build with `--features opus`).
+fn record_format() -> warden_media::record::Format {
+    match std::env::var("WARDEN_BENCH_RECORD_FORMAT").as_deref() {
+        Ok("opus") => warden_media::record::Format::OggOpus,
+        _ => warden_media::record::Format::Wav,
     }
 }
 
@@ -516,7 +527,10 @@ fn orchestrate() {
             w / f
         );
     }
-    println!("\nRecording every call (stereo WAV at 8 kHz), against the same relay not recording:");
+    println!(
+        "\nRecording every call (stereo {:?} at 8 kHz), against the same relay not recording:",
+        record_format()
+    );
     for &rate in &steps {
         let step = |who: &str| {
             results
@@ -533,9 +547,9 @@ fn orchestrate() {
         let per_core = 1e9 / (recorded.ns_per_packet() * 100.0);
         println!(
             "{rate:>7}/s  recording/warden {:.2} (goal at most 1.30)  recorded calls per core {per_core:.0}  \
-             {:.1} s of audio per call on disk, {dropped} chunks dropped",
+             {:.0} kB per call on disk, {dropped} chunks dropped",
             recorded.ns_per_packet() / plain.ns_per_packet(),
-            bytes as f64 / (calls * 32_000.0)
+            bytes as f64 / calls / 1000.0
         );
     }
 }

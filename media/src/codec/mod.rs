@@ -12,7 +12,7 @@ pub mod amr_payload;
 mod g711;
 mod g722;
 #[cfg(feature = "opus")]
-mod opus;
+pub(crate) mod opus;
 mod polyphase;
 pub mod resample;
 

@@ -55,6 +55,58 @@ impl Encoder for OpusEncoder {
     }
 }
 
+/// libopus's complexity (0-10) for recordings.
+const RECORDING_COMPLEXITY: u8 = 3;
+
+/// Opus for a recording's file: mono or stereo, at the file's rate.
+pub struct OpusFileEncoder {
+    inner: RawEncoder,
+    scratch: Box<[u8; MAX_PACKET]>,
+}
+
+impl OpusFileEncoder {
+    /// `channels` (1 or 2) at `rate` (8, 12, 16, 24 or 48 kHz).
+    pub fn new(rate: u32, channels: u16) -> Result<OpusFileEncoder, String> {
+        if !crate::record::OPUS_RATES.contains(&rate) {
+            return Err(format!("Opus does not take {rate} Hz"));
+        }
+        let layout = match channels {
+            1 => Channels::Mono,
+            2 => Channels::Stereo,
+            n => return Err(format!("Opus recordings have 1 or 2 channels, not {n}")),
+        };
+        let mut inner = RawEncoder::new(sample_rate(rate), layout, Application::Voip)
+            .map_err(|e| format!("opus_encoder_create: {e}"))?;
+        // A recording is for listening back to speech, not for a network's losses: the
+        // encoder's cheaper analysis (its default, 10, costs about twice as much).
+        let _ = inner.set_complexity(RECORDING_COMPLEXITY);
+        Ok(OpusFileEncoder {
+            inner,
+            scratch: Box::new([0; MAX_PACKET]),
+        })
+    }
+
+    /// The encoder's delay in samples at its rate (the file's pre-skip, RFC 7845).
+    pub fn lookahead(&self) -> u32 {
+        self.inner.lookahead().unwrap_or(0)
+    }
+
+    /// One 20 ms frame of interleaved PCM, its packet appended to `out`; false when
+    /// libopus refused it.
+    pub fn encode(&mut self, pcm: &[i16], out: &mut Vec<u8>) -> bool {
+        match self.inner.encode(pcm, &mut self.scratch[..]) {
+            Ok(n) => {
+                out.extend_from_slice(&self.scratch[..n]);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, samples = pcm.len(), "opus encode failed");
+                false
+            }
+        }
+    }
+}
+
 pub struct OpusDecoder {
     inner: RawDecoder,
     scratch: Vec<i16>,

@@ -3,7 +3,7 @@
 //! ever holds up the recorder or the relay threads.
 //!
 //! A file is `NAME.part` until complete, then `NAME`: a finished recording is never
-//! mistaken for one cut short, and [`repair_wav`] completes what a crash left behind.
+//! mistaken for one cut short, and [`repair`] completes what a crash left behind.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,13 +21,14 @@ const HEADER_BYTES: u64 = 44;
 
 /// What the recorder asks of the disk thread, in order, per recording id.
 pub(super) enum Disk {
-    /// Create `path`.part (WAV header, no data yet) and `path`.json holding `meta`.
+    /// Create `path`.part starting with `head` (or fail the recording with the reason),
+    /// and `path`.json holding `meta`. A WAV file's header is completed at the end.
     Open {
         id: u64,
         path: PathBuf,
         meta: String,
-        channels: u16,
-        rate: u32,
+        head: Result<Vec<u8>, String>,
+        wav: bool,
     },
     /// Interleaved 16-bit samples for the end of the file.
     Append { id: u64, bytes: Vec<u8> },
@@ -49,6 +50,7 @@ pub(super) fn start(
 /// A recording's file as the disk thread holds it.
 struct Open {
     path: PathBuf,
+    wav: bool,
     /// None once an operation failed (`error` says why).
     file: Option<File>,
     error: Option<String>,
@@ -62,17 +64,27 @@ fn run(rx: Receiver<Disk>, sink: FinishedSink) {
                 id,
                 path,
                 meta,
-                channels,
-                rate,
+                head,
+                wav,
             } => {
-                let (file, error) = match create(&path, &meta, channels, rate) {
+                let created =
+                    head.and_then(|head| create(&path, &meta, &head).map_err(|e| e.to_string()));
+                let (file, error) = match created {
                     Ok(file) => (Some(file), None),
                     Err(e) => {
                         tracing::error!(path = %path.display(), error = %e, "recording: cannot create the file");
-                        (None, Some(e.to_string()))
+                        (None, Some(e))
                     }
                 };
-                open.insert(id, Open { path, file, error });
+                open.insert(
+                    id,
+                    Open {
+                        path,
+                        wav,
+                        file,
+                        error,
+                    },
+                );
             }
             Disk::Append { id, bytes } => {
                 let Some(o) = open.get_mut(&id) else { continue };
@@ -94,7 +106,7 @@ fn run(rx: Receiver<Disk>, sink: FinishedSink) {
     }
 }
 
-fn create(path: &Path, meta: &str, channels: u16, rate: u32) -> std::io::Result<File> {
+fn create(path: &Path, meta: &str, head: &[u8]) -> std::io::Result<File> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -107,7 +119,7 @@ fn create(path: &Path, meta: &str, channels: u16, rate: u32) -> std::io::Result<
         .create(true)
         .truncate(true)
         .open(with_suffix(path, ".part"))?;
-    file.write_all(&header(channels, rate, 0))?;
+    file.write_all(head)?;
     Ok(file)
 }
 
@@ -115,7 +127,7 @@ fn create(path: &Path, meta: &str, channels: u16, rate: u32) -> std::io::Result<
 /// the directory synced.
 fn complete(o: Open, seconds: f64) -> Finished {
     let done = match (&o.file, &o.error) {
-        (Some(file), None) => sync_and_rename(file, &o.path),
+        (Some(file), None) => sync_and_rename(file, &o.path, o.wav),
         (_, error) => Err(std::io::Error::other(
             error.clone().unwrap_or_else(|| "the file is gone".into()),
         )),
@@ -130,8 +142,10 @@ fn complete(o: Open, seconds: f64) -> Finished {
     }
 }
 
-fn sync_and_rename(file: &File, path: &Path) -> std::io::Result<()> {
-    fix_sizes(file)?;
+fn sync_and_rename(file: &File, path: &Path, wav: bool) -> std::io::Result<()> {
+    if wav {
+        fix_sizes(file)?;
+    }
     file.sync_all()?;
     File::open(with_suffix(path, ".json"))?.sync_all()?;
     std::fs::rename(with_suffix(path, ".part"), path)?;
@@ -190,14 +204,17 @@ fn fix_sizes(mut file: &File) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A recording a crash cut short (`NAME.part`): its header completed from what reached
-/// the disk, and renamed to `NAME`. Returns the final path.
-pub fn repair_wav(part: &Path) -> std::io::Result<PathBuf> {
+/// A recording a crash cut short (`NAME.part`) completed and renamed to `NAME`: a WAV
+/// file's header from what reached the disk; an Ogg file as it stands (it ends at its last
+/// whole page). Returns the final path.
+pub fn repair(part: &Path) -> std::io::Result<PathBuf> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(part)?;
-    fix_sizes(&file)?;
+    if part.to_string_lossy().ends_with(".wav.part") {
+        fix_sizes(&file)?;
+    }
     file.sync_all()?;
     let name = part.to_string_lossy();
     let done = PathBuf::from(name.strip_suffix(".part").unwrap_or(&name).to_owned());
@@ -223,8 +240,8 @@ mod tests {
             id: 7,
             path: path.clone(),
             meta: "{\"call\":\"1\"}".into(),
-            channels: 2,
-            rate: 8000,
+            head: Ok(header(2, 8000, 0).to_vec()),
+            wav: true,
         });
         op(Disk::Append {
             id: 7,
@@ -260,7 +277,7 @@ mod tests {
         let mut cut = header(2, 8000, 0).to_vec();
         cut.extend_from_slice(&[1, 0, 2, 0, 3, 0, 4, 0, 5]); // two frames and a torn one
         std::fs::write(&part, &cut).expect("written");
-        let done = repair_wav(&part).expect("repaired");
+        let done = repair(&part).expect("repaired");
         let bytes = std::fs::read(&done).expect("the repaired file");
         assert_eq!(bytes.len(), 52);
         assert_eq!(

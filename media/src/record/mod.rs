@@ -6,9 +6,11 @@
 //! channel), `NAME.part` until complete, with `NAME.json` beside it naming the recording.
 
 mod disk;
+#[cfg(feature = "opus")]
+mod ogg;
 mod timeline;
 
-pub use disk::{repair_wav, with_suffix};
+pub use disk::{repair, with_suffix};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,6 +36,35 @@ const HELD_SECONDS: usize = 30;
 /// the jitter margin).
 const FLUSH: Duration = Duration::from_secs(1);
 
+/// The rates libopus takes its input at; an Ogg Opus recording of a call at another rate
+/// is made at the next one up.
+pub const OPUS_RATES: [u32; 5] = [8_000, 12_000, 16_000, 24_000, 48_000];
+
+/// What the file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// WAV, 16-bit PCM at the call's rate.
+    #[default]
+    Wav,
+    /// Ogg Opus (RFC 7845): about a tenth of WAV's size; needs the `opus` feature.
+    OggOpus,
+}
+
+impl Format {
+    /// The file name's extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Wav => "wav",
+            Format::OggOpus => "opus",
+        }
+    }
+
+    /// Whether this build can write it.
+    pub fn available(self) -> bool {
+        self == Format::Wav || cfg!(feature = "opus")
+    }
+}
+
 /// How the two parties go into the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Layout {
@@ -50,6 +81,7 @@ pub struct RecordSpec {
     /// The finished file's path (written as `path` + ".part" until it is complete).
     pub path: PathBuf,
     pub layout: Layout,
+    pub format: Format,
     /// Each side's codec as its party sends it (None: that side is silent).
     pub sides: [Option<LegCodec>; 2],
     /// Written to `path` + ".json" before any audio (what names the recording).
@@ -57,14 +89,23 @@ pub struct RecordSpec {
 }
 
 impl RecordSpec {
-    /// The call's rate: the higher of the two parties' codecs' own.
+    /// The file's rate: the higher of the two parties' codecs' own (for Ogg Opus, the
+    /// next rate Opus takes from there).
     pub fn rate(&self) -> u32 {
-        self.sides
+        let call = self
+            .sides
             .iter()
             .flatten()
             .map(|s| s.codec.sample_rate)
             .max()
-            .unwrap_or(8000)
+            .unwrap_or(8000);
+        match self.format {
+            Format::Wav => call,
+            Format::OggOpus => OPUS_RATES
+                .into_iter()
+                .find(|r| *r >= call)
+                .unwrap_or(48_000),
+        }
     }
 }
 
@@ -255,6 +296,8 @@ fn rtp_payload(packet: &[u8], pt: u8) -> Option<&[u8]> {
 /// A recording the recorder thread holds: its timeline and the audio not yet sent to disk.
 struct Live {
     timeline: Timeline,
+    encoding: Encoding,
+    /// The file's bytes not yet sent to the disk thread.
     out: Vec<u8>,
     /// When `out` last went to the disk thread.
     sent: Instant,
@@ -299,9 +342,10 @@ fn run(rx: Receiver<Chunk>, sink: FinishedSink, link: &Link) {
             continue;
         };
         for (&id, l) in live.iter_mut() {
-            l.timeline.take_until(settled, &mut l.out);
+            l.take_until(settled);
             if now.saturating_duration_since(l.sent) >= FLUSH {
                 l.sent = now;
+                l.flush();
                 send_audio(id, l, &disk, dropped);
             }
         }
@@ -314,16 +358,92 @@ fn run(rx: Receiver<Chunk>, sink: FinishedSink, link: &Link) {
     let _ = disk_thread.join();
 }
 
+/// How a recording's PCM becomes its file's bytes.
+enum Encoding {
+    Wav,
+    #[cfg(feature = "opus")]
+    Opus {
+        ogg: Box<ogg::OggOpus>,
+        /// The timeline's PCM on its way to the encoder.
+        pcm: Vec<u8>,
+    },
+}
+
+impl Live {
+    /// The audio settled by `settled`, on its way to the file.
+    fn take_until(&mut self, settled: Instant) {
+        match &mut self.encoding {
+            Encoding::Wav => self.timeline.take_until(settled, &mut self.out),
+            #[cfg(feature = "opus")]
+            Encoding::Opus { ogg, pcm } => {
+                self.timeline.take_until(settled, pcm);
+                ogg.push(pcm, &mut self.out);
+                pcm.clear();
+            }
+        }
+    }
+
+    /// Whole pages of what was encoded (Ogg), before the bytes go to the disk thread.
+    fn flush(&mut self) {
+        #[cfg(feature = "opus")]
+        if let Encoding::Opus { ogg, .. } = &mut self.encoding {
+            ogg.flush(&mut self.out);
+        }
+    }
+
+    /// Everything heard, and the file's end.
+    fn take_rest(&mut self) {
+        match &mut self.encoding {
+            Encoding::Wav => self.timeline.take_rest(&mut self.out),
+            #[cfg(feature = "opus")]
+            Encoding::Opus { ogg, pcm } => {
+                self.timeline.take_rest(pcm);
+                ogg.push(pcm, &mut self.out);
+                pcm.clear();
+                ogg.finish(&mut self.out);
+            }
+        }
+    }
+}
+
+/// The file's first bytes and how its audio is encoded, or why it cannot be written.
+fn encoding(spec: &RecordSpec, timeline: &Timeline) -> Result<(Vec<u8>, Encoding), String> {
+    match spec.format {
+        Format::Wav => Ok((
+            disk::header(timeline.channels(), timeline.rate, 0).to_vec(),
+            Encoding::Wav,
+        )),
+        #[cfg(feature = "opus")]
+        Format::OggOpus => {
+            let mut head = Vec::new();
+            let ogg = ogg::OggOpus::start(timeline.rate, timeline.channels(), &mut head)?;
+            Ok((
+                head,
+                Encoding::Opus {
+                    ogg: Box::new(ogg),
+                    pcm: Vec::new(),
+                },
+            ))
+        }
+        #[cfg(not(feature = "opus"))]
+        Format::OggOpus => Err("Ogg Opus needs a build with the opus feature".into()),
+    }
+}
+
 fn handle(chunk: Chunk, live: &mut HashMap<u64, Live>, disk: &SyncSender<Disk>, link: &Link) {
     match chunk {
         Chunk::Start(id, spec, at) => {
             let timeline = Timeline::new(&spec, at);
+            let (head, encoding) = match encoding(&spec, &timeline) {
+                Ok((head, encoding)) => (Ok(head), encoding),
+                Err(e) => (Err(e), Encoding::Wav),
+            };
             let _ = disk.send(Disk::Open {
                 id,
                 path: spec.path,
                 meta: spec.meta,
-                channels: timeline.channels(),
-                rate: timeline.rate,
+                head,
+                wav: spec.format == Format::Wav,
             });
             // Each recording sends at its own point of the second, so that recordings
             // begun together do not all write at once.
@@ -334,6 +454,7 @@ fn handle(chunk: Chunk, live: &mut HashMap<u64, Live>, disk: &SyncSender<Disk>, 
                 id,
                 Live {
                     timeline,
+                    encoding,
                     out: Vec::new(),
                     sent,
                 },
@@ -385,7 +506,7 @@ fn send_audio(id: u64, l: &mut Live, disk: &SyncSender<Disk>, dropped: &AtomicU6
 
 /// The rest of the recording to its file, and the file completed.
 fn close(id: u64, mut l: Live, disk: &SyncSender<Disk>) {
-    l.timeline.take_rest(&mut l.out);
+    l.take_rest();
     let _ = disk.send(Disk::Append { id, bytes: l.out });
     let seconds = l.timeline.seconds();
     let _ = disk.send(Disk::Close { id, seconds });
@@ -456,6 +577,7 @@ mod tests {
         let tap = recorder.begin(RecordSpec {
             path: path.clone(),
             layout: Layout::Stereo,
+            format: Default::default(),
             sides: [Some(pcmu()), Some(pcmu())],
             meta: "{}".into(),
         });
@@ -508,6 +630,7 @@ mod tests {
         let tap = recorder.begin(RecordSpec {
             path: dir.join("full.wav"),
             layout: Layout::Mono,
+            format: Default::default(),
             sides: [Some(pcmu()), None],
             meta: "{}".into(),
         });

@@ -220,6 +220,7 @@ mod tests {
         let spec = RecordSpec {
             path: "call.wav".into(),
             layout: Layout::Stereo,
+            format: Default::default(),
             sides: [Some(pcmu()), Some(pcmu())],
             meta: "{}".into(),
         };
@@ -248,6 +249,7 @@ mod tests {
         let spec = RecordSpec {
             path: "long.wav".into(),
             layout: Layout::Stereo,
+            format: Default::default(),
             sides: [Some(pcmu()), Some(pcmu())],
             meta: "{}".into(),
         };
