@@ -925,5 +925,15 @@ mod tests {
         assert_eq!(ok.sip.phrases()[&486], "Obsadené");
         let err = Config::parse("[log]\nformat = \"xml\"\n", "w.toml").unwrap_err();
         assert!(err.to_string().contains("log.format \"xml\""), "{err}");
+        let err = Config::parse("[recording]\nformat = \"mp3\"\n", "w.toml").unwrap_err();
+        assert!(err.to_string().contains("wav or opus"), "{err}");
+        let opus = Config::parse("[recording]\nformat = \"opus\"\n", "w.toml");
+        match cfg!(feature = "opus") {
+            true => assert!(opus.is_ok(), "{opus:?}"),
+            false => assert!(
+                opus.is_err_and(|e| e.to_string().contains("--features native-codecs")),
+                "refused, saying how to build it"
+            ),
+        }
     }
 }

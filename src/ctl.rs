@@ -38,6 +38,19 @@ pub enum Ctl {
         #[arg(long, default_value = "callee")]
         replace: String,
     },
+    /// Record a live call (stereo: caller left, callee right; or mono), uploaded when it
+    /// ends.
+    Record {
+        call: u64,
+        /// stereo or mono (default: `recording.layout`).
+        #[arg(long)]
+        layout: Option<String>,
+        /// wav or opus (default: `recording.format`).
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Stop a live call's recording: the file is completed and uploaded.
+    StopRecording { call: u64 },
     /// Registered contacts.
     Registrations,
     /// Gateways probed with OPTIONS (`probe = true` bridges): up or down, failures.
@@ -305,6 +318,22 @@ fn request(config: &Config, command: Ctl) -> anyhow::Result<String> {
                     client
                         .post(path(&format!("/calls/{call}/transfer")))
                         .json(&serde_json::json!({ "target": target, "replace": replace })),
+                    done,
+                ),
+                Ctl::Record {
+                    call,
+                    layout,
+                    format,
+                } => (
+                    client
+                        .post(path(&format!("/calls/{call}/record")))
+                        .json(&serde_json::json!({ "layout": layout, "format": format })),
+                    done,
+                ),
+                Ctl::StopRecording { call } => (
+                    client
+                        .post(path(&format!("/calls/{call}/stop_recording")))
+                        .json(&serde_json::json!({})),
                     done,
                 ),
                 Ctl::Registrations => (client.get(path("/registrations")), registrations_table),

@@ -2,8 +2,8 @@
 //! (POST as a form, or PUT), retried with backoff until the receiver takes them, across
 //! restarts and crashes. The relay writes the files (`warden_media::record`).
 //!
-//! A recording in the spool is `NAME.wav` with its `NAME.json` (what names it: record id,
-//! call, caller, callee). `NAME.wav.part` is one still being written; found at start, it is
+//! A recording in the spool is `NAME.wav` (or `NAME.opus`) with its `NAME.wav.json` (what
+//! names it: record id, call, caller, callee). `NAME.wav.part` is one still being written; found at start, it is
 //! what a crash left, completed from what reached the disk and uploaded like the rest.
 
 use std::collections::VecDeque;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use warden_media::record::{Finished, FinishedSink, Layout, repair_wav, with_suffix};
+use warden_media::record::{Finished, FinishedSink, Format, Layout, repair, with_suffix};
 
 /// `[recording]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +28,10 @@ pub struct RecordingConfig {
     /// the API does not say.
     #[serde(deserialize_with = "layout")]
     pub layout: Layout,
+    /// "wav" (16-bit PCM at the call's rate) or "opus" (Ogg Opus, RFC 7845: about a tenth
+    /// of the size; needs a build with the native codecs).
+    #[serde(deserialize_with = "format")]
+    pub format: Format,
     /// Where finished recordings go; none: they stay in `dir`. `{record}` and `{call}` in
     /// it are replaced by the record id and the call's number.
     pub upload_url: Option<String>,
@@ -49,6 +53,7 @@ impl Default for RecordingConfig {
         RecordingConfig {
             dir: None,
             layout: Layout::Stereo,
+            format: Format::Wav,
             upload_url: None,
             upload_method: UploadMethod::Post,
             upload_token: None,
@@ -76,6 +81,35 @@ fn layout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Layout, D::Error> {
     }
 }
 
+fn format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Format, D::Error> {
+    let format = match String::deserialize(d)?.as_str() {
+        "wav" => Format::Wav,
+        "opus" => Format::OggOpus,
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "format {other:?}: wav or opus (Ogg Opus)"
+            )));
+        }
+    };
+    if !format.available() {
+        return Err(serde::de::Error::custom(
+            "format \"opus\": this build has no Opus encoder (build with --features native-codecs)",
+        ));
+    }
+    Ok(format)
+}
+
+/// The spool's file names: a recording as it is written, and once complete.
+const EXTENSIONS: [&str; 2] = [".wav", ".opus"];
+
+/// The media type of a recording's file.
+fn media_type(path: &std::path::Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("opus") => "audio/ogg",
+        _ => "audio/wav",
+    }
+}
+
 /// What /metrics shows of recordings.
 #[derive(Debug, Default)]
 pub struct RecordingStats {
@@ -100,8 +134,11 @@ pub fn start(
     for entry in std::fs::read_dir(&dir)?.flatten() {
         let path = entry.path();
         let name = path.to_string_lossy().into_owned();
-        if name.ends_with(".wav.part") {
-            match repair_wav(&path) {
+        if EXTENSIONS
+            .iter()
+            .any(|e| name.ends_with(&format!("{e}.part")))
+        {
+            match repair(&path) {
                 Ok(done) => {
                     tracing::warn!(file = %done.display(), "recording: completed a file a crash cut short");
                     waiting.push(done);
@@ -110,7 +147,9 @@ pub fn start(
                     tracing::error!(file = %name, error = %e, "recording: cannot complete a file a crash cut short")
                 }
             }
-        } else if name.ends_with(".wav") && with_suffix(&path, ".json").exists() {
+        } else if EXTENSIONS.iter().any(|e| name.ends_with(e))
+            && with_suffix(&path, ".json").exists()
+        {
             waiting.push(path);
         }
     }
@@ -232,7 +271,7 @@ impl Spool {
         let request = match self.config.upload_method {
             UploadMethod::Put => client
                 .put(&url)
-                .header("Content-Type", "audio/wav")
+                .header("Content-Type", media_type(path))
                 .header("Content-Length", length)
                 .header("X-Warden-Record", &record)
                 .header("X-Warden-Call", field("call"))
@@ -241,7 +280,7 @@ impl Spool {
             UploadMethod::Post => {
                 let part = reqwest::multipart::Part::stream_with_length(file, length)
                     .file_name(name)
-                    .mime_str("audio/wav")?;
+                    .mime_str(media_type(path))?;
                 let mut form = reqwest::multipart::Form::new().text("record", record.clone());
                 for key in ["call", "call_id", "caller", "callee"] {
                     form = form.text(key, field(key));

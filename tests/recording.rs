@@ -603,3 +603,84 @@ fn a_baresip_call_recorded_by_the_dialplan_arrives_across_a_kill() {
     let skip = rate as usize;
     assert_sides(rate, &left[skip..], &right[skip..], 440.0, 1000.0, 20.0);
 }
+
+/// With `recording.format = "opus"` the file is Ogg Opus, uploaded as audio/ogg: symphonia
+/// finds one stereo Opus stream as long as the call was recorded (the audio inside is
+/// checked against its tones by the media crate's own test).
+#[cfg(feature = "native-codecs")]
+#[test]
+fn an_ogg_opus_recording_is_uploaded_as_audio_ogg() {
+    let receiver = Receiver::start();
+    let w = Warden::start_with(&format!(
+        "[recording]\nformat = \"opus\"\nupload_url = \"http://127.0.0.1:{}/r/{{record}}.opus\"\nupload_method = \"put\"\n",
+        receiver.port
+    ));
+    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+    assert_eq!(bob.register(600).status(), 200);
+    let (alice_media, bob_media) = (
+        UdpSocket::bind("127.0.0.1:0").expect("bind"),
+        UdpSocket::bind("127.0.0.1:0").expect("bind"),
+    );
+    let alice_port = alice_media.local_addr().expect("addr").port();
+    let bob_port = bob_media.local_addr().expect("addr").port();
+    let invite = alice.invite_sdp("bob", &sdp(alice_port));
+    let to_bob = bob.recv_request("INVITE");
+    let warden_b = media_port(to_bob.body());
+    bob.answer_sdp(&to_bob, 200, Some(&sdp(bob_port)));
+    let ok = alice.final_response();
+    let warden_a = media_port(ok.body());
+    let mut alice_dialog = alice.dialog_from(&invite, &ok);
+    alice.in_dialog(&mut alice_dialog, "ACK", None);
+    let _ = bob.recv_request("ACK");
+    let calls: serde_json::Value =
+        serde_json::from_str(&common::get(&w.admin("/calls")).1).expect("JSON");
+    let id = calls[0]["id"].as_u64().expect("a call");
+    let started: serde_json::Value = reqwest::blocking::Client::new()
+        .post(w.admin(&format!("/calls/{id}/record")))
+        .json(&serde_json::json!({}))
+        .send()
+        .and_then(|r| r.json())
+        .expect("record");
+    let file = started["recording"].as_str().expect("its file").to_owned();
+    assert!(file.ends_with(".opus"), "{started}");
+    let tones = [
+        send_tone(alice_media, warden_a, 440.0, 2.0),
+        send_tone(bob_media, warden_b, 1000.0, 2.0),
+    ];
+    for t in tones {
+        t.join().expect("sent");
+    }
+    common::hang_up(&mut alice, &mut alice_dialog, &mut bob);
+
+    let uploads = receiver.wait_for(1, Duration::from_secs(15));
+    assert_eq!(uploads.len(), 1, "{}", w.log());
+    let upload = &uploads[0];
+    assert_eq!(upload.path, format!("/r/{file}"));
+    assert_eq!(upload.header("content-type"), Some("audio/ogg"));
+    let source = symphonia::core::io::MediaSourceStream::new(
+        Box::new(std::io::Cursor::new(upload.body.clone())),
+        Default::default(),
+    );
+    let mut hint = symphonia::core::probe::Hint::new();
+    hint.with_extension("opus");
+    let mut format = symphonia::default::get_probe()
+        .format(&hint, source, &Default::default(), &Default::default())
+        .expect("an Ogg stream symphonia reads")
+        .format;
+    let track = format.default_track().expect("a track").clone();
+    assert_eq!(
+        track.codec_params.codec,
+        symphonia::core::codecs::CODEC_TYPE_OPUS
+    );
+    assert_eq!(track.codec_params.channels.map(|c| c.count()), Some(2));
+    let seconds = track.codec_params.n_frames.unwrap_or(0) as f64 / 48_000.0;
+    assert!((1.8..4.0).contains(&seconds), "{seconds} s recorded");
+    let mut packets = 0;
+    while format.next_packet().is_ok() {
+        packets += 1;
+    }
+    assert!(
+        (packets as f64 - seconds * 50.0).abs() < 2.0,
+        "{packets} packets of 20 ms in {seconds} s, every page's checksum good"
+    );
+}

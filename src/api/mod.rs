@@ -256,7 +256,7 @@ async fn originate(State(s): State<Shared>, body: axum::body::Bytes) -> Response
     }
 }
 
-/// `POST /calls/{id}/play|dtmf|transfer`: act on a live call.
+/// `POST /calls/{id}/play|dtmf|transfer|record|stop_recording`: act on a live call.
 async fn control(
     State(s): State<Shared>,
     Path((id, action)): Path<(u64, String)>,
@@ -277,7 +277,9 @@ async fn control(
     let control: crate::core::Control = match serde_json::from_value(fields) {
         Ok(c) => c,
         Err(e) => {
-            let why = format!("bad request: {action}: {e} (play, dtmf or transfer)\n");
+            let why = format!(
+                "bad request: {action}: {e} (play, dtmf, transfer, record or stop_recording)\n"
+            );
             return (StatusCode::BAD_REQUEST, why).into_response();
         }
     };

@@ -253,7 +253,7 @@ pub struct Call {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recording {
     /// Starts once both parties' media flows.
-    Wanted(warden_media::record::Layout),
+    Wanted(warden_media::record::Layout, warden_media::record::Format),
     Running,
 }
 

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use warden_media::Playback;
-use warden_media::record::Layout;
+use warden_media::record::{Format, Layout};
 
 use crate::anchor::{Receiving, media_side};
 use crate::call::{Call, KeysOut, Side, State, Transfer};
@@ -44,6 +44,9 @@ pub enum Control {
     Record {
         #[serde(default)]
         layout: Option<LayoutName>,
+        /// "wav" or "opus" (Ogg Opus); default `recording.format`.
+        #[serde(default)]
+        format: Option<FormatName>,
     },
     /// Stop recording: the file is completed and uploaded.
     StopRecording {},
@@ -55,6 +58,14 @@ pub enum Control {
 pub enum LayoutName {
     Stereo,
     Mono,
+}
+
+/// A recording's format as the API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FormatName {
+    Wav,
+    Opus,
 }
 
 /// Which party an API command is about.
@@ -100,19 +111,28 @@ impl Core {
         };
         let _span = call.enter();
         let answered = matches!(call.state, State::Answered | State::Confirmed);
-        let answer = if let Control::Record { layout } = control {
+        let answer = if let Control::Record { layout, format } = control {
             // Asked for while the call rings, it starts on the answer.
             let layout = match layout {
                 Some(LayoutName::Stereo) => Layout::Stereo,
                 Some(LayoutName::Mono) => Layout::Mono,
                 None => self.config.recording.layout,
             };
-            self.want_recording(&mut call, layout);
-            Ok(serde_json::json!({
-                "call": call.id.to_string(),
-                "recording": call.record.recording.clone().unwrap_or_default(),
-                "started": matches!(call.recording, Some(crate::call::Recording::Running)),
-            }))
+            let format = match format {
+                Some(FormatName::Wav) => Format::Wav,
+                Some(FormatName::Opus) => Format::OggOpus,
+                None => self.config.recording.format,
+            };
+            if format.available() {
+                self.want_recording(&mut call, layout, format);
+                Ok(serde_json::json!({
+                    "call": call.id.to_string(),
+                    "recording": call.record.recording.clone().unwrap_or_default(),
+                    "started": matches!(call.recording, Some(crate::call::Recording::Running)),
+                }))
+            } else {
+                Err("bad request: format opus: this build has no Opus encoder (--features native-codecs)\n".into())
+            }
         } else if let Control::StopRecording {} = control {
             match self.stop_recording(&mut call) {
                 true => {

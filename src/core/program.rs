@@ -39,7 +39,7 @@ impl Core {
                 Action::OnRedirect(policy) => call.on_redirect = policy,
                 Action::Record(layout) => {
                     let layout = layout.unwrap_or(self.config.recording.layout);
-                    self.want_recording(call, layout);
+                    self.want_recording(call, layout, self.config.recording.format);
                 }
                 Action::Set(name, value) => {
                     let value = value.render(&values);

@@ -4,7 +4,7 @@
 //! uploads it when it is complete (`crate::recording`).
 
 use warden_media::LegCodec;
-use warden_media::record::{Layout, RecordSpec};
+use warden_media::record::{Format, Layout, RecordSpec};
 
 use crate::anchor::Receiving;
 use crate::call::{Call, Recording, Side};
@@ -12,10 +12,10 @@ use crate::call::{Call, Recording, Side};
 use super::Core;
 
 impl Core {
-    /// Record `call` in `layout`: now if its media flows, else once it does.
-    pub(super) fn want_recording(&mut self, call: &mut Call, layout: Layout) {
+    /// Record `call` in `layout` and `format`: now if its media flows, else once it does.
+    pub(super) fn want_recording(&mut self, call: &mut Call, layout: Layout, format: Format) {
         if call.recording.is_none() {
-            call.recording = Some(Recording::Wanted(layout));
+            call.recording = Some(Recording::Wanted(layout, format));
         }
         self.start_recording_if_ready(call);
     }
@@ -23,7 +23,7 @@ impl Core {
     /// Start the recording a call waits for, once a party on each side has media (or the
     /// caller alone, in a room or hearing Warden): each side's codec as it sends.
     pub(super) fn start_recording_if_ready(&mut self, call: &mut Call) {
-        let Some(Recording::Wanted(layout)) = call.recording else {
+        let Some(Recording::Wanted(layout, format)) = call.recording else {
             return;
         };
         let leg = |r: Receiving| LegCodec {
@@ -48,10 +48,10 @@ impl Core {
         let Some(stream) = a.map(|r| r.stream) else {
             return;
         };
-        let path = self
-            .config
-            .recording_dir()
-            .join(format!("{}.wav", call.record.id));
+        let path =
+            self.config
+                .recording_dir()
+                .join(format!("{}.{}", call.record.id, format.extension()));
         let meta = serde_json::json!({
             "record": call.record.id,
             "call": call.id.to_string(),
@@ -64,6 +64,7 @@ impl Core {
         let spec = RecordSpec {
             path: path.clone(),
             layout,
+            format,
             sides,
             meta: meta.to_string(),
         };
@@ -100,7 +101,7 @@ impl Core {
                 });
                 true
             }
-            Some(Recording::Wanted(_)) => true,
+            Some(Recording::Wanted(..)) => true,
             None => false,
         }
     }
