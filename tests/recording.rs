@@ -684,3 +684,67 @@ fn an_ogg_opus_recording_is_uploaded_as_audio_ogg() {
         "{packets} packets of 20 ms in {seconds} s, every page's checksum good"
     );
 }
+
+/// A conference member's call recorded: the member on the left, what the room says to it
+/// (the other member) on the right; stopped through the API while the call goes on.
+#[test]
+fn a_conference_member_s_recording_holds_it_left_and_the_room_right() {
+    let receiver = Receiver::start();
+    let w = Warden::start_with(&format!(
+        "[recording]\nupload_url = \"http://127.0.0.1:{}/r/{{record}}\"\nupload_method = \"put\"\n",
+        receiver.port
+    ));
+    // The shipped dialplan: 8000-8999 are conference rooms.
+    let mut joined = Vec::new();
+    for name in ["alice", "bob"] {
+        let mut ua = Ua::udp(name, w.port);
+        let media = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let invite = ua.invite_sdp("8042", &sdp(media.local_addr().expect("addr").port()));
+        let ok = ua.final_response();
+        assert_eq!(ok.status(), 200, "Warden answers the room");
+        let port = media_port(ok.body());
+        let mut dialog = ua.dialog_from(&invite, &ok);
+        ua.in_dialog(&mut dialog, "ACK", None);
+        joined.push((ua, dialog, media, port));
+    }
+    let calls: serde_json::Value =
+        serde_json::from_str(&common::get(&w.admin("/calls")).1).expect("JSON");
+    let alice_call = calls
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["caller"] == "alice"))
+        .and_then(|c| c["id"].as_u64())
+        .expect("alice's call");
+    let started: serde_json::Value = reqwest::blocking::Client::new()
+        .post(w.admin(&format!("/calls/{alice_call}/record")))
+        .json(&serde_json::json!({}))
+        .send()
+        .and_then(|r| r.json())
+        .expect("record");
+    assert_eq!(started["started"], true, "{started}");
+    let tones: Vec<_> = joined
+        .iter()
+        .zip([440.0, 1000.0])
+        .map(|((_, _, media, port), freq)| {
+            send_tone(media.try_clone().expect("socket"), *port, freq, 2.0)
+        })
+        .collect();
+    for t in tones {
+        t.join().expect("sent");
+    }
+    // Stopped through the API while alice stays in the room: the file goes at once.
+    let stopped = reqwest::blocking::Client::new()
+        .post(w.admin(&format!("/calls/{alice_call}/stop_recording")))
+        .send()
+        .expect("stop");
+    assert_eq!(stopped.status().as_u16(), 200);
+    let uploads = receiver.wait_for(1, Duration::from_secs(15));
+    assert_eq!(uploads.len(), 1, "{}", w.log());
+    for (ua, dialog, _, _) in &mut joined {
+        ua.in_dialog(dialog, "BYE", None);
+    }
+    let (rate, left, right) = decode_stereo(uploads[0].body.clone());
+    assert_eq!(rate, 8000);
+    assert!(left.len() > 12_000, "{} frames", left.len());
+    // Past the first half second: the join chime.
+    assert_sides(rate, &left[4000..], &right[4000..], 440.0, 1000.0, 20.0);
+}

@@ -631,6 +631,19 @@ impl MediaSession {
         self.streams.iter().any(Option::is_some)
     }
 
+    /// What the caller sends when Warden itself answered it (`answer_caller`): its stream
+    /// and the codec Warden chose from its offer.
+    pub fn caller_as_answered(&self) -> Option<Receiving> {
+        let offer = Sdp::parse(self.caller_offer.as_deref()?).ok()?;
+        let (index, format, codec) = own_answer_choice(&offer)?;
+        Some(Receiving {
+            stream: self.streams.get(index).copied().flatten()?,
+            codec,
+            params: negotiate::params_of(&format),
+            payload_type: format.payload_type,
+        })
+    }
+
     /// Warden's own answer to the caller's offer, to play it prompts: the first audio
     /// stream in the first offered codec Warden can encode (with the caller's
     /// telephone-event), `sendonly` for an announcement or `sendrecv` when Warden listens
@@ -643,19 +656,7 @@ impl MediaSession {
         listen: bool,
     ) -> Option<Announcement> {
         let offer = Sdp::parse(self.caller_offer.as_deref()?).ok()?;
-        let (index, format, codec) = offer.media.iter().enumerate().find_map(|(i, m)| {
-            let mode = Mode::of(&m.proto, m.has_crypto);
-            let keys_usable = mode != Some(Mode::Secure) || !m.crypto.is_empty();
-            (m.kind == "audio" && m.port != 0 && mode.is_some() && keys_usable)
-                .then(|| {
-                    // In the caller's own payload format (AMR's layout and mode-set): the
-                    // answer repeats its fmtp (RFC 4867 8.3.1) and prompts are encoded so.
-                    m.formats
-                        .iter()
-                        .find_map(|f| negotiate::codec_of(f).map(|c| (i, f.clone(), c)))
-                })
-                .flatten()
-        })?;
+        let (index, format, codec) = own_answer_choice(&offer)?;
         let stream = self.streams.get(index).copied().flatten()?;
         let port = relay.port(stream, MediaSide::A)?;
         let address = relay.address();
@@ -837,6 +838,25 @@ pub struct Receiving {
     pub codec: &'static Codec,
     pub params: FormatParams,
     pub payload_type: u8,
+}
+
+/// What Warden answers a caller's offer with when it answers itself: the first audio
+/// stream it can take (SRTP only with keys), in the first offered codec it can encode,
+/// in the caller's own payload format (AMR's layout and mode-set: the answer repeats its
+/// fmtp, RFC 4867 8.3.1, and prompts are encoded so). The stream's index, the format and
+/// the codec.
+fn own_answer_choice(offer: &Sdp) -> Option<(usize, sdp::Format, &'static Codec)> {
+    offer.media.iter().enumerate().find_map(|(i, m)| {
+        let mode = Mode::of(&m.proto, m.has_crypto);
+        let keys_usable = mode != Some(Mode::Secure) || !m.crypto.is_empty();
+        (m.kind == "audio" && m.port != 0 && mode.is_some() && keys_usable)
+            .then(|| {
+                m.formats
+                    .iter()
+                    .find_map(|f| negotiate::codec_of(f).map(|c| (i, f.clone(), c)))
+            })
+            .flatten()
+    })
 }
 
 fn describe(leg: &LegCodec) -> String {

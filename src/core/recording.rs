@@ -34,10 +34,14 @@ impl Core {
             dtmf_payload_type: None,
             cn_payload_type: None,
         };
-        let (a, b) = (call.media.receiving(Side::A), call.media.receiving(Side::B));
         let in_room = call.record.conference.is_some();
         let bridged = call.answered.is_some() && !call.answered_by_warden;
-        let sides = match (a, b) {
+        // The caller as Warden answered it, when Warden did and nobody else answered since.
+        let a = match bridged {
+            true => call.media.receiving(Side::A),
+            false => call.media.caller_as_answered(),
+        };
+        let sides = match (a, call.media.receiving(Side::B)) {
             (Some(a), Some(b)) if bridged => [Some(leg(a)), Some(leg(b))],
             // A room member hears the mix in its own codec: the room is the right side.
             (Some(a), _) if in_room => [Some(leg(a)), Some(leg(a))],
@@ -91,7 +95,9 @@ impl Core {
     pub(super) fn stop_recording(&mut self, call: &mut Call) -> bool {
         match call.recording.take() {
             Some(Recording::Running) => {
-                if let Some(stream) = call.media.receiving(Side::A).map(|r| r.stream) {
+                let caller = call.media.receiving(Side::A);
+                let stream = caller.or_else(|| call.media.caller_as_answered());
+                if let Some(stream) = stream.map(|r| r.stream) {
                     self.media.stop_recording(stream);
                 }
                 let file = call.record.recording.clone().unwrap_or_default();
