@@ -27,6 +27,14 @@ fn originate(to: &str, then: Then) -> Originate {
     }
 }
 
+/// Place `call` through the core, as `POST /calls` does, and let it act.
+fn place(net: &mut Net, call: Originate) -> warden::core::Placed {
+    let (now, unix_ms) = (net.now, net.unix_ms());
+    let placed = net.core.originate(call, now, unix_ms).expect("placed");
+    net.collect();
+    placed
+}
+
 /// The kinds of the events the core reported since the last look.
 fn events(net: &mut Net) -> Vec<String> {
     let asks = std::mem::take(&mut net.asks);
@@ -52,12 +60,7 @@ fn a_first_party_that_rings_out_is_cancelled_and_its_record_closed() {
     let mut alice = Phone::new("alice", ALICE);
     alice.register(&mut net);
     assert_eq!(events(&mut net), ["registered"]);
-    let (now, unix_ms) = (net.now, net.unix_ms());
-    let placed = net
-        .core
-        .originate(originate("alice", Then::Dial("1001".into())), now, unix_ms)
-        .expect("placed");
-    net.collect();
+    let placed = place(&mut net, originate("alice", Then::Dial("1001".into())));
     let invite = alice.expect(&mut net, "INVITE");
     assert!(invite.body().is_empty(), "no offer in Warden's INVITE");
     alice.answer(&mut net, &invite, 180, "");
@@ -92,12 +95,7 @@ fn a_lost_ack_is_sent_again_and_the_answered_party_goes_on_to_the_dialplan() {
     alice.register(&mut net);
     bob.register(&mut net);
     assert_eq!(events(&mut net), ["registered", "registered"]);
-    let (now, unix_ms) = (net.now, net.unix_ms());
-    let placed = net
-        .core
-        .originate(originate("alice", Then::Dial("bob".into())), now, unix_ms)
-        .expect("placed");
-    net.collect();
+    let placed = place(&mut net, originate("alice", Then::Dial("bob".into())));
     let invite = alice.expect(&mut net, "INVITE");
     let ok = alice.answer(&mut net, &invite, 200, &sdp(7010, "sendrecv"));
     let ack = alice.expect(&mut net, "ACK");

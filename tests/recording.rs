@@ -129,6 +129,73 @@ fn media_port(body: &[u8]) -> u16 {
         .expect("an m=audio port")
 }
 
+/// Alice's call to bob, answered, each with a media socket of its own.
+struct TalkingCall {
+    alice: Ua,
+    bob: Ua,
+    dialog: common::Dialog,
+    media: [UdpSocket; 2],
+    /// Warden's media ports for alice and for bob.
+    warden: [u16; 2],
+}
+
+impl TalkingCall {
+    fn answered(w: &Warden) -> TalkingCall {
+        let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
+        assert_eq!(bob.register(600).status(), 200);
+        let media = [0, 1].map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"));
+        let port = |s: &UdpSocket| s.local_addr().expect("addr").port();
+        let invite = alice.invite_sdp("bob", &sdp(port(&media[0])));
+        let to_bob = bob.recv_request("INVITE");
+        let warden_b = media_port(to_bob.body());
+        bob.answer_sdp(&to_bob, 200, Some(&sdp(port(&media[1]))));
+        let ok = alice.final_response();
+        assert_eq!(ok.status(), 200);
+        let warden_a = media_port(ok.body());
+        let mut dialog = alice.dialog_from(&invite, &ok);
+        alice.in_dialog(&mut dialog, "ACK", None);
+        let _ = bob.recv_request("ACK");
+        TalkingCall {
+            alice,
+            bob,
+            dialog,
+            media,
+            warden: [warden_a, warden_b],
+        }
+    }
+
+    /// Record it through the API: its number and the recording's file.
+    fn record(&mut self, w: &Warden) -> (u64, String) {
+        let calls: serde_json::Value =
+            serde_json::from_str(&common::get(&w.admin("/calls")).1).expect("JSON");
+        let id = calls[0]["id"].as_u64().expect("a call");
+        let started = reqwest::blocking::Client::new()
+            .post(w.admin(&format!("/calls/{id}/record")))
+            .json(&serde_json::json!({}))
+            .send()
+            .expect("record");
+        assert_eq!(started.status().as_u16(), 200);
+        let started: serde_json::Value = started.json().expect("JSON");
+        assert_eq!(started["started"], true, "{started}");
+        (
+            id,
+            started["recording"].as_str().expect("its file").to_owned(),
+        )
+    }
+
+    /// Alice and bob hum their tones at once for `seconds`; then alice hangs up.
+    fn talk(&mut self, alice_hz: f64, bob_hz: f64, seconds: f64) {
+        let tones = [(0, alice_hz), (1, bob_hz)].map(|(k, hz)| {
+            let socket = self.media[k].try_clone().expect("socket");
+            send_tone(socket, self.warden[k], hz, seconds)
+        });
+        for t in tones {
+            t.join().expect("sent");
+        }
+        common::hang_up(&mut self.alice, &mut self.dialog, &mut self.bob);
+    }
+}
+
 /// Send `seconds` of a `freq` Hz tone as PCMU from `socket` to Warden's `port`.
 fn send_tone(socket: UdpSocket, port: u16, freq: f64, seconds: f64) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -252,48 +319,11 @@ fn a_recorded_call_is_uploaded_with_the_caller_left_and_the_callee_right_even_ac
         "[recording]\nupload_url = \"http://127.0.0.1:{}/recordings/{{record}}.wav\"\nupload_method = \"put\"\nretry_max_s = 1\n",
         receiver.port
     ));
-    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
-    assert_eq!(bob.register(600).status(), 200);
-    let (alice_media, bob_media) = (
-        UdpSocket::bind("127.0.0.1:0").expect("bind"),
-        UdpSocket::bind("127.0.0.1:0").expect("bind"),
-    );
-    let alice_port = alice_media.local_addr().expect("addr").port();
-    let bob_port = bob_media.local_addr().expect("addr").port();
-    let invite = alice.invite_sdp("bob", &sdp(alice_port));
-    let to_bob = bob.recv_request("INVITE");
-    let warden_b = media_port(to_bob.body());
-    let mut bob_dialog = bob.answer_sdp(&to_bob, 200, Some(&sdp(bob_port)));
-    let ok = alice.final_response();
-    assert_eq!(ok.status(), 200);
-    let warden_a = media_port(ok.body());
-    let mut alice_dialog = alice.dialog_from(&invite, &ok);
-    alice.in_dialog(&mut alice_dialog, "ACK", None);
-    let _ = bob.recv_request("ACK");
-
-    let calls: serde_json::Value =
-        serde_json::from_str(&common::get(&w.admin("/calls")).1).expect("JSON");
-    let id = calls[0]["id"].as_u64().expect("a call");
-    let started = reqwest::blocking::Client::new()
-        .post(w.admin(&format!("/calls/{id}/record")))
-        .json(&serde_json::json!({}))
-        .send()
-        .expect("record");
-    assert_eq!(started.status().as_u16(), 200);
-    let started: serde_json::Value = started.json().expect("JSON");
-    assert_eq!(started["started"], true, "{started}");
-    let file = started["recording"].as_str().expect("its file").to_owned();
+    let mut call = TalkingCall::answered(&w);
+    let (id, file) = call.record(&w);
 
     // Alice hums 440 Hz, bob 1 kHz, for two seconds, both at once.
-    let tones = [
-        send_tone(alice_media, warden_a, 440.0, 2.0),
-        send_tone(bob_media, warden_b, 1000.0, 2.0),
-    ];
-    for t in tones {
-        t.join().expect("sent");
-    }
-    common::hang_up(&mut alice, &mut alice_dialog, &mut bob);
-    let _ = &mut bob_dialog;
+    call.talk(440.0, 1000.0, 2.0);
     let records = closed_records(&w, 1);
     assert_eq!(records[0]["recording"], file.as_str(), "{records:?}");
 
@@ -615,42 +645,10 @@ fn an_ogg_opus_recording_is_uploaded_as_audio_ogg() {
         "[recording]\nformat = \"opus\"\nupload_url = \"http://127.0.0.1:{}/r/{{record}}.opus\"\nupload_method = \"put\"\n",
         receiver.port
     ));
-    let (mut alice, mut bob) = (Ua::udp("alice", w.port), Ua::udp("bob", w.port));
-    assert_eq!(bob.register(600).status(), 200);
-    let (alice_media, bob_media) = (
-        UdpSocket::bind("127.0.0.1:0").expect("bind"),
-        UdpSocket::bind("127.0.0.1:0").expect("bind"),
-    );
-    let alice_port = alice_media.local_addr().expect("addr").port();
-    let bob_port = bob_media.local_addr().expect("addr").port();
-    let invite = alice.invite_sdp("bob", &sdp(alice_port));
-    let to_bob = bob.recv_request("INVITE");
-    let warden_b = media_port(to_bob.body());
-    bob.answer_sdp(&to_bob, 200, Some(&sdp(bob_port)));
-    let ok = alice.final_response();
-    let warden_a = media_port(ok.body());
-    let mut alice_dialog = alice.dialog_from(&invite, &ok);
-    alice.in_dialog(&mut alice_dialog, "ACK", None);
-    let _ = bob.recv_request("ACK");
-    let calls: serde_json::Value =
-        serde_json::from_str(&common::get(&w.admin("/calls")).1).expect("JSON");
-    let id = calls[0]["id"].as_u64().expect("a call");
-    let started: serde_json::Value = reqwest::blocking::Client::new()
-        .post(w.admin(&format!("/calls/{id}/record")))
-        .json(&serde_json::json!({}))
-        .send()
-        .and_then(|r| r.json())
-        .expect("record");
-    let file = started["recording"].as_str().expect("its file").to_owned();
-    assert!(file.ends_with(".opus"), "{started}");
-    let tones = [
-        send_tone(alice_media, warden_a, 440.0, 2.0),
-        send_tone(bob_media, warden_b, 1000.0, 2.0),
-    ];
-    for t in tones {
-        t.join().expect("sent");
-    }
-    common::hang_up(&mut alice, &mut alice_dialog, &mut bob);
+    let mut call = TalkingCall::answered(&w);
+    let (_, file) = call.record(&w);
+    assert!(file.ends_with(".opus"), "{file}");
+    call.talk(440.0, 1000.0, 2.0);
 
     let uploads = receiver.wait_for(1, Duration::from_secs(15));
     assert_eq!(uploads.len(), 1, "{}", w.log());

@@ -531,14 +531,7 @@ mod tests {
     use crate::codec;
 
     fn pcmu() -> LegCodec {
-        LegCodec {
-            codec: codec::by_name("PCMU", 8000).expect("PCMU"),
-            payload_type: 0,
-            params: Default::default(),
-            ptime: 20,
-            dtmf_payload_type: None,
-            cn_payload_type: None,
-        }
+        crate::transcode::tests::leg("PCMU", 0, None)
     }
 
     fn packet(pt: u8, seq: u16, payload: &[u8]) -> Vec<u8> {

@@ -192,14 +192,15 @@ mod tests {
     use super::*;
     use crate::codec;
 
-    fn pcmu() -> LegCodec {
-        LegCodec {
-            codec: codec::by_name("PCMU", 8000).expect("PCMU"),
-            payload_type: 0,
-            params: Default::default(),
-            ptime: 20,
-            dtmf_payload_type: None,
-            cn_payload_type: None,
+    /// A stereo WAV recording of two PCMU parties (the timeline reads no path).
+    fn stereo_pcmu() -> RecordSpec {
+        let pcmu = crate::transcode::tests::leg("PCMU", 0, None);
+        RecordSpec {
+            path: "call.wav".into(),
+            layout: Layout::Stereo,
+            format: Default::default(),
+            sides: [Some(pcmu), Some(pcmu)],
+            meta: "{}".into(),
         }
     }
 
@@ -217,13 +218,7 @@ mod tests {
 
     #[test]
     fn two_parties_land_left_and_right_at_their_arrival_times() {
-        let spec = RecordSpec {
-            path: "call.wav".into(),
-            layout: Layout::Stereo,
-            format: Default::default(),
-            sides: [Some(pcmu()), Some(pcmu())],
-            meta: "{}".into(),
-        };
+        let spec = stereo_pcmu();
         let start = Instant::now();
         let mut t = Timeline::new(&spec, start);
         // The caller: a loud frame at 0 ms; the callee: one at 100 ms (800 frames in).
@@ -246,13 +241,7 @@ mod tests {
 
     #[test]
     fn ten_seconds_of_audio_keep_their_place_while_taken_out_in_pieces() {
-        let spec = RecordSpec {
-            path: "long.wav".into(),
-            layout: Layout::Stereo,
-            format: Default::default(),
-            sides: [Some(pcmu()), Some(pcmu())],
-            meta: "{}".into(),
-        };
+        let spec = stereo_pcmu();
         let start = Instant::now();
         let mut t = Timeline::new(&spec, start);
         assert!(t.rate == 8000);
