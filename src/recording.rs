@@ -3,8 +3,9 @@
 //! restarts and crashes. The relay writes the files (`warden_media::record`).
 //!
 //! A recording in the spool is `NAME.wav` (or `NAME.opus`) with its `NAME.wav.json` (what
-//! names it: record id, call, caller, callee). `NAME.wav.part` is one still being written; found at start, it is
-//! what a crash left, completed from what reached the disk and uploaded like the rest.
+//! names it: record id, call, caller, callee). `NAME.wav.part` is one still being written;
+//! found at start, it is what a crash left, completed from what reached the disk and
+//! uploaded like the rest.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

@@ -84,7 +84,7 @@ fn a_first_party_that_rings_out_is_cancelled_and_its_record_closed() {
             record.final_code,
             record.end_reason.as_deref()
         ),
-        ("api", Some(487), Some("cancelled"))
+        ("api", Some(487), Some("no answer"))
     );
 }
 

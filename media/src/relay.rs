@@ -598,7 +598,8 @@ impl Relay {
         }
     }
 
-    /// Recorded packets dropped (the recorder's queue was full, or a payload too large).
+    /// Recorded packets dropped: more audio queued for the recorder than its bound, or
+    /// held back longer than the disk thread could take it.
     pub fn recording_dropped(&self) -> u64 {
         self.recorder.as_ref().map_or(0, |r| {
             r.link.dropped.load(std::sync::atomic::Ordering::Relaxed)

@@ -86,6 +86,8 @@ pub(super) struct Origination {
     /// Given up (timeout, API hang-up) before any provisional: CANCEL once one comes.
     cancel_pending: bool,
     cancelled: bool,
+    /// The CANCEL was the ring timeout's (the record says `no answer`, not `cancelled`).
+    rang_out: bool,
 }
 
 impl Core {
@@ -198,6 +200,7 @@ impl Core {
                 provisional: false,
                 cancel_pending: false,
                 cancelled: false,
+                rang_out: false,
             }),
         );
         self.drain(now, unix_s);
@@ -354,10 +357,10 @@ impl Core {
                 status,
                 "originated call: the first party did not answer"
             );
-            let why = if o.cancelled {
-                "cancelled"
-            } else {
-                "first party failed"
+            let why = match (o.rang_out, o.cancelled) {
+                (true, _) => "no answer",
+                (_, true) => "cancelled",
+                _ => "first party failed",
             };
             return self.origination_over(o, status, &reason, why);
         }
@@ -504,6 +507,7 @@ impl Core {
                 call = id,
                 "originated call: the first party did not answer in time"
             );
+            o.rang_out = true;
             self.cancel_origination(&mut o, now);
         }
         self.originating.insert(id, o);

@@ -1,9 +1,11 @@
 //! Call recording, off the packet path: a relay thread gathers each recorded party's RTP
 //! payloads through its turn and sends them to the recorder as one message (never
-//! waiting: past a bound on queued audio it drops them and counts them); the recorder thread decodes them and lines the two parties up by arrival
-//! time ([`timeline`]); the disk thread ([`disk`]) writes the file: WAV, 16-bit PCM at the
-//! call's rate, the caller on the left and the callee on the right (or both mixed in one
-//! channel), `NAME.part` until complete, with `NAME.json` beside it naming the recording.
+//! waiting: past a bound on queued audio it drops them and counts them); the recorder
+//! thread decodes them and lines the two parties up by arrival time ([`timeline`]), and
+//! encodes them for Ogg Opus ([`ogg`], with the `opus` feature); the disk thread
+//! ([`disk`]) writes the file: WAV (16-bit PCM at the call's rate) or Ogg Opus, the caller
+//! on the left and the callee on the right (or both mixed in one channel), `NAME.part`
+//! until complete, with `NAME.json` beside it naming the recording.
 
 mod disk;
 #[cfg(feature = "opus")]
